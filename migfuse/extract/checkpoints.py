@@ -1,0 +1,105 @@
+"""Reading checkpoint files in their official formats, with one-line errors a user can act on.
+
+Shared by every backbone: open a file safely, hash it, compare a state dict with a model's and
+report missing / unexpected / mis-shaped keys in one line.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from migfuse.errors import UserError
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """`torch.load` a checkpoint on CPU, weights only first, with one-line errors.
+
+    Falls back to a full unpickle only for files that hold plain containers the safe loader rejects
+    (mmaction2 `meta` entries can hold such objects); the file is the user's own checkpoint.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p} (pass the path of a local checkpoint file)")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as first:  # noqa: BLE001 - retried below, reported in one line
+        try:
+            return torch.load(p, map_location="cpu", weights_only=False)
+        except Exception:
+            raise UserError(
+                f"cannot read checkpoint {p}: {type(first).__name__}: {str(first).splitlines()[0][:200]} "
+                "(is it a PyTorch .pth/.pt file?)"
+            ) from None
+
+
+def _short(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+@dataclass
+class KeyReport:
+    """How a state dict fits a model."""
+
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "key: file (a, b) vs model (c, d)"
+    notes: list[str] = field(default_factory=list)  # e.g. "remapped 11 mmaction2 keys"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.matched)} keys matched"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing: {_short(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected: {_short(self.unexpected)}")
+        if self.mismatched:
+            parts.append(f"{len(self.mismatched)} wrong shape: {_short(self.mismatched, 3)}")
+        return "; ".join(parts)
+
+    def raise_if_bad(self, path: str | Path, what: str) -> None:
+        """Raise a one-line UserError naming the file, the key problems and what file was expected."""
+        if not self.ok:
+            raise UserError(f"{path} is not a {what} checkpoint: {self.summary()}")
+
+
+def compare_state_dict(model_sd: Mapping[str, Any], file_sd: Mapping[str, Any]) -> KeyReport:
+    """Compare a file's state dict with a model's (keys and shapes)."""
+    rep = KeyReport()
+    for k, v in file_sd.items():
+        if k not in model_sd:
+            rep.unexpected.append(k)
+        elif tuple(model_sd[k].shape) != tuple(getattr(v, "shape", ())):
+            rep.mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(model_sd[k].shape)}")
+        else:
+            rep.matched.append(k)
+    rep.missing = [k for k in model_sd if k not in file_sd]
+    return rep
+
+
+def load_state_dict_checked(module, state_dict: Mapping[str, Any], path: str | Path, what: str) -> KeyReport:
+    """Load `state_dict` into `module` strictly; on any misfit raise one line naming the keys."""
+    rep = compare_state_dict(module.state_dict(), state_dict)
+    rep.raise_if_bad(path, what)
+    module.load_state_dict(state_dict, strict=True)
+    return rep

@@ -1,0 +1,28 @@
+"""Shared test fixtures: paths to the real iMiGUE sample and the golden files."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+IMIGUE = SHARED / "imigue"
+GOLDEN_DIR = SHARED / "golden"
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/golden.py and other test helpers
+
+
+@pytest.fixture(scope="session")
+def imigue_dir() -> Path:
+    if not IMIGUE.is_dir():
+        pytest.fail(f"the real iMiGUE sample is missing at {IMIGUE}")
+    return IMIGUE
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not GOLDEN_DIR.is_dir():
+        pytest.fail(f"the golden files are missing at {GOLDEN_DIR}")
+    return GOLDEN_DIR
