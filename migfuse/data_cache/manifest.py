@@ -1,0 +1,313 @@
+"""The prepared dataset: one row per clip, one row per video, skeleton arrays per video.
+
+A PREPARED/ folder holds (see docs/contracts.md):
+
+- ``manifest.csv``  one row per clip: clip_id, video_id, k, start_frame, end_frame, label, raw_class,
+  subject, win_lose, split_cs, split_miga, split_emotion
+- ``videos.csv``    one row per video: video_id, subject, win_lose, split_emotion, video_path,
+  skeleton, n_frames
+- ``skeletons/<video_id>.npy`` (T, 137, 3) float32 and ``skeletons/<video_id>.mask.npy`` (T,) bool
+- ``prepare_report.json`` (written by the layout readers, not by this module)
+
+Building one by hand (tests, demo data)::
+
+    m = Manifest(clips=[Clip.make("0298", 0, 10, 50, raw_class=8, subject=22)],
+                 videos={"0298": VideoInfo("0298", subject=22, win_lose="Win")})
+    m.videos["0298"].skeleton = write_skeleton(out, "0298", array, mask)
+    m.save(out)
+
+Frames are 0-based at 25 fps, ``start_frame``/``end_frame`` inclusive. ``label`` is the class
+index 0..31 or None when unknown (challenge test data).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from migfuse.data_cache import classes
+from migfuse.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.csv"
+VIDEOS_FILE = "videos.csv"
+REPORT_FILE = "prepare_report.json"
+SKELETON_DIR = "skeletons"
+NUM_KEYPOINTS = 137  # BODY_25 0-24, face 25-94, left hand 95-115, right hand 116-136
+
+SCHEMES = ("split_cs", "split_miga", "split_emotion")
+
+
+def format_video_id(video_id: int | str) -> str:
+    """The 4-digit video id string used everywhere ("298" / 298 -> "0298")."""
+    try:
+        return f"{int(video_id):04d}"
+    except (TypeError, ValueError):
+        raise ValueError(f"video id {video_id!r} is not a number") from None
+
+
+def clip_id_of(video_id: int | str, k: int) -> str:
+    """Challenge clip id ``{vid4}_{k}`` (k = 0-based row of the clip in its video)."""
+    return f"{format_video_id(video_id)}_{int(k)}"
+
+
+@dataclass
+class Clip:
+    """One labelled clip; fields are the columns of manifest.csv."""
+
+    clip_id: str
+    video_id: str
+    k: int
+    start_frame: int
+    end_frame: int
+    label: int | None = None
+    raw_class: int | None = None
+    subject: int | None = None
+    win_lose: str = ""
+    split_cs: str = ""
+    split_miga: str = ""
+    split_emotion: str = ""
+
+    @classmethod
+    def make(cls, video_id: int | str, k: int, start_frame: int, end_frame: int, *,
+             raw_class: int | None = None, subject: int | None = None, win_lose: str = "",
+             split_miga: str | None = None) -> "Clip":
+        """A clip with its id, label and splits derived from the protocol rules in `classes`.
+
+        ``split_miga`` defaults to the rule of `classes.split_miga` (needs a subject).
+        """
+        vid = format_video_id(video_id)
+        label = classes.raw_to_index(raw_class) if raw_class is not None else None
+        cs = classes.split_cs(subject) if subject is not None else ""
+        if split_miga is None:
+            split_miga = classes.split_miga(int(vid), k, subject) if subject is not None else ""
+        return cls(clip_id=clip_id_of(vid, k), video_id=vid, k=int(k), start_frame=int(start_frame),
+                   end_frame=int(end_frame), label=label, raw_class=raw_class, subject=subject,
+                   win_lose=win_lose, split_cs=cs, split_miga=split_miga,
+                   split_emotion=classes.split_emotion(int(vid)))
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames of the clip (end inclusive)."""
+        return self.end_frame - self.start_frame + 1
+
+
+@dataclass
+class VideoInfo:
+    """One video; fields are the columns of videos.csv.
+
+    ``video_path`` is the mp4 (None when not found); ``skeleton`` is the .npy path relative to the
+    prepared folder ("" when the video has no usable skeleton); ``n_frames`` is the skeleton length.
+    """
+
+    video_id: str
+    subject: int | None = None
+    win_lose: str = ""
+    split_emotion: str = ""
+    video_path: Path | None = None
+    skeleton: str = ""
+    n_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        self.video_id = format_video_id(self.video_id)
+        if not self.split_emotion:
+            self.split_emotion = classes.split_emotion(int(self.video_id))
+        if self.video_path is not None and not isinstance(self.video_path, Path):
+            self.video_path = Path(self.video_path)
+
+
+CLIP_COLUMNS = [f.name for f in fields(Clip)]
+VIDEO_COLUMNS = [f.name for f in fields(VideoInfo)]
+
+
+def _opt_int(text: str) -> int | None:
+    return int(text) if text.strip() != "" else None
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+@dataclass
+class Manifest:
+    """All clips and videos of a prepared dataset. ``root`` is the PREPARED folder (None if unsaved)."""
+
+    clips: list[Clip]
+    videos: dict[str, VideoInfo] = field(default_factory=dict)
+    root: Path | None = None
+
+    def __post_init__(self) -> None:
+        self._by_id = {c.clip_id: c for c in self.clips}
+        if len(self._by_id) != len(self.clips):
+            seen: set[str] = set()
+            dup = next(c.clip_id for c in self.clips if c.clip_id in seen or seen.add(c.clip_id))
+            raise ValueError(f"duplicate clip id {dup} in manifest")
+        for c in self.clips:  # every clip's video gets a row, so videos.csv is never incomplete
+            if c.video_id not in self.videos:
+                self.videos[c.video_id] = VideoInfo(c.video_id, subject=c.subject, win_lose=c.win_lose)
+
+    # ----- queries --------------------------------------------------------------------------------
+    def clip(self, clip_id: str) -> Clip:
+        """The clip with this id (KeyError if absent)."""
+        return self._by_id[clip_id]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __contains__(self, clip_id: object) -> bool:
+        return clip_id in self._by_id
+
+    def ids(self, split: str | None = None, scheme: str = "split_miga") -> list[str]:
+        """Clip ids in manifest order, optionally only those whose ``scheme`` column equals ``split``."""
+        _check_scheme(scheme)
+        return [c.clip_id for c in self.clips if split is None or getattr(c, scheme) == split]
+
+    def video_ids(self, split: str | None = None, scheme: str = "split_emotion") -> list[str]:
+        """Video ids (sorted), optionally only videos having ``scheme == split``.
+
+        For ``split_emotion`` the video's own column decides; for the clip schemes a video belongs to a
+        split when at least one of its clips does.
+        """
+        _check_scheme(scheme)
+        if split is None:
+            return sorted(self.videos)
+        if scheme == "split_emotion":
+            return sorted(v for v, info in self.videos.items() if info.split_emotion == split)
+        return sorted({c.video_id for c in self.clips if getattr(c, scheme) == split})
+
+    def clips_of_video(self, video_id: str | int) -> list[Clip]:
+        """The clips of one video, in row order (k ascending)."""
+        vid = format_video_id(video_id)
+        return sorted((c for c in self.clips if c.video_id == vid), key=lambda c: c.k)
+
+    def skeleton(self, video_id: str | int) -> tuple[np.ndarray, np.ndarray]:
+        """Memory-mapped skeleton of a video: (T, 137, 3) float32 (x, y, conf in pixels) and (T,) bool
+        mask (True where a person was found). UserError when the video has none."""
+        vid = format_video_id(video_id)
+        info = self.videos.get(vid)
+        if info is None:
+            raise UserError(f"video {vid} is not in the manifest{self._where()}; check the video id")
+        if not info.skeleton:
+            raise UserError(f"video {vid} has no skeleton in {self._where() or 'the manifest'}; "
+                            f"see prepare_report.json for why")
+        if self.root is None:
+            raise UserError(f"manifest is not saved, so skeleton of {vid} cannot be read; call save() first")
+        path = self.root / info.skeleton
+        try:
+            array = np.load(path, mmap_mode="r")
+            mask = np.load(_mask_path(path), mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read skeleton {path} ({e}); re-run `migfuse data prepare`") from None
+        if array.ndim != 3 or array.shape[1:] != (NUM_KEYPOINTS, 3) or mask.shape != array.shape[:1]:
+            raise UserError(f"skeleton {path} has shape {array.shape} / mask {mask.shape}, expected "
+                            f"(T, 137, 3) / (T,); re-run `migfuse data prepare`")
+        return array, mask
+
+    def _where(self) -> str:
+        return f" {self.root}" if self.root is not None else ""
+
+    # ----- files ----------------------------------------------------------------------------------
+    def save(self, prepared_dir: str | Path) -> Path:
+        """Write manifest.csv and videos.csv into ``prepared_dir`` (skeletons via `write_skeleton`)."""
+        out = Path(prepared_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / MANIFEST_FILE, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(CLIP_COLUMNS)
+            for c in self.clips:
+                w.writerow([_cell(v) for v in asdict(c).values()])
+        with open(out / VIDEOS_FILE, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(VIDEO_COLUMNS)
+            for vid in sorted(self.videos):
+                w.writerow([_cell(getattr(self.videos[vid], name)) for name in VIDEO_COLUMNS])
+        self.root = out
+        return out
+
+    @classmethod
+    def load(cls, prepared_dir: str | Path) -> "Manifest":
+        """Read a PREPARED folder written by `save` / `migfuse data prepare`."""
+        root = Path(prepared_dir)
+        path = root / MANIFEST_FILE
+        if not path.is_file():
+            raise UserError(f"no {MANIFEST_FILE} in {root}; run `migfuse data prepare --root DATA --out {root}`")
+        clips = [_clip_from_row(row, path, i) for i, row in enumerate(_read_rows(path, CLIP_COLUMNS), 2)]
+        videos: dict[str, VideoInfo] = {}
+        vpath = root / VIDEOS_FILE
+        if vpath.is_file():
+            for i, row in enumerate(_read_rows(vpath, VIDEO_COLUMNS), 2):
+                info = _video_from_row(row, vpath, i, root)
+                videos[info.video_id] = info
+        try:
+            return cls(clips=clips, videos=videos, root=root)
+        except ValueError as e:
+            raise UserError(f"{path}: {e}; re-run `migfuse data prepare`") from None
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown split scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+
+
+def _read_rows(path: Path, columns: list[str]) -> Iterable[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path} lacks columns {', '.join(missing)}; re-run `migfuse data prepare`")
+        yield from reader
+
+
+def _clip_from_row(row: dict[str, str], path: Path, line: int) -> Clip:
+    try:
+        return Clip(clip_id=row["clip_id"], video_id=format_video_id(row["video_id"]), k=int(row["k"]),
+                    start_frame=int(row["start_frame"]), end_frame=int(row["end_frame"]),
+                    label=_opt_int(row["label"]), raw_class=_opt_int(row["raw_class"]),
+                    subject=_opt_int(row["subject"]), win_lose=row["win_lose"], split_cs=row["split_cs"],
+                    split_miga=row["split_miga"], split_emotion=row["split_emotion"])
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path} line {line} is invalid ({e}); re-run `migfuse data prepare`") from None
+
+
+def _video_from_row(row: dict[str, str], path: Path, line: int, root: Path) -> VideoInfo:
+    try:
+        video_path = Path(row["video_path"]) if row["video_path"] else None
+        if video_path is not None and not video_path.is_absolute():
+            video_path = root / video_path
+        return VideoInfo(video_id=row["video_id"], subject=_opt_int(row["subject"]), win_lose=row["win_lose"],
+                         split_emotion=row["split_emotion"], video_path=video_path,
+                         skeleton=row["skeleton"], n_frames=_opt_int(row["n_frames"]))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path} line {line} is invalid ({e}); re-run `migfuse data prepare`") from None
+
+
+def _mask_path(npy: Path) -> Path:
+    return npy.with_name(npy.name[: -len(".npy")] + ".mask.npy")
+
+
+def write_skeleton(prepared_dir: str | Path, video_id: str | int, array: np.ndarray,
+                   mask: np.ndarray | None = None) -> str:
+    """Write a video's skeleton (T, 137, 3) float32 and mask (T,) bool under PREPARED/skeletons/.
+
+    ``mask`` defaults to "any keypoint has confidence > 0". Returns the path relative to
+    ``prepared_dir`` to store in ``VideoInfo.skeleton``.
+    """
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 3 or array.shape[1:] != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"skeleton array must be (T, 137, 3), got {array.shape}")
+    if mask is None:
+        mask = (array[:, :, 2] > 0).any(axis=1)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != array.shape[:1]:
+        raise ValueError(f"mask must be ({array.shape[0]},), got {mask.shape}")
+    rel = f"{SKELETON_DIR}/{format_video_id(video_id)}.npy"
+    path = Path(prepared_dir) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+    np.save(_mask_path(path), mask)
+    return rel

@@ -1,0 +1,264 @@
+"""MViTv2-S video tokens: torchvision's `mvit_v2_s` architecture, loaded from local checkpoint files.
+
+The model is torchvision's own `mvit_v2_s()` (built through `import_torchvision()`); this module adds
+  * `tokens()`: the (B, 393, 768) sequence after the final LayerNorm (class token + 8x7x7 patches),
+  * a checkpoint loader for torchvision's `mvit_v2_s-ae3be167.pth` and for mmaction2 MViTv2-S files
+    (K400 or SSv2), mapped onto torchvision's key names without importing mmaction2,
+  * `PREPROCESSING`, the input recipe of the Kinetics-400 weights, which the extraction runner records
+    in the cache provenance, and `preprocess()`, which applies it to decoded frames.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from migfuse.errors import UserError
+from migfuse.extract._torchvision import import_torchvision
+from migfuse.extract.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
+from migfuse.extract.registry import Backbone, register_backbone
+
+log = logging.getLogger(__name__)
+
+CLIP_LEN = 16
+CROP = 224
+NUM_TOKENS = 1 + 8 * 7 * 7  # class token + (T', H', W') = (8, 7, 7) patches
+EMBED_DIM = 768
+
+#: The input recipe of torchvision's MViT_V2_S_Weights.KINETICS400_V1 (its `VideoClassification`
+#: transform). mmaction2's K400 config uses the same numbers on a 0-255 scale (mean 114.75, std 57.375).
+PREPROCESSING: dict[str, Any] = {
+    "recipe": "torchvision MViT_V2_S_Weights.KINETICS400_V1 transforms (VideoClassification)",
+    "clip_len": CLIP_LEN,
+    "reference_sampling": "16 frames every 4th frame (16x4x1; torchvision evaluated at frame_rate 7.5)",
+    "resize_short_side": 256,
+    "resize_interpolation": "bilinear",
+    "resize_antialias": False,
+    "crop": "center",
+    "crop_size": [CROP, CROP],
+    "scale": "uint8 / 255 -> [0, 1]",
+    "mean": [0.45, 0.45, 0.45],
+    "std": [0.225, 0.225, 0.225],
+    "channels": "RGB",
+    "layout": "(N, 3, 16, 224, 224) float32",
+}
+
+# torch.hub / OpenMMLab convention: `<name>-<first hex digits of the file's sha256>.pth`.
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z0-9]+$")
+
+
+def preprocess(frames: np.ndarray) -> np.ndarray:
+    """Apply `PREPROCESSING` to one decoded clip.
+
+    Args:
+        frames: (T, H, W, 3) uint8 RGB frames (T = 16 for one clip).
+    Returns:
+        (3, T, 224, 224) float32, ready to stack into `MViTBackbone.run`'s input.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (T, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    tv = import_torchvision()
+    from torchvision.transforms._presets import VideoClassification
+
+    transform = VideoClassification(
+        crop_size=tuple(PREPROCESSING["crop_size"]),
+        resize_size=(PREPROCESSING["resize_short_side"],),
+        mean=tuple(PREPROCESSING["mean"]),
+        std=tuple(PREPROCESSING["std"]),
+        interpolation=tv.transforms.InterpolationMode.BILINEAR,
+    )
+    vid = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    return transform(vid).numpy()
+
+
+def check_hash_in_name(path: Path, sha256: str) -> None:
+    """If the file name carries a `-<hex>.` hash prefix (torch.hub, OpenMMLab), it must match the file."""
+    m = _HASH_IN_NAME.search(path.name)
+    if m and not sha256.startswith(m.group(1)):
+        raise UserError(
+            f"checkpoint {path}: its name says sha256 starts with {m.group(1)} but the file's sha256 starts with "
+            f"{sha256[:len(m.group(1))]} (corrupt or incomplete download: download it again)"
+        )
+
+
+def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
+    """The state dict inside a checkpoint object: a plain dict, or one wrapped in `state_dict`/`model`."""
+    if isinstance(obj, torch.nn.Module):  # a whole pickled model, as `torch.save(model)` writes
+        obj = obj.state_dict()
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{path} is not a MViTv2-S checkpoint: it holds a {type(obj).__name__}, not a state dict")
+    for wrapper in ("state_dict", "model"):
+        if wrapper in obj and isinstance(obj[wrapper], Mapping):
+            obj = obj[wrapper]
+            break
+    # DataParallel / DDP saves prefix every key with `module.`.
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = OrderedDict((k[len("module."):], v) for k, v in obj.items())
+    return obj
+
+
+class MViTBackbone(Backbone):
+    """torchvision MViTv2-S (34.5M parameters) returning its token sequence and logits."""
+
+    name = "mvit_v2_s"
+    input_doc = "(N, 3, 16, 224, 224) float32 (RGB clip, normalised as PREPROCESSING: mean 0.45, std 0.225)"
+    outputs_doc = {
+        "tokens": "(N, 393, 768) after the final LayerNorm: class token, then 8x7x7 patches in (t, h, w) order",
+        "logits": "(N, num_classes) head output (400 for Kinetics-400, 174 for SSv2)",
+    }
+    #: recorded in the cache provenance by the extraction runner
+    preprocessing = PREPROCESSING
+
+    def __init__(self, num_classes: int = 400, device: str = "cpu", batch_size: int = 4, **options: Any):
+        """
+        Args:
+            num_classes: head size before loading (a checkpoint's head size replaces it).
+            device: torch device to run on ("cpu", "cuda").
+            batch_size: clips per forward pass in `run`.
+        """
+        super().__init__(num_classes=num_classes, device=device, batch_size=batch_size, **options)
+        tv = import_torchvision()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.model = tv.models.video.mvit_v2_s(weights=None, num_classes=num_classes).eval().to(self.device)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.head[1].out_features
+
+    def _set_num_classes(self, n: int) -> None:
+        """Replace the classifier with an n-way one (its weights come from the checkpoint next)."""
+        old = self.model.head[1]
+        self.model.head[1] = torch.nn.Linear(old.in_features, n).to(self.device)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def load(self, path: str | Path) -> KeyReport:
+        """Load a torchvision or mmaction2 MViTv2-S checkpoint file (strict: every key must fit).
+
+        Returns the KeyReport; raises a one-line UserError naming the missing / unexpected keys.
+        """
+        path = Path(path)
+        obj = read_checkpoint(path)
+        sha = sha256_file(path)
+        check_hash_in_name(path, sha)
+        sd = _unwrap(obj, path)
+        notes: list[str] = []
+        if any(k.startswith("backbone.") for k in sd):
+            sd, notes = mmaction_to_torchvision(sd)
+            what = "mmaction2 MViTv2-S (mvit-small; missing keys named as in torchvision)"
+        else:
+            what = "torchvision mvit_v2_s"
+        head = sd.get("head.1.weight")
+        if head is not None and getattr(head, "ndim", 0) == 2 and head.shape[0] != self.num_classes:
+            notes.append(f"head resized to {head.shape[0]} classes from the file")
+            self._set_num_classes(int(head.shape[0]))
+        rep = compare_state_dict(self.model.state_dict(), sd)
+        rep.notes.extend(notes)
+        rep.raise_if_bad(path, what)
+        self.model.load_state_dict(sd, strict=True)
+        self.checkpoint, self.checkpoint_sha256 = path, sha
+        log.info("loaded %s checkpoint %s (sha256 %s): %s", what, path, sha[:12], rep.summary())
+        return rep
+
+    # -- forward -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token sequence after the final norm, and the logits.
+
+        Replicates `MViT.forward` up to `norm` (conv_proj -> flatten -> pos_encoding -> blocks -> norm)
+        so the tokens come without hooks; the logits are `head(tokens[:, 0])` as in torchvision.
+
+        Args:
+            x: (B, 3, 16, 224, 224) float on the model's device.
+        Returns:
+            tokens (B, 393, 768), logits (B, num_classes).
+        """
+        m = self.model
+        x = m.conv_proj(x)  # (B, 96, 8, 56, 56)
+        x = x.flatten(2).transpose(1, 2)  # (B, 8*56*56, 96)
+        x = m.pos_encoding(x)  # prepends the class token
+        thw = (m.pos_encoding.temporal_size,) + tuple(m.pos_encoding.spatial_size)
+        for block in m.blocks:
+            x, thw = block(x, thw)
+        tokens = m.norm(x)
+        return tokens, m.head(tokens[:, 0])
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run on (N, 3, 16, 224, 224) float32 clips -> {"tokens": (N, 393, 768), "logits": (N, C)}."""
+        if x.ndim != 5 or tuple(x.shape[1:]) != (3, CLIP_LEN, CROP, CROP):
+            raise UserError(f"mvit_v2_s input has shape {tuple(x.shape)}; expected {self.input_doc}")
+        toks, logits = [], []
+        for i in range(0, len(x), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(x[i:i + self.batch_size], dtype=np.float32))
+            t, lg = self.tokens(batch.to(self.device))
+            toks.append(t.float().cpu().numpy())
+            logits.append(lg.float().cpu().numpy())
+        if not toks:
+            return {"tokens": np.zeros((0, NUM_TOKENS, EMBED_DIM), np.float32),
+                    "logits": np.zeros((0, self.num_classes), np.float32)}
+        return {"tokens": np.concatenate(toks), "logits": np.concatenate(logits)}
+
+
+# mmaction2 `MViT(arch='small')` + `MViTHead` key -> torchvision `mvit_v2_s` key. Evidence:
+# mmaction/models/backbones/mvit.py (open-mmlab/mmaction2 @08de558): `patch_embed.projection` (PatchEmbed3D),
+# `cls_token` (1, 1, 96), per block `norm1`, `norm2`, `attn.qkv`, `attn.proj`, `attn.pool_{q,k,v}`
+# (depthwise Conv3d, no bias) + `attn.norm_{q,k,v}` (LN), `attn.rel_pos_{h,w,t}` (same shapes as
+# torchvision), `mlp.fc1`/`mlp.fc2`, `proj` (only where dims change), final `norm3` (out_scales=-1);
+# heads/mvit_head.py: `fc_cls`. The forward maths is the same (the rel-pos index formula, residual
+# pooling without the class token, projection of norm1's output, LN eps 1e-6).
+_MMACTION_RULES: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^backbone\.patch_embed\.projection\.(weight|bias)$"), r"conv_proj.\1"),
+    (re.compile(r"^backbone\.cls_token$"), "pos_encoding.class_token"),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.proj\.(weight|bias)$"), r"blocks.\1.attn.project.0.\2"),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.pool_([qkv])\.weight$"), r"blocks.\1.attn.pool_\2.pool.weight"),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.norm_([qkv])\.(weight|bias)$"), r"blocks.\1.attn.pool_\2.norm_act.0.\3"),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.fc1\.(weight|bias)$"), r"blocks.\1.mlp.0.\2"),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.fc2\.(weight|bias)$"), r"blocks.\1.mlp.3.\2"),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.proj\.(weight|bias)$"), r"blocks.\1.project.\2"),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.(norm1|norm2|attn\.qkv)\.(weight|bias)$"), r"blocks.\1.\2.\3"),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.(rel_pos_[hwt])$"), r"blocks.\1.attn.\2"),
+    (re.compile(r"^backbone\.norm3\.(weight|bias)$"), r"norm.\1"),
+    (re.compile(r"^cls_head\.fc_cls\.(weight|bias)$"), r"head.1.\1"),
+]
+# Entries of an mmaction2 recognizer that are not weights of the network (none are persistent in
+# mmaction2 1.x, but older files may carry them).
+_MMACTION_IGNORED = ("data_preprocessor.",)
+
+
+def mmaction_to_torchvision(sd: Mapping[str, Any]) -> tuple["OrderedDict[str, torch.Tensor]", list[str]]:
+    """Rename an mmaction2 MViTv2-S state dict (`backbone.*`, `cls_head.*`) to torchvision's keys.
+
+    Keys no rule knows keep their mmaction2 name, so the key report lists them as unexpected.
+    `backbone.cls_token` (1, 1, 96) becomes `pos_encoding.class_token` (96,).
+
+    Returns:
+        (state dict in torchvision naming, notes for the KeyReport)
+    """
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    ignored = 0
+    for key, value in sd.items():
+        if key.startswith(_MMACTION_IGNORED):
+            ignored += 1
+            continue
+        for pattern, target in _MMACTION_RULES:
+            if pattern.match(key):
+                key = pattern.sub(target, key)
+                break
+        if key == "pos_encoding.class_token" and getattr(value, "ndim", 0) == 3 and value.shape[:2] == (1, 1):
+            value = value.reshape(-1)
+        out[key] = value
+    notes = [f"renamed {len(out)} mmaction2 keys to torchvision names"]
+    if ignored:
+        notes.append(f"ignored {ignored} data_preprocessor entries")
+    return out, notes
+
+
+@register_backbone("mvit_v2_s")
+def create_mvit_v2_s(**options: Any) -> MViTBackbone:
+    """MViTv2-S with random weights (load a checkpoint with `.load` or `create_backbone(checkpoint=...)`)."""
+    return MViTBackbone(**options)

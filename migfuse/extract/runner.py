@@ -1,0 +1,457 @@
+"""The extraction runner every track uses: ids -> loader workers -> batched forward -> token cache.
+
+A track implements an `Extractor` (which rows, how to load one unit on the CPU, how to run a batch);
+the runner owns everything else, once, for all tracks:
+
+* resume: rows already done in the cache are skipped (failed rows too, unless `retry_failed`);
+* scale-out: `--shard I/N` or torchrun's RANK/WORLD_SIZE pick whole work items `items[rank::world]`;
+  each process writes its own rows straight into the store, nothing is gathered;
+* overlap: loaders run in spawned worker processes and stream samples through a bounded queue while
+  the main process runs the batched forward;
+* failures: bad input becomes a per-row failure record in the store (never a crash, never lost);
+  a worker process that dies fails only the item it was loading and is replaced;
+* progress: one tqdm bar per process over rows (rate and ETA), quiet when not on a terminal.
+
+Interface details and rules: docs/contracts.md, "Extraction runner".
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from migfuse.errors import UserError
+
+if TYPE_CHECKING:
+    from migfuse.data_cache.store import ArraySpec, TokenCache, TokenGroup
+
+log = logging.getLogger(__name__)
+
+# How long the main process waits on the sample queue before checking that workers are alive.
+_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit a loader opens once (e.g. a video) and the cache rows it yields."""
+
+    key: str
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one row could not be extracted. `stage`: open | decode | load | worker | forward | ..."""
+
+    stage: str
+    message: str
+
+
+@dataclass
+class Sample:
+    """What a loader yields per row: model inputs (compact CPU arrays) or a failure.
+
+    `size` is how many model inputs the sample holds (K windows -> K); batches fill up to
+    `batch_size` in these units.
+    """
+
+    id: str
+    inputs: dict[str, np.ndarray] | None = None
+    failure: Failure | None = None
+    size: int = 1
+
+
+Loader = Callable[[WorkItem], Iterator[Sample]]
+
+
+class LoaderContractError(Exception):
+    """A loader broke the interface (yielded an id it was not asked for): a bug, so the run stops."""
+
+
+class Extractor(ABC):
+    """What a track implements. Construct cheaply; heavy work happens in `setup` and the loader."""
+
+    #: "<track>/<backbone>", the cache group written
+    group: str = ""
+
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """Every row id of the group, in the group's fixed order."""
+
+    @abstractmethod
+    def work_items(self, ids: list[str]) -> list[WorkItem]:
+        """Group row ids into load units (e.g. one per video, clips in frame order)."""
+
+    @abstractmethod
+    def arrays(self) -> dict[str, "ArraySpec"]:
+        """The named arrays each row stores."""
+
+    @abstractmethod
+    def provenance(self) -> dict[str, Any]:
+        """JSON-able, deterministic description of how rows were made (compared on reopen)."""
+
+    @abstractmethod
+    def loader(self) -> Loader:
+        """A picklable callable run in worker processes: WorkItem -> one Sample per id. No model."""
+
+    @abstractmethod
+    def setup(self, device: str) -> None:
+        """Build the model on `device` in the main process (called once, before any forward)."""
+
+    @abstractmethod
+    def forward(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Failure]:
+        """Run one batch; return each sample's arrays (every name of `arrays()`) or a Failure."""
+
+
+@dataclass
+class RunSummary:
+    """What one process did. `failed` covers this process's rows, earlier runs included."""
+
+    group: str
+    shard: tuple[int, int]
+    total: int = 0  # rows of this shard
+    done: int = 0  # rows written by this run
+    skipped: int = 0  # rows already done (or already failed, without retry_failed) before this run
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (id, stage, message)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """`"I/N"` -> (I, N); without it, torchrun's RANK/WORLD_SIZE; else (0, 1).
+
+    Raises:
+        UserError: malformed or out-of-range shard, or both --shard and a torchrun world given.
+    """
+    env = os.environ if env is None else env
+    world_env = int(env.get("WORLD_SIZE", "1") or 1)
+    if shard:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise UserError(f"--shard {shard!r} is not I/N (e.g. --shard 0/4 for the first of four)") from None
+        if not 0 <= i < n:
+            raise UserError(f"--shard {shard!r}: I must be in 0..N-1 (e.g. --shard $SLURM_ARRAY_TASK_ID/N)")
+        if world_env > 1:
+            raise UserError("--shard given under torchrun (WORLD_SIZE>1): use one of them, not both")
+        return i, n
+    if world_env > 1:
+        return int(env.get("RANK", "0")), world_env
+    return 0, 1
+
+
+def shard_items(items: list[WorkItem], rank: int, world: int) -> list[WorkItem]:
+    """The items of one process: sorted by key, then `[rank::world]` (disjoint, covering, deterministic)."""
+    return sorted(items, key=lambda it: it.key)[rank::world]
+
+
+# ------------------------------------------------------------------------------------------------
+# worker processes
+# ------------------------------------------------------------------------------------------------
+def _worker_main(wid: int, loader: Loader, tasks: "mp.Queue", out: "mp.Queue") -> None:
+    """Loop of one spawned worker: take (n, item) from `tasks`, stream its samples to `out`."""
+    # Decoders and resizes here must not fight the forward pass for cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        n, item = task
+        try:
+            for sample in loader(item):
+                out.put(("sample", wid, n, sample))
+            out.put(("end", wid, n, None))
+        except Exception as e:  # noqa: BLE001 - bad input must not stop the run; reported per row
+            out.put(("end", wid, n, f"{type(e).__name__}: {e}"))
+
+
+class _Pool:
+    """Spawned loader workers, each with its own task queue so the main process knows who holds what."""
+
+    def __init__(self, loader: Loader, workers: int, prefetch: int, out_size: int):
+        self.ctx = mp.get_context("spawn")
+        self.loader = loader
+        self.out = self.ctx.Queue(maxsize=out_size)
+        self.prefetch = prefetch
+        self.procs: dict[int, Any] = {}
+        self.tasks: dict[int, Any] = {}
+        self.assigned: dict[int, deque[int]] = {}
+        self._next_wid = 0
+        for _ in range(workers):
+            self._spawn()
+
+    def _spawn(self) -> int:
+        wid = self._next_wid
+        self._next_wid += 1
+        tasks = self.ctx.Queue()
+        p = self.ctx.Process(target=_worker_main, args=(wid, self.loader, tasks, self.out), daemon=True)
+        p.start()
+        self.procs[wid], self.tasks[wid], self.assigned[wid] = p, tasks, deque()
+        return wid
+
+    def feed(self, todo: deque[int], items: list[WorkItem]) -> None:
+        """Top up every worker to `prefetch` assigned items."""
+        for wid in list(self.procs):
+            while todo and len(self.assigned[wid]) < self.prefetch:
+                n = todo.popleft()
+                self.assigned[wid].append(n)
+                self.tasks[wid].put((n, items[n]))
+
+    def finished(self, wid: int, n: int) -> None:
+        if wid in self.assigned and n in self.assigned[wid]:
+            self.assigned[wid].remove(n)
+
+    def reap(self, todo: deque[int]) -> list[tuple[int, str]]:
+        """Replace dead workers. Returns (item n, reason) for each item a dead worker was loading;
+        items it had not started go back to the front of `todo`."""
+        lost = []
+        for wid, p in list(self.procs.items()):
+            if p.is_alive():
+                continue
+            held = list(self.assigned.pop(wid))
+            del self.procs[wid], self.tasks[wid]
+            if held:
+                lost.append((held[0], f"worker process died (exit code {p.exitcode}) while loading"))
+                todo.extendleft(reversed(held[1:]))
+            log.warning("loader worker %d died (exit code %s); starting another", wid, p.exitcode)
+            self._spawn()
+        return lost
+
+    def close(self) -> None:
+        for wid, p in self.procs.items():
+            if p.is_alive():
+                self.tasks[wid].put(None)
+        deadline = time.monotonic() + 5
+        for p in self.procs.values():
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+class _Writer:
+    """Batches samples, runs the forward, writes rows and failures, counts, updates the bar."""
+
+    def __init__(self, extractor: Extractor, group: "TokenGroup", batch_size: int, bar: Any, summary: RunSummary):
+        self.ex, self.g, self.batch_size, self.bar, self.summary = extractor, group, batch_size, bar, summary
+        self.specs = extractor.arrays()
+        self.batch: list[Sample] = []
+        self.batch_units = 0
+
+    def add(self, sample: Sample) -> None:
+        if sample.failure is not None or sample.inputs is None:
+            self.fail(sample.id, sample.failure or Failure("load", "loader returned no inputs"))
+            return
+        self.batch.append(sample)
+        self.batch_units += max(1, sample.size)
+        if self.batch_units >= self.batch_size:
+            self.flush()
+
+    def fail(self, row: str, failure: Failure) -> None:
+        log.warning("%s %s failed at %s: %s", self.ex.group, row, failure.stage, failure.message)
+        self.g.write_failure(row, failure.stage, failure.message)
+        self.summary.failed.append((row, failure.stage, failure.message))
+        self._tick()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        batch, self.batch, self.batch_units = self.batch, [], 0
+        results = self.ex.forward([s.inputs for s in batch])
+        if len(results) != len(batch):
+            raise RuntimeError(f"{type(self.ex).__name__}.forward returned {len(results)} results for {len(batch)} inputs")
+        for s, res in zip(batch, results):
+            if isinstance(res, Failure):
+                self.fail(s.id, res)
+                continue
+            arrays = {}
+            for name, spec in self.specs.items():
+                arrays[name] = np.asarray(res[name]).astype(spec.dtype, copy=False)
+            self.g.write(s.id, arrays)
+            self.summary.done += 1
+            self._tick()
+
+    def _tick(self) -> None:
+        self.bar.update(1)
+        if self.summary.failed:
+            self.bar.set_postfix_str(f"failed={len(self.summary.failed)}", refresh=False)
+
+
+def _open_group(extractor: Extractor, cache: "TokenCache | str | Path") -> "TokenGroup":
+    from migfuse.data_cache.store import GroupSpec, TokenCache
+
+    if not isinstance(cache, TokenCache):
+        cache = TokenCache(cache)
+    return cache.require_group(
+        GroupSpec(name=extractor.group, ids=extractor.ids(), arrays=extractor.arrays(),
+                  provenance=extractor.provenance())
+    )
+
+
+def run_extraction(
+    extractor: Extractor,
+    cache: "TokenCache | str | Path",
+    *,
+    device: str = "cpu",
+    batch_size: int = 8,
+    workers: int = 2,
+    shard: tuple[int, int] = (0, 1),
+    retry_failed: bool = False,
+    prefetch: int = 2,
+) -> RunSummary:
+    """Extract this process's pending rows of `extractor.group` into `cache`; resumable and sharded.
+
+    Args:
+        extractor: the track (see `Extractor`).
+        cache: a TokenCache or the path of CACHE.zarr (created if absent).
+        device: "cpu", "cuda" or "cuda:N" for the forward.
+        batch_size: model inputs per forward (in `Sample.size` units).
+        workers: spawned loader processes; 0 loads in the main process (no overlap; for debugging).
+        shard: (rank, world) from `parse_shard`; this process takes work items `[rank::world]`.
+        retry_failed: also redo rows recorded as failed by an earlier run.
+        prefetch: work items queued per worker ahead of the one it is loading.
+
+    Returns:
+        RunSummary of this process's rows (failures include those of earlier runs).
+    """
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from migfuse.data_cache.store import DONE, FAILED
+
+    t0 = time.monotonic()
+    rank, world = shard
+    g = _open_group(extractor, cache)
+    all_ids = list(g.ids)
+    mine = shard_items(extractor.work_items(all_ids), rank, world)
+    my_ids = [i for it in mine for i in it.ids]
+    status = dict(zip(all_ids, g.status().tolist()))
+    skip = {DONE} if retry_failed else {DONE, FAILED}
+    items = [WorkItem(it.key, tuple(i for i in it.ids if status[i] not in skip)) for it in mine]
+    items = [it for it in items if it.ids]
+    pending = sum(len(it.ids) for it in items)
+    summary = RunSummary(group=extractor.group, shard=shard, total=len(my_ids), skipped=len(my_ids) - pending)
+    log.info("%s shard %d/%d: %d rows, %d already done or failed, %d to extract (%d work items)",
+             extractor.group, rank, world, len(my_ids), summary.skipped, pending, len(items))
+
+    if items:
+        extractor.setup(device)
+        bar = tqdm(total=pending, desc=f"{extractor.group} [{rank}/{world}]", unit="row", disable=None,
+                   dynamic_ncols=True)
+        writer = _Writer(extractor, g, batch_size, bar, summary)
+        try:
+            with logging_redirect_tqdm():
+                if workers <= 0:
+                    _run_inline(extractor.loader(), items, writer)
+                else:
+                    _run_pool(extractor.loader(), items, writer, workers, prefetch, batch_size)
+                writer.flush()
+        finally:
+            bar.close()
+
+    # Report every failure of this process's rows, including those kept from earlier runs.
+    seen = {f[0] for f in summary.failed}
+    failures = {f["id"]: f for f in g.failures()} if hasattr(g, "failures") else {}
+    final = g.status()
+    for row in my_ids:
+        if row not in seen and final[all_ids.index(row)] == FAILED:
+            f = failures.get(row, {})
+            summary.failed.append((row, str(f.get("stage", "?")), str(f.get("message", "?"))))
+    summary.seconds = time.monotonic() - t0
+    log.info("%s shard %d/%d: %d written, %d skipped, %d failed in %.1f s", extractor.group, rank, world,
+             summary.done, summary.skipped, len(summary.failed), summary.seconds)
+    return summary
+
+
+def _deliver(item: WorkItem, samples: Iterable[Sample], writer: _Writer, seen: set[str]) -> None:
+    for s in samples:
+        if s.id not in item.ids or s.id in seen:
+            raise LoaderContractError(f"loader yielded row {s.id!r} that is not (or no longer) pending in item {item.key}")
+        seen.add(s.id)
+        writer.add(s)
+
+
+def _fail_rest(item: WorkItem, seen: set[str], failure: Failure, writer: _Writer) -> None:
+    for row in item.ids:
+        if row not in seen:
+            seen.add(row)
+            writer.fail(row, failure)
+
+
+def _run_inline(loader: Loader, items: list[WorkItem], writer: _Writer) -> None:
+    for item in items:
+        seen: set[str] = set()
+        error = "loader ended without yielding this row"
+        try:
+            _deliver(item, loader(item), writer, seen)
+        except LoaderContractError:
+            raise
+        except Exception as e:  # noqa: BLE001 - bad input must not stop the run; reported per row
+            error = f"{type(e).__name__}: {e}"
+            log.debug("loader failed on %s", item.key, exc_info=True)
+        _fail_rest(item, seen, Failure("load", error), writer)
+
+
+def _run_pool(loader: Loader, items: list[WorkItem], writer: _Writer, workers: int, prefetch: int,
+              batch_size: int) -> None:
+    pool = _Pool(loader, min(workers, len(items)), prefetch, out_size=max(4, 2 * batch_size))
+    todo = deque(range(len(items)))
+    seen: dict[int, set[str]] = {}
+    open_items = set(range(len(items)))
+    try:
+        pool.feed(todo, items)
+        while open_items:
+            try:
+                kind, wid, n, payload = pool.out.get(timeout=_POLL_S)
+            except queue.Empty:
+                # Nothing to load right now: do not sit on a half-full batch.
+                writer.flush()
+                for n, reason in pool.reap(todo):
+                    _fail_rest(items[n], seen.setdefault(n, set()), Failure("worker", reason), writer)
+                    open_items.discard(n)
+                pool.feed(todo, items)
+                continue
+            if n not in open_items:  # late message of an item already failed by a dead worker
+                continue
+            if kind == "sample":
+                _deliver(items[n], [payload], writer, seen.setdefault(n, set()))
+            else:
+                error = payload or "loader ended without yielding this row"
+                _fail_rest(items[n], seen.setdefault(n, set()), Failure("load", error), writer)
+                open_items.discard(n)
+                pool.finished(wid, n)
+                pool.feed(todo, items)
+    finally:
+        pool.close()
+
+
+def format_summary(summary: RunSummary, max_rows: int = 50) -> str:
+    """A plain-text report: counts, then one line per failed row (id, stage, reason)."""
+    rank, world = summary.shard
+    lines = [f"{summary.group} shard {rank}/{world}: {summary.total} rows, {summary.done} written now, "
+             f"{summary.skipped} skipped (done or failed earlier), {len(summary.failed)} failed, {summary.seconds:.1f} s"]
+    if summary.failed:
+        w_id = max(len("id"), *(len(f[0]) for f in summary.failed))
+        w_st = max(len("stage"), *(len(f[1]) for f in summary.failed))
+        lines.append(f"{'id':<{w_id}}  {'stage':<{w_st}}  reason")
+        for row, stage, message in summary.failed[:max_rows]:
+            lines.append(f"{row:<{w_id}}  {stage:<{w_st}}  {message}")
+        if len(summary.failed) > max_rows:
+            lines.append(f"... and {len(summary.failed) - max_rows} more (see `failure` in the cache group)")
+        lines.append("rerun with --retry-failed after fixing the inputs to redo failed rows")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Fusion heads: a small name -> class registry (as in actionformer's ``register_*``/``make_*``).
+
+    from migfuse.fuse.heads import make_head, list_heads, head_defaults
+    model = make_head("cmtf", shapes={"video": (9, 768), "joint": (14, 256), "bone": (14, 256)},
+                      num_classes=32, width=96)
+    logits = model(batch)        # batch: {"video": (B, 9, 768), "video_mask": (B, 9), ...} -> (B, 32)
+
+Every head is a `FusionHead`: it declares the inputs it reads (`required_inputs`), takes the
+per-sample token shapes of those inputs, and maps a batch dict to logits. Options are the head's
+commented ``DEFAULTS`` dict overridden by the run config; an unknown option is refused.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+from torch import nn
+
+from migfuse.errors import UserError
+
+_HEADS: dict[str, type["FusionHead"]] = {}
+
+
+class FusionHead(nn.Module):
+    """Base class: `forward(batch) -> logits (B, num_classes)`.
+
+    `batch` maps an input name to tokens, (B, N, D) per clip or (B, W, N, D) per video (W windows),
+    and ``<name>_mask`` to the matching bool mask without the last axis (True = real token).
+    """
+
+    #: Options and their defaults; subclasses comment every key.
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def required_inputs(cls, options: Mapping[str, Any]) -> list[str]:
+        """Names of the inputs (cache modalities) this head reads with these options."""
+        raise NotImplementedError
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], num_classes: int, options: Mapping[str, Any]):
+        super().__init__()
+        self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        self.num_classes = num_classes
+        self.options = dict(options)
+
+
+def register_head(name: str):
+    """Class decorator: make a `FusionHead` subclass available to `make_head(name, ...)`."""
+
+    def wrap(cls: type[FusionHead]) -> type[FusionHead]:
+        if name in _HEADS:
+            raise ValueError(f"head {name!r} is registered twice")
+        cls.name = name
+        _HEADS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register_head decorators.
+    from migfuse.fuse.heads import cmtf, interfusion, single  # noqa: F401
+
+
+def list_heads() -> list[str]:
+    """Registered head names."""
+    _load_builtin()
+    return sorted(_HEADS)
+
+
+def head_class(name: str) -> type[FusionHead]:
+    """The class registered as `name` (UserError naming the choices when unknown)."""
+    _load_builtin()
+    if name not in _HEADS:
+        raise UserError(f"unknown head {name!r}; choose one of {', '.join(sorted(_HEADS))} (`migfuse fuse heads`)")
+    return _HEADS[name]
+
+
+def resolve_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The head's DEFAULTS overridden by `options`; UserError on a key the head does not know."""
+    cls = head_class(name)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(cls.DEFAULTS))
+    if unknown:
+        raise UserError(f"head {name!r} has no option {unknown[0]!r}; its options are {', '.join(cls.DEFAULTS)} "
+                        f"(fix the \"head_options\" of the config)")
+    return {**cls.DEFAULTS, **options}
+
+
+def head_defaults(name: str) -> dict[str, Any]:
+    """A copy of the head's default options."""
+    return dict(head_class(name).DEFAULTS)
+
+
+def make_head(name: str, shapes: Mapping[str, tuple[int, ...]], num_classes: int, **options: Any) -> FusionHead:
+    """Build head `name` for inputs of per-sample token `shapes` ((N, D) or (W, N, D) per input)."""
+    cls = head_class(name)
+    resolved = resolve_options(name, options)
+    missing = [k for k in cls.required_inputs(resolved) if k not in shapes]
+    if missing:
+        raise UserError(f"head {name!r} needs input {missing[0]!r} but the run provides {', '.join(shapes) or 'none'}; "
+                        f"add it to \"inputs\" in the config or choose another head")
+    return cls(shapes, num_classes, resolved)

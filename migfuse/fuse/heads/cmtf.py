@@ -1,0 +1,101 @@
+"""CMTF: Cross-Modal Token Fusion of video tokens with pose (joint + bone) tokens.
+
+The seed paper (arXiv 2512.23291) names the module but publishes no internals; this is our
+reconstruction (research/architecture.md §1.3), sized for a laptop CPU (research/fuse_cost.md).
+
+    video tokens (B, Nv, 768) --LN+Linear+modality/pos emb--> (B, Nv, d) ----+
+    joint tokens (B, Nj, 256) --LN+Linear+modality/pos emb--+                |  depth x block:
+    bone  tokens (B, Nb, 256) --LN+Linear+modality/pos emb--+-> concat (B, Np, d)   v <- v + XAttn(v -> p)
+                                                                                    p <- p + XAttn(p -> v)
+                                                                                    v, p <- + FFN
+    [masked mean(v) ; masked mean(p)] (B, 2d) -> LN -> Dropout -> Linear -> (B, C)
+
+Design reasons:
+  * Bidirectional cross-attention (not self-attention over the union) is what "cross-modal token
+    fusion" suggests, and it costs Nv*Np instead of (Nv+Np)^2 attention scores.
+  * Joint and bone streams share the pose side but keep their own projection and modality
+    embedding, so attention can tell them apart; each view token keeps a position embedding.
+  * Separate pooled video and pose vectors are concatenated, so a clip where one side is
+    uninformative still has the other side's summary (and modality dropout can train for that).
+  * Defaults (width 96, one block, FFN x2) follow fuse_cost.md: ~20x less arithmetic than a
+    d=256/2-block head, so the default recipe trains on iMiGUE in minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from migfuse.fuse.heads import FusionHead, register_head
+from migfuse.fuse.heads.blocks import Attention, FeedForward, TokenEmbed, classifier, masked_mean
+
+
+class _CrossBlock(nn.Module):
+    """One bidirectional cross-attention block: (v, p) -> (v', p'), shapes unchanged."""
+
+    def __init__(self, width: int, heads: int, ffn_mult: int, dropout: float):
+        super().__init__()
+        self.v_from_p = Attention(width, heads, dropout)
+        self.p_from_v = Attention(width, heads, dropout)
+        self.ffn_v = FeedForward(width, ffn_mult, dropout)
+        self.ffn_p = FeedForward(width, ffn_mult, dropout)
+
+    def forward(self, v, v_mask, p, p_mask):
+        # Both directions read the block's input (not each other's update): symmetric by design.
+        v, p = v + self.v_from_p(v, p, p_mask), p + self.p_from_v(p, v, v_mask)
+        return v + self.ffn_v(v), p + self.ffn_p(p)
+
+
+@register_head("cmtf")
+class CMTF(FusionHead):
+    """Video <-> pose bidirectional cross-attention head for micro-gesture classification."""
+
+    DEFAULTS = {
+        "width": 96,               # shared token width d (fuse_cost.md: time ~ tokens x d^2 x depth)
+        "depth": 1,                # number of bidirectional cross-attention blocks
+        "heads": 4,                # attention heads (width must be divisible by it)
+        "ffn_mult": 2,             # FFN hidden width = ffn_mult x width
+        "dropout": 0.1,            # dropout in attention, FFN and before the classifier
+        "modality_dropout": 0.1,   # training only: prob. per sample of hiding all video or all pose tokens
+        "video_inputs": ["video"],           # inputs on the video side (cache modalities)
+        "pose_inputs": ["joint", "bone"],    # inputs on the pose side; e.g. ["joint"] for one stream
+    }
+
+    @classmethod
+    def required_inputs(cls, options: Mapping[str, Any]) -> list[str]:
+        return list(options["video_inputs"]) + list(options["pose_inputs"])
+
+    def __init__(self, shapes, num_classes, options):
+        super().__init__(shapes, num_classes, options)
+        d = options["width"]
+        self.video_inputs = list(options["video_inputs"])
+        self.pose_inputs = list(options["pose_inputs"])
+        for name in self.video_inputs + self.pose_inputs:
+            if len(self.shapes[name]) != 2:
+                raise ValueError(f"CMTF takes per-clip tokens (N, D); input {name!r} has shape {self.shapes[name]}")
+        self.embed = nn.ModuleDict({name: TokenEmbed(self.shapes[name][1], d, self.shapes[name][0])
+                                    for name in self.video_inputs + self.pose_inputs})
+        self.blocks = nn.ModuleList([_CrossBlock(d, options["heads"], options["ffn_mult"], options["dropout"])
+                                     for _ in range(options["depth"])])
+        self.head = classifier(2 * d, num_classes, options["dropout"])
+
+    def _side(self, names: list[str], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([self.embed[n](batch[n]) for n in names], dim=1)
+        m = torch.cat([batch[f"{n}_mask"] for n in names], dim=1)
+        return x, m
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        v, v_mask = self._side(self.video_inputs, batch)
+        p, p_mask = self._side(self.pose_inputs, batch)
+        pd = self.options["modality_dropout"]
+        if self.training and pd > 0:
+            # Hide one side of a sample, never both: half of the dropped samples lose video, half pose.
+            dropped = torch.rand(v.shape[0]) < pd
+            drop_video = dropped & (torch.rand(v.shape[0]) < 0.5)
+            v_mask = v_mask & ~drop_video[:, None]
+            p_mask = p_mask & ~(dropped & ~drop_video)[:, None]
+        for block in self.blocks:
+            v, p = block(v, v_mask, p, p_mask)
+        return self.head(torch.cat([masked_mean(v, v_mask), masked_mean(p, p_mask)], dim=-1))
+

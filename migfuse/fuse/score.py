@@ -1,0 +1,223 @@
+"""Score a prediction file against the manifest's labels.
+
+Reads any file `export` writes (zip or CSV, with or without a header) and migfuse scores (.npz),
+so a submission can be checked locally before upload, and predictions of other tools can be
+compared on the same ids. Micro-gestures: top-1, mean class accuracy and a per-class table.
+Emotion: accuracy and F1 (Win = positive).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from migfuse.data_cache import classes
+from migfuse.data_cache.manifest import Manifest
+from migfuse.errors import UserError
+from migfuse.fuse.export import align_ids
+from migfuse.fuse.scores import Scores, duplicates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Hard predictions read from a file: ids (N,), labels (N,) int64 in migfuse's class indices
+    (mg: 0..31; emotion: 0 = Lose, 1 = Win), the task and the header found (None if none)."""
+
+    ids: list[str]
+    labels: np.ndarray
+    task: str
+    header: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One row of the per-class table: clips of the class, how many predicted right, recall."""
+
+    index: int
+    name: str
+    n: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """Metrics of one prediction file on the ids it covers (see `score_predictions`)."""
+
+    source: str
+    task: str
+    split: str | None
+    n: int
+    accuracy: float
+    mean_class_accuracy: float
+    per_class: list[ClassScore]
+    f1: float | None = None          # emotion: F1 of Win (positive class)
+    macro_f1: float | None = None    # emotion: mean F1 of Win and Lose
+    ignored: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        """Human-readable summary and per-class table (what `migfuse score` prints)."""
+        split = f" split {self.split}" if self.split else ""
+        lines = [f"{self.source}: {self.n} {'videos' if self.task == 'emotion' else 'clips'}{split}"]
+        if self.ignored:
+            lines.append(f"ignored {len(self.ignored)} ids the challenge does not list: {', '.join(self.ignored[:5])}")
+        lines.append(f"top-1 accuracy        {100 * self.accuracy:6.2f} %")
+        lines.append(f"mean class accuracy   {100 * self.mean_class_accuracy:6.2f} %")
+        if self.f1 is not None:
+            lines.append(f"F1 (Win positive)     {100 * self.f1:6.2f} %")
+            lines.append(f"macro F1              {100 * (self.macro_f1 or 0.0):6.2f} %")
+        lines.append(f"{'idx':>3}  {'class':<24}{'n':>6}{'correct':>9}{'acc %':>8}")
+        for c in self.per_class:
+            lines.append(f"{c.index:>3}  {c.name:<24}{c.n:>6}{c.correct:>9}{100 * c.accuracy:>8.2f}")
+        return "\n".join(lines)
+
+
+def read_predictions(path: str | Path, task: str | None = None, win_label: int = 1) -> Predictions:
+    """Read a prediction file: a challenge zip (CSV at its root), a CSV, or migfuse scores (.npz).
+
+    CSV rows are `id,target`; a first row whose target is not an integer is a header. The task is
+    "emotion" for video ids (`0054`) and "mg" for clip ids (`0054_0`) unless given. Emotion
+    targets are mapped to 1 = Win using `win_label` (the polarity the file was written with).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prediction file not found: {path}")
+    if path.suffix.lower() == ".npz":
+        s = Scores.load(path)
+        labels = s.predictions()
+        if s.task == "emotion":
+            labels = (labels == s.classes.index("Win")).astype(np.int64)
+        return Predictions(s.ids, labels.astype(np.int64), s.task)
+    text = _zip_csv(path) if zipfile.is_zipfile(path) else path.read_text(encoding="utf-8-sig")
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    if not rows:
+        raise UserError(f"{path} holds no prediction rows")
+    header = None
+    if not _is_int(rows[0][-1]):
+        header, rows = tuple(c.strip() for c in rows[0]), rows[1:]
+    ids, values = [], []
+    for line, row in enumerate(rows, 2 if header else 1):
+        if len(row) != 2 or not _is_int(row[1]):
+            raise UserError(f"{path} line {line} is {','.join(row)!r}, expected `id,integer target`")
+        ids.append(row[0].strip())
+        values.append(int(row[1]))
+    dup = duplicates(ids)
+    if dup:
+        raise UserError(f"{path} lists {len(dup)} ids twice (e.g. {', '.join(dup[:3])}); keep one row per id")
+    task = task or _guess_task(ids, path)
+    labels = np.asarray(values, dtype=np.int64)
+    if task == "emotion":
+        if win_label not in (0, 1) or not np.isin(labels, (0, 1)).all():
+            raise UserError(f"{path} has emotion targets other than 0/1 (or --win-label is not 0/1)")
+        labels = labels if win_label == 1 else 1 - labels
+    elif not ((labels >= 0) & (labels < classes.NUM_CLASSES)).all():
+        bad = int(labels[(labels < 0) | (labels >= classes.NUM_CLASSES)][0])
+        raise UserError(f"{path} has class {bad}, outside 0..{classes.NUM_CLASSES - 1} (targets are class indices)")
+    return Predictions(ids, labels, task, header)
+
+
+def score_predictions(
+    pred: Predictions,
+    manifest: Manifest,
+    split: str | None = None,
+    scheme: str | None = None,
+    source: str = "predictions",
+) -> ScoreReport:
+    """Compare predictions with the manifest's labels, joined by id.
+
+    split: if given, the file must cover exactly that split of `scheme` (default split_miga for
+    mg, split_emotion for emotion), challenge-excluded ids are ignored; if None, every id of the
+    file is scored and must be in the manifest. UserError on unknown, missing or unlabelled ids.
+    """
+    scheme = scheme or ("split_emotion" if pred.task == "emotion" else "split_miga")
+    where = manifest.root or "the manifest"
+    if split is not None:
+        ids, ignored = align_ids(pred.ids, manifest, pred.task, scheme, split, source)
+    else:
+        known = manifest.videos if pred.task == "emotion" else manifest
+        unknown = [i for i in pred.ids if i not in known]
+        if unknown:
+            raise UserError(f"{source} has {len(unknown)} ids that are not in {where} (e.g. "
+                            f"{', '.join(unknown[:3])}); score against the prepared dataset they were predicted on")
+        ids, ignored = list(pred.ids), []
+    truth = [_label(manifest, i, pred.task) for i in ids]
+    unlabelled = [i for i, t in zip(ids, truth) if t is None]
+    if unlabelled:
+        raise UserError(f"{where} has no label for {len(unlabelled)} of the ids (e.g. {', '.join(unlabelled[:3])}); "
+                        f"score on a split with labels (challenge test labels are not public)")
+    by_id = dict(zip(pred.ids, pred.labels.tolist()))
+    y = np.asarray(truth, dtype=np.int64)
+    p = np.asarray([by_id[i] for i in ids], dtype=np.int64)
+    names = classes.EMOTION_CLASSES if pred.task == "emotion" else classes.CLASS_NAMES
+    per_class = [ClassScore(c, names[c], int((y == c).sum()), int(((y == c) & (p == c)).sum()))
+                 for c in range(len(names)) if (y == c).any()]
+    report = dict(source=source, task=pred.task, split=split, n=len(ids), accuracy=float((p == y).mean()),
+                  mean_class_accuracy=float(np.mean([c.accuracy for c in per_class])),
+                  per_class=per_class, ignored=ignored)
+    if pred.task == "emotion":
+        f1_win, f1_lose = _f1(y, p, 1), _f1(y, p, 0)
+        report.update(f1=f1_win, macro_f1=(f1_win + f1_lose) / 2)
+    return ScoreReport(**report)
+
+
+def score_file(
+    path: str | Path,
+    prepared: Manifest | str | Path,
+    split: str | None = None,
+    scheme: str | None = None,
+    task: str | None = None,
+    win_label: int = 1,
+) -> ScoreReport:
+    """`read_predictions` + `score_predictions` against a PREPARED folder (or Manifest)."""
+    manifest = prepared if isinstance(prepared, Manifest) else Manifest.load(prepared)
+    pred = read_predictions(path, task=task, win_label=win_label)
+    return score_predictions(pred, manifest, split=split, scheme=scheme, source=str(path))
+
+
+def _zip_csv(path: Path) -> str:
+    with zipfile.ZipFile(path) as zf:
+        members = [n for n in zf.namelist() if n.lower().endswith(".csv") and not n.startswith("__MACOSX")]
+        if len(members) != 1:
+            raise UserError(f"{path} holds {len(members)} CSV files, expected exactly one")
+        if "/" in members[0]:
+            raise UserError(f"{path} has its CSV in a folder ({members[0]}); challenge scorers need it at the "
+                            f"archive root: re-zip with `zip -j` or `migfuse export`")
+        return zf.read(members[0]).decode("utf-8-sig")
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _guess_task(ids: list[str], path: Path) -> str:
+    if all("_" in i for i in ids):
+        return "mg"
+    if all(i.isdigit() for i in ids):
+        return "emotion"
+    raise UserError(f"{path} mixes clip ids (0054_0) and video ids (0054); pass --task mg or --task emotion")
+
+
+def _label(manifest: Manifest, id_: str, task: str) -> int | None:
+    if task == "emotion":
+        return classes.emotion_label(manifest.videos[id_].win_lose)
+    return manifest.clip(id_).label
+
+
+def _f1(y: np.ndarray, p: np.ndarray, positive: int) -> float:
+    tp = int(((p == positive) & (y == positive)).sum())
+    denom = int((p == positive).sum() + (y == positive).sum())
+    return 2 * tp / denom if denom else 0.0
