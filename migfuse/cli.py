@@ -83,6 +83,40 @@ def _root(
 # data: prepare / synth                                                     (foundation issue)
 # ---------------------------------------------------------------------------------------------
 # [section: data]
+@data_app.command("prepare")
+def data_prepare(
+    root: Annotated[Path, typer.Option(help="Folder of the unpacked dataset download (any supported layout).")],
+    out: Annotated[Path, typer.Option(help="PREPARED folder to write: manifest.csv, videos.csv, skeletons/, "
+                                      "prepare_report.json.")],
+    layout: Annotated[str, typer.Option(help="auto | oulu (Label/labels_20200831.csv + OpenPose JSON or xlsx) | "
+                                        "miga2025 (<vid4>_label.csv + _openpose.xlsx) | miga2023 "
+                                        "(<vid4>_label.csv + _light_hand.csv).")] = "auto",
+    frame_base: Annotated[int, typer.Option(help="Frame number of the first frame in MiGA _label.csv files "
+                                            "(0 = as labels_20200831.csv; see docs/data.md).")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes converting skeletons in parallel.")] = 1,
+    reuse: Annotated[bool, typer.Option(help="Keep skeleton arrays of an earlier run into --out whose source "
+                                        "is unchanged (resumes an interrupted run).")] = True,
+) -> None:
+    """Read a dataset download into one clip manifest and fast skeleton arrays.
+
+    Detects the layout, reads every label file, converts each video's skeleton (OpenPose JSON
+    folder, 411-column xlsx or light_hand csv) once into skeletons/<vid4>.npy (T, 137, 3), and
+    derives the cross-subject, MiGA and emotion splits. Problems (empty skeletons, clips outside
+    the skeleton, missing videos) are listed in prepare_report.json; the run goes on.
+    """
+    from migfuse.data_cache.prepare import prepare
+
+    result = prepare(root, out, layout=layout, frame_base=frame_base, workers=workers, reuse=reuse)
+    report = result.report
+    typer.echo(f"{report['layout']} layout: {report['clips']} clips, {report['videos']} videos, "
+               f"{report['videos_with_skeleton']} skeletons, {report['videos_with_mp4']} mp4 files")
+    for scheme, counts in report["splits"].items():
+        typer.echo(f"  {scheme}: " + ", ".join(f"{k or '(none)'} {v}" for k, v in counts.items()))
+    for problem in report["problems"]:
+        where = f" (video {problem['video_id']})" if "video_id" in problem else ""
+        typer.echo(f"  problem {problem['kind']}{where}: {problem['detail']}")
+    typer.echo(f"wrote {out} (details in {out / 'prepare_report.json'})")
+
 
 # [end section: data]
 
@@ -117,6 +151,40 @@ def cache_info_cmd(
 # cache view                                                                (fusion issue)
 # ---------------------------------------------------------------------------------------------
 # [section: cache-view]
+@cache_app.command("view")
+def cache_view_cmd(
+    cache: Annotated[Path, typer.Argument(help="The token cache folder (CACHE.zarr).")],
+    name: Annotated[Optional[str], typer.Option(help="View name; written as group views/NAME. Omit with --defaults.")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Source group, e.g. video/mvit_v2_s (see `migfuse cache info`).")] = None,
+    pool: Annotated[Optional[str], typer.Option(help="Pooling: video_time, video_cls, pose_parts, pose_time, face_keep, "
+                                                     "context_cls_mean, raw. Default: the track's default.")] = None,
+    time_steps: Annotated[Optional[int], typer.Option(help="pose_parts/pose_time: time tokens kept (adaptive mean).")] = None,
+    parts: Annotated[Optional[int], typer.Option(help="pose_parts: number of body-part groups (contiguous joint runs).")] = None,
+    defaults: Annotated[bool, typer.Option("--defaults", help="Make the default view of every track in the cache "
+                                                              "(views/video, views/joint, ...), what `fuse train` reads.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete and rebuild a view that exists with other settings.")] = False,
+) -> None:
+    """Derive compact pooled token sets ("views") from full cache groups, once, for fast training.
+
+    A view (group views/NAME in the same cache) pools each clip's tokens into a few tokens, e.g. video
+    (393, 768) -> class token + one mean token per time step (9, 768); pose (256, T', V) -> 8 time
+    tokens + 6 body-part tokens. It stores many clips per chunk and records its source group,
+    the source's provenance and the pooling. Re-running adds clips extracted since (resumable).
+    """
+    from migfuse.data_cache.views import default_views, make_view
+
+    if defaults:
+        made = default_views(cache, overwrite=overwrite)
+        for modality, view in made.items():
+            typer.echo(f"{modality:14s} -> {view}")
+        if not made:
+            raise UserError(f"cache {cache} has no finished track groups to derive views from; run `migfuse extract` first")
+        return
+    if not name or not group:
+        raise UserError("give --name NAME and --group GROUP (or --defaults); see `migfuse cache view --help`")
+    params = {k: v for k, v in {"time_steps": time_steps, "parts": parts}.items() if v is not None}
+    view = make_view(cache, name, group, pooling=pool, overwrite=overwrite, **params)
+    typer.echo(f"{view.name}: {len(view.done_ids())}/{len(view.ids)} rows, tokens {view.arrays['tokens'].shape}")
 
 # [end section: cache-view]
 
@@ -175,7 +243,7 @@ def backbone_info(
 @backbone_app.command("run")
 def backbone_run(
     name: Annotated[str, typer.Argument(help=_BACKBONE_NAME_HELP)],
-    input: Annotated[Path, typer.Option("--input", help="Input .npy array in the backbone's input layout (see `info`).")],
+    input_path: Annotated[Path, typer.Option("--input", help="Input .npy array in the backbone's input layout (see `info`).")],
     output: Annotated[Path, typer.Option("--output", help="Output .npz file: one array per named output.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help=_CHECKPOINT_HELP)] = None,
     layout: Annotated[Optional[str], typer.Option(help=_LAYOUT_HELP)] = None,
@@ -188,16 +256,25 @@ def backbone_run(
     import numpy as np
 
     bb, _ = _open_backbone(name, checkpoint, layout, device)
-    if not input.is_file():
-        raise UserError(f"input not found: {input} (pass a .npy array shaped {bb.input_doc})")
+    if not input_path.is_file():
+        raise UserError(f"input not found: {input_path} (pass a .npy array shaped {bb.input_doc})")
     try:
-        x = np.load(input, allow_pickle=False)
+        x = np.load(input_path, allow_pickle=False)
     except ValueError as e:
-        raise UserError(f"cannot read {input} as a .npy array ({e}); {name} expects {bb.input_doc}") from None
+        raise UserError(f"cannot read {input_path} as a .npy array ({e}); {name} expects {bb.input_doc}") from None
     expected = _leading_shape(bb.input_doc)
-    if x.ndim != len(expected) or any(int(e) != s for e, s in zip(expected, x.shape) if e.isdigit()):
-        raise UserError(f"{input} has shape {x.shape}; {name} expects {bb.input_doc}")
-    outputs = bb.run(x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x)
+    # only numeric dimensions are fixed ("3" or "C=3"); named ones (N, T, V) take any size
+    fixed = [(d.split("=")[-1], s) for d, s in zip(expected, x.shape)]
+    if x.ndim != len(expected) or any(int(d) != s for d, s in fixed if d.isdigit()):
+        raise UserError(f"{input_path} has shape {x.shape}; {name} expects {bb.input_doc}")
+    try:
+        outputs = bb.run(x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x)
+    except (RuntimeError, ValueError) as e:
+        # a size the model was not built for (e.g. persons M vs the checkpoint) surfaces as a torch error
+        logging.getLogger(__name__).debug("backbone run failed", exc_info=True)
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{name} cannot run on {input_path} of shape {x.shape} ({type(e).__name__}: {first}); "
+                        f"it expects {bb.input_doc} (run with -v for the traceback)") from None
     output.parent.mkdir(parents=True, exist_ok=True)
     np.savez(output, **outputs)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
@@ -215,7 +292,48 @@ def _leading_shape(input_doc: str) -> list[str]:
 # backbone train skeleton                                                   (skeleton issue)
 # ---------------------------------------------------------------------------------------------
 # [section: backbone-train]
+backbone_train_app = _group("Train a backbone on a prepared dataset (the skeleton track: no public "
+                            "2s-AGCN checkpoint fits iMiGUE's OpenPose skeleton).")
+backbone_app.add_typer(backbone_train_app, name="train")
 
+
+@backbone_train_app.command("skeleton")
+def backbone_train_skeleton(
+    data: Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl, config.json. "
+                                                    "Rerunning with the same folder resumes.")],
+    stream: Annotated[str, typer.Option("--stream", help="joint or bone.")] = "joint",
+    layout: Annotated[str, typer.Option("--layout", help="Graph: imigue (55 joints), openpose22 (MiGA "
+                                                         "baselines), openpose-18 or coco-17.")] = "imigue",
+    arch: Annotated[str, typer.Option("--arch", help="agcn (lshiwjx/2s-AGCN) or aagcn (mmaction2).")] = "agcn",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs in all (a resumed run goes on to this).")] = 30,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per step.")] = 32,
+    lr: Annotated[float, typer.Option("--lr", help="SGD (Nesterov) learning rate; cosine decay.")] = 0.1,
+    length: Annotated[int, typer.Option("--length", min=4, help="Frames each clip is resampled to.")] = 64,
+    base_channels: Annotated[int, typer.Option("--base-channels", min=4,
+                                               help="Width of the first units (64 as published).")] = 64,
+    balance: Annotated[str, typer.Option("--balance", help="Long tail: weights (loss), sampler, none.")] = "weights",
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from a published checkpoint of the same "
+                                                 "--arch/--layout, e.g. mmaction2 coco 2s-AGCN with --arch "
+                                                 "aagcn --layout coco-17.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of weights, shuffling and frame sampling.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+) -> None:
+    """Train one skeleton stream of 2s-AGCN on the training split; keep the best epoch.
+
+    Trains on split_miga 'train' (falling back to split_cs), validates every epoch on split_miga
+    'validation' (top-1 / top-5), writes the best checkpoint with its provenance (layout, preprocessing,
+    split, seed) to OUT/best.pt and one JSON line per epoch to OUT/metrics.jsonl. Rerun the same command
+    to resume after the last finished epoch. Then: `migfuse extract skeleton --checkpoint OUT/best.pt`.
+    """
+    from migfuse.extract.skeleton.train import TrainConfig, train_skeleton
+
+    config = TrainConfig(stream=stream, layout=layout, arch=arch, length=length, epochs=epochs,
+                         batch_size=batch_size, lr=lr, base_channels=base_channels, balance=balance, seed=seed,
+                         device=device, workers=workers, init=str(init) if init else None)
+    result = train_skeleton(data, out, config)
+    typer.echo(f"best epoch {result.best_epoch}: top-1 {result.best_top1:.4f} -> {result.best_checkpoint}")
 # [end section: backbone-train]
 
 
@@ -223,7 +341,83 @@ def _leading_shape(input_doc: str) -> list[str]:
 # extract video / context                                                   (video issue)
 # ---------------------------------------------------------------------------------------------
 # [section: extract-video]
+_XVDataOpt = Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")]
+_XVCacheOpt = Annotated[Path, typer.Option("--cache", help="Token cache CACHE.zarr (created if absent, resumed if present).")]
+_XVCkptOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="MViTv2-S checkpoint (torchvision mvit_v2_s-ae3be167.pth or mmaction2). "
+                         "Without it: seeded RANDOM weights, for testing only (warned and recorded).")]
+_XVDeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (bf16 autocast on GPU).")]
+_XVBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="16-frame windows per forward pass.")]
+_XVWorkersOpt = Annotated[int, typer.Option(
+    "--workers", min=0, help="Decoding processes running alongside the model (0 = decode in the main process).")]
+_XVShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. "
+                    "Under torchrun RANK/WORLD_SIZE are used instead.")]
+_XVRetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Also redo rows that failed in an earlier run.")]
+_XVFramesOpt = Annotated[int, typer.Option("--frames", min=1, help="Frames per window (MViTv2-S expects 16).")]
 
+
+def _extract_video_track(track: str, data: Path, cache: Path, checkpoint: Optional[Path], device: str,
+                         batch_size: int, workers: int, shard: Optional[str], retry_failed: bool, frames: int,
+                         windows: int = 1, context_windows: int = 8) -> None:
+    from migfuse.extract.runner import format_summary
+    from migfuse.extract.video import extract_track
+
+    summary = extract_track(track, data, cache, checkpoint=checkpoint, device=device, batch_size=batch_size,
+                            workers=workers, shard=shard, retry_failed=retry_failed, frames=frames,
+                            windows=windows, context_windows=context_windows)
+    typer.echo(format_summary(summary))
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@extract_app.command("video")
+def extract_video(
+    data: _XVDataOpt,
+    cache: _XVCacheOpt,
+    checkpoint: _XVCkptOpt = None,
+    device: _XVDeviceOpt = "cpu",
+    batch_size: _XVBatchOpt = 4,
+    workers: _XVWorkersOpt = 2,
+    shard: _XVShardOpt = None,
+    retry_failed: _XVRetryOpt = False,
+    frames: _XVFramesOpt = 16,
+    windows: Annotated[int, typer.Option(
+        "--windows", min=1, help="Up to this many 16-frame windows per long clip (one per 64 frames); "
+                                 "stored ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
+) -> None:
+    """MViTv2-S tokens per clip -> group video/mvit_v2_s, (393, 768) fp16 per clip.
+
+    Each video is decoded once for all its clips; 16 frames are sampled uniformly over each clip.
+    Resumable (rerun the same command), shardable (--shard I/N or torchrun), and failures
+    (missing/corrupt video, clip past the end) are recorded per clip: the exit code is 1 and a table
+    lists them when any clip failed.
+    """
+    _extract_video_track("video", data, cache, checkpoint, device, batch_size, workers, shard, retry_failed,
+                         frames, windows=windows)
+
+
+@extract_app.command("context")
+def extract_context(
+    data: _XVDataOpt,
+    cache: _XVCacheOpt,
+    checkpoint: _XVCkptOpt = None,
+    device: _XVDeviceOpt = "cpu",
+    batch_size: _XVBatchOpt = 8,
+    workers: _XVWorkersOpt = 2,
+    shard: _XVShardOpt = None,
+    retry_failed: _XVRetryOpt = False,
+    frames: _XVFramesOpt = 16,
+    context_windows: Annotated[int, typer.Option(
+        "--context-windows", min=1, help="K windows (16 frames, every 4th) spread over each video.")] = 8,
+) -> None:
+    """MViTv2-S tokens of K windows per video (emotion context) -> group context/mvit_v2_s.
+
+    Stores tokens (K, 393, 768) fp16 and valid (K,) per video. Same resume, sharding and failure
+    rules as `extract video`.
+    """
+    _extract_video_track("context", data, cache, checkpoint, device, batch_size, workers, shard, retry_failed,
+                         frames, context_windows=context_windows)
 # [end section: extract-video]
 
 
@@ -231,7 +425,40 @@ def _leading_shape(input_doc: str) -> list[str]:
 # extract skeleton                                                          (skeleton issue)
 # ---------------------------------------------------------------------------------------------
 # [section: extract-skeleton]
+@extract_app.command("skeleton")
+def extract_skeleton(
+    data: Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")],
+    cache: Annotated[Path, typer.Option("--cache", help="Token cache CACHE.zarr (created if absent, resumed if present).")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="best.pt of `migfuse backbone train skeleton` "
+                                                                  "(or a published 2s-AGCN / mmaction2 file).")],
+    stream: Annotated[str, typer.Option("--stream", help="joint or bone (must match the checkpoint).")] = "joint",
+    layout: Annotated[Optional[str], typer.Option("--layout", help="Only for checkpoints without migfuse "
+                                                  "provenance: their graph layout.")] = None,
+    length: Annotated[Optional[int], typer.Option("--length", min=4, help="Only for checkpoints without "
+                                                  "migfuse provenance: frames per clip (default 64).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Loader processes (0 = load in the main "
+                                                                  "process; skeletons are cheap to load).")] = 0,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: process the I-th of N parts (whole videos); "
+                                                 "under torchrun RANK/WORLD_SIZE are used instead.")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also redo rows that failed earlier.")] = False,
+) -> None:
+    """2s-AGCN feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
 
+    T' = ceil(length / 4). Layout, clip length and preprocessing come from the checkpoint. Resumable
+    (rerun the same command), shardable, and clips that cannot be extracted (video without skeleton,
+    frames outside the skeleton file, no person detected) are recorded per clip: the exit code is 1
+    and a table lists them.
+    """
+    from migfuse.extract.runner import format_summary
+    from migfuse.extract.skeleton.extractor import extract_skeleton as run
+
+    summary = run(data, cache, checkpoint, stream, layout=layout, length=length, device=device,
+                  batch_size=batch_size, workers=workers, shard=shard, retry_failed=retry_failed)
+    typer.echo(format_summary(summary))
+    if not summary.ok:
+        raise typer.Exit(1)
 # [end section: extract-skeleton]
 
 
@@ -247,6 +474,83 @@ def _leading_shape(input_doc: str) -> list[str]:
 # fuse train / eval / predict                                               (fusion issue)
 # ---------------------------------------------------------------------------------------------
 # [section: fuse]
+@fuse_app.command("train")
+def fuse_train_cmd(
+    cache: Annotated[Path, typer.Option(help="The token cache (CACHE.zarr) with views (`migfuse cache view --defaults`).")],
+    data: Annotated[Path, typer.Option(help="The PREPARED folder (manifest) the cache was extracted from.")],
+    task: Annotated[str, typer.Option(help="mg (32 micro-gesture classes, per clip) or emotion (win/lose, per video).")],
+    out: Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl, best.pt, train.log.")],
+    head: Annotated[Optional[str], typer.Option(help="Head (`migfuse fuse heads`); default cmtf (mg) / interfusion (emotion).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file overriding training settings (see docs/fuse.md).")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Train without clips the cache lacks (reports how many).")] = False,
+) -> None:
+    """Train a fusion head on cached tokens (AdamW, cosine with warm-up, label smoothing, class-balanced
+    loss, early stopping on validation). mg validation = split_miga validation, or 10% of training
+    videos held out when the manifest has none; emotion validation = 15% of split_emotion train
+    videos. Refuses a cache that lacks clips of the manifest unless --allow-missing."""
+    from migfuse.fuse.train import train
+
+    summary = train(cache, data, task, out, head=head, config=config, allow_missing=allow_missing)
+    best = summary["best"]
+    scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
+    typer.echo(f"best epoch {best['epoch']}: {scores or 'no validation set'}")
+    typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation ({summary['validation_source']}); "
+               f"{summary['train_seconds']:.0f} s; run in {out}")
+
+
+@fuse_app.command("eval")
+def fuse_eval_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `migfuse fuse train`.")],
+    split: Annotated[str, typer.Option(help="train, validation (as held out in training) or test.")] = "test",
+    cache: Annotated[Optional[Path], typer.Option(help="Cache to read (default: the one the run was trained on).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="PREPARED folder (default: the run's).")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip clips the cache lacks.")] = False,
+) -> None:
+    """Score the run's best checkpoint on a labelled split. mg: top-1, top-5, mean class accuracy,
+    per-class table and a confusion-matrix PNG; emotion: accuracy, F1, ROC-AUC. Files go to
+    RUN/eval_SPLIT/ (metrics.json, per_class.csv, confusion.png)."""
+    from migfuse.fuse.evaluate import evaluate
+
+    m = evaluate(run, split, cache=cache, data=data, allow_missing=allow_missing)
+    if m["task"] == "mg":
+        typer.echo(f"{split}: {m['n']} clips  top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  "
+                   f"mean class {m['mean_class_accuracy']:.2%}")
+        typer.echo(f"{'class':>5} {'name':24s} {'n':>5} {'acc':>7}")
+        for row in m["per_class"]:
+            if row["support"]:
+                typer.echo(f"{row['class']:>5} {row['name']:24s} {row['support']:>5} {row['accuracy']:>7.1%}")
+    else:
+        typer.echo(f"{split}: {m['n']} videos  accuracy {m['accuracy']:.2%}  F1 {m['f1']:.3f}  ROC-AUC {m['roc_auc']:.3f}")
+    typer.echo("files: " + ", ".join(m["files"].values()))
+
+
+@fuse_app.command("predict")
+def fuse_predict_cmd(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `migfuse fuse train`.")],
+    split: Annotated[str, typer.Option(help="train, validation or test.")],
+    out: Annotated[Path, typer.Option(help="Scores file to write (.npz), read by `migfuse export`.")],
+    cache: Annotated[Optional[Path], typer.Option(help="Cache to read (default: the one the run was trained on).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="PREPARED folder (default: the run's).")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip clips the cache lacks.")] = False,
+) -> None:
+    """Write class probabilities of every clip (mg) or video (emotion) of a split, keyed by id
+    (migfuse.fuse.scores.Scores .npz), for `migfuse export` and late fusion."""
+    from migfuse.fuse.predict import predict
+
+    scores = predict(run, split, out, cache=cache, data=data, allow_missing=allow_missing)
+    typer.echo(f"wrote {len(scores)} {scores.task} scores ({split}) to {out}")
+
+
+@fuse_app.command("heads")
+def fuse_heads_cmd() -> None:
+    """List the fusion heads and their default options (override them with "head_options" in --config)."""
+    from migfuse.fuse.heads import head_class, list_heads
+
+    for name in list_heads():
+        cls = head_class(name)
+        typer.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        for k, v in cls.DEFAULTS.items():
+            typer.echo(f"    {k} = {v!r}")
 
 # [end section: fuse]
 
@@ -264,7 +568,8 @@ _HeaderOpt = Annotated[Optional[str], typer.Option(
 
 @fuse_app.command("late")
 def fuse_late_cmd(
-    scores: Annotated[list[Path], typer.Argument(help="Two or more scores .npz of one task, e.g. joint bone cmtf.")],
+    scores: Annotated[list[Path], typer.Argument(
+        metavar="SCORES", help="Two or more scores .npz of one task, e.g. joint bone cmtf.")],
     out: Annotated[Path, typer.Option(help="Fused scores .npz to write.")],
     weights: Annotated[Optional[str], typer.Option(help="One weight per file, e.g. 1,1,0.5 (default: equal).")] = None,
     mode: Annotated[str, typer.Option(help="prob: weighted sum of probabilities; log: of log-probabilities.")] = "prob",

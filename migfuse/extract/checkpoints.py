@@ -6,11 +6,14 @@ report missing / unexpected / mis-shaped keys in one line.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from migfuse.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -26,11 +29,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def read_checkpoint(path: str | Path) -> Any:
-    """`torch.load` a checkpoint on CPU, weights only first, with one-line errors.
+    """`torch.load` a checkpoint on CPU with the safe (weights-only) unpickler, with one-line errors.
 
-    Falls back to a full unpickle only for files that hold plain containers the safe loader rejects
-    (mmaction2 `meta` entries can hold such objects); the file is the user's own checkpoint.
+    Some official files hold plain Python objects the safe unpickler rejects (mmaction2 `meta`
+    entries, whole pickled models). Only for that case does it fall back to a full unpickle, with a
+    warning naming the file: full unpickling runs code from the file, so load only files you trust.
     """
+    import pickle
+
     import torch
 
     p = Path(path)
@@ -38,14 +44,18 @@ def read_checkpoint(path: str | Path) -> Any:
         raise UserError(f"checkpoint not found: {p} (pass the path of a local checkpoint file)")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as first:  # noqa: BLE001 - retried below, reported in one line
+    except pickle.UnpicklingError as safe_refusal:
+        log.warning("%s holds objects the weights-only loader refuses (%s); loading it fully: only do this "
+                    "with files you trust", p, str(safe_refusal).splitlines()[0][:120])
         try:
             return torch.load(p, map_location="cpu", weights_only=False)
-        except Exception:
-            raise UserError(
-                f"cannot read checkpoint {p}: {type(first).__name__}: {str(first).splitlines()[0][:200]} "
-                "(is it a PyTorch .pth/.pt file?)"
-            ) from None
+        except Exception as e:  # noqa: BLE001 - reported in one line
+            raise UserError(f"cannot read checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # noqa: BLE001 - truncated or foreign file, reported in one line
+        raise UserError(
+            f"cannot read checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0][:200]} "
+            "(is it a complete PyTorch .pth/.pt file? download it again if it was cut short)"
+        ) from None
 
 
 def _short(keys: list[str], n: int = 5) -> str:
@@ -89,7 +99,9 @@ def compare_state_dict(model_sd: Mapping[str, Any], file_sd: Mapping[str, Any]) 
     for k, v in file_sd.items():
         if k not in model_sd:
             rep.unexpected.append(k)
-        elif tuple(model_sd[k].shape) != tuple(getattr(v, "shape", ())):
+        elif not hasattr(v, "shape"):
+            rep.mismatched.append(f"{k}: file holds a {type(v).__name__}, not a tensor")
+        elif tuple(model_sd[k].shape) != tuple(v.shape):
             rep.mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(model_sd[k].shape)}")
         else:
             rep.matched.append(k)

@@ -82,7 +82,8 @@ def check_hash_in_name(path: Path, sha256: str) -> None:
     if m and not sha256.startswith(m.group(1)):
         raise UserError(
             f"checkpoint {path}: its name says sha256 starts with {m.group(1)} but the file's sha256 starts with "
-            f"{sha256[:len(m.group(1))]} (corrupt or incomplete download: download it again)"
+            f"{sha256[:len(m.group(1))]} (corrupt or incomplete download: download it again; if -{m.group(1)} is not "
+            "a hash, rename the file)"
         )
 
 
@@ -143,23 +144,31 @@ class MViTBackbone(Backbone):
         Returns the KeyReport; raises a one-line UserError naming the missing / unexpected keys.
         """
         path = Path(path)
-        obj = read_checkpoint(path)
-        sha = sha256_file(path)
-        check_hash_in_name(path, sha)
-        sd = _unwrap(obj, path)
+        # hash first: a truncated download then gets the "download it again" message, not an unpickling error
+        sha = sha256_file(path) if path.is_file() else ""
+        if sha:
+            check_hash_in_name(path, sha)
+        sd = _unwrap(read_checkpoint(path), path)  # read_checkpoint reports a missing file
         notes: list[str] = []
         if any(k.startswith("backbone.") for k in sd):
             sd, notes = mmaction_to_torchvision(sd)
             what = "mmaction2 MViTv2-S (mvit-small; missing keys named as in torchvision)"
         else:
             what = "torchvision mvit_v2_s"
+        # The head size comes from the file (400 for Kinetics-400, 174 for SSv2): compare against a
+        # model with that head, and resize the real one only once the whole file fits.
+        expected = dict(self.model.state_dict())
         head = sd.get("head.1.weight")
-        if head is not None and getattr(head, "ndim", 0) == 2 and head.shape[0] != self.num_classes:
-            notes.append(f"head resized to {head.shape[0]} classes from the file")
-            self._set_num_classes(int(head.shape[0]))
-        rep = compare_state_dict(self.model.state_dict(), sd)
+        n_file = int(head.shape[0]) if getattr(head, "ndim", 0) == 2 else self.num_classes
+        if n_file != self.num_classes:
+            expected["head.1.weight"] = torch.empty(n_file, self.model.head[1].in_features)
+            expected["head.1.bias"] = torch.empty(n_file)
+            notes.append(f"head resized from {self.num_classes} to {n_file} classes by the file")
+        rep = compare_state_dict(expected, sd)
         rep.notes.extend(notes)
         rep.raise_if_bad(path, what)
+        if n_file != self.num_classes:
+            self._set_num_classes(n_file)
         self.model.load_state_dict(sd, strict=True)
         self.checkpoint, self.checkpoint_sha256 = path, sha
         log.info("loaded %s checkpoint %s (sha256 %s): %s", what, path, sha[:12], rep.summary())

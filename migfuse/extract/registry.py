@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
 from migfuse.errors import UserError
+
+if TYPE_CHECKING:
+    from migfuse.extract.checkpoints import KeyReport
 
 # name -> module that registers it (imported on first use).
 _MODULES: dict[str, str] = {
@@ -43,6 +46,7 @@ class Backbone:
         self.model = None  # an nn.Module, built by the subclass
         self.checkpoint: Path | None = None
         self.checkpoint_sha256: str | None = None
+        self.key_report: KeyReport | None = None  # set by create_backbone when a checkpoint is loaded
 
     def load(self, path: str | Path) -> "KeyReport":
         """Load a checkpoint file in one of the official formats; raise UserError when it does not fit."""
@@ -78,5 +82,5 @@ def create_backbone(name: str, checkpoint: str | Path | None = None, **options: 
         importlib.import_module(_MODULES[name])
     bb = _FACTORIES[name](**options)
     if checkpoint is not None:
-        bb.load(checkpoint)
+        bb.key_report = bb.load(checkpoint)
     return bb

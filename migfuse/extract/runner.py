@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long the main process waits on the sample queue before checking that workers are alive.
+# How long the main process waits for samples before flushing a half-full batch.
 _POLL_S = 0.5
 
 
@@ -82,6 +84,8 @@ class Extractor(ABC):
 
     #: "<track>/<backbone>", the cache group written
     group: str = ""
+    #: what a row is, for the progress bar ("clip", "video")
+    unit: str = "row"
 
     @abstractmethod
     def ids(self) -> list[str]:
@@ -160,46 +164,94 @@ def shard_items(items: list[WorkItem], rank: int, world: int) -> list[WorkItem]:
 # ------------------------------------------------------------------------------------------------
 # worker processes
 # ------------------------------------------------------------------------------------------------
-def _worker_main(wid: int, loader: Loader, tasks: "mp.Queue", out: "mp.Queue") -> None:
-    """Loop of one spawned worker: take (n, item) from `tasks`, stream its samples to `out`."""
+def _worker_main(wid: int, loader: Loader, tasks: "mp.Queue", conn: Any, ready: Any) -> None:
+    """Loop of one spawned worker: take (n, item) from `tasks`, send its samples over `conn`.
+
+    `conn` is this worker's own pipe: a send completes synchronously (nothing buffered dies with
+    the process) and a worker that crashes cannot leave a lock shared with the others held.
+    """
     # Decoders and resizes here must not fight the forward pass for cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    parent = os.getppid()
+    ready.set()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return  # the run was killed (e.g. SIGKILL, preemption): do not linger as an orphan
+            continue
         if task is None:
             return
         n, item = task
         try:
             for sample in loader(item):
-                out.put(("sample", wid, n, sample))
-            out.put(("end", wid, n, None))
+                conn.send(("sample", wid, n, sample))
+            conn.send(("end", wid, n, None))
         except Exception as e:  # noqa: BLE001 - bad input must not stop the run; reported per row
-            out.put(("end", wid, n, f"{type(e).__name__}: {e}"))
+            conn.send(("end", wid, n, f"{type(e).__name__}: {e}"))
 
 
 class _Pool:
-    """Spawned loader workers, each with its own task queue so the main process knows who holds what."""
+    """Spawned loader workers with a task queue and a result pipe each, so the main process knows
+    which items every worker holds and notices at once when one dies.
+
+    A reader thread moves messages from the pipes into `out` (a bounded in-process queue): it keeps
+    receiving while the main thread runs the forward pass (torch releases the GIL), so decoding
+    overlaps compute, and the bound stops workers from running far ahead.
+    """
 
     def __init__(self, loader: Loader, workers: int, prefetch: int, out_size: int):
         self.ctx = mp.get_context("spawn")
         self.loader = loader
-        self.out = self.ctx.Queue(maxsize=out_size)
+        self.out: "queue.Queue[tuple]" = queue.Queue(maxsize=out_size)
         self.prefetch = prefetch
         self.procs: dict[int, Any] = {}
         self.tasks: dict[int, Any] = {}
         self.assigned: dict[int, deque[int]] = {}
+        self.ready: dict[int, Any] = {}
+        self._conns: dict[Any, int] = {}  # read end of each live worker's pipe -> worker id
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._next_wid = 0
         for _ in range(workers):
             self._spawn()
+        self._reader = threading.Thread(target=self._read_loop, name="migfuse-loader-reader", daemon=True)
+        self._reader.start()
 
     def _spawn(self) -> int:
         wid = self._next_wid
         self._next_wid += 1
         tasks = self.ctx.Queue()
-        p = self.ctx.Process(target=_worker_main, args=(wid, self.loader, tasks, self.out), daemon=True)
+        self.ready[wid] = self.ctx.Event()
+        recv, send = self.ctx.Pipe(duplex=False)
+        p = self.ctx.Process(target=_worker_main, args=(wid, self.loader, tasks, send, self.ready[wid]),
+                             daemon=True)
         p.start()
+        send.close()  # only the worker writes; closing ours lets a dead worker show up as EOF
+        with self._lock:
+            self._conns[recv] = wid
         self.procs[wid], self.tasks[wid], self.assigned[wid] = p, tasks, deque()
         return wid
+
+    def _read_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                conns = list(self._conns)
+            for conn in mp_connection.wait(conns, timeout=_POLL_S):
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    with self._lock:
+                        wid = self._conns.pop(conn)
+                    conn.close()
+                    msg = ("dead", wid, -1, None)
+                while not self._stop.is_set():
+                    try:
+                        self.out.put(msg, timeout=_POLL_S)
+                        break
+                    except queue.Full:
+                        continue
 
     def feed(self, todo: deque[int], items: list[WorkItem]) -> None:
         """Top up every worker to `prefetch` assigned items."""
@@ -213,21 +265,24 @@ class _Pool:
         if wid in self.assigned and n in self.assigned[wid]:
             self.assigned[wid].remove(n)
 
-    def reap(self, todo: deque[int]) -> list[tuple[int, str]]:
-        """Replace dead workers. Returns (item n, reason) for each item a dead worker was loading;
-        items it had not started go back to the front of `todo`."""
-        lost = []
-        for wid, p in list(self.procs.items()):
-            if p.is_alive():
-                continue
-            held = list(self.assigned.pop(wid))
-            del self.procs[wid], self.tasks[wid]
-            if held:
-                lost.append((held[0], f"worker process died (exit code {p.exitcode}) while loading"))
-                todo.extendleft(reversed(held[1:]))
-            log.warning("loader worker %d died (exit code %s); starting another", wid, p.exitcode)
-            self._spawn()
-        return lost
+    def reap(self, wid: int, todo: deque[int]) -> tuple[int, str] | None:
+        """Replace the dead worker `wid`. Returns (item n, reason) for the item it was loading (all
+        its earlier messages have been handled: the pipe delivers in order); items it had not
+        started go back to the front of `todo`."""
+        p = self.procs.pop(wid)
+        p.join(timeout=5)
+        if not self.ready[wid].is_set():
+            # Not bad input: the loader cannot even start (environment or bug). Stop the run.
+            raise RuntimeError(f"loader worker {wid} exited with code {p.exitcode} before it started; "
+                               "see its traceback above")
+        held = list(self.assigned.pop(wid))
+        del self.tasks[wid]
+        log.warning("loader worker %d died (exit code %s); starting another", wid, p.exitcode)
+        self._spawn()
+        if not held:
+            return None
+        todo.extendleft(reversed(held[1:]))
+        return held[0], f"worker process died (exit code {p.exitcode}) while loading"
 
     def close(self) -> None:
         for wid, p in self.procs.items():
@@ -236,9 +291,11 @@ class _Pool:
         deadline = time.monotonic() + 5
         for p in self.procs.values():
             p.join(timeout=max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
+            if p.is_alive():  # blocked sending to a reader that stopped: it holds nothing we need
                 p.terminate()
                 p.join(timeout=1)
+        self._stop.set()
+        self._reader.join(timeout=2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -350,23 +407,29 @@ def run_extraction(
              extractor.group, rank, world, len(my_ids), summary.skipped, pending, len(items))
 
     if items:
-        extractor.setup(device)
-        bar = tqdm(total=pending, desc=f"{extractor.group} [{rank}/{world}]", unit="row", disable=None,
+        bar = tqdm(total=pending, desc=f"{extractor.group} [{rank}/{world}]", unit=extractor.unit, disable=None,
                    dynamic_ncols=True)
         writer = _Writer(extractor, g, batch_size, bar, summary)
+        pool = None
         try:
             with logging_redirect_tqdm():
-                if workers <= 0:
-                    _run_inline(extractor.loader(), items, writer)
+                if workers > 0:
+                    # Start the loaders first: they decode while the model is being built.
+                    pool = _Pool(extractor.loader(), min(workers, len(items)), prefetch, out_size=max(4, 2 * batch_size))
+                    extractor.setup(device)
+                    _run_pool(pool, items, writer)
                 else:
-                    _run_pool(extractor.loader(), items, writer, workers, prefetch, batch_size)
+                    extractor.setup(device)
+                    _run_inline(extractor.loader(), items, writer)
                 writer.flush()
         finally:
+            if pool is not None:
+                pool.close()
             bar.close()
 
     # Report every failure of this process's rows, including those kept from earlier runs.
     seen = {f[0] for f in summary.failed}
-    failures = {f["id"]: f for f in g.failures()} if hasattr(g, "failures") else {}
+    failures = {f["clip_id"]: f for f in g.failures()}
     final = g.status()
     for row in my_ids:
         if row not in seen and final[all_ids.index(row)] == FAILED:
@@ -407,37 +470,31 @@ def _run_inline(loader: Loader, items: list[WorkItem], writer: _Writer) -> None:
         _fail_rest(item, seen, Failure("load", error), writer)
 
 
-def _run_pool(loader: Loader, items: list[WorkItem], writer: _Writer, workers: int, prefetch: int,
-              batch_size: int) -> None:
-    pool = _Pool(loader, min(workers, len(items)), prefetch, out_size=max(4, 2 * batch_size))
+def _run_pool(pool: _Pool, items: list[WorkItem], writer: _Writer) -> None:
     todo = deque(range(len(items)))
     seen: dict[int, set[str]] = {}
     open_items = set(range(len(items)))
-    try:
-        pool.feed(todo, items)
-        while open_items:
-            try:
-                kind, wid, n, payload = pool.out.get(timeout=_POLL_S)
-            except queue.Empty:
-                # Nothing to load right now: do not sit on a half-full batch.
-                writer.flush()
-                for n, reason in pool.reap(todo):
-                    _fail_rest(items[n], seen.setdefault(n, set()), Failure("worker", reason), writer)
-                    open_items.discard(n)
-                pool.feed(todo, items)
-                continue
-            if n not in open_items:  # late message of an item already failed by a dead worker
-                continue
-            if kind == "sample":
-                _deliver(items[n], [payload], writer, seen.setdefault(n, set()))
-            else:
-                error = payload or "loader ended without yielding this row"
-                _fail_rest(items[n], seen.setdefault(n, set()), Failure("load", error), writer)
-                open_items.discard(n)
-                pool.finished(wid, n)
-                pool.feed(todo, items)
-    finally:
-        pool.close()
+    pool.feed(todo, items)
+    while open_items:
+        try:
+            kind, wid, n, payload = pool.out.get(timeout=_POLL_S)
+        except queue.Empty:
+            writer.flush()  # nothing loaded right now: do not sit on a half-full batch
+            continue
+        if kind == "dead":
+            lost = pool.reap(wid, todo)
+            if lost is not None and lost[0] in open_items:
+                _fail_rest(items[lost[0]], seen.setdefault(lost[0], set()), Failure("worker", lost[1]), writer)
+                open_items.discard(lost[0])
+            pool.feed(todo, items)
+        elif kind == "sample":
+            _deliver(items[n], [payload], writer, seen.setdefault(n, set()))
+        else:  # "end" of an item
+            error = payload or "loader ended without yielding this row"
+            _fail_rest(items[n], seen.setdefault(n, set()), Failure("load", error), writer)
+            open_items.discard(n)
+            pool.finished(wid, n)
+            pool.feed(todo, items)
 
 
 def format_summary(summary: RunSummary, max_rows: int = 50) -> str:

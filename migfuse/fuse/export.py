@@ -150,7 +150,7 @@ def align_ids(
         raise UserError(f"{source} lacks {len(missing)} of the {len(expected)} {split!r} ids (e.g. "
                         f"{', '.join(missing[:3])}); predict on every id of the split")
     if dropped:
-        log.info("%s: dropped %d ids the challenge does not list (%s)", source, len(dropped),
+        log.debug("%s: dropped %d ids the challenge does not list (%s)", source, len(dropped),
                  ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
     return expected, dropped
 
@@ -232,7 +232,7 @@ def export_scores(
     ids, dropped = align_ids(scores.ids, manifest, exporter.task, exporter.scheme, split, source)
     text = csv_text(ids, targets(scores, ids, exporter.task, win_label), columns)
     digest = write_zip(path, exporter.csv_name, text)
-    log.info("wrote %s: %s with %d rows, sha256 %s", path, exporter.csv_name, len(ids), digest)
+    log.debug("wrote %s: %s with %d rows, sha256 %s", path, exporter.csv_name, len(ids), digest)
     return ExportResult(path, exporter.csv_name, fmt, split, len(ids), digest, dropped)
 
 

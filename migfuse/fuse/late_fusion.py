@@ -100,7 +100,7 @@ def fuse_late(
                             f"predict all runs on the same split, or pass --intersect")
         if not common:
             raise UserError(f"the score files {', '.join(names)} share no id; they come from different splits")
-        log.info("late fusion: kept %d common ids; dropped %s", len(common),
+        log.debug("late fusion: kept %d common ids; dropped %s", len(common),
                  ", ".join(f"{n} from {name}" for name, n in dropped.items()))
 
     ids = [i for i in first.ids if i in common]  # the first run's order: deterministic

@@ -3,13 +3,14 @@
 Reads any file `export` writes (zip or CSV, with or without a header) and migfuse scores (.npz),
 so a submission can be checked locally before upload, and predictions of other tools can be
 compared on the same ids. Micro-gestures: top-1, mean class accuracy and a per-class table.
-Emotion: accuracy and F1 (Win = positive).
+Emotion: accuracy and F1 (Win = positive). Scores files (.npz) also give top-5 / ROC-AUC.
+The metrics themselves are `migfuse.fuse.metrics` (shared with `fuse evaluate`).
 """
 from __future__ import annotations
 
 import csv
 import io
-import logging
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,23 +18,26 @@ from pathlib import Path
 import numpy as np
 
 from migfuse.data_cache import classes
-from migfuse.data_cache.manifest import Manifest
+from migfuse.data_cache.manifest import SCHEMES, Manifest
 from migfuse.errors import UserError
+from migfuse.fuse import metrics
 from migfuse.fuse.export import align_ids
 from migfuse.fuse.scores import Scores, duplicates
 
-log = logging.getLogger(__name__)
+_ID = re.compile(r"^\d+(_\d+)?$")  # video id 0054 or clip id 0054_0
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """Hard predictions read from a file: ids (N,), labels (N,) int64 in migfuse's class indices
-    (mg: 0..31; emotion: 0 = Lose, 1 = Win), the task and the header found (None if none)."""
+    """Predictions read from a file: ids (N,), labels (N,) int64 in migfuse's class indices
+    (mg: 0..31; emotion: 0 = Lose, 1 = Win), the task, the header found (None if none) and, for
+    scores files only, probs (N, C) with columns in migfuse's class order."""
 
     ids: list[str]
     labels: np.ndarray
     task: str
     header: tuple[str, ...] | None = None
+    probs: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,9 @@ class ScoreReport:
     accuracy: float
     mean_class_accuracy: float
     per_class: list[ClassScore]
+    top5: float | None = None        # mg, scores files only (a CSV holds top-1 only)
     f1: float | None = None          # emotion: F1 of Win (positive class)
-    macro_f1: float | None = None    # emotion: mean F1 of Win and Lose
+    roc_auc: float | None = None     # emotion, scores files only
     ignored: list[str] = field(default_factory=list)
 
     def format(self) -> str:
@@ -72,10 +77,13 @@ class ScoreReport:
         if self.ignored:
             lines.append(f"ignored {len(self.ignored)} ids the challenge does not list: {', '.join(self.ignored[:5])}")
         lines.append(f"top-1 accuracy        {100 * self.accuracy:6.2f} %")
+        if self.top5 is not None:
+            lines.append(f"top-5 accuracy        {100 * self.top5:6.2f} %")
         lines.append(f"mean class accuracy   {100 * self.mean_class_accuracy:6.2f} %")
         if self.f1 is not None:
             lines.append(f"F1 (Win positive)     {100 * self.f1:6.2f} %")
-            lines.append(f"macro F1              {100 * (self.macro_f1 or 0.0):6.2f} %")
+        if self.roc_auc is not None:
+            lines.append(f"ROC-AUC               {self.roc_auc:6.4f}")
         lines.append(f"{'idx':>3}  {'class':<24}{'n':>6}{'correct':>9}{'acc %':>8}")
         for c in self.per_class:
             lines.append(f"{c.index:>3}  {c.name:<24}{c.n:>6}{c.correct:>9}{100 * c.accuracy:>8.2f}")
@@ -94,16 +102,18 @@ def read_predictions(path: str | Path, task: str | None = None, win_label: int =
         raise UserError(f"prediction file not found: {path}")
     if path.suffix.lower() == ".npz":
         s = Scores.load(path)
-        labels = s.predictions()
+        probs = s.scores
         if s.task == "emotion":
-            labels = (labels == s.classes.index("Win")).astype(np.int64)
-        return Predictions(s.ids, labels.astype(np.int64), s.task)
+            if sorted(s.classes) != classes.EMOTION_CLASSES:
+                raise UserError(f"{path} has emotion classes {s.classes}, expected {classes.EMOTION_CLASSES}")
+            probs = probs[:, [s.classes.index(c) for c in classes.EMOTION_CLASSES]]  # columns Lose, Win
+        return Predictions(s.ids, probs.argmax(1).astype(np.int64), s.task, probs=probs)
     text = _zip_csv(path) if zipfile.is_zipfile(path) else path.read_text(encoding="utf-8-sig")
     rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
     if not rows:
         raise UserError(f"{path} holds no prediction rows")
     header = None
-    if not _is_int(rows[0][-1]):
+    if not _ID.match(rows[0][0].strip()):  # a header names columns; data rows start with an id
         header, rows = tuple(c.strip() for c in rows[0]), rows[1:]
     ids, values = [], []
     for line, row in enumerate(rows, 2 if header else 1):
@@ -114,6 +124,8 @@ def read_predictions(path: str | Path, task: str | None = None, win_label: int =
     dup = duplicates(ids)
     if dup:
         raise UserError(f"{path} lists {len(dup)} ids twice (e.g. {', '.join(dup[:3])}); keep one row per id")
+    if task not in (None, "mg", "emotion"):
+        raise UserError(f"unknown task {task!r}; use mg or emotion")
     task = task or _guess_task(ids, path)
     labels = np.asarray(values, dtype=np.int64)
     if task == "emotion":
@@ -140,6 +152,10 @@ def score_predictions(
     file is scored and must be in the manifest. UserError on unknown, missing or unlabelled ids.
     """
     scheme = scheme or ("split_emotion" if pred.task == "emotion" else "split_miga")
+    if scheme not in SCHEMES:
+        raise UserError(f"unknown split scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    if pred.task == "emotion" and scheme != "split_emotion":
+        raise UserError(f"emotion predictions are per video: score them with --scheme split_emotion, not {scheme}")
     where = manifest.root or "the manifest"
     if split is not None:
         ids, ignored = align_ids(pred.ids, manifest, pred.task, scheme, split, source)
@@ -155,19 +171,22 @@ def score_predictions(
     if unlabelled:
         raise UserError(f"{where} has no label for {len(unlabelled)} of the ids (e.g. {', '.join(unlabelled[:3])}); "
                         f"score on a split with labels (challenge test labels are not public)")
-    by_id = dict(zip(pred.ids, pred.labels.tolist()))
     y = np.asarray(truth, dtype=np.int64)
-    p = np.asarray([by_id[i] for i in ids], dtype=np.int64)
+    row = {i: r for r, i in enumerate(pred.ids)}
+    rows = [row[i] for i in ids]  # joined by id
     names = classes.EMOTION_CLASSES if pred.task == "emotion" else classes.CLASS_NAMES
-    per_class = [ClassScore(c, names[c], int((y == c).sum()), int(((y == c) & (p == c)).sum()))
-                 for c in range(len(names)) if (y == c).any()]
-    report = dict(source=source, task=pred.task, split=split, n=len(ids), accuracy=float((p == y).mean()),
-                  mean_class_accuracy=float(np.mean([c.accuracy for c in per_class])),
-                  per_class=per_class, ignored=ignored)
-    if pred.task == "emotion":
-        f1_win, f1_lose = _f1(y, p, 1), _f1(y, p, 0)
-        report.update(f1=f1_win, macro_f1=(f1_win + f1_lose) / 2)
-    return ScoreReport(**report)
+    has_probs = pred.probs is not None
+    # A CSV holds top-1 only: score it as one-hot probabilities (top-5 / ROC-AUC then meaningless).
+    probs = pred.probs[rows] if has_probs else np.eye(len(names), dtype=np.float32)[pred.labels[rows]]
+    cm = np.asarray(metrics.confusion_matrix(y, probs.argmax(1), len(names)))
+    per_class = [ClassScore(c, names[c], int(cm[c].sum()), int(cm[c, c])) for c in range(len(names)) if cm[c].sum()]
+    common = dict(source=source, task=pred.task, split=split, n=len(ids), per_class=per_class, ignored=ignored,
+                  mean_class_accuracy=float(np.mean([c.accuracy for c in per_class])))
+    if pred.task == "mg":
+        m = metrics.mg_metrics(probs, y, names)
+        return ScoreReport(accuracy=m["top1"], top5=m["top5"] if has_probs else None, **common)
+    e = metrics.emotion_metrics(probs, y)
+    return ScoreReport(accuracy=e["accuracy"], f1=e["f1"], roc_auc=e["roc_auc"] if has_probs else None, **common)
 
 
 def score_file(
@@ -215,9 +234,3 @@ def _label(manifest: Manifest, id_: str, task: str) -> int | None:
     if task == "emotion":
         return classes.emotion_label(manifest.videos[id_].win_lose)
     return manifest.clip(id_).label
-
-
-def _f1(y: np.ndarray, p: np.ndarray, positive: int) -> float:
-    tp = int(((p == positive) & (y == positive)).sum())
-    denom = int((p == positive).sum() + (y == positive).sum())
-    return 2 * tp / denom if denom else 0.0

@@ -151,9 +151,8 @@ class AAGCNBackbone(SkeletonBackbone):
         if x.ndim != 6 or x.shape[4] != v:
             raise UserError(f"aagcn input must be (N, clips, M, T, V={v}, C) for layout '{self.layout.name}', "
                             f"got {x.shape} (pass --layout matching the data)")
-        xt = torch.from_numpy(x).reshape((-1,) + x.shape[2:])
-        feats = self.model.backbone(xt)
-        return {"backbone_features": feats.numpy(), "cls_scores": self.model.cls_head(feats).numpy()}
+        feats = self.model.backbone(torch.from_numpy(x).reshape((-1,) + x.shape[2:]).to(self.device))
+        return {"backbone_features": feats.cpu().numpy(), "cls_scores": self.model.cls_head(feats).cpu().numpy()}
 
 
 @register_backbone("aagcn")

@@ -171,12 +171,30 @@ class SkeletonBackbone(Backbone):
     what: str = ""
 
     def __init__(self, layout: str | None = None, num_class: int = 32, num_person: int | None = None,
-                 base_channels: int = 64, **options: Any):
+                 base_channels: int = 64, device: str = "cpu", **options: Any):
         super().__init__(layout=layout, num_class=num_class, num_person=num_person, base_channels=base_channels,
-                         **options)
+                         device=device, **options)
         self.layout = get_layout(layout or "imigue")
-        self.model = self.build(self.layout, num_class, num_person, base_channels).eval()
+        self.device = device
+        self.model = self.build(self.layout, num_class, num_person, base_channels).to(device).eval()
         self.meta: dict = {}
+
+    @property
+    def num_person(self) -> int:
+        """Persons the model's data_bn expects (2 in the published NTU / Kinetics files, 1 in migfuse's)."""
+        bn = self.model.data_bn if hasattr(self.model, "data_bn") else self.model.backbone.data_bn
+        return bn.num_features // (3 * self.layout.num_node)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """Shown by `migfuse backbone info`: the graph and, for migfuse checkpoints, how they were trained."""
+        info: dict[str, Any] = {"layout": f"{self.layout.name} ({self.layout.num_node} joints)",
+                                "persons": self.num_person}
+        trained = self.meta.get("migfuse") if isinstance(self.meta.get("migfuse"), Mapping) else {}
+        for key in ("stream", "preprocess", "split", "seed", "epoch", "val_top1"):
+            if key in trained:
+                info[key] = trained[key]
+        return info
 
     def build(self, layout: Layout, num_class: int, num_person: int | None, base_channels: int) -> nn.Module:
         raise NotImplementedError
@@ -197,9 +215,10 @@ class SkeletonBackbone(Backbone):
         rep = compare_state_dict(model.state_dict(), sd)
         if not rep.ok:
             raise UserError(f"{path} is not a {self.what} checkpoint for layout '{layout.name}' "
-                            f"({layout.num_node} joints): {rep.summary()} (pass --layout matching the file)")
+                            f"({layout.num_node} joints; the file has {sd[self.joints_key].shape[-1]}): "
+                            f"{rep.summary()} (pass --layout matching the file)")
         model.load_state_dict(sd, strict=True)
-        self.model, self.layout, self.meta = model.eval(), layout, meta
+        self.model, self.layout, self.meta = model.to(self.device).eval(), layout, meta
         self.checkpoint, self.checkpoint_sha256 = Path(path), sha256_file(path)
         log.info("loaded %s (%s, layout %s): %s", path, self.name, layout.name, rep.summary())
         return rep
@@ -224,10 +243,9 @@ class AGCNBackbone(SkeletonBackbone):
         if x.ndim != 5 or x.shape[3] != v:
             raise UserError(f"agcn input must be (N, C, T, V={v}, M) for layout '{self.layout.name}', "
                             f"got {x.shape} (pass --layout matching the data)")
-        xt = torch.from_numpy(x)
-        feats = self.model.features(xt)
+        feats = self.model.features(torch.from_numpy(x).to(self.device))
         logits = self.model.head(feats, x.shape[-1])
-        return {"l10_features": feats.numpy(), "logits": logits.numpy()}
+        return {"l10_features": feats.cpu().numpy(), "logits": logits.cpu().numpy()}
 
 
 @register_backbone("agcn")

@@ -10,10 +10,11 @@ Layouts:
                + both 21-point OpenPose hands; hand wrist (hand point 0) joined to the body wrist.
   openpose22   22 nodes of the MiGA baselines (pyskl `openpose22`): BODY_25 0-7, eyes, ears,
                5 right fingertips on the right wrist, 5 left fingertips on the left wrist.
-  openpose-18  Kinetics / OpenPose COCO-18 (2s-AGCN graph/kinetics.py).
+  openpose-18  Kinetics / OpenPose COCO-18 (2s-AGCN graph/kinetics.py); read from BODY_25.
   ntu-25       NTU RGB+D as 2s-AGCN graph/ntu_rgb_d.py builds it.
   nturgb+d     NTU RGB+D as mmaction2 graph.py builds it (hand tips hang off the wrists).
-  coco-17      COCO-17 as mmaction2 graph.py builds it.
+  coco-17      COCO-17 as mmaction2 graph.py builds it; read from BODY_25 (to start from mmaction2's
+               coco checkpoints).
 
 The spatial adjacency is `stack(I, norm(inward), norm(outward))` (3, V, V) with column
 normalisation, exactly as 2s-AGCN graph/tools.py and mmaction2 graph.py build it.
@@ -150,8 +151,11 @@ def _openpose18() -> Layout:
     # gen_bone_data.py roots the Kinetics bones at the nose (1 -> 0), unlike the graph (centre neck).
     bones = ((0, 0), (1, 0), (2, 1), (3, 2), (4, 3), (5, 1), (6, 5), (7, 6), (8, 2), (9, 8), (10, 9), (11, 5),
              (12, 11), (13, 12), (14, 0), (15, 0), (16, 14), (17, 15))
-    return Layout(name="openpose-18", nodes=names, inward=inward, center=1, bone_pairs=bones,
-                  description="Kinetics / OpenPose-18 (2s-AGCN graph/kinetics.py, bones from gen_bone_data.py)")
+    # OpenPose-18 is BODY_25 without mid-hip, toes and heels.
+    source = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
+    return Layout(name="openpose-18", nodes=names, inward=inward, center=1, bone_pairs=bones, source=source,
+                  description="Kinetics / OpenPose-18 (2s-AGCN graph/kinetics.py, bones from gen_bone_data.py); "
+                              "read from BODY_25 0-7, 9-18")
 
 
 _NTU_NAMES = ("spine_base", "spine_mid", "neck", "head", "l_shoulder", "l_elbow", "l_wrist", "l_hand",
@@ -182,8 +186,12 @@ def _coco17() -> Layout:
              "l_wrist", "r_wrist", "l_hip", "r_hip", "l_knee", "r_knee", "l_ankle", "r_ankle")
     inward = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 5), (12, 6), (9, 7), (7, 5), (10, 8), (8, 6), (5, 0),
               (6, 0), (1, 0), (3, 1), (2, 0), (4, 2))
+    # The COCO-17 points are BODY_25 points in another order (no neck).
+    source = (0, 16, 15, 18, 17, 5, 2, 6, 3, 7, 4, 12, 9, 13, 10, 14, 11)
     return Layout(name="coco-17", nodes=names, inward=inward, center=0, bone_pairs=_tree_bones(inward, 0),
-                  description="COCO-17 as mmaction2 graph.py 'coco' (bones along the graph tree)")
+                  source=source,
+                  description="COCO-17 as mmaction2 graph.py 'coco' (bones along the graph tree); read from "
+                              "BODY_25 (for starting from mmaction2 coco checkpoints)")
 
 
 _BUILDERS = {"imigue": _imigue, "openpose22": _openpose22, "openpose-18": _openpose18, "ntu-25": _ntu25,

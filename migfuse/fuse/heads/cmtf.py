@@ -17,8 +17,9 @@ Design reasons:
     embedding, so attention can tell them apart; each view token keeps a position embedding.
   * Separate pooled video and pose vectors are concatenated, so a clip where one side is
     uninformative still has the other side's summary (and modality dropout can train for that).
-  * Defaults (width 96, one block, FFN x2) follow fuse_cost.md: ~20x less arithmetic than a
-    d=256/2-block head, so the default recipe trains on iMiGUE in minutes on 2 CPU cores.
+  * Defaults (width 64, one block, FFN x2, 9 video + 28 pose tokens from the default views) follow
+    fuse_cost.md: ~40x less arithmetic than its d=256/2-block row, so the default recipe trains on
+    iMiGUE in minutes on 2 CPU cores (benchmarks/RESULTS.md, fuse section).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class CMTF(FusionHead):
     """Video <-> pose bidirectional cross-attention head for micro-gesture classification."""
 
     DEFAULTS = {
-        "width": 96,               # shared token width d (fuse_cost.md: time ~ tokens x d^2 x depth)
+        "width": 64,               # shared token width d (fuse_cost.md: time ~ tokens x d^2 x depth)
         "depth": 1,                # number of bidirectional cross-attention blocks
         "heads": 4,                # attention heads (width must be divisible by it)
         "ffn_mult": 2,             # FFN hidden width = ffn_mult x width

@@ -79,7 +79,7 @@ class InterFusion(FusionHead):
         "dropout": 0.2,          # dropout in attention, FFN and before the classifier
         "face_dropout": 0.3,     # training only: prob. per video of hiding all its faces
         "context_dropout": 0.1,  # training only: prob. per video of hiding all its context tokens
-        "face_input": "face",        # cache modality of the face-frame features
+        "face_input": "face_context",  # cache modality of the face-frame features (per video window)
         "context_input": "context",  # cache modality of the scene-context tokens
     }
 

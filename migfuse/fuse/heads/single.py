@@ -34,7 +34,7 @@ class TokenHead(FusionHead):
     """Self-attention over the tokens of the listed inputs (one modality, or a plain concatenation)."""
 
     DEFAULTS = {
-        "width": 96,        # token width d
+        "width": 64,        # token width d
         "depth": 1,         # self-attention blocks (0 = mean of projected tokens, a linear probe)
         "heads": 4,         # attention heads
         "ffn_mult": 2,      # FFN hidden width = ffn_mult x width

@@ -1,0 +1,134 @@
+"""Benchmark of the video track: decode alone, model alone, end to end, on the same generated videos.
+
+    python benchmarks/extract_video.py [--videos 2] [--clips-per-video 6] [--size 1280x720] [--workers 1]
+
+Writes generated 25 fps h264 videos (moving noise, so the encoder has real work), then measures
+clips/s for:
+  decode   the video track's loader in this process (decode once per video, sample 16 frames per
+           clip, resize + crop to uint8): what one loader worker delivers;
+  model    MViTv2-S (random weights) on pre-decoded uint8 clips, batch --batch-size;
+  e2e      `run_extraction` with --workers loader processes into a fresh cache;
+and the ratio e2e / model (1.0 = decoding fully hidden behind the forward pass). Prints a markdown
+table; record it in benchmarks/RESULTS.md (section `video`).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_video(path: Path, n_frames: int, width: int, height: int, seed: int) -> None:
+    """h264 mp4, 25 fps: a smooth moving gradient plus noise (compresses like real footage, roughly)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(n_frames):
+            base = (128 + 100 * np.sin((xx + 4 * i) / 60.0) * np.cos((yy - 2 * i) / 45.0))[..., None]
+            img = np.clip(base + rng.normal(0, 12, (height, width, 1)), 0, 255).astype(np.uint8).repeat(3, axis=2)
+            img[..., 1] = np.roll(img[..., 1], i, axis=1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def make_dataset(root: Path, videos: int, clips: int, width: int, height: int) -> Path:
+    """Videos with `clips` clips each of 25-75 frames (iMiGUE clips are 1-3 s), spread over the video."""
+    from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo
+
+    rng = np.random.default_rng(0)
+    all_clips, infos = [], {}
+    for v in range(1, videos + 1):
+        vid = f"{v:04d}"
+        lengths = rng.integers(25, 76, clips)
+        gaps = rng.integers(5, 40, clips)
+        starts = np.cumsum(gaps + np.r_[0, lengths[:-1]])
+        n_frames = int(starts[-1] + lengths[-1] + 10)
+        path = root / f"{vid}.mp4"
+        write_video(path, n_frames, width, height, seed=v)
+        infos[vid] = VideoInfo(vid, video_path=path, n_frames=n_frames)
+        all_clips += [Clip.make(vid, k, int(s), int(s + n - 1), raw_class=1) for k, (s, n) in enumerate(zip(starts, lengths))]
+    return Manifest(clips=all_clips, videos=infos).save(root / "prepared")
+
+
+def bench_decode(extractor) -> tuple[float, list]:
+    loader = extractor.loader()
+    items = extractor.work_items(extractor.ids())
+    t = time.perf_counter()
+    samples = [s for item in items for s in loader(item)]
+    dt = time.perf_counter() - t
+    assert all(s.failure is None for s in samples), [s.failure for s in samples if s.failure]
+    return len(samples) / dt, samples
+
+
+def bench_model(extractor, samples: list, batch_size: int) -> float:
+    extractor.setup("cpu")
+    frames = np.concatenate([s.inputs["frames"] for s in samples])
+    extractor._tokens(frames[:1])  # warm-up (allocations, oneDNN kernel selection)
+    t = time.perf_counter()
+    for i in range(0, len(frames), batch_size):
+        extractor._tokens(frames[i:i + batch_size])
+    return len(frames) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=2)
+    ap.add_argument("--clips-per-video", type=int, default=6)
+    ap.add_argument("--size", default="1280x720", help="WxH of the generated videos")
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--model-clips", type=int, default=8, help="clips for the model-alone timing")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    from migfuse.data_cache.manifest import Manifest
+    from migfuse.extract.runner import run_extraction
+    from migfuse.extract.video import VideoExtractor
+
+    width, height = (int(x) for x in args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        prepared = make_dataset(root, args.videos, args.clips_per_video, width, height)
+        gen = time.perf_counter() - t
+        manifest = Manifest.load(prepared)
+        n = len(manifest.clips)
+
+        decode_rate, samples = bench_decode(VideoExtractor(manifest, "video"))
+        model_rate = bench_model(VideoExtractor(manifest, "video"), samples[: args.model_clips], args.batch_size)
+
+        t = time.perf_counter()
+        summary = run_extraction(VideoExtractor(manifest, "video"), root / "cache.zarr", workers=args.workers,
+                                 batch_size=args.batch_size)
+        e2e = time.perf_counter() - t
+        assert summary.ok and summary.done == n, summary.failed
+        e2e_rate = n / e2e
+
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), {n} clips of 25-75 frames in "
+          f"{args.videos} {width}x{height} h264 videos (generated in {gen:.1f} s), batch {args.batch_size}, "
+          f"{args.workers} loader worker(s)\n")
+    print("| measurement | clips/s | s/clip |")
+    print("|---|---|---|")
+    for name, rate in [("decode alone (1 process: decode + sample + resize/crop)", decode_rate),
+                       (f"model alone (MViTv2-S fp32, {args.model_clips} clips)", model_rate),
+                       ("end to end (`run_extraction`, incl. model build, cache writes)", e2e_rate)]:
+        print(f"| {name} | {rate:.3f} | {1 / rate:.2f} |")
+    print(f"\nratio end-to-end / model-alone: {e2e_rate / model_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""`migfuse data prepare`: a dataset download -> PREPARED/ (manifest + skeleton arrays + report).
+
+Reading 21k OpenPose JSON files or a multi-million-cell xlsx per video is slow, so it is done once
+here; everything later reads the memory-mapped ``skeletons/<vid4>.npy``. Problems (empty or
+unreadable skeletons, clips outside the skeleton, files that do not fit) go to
+``prepare_report.json`` and the run goes on; only a root that matches no layout stops it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from migfuse.data_cache import classes
+from migfuse.data_cache.layouts import LayoutScan, read_layout
+from migfuse.data_cache.layouts.base import SkeletonSource
+from migfuse.data_cache.manifest import REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, write_skeleton
+from migfuse.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare` wrote: the saved manifest and the report (also in prepare_report.json)."""
+
+    manifest: Manifest
+    report: dict
+
+
+def build_manifest(scan: LayoutScan) -> Manifest:
+    """Clips and videos of a layout scan with labels and the three split columns (no skeletons)."""
+    clips: list[Clip] = []
+    videos: dict[str, VideoInfo] = {}
+    for vid in sorted(scan.videos):
+        src = scan.videos[vid]
+        videos[vid] = VideoInfo(vid, subject=src.subject, win_lose=src.win_lose,
+                                video_path=src.video_path.resolve() if src.video_path else None)
+        for c in sorted(src.clips, key=lambda c: c.k):
+            split_miga = src.split_miga
+            if split_miga is not None and clip_id_of(vid, c.k) in classes.MIGA_EXCLUDED_CLIPS:
+                split_miga = ""
+            clips.append(Clip.make(vid, c.k, c.start_frame, c.end_frame, raw_class=c.raw_class,
+                                   subject=src.subject, win_lose=src.win_lose, split_miga=split_miga))
+    return Manifest(clips=clips, videos=videos)
+
+
+def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_base: int = 0,
+            workers: int = 1, reuse: bool = True, progress: bool = True) -> PrepareResult:
+    """Read a dataset download in any supported layout and write PREPARED/ into ``out``.
+
+    Writes manifest.csv, videos.csv, skeletons/<vid4>.npy (T, 137, 3) float32 + .mask.npy (T,) bool
+    and prepare_report.json. Runtime is dominated by skeleton reading: ~4 s per video of OpenPose
+    JSON (21k frames), a few seconds per 411-column xlsx. ``workers`` > 1 converts videos in
+    parallel processes. With ``reuse``, skeletons whose source file is unchanged since the last run
+    into the same ``out`` (same size and modification time, per prepare_report.json) are not read
+    again, so an interrupted run resumes quickly.
+    """
+    out = Path(out)
+    scan = read_layout(root, layout, frame_base=frame_base)
+    try:
+        manifest = build_manifest(scan)
+    except ValueError as e:  # duplicate clip ids, unknown raw class
+        raise UserError(f"labels under {scan.root} are inconsistent ({e}); fix the label file") from None
+    out.mkdir(parents=True, exist_ok=True)
+    problems = list(scan.problems)
+    previous = _previous_skeletons(out) if reuse else {}
+    skeleton_info: dict[str, dict] = {}
+    jobs: list[tuple[str, SkeletonSource]] = []
+    for vid in sorted(scan.videos):
+        source = scan.videos[vid].skeleton
+        if source is None:
+            continue
+        old = previous.get(vid)
+        if old is not None and (old.get("source"), old.get("kind"), old.get("signature")) == (
+                str(source.path), source.kind, _signature(source)):
+            skeleton_info[vid] = old  # unchanged source, array already written by an earlier run
+        else:
+            jobs.append((vid, source))
+    if skeleton_info:
+        log.info("reusing %d skeleton arrays of an earlier run (unchanged sources)", len(skeleton_info))
+    for vid, outcome in _convert_all(jobs, out, workers=workers, progress=progress):
+        if "problem" in outcome:
+            problems.append(outcome["problem"])
+            log.warning("video %s: %s", vid, outcome["problem"]["detail"])
+        else:
+            skeleton_info[vid] = outcome
+    for vid, info in skeleton_info.items():
+        manifest.videos[vid].skeleton = info["array"]
+        manifest.videos[vid].n_frames = info["frames"]
+    no_skeleton = [v for v in sorted(scan.videos) if scan.videos[v].skeleton is None]
+    if no_skeleton:
+        problems.append({"kind": "no_skeleton", "detail": f"{len(no_skeleton)} videos have no skeleton file",
+                         "video_ids": no_skeleton})
+    outside = [c.clip_id for c in manifest.clips
+               if manifest.videos[c.video_id].n_frames is not None
+               and (c.start_frame < 0 or c.end_frame >= manifest.videos[c.video_id].n_frames
+                    or c.end_frame < c.start_frame)]
+    if outside:
+        problems.append({"kind": "clip_outside_skeleton", "detail": f"{len(outside)} clips reach past their "
+                         f"skeleton's frames (kept as they are; readers must pad)", "clip_ids": outside})
+    no_video = [v for v, info in manifest.videos.items() if info.video_path is None]
+    if no_video:
+        problems.append({"kind": "no_video_file", "detail": f"{len(no_video)} videos have no <vid4>.mp4 "
+                         f"under the root (RGB tracks will skip them)", "video_ids": no_video})
+    manifest.save(out)
+    report = {
+        "layout": scan.layout, "root": str(Path(root).resolve()), "frame_base": frame_base,
+        "clips": len(manifest.clips), "videos": len(manifest.videos),
+        "videos_with_skeleton": len(skeleton_info), "videos_with_mp4": len(manifest.videos) - len(no_video),
+        "splits": {scheme: _counts(manifest, scheme) for scheme in ("split_cs", "split_miga", "split_emotion")},
+        "problems": problems, "skeletons": dict(sorted(skeleton_info.items())),
+    }
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    log.info("prepared %d clips of %d videos (%d skeletons, %d problems) in %s", len(manifest.clips),
+             len(manifest.videos), len(skeleton_info), len(problems), out)
+    return PrepareResult(manifest, report)
+
+
+def _signature(source: SkeletonSource) -> list[int]:
+    """Size and modification time of a skeleton source (a folder's mtime changes with its files)."""
+    st = source.path.stat()
+    return [st.st_size if source.path.is_file() else 0, st.st_mtime_ns]
+
+
+def _previous_skeletons(out: Path) -> dict[str, dict]:
+    """Records (``skeletons/<vid4>.json``, written after each array) of earlier runs into ``out``."""
+    records: dict[str, dict] = {}
+    for path in sorted((out / SKELETON_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and "array" in record and (out / record["array"]).is_file():
+            records[path.stem] = record
+    return records
+
+
+def _convert(vid: str, source: SkeletonSource, out: Path, progress: bool) -> dict:
+    """Read one skeleton source and write its arrays; a dict for the report (or a "problem")."""
+    try:
+        read = source.read(progress=progress)
+    except (UserError, ValueError, OSError) as e:
+        return {"problem": {"kind": "unreadable_skeleton", "video_id": vid, "path": str(source.path),
+                            "detail": str(e)}}
+    if len(read.points) == 0 or not read.mask.any():
+        return {"problem": {"kind": "empty_skeleton", "video_id": vid, "path": str(source.path),
+                            "detail": f"{source.path}: {len(read.points)} frames, none with a person"}}
+    array = write_skeleton(out, vid, read.points, read.mask)
+    record = {"source": str(source.path), "kind": source.kind, "signature": _signature(source), "array": array,
+              "frames": int(len(read.points)), "frames_with_person": int(read.mask.sum()), **read.info}
+    # written after the arrays, so a record always describes complete arrays (resume after a crash)
+    (out / SKELETON_DIR / f"{vid}.json").write_text(json.dumps(record), encoding="utf-8")
+    return record
+
+
+def _convert_all(jobs: list[tuple[str, SkeletonSource]], out: Path, *, workers: int,
+                 progress: bool) -> Iterator[tuple[str, dict]]:
+    bar = tqdm(total=len(jobs), desc="skeletons", unit="video", disable=None if progress else True)
+    with bar:
+        if workers <= 1 or len(jobs) <= 1:
+            for vid, source in jobs:
+                yield vid, _convert(vid, source, out, progress)
+                bar.update(1)
+            return
+        # one process per video; per-frame bars would interleave, so only the video bar is shown
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_convert, vid, source, out, False): vid for vid, source in jobs}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+                bar.update(1)
+
+
+def _counts(manifest: Manifest, scheme: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    if scheme == "split_emotion":
+        for info in manifest.videos.values():
+            counts[info.split_emotion] = counts.get(info.split_emotion, 0) + 1
+    else:
+        for c in manifest.clips:
+            counts[getattr(c, scheme)] = counts.get(getattr(c, scheme), 0) + 1
+    return dict(sorted(counts.items()))

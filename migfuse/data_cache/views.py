@@ -1,0 +1,309 @@
+"""Pooled views: small token sets derived once from the full cache groups, for training on a laptop.
+
+Full iMiGUE tokens are tens of GB (video alone: 393 x 768 fp16 = 0.6 MB per clip), and a fusion
+head's cost grows with the number of tokens (research/fuse_cost.md). A view pools each clip's
+tokens into a few tokens once, and stores them as group ``views/<name>`` in the same cache:
+
+    ids                (N,)               the source group's ids (clips, or videos)
+    tokens             (N, [W,] n, D)     fp16 pooled tokens ([W,] = windows of per-video tracks)
+    mask               (N, [W,] n) bool   True for real tokens (False: no face, padded window)
+
+many clips per chunk (one writer), with provenance = source group + its provenance + pooling.
+Every fusion input, view or raw group, reaches the heads in this one layout (`as_tokens`).
+
+Poolings (name: source arrays -> tokens per clip):
+  video_time   video tokens (393, 768) -> (1 + 8, 768): class token + mean over the 7x7 grid per
+               time step (windowed (W, 393, 768): the same, averaged over the valid windows)
+  video_cls    video tokens -> (1, 768): class token only
+  pose_parts   joint/bone features (256, T', V) -> (time_steps + parts, 256): mean over joints per
+               time step (adaptively pooled to time_steps) + mean over time per body-part group
+  pose_time    joint/bone features -> (time_steps, 256)
+  face_keep    face features (K, 512) ++ logits (K, 7), mask (K,) -> (K, 519) (nothing pooled: K is small)
+  context_cls_mean  context tokens (K, 393, 768), valid (K,) -> (K, 2, 768): class token + mean of
+               the spatio-temporal tokens per window
+  raw          no pooling: the layout conversion used when training reads a raw group
+
+This module must not import torch (the laptop derives views with numpy + zarr only).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from migfuse.data_cache.store import DONE, ArraySpec, GroupSpec, TokenCache, TokenGroup
+from migfuse.errors import UserError
+
+log = logging.getLogger(__name__)
+
+VIEW_PREFIX = "views/"
+VIDEO_GRID = 49           # MViTv2-S: 1 class token + 8 time steps x 7 x 7 spatial tokens
+POSE_TIME_STEPS = 8
+POSE_PARTS = 6
+CHUNK_BYTES = 8 << 20     # ~8 MB per chunk: few files, fast sequential reads on a laptop
+
+#: Tracks whose rows are videos (not clips).
+PER_VIDEO_TRACKS = ("context", "face_context")
+#: Default pooling per track, and the track's modality name in training configs.
+DEFAULT_POOLING = {
+    "video": "video_time",
+    "joint": "pose_parts",
+    "bone": "pose_parts",
+    "face": "face_keep",
+    "context": "context_cls_mean",
+    "face_context": "face_keep",
+}
+
+Pooled = dict[str, np.ndarray]  # {"tokens": (B, [W,] n, D) float, "mask": (B, [W,] n) bool}
+_POOLINGS: dict[str, tuple[tuple[str, ...], Callable[..., Pooled]]] = {}
+
+
+def register_pooling(name: str, tracks: tuple[str, ...]):
+    """Decorator: a pooling `fn(arrays, **params) -> {"tokens", "mask"}` for the given tracks.
+
+    `arrays` are stacked source arrays as `TokenGroup.read_many` returns them (ragged ones padded,
+    with ``<name>_len``).
+    """
+
+    def wrap(fn):
+        _POOLINGS[name] = (tracks, fn)
+        return fn
+
+    return wrap
+
+
+def list_poolings() -> dict[str, tuple[str, ...]]:
+    """Pooling name -> tracks it applies to."""
+    return {k: v[0] for k, v in _POOLINGS.items()}
+
+
+# ----- poolings ------------------------------------------------------------------------------------
+def _video_windows(a: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Video tokens as (B, W, 393, D) plus a (B, W) bool of valid windows (W = 1 when not windowed)."""
+    x = a["tokens"]
+    if x.ndim == 3:
+        return x[:, None], np.ones(x.shape[:1] + (1,), bool)
+    lengths = a["tokens_len"]
+    return x, np.arange(x.shape[1])[None, :] < lengths[:, None]
+
+
+def _mean_windows(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(B, W, ...) averaged over valid windows -> (B, ...)."""
+    w = valid.astype(np.float32).reshape(valid.shape + (1,) * (x.ndim - 2))
+    return (x * w).sum(1) / np.maximum(w.sum(1), 1.0)
+
+
+def _cls_and_time(x: np.ndarray, grid: int) -> np.ndarray:
+    """(..., 1 + T*grid, D) -> (..., 1 + T, D): class token, then the mean of each time step's grid."""
+    body = x[..., 1:, :]
+    steps = body.shape[-2] // grid
+    body = body[..., : steps * grid, :].reshape(*body.shape[:-2], steps, grid, body.shape[-1])
+    return np.concatenate([x[..., :1, :], body.mean(-2)], axis=-2)
+
+
+@register_pooling("video_time", ("video",))
+def video_time(a: Mapping[str, np.ndarray], grid: int = VIDEO_GRID) -> Pooled:
+    x, valid = _video_windows(a)
+    tokens = _mean_windows(_cls_and_time(x.astype(np.float32), grid), valid)
+    return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
+
+
+@register_pooling("video_cls", ("video",))
+def video_cls(a: Mapping[str, np.ndarray]) -> Pooled:
+    x, valid = _video_windows(a)
+    tokens = _mean_windows(x[:, :, :1].astype(np.float32), valid)
+    return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
+
+
+def _adaptive_mean(x: np.ndarray, steps: int, axis: int) -> np.ndarray:
+    """Average `x` along `axis` into `steps` near-equal bins (like adaptive_avg_pool1d)."""
+    n = x.shape[axis]
+    edges = [(math.floor(i * n / steps), math.ceil((i + 1) * n / steps)) for i in range(steps)]
+    return np.stack([np.take(x, range(s, max(e, s + 1)), axis=axis).mean(axis) for s, e in edges], axis=axis)
+
+
+def part_groups(n_joints: int, parts: int | Sequence[Sequence[int]]) -> list[list[int]]:
+    """Joint index groups: an explicit list of groups, or `parts` contiguous runs of the joint axis.
+
+    Contiguous runs approximate body parts because skeleton layouts list joints part by part
+    (body, face, left hand, right hand); pass explicit groups for an exact split.
+    """
+    if isinstance(parts, int):
+        parts = min(parts, n_joints)
+        return [list(range(math.floor(i * n_joints / parts), math.floor((i + 1) * n_joints / parts)))
+                for i in range(parts)]
+    groups = [list(map(int, g)) for g in parts]
+    bad = [j for g in groups for j in g if not 0 <= j < n_joints]
+    if bad or not all(groups):
+        raise UserError(f"pose part groups {parts} do not fit {n_joints} joints; fix --parts")
+    return groups
+
+
+def _pose_time(feats: np.ndarray, time_steps: int) -> np.ndarray:
+    """(B, C, T', V) -> (B, time_steps, C): mean over joints, then adaptive mean over time."""
+    per_step = feats.mean(-1)  # (B, C, T')
+    return _adaptive_mean(per_step, min(time_steps, per_step.shape[-1]), axis=-1).transpose(0, 2, 1)
+
+
+@register_pooling("pose_time", ("joint", "bone"))
+def pose_time(a: Mapping[str, np.ndarray], time_steps: int = POSE_TIME_STEPS) -> Pooled:
+    tokens = _pose_time(a["features"].astype(np.float32), time_steps)
+    return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
+
+
+@register_pooling("pose_parts", ("joint", "bone"))
+def pose_parts(a: Mapping[str, np.ndarray], time_steps: int = POSE_TIME_STEPS,
+               parts: int | Sequence[Sequence[int]] = POSE_PARTS) -> Pooled:
+    feats = a["features"].astype(np.float32)  # (B, C, T', V)
+    over_time = feats.mean(2)  # (B, C, V)
+    part_tokens = np.stack([over_time[..., g].mean(-1) for g in part_groups(feats.shape[-1], parts)], axis=1)
+    tokens = np.concatenate([_pose_time(feats, time_steps), part_tokens], axis=1)
+    return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
+
+
+@register_pooling("face_keep", ("face", "face_context"))
+def face_keep(a: Mapping[str, np.ndarray]) -> Pooled:
+    tokens = np.concatenate([a["features"], a["logits"]], axis=-1).astype(np.float32)
+    return {"tokens": tokens, "mask": a["mask"].astype(bool)}
+
+
+@register_pooling("context_cls_mean", ("context",))
+def context_cls_mean(a: Mapping[str, np.ndarray]) -> Pooled:
+    x = a["tokens"].astype(np.float32)  # (B, K, 393, D), K padded when ragged
+    valid = _context_valid(a)
+    tokens = np.stack([x[:, :, 0], x[:, :, 1:].mean(2)], axis=2)
+    return {"tokens": tokens, "mask": np.repeat(valid[..., None], 2, axis=-1)}
+
+
+def _context_valid(a: Mapping[str, np.ndarray]) -> np.ndarray:
+    valid = a["valid"].astype(bool)
+    if "tokens_len" in a:  # ragged windows: padding rows are never valid
+        valid &= np.arange(valid.shape[1])[None, :] < a["tokens_len"][:, None]
+    return valid
+
+
+@register_pooling("raw", ("video", "joint", "bone", "face", "face_context", "context"))
+def raw(a: Mapping[str, np.ndarray], track: str = "") -> Pooled:
+    """Full-resolution tokens in the fusion layout (what a view would be without pooling)."""
+    if track == "video":
+        x, valid = _video_windows(a)
+        tokens = _mean_windows(x.astype(np.float32), valid)
+        return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
+    if track in ("joint", "bone"):
+        f = a["features"]  # (B, C, T', V) -> (B, T'*V, C): one token per (time step, joint)
+        tokens = f.reshape(f.shape[0], f.shape[1], -1).transpose(0, 2, 1)
+        return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
+    if track in ("face", "face_context"):
+        return face_keep(a)
+    if track == "context":
+        valid = _context_valid(a)
+        return {"tokens": a["tokens"], "mask": np.repeat(valid[..., None], a["tokens"].shape[2], axis=-1)}
+    raise UserError(f"no raw token layout for track {track!r}; use a view of it")
+
+
+# ----- groups -> token sets -------------------------------------------------------------------------
+def track_of(group: TokenGroup) -> str:
+    """The track a group holds ("video", "joint", ...): from a view's provenance, else its name."""
+    if group.name.startswith(VIEW_PREFIX):
+        return group.provenance["track"]
+    return group.name.split("/")[0]
+
+
+def is_view(group: TokenGroup) -> bool:
+    return group.name.startswith(VIEW_PREFIX)
+
+
+def as_tokens(group: TokenGroup, arrays: Mapping[str, np.ndarray]) -> Pooled:
+    """Arrays read from a view or a raw group (`read_many`) -> {"tokens", "mask"} in fusion layout."""
+    if is_view(group):
+        return {"tokens": arrays["tokens"], "mask": arrays["mask"].astype(bool)}
+    return raw(arrays, track=track_of(group))
+
+
+def source_arrays(track: str) -> list[str] | None:
+    """Source arrays a pooling of this track reads (None = all); skips e.g. face global tokens."""
+    return {"face": ["features", "logits", "mask"], "face_context": ["features", "logits", "mask"]}.get(track)
+
+
+def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | None = None,
+              overwrite: bool = False, batch_size: int | None = None, **params: Any) -> TokenGroup:
+    """Derive view ``views/<name>`` from group `source` with `pooling` (default: by track).
+
+    Resumable: clips already in the view are skipped, new done clips of the source are added.
+    Raises UserError when the source is absent/empty or the view exists with another provenance
+    (unless `overwrite`).
+    """
+    cache = TokenCache(cache) if not isinstance(cache, TokenCache) else cache
+    src = cache.group(source)
+    if is_view(src):
+        raise UserError(f"'{source}' is already a view; derive views from a track group (see `migfuse cache info`)")
+    track = track_of(src)
+    pooling = pooling or DEFAULT_POOLING.get(track)
+    if pooling not in _POOLINGS:
+        raise UserError(f"unknown pooling {pooling!r}; choose one of {', '.join(_POOLINGS)}")
+    tracks, fn = _POOLINGS[pooling]
+    if track not in tracks:
+        raise UserError(f"pooling {pooling!r} does not apply to track {track!r} ({source}); "
+                        f"it is for {', '.join(tracks)}")
+    if pooling == "raw":
+        params = {**params, "track": track}
+    done = src.done_ids()
+    if not done:
+        raise UserError(f"cache group '{source}' in {cache.path} has no finished clips; run its `migfuse extract` first")
+    names = source_arrays(track)
+    probe = fn(src.read_many(done[:1], names), **params)
+    tokens_shape, mask_shape = probe["tokens"].shape[1:], probe["mask"].shape[1:]
+    bytes_per_clip = int(np.prod(tokens_shape)) * 2 + int(np.prod(mask_shape))
+    spec = GroupSpec(
+        name=VIEW_PREFIX + name,
+        ids=src.ids,
+        arrays={"tokens": ArraySpec(tokens_shape, "float16"), "mask": ArraySpec(mask_shape, "bool")},
+        provenance={"kind": "view", "track": track, "source": source,
+                    "source_provenance": src.provenance, "pooling": {"name": pooling, **params}},
+        clips_per_chunk=max(1, min(4096, CHUNK_BYTES // max(bytes_per_clip, 1))),
+    )
+    if overwrite:
+        cache.delete_group(spec.name)
+    view = cache.require_group(spec)
+    have = set(view.done_ids())
+    todo = [i for i in done if i not in have]
+    batch_size = batch_size or max(1, min(len(todo), (256 << 20) // max(_source_bytes(src), 1)))
+    for start in tqdm(range(0, len(todo), batch_size), desc=f"view {name}", unit="batch", disable=None):
+        ids = todo[start : start + batch_size]
+        pooled = fn(src.read_many(ids, names), **params)
+        view.write_many(ids, {"tokens": pooled["tokens"].astype(np.float16), "mask": pooled["mask"]})
+    log.info("view %s: %d new, %d total of %d ids, %s tokens per row", spec.name, len(todo),
+             len(have) + len(todo), len(src.ids), tuple(tokens_shape))
+    return view
+
+
+def _source_bytes(group: TokenGroup) -> int:
+    """Bytes of one source row (to size read batches to ~256 MB)."""
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in group.arrays.values())
+
+
+def default_views(cache: TokenCache | str, overwrite: bool = False) -> dict[str, str]:
+    """Make the default view of every track present in the cache; return modality -> view group.
+
+    One view per track, named ``views/<track>`` (e.g. views/video with `video_time` pooling). When a
+    track has several backbones (joint/agcn and joint/aagcn) the first in sorted order is used and
+    the choice is logged; call `make_view` for the others.
+    """
+    cache = TokenCache(cache) if not isinstance(cache, TokenCache) else cache
+    out: dict[str, str] = {}
+    sources: dict[str, list[str]] = {}
+    for g in cache.group_names():
+        if not g.startswith(VIEW_PREFIX) and g.split("/")[0] in DEFAULT_POOLING:
+            sources.setdefault(g.split("/")[0], []).append(g)
+    for track, groups in sorted(sources.items()):
+        if len(groups) > 1:
+            log.info("track %s has groups %s; the default view uses %s", track, groups, sorted(groups)[0])
+        source = sorted(groups)[0]
+        if not cache.group(source).done_ids():
+            log.warning("skipping %s: no finished clips", source)
+            continue
+        out[track] = make_view(cache, track, source, overwrite=overwrite).name
+    return out

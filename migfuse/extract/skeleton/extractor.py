@@ -1,0 +1,161 @@
+"""`migfuse extract skeleton`: per clip, the last unit's feature map (256, T', V) fp16 of one stream.
+
+Writes group `joint/<agcn|aagcn>` or `bone/<agcn|aagcn>` through the shared runner (resume, shards,
+failure records). One work item per video (its skeleton is memory-mapped once). Rows that fail:
+  * the video has no skeleton (empty or missing file): stage `skeleton`;
+  * the clip's frames lie outside the skeleton file: stage `skeleton`;
+  * no person is detected in any frame of the clip: stage `skeleton`.
+The loader (worker processes) imports no torch; the model lives in the main process.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from migfuse.errors import UserError
+from migfuse.extract.runner import Extractor, Failure, Sample, WorkItem
+from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, clip_frames, clip_input
+
+log = logging.getLogger(__name__)
+
+
+class SkeletonLoader:
+    """Picklable loader: WorkItem(key=video id, ids=clip ids) -> one Sample per clip, x (3, L, V, 1)."""
+
+    def __init__(self, prepared: str, stream: str, config: dict):
+        self.prepared, self.stream, self.config = prepared, stream, config
+        self._manifest = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_manifest": None}  # each worker reads the manifest itself
+
+    def __call__(self, item: WorkItem) -> Iterator[Sample]:
+        from migfuse.data_cache.manifest import Manifest
+
+        if self._manifest is None:
+            self._manifest = Manifest.load(self.prepared)
+        m = self._manifest
+        config = PreprocessConfig.from_dict(self.config)
+        try:
+            skel, mask = m.skeleton(item.key)
+        except UserError as e:
+            for cid in item.ids:
+                yield Sample(cid, failure=Failure("skeleton", str(e)))
+            return
+        for cid in item.ids:
+            clip = m.clip(cid)
+            frames, fmask = clip_frames(skel, mask, clip.start_frame, clip.end_frame)
+            span = f"frames {clip.start_frame}-{clip.end_frame}"
+            if len(frames) == 0:
+                yield Sample(cid, failure=Failure(
+                    "skeleton", f"{span} are outside the {skel.shape[0]} frames of video {clip.video_id}'s skeleton"))
+                continue
+            ci = clip_input(frames, fmask, self.stream, config)
+            if ci.person_frames == 0:
+                yield Sample(cid, failure=Failure("skeleton", f"no person detected in {span} of video {clip.video_id}"))
+                continue
+            yield Sample(cid, inputs={"x": ci.x})
+
+
+def _ceil_half(n: int) -> int:
+    return (n + 1) // 2
+
+
+class SkeletonExtractor(Extractor):
+    """Feature maps of one stream with a trained (or published) 2s-AGCN / AAGCN checkpoint.
+
+    The layout, clip length and stream come from the checkpoint's migfuse provenance (written by
+    `migfuse backbone train skeleton`); for a published checkpoint without one, from the arguments.
+    """
+
+    def __init__(self, prepared: str | Path, checkpoint: str | Path, stream: str, *, layout: str | None = None,
+                 length: int | None = None, arch: str | None = None):
+        from migfuse.data_cache.manifest import Manifest
+        from migfuse.extract.checkpoints import read_checkpoint
+        from migfuse.extract.registry import create_backbone
+        from migfuse.extract.skeleton.agcn import unwrap_state_dict
+
+        if stream not in STREAMS:
+            raise UserError(f"unknown --stream '{stream}': choose joint or bone")
+        self.prepared = str(prepared)
+        self.manifest = Manifest.load(prepared)
+        sd, meta = unwrap_state_dict(read_checkpoint(checkpoint), checkpoint)
+        trained = meta.get("migfuse") if isinstance(meta.get("migfuse"), dict) else {}
+        if trained.get("stream") and trained["stream"] != stream:
+            raise UserError(f"{checkpoint} was trained on the {trained['stream']} stream; pass --stream "
+                            f"{trained['stream']} or a {stream} checkpoint")
+        arch = arch or trained.get("arch") or ("aagcn" if any(k.startswith("backbone.") for k in sd) else "agcn")
+        self.backbone = create_backbone(arch, checkpoint, **({"layout": layout} if layout else {}))
+        pre = dict(trained.get("preprocess") or {})
+        if not pre:
+            pre = {"layout": self.backbone.layout.name, "length": length or 64}
+        self.config = PreprocessConfig.from_dict(pre)
+        if self.config.layout != self.backbone.layout.name:
+            raise UserError(f"{checkpoint} was trained with layout {self.config.layout}, not "
+                            f"{self.backbone.layout.name}; drop --layout or pass --layout {self.config.layout}")
+        self.stream, self.arch, self.trained = stream, arch, trained
+        self.group = f"{stream}/{arch}"
+        self.device = "cpu"
+
+    def ids(self) -> list[str]:
+        return [c.clip_id for c in self.manifest.clips]
+
+    def work_items(self, ids: list[str]) -> list[WorkItem]:
+        by_video: dict[str, list[str]] = {}
+        for cid in ids:
+            by_video.setdefault(self.manifest.clip(cid).video_id, []).append(cid)
+        return [WorkItem(v, tuple(sorted(c, key=lambda i: self.manifest.clip(i).start_frame)))
+                for v, c in by_video.items()]
+
+    def arrays(self) -> dict[str, Any]:
+        from migfuse.data_cache.store import ArraySpec
+
+        t = _ceil_half(_ceil_half(self.config.length))  # two stride-2 temporal convs (k 9, pad 4)
+        shape = (self.backbone.model.out_channels, t, self.backbone.layout.num_node)
+        return {"features": ArraySpec(shape, "float16")}
+
+    def provenance(self) -> dict[str, Any]:
+        keep = ("split", "seed", "epoch", "val_top1", "val_top5", "base_channels", "balance", "init")
+        return {
+            "backbone": self.arch, "stream": self.stream, "checkpoint": Path(str(self.backbone.checkpoint)).name,
+            "checkpoint_sha256": self.backbone.checkpoint_sha256, "layout": self.config.layout,
+            "preprocess": self.config.to_dict(), "output": "last unit feature map (C, T', V), person 0",
+            "trained": {k: self.trained[k] for k in keep if k in self.trained},
+        }
+
+    def loader(self) -> SkeletonLoader:
+        return SkeletonLoader(self.prepared, self.stream, self.config.to_dict())
+
+    def setup(self, device: str) -> None:
+        self.device = device
+        self.backbone.model.to(device).eval()
+
+    def forward(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Failure]:
+        import torch
+
+        x = torch.from_numpy(np.stack([s["x"] for s in inputs])).to(self.device)  # (B, 3, L, V, 1)
+        persons = self.backbone.num_person
+        if persons > 1:  # a published multi-person checkpoint: the others are zero, as FormatGCNInput pads
+            x = torch.cat([x, x.new_zeros(x.shape[:-1] + (persons - 1,))], dim=-1)
+        with torch.no_grad():
+            feats = self.backbone.model.features(x)[::persons]  # (B, C, T', V) of person 0
+        return [{"features": f} for f in feats.float().cpu().numpy()]
+
+
+def extract_skeleton(prepared: str | Path, cache: str | Path, checkpoint: str | Path, stream: str, *,
+                     layout: str | None = None, length: int | None = None, device: str = "cpu",
+                     batch_size: int = 64, workers: int = 0, shard: str | None = None,
+                     retry_failed: bool = False):
+    """Extract every clip of `prepared` for one stream into `cache` (group `<stream>/<arch>`).
+
+    Resumable and shardable (`shard="I/N"` or torchrun); returns the runner's RunSummary. Loading a
+    clip is cheap (memory-mapped skeletons), so `workers=0` (load in the main process) is the default.
+    """
+    from migfuse.extract.runner import parse_shard, run_extraction
+
+    extractor = SkeletonExtractor(prepared, checkpoint, stream, layout=layout, length=length)
+    return run_extraction(extractor, cache, device=device, batch_size=batch_size, workers=workers,
+                          shard=parse_shard(shard), retry_failed=retry_failed)

@@ -1,0 +1,400 @@
+"""The video tracks: MViTv2-S tokens per clip (`video/mvit_v2_s`) and per video (`context/mvit_v2_s`).
+
+Split along the runner's line (docs/contracts.md, "Extraction runner"):
+  * loaders (worker processes): decode each video once (`decode.read_frames`), sample frames
+    (`sampling`), resize + centre-crop each frame to uint8 224x224 exactly as the checkpoint's recipe
+    (`mvit.PREPROCESSING`) does before its float conversion, and stream one sample per row;
+  * forward (main process): uint8 -> float, normalise, MViTv2-S tokens (bf16 autocast on GPU).
+
+`extract_track("video" | "context", prepared, cache, ...)` is the library entry point (the CLI and
+`migfuse demo` call it).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from migfuse.errors import UserError
+from migfuse.extract.decode import DecodeError, probe, read_frames
+from migfuse.extract.runner import Extractor, Failure, RunSummary, Sample, WorkItem, parse_shard, run_extraction
+from migfuse.extract.sampling import ClipSampling, ContextSampling
+
+log = logging.getLogger(__name__)
+
+TRACKS = ("video", "context")
+#: Seed of the random weights used without --checkpoint, so a resumed run writes the same values.
+RANDOM_WEIGHTS_SEED = 0
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU side: frame preprocessing and the loaders (run in worker processes; torch imported lazily)
+# ------------------------------------------------------------------------------------------------
+def resize_crop(frame: np.ndarray, short_side: int = 256, crop: int = 224) -> np.ndarray:
+    """Resize so the short side is `short_side` (bilinear, no antialias), then centre-crop.
+
+    Matches torchvision's `VideoClassification` transform up to (excluding) its float conversion:
+    the same output size rule, interpolation, rounding back to uint8 and crop offsets.
+
+    Args:
+        frame: (H, W, 3) uint8 RGB.
+    Returns:
+        (crop, crop, 3) uint8.
+    """
+    import torch
+
+    h, w = frame.shape[:2]
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(short_side * long / short)
+    new_h, new_w = (new_long, short_side) if w <= h else (short_side, new_long)
+    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    if (new_h, new_w) != (h, w):
+        x = torch.nn.functional.interpolate(x.float(), size=(new_h, new_w), mode="bilinear",
+                                            align_corners=False, antialias=False).round_().to(torch.uint8)
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    if top < 0 or left < 0:
+        raise ValueError(f"frame {new_h}x{new_w} after resizing is smaller than the {crop}x{crop} crop")
+    return x[0, :, top:top + crop, left:left + crop].permute(1, 2, 0).contiguous().numpy()
+
+
+@dataclass
+class _VideoLoader:
+    """Shared decode-once-per-video logic. Picklable: paths and rules only, no model."""
+
+    paths: Mapping[str, str | None]  # video id -> file (None: not found by `data prepare`)
+    short_side: int = 256
+    crop: int = 224
+
+    def _path(self, key: str) -> Path:
+        p = self.paths.get(key)
+        if not p:
+            raise DecodeError("open", f"no video file for video {key} in videos.csv (put the mp4 next to its "
+                                      "labels and re-run `migfuse data prepare`)")
+        return Path(p)
+
+    def _frames(self, path: Path, plans: dict[str, np.ndarray]) -> Iterator[tuple[str, dict[int, np.ndarray] | None,
+                                                                               DecodeError | None]]:
+        """Decode once for all rows; yield (row, {index: (crop, crop, 3) uint8}, error) as soon as a
+        row's frames are complete. Rows whose frames never came (past the end, decode error) are
+        yielded last with the frames that did come and the error (None: the video ended)."""
+        _limit_threads()
+        need: dict[int, int] = {}  # frame index -> rows still waiting for it
+        for idx in plans.values():
+            for i in np.unique(idx):
+                need[int(i)] = need.get(int(i), 0) + 1
+        by_last = sorted(plans, key=lambda r: int(plans[r].max()))
+        frames: dict[int, np.ndarray] = {}
+        nxt = 0
+        error: DecodeError | None = None
+
+        def complete(row: str) -> dict[int, np.ndarray]:
+            got = {}
+            for i in np.unique(plans[row]).tolist():
+                if i in frames:
+                    got[i] = frames[i]
+                    need[i] -= 1
+                    if need[i] == 0:
+                        del frames[i]  # no other row needs it: free the memory
+            return got
+
+        try:
+            for index, rgb in read_frames(path, need.keys()):
+                frames[index] = resize_crop(rgb, self.short_side, self.crop)
+                while nxt < len(by_last) and int(plans[by_last[nxt]].max()) <= index:
+                    row = by_last[nxt]
+                    nxt += 1
+                    if all(int(i) in frames for i in np.unique(plans[row])):
+                        yield row, complete(row), None
+                    else:  # a frame before `index` never came (cannot happen with a sound decoder)
+                        yield row, complete(row), DecodeError("decode", "frames missing inside the video")
+        except DecodeError as e:
+            error = e
+        for row in by_last[nxt:]:
+            yield row, complete(row), error
+
+
+def _limit_threads() -> None:
+    """One torch thread per loader worker: the cores belong to the forward pass and other workers."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def _stack(plan: np.ndarray, frames: dict[int, np.ndarray]) -> np.ndarray:
+    """(W, F) indices + {index: frame} -> (W, F, H, W, 3) uint8."""
+    return np.stack([np.stack([frames[int(i)] for i in window]) for window in plan])
+
+
+@dataclass
+class ClipLoader(_VideoLoader):
+    """Video track: per clip, (W, F, 224, 224, 3) uint8 frames."""
+
+    clips: Mapping[str, tuple[int, int]] | None = None  # clip id -> (start_frame, end_frame)
+    sampling: ClipSampling = ClipSampling()
+
+    def __call__(self, item: WorkItem) -> Iterator[Sample]:
+        try:
+            path = self._path(item.key)
+        except DecodeError as e:
+            yield from (Sample(row, failure=Failure(e.stage, str(e))) for row in item.ids)
+            return
+        plans = {row: self.sampling.windows(*self.clips[row]) for row in item.ids}
+        for row, frames, error in self._frames(path, plans):
+            plan = plans[row]
+            if error is None and len(frames) == len(np.unique(plan)):
+                yield Sample(row, inputs={"frames": _stack(plan, frames)}, size=len(plan))
+            elif error is not None and error.stage == "open":
+                yield Sample(row, failure=Failure("open", str(error)))
+            else:
+                start, end = self.clips[row]
+                why = str(error) if error is not None else _past_end(path, start, end)
+                yield Sample(row, failure=Failure("decode", f"clip {row} (frames {start}..{end}): {why}"))
+
+
+def _past_end(path: Path, start: int, end: int) -> str:
+    try:
+        n = probe(path).n_frames
+    except DecodeError as e:
+        return str(e)
+    return f"the video ends before frame {end} ({path.name} has {n} frames at 25 fps); check the labels"
+
+
+@dataclass
+class ContextLoader(_VideoLoader):
+    """Context track: per video, the frames of its valid windows (V, F, 224, 224, 3) + valid (K,)."""
+
+    sampling: ContextSampling = ContextSampling()
+
+    def __call__(self, item: WorkItem) -> Iterator[Sample]:
+        for row in item.ids:  # a context row is the video itself
+            try:
+                path = self._path(row)
+                n_frames = probe(path).n_frames
+            except DecodeError as e:
+                yield Sample(row, failure=Failure(e.stage, str(e)))
+                continue
+            if n_frames < 1:
+                yield Sample(row, failure=Failure("open", f"{path.name} has no frames"))
+                continue
+            plan = self.sampling.indices(n_frames)
+            windows = {f"{row}#{j}": plan[j:j + 1] for j in range(len(plan))}
+            valid = np.zeros(len(plan), bool)
+            kept = []
+            error = None
+            for key, frames, err in self._frames(path, windows):
+                j = int(key.rsplit("#", 1)[1])
+                if err is None and len(frames) == len(np.unique(windows[key])):
+                    valid[j] = True
+                    kept.append((j, _stack(windows[key], frames)[0]))
+                else:
+                    error = err
+            if not valid.any():
+                why = str(error) if error is not None else "no window could be decoded"
+                yield Sample(row, failure=Failure("decode", f"video {row}: {why}"))
+                continue
+            kept.sort(key=lambda t: t[0])
+            yield Sample(row, inputs={"frames": np.stack([f for _, f in kept]), "valid": valid}, size=len(kept))
+
+
+# ------------------------------------------------------------------------------------------------
+# the extractor
+# ------------------------------------------------------------------------------------------------
+class VideoExtractor(Extractor):
+    """MViTv2-S tokens for the `video` (per clip) or `context` (per video) track.
+
+    Subclasses may replace the model (tests use a tiny stand-in) by overriding `backbone_name`,
+    `token_shape`, `model_provenance` and `build_model`.
+    """
+
+    backbone_name = "mvit_v2_s"
+    token_shape: tuple[int, int] = (393, 768)
+
+    def __init__(self, manifest: Any, track: str = "video", *, checkpoint: str | Path | None = None,
+                 clip_sampling: ClipSampling = ClipSampling(), context_sampling: ContextSampling = ContextSampling(),
+                 clip_ids: list[str] | None = None):
+        """
+        Args:
+            manifest: a `Manifest` (clips, videos with their file paths).
+            track: "video" (rows = clips) or "context" (rows = videos).
+            checkpoint: MViTv2-S checkpoint file; None = seeded random weights (said loudly).
+            clip_sampling / context_sampling: the frame rules (recorded in provenance).
+            clip_ids: restrict the video track to these clips (default: every clip of the manifest).
+        """
+        if track not in TRACKS:
+            raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")
+        self.manifest, self.track = manifest, track
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise UserError(f"checkpoint not found: {self.checkpoint} (pass the path of a local MViTv2-S .pth file)")
+        self.clip_sampling, self.context_sampling = clip_sampling, context_sampling
+        self.group = f"{track}/{self.backbone_name}"
+        self.unit = "clip" if track == "video" else "video"
+        self._clip_ids = clip_ids
+        self._sha256: str | None = None
+        self.model = None
+        self.device = "cpu"
+
+    # -- rows and work ---------------------------------------------------------------------------
+    def ids(self) -> list[str]:
+        if self.track == "context":
+            return sorted(self.manifest.videos)
+        return list(self._clip_ids) if self._clip_ids is not None else [c.clip_id for c in self.manifest.clips]
+
+    def work_items(self, ids: list[str]) -> list[WorkItem]:
+        if self.track == "context":
+            return [WorkItem(v, (v,)) for v in ids]
+        by_video: dict[str, list] = {}
+        for cid in ids:
+            clip = self.manifest.clip(cid)
+            by_video.setdefault(clip.video_id, []).append(clip)
+        return [WorkItem(v, tuple(c.clip_id for c in sorted(cs, key=lambda c: (c.start_frame, c.k))))
+                for v, cs in by_video.items()]
+
+    def arrays(self) -> dict[str, Any]:
+        from migfuse.data_cache.store import ArraySpec
+
+        n, d = self.token_shape
+        if self.track == "context":
+            k = self.context_sampling.windows
+            return {"tokens": ArraySpec((k, n, d), "float16"), "valid": ArraySpec((k,), "bool")}
+        if self.clip_sampling.max_windows > 1:
+            return {"tokens": ArraySpec((self.clip_sampling.max_windows, n, d), "float16", ragged=True)}
+        return {"tokens": ArraySpec((n, d), "float16")}
+
+    def provenance(self) -> dict[str, Any]:
+        sampling = self.context_sampling.record() if self.track == "context" else self.clip_sampling.record()
+        return {"track": self.track, "backbone": self.backbone_name, **self.model_provenance(),
+                "sampling": sampling, "decoder": "PyAV (FFmpeg), nearest frame to index/25 s",
+                "tokens": "after the final LayerNorm: class token, then 8x7x7 patches in (t, h, w) order"}
+
+    def loader(self):
+        paths = {v: (str(info.video_path) if info.video_path else None) for v, info in self.manifest.videos.items()}
+        # clips of videos missing from videos.csv still get a (failing) loader entry
+        for c in self.manifest.clips:
+            paths.setdefault(c.video_id, None)
+        pre = self.preprocessing()
+        common = dict(paths=paths, short_side=int(pre["resize_short_side"]), crop=int(pre["crop_size"][0]))
+        if self.track == "context":
+            return ContextLoader(**common, sampling=self.context_sampling)
+        clips = {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips}
+        return ClipLoader(**common, clips=clips, sampling=self.clip_sampling)
+
+    # -- the model (override these for another token model) --------------------------------------
+    def preprocessing(self) -> dict[str, Any]:
+        from migfuse.extract.mvit import PREPROCESSING
+
+        return dict(PREPROCESSING)
+
+    def model_provenance(self) -> dict[str, Any]:
+        if self.checkpoint is None:
+            weights = {"weights": f"RANDOM (torch.manual_seed({RANDOM_WEIGHTS_SEED})): no --checkpoint given"}
+        else:
+            if self._sha256 is None:
+                from migfuse.extract.checkpoints import sha256_file
+
+                self._sha256 = sha256_file(self.checkpoint)
+            weights = {"weights": "checkpoint", "checkpoint_sha256": self._sha256}
+        return {**weights, "preprocessing": self.preprocessing()}
+
+    def build_model(self, device: str):
+        """-> callable (B, 3, F, 224, 224) float tensor on `device` -> (B, *token_shape) tensor."""
+        import torch
+
+        from migfuse.extract.registry import create_backbone
+
+        if self.checkpoint is None:
+            log.warning("NO CHECKPOINT: %s uses RANDOM weights (seed %d); the tokens are meaningless except for "
+                        "testing. Pass --checkpoint mvit_v2_s-ae3be167.pth (or an mmaction2 MViTv2-S file).",
+                        self.group, RANDOM_WEIGHTS_SEED)
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        bb = create_backbone(self.backbone_name, checkpoint=self.checkpoint, device=device)
+        return lambda x: bb.tokens(x)[0]
+
+    # -- main process ------------------------------------------------------------------------------
+    def setup(self, device: str) -> None:
+        import torch
+
+        self.device = device
+        self.model = self.build_model(device)
+        pre = self.preprocessing()
+        self._mean = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1, 1)
+        self._std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1, 1)
+
+    def _tokens(self, frames: np.ndarray) -> np.ndarray:
+        """(B, F, H, W, 3) uint8 -> (B, *token_shape) float32 tokens."""
+        import torch
+
+        x = torch.from_numpy(frames).to(self.device, non_blocking=True)  # uint8 over the bus
+        x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, F, H, W) in [0, 1]
+        x = (x - self._mean) / self._std
+        cuda = str(self.device).startswith("cuda")
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out = self.model(x)
+        return out.float().cpu().numpy()
+
+    def forward(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Failure]:
+        counts = [len(i["frames"]) for i in inputs]
+        tokens = self._tokens(np.concatenate([i["frames"] for i in inputs]))
+        out: list[dict[str, np.ndarray] | Failure] = []
+        for inp, part in zip(inputs, np.split(tokens, np.cumsum(counts)[:-1])):
+            if self.track == "context":
+                valid = inp["valid"]
+                full = np.zeros((len(valid), *self.token_shape), np.float32)
+                full[valid] = part
+                out.append({"tokens": full, "valid": valid})
+            elif self.clip_sampling.max_windows > 1:
+                out.append({"tokens": part})
+            else:
+                out.append({"tokens": part[0]})
+        return out
+
+
+def extract_track(
+    track: str,
+    prepared: str | Path,
+    cache: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 4,
+    workers: int = 2,
+    shard: str | None = None,
+    retry_failed: bool = False,
+    frames: int = 16,
+    windows: int = 1,
+    context_windows: int = 8,
+) -> RunSummary:
+    """Extract the `video` (per clip) or `context` (per video) MViTv2-S tokens of a prepared dataset.
+
+    Args:
+        track: "video" or "context".
+        prepared: the PREPARED folder (`migfuse data prepare` output).
+        cache: CACHE.zarr path (created if absent).
+        checkpoint: MViTv2-S checkpoint; None = seeded random weights (warned, recorded in provenance).
+        device, batch_size, workers, retry_failed: see `run_extraction`.
+        shard: "I/N" (SLURM arrays); None = torchrun's RANK/WORLD_SIZE or the whole dataset.
+        frames: frames per window (MViTv2-S is built for 16).
+        windows: video track: up to this many 16-frame windows per long clip (1 = one window).
+        context_windows: context track: windows per video (K).
+
+    Returns:
+        RunSummary (this process's rows; `failed` non-empty means the CLI exits non-zero).
+    """
+    from migfuse.data_cache.manifest import Manifest
+
+    manifest = Manifest.load(prepared)
+    extractor = VideoExtractor(manifest, track, checkpoint=checkpoint,
+                               clip_sampling=ClipSampling(frames=frames, max_windows=windows),
+                               context_sampling=ContextSampling(windows=context_windows, frames=frames))
+    rank, world = parse_shard(shard)
+    if device.startswith("cuda") and world > 1 and device == "cuda":
+        import os
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # torchrun: one GPU per local rank
+    return run_extraction(extractor, cache, device=device, batch_size=batch_size, workers=workers,
+                          shard=(rank, world), retry_failed=retry_failed)

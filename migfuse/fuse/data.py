@@ -1,0 +1,229 @@
+"""Token sets in RAM for training: which ids, which cache groups, labels, and the checks against
+the manifest.
+
+    inputs = resolve_inputs(cache, task, needed=["video", "joint", "bone"])   # modality -> group
+    split = task_splits(manifest, task, val_fraction=0.1, seed=0)           # SplitPlan
+    data = load_tokens(cache, inputs, split.train, labels, allow_missing=False)   # TokenSet
+    batch = data.batch(index)        # {"video": (B, 9, 768) float32, "video_mask": (B, 9) bool, ...}
+
+Micro-gestures are per clip (ids = clip ids), emotion is per video (ids = video ids).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from migfuse.data_cache import classes
+from migfuse.data_cache.manifest import Manifest
+from migfuse.data_cache.store import DONE, TokenCache
+from migfuse.data_cache.views import PER_VIDEO_TRACKS, VIEW_PREFIX, as_tokens, source_arrays, track_of
+from migfuse.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("mg", "emotion")
+#: A raw group is read directly only when its tokens fit comfortably in RAM.
+RAW_GROUP_LIMIT_BYTES = 2 << 30
+
+
+@dataclass
+class TokenSet:
+    """Samples in RAM: `ids` (S,), per input `tokens[name]` (S, [W,] N, D) fp16 and
+    `masks[name]` (S, [W,] N) bool, and `labels` (S,) int64 (-1 = unknown)."""
+
+    ids: list[str]
+    tokens: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample token shape of each input, as the heads take it."""
+        return {k: tuple(v.shape[1:]) for k, v in self.tokens.items()}
+
+    def batch(self, index: torch.Tensor | np.ndarray | list[int]) -> dict[str, torch.Tensor]:
+        """Inputs of the samples at `index`, float32 tokens + bool masks (the heads' batch dict)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        out: dict[str, torch.Tensor] = {}
+        for k, v in self.tokens.items():
+            out[k] = v[index].float()
+            out[f"{k}_mask"] = self.masks[k][index]
+        return out
+
+    def subset(self, keep: list[int]) -> "TokenSet":
+        idx = torch.as_tensor(keep, dtype=torch.long)
+        return TokenSet([self.ids[i] for i in keep], {k: v[idx] for k, v in self.tokens.items()},
+                        {k: v[idx] for k, v in self.masks.items()}, self.labels[idx])
+
+
+# ----- which groups ----------------------------------------------------------------------------------
+def resolve_inputs(cache: TokenCache, needed: list[str], configured: dict[str, str] | None = None) -> dict[str, str]:
+    """Cache group for each needed modality: the configured one, else ``views/<modality>``, else the
+    track's raw group when it is small enough to hold in RAM. UserError naming the fix otherwise."""
+    configured = dict(configured or {})
+    names = cache.group_names()
+    out = {}
+    for modality in needed:
+        if modality in configured:
+            if configured[modality] not in names:
+                raise UserError(f"config input {modality!r} -> '{configured[modality]}' is not in cache {cache.path} "
+                                f"(groups: {', '.join(names) or 'none'}); fix \"inputs\" in the config")
+            out[modality] = configured[modality]
+            continue
+        if VIEW_PREFIX + modality in names:
+            out[modality] = VIEW_PREFIX + modality
+            continue
+        raw = sorted(n for n in names if n.split("/")[0] == modality)
+        if raw:
+            g = cache.group(raw[0])
+            per_row = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in g.arrays.values())
+            if per_row * len(g.ids) <= RAW_GROUP_LIMIT_BYTES:
+                log.info("input %s: reading raw group %s (no view %s%s)", modality, raw[0], VIEW_PREFIX, modality)
+                out[modality] = raw[0]
+                continue
+            raise UserError(f"input {modality!r}: raw group '{raw[0]}' in {cache.path} is too big to train on "
+                            f"({per_row * len(g.ids) / 2**30:.1f} GB); run `migfuse cache view {cache.path} --defaults`")
+        raise UserError(f"cache {cache.path} has no {modality!r} tokens (groups: {', '.join(names) or 'none'}); "
+                        f"run the matching `migfuse extract`, or choose a head that does not need {modality}")
+    return out
+
+
+# ----- which ids -------------------------------------------------------------------------------------
+@dataclass
+class SplitPlan:
+    """Ids of the train / validation / test samples and how the validation part was chosen."""
+
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+    source: str  # e.g. "split_miga validation" or "10% of train videos held out (seed 0)"
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+    def ids(self, split: str) -> list[str]:
+        if split in ("train", "validation", "test"):
+            return getattr(self, split)
+        if split in self.extra:
+            return self.extra[split]
+        raise UserError(f"unknown split {split!r}; choose train, validation or test")
+
+
+def _hold_out(ids_by_group: dict[str, list[str]], fraction: float, seed: int,
+              strata: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
+    """Hold out `fraction` of the groups (videos), stratified by `strata` (group -> class) when given.
+
+    Whole videos are held out so validation clips never share a video with training clips."""
+    rng = np.random.default_rng(seed)
+    groups = sorted(ids_by_group)
+    held: set[str] = set()
+    by_stratum: dict[int, list[str]] = {}
+    for g in groups:
+        by_stratum.setdefault(strata.get(g, 0) if strata else 0, []).append(g)
+    for members in by_stratum.values():
+        n = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        held.update(rng.choice(members, size=n, replace=False).tolist())
+    train = [i for g in groups if g not in held for i in ids_by_group[g]]
+    val = [i for g in groups if g in held for i in ids_by_group[g]]
+    return train, val
+
+
+def task_splits(manifest: Manifest, task: str, val_fraction: float, seed: int, scheme: str = "auto") -> SplitPlan:
+    """Train / validation / test ids of a task.
+
+    mg: clips of `scheme` (auto = split_miga when the manifest fills it, else split_cs); validation
+    = its "validation" clips, or `val_fraction` of the training videos held out when it has none.
+    emotion: videos of split_emotion; validation = `val_fraction` of the training videos held out,
+    stratified by win/lose.
+    """
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; choose mg or emotion")
+    where = f"manifest {manifest.root or ''}".strip()
+    if task == "emotion":
+        train_v = manifest.video_ids("train", "split_emotion")
+        test_v = manifest.video_ids("test", "split_emotion")
+        if not train_v:
+            raise UserError(f"{where} has no split_emotion=train videos; prepare a dataset with the emotion protocol")
+        strata = {v: classes.emotion_label(manifest.videos[v].win_lose) or 0 for v in train_v}
+        train, val = _hold_out({v: [v] for v in train_v}, val_fraction, seed, strata)
+        return SplitPlan(train, val, test_v, f"{val_fraction:.0%} of split_emotion train videos held out, "
+                                             f"stratified by win/lose (seed {seed})")
+    if scheme == "auto":
+        scheme = "split_miga" if any(c.split_miga for c in manifest.clips) else "split_cs"
+    train = manifest.ids("train", scheme)
+    if not train:
+        raise UserError(f"{where} has no {scheme}=train clips; choose another split scheme in the config")
+    test = manifest.ids("test", scheme)
+    val = manifest.ids("validation", scheme) if scheme == "split_miga" else []
+    if val:
+        return SplitPlan(train, val, test, f"{scheme} validation")
+    by_video: dict[str, list[str]] = {}
+    for cid in train:
+        by_video.setdefault(manifest.clip(cid).video_id, []).append(cid)
+    train, val = _hold_out(by_video, val_fraction, seed)
+    return SplitPlan(train, val, test, f"{val_fraction:.0%} of {scheme} train videos held out (seed {seed}); "
+                                       f"the manifest has no validation split")
+
+
+def labels_of(manifest: Manifest, task: str, ids: list[str]) -> list[int]:
+    """Class index per id (-1 when unknown): clip labels for mg, Win=1/Lose=0 per video for emotion."""
+    if task == "mg":
+        return [-1 if manifest.clip(i).label is None else int(manifest.clip(i).label) for i in ids]
+    out = []
+    for v in ids:
+        label = classes.emotion_label(manifest.videos[v].win_lose)
+        out.append(-1 if label is None else label)
+    return out
+
+
+def class_names(task: str) -> list[str]:
+    return list(classes.CLASS_NAMES) if task == "mg" else list(classes.EMOTION_CLASSES)
+
+
+# ----- reading ---------------------------------------------------------------------------------------
+def check_coverage(cache: TokenCache, inputs: dict[str, str], ids: list[str], what: str,
+                   allow_missing: bool) -> list[str]:
+    """The ids finished in every input group; UserError on a missing id unless `allow_missing`."""
+    keep = set(ids)
+    for modality, name in inputs.items():
+        g = cache.group(name)
+        track = track_of(g)
+        known = set(g.ids)
+        absent = [i for i in ids if i not in known]
+        if len(absent) == len(ids) and ids:
+            unit = "video" if track in PER_VIDEO_TRACKS else "clip"
+            raise UserError(f"cache group '{name}' in {cache.path} has none of the {len(ids)} {what} ids "
+                            f"(e.g. {ids[0]}; it holds {unit} ids like {g.ids[0] if g.ids else '-'}); "
+                            f"it was extracted for another manifest or task, point --cache/--data at matching ones")
+        status = dict(zip(g.ids, g.status()))
+        missing = [i for i in ids if status.get(i) != DONE]
+        if missing:
+            msg = (f"cache group '{name}' in {cache.path} lacks {len(missing)} of the {len(ids)} {what} ids "
+                   f"(e.g. {', '.join(missing[:3])})")
+            if not allow_missing:
+                raise UserError(f"{msg}; finish `migfuse extract` / `migfuse cache view`, or pass --allow-missing to skip them")
+            log.warning("%s; skipped (--allow-missing)", msg)
+            keep -= set(missing)
+    return [i for i in ids if i in keep]
+
+
+def load_tokens(cache: TokenCache, inputs: dict[str, str], ids: list[str], labels: list[int],
+                read_batch: int = 2048) -> TokenSet:
+    """Read `ids` (all finished in every group: see `check_coverage`) into a TokenSet."""
+    tokens: dict[str, torch.Tensor] = {}
+    masks: dict[str, torch.Tensor] = {}
+    for modality, name in inputs.items():
+        g = cache.group(name)
+        names = None if name.startswith(VIEW_PREFIX) else source_arrays(track_of(g))
+        parts_t, parts_m = [], []
+        for start in range(0, len(ids), read_batch):
+            pooled = as_tokens(g, g.read_many(ids[start : start + read_batch], names))
+            parts_t.append(torch.from_numpy(np.ascontiguousarray(pooled["tokens"], dtype=np.float16)))
+            parts_m.append(torch.from_numpy(np.ascontiguousarray(pooled["mask"], dtype=bool)))
+        tokens[modality] = torch.cat(parts_t) if parts_t else torch.zeros(0)
+        masks[modality] = torch.cat(parts_m) if parts_m else torch.zeros(0, dtype=torch.bool)
+    return TokenSet(list(ids), tokens, masks, torch.as_tensor(labels, dtype=torch.long))

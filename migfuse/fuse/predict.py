@@ -1,0 +1,98 @@
+"""Load a trained run and score a split: `Scores` per clip (mg) or per video (emotion).
+
+    from migfuse.fuse.predict import predict
+    scores = predict("runs/cmtf", split="test", out="runs/cmtf/test_scores.npz")
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from migfuse.data_cache.manifest import Manifest
+from migfuse.data_cache.store import TokenCache
+from migfuse.errors import UserError
+from migfuse.fuse import data as fdata
+from migfuse.fuse.heads import FusionHead, make_head
+from migfuse.fuse.scores import Scores
+from migfuse.fuse.train import predict_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """A trained run folder: resolved config, the model with its best weights, and where its data is."""
+
+    path: Path
+    config: dict[str, Any]
+    model: FusionHead
+    cache: TokenCache
+    manifest: Manifest
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    def split_ids(self, split: str) -> list[str]:
+        """Ids of `split`: train/validation as used in training (splits.json), test from the manifest."""
+        if split in ("train", "validation"):
+            return json.loads((self.path / "splits.json").read_text())[split]
+        c = self.config
+        plan = fdata.task_splits(self.manifest, self.task, c["val_fraction"], c["seed"], c["split_scheme"])
+        return plan.ids(split)
+
+
+def load_run(run: str | Path, cache: str | Path | None = None, data: str | Path | None = None) -> Run:
+    """Open RUN/ written by `train`; `cache`/`data` override the paths recorded in its config."""
+    run = Path(run)
+    cfg_path, ckpt = run / "config.json", run / "best.pt"
+    if not cfg_path.is_file() or not ckpt.is_file():
+        raise UserError(f"{run} is not a finished training run (needs config.json and best.pt); "
+                        f"run `migfuse fuse train ... --out {run}` first")
+    cfg = json.loads(cfg_path.read_text())
+    shapes = {k: tuple(v) for k, v in cfg["shapes"].items()}
+    model = make_head(cfg["head"], shapes, len(cfg["classes"]), **cfg["head_options"])
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    return Run(run, cfg, model, TokenCache(cache or cfg["cache"]), Manifest.load(data or cfg["data"]))
+
+
+def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_only: bool = False
+                  ) -> tuple[fdata.TokenSet, torch.Tensor]:
+    """Token set of `split` and its (S, C) probabilities."""
+    ids = run.split_ids(split)
+    if labelled_only:
+        ids = [i for i, y in zip(ids, fdata.labels_of(run.manifest, run.task, ids)) if y >= 0]
+    if not ids:
+        raise UserError(f"split {split!r} of {run.manifest.root} has no {'labelled ' if labelled_only else ''}"
+                        f"{'clips' if run.task == 'mg' else 'videos'} for task {run.task}; choose another --split")
+    for modality, group in run.config["inputs"].items():
+        trained_on = run.config.get("input_provenance", {}).get(modality)
+        if trained_on is not None and run.cache.group(group).provenance != trained_on:
+            raise UserError(f"cache group '{group}' in {run.cache.path} was rebuilt with other settings than run "
+                            f"{run.path} was trained on; retrain, or point --cache at the cache it was trained with")
+    ids = fdata.check_coverage(run.cache, run.config["inputs"], ids, split, allow_missing)
+    tokens = fdata.load_tokens(run.cache, run.config["inputs"], ids, fdata.labels_of(run.manifest, run.task, ids))
+    shapes = {k: tuple(v) for k, v in run.config["shapes"].items()}
+    if tokens.shapes != shapes:
+        raise UserError(f"cache {run.cache.path} gives token shapes {tokens.shapes} but run {run.path} was "
+                        f"trained on {shapes}; use the cache/views the run was trained with")
+    return tokens, torch.softmax(predict_logits(run.model, tokens), dim=1)
+
+
+def predict(run: str | Path, split: str, out: str | Path | None = None, cache: str | Path | None = None,
+            data: str | Path | None = None, allow_missing: bool = False) -> Scores:
+    """Scores of the run's best checkpoint on `split`, saved to `out` (.npz) when given."""
+    r = load_run(run, cache, data)
+    tokens, probs = predict_split(r, split, allow_missing)
+    scores = Scores(ids=tokens.ids, scores=probs.numpy(), task=r.task, split=split, classes=r.config["classes"])
+    if out is not None:
+        scores.save(out)
+        log.info("wrote %d %s scores of split %s to %s", len(scores), r.task, split, out)
+    return scores

@@ -1,0 +1,108 @@
+"""Test helpers (no tests here): a small prepared dataset of numbered videos and a tiny token model.
+
+Dataset (`make_dataset`): 3 good videos with several clips each, plus the bad inputs the runner
+must survive: a clip past its video's end, a corrupt file, a video whose file is missing.
+`TinyVideoExtractor` is the real `VideoExtractor` (real loaders, decoding, batching, writing) with
+MViTv2-S replaced by a per-sample average-pooling "model", so mechanics tests take seconds.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_decode_util import write_corrupt, write_video  # noqa: E402
+
+from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo  # noqa: E402
+from migfuse.extract.video import VideoExtractor  # noqa: E402
+
+# video id -> (frames in the file, [(start, end), ...] clips)
+GOOD = {
+    "0001": (120, [(0, 15), (10, 40), (60, 119), (100, 110)]),
+    "0002": (90, [(5, 20), (30, 89), (40, 60)]),
+    "0003": (200, [(0, 30), (150, 199), (180, 260)]),  # the last clip runs past the end
+}
+CORRUPT, MISSING = "0004", "0005"
+PAST_END = "0003_2"
+
+
+def make_dataset(root: Path, good: dict | None = None) -> Path:
+    """Write the videos and a PREPARED folder under `root`; return the PREPARED folder.
+
+    `good` replaces GOOD (the bad inputs are always added).
+    """
+    vids = root / "videos"
+    vids.mkdir(parents=True, exist_ok=True)
+    clips, videos = [], {}
+    for vid, (n, ranges) in (GOOD if good is None else good).items():
+        path = write_video(vids / f"{vid}.mp4", n)
+        videos[vid] = VideoInfo(vid, video_path=path, n_frames=n)
+        clips += [Clip.make(vid, k, s, e, raw_class=1 + k) for k, (s, e) in enumerate(ranges)]
+    videos[CORRUPT] = VideoInfo(CORRUPT, video_path=write_corrupt(vids / f"{CORRUPT}.mp4"))
+    clips += [Clip.make(CORRUPT, k, s, e, raw_class=2) for k, (s, e) in enumerate([(0, 10), (5, 20)])]
+    videos[MISSING] = VideoInfo(MISSING, video_path=vids / f"{MISSING}.mp4")  # never written
+    clips += [Clip.make(MISSING, 0, 0, 10, raw_class=3)]
+    prepared = root / "prepared"
+    Manifest(clips=clips, videos=videos).save(prepared)
+    return prepared
+
+
+def bad_ids() -> set[str]:
+    return {PAST_END, f"{CORRUPT}_0", f"{CORRUPT}_1", f"{MISSING}_0"}
+
+
+class TinyVideoExtractor(VideoExtractor):
+    """VideoExtractor with a tiny deterministic per-sample model: (B,3,F,224,224) -> (B, 5, 6) tokens.
+
+    Token j, channel c: mean of colour c//2 over frame block j (of 5) and image half c%2 - so the
+    tokens depend on which frames were sampled, and each sample's tokens depend on it alone.
+    """
+
+    backbone_name = "tiny"
+    token_shape = (5, 6)
+
+    def model_provenance(self):
+        return {"weights": "none (test stand-in)", "preprocessing": self.preprocessing()}
+
+    def build_model(self, device):
+        import torch
+
+        def model(x: "torch.Tensor") -> "torch.Tensor":
+            b, c, f, h, w = x.shape
+            blocks = torch.stack([x[:, :, j * f // 5:(j + 1) * f // 5].mean(dim=(2, 3)) for j in range(5)], 1)
+            halves = torch.stack([blocks[..., : w // 2].mean(-1), blocks[..., w // 2:].mean(-1)], -1)
+            return halves.reshape(b, 5, 6)
+
+        return model
+
+
+class SlowTinyVideoExtractor(TinyVideoExtractor):
+    """TinyVideoExtractor that sleeps `delay` s per forward, so a test can kill it mid-run."""
+
+    def __init__(self, *args, delay: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.delay = delay
+
+    def forward(self, inputs):
+        import time
+
+        time.sleep(self.delay)
+        return super().forward(inputs)
+
+
+def main(argv: list[str]) -> int:
+    """`python tests/test_extract_video_util.py PREPARED CACHE SHARD WORKERS DELAY`: one tiny video run."""
+    from migfuse.extract.runner import parse_shard, run_extraction
+
+    prepared, cache, shard, workers, delay = argv
+    ex = SlowTinyVideoExtractor(Manifest.load(prepared), "video", delay=float(delay))
+    s = run_extraction(ex, cache, workers=int(workers), batch_size=1, shard=parse_shard(shard if shard != "-" else None))
+    return 0 if s.ok else 1
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO)
+    raise SystemExit(main(sys.argv[1:]))

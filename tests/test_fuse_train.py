@@ -1,0 +1,135 @@
+"""Training, evaluation and prediction end to end on caches written through the store API
+(real token shapes), with a planted class signal; plus the CLI and the cache/manifest checks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from migfuse.cli import app
+from migfuse.data_cache.views import default_views
+from migfuse.errors import UserError
+from migfuse.fuse.evaluate import evaluate
+from migfuse.fuse.predict import predict
+from migfuse.fuse.scores import Scores
+from migfuse.fuse.synthetic import write_synthetic
+from migfuse.fuse.train import resolve_config, train
+
+FAST = {"epochs": 6, "batch_size": 16, "patience": 6, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def mg_data(tmp_path_factory):
+    """6 videos x 8 clips, 4 classes: train 4 videos, validation 1, test 1; default views made."""
+    root = tmp_path_factory.mktemp("mg")
+    prepared, cache = write_synthetic(root, n_videos=6, clips_per_video=8, num_classes=4, signal=0.1,
+                                      tracks=("video", "joint", "bone"), joints=55, seed=1)
+    default_views(cache)
+    return prepared, cache
+
+
+@pytest.fixture(scope="module")
+def emo_data(tmp_path_factory):
+    """16 videos, 3 context windows; every third video has no face at all."""
+    root = tmp_path_factory.mktemp("emo")
+    prepared, cache = write_synthetic(root, n_videos=16, clips_per_video=1, windows=3, faces=4, signal=0.3,
+                                      tracks=("context", "face_context"), seed=2)
+    default_views(cache)
+    return prepared, cache
+
+
+def test_cmtf_learns_planted_signal_and_writes_run(mg_data, tmp_path):
+    prepared, cache = mg_data
+    out = tmp_path / "run"
+    summary = train(cache, prepared, "mg", out, config=FAST)
+    assert summary["validation_source"] == "split_miga validation"
+    assert (summary["n_train"], summary["n_validation"]) == (32, 8)
+    for name in ("config.json", "metrics.jsonl", "best.pt", "train.log", "splits.json", "summary.json"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["head"] == "cmtf" and cfg["inputs"]["video"] == "views/video" and cfg["head_options"]["width"] == 64
+    # Bar: 4 classes (chance 25%); the planted signal must give >= 75% on the 8 unseen test clips.
+    m = evaluate(out, "test")
+    assert m["n"] == 8 and m["top1"] >= 0.75, m["top1"]
+    assert (out / "eval_test" / "confusion.png").stat().st_size > 1000
+    scores = predict(out, "test", tmp_path / "s.npz")
+    loaded = Scores.load(tmp_path / "s.npz")
+    assert loaded.ids == scores.ids and len(loaded.ids) == 8 and loaded.ids[0].startswith("0006_")
+    assert loaded.scores.shape == (8, 32) and np.allclose(loaded.scores.sum(1), 1, atol=1e-5)
+
+
+def test_same_seed_same_metrics(mg_data, tmp_path):
+    prepared, cache = mg_data
+    config = {**FAST, "epochs": 2, "balance": "sampler"}
+    runs = []
+    for name in ("a", "b"):
+        train(cache, prepared, "mg", tmp_path / name, config=config)
+        lines = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        runs.append([{k: v for k, v in r.items() if k != "seconds"} for r in lines])
+    assert runs[0] == runs[1]
+    train(cache, prepared, "mg", tmp_path / "c", config={**config, "seed": 1})
+    other = [json.loads(line)["train_loss"] for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert other != [r["train_loss"] for r in runs[0]]
+
+
+def test_interfusion_learns_emotion_without_faces_in_some_videos(emo_data, tmp_path):
+    prepared, cache = emo_data
+    summary = train(cache, prepared, "emotion", tmp_path / "emo", config={"epochs": 15, "threads": 1})
+    assert summary["n_train"] + summary["n_validation"] == 8
+    # Bar: chance 50%; >= 75% of the 8 test videos (a third of them without any face).
+    m = evaluate(tmp_path / "emo", "test")
+    assert m["n"] == 8 and m["accuracy"] >= 0.75, m
+    scores = predict(tmp_path / "emo", "test")
+    assert scores.classes == ["Lose", "Win"] and all(len(i) == 4 for i in scores.ids)
+
+
+def test_missing_clips_refused_unless_allowed(tmp_path):
+    # Raw pose groups (small V) are read directly, without views; one training clip never extracted.
+    prepared, cache = write_synthetic(tmp_path, n_videos=4, clips_per_video=4, num_classes=2, joints=10,
+                                      tracks=("joint", "bone"), skip=["0001_2"], with_validation=False)
+    with pytest.raises(UserError, match=r"joint/agcn.* lacks 1 of the .*0001_2.*--allow-missing"):
+        train(cache, prepared, "mg", tmp_path / "r", head="pose", config=FAST)
+    summary = train(cache, prepared, "mg", tmp_path / "r", head="pose", config={**FAST, "epochs": 1},
+                    allow_missing=True)
+    assert summary["n_train"] + summary["n_validation"] == 11  # 3 train videos x 4 clips - 1
+    assert "held out" in summary["validation_source"]
+    assert "lacks 1" in (tmp_path / "r" / "train.log").read_text()
+
+
+def test_bad_config_is_one_line_user_error(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text('{"epochs": 3, "lr_max": 1}')
+    with pytest.raises(UserError, match=f"{bad}: unknown setting 'lr_max'"):
+        resolve_config("mg", bad)
+    with pytest.raises(UserError, match="balance"):
+        resolve_config("mg", {"balance": "oversample"})
+
+
+def test_cli_view_train_eval_predict(mg_data, tmp_path):
+    prepared, cache = mg_data
+    runner = CliRunner()
+    r = runner.invoke(app, ["cache", "view", str(cache), "--name", "video_cls", "--group", "video/mvit_v2_s",
+                            "--pool", "video_cls"])
+    assert r.exit_code == 0, r.output
+    assert "views/video_cls" in r.output
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**FAST, "epochs": 1, "inputs": {"video": "views/video_cls"}}))
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
+                            "--head", "video", "--config", str(config), "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "config.json").read_text())["shapes"]["video"] == [1, 768]
+    r = runner.invoke(app, ["fuse", "eval", str(run), "--split", "validation"])
+    assert r.exit_code == 0 and "top-1" in r.output, r.output
+    r = runner.invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(tmp_path / "s.npz")])
+    assert r.exit_code == 0 and Scores.load(tmp_path / "s.npz").task == "mg", r.output
+    r = runner.invoke(app, ["fuse", "eval", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "not a finished training run" in r.output
+    # A view rebuilt with other settings no longer matches the run: refused, not silently mixed.
+    r = runner.invoke(app, ["cache", "view", str(cache), "--name", "video_cls", "--group", "video/mvit_v2_s",
+                            "--pool", "video_time", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(tmp_path / "t.npz")])
+    assert r.exit_code == 2 and "rebuilt with other settings" in r.output, r.output

@@ -1,0 +1,145 @@
+"""2s-AGCN / AAGCN against the golden outputs of the original code; graphs; checkpoint errors; CLI."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from golden import golden_state_dict, load_golden
+from migfuse.errors import UserError
+from migfuse.extract.registry import create_backbone
+from migfuse.extract.skeleton.graphs import get_layout, list_layouts, spatial_adjacency
+from migfuse.extract.skeleton.preprocess import bones_2s_agcn
+
+ATOL = RTOL = 1e-4
+# golden set -> (backbone, layout, how the original saves it)
+SETS = {
+    "agcn_kinetics": ("agcn", "openpose-18"),
+    "agcn_ntu": ("agcn", "ntu-25"),
+    "mmaction_agcn_ntu3d": ("aagcn", "nturgb+d"),
+    "mmaction_agcn_coco2d": ("aagcn", "coco-17"),
+}
+ALL = [n + s for n in SETS for s in ("", "_fanin")]
+
+
+def _save_original(name: str, path: Path, prefix: str = "") -> Path:
+    """Write the golden weights the way the original code saves them (see README checkpoint_format)."""
+    sd = golden_state_dict(name)
+    if name.startswith("agcn"):
+        torch.save({prefix + k: v for k, v in sd.items()}, path)  # flat OrderedDict, no graph.A
+    else:
+        torch.save({"meta": {"epoch": 80, "mmengine_version": "0.10.7"}, "state_dict": sd}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def golden_runs(tmp_path_factory) -> dict:
+    """name -> (outputs of our backbone on the golden input, golden arrays, backbone)."""
+    tmp = tmp_path_factory.mktemp("golden")
+    runs = {}
+    for name in ALL:
+        bb_name, layout = SETS[name.replace("_fanin", "")]
+        _, arrays = load_golden(name)
+        bb = create_backbone(bb_name, _save_original(name, tmp / f"{name}-49-0.pt"), layout=layout)
+        out = bb.run(arrays["input"])
+        if bb_name == "agcn":
+            bone = bb.run(bones_2s_agcn(arrays["input"], bb.layout))
+            out["bone_l10_features"], out["bone_logits"] = bone["l10_features"], bone["logits"]
+            out["fused_logits"] = out["logits"] + bone["logits"]  # ensemble.py, alpha = 1
+        runs[name] = (out, arrays, bb)
+    return runs
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_outputs_match_original(golden_runs, name):
+    out, arrays, _ = golden_runs[name]
+    expected = ({"l10_features", "logits", "bone_l10_features", "bone_logits", "fused_logits"}
+                if name.startswith("agcn") else {"backbone_features", "cls_scores"})
+    assert set(out) == expected
+    for key in sorted(expected):
+        assert out[key].shape == arrays[key].shape, key
+        diff = float(np.abs(out[key] - arrays[key]).max())
+        assert np.allclose(out[key], arrays[key], atol=ATOL, rtol=RTOL), f"{name} {key}: max abs diff {diff}"
+
+
+@pytest.mark.parametrize("name", ["agcn_kinetics", "agcn_ntu", "agcn_kinetics_fanin", "agcn_ntu_fanin"])
+def test_bone_input_is_gen_bone_data_rule(name):
+    _, arrays = load_golden(name)
+    layout = get_layout(SETS[name.replace("_fanin", "")][1])
+    np.testing.assert_allclose(bones_2s_agcn(arrays["input"], layout), arrays["bone_input"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name,layout,key", [
+    ("agcn_kinetics", "openpose-18", "graph/A"), ("agcn_ntu", "ntu-25", "graph/A"),
+    ("mmaction_agcn_ntu3d", "nturgb+d", "derived/backbone.A"), ("mmaction_agcn_coco2d", "coco-17", "derived/backbone.A"),
+])
+def test_spatial_adjacency_matches_original_graph(name, layout, key):
+    _, arrays = load_golden(name)
+    np.testing.assert_allclose(spatial_adjacency(get_layout(layout)), arrays[key], atol=1e-7, rtol=0)
+
+
+def test_layouts_are_trees_with_one_bone_per_joint():
+    for name in list_layouts():
+        lay = get_layout(name)
+        assert sorted(c for c, _ in lay.bone_pairs) == list(range(lay.num_node)), name
+        assert len(lay.inward) == lay.num_node - 1, name  # a spanning tree: every node but the centre has a parent
+        assert lay.source is None or len(lay.source) == lay.num_node
+    imigue = get_layout("imigue")
+    assert imigue.num_node == 55
+    node = {n: i for i, n in enumerate(imigue.nodes)}
+    # hand wrists hang off the body wrists of the same side (OpenPose: 4 right wrist, 7 left wrist)
+    assert (node["l_hand_wrist"], node["l_wrist"]) in imigue.inward
+    assert (node["r_hand_wrist"], node["r_wrist"]) in imigue.inward
+    assert imigue.source[node["l_hand_wrist"]] == 95 and imigue.source[node["r_hand_wrist"]] == 116
+    assert get_layout("kinetics").name == "openpose-18" and get_layout("coco").name == "coco-17"
+
+
+def test_module_prefixed_checkpoint_loads_like_the_original_loader(tmp_path):
+    path = _save_original("agcn_kinetics_fanin", tmp_path / "dp-1-2.pt", prefix="module.")
+    bb = create_backbone("agcn", path)  # layout guessed from the 18 joints of the file
+    assert bb.layout.name == "openpose-18" and bb.num_person == 2
+    loaded = bb.model.state_dict()
+    for key, value in golden_state_dict("agcn_kinetics_fanin").items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_wrong_checkpoint_and_layout_give_one_line_errors(tmp_path):
+    mm = _save_original("mmaction_agcn_coco2d", tmp_path / "mm.pth")
+    with pytest.raises(UserError) as e:
+        create_backbone("agcn", mm)
+    msg = str(e.value)
+    assert "\n" not in msg and str(mm) in msg and "not a 2s-AGCN checkpoint" in msg and "aagcn" in msg
+    ki = _save_original("agcn_kinetics", tmp_path / "ki-0-0.pt")
+    with pytest.raises(UserError) as e:
+        create_backbone("agcn", ki, layout="ntu-25")
+    msg = str(e.value)
+    assert "\n" not in msg and str(ki) in msg and "wrong shape" in msg and "25 joints; the file has 18" in msg
+    assert "--layout" in msg
+    with pytest.raises(UserError, match="unknown skeleton layout 'body25'"):
+        get_layout("body25")
+    with pytest.raises(UserError, match=r"agcn input must be \(N, C, T, V=18, M\)"):
+        create_backbone("agcn", ki).run(np.zeros((1, 3, 8, 25, 1), np.float32))
+
+
+def test_backbone_cli_run_and_info(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    _, arrays = load_golden("mmaction_agcn_ntu3d_fanin")
+    ckpt = _save_original("mmaction_agcn_ntu3d_fanin", tmp_path / "mm.pth")
+    np.save(tmp_path / "x.npy", arrays["input"])
+    runner = CliRunner()
+    res = runner.invoke(app, ["backbone", "run", "aagcn", "--checkpoint", str(ckpt), "--layout", "nturgb+d",
+                              "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npz")])
+    assert res.exit_code == 0, res.output
+    with np.load(tmp_path / "y.npz") as z:
+        assert np.allclose(z["backbone_features"], arrays["backbone_features"], atol=ATOL, rtol=RTOL)
+        assert np.allclose(z["cls_scores"], arrays["cls_scores"], atol=ATOL, rtol=RTOL)
+    res = runner.invoke(app, ["backbone", "info", "aagcn", "--checkpoint", str(ckpt), "--layout", "nturgb+d"])
+    assert res.exit_code == 0, res.output
+    assert "363 keys matched" in res.output and "nturgb+d (25 joints)" in res.output
+    res = runner.invoke(app, ["backbone", "info", "agcn", "--checkpoint", str(ckpt)])
+    assert res.exit_code == 2 and "is not a 2s-AGCN checkpoint" in res.output

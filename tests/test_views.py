@@ -1,0 +1,83 @@
+"""Pooled views: exact pooling arithmetic, and views derived from a cache written through the store."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from migfuse.data_cache.store import MISSING, TokenCache
+from migfuse.data_cache.views import (context_cls_mean, default_views, make_view, part_groups, pose_parts,
+                                      video_time)
+from migfuse.errors import UserError
+from migfuse.fuse.synthetic import write_synthetic
+
+
+def test_video_time_is_class_token_plus_grid_mean_per_step():
+    x = np.random.default_rng(0).standard_normal((2, 393, 4)).astype(np.float32)
+    out = video_time({"tokens": x})
+    assert out["tokens"].shape == (2, 9, 4) and out["mask"].all()
+    np.testing.assert_allclose(out["tokens"][:, 0], x[:, 0])
+    np.testing.assert_allclose(out["tokens"][:, 3], x[:, 1 + 2 * 49 : 1 + 3 * 49].mean(1), rtol=1e-5)
+
+
+def test_video_time_averages_only_valid_windows():
+    x = np.zeros((1, 3, 393, 2), np.float32)
+    x[0, 0], x[0, 1], x[0, 2] = 1.0, 3.0, 100.0  # window 2 is padding
+    out = video_time({"tokens": x, "tokens_len": np.array([2])})
+    np.testing.assert_allclose(out["tokens"], 2.0)
+
+
+def test_pose_parts_time_and_part_tokens():
+    f = np.arange(1 * 2 * 4 * 6, dtype=np.float32).reshape(1, 2, 4, 6)  # (B, C, T', V)
+    out = pose_parts({"features": f}, time_steps=2, parts=3)
+    assert out["tokens"].shape == (1, 2 + 3, 2)
+    np.testing.assert_allclose(out["tokens"][0, 0], f[0, :, 0:2].mean((1, 2)))  # time bin 0, all joints
+    np.testing.assert_allclose(out["tokens"][0, 2 + 1], f[0, :, :, 2:4].mean((1, 2)))  # part 1 = joints 2, 3
+    assert part_groups(55, 6)[-1][-1] == 54 and sum(map(len, part_groups(55, 6))) == 55
+    with pytest.raises(UserError):
+        part_groups(5, [[0, 9]])
+
+
+def test_context_pooling_masks_invalid_windows():
+    x = np.ones((1, 2, 393, 3), np.float32)
+    out = context_cls_mean({"tokens": x, "valid": np.array([[True, False]])})
+    assert out["tokens"].shape == (1, 2, 2, 3)
+    assert out["mask"].tolist() == [[[True, True], [False, False]]]
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("views")
+    return write_synthetic(root, n_videos=2, clips_per_video=3, windows=2, faces=3, joints=55,
+                           skip=["0001_1"], seed=3)
+
+
+def test_default_views_from_store(small_cache):
+    prepared, path = small_cache
+    made = default_views(path)
+    assert set(made) == {"video", "joint", "bone", "face", "context", "face_context"}
+    cache = TokenCache(path)
+    shapes = {k: cache.group(v).arrays["tokens"].shape for k, v in made.items()}
+    assert shapes == {"video": (9, 768), "joint": (14, 256), "bone": (14, 256), "face": (3, 519),
+                      "context": (2, 2, 768), "face_context": (2, 3, 519)}
+    video = cache.group("views/video")
+    assert video.clips_per_chunk > 1
+    assert video.provenance["source"] == "video/mvit_v2_s"
+    assert video.provenance["source_provenance"] == cache.group("video/mvit_v2_s").provenance
+    assert video.provenance["pooling"]["name"] == "video_time"
+    # The clip missing from the source is missing from the view too; the rest match a direct pooling.
+    assert video.status(["0001_1"])[0] == MISSING
+    src = cache.group("video/mvit_v2_s").read("0002_0")["tokens"][None].astype(np.float32)
+    np.testing.assert_allclose(video.read("0002_0")["tokens"], video_time({"tokens": src})["tokens"][0], atol=2e-2)
+
+
+def test_view_resumes_and_refuses_other_settings(small_cache):
+    _, path = small_cache
+    first = make_view(path, "pose_small", "joint/agcn", pooling="pose_time", time_steps=4)
+    again = make_view(path, "pose_small", "joint/agcn", pooling="pose_time", time_steps=4)
+    assert again.done_ids() == first.done_ids() and first.arrays["tokens"].shape == (4, 256)
+    with pytest.raises(UserError, match="pooling.time_steps"):
+        make_view(path, "pose_small", "joint/agcn", pooling="pose_time", time_steps=2)
+    rebuilt = make_view(path, "pose_small", "joint/agcn", pooling="pose_time", time_steps=2, overwrite=True)
+    assert rebuilt.arrays["tokens"].shape == (2, 256)
+    with pytest.raises(UserError, match="does not apply"):
+        make_view(path, "bad", "face/swinface", pooling="video_time")
