@@ -1,13 +1,13 @@
 """Fusion benchmark at iMiGUE scale on this machine (CPU): is the default recipe laptop-sized?
 
-    .venv/bin/python benchmarks/fuse.py [--root /tmp/migfuse_fuse_bench] [--threads 0] [--write-results]
+    .venv/bin/python benchmarks/fuse.py [--root /tmp/migfuse_fuse_bench] [--threads N] [--skip-build]
 
 What it does:
   1. build: a synthetic prepared dataset with the MiGA split sizes (12,893 train + 777 validation =
      13,670 training-side clips, 4,562 test clips, 359 videos, long-tailed labels with a planted
      signal) and the emotion protocol (102 train / 100 test videos). Only the VIEWS are written,
      directly through the store API (views/video (9, 768), views/joint and views/bone (14, 256),
-     views/context (16, 2, 768), views/face_context (16, 8, 519)): full-resolution video tokens are
+     views/context (8, 2, 768), views/face_context (8, 16, 519)): full-resolution video tokens are
      0.6 MB per clip = 11 GB, which the pooled views exist to avoid.
   2. cmtf: `migfuse.fuse.train.train(task="mg")` with the default config (CMTF head): seconds per
      epoch, epochs run (early stopping), total, peak RSS.
@@ -36,7 +36,8 @@ VIDEOS = {"train": 245, "validation": 10, "test": 104}
 # CS-train clip counts per class (research/dataset_challenge.md §1.4): the real long tail.
 CLASS_COUNTS = [11, 421, 39, 218, 80, 23, 65, 871, 87, 3, 315, 163, 101, 42, 28, 27, 322, 85, 2, 961, 174,
                 376, 659, 705, 11, 293, 87, 61, 1247, 6, 2332, 4120]
-WINDOWS, FACES = 16, 8
+WINDOWS, FACES = 8, 16  # context windows per video and face frames per window (extract defaults: k=8, 16 frames)
+SIGNAL = 0.02  # planted class signal per feature (noise std 1): weak enough that training runs its epochs
 VIEW_SHAPES = {"video": (9, 768), "joint": (14, 256), "bone": (14, 256)}
 FULL_SHAPES = {"video": (393, 768), "joint": (16 * 55, 256), "bone": (16 * 55, 256)}
 
@@ -83,7 +84,7 @@ def build(root: Path, seed: int = 0) -> dict:
             part = ids[s : s + 2048]
             y = label_of[s : s + 2048]
             x = rng.standard_normal((len(part), *shape), dtype=np.float32)
-            x += 0.15 * dirs[y].reshape(len(part), *([1] * (len(shape) - 1)), shape[-1])
+            x += SIGNAL * dirs[y].reshape(len(part), *([1] * (len(shape) - 1)), shape[-1])
             mask = np.ones((len(part), *shape[:-1]), bool)
             if per_window and track == "face_context":
                 mask &= rng.random(mask.shape) < 0.6
@@ -106,7 +107,8 @@ def run_training(root: Path, task: str, threads: int) -> dict:
 
     out = root / f"run_{task}"
     t0 = time.perf_counter()
-    summary = train(root / "cache.zarr", root / "prepared", task, out, config={"threads": threads})
+    config = {} if threads < 0 else {"threads": threads}  # -1: the library default (DEFAULTS["threads"])
+    summary = train(root / "cache.zarr", root / "prepared", task, out, config=config)
     total = time.perf_counter() - t0
     epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {"total_seconds": round(total, 1), "train_seconds": summary["train_seconds"], "epochs": len(epochs),
@@ -121,8 +123,11 @@ def steps(shapes: dict, batch: int, n: int, threads: int) -> float:
 
     from migfuse.fuse.heads import make_head
 
-    if threads:
-        torch.set_num_threads(threads)
+    from migfuse.fuse.train import DEFAULTS
+
+    n_threads = DEFAULTS["threads"] if threads < 0 else threads
+    if n_threads:
+        torch.set_num_threads(n_threads)
     torch.manual_seed(0)
     model = make_head("cmtf", shapes, 32).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -165,7 +170,7 @@ def phase(name: str, root: Path, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("/tmp/migfuse_fuse_bench"))
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--threads", type=int, default=-1, help="torch threads (-1 = migfuse default, 0 = torch default)")
     ap.add_argument("--phase", choices=["build", "cmtf", "interfusion", "fullres"], help=argparse.SUPPRESS)
     ap.add_argument("--skip-build", action="store_true", help="reuse the synthetic cache under --root")
     args = ap.parse_args()

@@ -300,8 +300,9 @@ backbone_app.add_typer(backbone_train_app, name="train")
 @backbone_train_app.command("skeleton")
 def backbone_train_skeleton(
     data: Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")],
-    out: Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl, config.json. "
-                                                    "Rerunning with the same folder resumes.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl, "
+                                                "config.json (default runs/skeleton-ARCH-STREAM-LAYOUT). "
+                                                "Rerunning with the same folder resumes.")] = None,
     stream: Annotated[str, typer.Option("--stream", help="joint or bone.")] = "joint",
     layout: Annotated[str, typer.Option("--layout", help="Graph: imigue (55 joints), openpose22 (MiGA "
                                                          "baselines), openpose-18 or coco-17.")] = "imigue",
@@ -332,7 +333,7 @@ def backbone_train_skeleton(
     config = TrainConfig(stream=stream, layout=layout, arch=arch, length=length, epochs=epochs,
                          batch_size=batch_size, lr=lr, base_channels=base_channels, balance=balance, seed=seed,
                          device=device, workers=workers, init=str(init) if init else None)
-    result = train_skeleton(data, out, config)
+    result = train_skeleton(data, out or Path("runs") / f"skeleton-{arch}-{stream}-{layout}", config)
     typer.echo(f"best epoch {result.best_epoch}: top-1 {result.best_top1:.4f} -> {result.best_checkpoint}")
 # [end section: backbone-train]
 

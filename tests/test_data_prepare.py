@@ -178,6 +178,25 @@ def test_oulu_layout_with_spreadsheet_skeletons(prepared, tmp_path, imigue_dir):
     assert len(outside["clip_ids"]) == 55 and "0298_0" not in outside["clip_ids"]
 
 
+def test_frame_base_is_checked_against_the_labels_csv(prepared, tmp_path, imigue_dir):
+    """A 1-based copy of 298's _label.csv next to the official CSV: the offset is reported, and
+    --frame-base 1 reads it back to the CSV's frames. Subjects then come from the CSV."""
+    m, _ = prepared
+    folder = tmp_path / "data" / "imigue_skeleton_train" / "0298"
+    folder.mkdir(parents=True)
+    with open(folder / "0298_label.csv", "w", newline="") as f:
+        csv.writer(f).writerows([c.raw_class, c.start_frame + 1, c.end_frame + 1] for c in m.clips_of_video(298))
+    (tmp_path / "data" / "labels_20200831.csv").symlink_to(imigue_dir / "labels_20200831.csv")
+    shifted = prepare(tmp_path / "data", tmp_path / "out0", layout="miga2025", progress=False)
+    problem = next(p for p in shifted.report["problems"] if p["kind"] == "frames_differ_from_labels_csv")
+    assert problem["offsets"] == {"1": 56}
+    fixed = prepare(tmp_path / "data", tmp_path / "out1", layout="miga2025", frame_base=1, progress=False)
+    assert not [p for p in fixed.report["problems"] if p["kind"] == "frames_differ_from_labels_csv"]
+    assert [(c.start_frame, c.end_frame) for c in fixed.manifest.clips] == [
+        (c.start_frame, c.end_frame) for c in m.clips_of_video(298)]
+    assert fixed.manifest.clip("0298_3").subject == 22
+
+
 def test_bad_root_errors(tmp_path):
     with pytest.raises(UserError, match=r"matches no dataset layout: looked for Label/labels_20200831.csv \(oulu\) "
                                         r"and <vid4>/<vid4>_label.csv"):
@@ -192,6 +211,9 @@ def test_bad_root_errors(tmp_path):
     bad.mkdir(parents=True)
     (bad / "0001_label.csv").write_text("class,start,end\n1,2,3\n")
     with pytest.raises(UserError, match="0001_label.csv starts with a non-numeric row"):
+        prepare(tmp_path / "bad", tmp_path / "out")
+    (bad / "0001_label.csv").write_text("1,2,3\n32,5,9\n")
+    with pytest.raises(UserError, match="0001_label.csv row 2 has class 32, not an iMiGUE class"):
         prepare(tmp_path / "bad", tmp_path / "out")
 
 

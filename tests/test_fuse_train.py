@@ -105,6 +105,8 @@ def test_bad_config_is_one_line_user_error(tmp_path):
         resolve_config("mg", bad)
     with pytest.raises(UserError, match="balance"):
         resolve_config("mg", {"balance": "oversample"})
+    with pytest.raises(UserError, match="select_metric for task emotion"):
+        resolve_config("emotion", {"select_metric": "top1"})
 
 
 def test_cli_view_train_eval_predict(mg_data, tmp_path):

@@ -24,6 +24,15 @@ SETS = {
 ALL = [n + s for n in SETS for s in ("", "_fanin")]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One thread: faster and steadier than two on the shared 2-core test machine, and deterministic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _save_original(name: str, path: Path, prefix: str = "") -> Path:
     """Write the golden weights the way the original code saves them (see README checkpoint_format)."""
     sd = golden_state_dict(name)
@@ -73,7 +82,8 @@ def test_bone_input_is_gen_bone_data_rule(name):
 
 @pytest.mark.parametrize("name,layout,key", [
     ("agcn_kinetics", "openpose-18", "graph/A"), ("agcn_ntu", "ntu-25", "graph/A"),
-    ("mmaction_agcn_ntu3d", "nturgb+d", "derived/backbone.A"), ("mmaction_agcn_coco2d", "coco-17", "derived/backbone.A"),
+    ("mmaction_agcn_ntu3d", "nturgb+d", "derived/backbone.A"),
+    ("mmaction_agcn_coco2d", "coco-17", "derived/backbone.A"),
 ])
 def test_spatial_adjacency_matches_original_graph(name, layout, key):
     _, arrays = load_golden(name)
@@ -94,6 +104,10 @@ def test_layouts_are_trees_with_one_bone_per_joint():
     assert (node["r_hand_wrist"], node["r_wrist"]) in imigue.inward
     assert imigue.source[node["l_hand_wrist"]] == 95 and imigue.source[node["r_hand_wrist"]] == 116
     assert get_layout("kinetics").name == "openpose-18" and get_layout("coco").name == "coco-17"
+    # openpose22 reads only points the MiGA 2023 light_hand files carry (BODY_25 + 5 + 5 fingertips)
+    from migfuse.data_cache.layouts.skeletons import LIGHT_HAND_POINTS
+
+    assert set(get_layout("openpose22").source) <= set(LIGHT_HAND_POINTS)
 
 
 def test_module_prefixed_checkpoint_loads_like_the_original_loader(tmp_path):

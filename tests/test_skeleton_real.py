@@ -19,6 +19,15 @@ VIDEO = 298
 LENGTH = 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One thread: faster and steadier than two on the shared 2-core test machine, and deterministic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _clips_of_298(imigue_dir: Path) -> list[Clip]:
     with open(imigue_dir / "labels_20200831.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["video_id"]) == VIDEO]
@@ -175,3 +184,25 @@ def test_extract_both_streams_of_the_real_clips(prepared_298, small_checkpoints,
     # rerun: everything is done or failed already, nothing is recomputed
     again = extract_skeleton(prepared_298, cache, small_checkpoints["joint"], "joint")
     assert again.done == 0 and again.skipped == 56
+
+
+def test_real_clip_with_the_person_gone_for_a_while_stays_finite(prepared_298):
+    """Video 298 has a person in every clip frame, so blank 40 real frames as if the player left."""
+    m = Manifest.load(prepared_298)
+    skel, mask = m.skeleton("0298")
+    c = m.clip("0298_2")  # frames 1279-1480
+    frames, fmask = (np.array(a) for a in clip_frames(skel, mask, c.start_frame, c.end_frame))
+    frames[100:140] = 0.0
+    fmask[100:140] = False
+    lay = get_layout("imigue")
+    config = PreprocessConfig(length=202)  # one sample per frame: frame i -> index i
+    x = joints(frames, fmask, lay, config).x[..., 0]
+    full = joints(np.array(skel[c.start_frame:c.end_frame + 1]), None, lay, config).x[..., 0]
+    assert np.isfinite(x).all()
+    assert not x[2, 100:140].any()  # the gap is flagged unseen ...
+    np.testing.assert_array_equal(x[:2, 100:120], np.repeat(x[:2, 99:100], 20, axis=1))  # ... holds frame 99
+    np.testing.assert_array_equal(x[:2, 120:140], np.repeat(x[:2, 140:141], 20, axis=1))  # ... then frame 140
+    # outside the gap nothing changed but the clip's centre/scale (medians over fewer frames): same shape
+    np.testing.assert_array_equal(x[2, :100], full[2, :100])
+    missing = frames[:, list(lay.source), 2] < config.min_confidence  # real undetected points (hands)
+    assert missing[:100].any() and not x[:, :100][:, missing[:100]].any()  # are exactly zero

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 from tqdm import tqdm
 
 from migfuse.data_cache import classes

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from migfuse.data_cache.store import DONE, ArraySpec, GroupSpec, TokenCache, TokenGroup
+from migfuse.data_cache.store import ArraySpec, GroupSpec, TokenCache, TokenGroup
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import logging
 import re
 import zipfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, Optional, Union
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape
 
@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 _REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 _PKG_REL_NS = "http://schemas.openxmlformats.org/package/2006/relationships"
 _MAIN_NS = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+
+#: one row's values: a list when contiguous from column A, else column -> value
+Cells = Union[list[float], dict[int, float]]
+#: (0-based row index, cells, column count declared by <dimension> or None) per row
+RowIterator = Iterator[tuple[int, Cells, Optional[int]]]
 
 
 def column_index(letters: str) -> int:
@@ -104,7 +109,7 @@ def _to_float(text: str | None) -> float:
         return float("nan")
 
 
-def _row_cells(row: ET.Element, ns: str, strings: list[str], col_cache: dict[str, int]) -> list[float] | dict[int, float]:
+def _row_cells(row: ET.Element, ns: str, strings: list[str], col_cache: dict[str, int]) -> Cells:
     """Values of one parsed <row>: a list when its cells run contiguously from column A (the common
     case), else a dict column -> value. ``ns`` is the "{namespace}" prefix of the tags."""
     c_tag, v_tag, is_tag, t_tag = ns + "c", ns + "v", ns + "is", ns + "t"
@@ -143,7 +148,7 @@ def _row_cells(row: ET.Element, ns: str, strings: list[str], col_cache: dict[str
     return sparse if sparse is not None else values
 
 
-def _iter_rows_xml(handle: IO[bytes], strings: list[str]) -> Iterator[tuple[int, list[float] | dict[int, float], int | None]]:
+def _iter_rows_xml(handle: IO[bytes], strings: list[str]) -> RowIterator:
     """Yield (0-based row index, cells, declared column count) per <row>, parsing with iterparse.
 
     The general path: any namespace prefix, any cell type.
@@ -176,7 +181,7 @@ _VALUE = re.compile(rb"<v>([^<]*)</v>")
 _DIMENSION = re.compile(rb'<dimension ref="([^"]*)"')
 
 
-def _iter_rows_fast(handle: IO[bytes], strings: list[str], head: bytes) -> Iterator[tuple[int, list[float] | dict[int, float], int | None]]:
+def _iter_rows_fast(handle: IO[bytes], strings: list[str], head: bytes) -> RowIterator:
     """Like `_iter_rows_xml` for sheets written without namespace prefixes (Excel, LibreOffice,
     openpyxl, write_xlsx): the byte stream is cut at ``</row>``, and a row of plain numbers from
     column A on is converted without building XML elements (about 4x faster). Any other row is
@@ -219,7 +224,7 @@ def _iter_rows_fast(handle: IO[bytes], strings: list[str], head: bytes) -> Itera
             return
 
 
-def _iter_rows(handle: IO[bytes], strings: list[str]) -> Iterator[tuple[int, list[float] | dict[int, float], int | None]]:
+def _iter_rows(handle: IO[bytes], strings: list[str]) -> RowIterator:
     """Pick the fast path when the sheet's tags carry no namespace prefix, else full XML parsing."""
     head = handle.read(1 << 16)
     start = head.find(b"<sheetData")
@@ -256,7 +261,7 @@ def read_xlsx(path: str | Path, *, progress: bool = False, expected_rows: int | 
         with zipfile.ZipFile(path) as z:
             strings = _shared_strings(z)
             part = _first_sheet_part(z)
-            rows: list[tuple[int, list[float] | dict[int, float]]] = []
+            rows: list[tuple[int, Cells]] = []
             width = 0
             declared: int | None = None
             with z.open(part) as handle, tqdm(total=expected_rows, disable=None if progress else True,

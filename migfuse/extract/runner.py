@@ -21,6 +21,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import queue
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -170,8 +171,11 @@ def _worker_main(wid: int, loader: Loader, tasks: "mp.Queue", conn: Any, ready: 
     `conn` is this worker's own pipe: a send completes synchronously (nothing buffered dies with
     the process) and a worker that crashes cannot leave a lock shared with the others held.
     """
-    # Decoders and resizes here must not fight the forward pass for cores.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # One thread per worker: the cores belong to the forward pass and the other workers. Loaders
+    # import torch lazily, so the variable is read when they do; set it too if already imported.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     parent = os.getppid()
     ready.set()
     while True:
@@ -429,11 +433,10 @@ def run_extraction(
 
     # Report every failure of this process's rows, including those kept from earlier runs.
     seen = {f[0] for f in summary.failed}
-    failures = {f["clip_id"]: f for f in g.failures()}
-    final = g.status()
+    failures = {f["clip_id"]: f for f in g.failures()}  # rows whose status is FAILED now
     for row in my_ids:
-        if row not in seen and final[all_ids.index(row)] == FAILED:
-            f = failures.get(row, {})
+        if row not in seen and row in failures:
+            f = failures[row]
             summary.failed.append((row, str(f.get("stage", "?")), str(f.get("message", "?"))))
     summary.seconds = time.monotonic() - t0
     log.info("%s shard %d/%d: %d written, %d skipped, %d failed in %.1f s", extractor.group, rank, world,

@@ -12,6 +12,7 @@ Split along the runner's line (docs/contracts.md, "Extraction runner"):
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -76,12 +77,11 @@ class _VideoLoader:
                                       "labels and re-run `migfuse data prepare`)")
         return Path(p)
 
-    def _frames(self, path: Path, plans: dict[str, np.ndarray]) -> Iterator[tuple[str, dict[int, np.ndarray] | None,
-                                                                               DecodeError | None]]:
+    def _frames(self, path: Path,
+                plans: dict[str, np.ndarray]) -> Iterator[tuple[str, dict[int, np.ndarray], DecodeError | None]]:
         """Decode once for all rows; yield (row, {index: (crop, crop, 3) uint8}, error) as soon as a
         row's frames are complete. Rows whose frames never came (past the end, decode error) are
         yielded last with the frames that did come and the error (None: the video ended)."""
-        _limit_threads()
         need: dict[int, int] = {}  # frame index -> rows still waiting for it
         for idx in plans.values():
             for i in np.unique(idx):
@@ -115,14 +115,6 @@ class _VideoLoader:
             error = e
         for row in by_last[nxt:]:
             yield row, complete(row), error
-
-
-def _limit_threads() -> None:
-    """One torch thread per loader worker: the cores belong to the forward pass and other workers."""
-    import torch
-
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
 
 
 def _stack(plan: np.ndarray, frames: dict[int, np.ndarray]) -> np.ndarray:
@@ -392,9 +384,7 @@ def extract_track(
                                clip_sampling=ClipSampling(frames=frames, max_windows=windows),
                                context_sampling=ContextSampling(windows=context_windows, frames=frames))
     rank, world = parse_shard(shard)
-    if device.startswith("cuda") and world > 1 and device == "cuda":
-        import os
-
-        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # torchrun: one GPU per local rank
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per local rank
     return run_extraction(extractor, cache, device=device, batch_size=batch_size, workers=workers,
                           shard=(rank, world), retry_failed=retry_failed)

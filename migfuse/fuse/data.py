@@ -70,28 +70,42 @@ def resolve_inputs(cache: TokenCache, needed: list[str], configured: dict[str, s
     names = cache.group_names()
     out = {}
     for modality in needed:
-        if modality in configured:
-            if configured[modality] not in names:
-                raise UserError(f"config input {modality!r} -> '{configured[modality]}' is not in cache {cache.path} "
-                                f"(groups: {', '.join(names) or 'none'}); fix \"inputs\" in the config")
-            out[modality] = configured[modality]
-            continue
-        if VIEW_PREFIX + modality in names:
-            out[modality] = VIEW_PREFIX + modality
-            continue
-        raw = sorted(n for n in names if n.split("/")[0] == modality)
-        if raw:
-            g = cache.group(raw[0])
-            per_row = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in g.arrays.values())
-            if per_row * len(g.ids) <= RAW_GROUP_LIMIT_BYTES:
-                log.info("input %s: reading raw group %s (no view %s%s)", modality, raw[0], VIEW_PREFIX, modality)
-                out[modality] = raw[0]
-                continue
-            raise UserError(f"input {modality!r}: raw group '{raw[0]}' in {cache.path} is too big to train on "
-                            f"({per_row * len(g.ids) / 2**30:.1f} GB); run `migfuse cache view {cache.path} --defaults`")
-        raise UserError(f"cache {cache.path} has no {modality!r} tokens (groups: {', '.join(names) or 'none'}); "
-                        f"run the matching `migfuse extract`, or choose a head that does not need {modality}")
+        out[modality] = _resolve_one(cache, modality, configured, names)
+        check_view_is_current(cache, out[modality], names)
     return out
+
+
+def check_view_is_current(cache: TokenCache, name: str, names: list[str]) -> None:
+    """UserError when view `name` was derived from a source group that has since been re-extracted
+    with other settings (its tokens would silently mix two extractions)."""
+    if not name.startswith(VIEW_PREFIX):
+        return
+    prov = cache.group(name).provenance
+    source = prov.get("source")
+    if source in names and "source_provenance" in prov and cache.group(source).provenance != prov["source_provenance"]:
+        raise UserError(f"view '{name}' in {cache.path} was derived from an earlier '{source}' (its provenance "
+                        f"changed since); rebuild it with `migfuse cache view {cache.path} --defaults --overwrite`")
+
+
+def _resolve_one(cache: TokenCache, modality: str, configured: dict[str, str], names: list[str]) -> str:
+    if modality in configured:
+        if configured[modality] not in names:
+            raise UserError(f"config input {modality!r} -> '{configured[modality]}' is not in cache {cache.path} "
+                            f"(groups: {', '.join(names) or 'none'}); fix \"inputs\" in the config")
+        return configured[modality]
+    if VIEW_PREFIX + modality in names:
+        return VIEW_PREFIX + modality
+    raw = sorted(n for n in names if n.split("/")[0] == modality)
+    if raw:
+        g = cache.group(raw[0])
+        per_row = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in g.arrays.values())
+        if per_row * len(g.ids) <= RAW_GROUP_LIMIT_BYTES:
+            log.info("input %s: reading raw group %s (no view %s%s)", modality, raw[0], VIEW_PREFIX, modality)
+            return raw[0]
+        raise UserError(f"input {modality!r}: raw group '{raw[0]}' in {cache.path} is too big to train on "
+                        f"({per_row * len(g.ids) / 2**30:.1f} GB); run `migfuse cache view {cache.path} --defaults`")
+    raise UserError(f"cache {cache.path} has no {modality!r} tokens (groups: {', '.join(names) or 'none'}); "
+                    f"run the matching `migfuse extract`, or choose a head that does not need {modality}")
 
 
 # ----- which ids -------------------------------------------------------------------------------------

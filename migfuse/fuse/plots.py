@@ -34,7 +34,11 @@ def confusion_png(cm: np.ndarray, class_names: list[str], path: str | Path, titl
     label_w = max(int(measure.textlength(t, font=label_font)) for t in labels) + 12
     top, left = label_w + 40, label_w
     bar_w = 110
-    width, height = left + C * cell + bar_w, top + C * cell + 40
+    footer = "columns: predicted class    rows: true class (red box: correct)"
+    # Wide enough for the title and the footer too (a 2x2 emotion matrix is narrower than its title).
+    width = max(left + C * cell + bar_w, int(measure.textlength(title, font=title_font)) + 20,
+                left + int(measure.textlength(footer, font=label_font)) + 10)
+    height = top + C * cell + 40
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     draw.text((10, 8), title, fill="black", font=title_font)
@@ -61,8 +65,7 @@ def confusion_png(cm: np.ndarray, class_names: list[str], path: str | Path, titl
         ImageDraw.Draw(strip).text((4, cell / 2 - 7), labels[c], fill="black", font=label_font)
         rotated = strip.rotate(90, expand=True)
         img.paste(rotated, (left + c * cell, top - label_w - 4))
-    draw.text((left, top + C * cell + 8), "columns: predicted class    rows: true class (red box: correct)",
-              fill="black", font=label_font)
+    draw.text((left, top + C * cell + 8), footer, fill="black", font=label_font)
     draw.text((left + C * cell + 10, top - 36), "share of\ntrue class", fill="black", font=label_font)
 
     # Colour scale: 0% at the bottom, 100% at the top.

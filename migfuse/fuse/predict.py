@@ -19,7 +19,7 @@ from migfuse.errors import UserError
 from migfuse.fuse import data as fdata
 from migfuse.fuse.heads import FusionHead, make_head
 from migfuse.fuse.scores import Scores
-from migfuse.fuse.train import predict_logits
+from migfuse.fuse.train import predict_logits, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_on
     if tokens.shapes != shapes:
         raise UserError(f"cache {run.cache.path} gives token shapes {tokens.shapes} but run {run.path} was "
                         f"trained on {shapes}; use the cache/views the run was trained with")
-    return tokens, torch.softmax(predict_logits(run.model, tokens), dim=1)
+    with torch_threads(run.config.get("threads", 1)):
+        return tokens, torch.softmax(predict_logits(run.model, tokens), dim=1)
 
 
 def predict(run: str | Path, split: str, out: str | Path | None = None, cache: str | Path | None = None,

@@ -19,10 +19,10 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,      # share of training videos held out when the manifest has no validation split
     "split_scheme": "auto",   # mg: split_miga | split_cs | auto (split_miga when the manifest fills it)
     "seed": 0,                # seeds model init, dropout, shuffling and the held-out split
-    "threads": 0,             # torch CPU threads (0 = torch's default)
+    "threads": 1,             # torch CPU threads while training (0 = torch's default); see torch_threads()
 }
 
 #: Per-task changes to DEFAULTS (applied before the user's config).
@@ -66,6 +66,8 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 BALANCE_CHOICES = ("loss", "sampler", "none")
+#: Validation scores an epoch can be selected on, per task ("loss" is minimised, the rest maximised).
+SELECT_METRICS = {"mg": ("top1", "top5", "mean_class_accuracy", "loss"), "emotion": ("accuracy", "f1", "roc_auc", "loss")}
 
 
 def resolve_config(task: str, config: Mapping[str, Any] | str | Path | None = None,
@@ -98,11 +100,31 @@ def resolve_config(task: str, config: Mapping[str, Any] | str | Path | None = No
     cfg["task"] = task
     if cfg["balance"] not in BALANCE_CHOICES:
         raise UserError(f"{where}: balance must be one of {', '.join(BALANCE_CHOICES)}, not {cfg['balance']!r}")
+    if cfg["select_metric"] not in SELECT_METRICS[task]:
+        raise UserError(f"{where}: select_metric for task {task} must be one of {', '.join(SELECT_METRICS[task])}, "
+                        f"not {cfg['select_metric']!r}")
     for k in ("epochs", "batch_size"):
         if not isinstance(cfg[k], int) or cfg[k] < 1:
             raise UserError(f"{where}: {k} must be a positive integer, not {cfg[k]!r}")
     cfg["head_options"] = resolve_options(cfg["head"], cfg["head_options"])
     return cfg
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with `n` torch CPU threads (0 = leave as is), restoring the previous count afterwards.
+
+    Why 1 by default: these heads do thousands of tiny ops per epoch, where intra-op threading costs
+    more than it gains; on a busy 2-core machine 2 OpenMP threads made a CMTF step ~70x slower than
+    1 thread (35 ms vs 2.4 s, benchmarks/RESULTS.md), and 1 thread is never much slower.
+    """
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----- the loop ----------------------------------------------------------------------------------------
@@ -203,11 +225,7 @@ def fit(model: FusionHead, train_set: fdata.TokenSet, val_set: fdata.TokenSet | 
         record["seconds"] = round(time.perf_counter() - t0, 3)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        has_val = val_set is not None and len(val_set) > 0
-        if has_val and f"val_{metric}" not in record:
-            raise UserError(f"select_metric {metric!r} is not a validation metric of task {task} "
-                            f"(have {', '.join(k[4:] for k in record if k.startswith('val_'))}); fix the config")
-        improved = not has_val or _better(metric, record, best)
+        improved = f"val_{metric}" not in record or _better(metric, record, best)  # no validation: keep last
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items()
                                                    if isinstance(v, float) and k != "seconds"))
         epochs.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train_loss", f"val_{metric}")})
@@ -237,20 +255,22 @@ def train(cache: str | Path, prepared: str | Path, task: str, out: str | Path, h
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "train.log", mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root_log = logging.getLogger("migfuse")
-    root_log.addHandler(handler)
-    if root_log.level == logging.NOTSET or root_log.level > logging.INFO:
-        root_log.setLevel(logging.INFO)
+    # train.log gets INFO records even when the caller configured no logging; restored afterwards.
+    pkg_log = logging.getLogger("migfuse")
+    level_before = pkg_log.level
+    pkg_log.addHandler(handler)
+    if level_before == logging.NOTSET or level_before > logging.INFO:
+        pkg_log.setLevel(logging.INFO)
     try:
-        return _train(cfg, TokenCache(cache), Path(prepared), out, allow_missing)
+        with torch_threads(cfg["threads"]):
+            return _train(cfg, TokenCache(cache), Path(prepared), out, allow_missing)
     finally:
-        root_log.removeHandler(handler)
+        pkg_log.removeHandler(handler)
+        pkg_log.setLevel(level_before)
         handler.close()
 
 
 def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missing: bool) -> dict[str, Any]:
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
     task = cfg["task"]
     manifest = Manifest.load(prepared)
     names = fdata.class_names(task)

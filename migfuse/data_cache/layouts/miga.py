@@ -19,6 +19,7 @@ import csv
 import logging
 from pathlib import Path
 
+from migfuse.data_cache import classes
 from migfuse.data_cache.layouts.base import LayoutScan, SourceClip, SourceVideo
 from migfuse.data_cache.layouts.oulu import pick_labels_csv, read_labels_csv
 from migfuse.data_cache.layouts.skeletons import LightHandCsv, OpenPoseXlsx
@@ -61,6 +62,8 @@ def read_label_csv(path: Path, *, frame_base: int = 0, known_classes: bool = Tru
                 raise UserError(f"{path} starts with a non-numeric row {row}; _label.csv files have no header, "
                                 f"remove it") from None
             raise UserError(f"{path} row {k + 1} is not class,start_frame,end_frame: {row}") from None
+        if known_classes and not (1 <= cls <= 31 or cls == classes.RAW_ILLUSTRATIVE):
+            raise UserError(f"{path} row {k + 1} has class {cls}, not an iMiGUE class (1..31 or 99); fix the row")
         clips.append(SourceClip(k=k, start_frame=start - frame_base, end_frame=end - frame_base,
                                 raw_class=cls if known_classes else None))
     return clips
@@ -113,4 +116,5 @@ def _compare_frames(scan: LayoutScan, facts: dict[str, SourceVideo], csv_path: P
     if offsets and set(offsets) != {0}:
         scan.problem("frames_differ_from_labels_csv",
                      f"clip start frames minus those of {csv_path.name} (count per offset): {offsets}; "
-                     f"if one offset dominates, re-run with --frame-base", offsets={str(k): v for k, v in offsets.items()})
+                     f"if one offset dominates, re-run with --frame-base",
+                     offsets={str(k): v for k, v in sorted(offsets.items())})

@@ -8,4 +8,6 @@ Modules (one job each):
   data.py        clip datasets built from a prepared folder (Manifest)
   train.py       `migfuse backbone train skeleton`: train one stream on the training split
   extractor.py   `migfuse extract skeleton`: write (256, T', V) feature maps into the token cache
+  pipeline.py    both streams end to end (train, then extract): what the demo calls
+  toy.py         generated skeleton clips whose classes differ by motion (tests, benchmarks)
 """

@@ -90,6 +90,9 @@ class SkeletonExtractor(Extractor):
         arch = arch or trained.get("arch") or ("aagcn" if any(k.startswith("backbone.") for k in sd) else "agcn")
         self.backbone = create_backbone(arch, checkpoint, **({"layout": layout} if layout else {}))
         pre = dict(trained.get("preprocess") or {})
+        if pre and length and length != pre.get("length"):
+            raise UserError(f"{checkpoint} was trained on {pre.get('length')}-frame clips; drop --length "
+                            f"(it is only for checkpoints without migfuse provenance)")
         if not pre:
             pre = {"layout": self.backbone.layout.name, "length": length or 64}
         self.config = PreprocessConfig.from_dict(pre)

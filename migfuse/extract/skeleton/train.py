@@ -3,7 +3,7 @@
 Output folder (`--out`):
   best.pt        the best epoch by validation top-1, as {"meta": {"migfuse": provenance}, "state_dict"}:
                  loads with `create_backbone("agcn"|"aagcn", "best.pt")` and `migfuse extract skeleton`
-  last.pt        everything needed to resume (model, optimiser, scheduler, epoch, best so far)
+  last.pt        everything needed to resume (model, optimiser, epoch, best so far, settings)
   metrics.jsonl  one JSON line per epoch: loss, top-1 / top-5 on train and validation, lr, seconds
   config.json    the settings of the run
 
@@ -231,11 +231,6 @@ def train_skeleton(prepared: str | Path, out: str | Path, config: TrainConfig) -
     history = _read_metrics(metrics_path, upto=start - 1)
     metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
 
-    sampler = None
-    if config.balance == "sampler":
-        per_clip = weights[labels] ** 2  # inverse frequency: every class drawn equally often
-        sampler = torch.utils.data.WeightedRandomSampler(per_clip.tolist(), len(labels),
-                                                         generator=torch.Generator().manual_seed(config.seed))
     provenance = {
         "arch": config.arch, "stream": config.stream, "layout": pre.layout, "preprocess": pre.to_dict(),
         "split": split.source, "train_clips": len(train_ids), "val_clips": len(val_ids), "seed": config.seed,
@@ -245,7 +240,12 @@ def train_skeleton(prepared: str | Path, out: str | Path, config: TrainConfig) -
     for epoch in range(start, config.epochs + 1):
         t0 = time.monotonic()
         train_ds.epoch = epoch
+        # Per-epoch generators: a resumed run shuffles (or samples) exactly like an uninterrupted one.
         gen = torch.Generator().manual_seed(config.seed * 100003 + epoch)
+        sampler = None
+        if config.balance == "sampler":
+            per_clip = weights[labels] ** 2  # inverse frequency: every class drawn equally often
+            sampler = torch.utils.data.WeightedRandomSampler(per_clip.tolist(), len(labels), generator=gen)
         loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None,
                                              sampler=sampler, generator=gen, num_workers=config.workers,
                                              drop_last=len(train_ds) > config.batch_size)
