@@ -81,3 +81,36 @@ def test_view_resumes_and_refuses_other_settings(small_cache):
     assert rebuilt.arrays["tokens"].shape == (2, 256)
     with pytest.raises(UserError, match="does not apply"):
         make_view(path, "bad", "face/swinface", pooling="video_time")
+
+
+def test_view_of_a_re_extracted_source_is_refused(tmp_path):
+    from migfuse.data_cache.store import ArraySpec, GroupSpec
+    from migfuse.fuse.data import resolve_inputs
+
+    cache = TokenCache(tmp_path / "c.zarr")
+
+    def extract(checkpoint: str):
+        g = cache.require_group(GroupSpec("joint/agcn", ["a", "b"], {"features": ArraySpec((256, 4, 5), "float16")},
+                                          {"checkpoint": checkpoint}))
+        g.write_many(["a", "b"], {"features": np.ones((2, 256, 4, 5), np.float16)})
+
+    extract("v1")
+    make_view(cache, "joint", "joint/agcn")
+    assert resolve_inputs(cache, ["joint"]) == {"joint": "views/joint"}
+    cache.delete_group("joint/agcn")
+    extract("v2")
+    with pytest.raises(UserError, match="derived from an earlier 'joint/agcn'"):
+        resolve_inputs(cache, ["joint"])
+
+
+def test_cli_view_defaults(small_cache):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    _, path = small_cache
+    r = CliRunner().invoke(app, ["cache", "view", str(path), "--defaults"])
+    assert r.exit_code == 0, r.output
+    assert "video          -> views/video" in r.output
+    r = CliRunner().invoke(app, ["cache", "view", str(path), "--name", "x"])
+    assert r.exit_code == 2 and "--group" in r.output

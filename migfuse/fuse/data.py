@@ -11,7 +11,7 @@ Micro-gestures are per clip (ids = clip ids), emotion is per video (ids = video 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -68,6 +68,8 @@ def resolve_inputs(cache: TokenCache, needed: list[str], configured: dict[str, s
     track's raw group when it is small enough to hold in RAM. UserError naming the fix otherwise."""
     configured = dict(configured or {})
     names = cache.group_names()
+    if not names and not (cache.path / "zarr.json").is_file():
+        raise UserError(f"no token cache at {cache.path}; check --cache (create one with `migfuse extract ...`)")
     out = {}
     for modality in needed:
         out[modality] = _resolve_one(cache, modality, configured, names)
@@ -84,7 +86,7 @@ def check_view_is_current(cache: TokenCache, name: str, names: list[str]) -> Non
     source = prov.get("source")
     if source in names and "source_provenance" in prov and cache.group(source).provenance != prov["source_provenance"]:
         raise UserError(f"view '{name}' in {cache.path} was derived from an earlier '{source}' (its provenance "
-                        f"changed since); rebuild it with `migfuse cache view {cache.path} --defaults --overwrite`")
+                        f"changed since); rebuild it: the same `migfuse cache view` command plus --overwrite")
 
 
 def _resolve_one(cache: TokenCache, modality: str, configured: dict[str, str], names: list[str]) -> str:
@@ -117,13 +119,10 @@ class SplitPlan:
     validation: list[str]
     test: list[str]
     source: str  # e.g. "split_miga validation" or "10% of train videos held out (seed 0)"
-    extra: dict[str, list[str]] = field(default_factory=dict)
 
     def ids(self, split: str) -> list[str]:
         if split in ("train", "validation", "test"):
             return getattr(self, split)
-        if split in self.extra:
-            return self.extra[split]
         raise UserError(f"unknown split {split!r}; choose train, validation or test")
 
 
