@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -125,6 +126,22 @@ def data_prepare(
 # data synth                                                                (foundation issue)
 # ---------------------------------------------------------------------------------------------
 # [section: data-synth]
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Empty folder to write the generated dataset into.")],
+    layout: Annotated[str, typer.Option(help="miga2025 (default) | oulu | miga2023: the real layout to write.")] = "miga2025",
+    videos: Annotated[int, typer.Option(help="Number of videos, 1..16 (the first 8 cover every split).")] = 8,
+    clips_per_video: Annotated[int, typer.Option(help="Micro-gesture clips per video.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same dataset.")] = 0,
+) -> None:
+    """Generate a small demo dataset in a real iMiGUE layout: mp4 videos of a seated figure with a real
+    face doing class-specific micro-gestures, the matching 137-point OpenPose skeletons, label files,
+    subjects and Win/Lose per video (real iMiGUE video ids, so every split has members).
+    Read it with `migfuse data prepare --root OUT`."""
+    from migfuse.synth import generate_dataset
+
+    root = generate_dataset(out, layout=layout, videos=videos, seed=seed, clips_per_video=clips_per_video)
+    typer.echo(f"wrote a generated {layout} dataset to {root} (ground truth: {root / 'ground_truth.json'})")
 
 # [end section: data-synth]
 
@@ -678,14 +695,23 @@ def score_cmd(
 # ---------------------------------------------------------------------------------------------
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the generated dataset and every artifact.")] = Path("demo_out"),
-    videos: Annotated[int, typer.Option(help="Number of generated videos.")] = 6,
+    out: Annotated[Path, typer.Option(help="Folder for the generated dataset and every artifact (reused when rerun).")] = Path("demo_out"),
+    videos: Annotated[int, typer.Option(help="Number of generated videos (the first 8 cover every split).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
-    """Run the whole pipeline on a generated demo dataset and print where each artifact is."""
+    """Run the whole pipeline on a generated dataset (a few minutes on a CPU) and print where each
+    artifact is: generate -> prepare -> extract video, context, skeleton, face -> views -> CMTF and
+    InterFusion -> predict -> MiGA 2025 and emotion zips. Video and face backbones use random weights."""
     from migfuse.demo import run_demo
 
-    run_demo(out, videos=videos, seed=seed)
+    started = time.perf_counter()
+    artifacts = run_demo(out, videos=videos, seed=seed, device=device)
+    width = max(len(k) for k in artifacts)
+    typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artifacts:")
+    for name, path in artifacts.items():
+        typer.echo(f"  {name:<{width}}  {path}")
+    typer.echo(f"next: migfuse cache info {out / 'cache.zarr'}   |   migfuse fuse eval {out / 'runs' / 'cmtf'} --split validation")
 
 
 def main() -> None:

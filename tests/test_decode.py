@@ -39,6 +39,13 @@ def test_seek_into_the_middle_decodes_only_from_the_keyframe_before(video):
     assert stats["decoded"] <= 60
 
 
+def test_b_frames_and_seeks_keep_presentation_order(tmp_path):
+    path = write_video(tmp_path / "bf.mp4", 300, gop=48, bframes=3)
+    wanted = [0, 5, 47, 48, 49, 130, 131, 250, 299]
+    got = [(i, read_index(f)) for i, f in read_frames(path, wanted, seek_gap=30)]
+    assert got == [(i, i) for i in wanted]
+
+
 def test_unsorted_duplicate_indices_come_back_sorted_once(video):
     got = [i for i, _ in read_frames(video, [20, 3, 20, 10])]
     assert got == [3, 10, 20]

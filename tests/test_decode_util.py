@@ -35,15 +35,16 @@ def read_index(frame: np.ndarray) -> int:
     return value
 
 
-def write_video(path: Path, n_frames: int, fps: int = 25, gop: int = 25) -> Path:
-    """Write an h264 mp4 of `n_frames` numbered frames (keyframe every `gop` frames)."""
+def write_video(path: Path, n_frames: int, fps: int = 25, gop: int = 25, bframes: int = 0) -> Path:
+    """Write an h264 mp4 of `n_frames` numbered frames (keyframe every `gop` frames, `bframes` B-frames:
+    with B-frames, decode order differs from presentation order, as in most real footage)."""
     import av
 
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         stream.codec_context.gop_size = gop
-        stream.options = {"crf": "18", "preset": "ultrafast", "bf": "0"}
+        stream.options = {"crf": "18", "preset": "ultrafast" if not bframes else "fast", "bf": str(bframes)}
         for i in range(n_frames):
             frame = av.VideoFrame.from_ndarray(frame_image(i), format="rgb24")
             for packet in stream.encode(frame):

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_decode_util import frame_image
-from test_extract_video_util import (CORRUPT, GOOD, MISSING, PAST_END, SlowTinyVideoExtractor, TinyVideoExtractor,
-                                     bad_ids, make_dataset)
+from test_extract_video_util import CORRUPT, GOOD, MISSING, PAST_END, TinyVideoExtractor, bad_ids, make_dataset
 
 from migfuse.data_cache.manifest import Manifest
 from migfuse.data_cache.store import DONE, FAILED, TokenCache
@@ -49,8 +48,6 @@ def snapshot(cache: Path, group: str = "video/tiny") -> dict:
 
 def expected_tokens(ex: TinyVideoExtractor, indices: np.ndarray) -> np.ndarray:
     """What the stand-in model gives for these frame indices, computed without the runner."""
-    import torch
-
     frames = np.stack([resize_crop(frame_image(int(i))) for i in indices])[None]  # (1, F, 224, 224, 3)
     ex.setup("cpu")
     return ex._tokens(frames)[0]
@@ -108,7 +105,7 @@ def test_context_track_windows_valid_mask_and_failures(dataset, tmp_path):
 def test_long_clips_get_several_windows_stored_ragged(dataset, tmp_path):
     m = Manifest.load(dataset)
     ex = TinyVideoExtractor(m, "video", clip_sampling=ClipSampling(max_windows=3, window_span=20),
-                            clip_ids=["0001_0", "0001_2"])
+                            row_ids=["0001_0", "0001_2"])
     run_extraction(ex, tmp_path / "c.zarr", workers=0)
     g = TokenCache(tmp_path / "c.zarr").group("video/tiny")
     assert g.read("0001_0")["tokens"].shape == (1, 5, 6)  # 16 frames -> one window
@@ -190,3 +187,12 @@ def test_cli_real_mvit_random_weights_one_clip(tmp_path, caplog):
     want = bb.run(preprocess(clip)[None])["tokens"][0]
     np.testing.assert_allclose(tokens.astype(np.float32), want, atol=2e-2, rtol=2e-2)
     assert json.loads(json.dumps(g.provenance))  # provenance is plain JSON
+
+
+def test_progress_bar_shows_rate_and_eta_on_a_terminal(dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # tqdm(disable=None) draws only on a terminal
+    ex = TinyVideoExtractor(Manifest.load(dataset), "video", row_ids=["0001_0", "0002_0", f"{MISSING}_0"])
+    run_extraction(ex, tmp_path / "c.zarr", workers=0)
+    err = capsys.readouterr().err
+    assert "video/tiny [0/1]" in err and "3/3" in err and "clip/s" in err and "<00:00" in err
+    assert "failed=1" in err

@@ -21,6 +21,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -176,6 +177,8 @@ def _worker_main(wid: int, loader: Loader, tasks: "mp.Queue", conn: Any, ready: 
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the main process alone handles it and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     ready.set()
     while True:

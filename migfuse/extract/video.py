@@ -208,14 +208,15 @@ class VideoExtractor(Extractor):
 
     def __init__(self, manifest: Any, track: str = "video", *, checkpoint: str | Path | None = None,
                  clip_sampling: ClipSampling = ClipSampling(), context_sampling: ContextSampling = ContextSampling(),
-                 clip_ids: list[str] | None = None):
+                 row_ids: list[str] | None = None):
         """
         Args:
             manifest: a `Manifest` (clips, videos with their file paths).
             track: "video" (rows = clips) or "context" (rows = videos).
             checkpoint: MViTv2-S checkpoint file; None = seeded random weights (said loudly).
             clip_sampling / context_sampling: the frame rules (recorded in provenance).
-            clip_ids: restrict the video track to these clips (default: every clip of the manifest).
+            row_ids: restrict the rows to these clip ids (video) or video ids (context); default: all.
+                The group is created for exactly these rows.
         """
         if track not in TRACKS:
             raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")
@@ -226,16 +227,18 @@ class VideoExtractor(Extractor):
         self.clip_sampling, self.context_sampling = clip_sampling, context_sampling
         self.group = f"{track}/{self.backbone_name}"
         self.unit = "clip" if track == "video" else "video"
-        self._clip_ids = clip_ids
+        self._row_ids = list(row_ids) if row_ids is not None else None
         self._sha256: str | None = None
         self.model = None
         self.device = "cpu"
 
     # -- rows and work ---------------------------------------------------------------------------
     def ids(self) -> list[str]:
+        if self._row_ids is not None:
+            return list(self._row_ids)
         if self.track == "context":
             return sorted(self.manifest.videos)
-        return list(self._clip_ids) if self._clip_ids is not None else [c.clip_id for c in self.manifest.clips]
+        return [c.clip_id for c in self.manifest.clips]
 
     def work_items(self, ids: list[str]) -> list[WorkItem]:
         if self.track == "context":
@@ -360,6 +363,7 @@ def extract_track(
     frames: int = 16,
     windows: int = 1,
     context_windows: int = 8,
+    row_ids: list[str] | None = None,
 ) -> RunSummary:
     """Extract the `video` (per clip) or `context` (per video) MViTv2-S tokens of a prepared dataset.
 
@@ -373,6 +377,7 @@ def extract_track(
         frames: frames per window (MViTv2-S is built for 16).
         windows: video track: up to this many 16-frame windows per long clip (1 = one window).
         context_windows: context track: windows per video (K).
+        row_ids: only these clip ids (video) or video ids (context), e.g. a quick demo subset.
 
     Returns:
         RunSummary (this process's rows; `failed` non-empty means the CLI exits non-zero).
@@ -382,7 +387,8 @@ def extract_track(
     manifest = Manifest.load(prepared)
     extractor = VideoExtractor(manifest, track, checkpoint=checkpoint,
                                clip_sampling=ClipSampling(frames=frames, max_windows=windows),
-                               context_sampling=ContextSampling(windows=context_windows, frames=frames))
+                               context_sampling=ContextSampling(windows=context_windows, frames=frames),
+                               row_ids=row_ids)
     rank, world = parse_shard(shard)
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per local rank
