@@ -484,6 +484,40 @@ def extract_skeleton(
 # extract face                                                              (face issue)
 # ---------------------------------------------------------------------------------------------
 # [section: extract-face]
+@extract_app.command("face")
+def extract_face_cmd(
+    data: Annotated[Path, typer.Option(help="PREPARED folder (`migfuse data prepare` output).")],
+    cache: Annotated[Path, typer.Option(help="Token cache CACHE.zarr (created if absent).")],
+    checkpoint: Annotated[Optional[Path], typer.Option(help="SwinFace .pt (the original file with state_dict_backbone/"
+                                                       "fam/tss/om). Without it: RANDOM weights, for testing only.")] = None,
+    scope: Annotated[str, typer.Option(help="clip: K faces per clip -> face/swinface; context: K faces per context "
+                                       "window of each video -> face_context/swinface.")] = "clip",
+    frames: Annotated[int, typer.Option(help="K face frames per clip / per window.")] = 8,
+    context_windows: Annotated[int, typer.Option(help="Windows per video for --scope context (use the context "
+                                                 "track's value so the windows line up).")] = 8,
+    global_tokens: Annotated[bool, typer.Option(help="Also store SwinFace's 7x7x768 global tokens per face.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N for SwinFace (MTCNN runs in the loader workers).")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Faces per SwinFace forward.")] = 32,
+    workers: Annotated[int, typer.Option(help="Loader processes (decode + MTCNN + alignment).")] = 1,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: this process takes every N-th video from the I-th "
+                                                 "(SLURM arrays); default: torchrun's RANK/WORLD_SIZE or all.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Also redo rows an earlier run recorded as failed.")] = False,
+) -> None:
+    """SwinFace expression features of MTCNN-aligned faces -> face/swinface or face_context/swinface.
+
+    Per face frame: the expression-branch 512-d feature and the 7 expression logits, plus a mask
+    (frames without the main face are masked, never filled). Same resume, sharding and failure
+    rules as `extract video`; a video with no face at all is stored fully masked, not failed.
+    """
+    from migfuse.extract.face.extractor import extract_face
+    from migfuse.extract.runner import format_summary
+
+    summary = extract_face(data, cache, scope=scope, checkpoint=checkpoint, device=device, batch_size=batch_size,
+                           workers=workers, shard=shard, retry_failed=retry_failed, frames=frames,
+                           context_windows=context_windows, global_tokens=global_tokens)
+    typer.echo(format_summary(summary))
+    if not summary.ok:
+        raise typer.Exit(1)
 
 # [end section: extract-face]
 

@@ -1,0 +1,265 @@
+"""The face track: MTCNN faces -> 5-point alignment -> SwinFace expression features, per clip or window.
+
+Split along the runner's line (docs/contracts.md, "Extraction runner"):
+  * loader (worker processes): decode each video once for all its rows, sample K face frames per
+    clip (uniform over the clip, the video track's rule) or per context window (K of the window's
+    frames, the context track's windows), detect faces with MTCNN on the CPU, keep ONE main face
+    per row (`detect.select_main_face`: anchored on the largest confident face, followed by
+    overlap), align it to the ArcFace 112x112 template; frames without it are masked, never filled;
+  * forward (main process): SwinFace on the aligned crops; per face frame the expression-branch
+    512-d feature and the 7 expression logits (optionally the 7x7x768 global tokens).
+
+Groups (docs/contracts.md): `face/swinface` per clip — features (K, 512), logits (K, 7), mask (K,)
+[, global_tokens (K, 49, 768)]; `face_context/swinface` per video — features (Wc, K, 512),
+logits (Wc, K, 7), mask (Wc, K).
+
+A row where no face is ever found is stored with an all-False mask (a real outcome the fusion heads
+handle), not as a failure: failures are for input that could not be read.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from migfuse.errors import UserError
+from migfuse.extract.decode import DecodeError, probe, read_frames
+from migfuse.extract.runner import Extractor, Failure, RunSummary, Sample, WorkItem, parse_shard, run_extraction
+from migfuse.extract.sampling import ContextSampling, uniform_indices
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("clip", "context")
+RANDOM_WEIGHTS_SEED = 0
+FEATURE_DIM, NUM_EXPRESSIONS = 512, 7
+
+
+@dataclass
+class FaceLoader:
+    """Decode + detect + align for the rows of one video. Picklable: paths and rules, no model."""
+
+    paths: Mapping[str, str | None]  # video id -> mp4 (None: not found by `data prepare`)
+    scope: str
+    frames: int  # K face frames per clip / per window
+    clips: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # clip id -> (start, end)
+    context: ContextSampling = ContextSampling()
+    min_prob: float = 0.9
+    _detector: Any = field(default=None, init=False, repr=False, compare=False)  # built in the worker
+
+    def plan(self, row: str, n_frames: int | None) -> np.ndarray:
+        """Frame indices of a row: (K,) for a clip, (Wc, K) for a video's context windows."""
+        if self.scope == "clip":
+            return uniform_indices(*self.clips[row], self.frames)
+        windows = self.context.indices(n_frames)  # (Wc, 16)
+        pick = uniform_indices(0, windows.shape[1] - 1, self.frames)
+        return windows[:, pick]
+
+    def _faces(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(T, H, W, 3) frames of one row -> aligned crops (T, 112, 112, 3) uint8 (zeros where masked), mask (T,)."""
+        from migfuse.extract.face.align import CROP_SIZE, align_face
+        from migfuse.extract.face.detect import FaceDetector, select_main_face
+
+        if self._detector is None:
+            self._detector = FaceDetector(device="cpu")
+        faces = self._detector.detect(frames)
+        choice = select_main_face(faces, min_prob=self.min_prob)
+        crops = np.zeros((len(frames), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        mask = np.zeros(len(frames), bool)
+        for t, i in enumerate(choice):
+            if i is not None:
+                crops[t] = align_face(frames[t], faces[t].landmarks[i])
+                mask[t] = True
+        return crops, mask
+
+    def __call__(self, item: WorkItem) -> Iterator[Sample]:
+        path = self.paths.get(item.key)
+        if not path:
+            msg = f"no video file for video {item.key} in videos.csv (put the mp4 next to its labels and re-run `migfuse data prepare`)"
+            yield from (Sample(row, failure=Failure("open", msg)) for row in item.ids)
+            return
+        try:
+            n_frames = probe(path).n_frames if self.scope == "context" else None
+            plans = {row: self.plan(row, n_frames) for row in item.ids}
+            need = sorted({int(i) for p in plans.values() for i in p.reshape(-1)})
+            decoded = dict(read_frames(path, need))
+        except DecodeError as e:
+            yield from (Sample(row, failure=Failure(e.stage, str(e))) for row in item.ids)
+            return
+        for row, plan in plans.items():
+            missing = [i for i in np.unique(plan).tolist() if i not in decoded]
+            if missing:
+                yield Sample(row, failure=Failure("decode", f"{row}: frames {missing[:3]} are past the end of "
+                                                            f"{Path(path).name}; check the labels"))
+                continue
+            if self.scope == "clip":
+                crops, mask = self._faces(np.stack([decoded[int(i)] for i in plan]))
+            else:  # the main face is chosen per window: windows lie far apart in the video
+                parts = [self._faces(np.stack([decoded[int(i)] for i in window])) for window in plan]
+                crops = np.concatenate([c for c, _ in parts])
+                mask = np.concatenate([m for _, m in parts])
+            yield Sample(row, inputs={"crops": crops[mask], "mask": mask.reshape(plan.shape)}, size=max(1, int(mask.sum())))
+
+
+class FaceExtractor(Extractor):
+    """SwinFace expression features of aligned faces, per clip (`face`) or per context window (`face_context`)."""
+
+    backbone_name = "swinface"
+
+    def __init__(self, manifest: Any, scope: str = "clip", *, checkpoint: str | Path | None = None,
+                 frames: int = 8, context: ContextSampling = ContextSampling(), global_tokens: bool = False,
+                 row_ids: list[str] | None = None):
+        if scope not in SCOPES:
+            raise UserError(f"unknown --scope '{scope}': choose clip or context")
+        self.manifest, self.scope, self.frames, self.context = manifest, scope, int(frames), context
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise UserError(f"checkpoint not found: {self.checkpoint} (pass the SwinFace .pt file)")
+        self.global_tokens = global_tokens
+        self.group = f"{'face' if scope == 'clip' else 'face_context'}/{self.backbone_name}"
+        self._row_ids = list(row_ids) if row_ids is not None else None
+        self._sha256: str | None = None
+        self.model = None
+
+    def ids(self) -> list[str]:
+        if self._row_ids is not None:
+            return list(self._row_ids)
+        if self.scope == "context":
+            return sorted(self.manifest.videos)
+        return [c.clip_id for c in self.manifest.clips]
+
+    def work_items(self, ids: list[str]) -> list[WorkItem]:
+        if self.scope == "context":
+            return [WorkItem(v, (v,)) for v in ids]
+        by_video: dict[str, list[str]] = {}
+        for cid in ids:
+            by_video.setdefault(self.manifest.clip(cid).video_id, []).append(cid)
+        return [WorkItem(v, tuple(rows)) for v, rows in by_video.items()]
+
+    def _lead(self) -> tuple[int, ...]:
+        return (self.frames,) if self.scope == "clip" else (self.context.windows, self.frames)
+
+    def arrays(self) -> dict[str, Any]:
+        from migfuse.data_cache.store import ArraySpec
+
+        lead = self._lead()
+        specs = {"features": ArraySpec((*lead, FEATURE_DIM), "float16"),
+                 "logits": ArraySpec((*lead, NUM_EXPRESSIONS), "float16"),
+                 "mask": ArraySpec(lead, "bool")}
+        if self.global_tokens:
+            specs["global_tokens"] = ArraySpec((*lead, 49, 768), "float16")
+        return specs
+
+    def provenance(self) -> dict[str, Any]:
+        if self.checkpoint is None:
+            weights = {"weights": f"RANDOM (torch.manual_seed({RANDOM_WEIGHTS_SEED})): no --checkpoint given"}
+        else:
+            if self._sha256 is None:
+                from migfuse.extract.checkpoints import sha256_file
+
+                self._sha256 = sha256_file(self.checkpoint)
+            weights = {"weights": "checkpoint", "checkpoint_sha256": self._sha256}
+        sampling = ({"rule": "K frames at uniform segment centres over [start_frame, end_frame]", "frames": self.frames}
+                    if self.scope == "clip" else
+                    {"rule": "K of each context window's frames (uniform)", "frames": self.frames, "windows": self.context.record()})
+        return {"track": self.group.split("/")[0], "backbone": self.backbone_name, **weights, "sampling": sampling,
+                "detector": "facenet-pytorch 2.6.0 MTCNN (bundled weights), min prob 0.9, one main face per row",
+                "alignment": "5-landmark similarity (Umeyama) to the ArcFace 112x112 template",
+                "preprocessing": "RGB /255, (x - 0.5) / 0.5",
+                "stored": "expression-branch 512-d feature (TSS branch 2) + 7 expression logits (RAF-DB order)"}
+
+    def loader(self) -> FaceLoader:
+        paths = {v: (str(info.video_path) if info.video_path else None) for v, info in self.manifest.videos.items()}
+        for c in self.manifest.clips:
+            paths.setdefault(c.video_id, None)
+        clips = {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips} if self.scope == "clip" else {}
+        return FaceLoader(paths=paths, scope=self.scope, frames=self.frames, clips=clips, context=self.context)
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        from migfuse.extract.registry import create_backbone
+
+        if self.checkpoint is None:
+            log.warning("NO CHECKPOINT: %s uses RANDOM SwinFace weights (seed %d); the features are meaningless "
+                        "except for testing. Pass --checkpoint checkpoint_step_79999_gpu_0.pt.", self.group, RANDOM_WEIGHTS_SEED)
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        self.backbone = create_backbone(self.backbone_name, checkpoint=self.checkpoint)
+        self.model = self.backbone.model.to(device).eval()
+        self.device = device
+
+    def _run(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, 112, 112, 3) uint8 aligned faces -> features (N, 512), logits (N, 7) [, global (N, 49, 768)]."""
+        import torch
+
+        from migfuse.extract.face.align import to_model_input
+
+        x = torch.from_numpy(to_model_input(crops)).to(self.device)
+        cuda = str(self.device).startswith("cuda")
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            feat, logits, glob = self.model.expression(x)  # skips the 10 other branches
+        res = {"features": feat.float().cpu().numpy(), "logits": logits.float().cpu().numpy()}
+        if self.global_tokens:
+            res["global_tokens"] = glob.float().cpu().numpy()  # (N, 49, 768)
+        return res
+
+    def forward(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Failure]:
+        crops = np.concatenate([i["crops"] for i in inputs])
+        faces = self._run(crops) if len(crops) else None
+        out, start = [], 0
+        for inp in inputs:
+            mask = inp["mask"]
+            n = int(mask.sum())
+            row = {"mask": mask}
+            for name, spec in self.arrays().items():
+                if name == "mask":
+                    continue
+                full = np.zeros(spec.shape, np.float32)
+                if n:
+                    full[mask] = faces[name][start:start + n]
+                row[name] = full
+            start += n
+            out.append(row)
+        return out
+
+
+def extract_face(
+    prepared: str | Path,
+    cache: str | Path,
+    *,
+    scope: str = "clip",
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    workers: int = 1,
+    shard: str | None = None,
+    retry_failed: bool = False,
+    frames: int = 8,
+    context_windows: int = 8,
+    global_tokens: bool = False,
+    row_ids: list[str] | None = None,
+) -> RunSummary:
+    """Extract SwinFace expression features of a prepared dataset into `cache`.
+
+    Args:
+        scope: "clip" (group face/swinface, per clip) or "context" (face_context/swinface, per video,
+            one row of K face frames per context window: use the same `context_windows` as the
+            context track so the windows line up).
+        checkpoint: SwinFace `.pt` (the original four-state-dict file); None = seeded random weights.
+        frames: K face frames per clip / per window.
+        batch_size: faces per SwinFace forward. Other arguments: see `extract_track` in video.py.
+    """
+    from migfuse.data_cache.manifest import Manifest
+
+    manifest = Manifest.load(prepared)
+    extractor = FaceExtractor(manifest, scope, checkpoint=checkpoint, frames=frames,
+                              context=ContextSampling(windows=context_windows), global_tokens=global_tokens,
+                              row_ids=row_ids)
+    rank, world = parse_shard(shard)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    return run_extraction(extractor, cache, device=device, batch_size=batch_size, workers=workers,
+                          shard=(rank, world), retry_failed=retry_failed)
