@@ -269,8 +269,9 @@ class SwinFaceBackbone(Backbone):
         "om/<task>": "(N, n) each of the 43 original output-dict entries",
     }
 
-    def __init__(self, **options: Any):
-        super().__init__(**options)
+    def __init__(self, device: str = "cpu", **options: Any):
+        super().__init__(device=device, **options)
+        self.device = device
         self.model = SwinFace().eval()
 
     def load(self, path: str | Path) -> KeyReport:
@@ -284,9 +285,10 @@ class SwinFaceBackbone(Backbone):
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (3, 112, 112):
             raise UserError(f"swinface takes input {self.input_doc}, got shape {x.shape}")
-        out = self.model(torch.from_numpy(x))
+        self.model.to(self.device)
+        out = self.model(torch.from_numpy(x).to(self.device))
         out["expression_features"] = out["tss_features"][EXPRESSION_BRANCH]
-        return {k: v.float().numpy() for k, v in out.items()}
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
 @register_backbone("swinface")
