@@ -135,6 +135,24 @@ class RunSummary:
         return not self.failed
 
 
+def clips_by_video(manifest: Any, clip_ids: Iterable[str]) -> list[WorkItem]:
+    """One work item per video holding its clips in frame order: each video is decoded once."""
+    by_video: dict[str, list] = {}
+    for cid in clip_ids:
+        clip = manifest.clip(cid)
+        by_video.setdefault(clip.video_id, []).append(clip)
+    return [WorkItem(v, tuple(c.clip_id for c in sorted(cs, key=lambda c: (c.start_frame, c.k))))
+            for v, cs in by_video.items()]
+
+
+def video_files(manifest: Any) -> dict[str, str | None]:
+    """Video id -> mp4 path for every video of the manifest (None where `data prepare` found none)."""
+    paths = {v: (str(info.video_path) if info.video_path else None) for v, info in manifest.videos.items()}
+    for c in manifest.clips:  # clips of videos missing from videos.csv still get a (failing) entry
+        paths.setdefault(c.video_id, None)
+    return paths
+
+
 def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
     """`"I/N"` -> (I, N); without it, torchrun's RANK/WORLD_SIZE; else (0, 1).
 

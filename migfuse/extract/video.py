@@ -21,7 +21,8 @@ import numpy as np
 
 from migfuse.errors import UserError
 from migfuse.extract.decode import DecodeError, probe, read_frames
-from migfuse.extract.runner import Extractor, Failure, RunSummary, Sample, WorkItem, parse_shard, run_extraction
+from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, clips_by_video, parse_shard,
+                                    run_extraction, video_files)
 from migfuse.extract.sampling import ClipSampling, ContextSampling
 
 log = logging.getLogger(__name__)
@@ -243,12 +244,7 @@ class VideoExtractor(Extractor):
     def work_items(self, ids: list[str]) -> list[WorkItem]:
         if self.track == "context":
             return [WorkItem(v, (v,)) for v in ids]
-        by_video: dict[str, list] = {}
-        for cid in ids:
-            clip = self.manifest.clip(cid)
-            by_video.setdefault(clip.video_id, []).append(clip)
-        return [WorkItem(v, tuple(c.clip_id for c in sorted(cs, key=lambda c: (c.start_frame, c.k))))
-                for v, cs in by_video.items()]
+        return clips_by_video(self.manifest, ids)
 
     def arrays(self) -> dict[str, Any]:
         from migfuse.data_cache.store import ArraySpec
@@ -268,10 +264,7 @@ class VideoExtractor(Extractor):
                 "tokens": "after the final LayerNorm: class token, then 8x7x7 patches in (t, h, w) order"}
 
     def loader(self):
-        paths = {v: (str(info.video_path) if info.video_path else None) for v, info in self.manifest.videos.items()}
-        # clips of videos missing from videos.csv still get a (failing) loader entry
-        for c in self.manifest.clips:
-            paths.setdefault(c.video_id, None)
+        paths = video_files(self.manifest)
         pre = self.preprocessing()
         common = dict(paths=paths, short_side=int(pre["resize_short_side"]), crop=int(pre["crop_size"][0]))
         if self.track == "context":

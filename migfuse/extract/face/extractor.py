@@ -28,7 +28,8 @@ import numpy as np
 
 from migfuse.errors import UserError
 from migfuse.extract.decode import DecodeError, probe, read_frames
-from migfuse.extract.runner import Extractor, Failure, RunSummary, Sample, WorkItem, parse_shard, run_extraction
+from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, clips_by_video, parse_shard,
+                                    run_extraction, video_files)
 from migfuse.extract.sampling import ContextSampling, uniform_indices
 
 log = logging.getLogger(__name__)
@@ -134,10 +135,7 @@ class FaceExtractor(Extractor):
     def work_items(self, ids: list[str]) -> list[WorkItem]:
         if self.scope == "context":
             return [WorkItem(v, (v,)) for v in ids]
-        by_video: dict[str, list[str]] = {}
-        for cid in ids:
-            by_video.setdefault(self.manifest.clip(cid).video_id, []).append(cid)
-        return [WorkItem(v, tuple(rows)) for v, rows in by_video.items()]
+        return clips_by_video(self.manifest, ids)
 
     def _lead(self) -> tuple[int, ...]:
         return (self.frames,) if self.scope == "clip" else (self.context.windows, self.frames)
@@ -172,9 +170,7 @@ class FaceExtractor(Extractor):
                 "stored": "expression-branch 512-d feature (TSS branch 2) + 7 expression logits (RAF-DB order)"}
 
     def loader(self) -> FaceLoader:
-        paths = {v: (str(info.video_path) if info.video_path else None) for v, info in self.manifest.videos.items()}
-        for c in self.manifest.clips:
-            paths.setdefault(c.video_id, None)
+        paths = video_files(self.manifest)
         clips = {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips} if self.scope == "clip" else {}
         return FaceLoader(paths=paths, scope=self.scope, frames=self.frames, clips=clips, context=self.context)
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from migfuse.errors import UserError
-from migfuse.extract.runner import Extractor, Failure, Sample, WorkItem
+from migfuse.extract.runner import Extractor, Failure, Sample, WorkItem, clips_by_video
 from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, clip_frames, clip_input
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,7 @@ class SkeletonExtractor(Extractor):
         return [c.clip_id for c in self.manifest.clips]
 
     def work_items(self, ids: list[str]) -> list[WorkItem]:
-        by_video: dict[str, list[str]] = {}
-        for cid in ids:
-            by_video.setdefault(self.manifest.clip(cid).video_id, []).append(cid)
-        return [WorkItem(v, tuple(sorted(c, key=lambda i: self.manifest.clip(i).start_frame)))
-                for v, c in by_video.items()]
+        return clips_by_video(self.manifest, ids)
 
     def arrays(self) -> dict[str, Any]:
         from migfuse.data_cache.store import ArraySpec
