@@ -26,3 +26,15 @@ def golden_dir() -> Path:
     if not GOLDEN_DIR.is_dir():
         pytest.fail(f"the golden files are missing at {GOLDEN_DIR}")
     return GOLDEN_DIR
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module with one torch thread: steadier than two on the shared 2-core machine, and
+    deterministic. Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

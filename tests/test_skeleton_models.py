@@ -24,13 +24,7 @@ SETS = {
 ALL = [n + s for n in SETS for s in ("", "_fanin")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One thread: faster and steadier than two on the shared 2-core test machine, and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save_original(name: str, path: Path, prefix: str = "") -> Path:

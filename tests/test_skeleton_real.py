@@ -19,13 +19,7 @@ VIDEO = 298
 LENGTH = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One thread: faster and steadier than two on the shared 2-core test machine, and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _clips_of_298(imigue_dir: Path) -> list[Clip]:

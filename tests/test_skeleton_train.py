@@ -16,13 +16,7 @@ from migfuse.extract.skeleton.toy import make_toy_dataset
 from migfuse.extract.skeleton.train import TrainConfig, build_model, class_weights, train_skeleton
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One thread: faster and steadier than two on the shared 2-core test machine, and deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----- preprocessing ----------------------------------------------------------------------------------

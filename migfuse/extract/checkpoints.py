@@ -28,6 +28,14 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def weights_provenance(checkpoint: str | Path | None, random_seed: int) -> dict[str, str]:
+    """How a model's weights were obtained, for cache provenance: a checkpoint's sha256, or the seed
+    of the random weights used when no checkpoint was given (said plainly, so nobody mistakes them)."""
+    if checkpoint is None:
+        return {"weights": f"RANDOM (torch.manual_seed({random_seed})): no --checkpoint given"}
+    return {"weights": "checkpoint", "checkpoint_sha256": sha256_file(checkpoint)}
+
+
 def read_checkpoint(path: str | Path) -> Any:
     """`torch.load` a checkpoint on CPU with the safe (weights-only) unpickler, with one-line errors.
 

@@ -135,6 +135,16 @@ class RunSummary:
         return not self.failed
 
 
+def manifest_rows(manifest: Any, per_video: bool) -> list[str]:
+    """Row ids of a track over a whole manifest: every video id (per-video tracks) or every clip id."""
+    return sorted(manifest.videos) if per_video else [c.clip_id for c in manifest.clips]
+
+
+def manifest_work_items(manifest: Any, ids: Iterable[str], per_video: bool) -> list[WorkItem]:
+    """Work items of a track: one per video either way (a per-video row is its own item)."""
+    return [WorkItem(v, (v,)) for v in ids] if per_video else clips_by_video(manifest, ids)
+
+
 def clips_by_video(manifest: Any, clip_ids: Iterable[str]) -> list[WorkItem]:
     """One work item per video holding its clips in frame order: each video is decoded once."""
     by_video: dict[str, list] = {}

@@ -20,9 +20,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from migfuse.errors import UserError
+from migfuse.extract.checkpoints import weights_provenance
 from migfuse.extract.decode import DecodeError, probe, read_frames
-from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, clips_by_video, parse_shard,
-                                    run_extraction, video_files)
+from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, manifest_rows, manifest_work_items,
+                                    parse_shard, run_extraction, video_files)
 from migfuse.extract.sampling import ClipSampling, ContextSampling
 
 log = logging.getLogger(__name__)
@@ -229,22 +230,16 @@ class VideoExtractor(Extractor):
         self.group = f"{track}/{self.backbone_name}"
         self.unit = "clip" if track == "video" else "video"
         self._row_ids = list(row_ids) if row_ids is not None else None
-        self._sha256: str | None = None
+        self._weights: dict[str, str] | None = None
         self.model = None
         self.device = "cpu"
 
     # -- rows and work ---------------------------------------------------------------------------
     def ids(self) -> list[str]:
-        if self._row_ids is not None:
-            return list(self._row_ids)
-        if self.track == "context":
-            return sorted(self.manifest.videos)
-        return [c.clip_id for c in self.manifest.clips]
+        return list(self._row_ids) if self._row_ids is not None else manifest_rows(self.manifest, self.track == "context")
 
     def work_items(self, ids: list[str]) -> list[WorkItem]:
-        if self.track == "context":
-            return [WorkItem(v, (v,)) for v in ids]
-        return clips_by_video(self.manifest, ids)
+        return manifest_work_items(self.manifest, ids, self.track == "context")
 
     def arrays(self) -> dict[str, Any]:
         from migfuse.data_cache.store import ArraySpec
@@ -279,15 +274,9 @@ class VideoExtractor(Extractor):
         return dict(PREPROCESSING)
 
     def model_provenance(self) -> dict[str, Any]:
-        if self.checkpoint is None:
-            weights = {"weights": f"RANDOM (torch.manual_seed({RANDOM_WEIGHTS_SEED})): no --checkpoint given"}
-        else:
-            if self._sha256 is None:
-                from migfuse.extract.checkpoints import sha256_file
-
-                self._sha256 = sha256_file(self.checkpoint)
-            weights = {"weights": "checkpoint", "checkpoint_sha256": self._sha256}
-        return {**weights, "preprocessing": self.preprocessing()}
+        if self._weights is None:  # hashing a 130 MB checkpoint once is enough
+            self._weights = weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED)
+        return {**self._weights, "preprocessing": self.preprocessing()}
 
     def build_model(self, device: str):
         """-> callable (B, 3, F, 224, 224) float tensor on `device` -> (B, *token_shape) tensor."""

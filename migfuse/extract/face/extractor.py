@@ -27,9 +27,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from migfuse.errors import UserError
+from migfuse.extract.checkpoints import weights_provenance
 from migfuse.extract.decode import DecodeError, probe, read_frames
-from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, clips_by_video, parse_shard,
-                                    run_extraction, video_files)
+from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, manifest_rows, manifest_work_items,
+                                    parse_shard, run_extraction, video_files)
 from migfuse.extract.sampling import ContextSampling, uniform_indices
 
 log = logging.getLogger(__name__)
@@ -122,20 +123,14 @@ class FaceExtractor(Extractor):
         self.global_tokens = global_tokens
         self.group = f"{'face' if scope == 'clip' else 'face_context'}/{self.backbone_name}"
         self._row_ids = list(row_ids) if row_ids is not None else None
-        self._sha256: str | None = None
+        self._weights: dict[str, str] | None = None
         self.model = None
 
     def ids(self) -> list[str]:
-        if self._row_ids is not None:
-            return list(self._row_ids)
-        if self.scope == "context":
-            return sorted(self.manifest.videos)
-        return [c.clip_id for c in self.manifest.clips]
+        return list(self._row_ids) if self._row_ids is not None else manifest_rows(self.manifest, self.scope == "context")
 
     def work_items(self, ids: list[str]) -> list[WorkItem]:
-        if self.scope == "context":
-            return [WorkItem(v, (v,)) for v in ids]
-        return clips_by_video(self.manifest, ids)
+        return manifest_work_items(self.manifest, ids, self.scope == "context")
 
     def _lead(self) -> tuple[int, ...]:
         return (self.frames,) if self.scope == "clip" else (self.context.windows, self.frames)
@@ -152,14 +147,9 @@ class FaceExtractor(Extractor):
         return specs
 
     def provenance(self) -> dict[str, Any]:
-        if self.checkpoint is None:
-            weights = {"weights": f"RANDOM (torch.manual_seed({RANDOM_WEIGHTS_SEED})): no --checkpoint given"}
-        else:
-            if self._sha256 is None:
-                from migfuse.extract.checkpoints import sha256_file
-
-                self._sha256 = sha256_file(self.checkpoint)
-            weights = {"weights": "checkpoint", "checkpoint_sha256": self._sha256}
+        if self._weights is None:  # hash the checkpoint once
+            self._weights = weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED)
+        weights = self._weights
         sampling = ({"rule": "K frames at uniform segment centres over [start_frame, end_frame]", "frames": self.frames}
                     if self.scope == "clip" else
                     {"rule": "K of each context window's frames (uniform)", "frames": self.frames, "windows": self.context.record()})
