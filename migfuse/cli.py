@@ -23,12 +23,34 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from migfuse.errors import UserError
 
 
+# Third-party modules a command may need, and the extra of setup.cfg that installs each.
+_EXTRA_OF_MODULE = {
+    "torch": "fuse", "torchvision": "extract", "timm": "extract", "av": "extract",
+    "facenet_pytorch": "extract", "cv2": "extract", "PIL": "fuse", "matplotlib": "plots",
+}
+
+
+def _missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The one-line message for a missing optional dependency, or None when the import error is a bug."""
+    top = (error.name or "").split(".")[0]
+    extra = _EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    how = "bash scripts/install.sh" + ("" if extra == "extract" else f" {extra}")
+    if top == "facenet_pytorch":
+        how = "pip install --no-deps facenet-pytorch==2.6.0"
+    return (f"this command needs {top}, which is not installed here: install the {extra} extra: "
+            f"{how} (or pip install 'migfuse[{extra}]')")
+
+
 class _App(typer.Typer):
-    """A Typer whose commands turn a `UserError` into one line on stderr and exit status 2."""
+    """A Typer whose commands turn a `UserError` into one line on stderr and exit status 2, and a
+    missing optional dependency into one line naming the extra that installs it."""
 
     def command(self, *args, **kwargs):  # type: ignore[override]
         register = super().command(*args, **kwargs)
@@ -41,6 +63,12 @@ class _App(typer.Typer):
                 except UserError as e:
                     typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
                     raise typer.Exit(2) from None
+                except ModuleNotFoundError as e:
+                    message = _missing_extra(e)
+                    if message is None:
+                        raise
+                    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+                    raise typer.Exit(2) from None
 
             register(guarded)
             return fn
@@ -48,15 +76,61 @@ class _App(typer.Typer):
         return wrap
 
 
+# The root's commands in the order a user runs them (Typer would list plain commands before groups).
+_PIPELINE_ORDER = ["data", "backbone", "extract", "cache", "fuse", "scores", "export", "score", "demo"]
+# Flags of the root that a user may also type after the subcommand (`migfuse fuse train ... -v`).
+_ROOT_FLAGS = {"-v": "--verbose", "--verbose": "--verbose", "--version": "--version"}
+
+
+class _Group(TyperGroup):
+    """Lists commands with their whole one-line description (never cut with "..."); the root also
+    lists them in pipeline order and accepts its flags anywhere before `--`."""
+
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        if ctx.parent is not None:
+            return names
+        rank = {n: i for i, n in enumerate(_PIPELINE_ORDER)}
+        return sorted(names, key=lambda n: rank.get(n, len(rank)))
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.short_help or _first_paragraph(cmd.help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if ctx.parent is None:
+            args = _hoist_root_flags(args)
+        return super().parse_args(ctx, args)
+
+
+def _first_paragraph(text: str) -> str:
+    return " ".join(text.strip().split("\n\n")[0].split())
+
+
+def _hoist_root_flags(args: list[str]) -> list[str]:
+    """Move `-v/--verbose/--version` typed after a subcommand to the front, where the root parses them."""
+    end = args.index("--") if "--" in args else len(args)
+    head, tail = args[:end], args[end:]
+    flags = list(dict.fromkeys(_ROOT_FLAGS[a] for a in head if a in _ROOT_FLAGS))
+    return flags + [a for a in head if a not in _ROOT_FLAGS] + tail
+
+
 def _group(help: str) -> _App:
-    return _App(help=help, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_show_locals=False)
+    return _App(help=help, cls=_Group, no_args_is_help=True, rich_markup_mode=None,
+                pretty_exceptions_show_locals=False, context_settings={"help_option_names": ["-h", "--help"]})
 
 
 app = _group("migfuse: iMiGUE micro-gesture and emotion recognition from a Zarr token cache.\n\n"
              "Pipeline: data prepare -> extract TRACK -> cache view -> fuse train -> fuse predict -> export.\n"
              "Try `migfuse demo` for the whole pipeline on a generated dataset.")
 data_app = _group("Read an iMiGUE download into one clip manifest and fast skeleton arrays; generate demo data.")
-backbone_app = _group("Inspect, run and train the frozen backbones (check a checkpoint before extracting).")
+backbone_app = _group("Inspect, run and train the backbones (check a checkpoint before extracting).")
 extract_app = _group("Turn clips into token tensors in the Zarr cache (resumable, sharded, failures recorded).")
 cache_app = _group("Inspect the token cache and derive small pooled views for training.")
 fuse_app = _group("Train, evaluate and predict with fusion heads on cached tokens (laptop-sized).")
@@ -69,9 +143,19 @@ app.add_typer(fuse_app, name="fuse")
 app.add_typer(export_app, name="export")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from migfuse import __version__
+
+        typer.echo(f"migfuse {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages (also after a subcommand).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the migfuse version and exit.")] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -594,15 +678,28 @@ def fuse_predict_cmd(
 
 
 @fuse_app.command("heads")
-def fuse_heads_cmd() -> None:
-    """List the fusion heads and their default options (override them with "head_options" in --config)."""
+def fuse_heads_cmd(
+    name: Annotated[Optional[str], typer.Argument(help="A head: print only its config block.")] = None,
+) -> None:
+    """List the fusion heads with their default options, as JSON to paste into `fuse train --config`.
+
+    With NAME, prints that head's block alone; without, one JSON object of every head's block. A block is {"head": NAME, "head_options": {...}}: copy it into a config file, change an
+    option, and pass the file with --config. Descriptions go to stderr, so `migfuse fuse heads cmtf >
+    my.json` writes a valid config."""
+    import json
+
     from migfuse.fuse.heads import head_class, list_heads
 
-    for name in list_heads():
-        cls = head_class(name)
-        typer.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
-        for k, v in cls.DEFAULTS.items():
-            typer.echo(f"    {k} = {v!r}")
+    names = list_heads()
+    if name is not None and name not in names:
+        raise UserError(f"unknown head {name!r}; choose one of {', '.join(names)}")
+    blocks = {}
+    for head in [name] if name else names:
+        cls = head_class(head)
+        typer.echo(f"# {head}: {(cls.__doc__ or '').strip().splitlines()[0]}", err=True)
+        blocks[head] = {"head": head, "head_options": dict(cls.DEFAULTS)}
+    # One head: its block alone (a whole config file); all: one object of blocks keyed by head.
+    typer.echo(json.dumps(blocks[name] if name else blocks, indent=2))
 
 # [end section: fuse]
 
@@ -727,7 +824,7 @@ def score_cmd(
 # ---------------------------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------------------------
-@app.command()
+@app.command(short_help="Run the whole pipeline on a generated dataset and print where each artifact is.")
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the generated dataset and every artifact (reused when rerun).")] = Path("demo_out"),
     videos: Annotated[int, typer.Option(help="Number of generated videos (the first 8 cover every split).")] = 8,

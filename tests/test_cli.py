@@ -1,0 +1,74 @@
+"""The command line itself: version, help in pipeline order, flags after the subcommand,
+`python -m migfuse`, missing extras in one line, `fuse heads` as pasteable config."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from typer.testing import CliRunner
+
+import migfuse
+from migfuse.cli import _hoist_root_flags, app
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "migfuse", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_python_dash_m_migfuse_prints_the_version_also_after_a_subcommand():
+    for args in (["--version"], ["fuse", "--version"], ["extract", "video", "--version"]):
+        r = _cli(*args)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == f"migfuse {migfuse.__version__}"
+
+
+def test_root_help_lists_commands_in_pipeline_order_with_whole_descriptions():
+    out = CliRunner().invoke(app, ["-h"], terminal_width=80).output
+    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line[:4].strip()]
+    assert listed == [n for n in ["data", "backbone", "extract", "cache", "fuse", "scores", "export", "score", "demo"]
+                      if n in listed]
+    assert listed[:5] == ["data", "backbone", "extract", "cache", "fuse"]
+    assert "..." not in out.split("Commands:")[1]
+
+
+def test_short_help_flag_and_verbose_flag_work_after_the_subcommand():
+    r = CliRunner().invoke(app, ["fuse", "heads", "-h"])
+    assert r.exit_code == 0 and "Usage:" in r.output
+    r = CliRunner().invoke(app, ["fuse", "heads", "cmtf", "-v"])
+    assert r.exit_code == 0, r.output
+    assert _hoist_root_flags(["fuse", "train", "-v", "--", "-v"]) == ["--verbose", "fuse", "train", "--", "-v"]
+
+
+def test_fuse_heads_prints_a_block_that_fuse_train_accepts_as_config(tmp_path):
+    from migfuse.fuse.train import resolve_config
+
+    r = CliRunner().invoke(app, ["fuse", "heads", "cmtf"])
+    assert r.exit_code == 0, r.output
+    block = json.loads(r.stdout[r.stdout.index("{"):])
+    assert block["head"] == "cmtf" and block["head_options"]["width"] > 0
+    config = tmp_path / "my.json"
+    config.write_text(json.dumps({**block, "head_options": {**block["head_options"], "width": 96}}))
+    assert resolve_config("mg", config)["head_options"]["width"] == 96
+    r = CliRunner().invoke(app, ["fuse", "heads", "no-such-head"])
+    assert r.exit_code == 2 and "unknown head 'no-such-head'" in r.output
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        class Absent:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, Absent())
+        sys.argv = ["migfuse", "fuse", "heads"]
+        from migfuse.cli import main
+        main()
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "needs torch" in lines[0] and "install the fuse extra" in lines[0] and "Traceback" not in r.stderr
