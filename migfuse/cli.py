@@ -210,10 +210,26 @@ def cache_view_cmd(
 # backbone info / run                                                       (video issue)
 # ---------------------------------------------------------------------------------------------
 # [section: backbone]
-def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], device: Optional[str]):
+def _trust(checkpoint: Optional[Path], trust_checkpoint: bool) -> None:
+    """Pass the user's --trust-checkpoint on to every reader of that one file (issue #11 section 1)."""
+    if trust_checkpoint and checkpoint is not None:
+        from migfuse.extract.checkpoints import trust_checkpoint as trust_file
+
+        trust_file(checkpoint)
+
+
+_TRUST_HELP = ("Unpickle the checkpoint fully, objects included. This runs any code the file names: give it only "
+               "for a file you trust that the safe loader refuses (a whole pickled model, a full training "
+               "checkpoint).")
+_TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help=_TRUST_HELP)]
+
+
+def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], device: Optional[str],
+                   trust_checkpoint: bool = False):
     """Build a registered backbone (options only when given), load the checkpoint; -> (backbone, KeyReport|None)."""
     from migfuse.extract.registry import create_backbone
 
+    _trust(checkpoint, trust_checkpoint)
     options = {k: v for k, v in (("layout", layout), ("device", device)) if v is not None}
     bb = create_backbone(name, **options)
     if checkpoint is None:
@@ -234,12 +250,14 @@ def backbone_info(
     name: Annotated[str, typer.Argument(help=_BACKBONE_NAME_HELP)],
     checkpoint: Annotated[Optional[Path], typer.Option(help=_CHECKPOINT_HELP)] = None,
     layout: Annotated[Optional[str], typer.Option(help=_LAYOUT_HELP)] = None,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """Check a checkpoint against a backbone: parameters, key report, sha256, input layout, outputs.
 
-    Fails with one line naming the missing / unexpected keys when the file does not fit.
+    Fails with one line naming the missing / unexpected keys when the file does not fit. The file
+    is read without running code from it (weights-only) unless --trust-checkpoint is given.
     """
-    bb, report = _open_backbone(name, checkpoint, layout, None)
+    bb, report = _open_backbone(name, checkpoint, layout, None, trust_checkpoint)
     typer.echo(f"backbone:    {name} ({type(bb).__name__})")
     typer.echo(f"parameters:  {bb.num_parameters():,}")
     if report is None:
@@ -265,6 +283,7 @@ def backbone_run(
     checkpoint: Annotated[Optional[Path], typer.Option(help=_CHECKPOINT_HELP)] = None,
     layout: Annotated[Optional[str], typer.Option(help=_LAYOUT_HELP)] = None,
     device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """Run a backbone on one .npy array in the original model's input layout and save its outputs as .npz.
 
@@ -272,7 +291,7 @@ def backbone_run(
     """
     import numpy as np
 
-    bb, _ = _open_backbone(name, checkpoint, layout, device)
+    bb, _ = _open_backbone(name, checkpoint, layout, device, trust_checkpoint)
     if not input_path.is_file():
         raise UserError(f"input not found: {input_path} (pass a .npy array shaped {bb.input_doc})")
     try:
@@ -403,6 +422,7 @@ def extract_video(
     windows: Annotated[int, typer.Option(
         "--windows", min=1, help="Up to this many 16-frame windows per long clip (one per 64 frames); "
                                  "stored ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """MViTv2-S tokens per clip -> group video/mvit_v2_s, (393, 768) fp16 per clip.
 
@@ -411,6 +431,7 @@ def extract_video(
     (missing/corrupt video, clip past the end) are recorded per clip: the exit code is 1 and a table
     lists them when any clip failed.
     """
+    _trust(checkpoint, trust_checkpoint)
     _extract_video_track("video", data, cache, checkpoint, device, batch_size, workers, shard, retry_failed,
                          frames, windows=windows)
 
@@ -428,12 +449,14 @@ def extract_context(
     frames: _XVFramesOpt = 16,
     context_windows: Annotated[int, typer.Option(
         "--context-windows", min=1, help="K windows (16 frames, every 4th) spread over each video.")] = 8,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """MViTv2-S tokens of K windows per video (emotion context) -> group context/mvit_v2_s.
 
     Stores tokens (K, 393, 768) fp16 and valid (K,) per video. Same resume, sharding and failure
     rules as `extract video`.
     """
+    _trust(checkpoint, trust_checkpoint)
     _extract_video_track("context", data, cache, checkpoint, device, batch_size, workers, shard, retry_failed,
                          frames, context_windows=context_windows)
 # [end section: extract-video]
@@ -461,6 +484,7 @@ def extract_skeleton(
     shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: process the I-th of N parts (whole videos); "
                                                  "under torchrun RANK/WORLD_SIZE are used instead.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also redo rows that failed earlier.")] = False,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """2s-AGCN feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
 
@@ -472,6 +496,7 @@ def extract_skeleton(
     from migfuse.extract.runner import format_summary
     from migfuse.extract.skeleton.extractor import extract_skeleton as run
 
+    _trust(checkpoint, trust_checkpoint)
     summary = run(data, cache, checkpoint, stream, layout=layout, length=length, device=device,
                   batch_size=batch_size, workers=workers, shard=shard, retry_failed=retry_failed)
     typer.echo(format_summary(summary))
@@ -502,6 +527,7 @@ def extract_face_cmd(
     shard: Annotated[Optional[str], typer.Option(help="I/N: this process takes every N-th video from the I-th "
                                                  "(SLURM arrays); default: torchrun's RANK/WORLD_SIZE or all.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Also redo rows an earlier run recorded as failed.")] = False,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """SwinFace expression features of MTCNN-aligned faces -> face/swinface or face_context/swinface.
 
@@ -512,6 +538,7 @@ def extract_face_cmd(
     from migfuse.extract.face.extractor import extract_face
     from migfuse.extract.runner import format_summary
 
+    _trust(checkpoint, trust_checkpoint)
     summary = extract_face(data, cache, scope=scope, checkpoint=checkpoint, device=device, batch_size=batch_size,
                            workers=workers, shard=shard, retry_failed=retry_failed, frames=frames,
                            context_windows=context_windows, global_tokens=global_tokens)
