@@ -155,20 +155,21 @@ def align_ids(
     return expected, dropped
 
 
-def targets(scores: Scores, ids: list[str], task: str, win_label: int = 1) -> np.ndarray:
+def targets(scores: Scores, ids: list[str], task: str, win_label: int = 1, source: str = "the scores") -> np.ndarray:
     """File targets of `ids` (joined by id): (len(ids),) int64.
 
-    mg: top-1 class index 0..31. emotion: `win_label` where Win has the highest score, else
-    1 - win_label.
+    Columns are read by the class names the scores carry (`Scores.in_class_order`), not by
+    position. mg: top-1 class index 0..31 of `classes.CLASS_NAMES`. emotion: `win_label` where Win
+    has the highest score, else 1 - win_label. UserError for scores without class names.
     """
-    top = np.argmax(scores.rows(ids), axis=1)
+    if task == "emotion" and win_label not in (0, 1):
+        raise UserError(f"--win-label must be 0 or 1, got {win_label}")
+    names = classes.CLASS_NAMES if task == "mg" else classes.EMOTION_CLASSES
+    ordered = Scores(scores.ids, scores.in_class_order(names, source), scores.task, scores.split, names)
+    top = np.argmax(ordered.rows(ids), axis=1)
     if task == "mg":
         return top.astype(np.int64)
-    if win_label not in (0, 1):
-        raise UserError(f"--win-label must be 0 or 1, got {win_label}")
-    if "Win" not in scores.classes:
-        raise UserError(f"emotion scores need a 'Win' class, got classes {scores.classes}")
-    win = top == scores.classes.index("Win")
+    win = top == classes.EMOTION_CLASSES.index("Win")
     return np.where(win, win_label, 1 - win_label).astype(np.int64)
 
 
@@ -230,7 +231,7 @@ def export_scores(
     path = _zip_path(out, exporter)
 
     ids, dropped = align_ids(scores.ids, manifest, exporter.task, exporter.scheme, split, source)
-    text = csv_text(ids, targets(scores, ids, exporter.task, win_label), columns)
+    text = csv_text(ids, targets(scores, ids, exporter.task, win_label, source), columns)
     digest = write_zip(path, exporter.csv_name, text)
     log.debug("wrote %s: %s with %d rows, sha256 %s", path, exporter.csv_name, len(ids), digest)
     return ExportResult(path, exporter.csv_name, fmt, split, len(ids), digest, dropped)

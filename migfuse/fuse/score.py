@@ -102,13 +102,10 @@ def read_predictions(path: str | Path, task: str | None = None, win_label: int =
         raise UserError(f"prediction file not found: {path}")
     if path.suffix.lower() == ".npz":
         s = Scores.load(path)
-        probs = s.scores
-        if s.task == "emotion":
-            if sorted(s.classes) != classes.EMOTION_CLASSES:
-                raise UserError(f"{path} has emotion classes {s.classes}, expected {classes.EMOTION_CLASSES}")
-            probs = probs[:, [s.classes.index(c) for c in classes.EMOTION_CLASSES]]  # columns Lose, Win
+        # columns by class name: the same predictions in another column order score the same
+        probs = s.in_class_order(classes.EMOTION_CLASSES if s.task == "emotion" else classes.CLASS_NAMES, str(path))
         return Predictions(s.ids, probs.argmax(1).astype(np.int64), s.task, probs=probs)
-    text = _zip_csv(path) if zipfile.is_zipfile(path) else path.read_text(encoding="utf-8-sig")
+    text = _zip_csv(path) if zipfile.is_zipfile(path) else _decode_csv(path.read_bytes(), str(path))
     rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
     if not rows:
         raise UserError(f"{path} holds no prediction rows")
@@ -211,7 +208,23 @@ def _zip_csv(path: Path) -> str:
         if "/" in members[0]:
             raise UserError(f"{path} has its CSV in a folder ({members[0]}); challenge scorers need it at the "
                             f"archive root: re-zip with `zip -j` or `migfuse export`")
-        return zf.read(members[0]).decode("utf-8-sig")
+        return _decode_csv(zf.read(members[0]), f"{path}:{members[0]}")
+
+
+def _decode_csv(data: bytes, name: str) -> str:
+    """CSV bytes as text: UTF-8 with or without a byte-order mark (Excel writes one).
+
+    UTF-16 (Excel's "Unicode text") and other encodings are refused in one line: challenge
+    scorers read UTF-8, so a file that only migfuse could read would still fail on upload.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
+        raise UserError(f"{name} is UTF-16 text, but challenge scorers read UTF-8: save it as "
+                        f"'CSV UTF-8 (comma delimited)', or convert it with `iconv -f UTF-16 -t UTF-8`")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); save it as "
+                        f"'CSV UTF-8 (comma delimited)' or write it with `migfuse export`") from None
 
 
 def _is_int(text: str) -> bool:
