@@ -147,6 +147,43 @@ def data_synth(
 
 
 # ---------------------------------------------------------------------------------------------
+# data export-pyskl                                                         (interop issue #12 §3)
+# ---------------------------------------------------------------------------------------------
+# [section: data-export-pyskl]
+@data_app.command("export-pyskl")
+def data_export_pyskl(
+    prepared: Annotated[Path, typer.Argument(help="PREPARED folder written by `migfuse data prepare`.")],
+    out: Annotated[Path, typer.Argument(help="The pyskl annotation .pkl to write.")],
+    layout: Annotated[str, typer.Option(help="Joints to keep: coco-17 (pyskl 'coco', PoseC3D / ST-GCN++ 2D), "
+                                        "openpose-18 (pyskl 'openpose'), openpose22 (MiGA 2023) or imigue (55).")]
+    = "coco-17",
+    scheme: Annotated[str, typer.Option(help="Manifest column that names the splits: split_miga, split_cs or "
+                                        "split_emotion.")] = "split_miga",
+    img_shape: Annotated[str, typer.Option(help="Frame size HEIGHTxWIDTH in pixels, written as img_shape.")]
+    = "720x1280",
+) -> None:
+    """Write the prepared skeletons in pyskl's 2D annotation format (`split` + `annotations` with
+    keypoint (1, T, V, 2) and keypoint_score (1, T, V) float32, frame_dir = clip id), so ST-GCN++ or
+    PoseC3D train on migfuse's manifest. Bring their test results back with `migfuse scores import`."""
+    from migfuse.data_cache.pyskl import export_pyskl
+
+    try:
+        shape = tuple(int(v) for v in img_shape.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 2 or min(shape) <= 0:
+        raise UserError(f"--img-shape {img_shape!r} must be HEIGHTxWIDTH in pixels, e.g. 720x1280")
+    r = export_pyskl(prepared, out, layout=layout, scheme=scheme, img_shape=shape)  # type: ignore[arg-type]
+    splits = ", ".join(f"{name} {n}" for name, n in r.splits.items()) or "none"
+    typer.echo(f"wrote {r.path}: {r.clips} clips, layout {r.layout} ({r.num_joints} joints); splits: {splits}")
+    if r.skipped:
+        typer.echo(f"left out {len(r.skipped)} clips without skeleton frames, e.g. "
+                   f"{next(iter(r.skipped))}: {next(iter(r.skipped.values()))}")
+
+# [end section: data-export-pyskl]
+
+
+# ---------------------------------------------------------------------------------------------
 # cache: info                                                               (foundation issue)
 # ---------------------------------------------------------------------------------------------
 # [section: cache]
@@ -749,6 +786,39 @@ def score_cmd(
 
     typer.echo(score_file(file, data, split=split, scheme=scheme, task=task, win_label=win_label).format())
 # [end section: export]
+
+
+# ---------------------------------------------------------------------------------------------
+# scores import                                                             (interop issue #12 §3)
+# ---------------------------------------------------------------------------------------------
+# [section: scores]
+scores_app = _group("Bring prediction scores of other tools (mmaction2, pyskl, CSV) into migfuse score files.")
+app.add_typer(scores_app, name="scores")
+
+
+@scores_app.command("import")
+def scores_import_cmd(
+    results: Annotated[Path, typer.Argument(help="mmaction2 / pyskl test-result .pkl, or a CSV `Id,score...`.")],
+    out: Annotated[Path, typer.Option(help="migfuse scores .npz to write (for `fuse late`, `export`, `score`).")],
+    ann: Annotated[Optional[Path], typer.Option(
+        help="For a .pkl: the annotation file the test ran on (list file `path label`, or pyskl .pkl).")] = None,
+    ann_split: Annotated[Optional[str], typer.Option(
+        help="For a pyskl .pkl annotation: the split the test ran on, e.g. test.")] = None,
+    task: Annotated[str, typer.Option(help="mg (32 classes, per clip) or emotion (Lose, Win, per video).")] = "mg",
+    split: Annotated[Optional[str], typer.Option(help="Split name to record (default: --ann-split).")] = None,
+) -> None:
+    """Import another tool's test scores, keyed by clip id, so `migfuse fuse late` ensembles e.g. a
+    PoseC3D or VideoSwin run with migfuse heads. A .pkl holds no ids: its rows follow the annotation
+    file, and a count or id mismatch is refused. Pickles are read without running code from them."""
+    from migfuse.fuse.importers import import_scores
+
+    r = import_scores(results, annotation=ann, ann_split=ann_split, task=task, split=split)
+    path = r.scores.save(out)
+    note = "; rows were logits: softmax applied" if r.softmax_applied else ""
+    typer.echo(f"imported {len(r.scores)} {task} score rows ({r.source_format}, {r.scores.scores.shape[1]} classes)"
+               f"{note} -> {path}")
+
+# [end section: scores]
 
 
 # ---------------------------------------------------------------------------------------------
