@@ -621,13 +621,19 @@ def fuse_eval_cmd(
     cache: Annotated[Optional[Path], typer.Option(help="Cache to read (default: the one the run was trained on).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="PREPARED folder (default: the run's).")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip clips the cache lacks.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
 ) -> None:
     """Score the run's best checkpoint on a labelled split. mg: top-1, top-5, mean class accuracy,
-    per-class table and a confusion-matrix PNG; emotion: accuracy, F1, ROC-AUC. Files go to
-    RUN/eval_SPLIT/ (metrics.json, per_class.csv, confusion.png)."""
+    per-class table; emotion: accuracy, F1, ROC-AUC. Files go to RUN/eval_SPLIT/: metrics.json,
+    per_class.csv and the charts confusion.png, per_class.png (+ roc.png for emotion; charts need
+    matplotlib, the `plots` extra)."""
     from migfuse.fuse.evaluate import evaluate
+    from migfuse.fuse.metrics import to_json
 
     m = evaluate(run, split, cache=cache, data=data, allow_missing=allow_missing)
+    if json_out:
+        typer.echo(to_json(m))
+        return
     if m["task"] == "mg":
         typer.echo(f"{split}: {m['n']} clips  top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  "
                    f"mean class {m['mean_class_accuracy']:.2%}")
@@ -714,6 +720,8 @@ def _export(fmt: str, scores: Path, data: Path, out: Optional[Path], split: str,
     if r.dropped:
         typer.echo(f"dropped {len(r.dropped)} ids the challenge does not list: {', '.join(r.dropped[:5])}")
     typer.echo(f"wrote {r.path} ({r.csv_name} at the archive root): {r.rows} rows of split {r.split}")
+    if r.csv_path is not None:
+        typer.echo(f"wrote {r.csv_path} (the same rows as a bare CSV)")
     typer.echo(f"sha256 {r.sha256}")
 
 
@@ -721,7 +729,9 @@ def _export(fmt: str, scores: Path, data: Path, out: Optional[Path], split: str,
 def export_miga2025(
     scores: _ScoresArg,
     data: _DataOpt,
-    out: Annotated[Optional[Path], typer.Option(help="Zip to write, or a folder (default ./prediction.zip).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="NAME.zip, NAME.csv (bare CSV for Kaggle + NAME.zip) or a folder, created (default ./prediction.zip).")]
+    = None,
     split: _SplitOpt = "test",
     header: _HeaderOpt = None,
 ) -> None:
@@ -737,7 +747,8 @@ def export_miga2025(
 def export_miga2023(
     scores: _ScoresArg,
     data: _DataOpt,
-    out: Annotated[Optional[Path], typer.Option(help="Zip to write, or a folder (default ./Submission.zip).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="NAME.zip, NAME.csv (+ NAME.zip) or a folder, created (default ./Submission.zip).")] = None,
     split: _SplitOpt = "test",
     header: _HeaderOpt = None,
 ) -> None:
@@ -752,7 +763,8 @@ def export_miga2023(
 def export_emotion(
     scores: _ScoresArg,
     data: _DataOpt,
-    out: Annotated[Optional[Path], typer.Option(help="Zip to write, or a folder (default ./emotion.zip).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="NAME.zip, NAME.csv (+ NAME.zip) or a folder, created (default ./emotion.zip).")] = None,
     split: _SplitOpt = "test",
     header: _HeaderOpt = None,
     win_label: Annotated[int, typer.Option(help="Target written for Win (Lose gets the other of 0/1).")] = 1,
@@ -775,16 +787,29 @@ def score_cmd(
         help="Split column: split_miga | split_cs | split_emotion (default by task).")] = None,
     task: Annotated[Optional[str], typer.Option(help="mg or emotion (default: guessed from the ids).")] = None,
     win_label: Annotated[int, typer.Option(help="Emotion files: the target that means Win.")] = 1,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Folder for metrics.json, per_class.csv and the charts (confusion, per-class, ROC for emotion).")]
+    = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
 ) -> None:
     """Score a prediction file against the manifest's labels (check a submission before upload).
 
     Micro-gestures: top-1 accuracy, mean class accuracy and a per-class table.
     Emotion: accuracy and F1 (Win = positive). Ids are joined with the manifest by id; ids not in
-    the manifest, or (with --split) missing from the file, are refused.
+    the manifest, or (with --split) missing from the file, are refused. Scores files (.npz) are
+    read by their class names, so their column order does not matter.
     """
-    from migfuse.fuse.score import score_file
+    from migfuse.fuse.metrics import to_json
+    from migfuse.fuse.score import score_file, write_score_files
 
-    typer.echo(score_file(file, data, split=split, scheme=scheme, task=task, win_label=win_label).format())
+    report = score_file(file, data, split=split, scheme=scheme, task=task, win_label=win_label)
+    files = write_score_files(report, out) if out is not None else {}
+    if json_out:
+        typer.echo(to_json({**report.to_dict(), "files": {k: str(v) for k, v in files.items()}}))
+        return
+    typer.echo(report.format())
+    if files:
+        typer.echo("files: " + ", ".join(str(p) for p in files.values()))
 # [end section: export]
 
 

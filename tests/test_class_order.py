@@ -119,3 +119,37 @@ def test_a_latin1_csv_is_refused_in_one_line(tmp_path):
     path.write_bytes("Id,Target # caf\xe9\n0054_0,4\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin.csv is not UTF-8 text \(byte 15"):
         read_predictions(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# export --out NAME.csv / --out DIR (issue #12 section 4)
+# ---------------------------------------------------------------------------------------------
+def test_export_to_a_csv_writes_the_bare_csv_and_the_zip(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    m = small_manifest(tmp_path / "prep")
+    scores = mg_scores(m, TEST_IDS).save(tmp_path / "s.npz")
+    res = CliRunner().invoke(app, ["export", "miga2025", str(scores), "--data", str(tmp_path / "prep"),
+                                   "--out", str(tmp_path / "sub" / "prediction.csv")])
+    assert res.exit_code == 0, res.output
+    bare = (tmp_path / "sub" / "prediction.csv").read_text()
+    names, member = read_zip(tmp_path / "sub" / "prediction.zip")
+    assert names == ["prediction.csv"] and bare == member
+    assert bare.splitlines()[:2] == ["Id,Target", "0054_0,4"] and len(bare.splitlines()) == 7
+    assert "(the same rows as a bare CSV)" in res.stdout
+
+
+def test_export_to_a_new_folder_creates_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    m = small_manifest(tmp_path / "prep")
+    scores = mg_scores(m, TEST_IDS).save(tmp_path / "s.npz")
+    res = CliRunner().invoke(app, ["export", "miga2023", str(scores), "--data", str(tmp_path / "prep"),
+                                   "--out", str(tmp_path / "new" / "dir") + "/"])
+    assert res.exit_code == 0, res.output
+    names, text = read_zip(tmp_path / "new" / "dir" / "Submission.zip")
+    assert names == ["Submission.csv"] and text.splitlines()[0] == "0054_0,4"

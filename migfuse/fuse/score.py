@@ -12,7 +12,7 @@ import csv
 import io
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,15 @@ class ScoreReport:
     f1: float | None = None          # emotion: F1 of Win (positive class)
     roc_auc: float | None = None     # emotion, scores files only
     ignored: list[str] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)  # (C, C) counts, rows = true class
+    roc_curve: tuple[list[float], list[float]] | None = None  # emotion scores files: (fpr, tpr)
+
+    def to_dict(self) -> dict:
+        """The report as plain data (what `migfuse score --json` prints and metrics.json holds)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("per_class", "roc_curve")}
+        out["per_class"] = [{"class": c.index, "name": c.name, "support": c.n, "correct": c.correct,
+                             "accuracy": c.accuracy} for c in self.per_class]
+        return out
 
     def format(self) -> str:
         """Human-readable summary and per-class table (what `migfuse score` prints)."""
@@ -178,12 +187,36 @@ def score_predictions(
     cm = np.asarray(metrics.confusion_matrix(y, probs.argmax(1), len(names)))
     per_class = [ClassScore(c, names[c], int(cm[c].sum()), int(cm[c, c])) for c in range(len(names)) if cm[c].sum()]
     common = dict(source=source, task=pred.task, split=split, n=len(ids), per_class=per_class, ignored=ignored,
-                  mean_class_accuracy=float(np.mean([c.accuracy for c in per_class])))
+                  mean_class_accuracy=float(np.mean([c.accuracy for c in per_class])), confusion=cm.tolist())
     if pred.task == "mg":
         m = metrics.mg_metrics(probs, y, names)
         return ScoreReport(accuracy=m["top1"], top5=m["top5"] if has_probs else None, **common)
     e = metrics.emotion_metrics(probs, y)
-    return ScoreReport(accuracy=e["accuracy"], f1=e["f1"], roc_auc=e["roc_auc"] if has_probs else None, **common)
+    roc = tuple(a.tolist() for a in metrics.roc_curve(probs[:, 1], y)) if has_probs else None
+    return ScoreReport(accuracy=e["accuracy"], f1=e["f1"], roc_auc=e["roc_auc"] if has_probs else None,
+                       roc_curve=roc, **common)  # type: ignore[arg-type]
+
+
+def write_score_files(report: ScoreReport, out: str | Path) -> dict[str, Path]:
+    """metrics.json, per_class.csv and the charts (confusion.png, per_class.png, roc.png for emotion
+    scores files; charts need matplotlib, see `migfuse.fuse.plots`) in the folder `out`."""
+    from migfuse.fuse.plots import write_plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = report.to_dict()
+    names = classes.EMOTION_CLASSES if report.task == "emotion" else classes.CLASS_NAMES
+    rows = metrics.per_class_rows(np.asarray(report.confusion), list(names))
+    files = {"metrics": out / "metrics.json", "per_class": out / "per_class.csv"}
+    with open(files["per_class"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    title = f"{Path(report.source).name}: {report.n} {'videos' if report.task == 'emotion' else 'clips'}" + (
+        f" of {report.split}" if report.split else "") + f", top-1 {100 * report.accuracy:.1f}%"
+    files.update(write_plots({**data, "per_class": rows}, names, out, title, roc=report.roc_curve))
+    files["metrics"].write_text(metrics.to_json({**data, "files": {k: str(v) for k, v in files.items()}}))
+    return files
 
 
 def score_file(
