@@ -250,7 +250,7 @@ def cache_view_cmd(
 def _trust(checkpoint: Optional[Path], trust_checkpoint: bool) -> None:
     """Pass the user's --trust-checkpoint on to every reader of that one file (issue #11 section 1)."""
     if trust_checkpoint and checkpoint is not None:
-        from migfuse.extract.checkpoints import trust_checkpoint as trust_file
+        from migfuse.checkpoint_file import trust_checkpoint as trust_file
 
         trust_file(checkpoint)
 

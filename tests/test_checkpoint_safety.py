@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from golden import golden_state_dict, load_golden
 from migfuse.cli import app
 from migfuse.errors import UserError
-from migfuse.extract import checkpoints
+from migfuse import checkpoint_file
 from migfuse.extract.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,7 +43,7 @@ def _planted(path: Path, marker: Path, payload_key: str = "meta") -> Path:
 @pytest.fixture(autouse=True)
 def _forget_trusted_files():
     yield
-    checkpoints._TRUSTED_BY_USER.clear()
+    checkpoint_file._TRUSTED_BY_USER.clear()
 
 
 def invoke(*args) -> object:
@@ -144,3 +144,28 @@ def test_the_skeleton_golden_checkpoints_still_load(tmp_path):
     _, arrays = load_golden("agcn_kinetics_fanin")
     assert bb.layout.name == "openpose-18"
     assert os.path.getsize(path) > 0 and np.isfinite(bb.run(arrays["input"])["logits"]).all()
+
+
+def test_a_checkpoint_pickled_under_numpy_1_loads(tmp_path):
+    """numpy 1.x names its scalar/array rebuilders `numpy.core.multiarray.*` (numpy 2: `numpy._core`)."""
+    path = tmp_path / "np2.pth"
+    meta = {"best_score": np.float64(0.5), "mean": np.arange(3), "dtype": np.dtype("float32")}
+    torch.save({"meta": meta, "state_dict": {"w": torch.zeros(2)}}, path, _use_new_zipfile_serialization=False,
+               pickle_protocol=2)  # legacy + protocol 2: global names are plain text lines
+    data = path.read_bytes()
+    assert data.count(b"numpy._core.multiarray\n") == 2
+    old = tmp_path / "np1.pth"
+    old.write_bytes(data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    loaded = read_checkpoint(old)
+    assert loaded["meta"]["best_score"] == 0.5 and loaded["meta"]["mean"].tolist() == [0, 1, 2]
+    assert loaded["meta"]["dtype"] == np.dtype("float32")
+
+
+def test_fuse_and_shared_training_code_can_read_checkpoints_without_extract():
+    """read_checkpoint lives outside extract (fuse and extract never import each other)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import migfuse.checkpoint_file as c; "
+            "assert c.read_checkpoint and not any(m.startswith('migfuse.extract') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
