@@ -209,3 +209,22 @@ def test_imported_scores_fuse_late_with_migfuse_scores_and_export(tmp_path):
     fused = fuse_late([Scores.load(tmp_path / "posec3d.npz"), ours], weights=[2, 1]).scores
     text = read_zip(export_scores(fused, m, out=tmp_path / "p.zip").path)[1]
     assert "0009_0,11" in text.splitlines()  # the imported run outvotes the head's mistake
+
+
+def test_a_damaged_pickle_ends_in_one_line(tmp_path):
+    ann = _pyskl_annotation(tmp_path / "ann.pkl")
+    cut = tmp_path / "cut.pkl"
+    cut.write_bytes(ann.read_bytes()[:50])
+    with open(tmp_path / "r.pkl", "wb") as f:
+        pickle.dump(list(_probs([4, 31])), f)
+    with pytest.raises(UserError, match=r"cannot read annotation pickle .*cut.pkl \(pickle data was truncated\)"):
+        import_scores(tmp_path / "r.pkl", cut, ann_split="test")
+
+
+def test_the_pyskl_exporter_imports_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; import migfuse.data_cache.pyskl; "
+            "assert 'torch' not in sys.modules and not any(m.startswith('migfuse.extract') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

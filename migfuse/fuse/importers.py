@@ -122,9 +122,9 @@ def load_pickle_safely(path: str | Path, what: str = "pickle") -> Any:
         raise UserError(f"{path} holds {e}, which is not plain data: unpickling it would run code from the "
                         f"file, so it was not read; export the scores as arrays or as a CSV") from None
     except pickle.UnpicklingError as e:
-        raise UserError(f"cannot read {path} as a {what} ({e}); is the file complete?") from None
+        raise UserError(f"cannot read {what} {path} ({e}); is the file complete?") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError, MemoryError) as e:
-        raise UserError(f"cannot read {path} as a {what} ({type(e).__name__}: {str(e)[:120]}); "
+        raise UserError(f"cannot read {what} {path} ({type(e).__name__}: {str(e)[:120]}); "
                         f"is the file complete?") from None
 
 
