@@ -42,9 +42,11 @@ def _numpy_safe_globals() -> list:
 
     mmcv/mmengine (mmaction2 0.x and 1.x) write `meta` dicts whose numbers can be numpy scalars
     (`hook_msgs.best_score` is a numpy.float64) or small arrays; pickles name them under
-    `numpy.core` (numpy 1.x) or `numpy._core` (numpy 2). These four rebuild plain arrays, scalars
-    and dtypes and call nothing else; `collections.OrderedDict`, tuples, sets and the other
-    builtin containers are allowed by torch already.
+    `numpy.core` (numpy 1.x) or `numpy._core` (numpy 2). The array rebuilder, the scalar
+    constructor, `ndarray`, `dtype` and the dtype classes of `numpy.dtypes` build plain values and
+    call nothing else (an object array's items are unpickled by the same safe loader);
+    `collections.OrderedDict`, tuples, sets and the other builtin containers are allowed by torch
+    already.
     """
     import numpy as np
 

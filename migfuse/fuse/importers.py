@@ -60,6 +60,13 @@ def _load_storage_safely(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """Stand-in for `_codecs.encode` limited to the one use pickle makes of it (no codec lookup by name)."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
 def _allowed(module: str, name: str) -> Any:
     """The object a pickle may name, or None when it is not allowed."""
     if module == "builtins" and name in _BUILTINS:
@@ -69,9 +76,7 @@ def _allowed(module: str, name: str) -> Any:
 
         return OrderedDict
     if (module, name) == ("_codecs", "encode"):  # protocol-2 pickles store bytes as encode(str, "latin1")
-        import codecs
-
-        return codecs.encode
+        return _latin1_bytes
     if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
                   "numpy._core.numeric"):
         core = np._core if hasattr(np, "_core") else np.core
