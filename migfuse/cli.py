@@ -231,6 +231,43 @@ def data_synth(
 
 
 # ---------------------------------------------------------------------------------------------
+# data export-pyskl                                                         (interop issue #12 §3)
+# ---------------------------------------------------------------------------------------------
+# [section: data-export-pyskl]
+@data_app.command("export-pyskl")
+def data_export_pyskl(
+    prepared: Annotated[Path, typer.Argument(help="PREPARED folder written by `migfuse data prepare`.")],
+    out: Annotated[Path, typer.Argument(help="The pyskl annotation .pkl to write.")],
+    layout: Annotated[str, typer.Option(help="Joints to keep: coco-17 (pyskl 'coco', PoseC3D / ST-GCN++ 2D), "
+                                        "openpose-18 (pyskl 'openpose'), openpose22 (MiGA 2023) or imigue (55).")]
+    = "coco-17",
+    scheme: Annotated[str, typer.Option(help="Manifest column that names the splits: split_miga, split_cs or "
+                                        "split_emotion.")] = "split_miga",
+    img_shape: Annotated[str, typer.Option(help="Frame size HEIGHTxWIDTH in pixels, written as img_shape.")]
+    = "720x1280",
+) -> None:
+    """Write the prepared skeletons in pyskl's 2D annotation format (`split` + `annotations` with
+    keypoint (1, T, V, 2) and keypoint_score (1, T, V) float32, frame_dir = clip id), so ST-GCN++ or
+    PoseC3D train on migfuse's manifest. Bring their test results back with `migfuse scores import`."""
+    from migfuse.data_cache.pyskl import export_pyskl
+
+    try:
+        shape = tuple(int(v) for v in img_shape.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 2 or min(shape) <= 0:
+        raise UserError(f"--img-shape {img_shape!r} must be HEIGHTxWIDTH in pixels, e.g. 720x1280")
+    r = export_pyskl(prepared, out, layout=layout, scheme=scheme, img_shape=shape)  # type: ignore[arg-type]
+    splits = ", ".join(f"{name} {n}" for name, n in r.splits.items()) or "none"
+    typer.echo(f"wrote {r.path}: {r.clips} clips, layout {r.layout} ({r.num_joints} joints); splits: {splits}")
+    if r.skipped:
+        typer.echo(f"left out {len(r.skipped)} clips without skeleton frames, e.g. "
+                   f"{next(iter(r.skipped))}: {next(iter(r.skipped.values()))}")
+
+# [end section: data-export-pyskl]
+
+
+# ---------------------------------------------------------------------------------------------
 # cache: info                                                               (foundation issue)
 # ---------------------------------------------------------------------------------------------
 # [section: cache]
@@ -294,10 +331,26 @@ def cache_view_cmd(
 # backbone info / run                                                       (video issue)
 # ---------------------------------------------------------------------------------------------
 # [section: backbone]
-def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], device: Optional[str]):
+def _trust(checkpoint: Optional[Path], trust_checkpoint: bool) -> None:
+    """Pass the user's --trust-checkpoint on to every reader of that one file (issue #11 section 1)."""
+    if trust_checkpoint and checkpoint is not None:
+        from migfuse.checkpoint_file import trust_checkpoint as trust_file
+
+        trust_file(checkpoint)
+
+
+_TRUST_HELP = ("Unpickle the checkpoint fully, objects included. This runs any code the file names: give it only "
+               "for a file you trust that the safe loader refuses (a whole pickled model, a full training "
+               "checkpoint).")
+_TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help=_TRUST_HELP)]
+
+
+def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], device: Optional[str],
+                   trust_checkpoint: bool = False):
     """Build a registered backbone (options only when given), load the checkpoint; -> (backbone, KeyReport|None)."""
     from migfuse.extract.registry import create_backbone
 
+    _trust(checkpoint, trust_checkpoint)
     options = {k: v for k, v in (("layout", layout), ("device", device)) if v is not None}
     bb = create_backbone(name, **options)
     if checkpoint is None:
@@ -318,12 +371,14 @@ def backbone_info(
     name: Annotated[str, typer.Argument(help=_BACKBONE_NAME_HELP)],
     checkpoint: Annotated[Optional[Path], typer.Option(help=_CHECKPOINT_HELP)] = None,
     layout: Annotated[Optional[str], typer.Option(help=_LAYOUT_HELP)] = None,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """Check a checkpoint against a backbone: parameters, key report, sha256, input layout, outputs.
 
-    Fails with one line naming the missing / unexpected keys when the file does not fit.
+    Fails with one line naming the missing / unexpected keys when the file does not fit. The file
+    is read without running code from it (weights-only) unless --trust-checkpoint is given.
     """
-    bb, report = _open_backbone(name, checkpoint, layout, None)
+    bb, report = _open_backbone(name, checkpoint, layout, None, trust_checkpoint)
     typer.echo(f"backbone:    {name} ({type(bb).__name__})")
     typer.echo(f"parameters:  {bb.num_parameters():,}")
     if report is None:
@@ -349,6 +404,7 @@ def backbone_run(
     checkpoint: Annotated[Optional[Path], typer.Option(help=_CHECKPOINT_HELP)] = None,
     layout: Annotated[Optional[str], typer.Option(help=_LAYOUT_HELP)] = None,
     device: Annotated[Optional[str], typer.Option(help=_DEVICE_HELP)] = None,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """Run a backbone on one .npy array in the original model's input layout and save its outputs as .npz.
 
@@ -356,7 +412,7 @@ def backbone_run(
     """
     import numpy as np
 
-    bb, _ = _open_backbone(name, checkpoint, layout, device)
+    bb, _ = _open_backbone(name, checkpoint, layout, device, trust_checkpoint)
     if not input_path.is_file():
         raise UserError(f"input not found: {input_path} (pass a .npy array shaped {bb.input_doc})")
     try:
@@ -487,6 +543,7 @@ def extract_video(
     windows: Annotated[int, typer.Option(
         "--windows", min=1, help="Up to this many 16-frame windows per long clip (one per 64 frames); "
                                  "stored ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """MViTv2-S tokens per clip -> group video/mvit_v2_s, (393, 768) fp16 per clip.
 
@@ -495,6 +552,7 @@ def extract_video(
     (missing/corrupt video, clip past the end) are recorded per clip: the exit code is 1 and a table
     lists them when any clip failed.
     """
+    _trust(checkpoint, trust_checkpoint)
     _extract_video_track("video", data, cache, checkpoint, device, batch_size, workers, shard, retry_failed,
                          frames, windows=windows)
 
@@ -512,12 +570,14 @@ def extract_context(
     frames: _XVFramesOpt = 16,
     context_windows: Annotated[int, typer.Option(
         "--context-windows", min=1, help="K windows (16 frames, every 4th) spread over each video.")] = 8,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """MViTv2-S tokens of K windows per video (emotion context) -> group context/mvit_v2_s.
 
     Stores tokens (K, 393, 768) fp16 and valid (K,) per video. Same resume, sharding and failure
     rules as `extract video`.
     """
+    _trust(checkpoint, trust_checkpoint)
     _extract_video_track("context", data, cache, checkpoint, device, batch_size, workers, shard, retry_failed,
                          frames, context_windows=context_windows)
 # [end section: extract-video]
@@ -545,6 +605,7 @@ def extract_skeleton(
     shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: process the I-th of N parts (whole videos); "
                                                  "under torchrun RANK/WORLD_SIZE are used instead.")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also redo rows that failed earlier.")] = False,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """2s-AGCN feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
 
@@ -556,6 +617,7 @@ def extract_skeleton(
     from migfuse.extract.runner import format_summary
     from migfuse.extract.skeleton.extractor import extract_skeleton as run
 
+    _trust(checkpoint, trust_checkpoint)
     summary = run(data, cache, checkpoint, stream, layout=layout, length=length, device=device,
                   batch_size=batch_size, workers=workers, shard=shard, retry_failed=retry_failed)
     typer.echo(format_summary(summary))
@@ -586,6 +648,7 @@ def extract_face_cmd(
     shard: Annotated[Optional[str], typer.Option(help="I/N: this process takes every N-th video from the I-th "
                                                  "(SLURM arrays); default: torchrun's RANK/WORLD_SIZE or all.")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Also redo rows an earlier run recorded as failed.")] = False,
+    trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """SwinFace expression features of MTCNN-aligned faces -> face/swinface or face_context/swinface.
 
@@ -596,6 +659,7 @@ def extract_face_cmd(
     from migfuse.extract.face.extractor import extract_face
     from migfuse.extract.runner import format_summary
 
+    _trust(checkpoint, trust_checkpoint)
     summary = extract_face(data, cache, scope=scope, checkpoint=checkpoint, device=device, batch_size=batch_size,
                            workers=workers, shard=shard, retry_failed=retry_failed, frames=frames,
                            context_windows=context_windows, global_tokens=global_tokens)
@@ -641,13 +705,19 @@ def fuse_eval_cmd(
     cache: Annotated[Optional[Path], typer.Option(help="Cache to read (default: the one the run was trained on).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="PREPARED folder (default: the run's).")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Skip clips the cache lacks.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
 ) -> None:
     """Score the run's best checkpoint on a labelled split. mg: top-1, top-5, mean class accuracy,
-    per-class table and a confusion-matrix PNG; emotion: accuracy, F1, ROC-AUC. Files go to
-    RUN/eval_SPLIT/ (metrics.json, per_class.csv, confusion.png)."""
+    per-class table; emotion: accuracy, F1, ROC-AUC. Files go to RUN/eval_SPLIT/: metrics.json,
+    per_class.csv and the charts confusion.png, per_class.png (+ roc.png for emotion; charts need
+    matplotlib, the `plots` extra)."""
     from migfuse.fuse.evaluate import evaluate
+    from migfuse.fuse.metrics import to_json
 
     m = evaluate(run, split, cache=cache, data=data, allow_missing=allow_missing)
+    if json_out:
+        typer.echo(to_json(m))
+        return
     if m["task"] == "mg":
         typer.echo(f"{split}: {m['n']} clips  top-1 {m['top1']:.2%}  top-5 {m['top5']:.2%}  "
                    f"mean class {m['mean_class_accuracy']:.2%}")
@@ -747,6 +817,8 @@ def _export(fmt: str, scores: Path, data: Path, out: Optional[Path], split: str,
     if r.dropped:
         typer.echo(f"dropped {len(r.dropped)} ids the challenge does not list: {', '.join(r.dropped[:5])}")
     typer.echo(f"wrote {r.path} ({r.csv_name} at the archive root): {r.rows} rows of split {r.split}")
+    if r.csv_path is not None:
+        typer.echo(f"wrote {r.csv_path} (the same rows as a bare CSV)")
     typer.echo(f"sha256 {r.sha256}")
 
 
@@ -754,7 +826,9 @@ def _export(fmt: str, scores: Path, data: Path, out: Optional[Path], split: str,
 def export_miga2025(
     scores: _ScoresArg,
     data: _DataOpt,
-    out: Annotated[Optional[Path], typer.Option(help="Zip to write, or a folder (default ./prediction.zip).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="NAME.zip, NAME.csv (bare CSV for Kaggle + NAME.zip) or a folder, created (default ./prediction.zip).")]
+    = None,
     split: _SplitOpt = "test",
     header: _HeaderOpt = None,
 ) -> None:
@@ -770,7 +844,8 @@ def export_miga2025(
 def export_miga2023(
     scores: _ScoresArg,
     data: _DataOpt,
-    out: Annotated[Optional[Path], typer.Option(help="Zip to write, or a folder (default ./Submission.zip).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="NAME.zip, NAME.csv (+ NAME.zip) or a folder, created (default ./Submission.zip).")] = None,
     split: _SplitOpt = "test",
     header: _HeaderOpt = None,
 ) -> None:
@@ -785,7 +860,8 @@ def export_miga2023(
 def export_emotion(
     scores: _ScoresArg,
     data: _DataOpt,
-    out: Annotated[Optional[Path], typer.Option(help="Zip to write, or a folder (default ./emotion.zip).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="NAME.zip, NAME.csv (+ NAME.zip) or a folder, created (default ./emotion.zip).")] = None,
     split: _SplitOpt = "test",
     header: _HeaderOpt = None,
     win_label: Annotated[int, typer.Option(help="Target written for Win (Lose gets the other of 0/1).")] = 1,
@@ -808,17 +884,63 @@ def score_cmd(
         help="Split column: split_miga | split_cs | split_emotion (default by task).")] = None,
     task: Annotated[Optional[str], typer.Option(help="mg or emotion (default: guessed from the ids).")] = None,
     win_label: Annotated[int, typer.Option(help="Emotion files: the target that means Win.")] = 1,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Folder for metrics.json, per_class.csv and the charts (confusion, per-class, ROC for emotion).")]
+    = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
 ) -> None:
     """Score a prediction file against the manifest's labels (check a submission before upload).
 
     Micro-gestures: top-1 accuracy, mean class accuracy and a per-class table.
     Emotion: accuracy and F1 (Win = positive). Ids are joined with the manifest by id; ids not in
-    the manifest, or (with --split) missing from the file, are refused.
+    the manifest, or (with --split) missing from the file, are refused. Scores files (.npz) are
+    read by their class names, so their column order does not matter.
     """
-    from migfuse.fuse.score import score_file
+    from migfuse.fuse.metrics import to_json
+    from migfuse.fuse.score import score_file, write_score_files
 
-    typer.echo(score_file(file, data, split=split, scheme=scheme, task=task, win_label=win_label).format())
+    report = score_file(file, data, split=split, scheme=scheme, task=task, win_label=win_label)
+    files = write_score_files(report, out) if out is not None else {}
+    if json_out:
+        typer.echo(to_json({**report.to_dict(), "files": {k: str(v) for k, v in files.items()}}))
+        return
+    typer.echo(report.format())
+    if files:
+        typer.echo("files: " + ", ".join(str(p) for p in files.values()))
 # [end section: export]
+
+
+# ---------------------------------------------------------------------------------------------
+# scores import                                                             (interop issue #12 §3)
+# ---------------------------------------------------------------------------------------------
+# [section: scores]
+scores_app = _group("Bring prediction scores of other tools (mmaction2, pyskl, CSV) into migfuse score files.")
+app.add_typer(scores_app, name="scores")
+
+
+@scores_app.command("import")
+def scores_import_cmd(
+    results: Annotated[Path, typer.Argument(help="mmaction2 / pyskl test-result .pkl, or a CSV `Id,score...`.")],
+    out: Annotated[Path, typer.Option(help="migfuse scores .npz to write (for `fuse late`, `export`, `score`).")],
+    ann: Annotated[Optional[Path], typer.Option(
+        help="For a .pkl: the annotation file the test ran on (list file `path label`, or pyskl .pkl).")] = None,
+    ann_split: Annotated[Optional[str], typer.Option(
+        help="For a pyskl .pkl annotation: the split the test ran on, e.g. test.")] = None,
+    task: Annotated[str, typer.Option(help="mg (32 classes, per clip) or emotion (Lose, Win, per video).")] = "mg",
+    split: Annotated[Optional[str], typer.Option(help="Split name to record (default: --ann-split).")] = None,
+) -> None:
+    """Import another tool's test scores, keyed by clip id, so `migfuse fuse late` ensembles e.g. a
+    PoseC3D or VideoSwin run with migfuse heads. A .pkl holds no ids: its rows follow the annotation
+    file, and a count or id mismatch is refused. Pickles are read without running code from them."""
+    from migfuse.fuse.importers import import_scores
+
+    r = import_scores(results, annotation=ann, ann_split=ann_split, task=task, split=split)
+    path = r.scores.save(out)
+    note = "; rows were logits: softmax applied" if r.softmax_applied else ""
+    typer.echo(f"imported {len(r.scores)} {task} score rows ({r.source_format}, {r.scores.scores.shape[1]} classes)"
+               f"{note} -> {path}")
+
+# [end section: scores]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,8 +119,8 @@ def test_validation_split_and_other_refusals(tmp_path):
     m = small_manifest(tmp_path / "prep")
     r = export_scores(mg_scores(m, ["0001_1", "0001_0"]), m, split="validation", out=tmp_path / "v.zip")
     assert read_zip(r.path)[1] == "Id,Target\n0001_0,0\n0001_1,1\n"
-    with pytest.raises(UserError, match="must end in .zip"):
-        export_scores(mg_scores(m, TEST_IDS), m, out=tmp_path / "p.csv")
+    with pytest.raises(UserError, match="must be NAME.zip, NAME.csv"):  # a bare CSV is written beside a zip now
+        export_scores(mg_scores(m, TEST_IDS), m, out=tmp_path / "p.txt")
     with pytest.raises(UserError, match="unknown export format 'kaggle'; use one of miga2025, miga2023, emotion"):
         get_exporter("kaggle")
     with pytest.raises(UserError, match="no split_miga == 'val' ids; use --split test or train or validation"):

@@ -1,7 +1,8 @@
 """Reading checkpoint files in their official formats, with one-line errors a user can act on.
 
-Shared by every backbone: open a file safely, hash it, compare a state dict with a model's and
-report missing / unexpected / mis-shaped keys in one line.
+Shared by every backbone: open a file safely (`read_checkpoint`, from `migfuse.checkpoint_file`,
+re-exported here), hash it, compare a state dict with a model's and report missing / unexpected /
+mis-shaped keys in one line.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from migfuse.checkpoint_file import TRUST_FLAG, read_checkpoint, trust_checkpoint  # noqa: F401 - re-exported
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,36 +36,6 @@ def weights_provenance(checkpoint: str | Path | None, random_seed: int) -> dict[
     if checkpoint is None:
         return {"weights": f"RANDOM (torch.manual_seed({random_seed})): no --checkpoint given"}
     return {"weights": "checkpoint", "checkpoint_sha256": sha256_file(checkpoint)}
-
-
-def read_checkpoint(path: str | Path) -> Any:
-    """`torch.load` a checkpoint on CPU with the safe (weights-only) unpickler, with one-line errors.
-
-    Some official files hold plain Python objects the safe unpickler rejects (mmaction2 `meta`
-    entries, whole pickled models). Only for that case does it fall back to a full unpickle, with a
-    warning naming the file: full unpickling runs code from the file, so load only files you trust.
-    """
-    import pickle
-
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"checkpoint not found: {p} (pass the path of a local checkpoint file)")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as safe_refusal:
-        log.warning("%s holds objects the weights-only loader refuses (%s); loading it fully: only do this "
-                    "with files you trust", p, str(safe_refusal).splitlines()[0][:120])
-        try:
-            return torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - reported in one line
-            raise UserError(f"cannot read checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-    except Exception as e:  # noqa: BLE001 - truncated or foreign file, reported in one line
-        raise UserError(
-            f"cannot read checkpoint {p}: {type(e).__name__}: {str(e).splitlines()[0][:200]} "
-            "(is it a complete PyTorch .pth/.pt file? download it again if it was cut short)"
-        ) from None
 
 
 def _short(keys: list[str], n: int = 5) -> str:

@@ -2,6 +2,7 @@
 
   heads/      CMTF, InterFusion, single-modality heads (registry: register_head / make_head)
   data.py     which groups and ids to read, checks against the manifest, TokenSet in RAM
-  train.py    DEFAULTS + the training loop (`train`), evaluate.py (metrics + confusion PNG),
-  predict.py  load a run, write Scores; metrics.py (numpy), plots.py (Pillow), synthetic.py (tests)
+  train.py    DEFAULTS + the training loop (`train`), evaluate.py (metrics + charts),
+  predict.py  load a run, write Scores; metrics.py (numpy), plots.py (matplotlib charts),
+  importers.py  other tools' test scores (mmaction2, pyskl, CSV) as Scores; synthetic.py (tests)
 """

@@ -1,21 +1,23 @@
-"""Evaluate a trained run on a labelled split: metrics.json, per_class.csv and confusion.png.
+"""Evaluate a trained run on a labelled split: metrics.json, per_class.csv and charts.
 
     from migfuse.fuse.evaluate import evaluate
     report = evaluate("runs/cmtf", split="validation")   # -> RUN/eval_validation/
 
 Micro-gestures: top-1, top-5, mean class accuracy, per-class table, 32x32 confusion matrix.
-Emotion: accuracy, F1 (Win = positive), ROC-AUC, 2x2 confusion matrix.
+Emotion: accuracy, F1 (Win = positive), ROC-AUC, 2x2 confusion matrix, ROC curve.
+Charts (confusion.png, per_class.png, roc.png) need matplotlib (`plots` extra, see fuse/plots.py).
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from migfuse.fuse.metrics import task_metrics
-from migfuse.fuse.plots import confusion_png
+import numpy as np
+
+from migfuse.fuse.metrics import per_class_rows, roc_curve, task_metrics, to_json
+from migfuse.fuse.plots import write_plots
 from migfuse.fuse.predict import load_run, predict_split
 
 log = logging.getLogger(__name__)
@@ -36,14 +38,22 @@ def evaluate(run: str | Path, split: str = "test", cache: str | Path | None = No
     headline = (f"top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, mean class {m['mean_class_accuracy']:.1%}"
                 if r.task == "mg" else f"accuracy {m['accuracy']:.1%}, F1 {m['f1']:.3f}, AUC {m['roc_auc']:.3f}")
     title = f"{Path(run).name} - {split} ({m['n']} {'clips' if r.task == 'mg' else 'videos'}): {headline}"
-    files = {"metrics": out / "metrics.json", "confusion": confusion_png(m["confusion"], names, out / "confusion.png", title)}
-    if r.task == "mg":
-        files["per_class"] = out / "per_class.csv"
-        with open(files["per_class"], "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["class", "name", "support", "correct", "accuracy", "precision"])
-            w.writeheader()
-            w.writerows(m["per_class"])
+    m.setdefault("per_class", per_class_rows(np.asarray(m["confusion"]), list(names)))
+    files = {"metrics": out / "metrics.json", "per_class": out / "per_class.csv"}
+    write_per_class_csv(m["per_class"], files["per_class"])
+    roc = roc_curve(probs.numpy()[:, 1], tokens.labels.numpy()) if r.task == "emotion" else None
+    files.update(write_plots(m, names, out, title, roc=roc))
     m = {"split": split, "task": r.task, **m, "files": {k: str(v) for k, v in files.items()}}
-    files["metrics"].write_text(json.dumps(m, indent=2))
+    files["metrics"].write_text(to_json(m))
     log.info("%s", title)
     return m
+
+
+def write_per_class_csv(rows: list[dict], path: Path) -> Path:
+    """per_class.csv: class, name, support, correct, accuracy, precision (empty when undefined)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["class", "name", "support", "correct", "accuracy", "precision"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+

@@ -75,7 +75,8 @@ register_exporter(ExportFormat(
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What `export_scores` wrote: the zip, its CSV member, row count, sha256 and dropped ids."""
+    """What `export_scores` wrote: the zip, its CSV member, row count, sha256 and dropped ids, and
+    the bare CSV beside the zip when one was asked for (`--out NAME.csv`)."""
 
     path: Path
     csv_name: str
@@ -84,6 +85,7 @@ class ExportResult:
     rows: int
     sha256: str
     dropped: list[str]
+    csv_path: Path | None = None
 
 
 def get_exporter(name: str) -> ExportFormat:
@@ -155,20 +157,21 @@ def align_ids(
     return expected, dropped
 
 
-def targets(scores: Scores, ids: list[str], task: str, win_label: int = 1) -> np.ndarray:
+def targets(scores: Scores, ids: list[str], task: str, win_label: int = 1, source: str = "the scores") -> np.ndarray:
     """File targets of `ids` (joined by id): (len(ids),) int64.
 
-    mg: top-1 class index 0..31. emotion: `win_label` where Win has the highest score, else
-    1 - win_label.
+    Columns are read by the class names the scores carry (`Scores.in_class_order`), not by
+    position. mg: top-1 class index 0..31 of `classes.CLASS_NAMES`. emotion: `win_label` where Win
+    has the highest score, else 1 - win_label. UserError for scores without class names.
     """
-    top = np.argmax(scores.rows(ids), axis=1)
+    if task == "emotion" and win_label not in (0, 1):
+        raise UserError(f"--win-label must be 0 or 1, got {win_label}")
+    names = classes.CLASS_NAMES if task == "mg" else classes.EMOTION_CLASSES
+    ordered = Scores(scores.ids, scores.in_class_order(names, source), scores.task, scores.split, names)
+    top = np.argmax(ordered.rows(ids), axis=1)
     if task == "mg":
         return top.astype(np.int64)
-    if win_label not in (0, 1):
-        raise UserError(f"--win-label must be 0 or 1, got {win_label}")
-    if "Win" not in scores.classes:
-        raise UserError(f"emotion scores need a 'Win' class, got classes {scores.classes}")
-    win = top == scores.classes.index("Win")
+    win = top == classes.EMOTION_CLASSES.index("Win")
     return np.where(win, win_label, 1 - win_label).astype(np.int64)
 
 
@@ -208,8 +211,10 @@ def export_scores(
 
     scores: a Scores (or its .npz path) of the format's task: (N, 32) for mg, (N, 2) for emotion.
     prepared: the PREPARED folder (or a loaded Manifest) whose `split` defines the exact id set.
-    out: the zip path, or a folder for the format's default name (prediction.zip, Submission.zip,
-        emotion.zip); default: that name in the current folder.
+    out: the zip path; or a CSV path (NAME.csv: that bare CSV, which Kaggle accepts, plus NAME.zip
+        beside it); or a folder (an existing one, or a name without extension, created) for the
+        format's default name (prediction.zip, Submission.zip, emotion.zip); default: that name in
+        the current folder.
     header: override of the format's header ("Id,Target", or "none"); win_label: emotion polarity.
     Returns an ExportResult (rows in manifest order; dropped = challenge-excluded ids present in
     the scores). Raises UserError on a wrong task, id set, header or output name.
@@ -227,22 +232,33 @@ def export_scores(
     if scores.split and scores.split != split:
         log.warning("%s was predicted on split %r, exporting split %r", source, scores.split, split)
     columns = parse_header(header, exporter.header)
-    path = _zip_path(out, exporter)
+    path, bare_csv = _out_paths(out, exporter)
 
     ids, dropped = align_ids(scores.ids, manifest, exporter.task, exporter.scheme, split, source)
-    text = csv_text(ids, targets(scores, ids, exporter.task, win_label), columns)
+    text = csv_text(ids, targets(scores, ids, exporter.task, win_label, source), columns)
     digest = write_zip(path, exporter.csv_name, text)
+    if bare_csv is not None:
+        tmp = bare_csv.with_name(bare_csv.name + ".tmp")
+        tmp.write_bytes(text.encode("utf-8"))  # the zip member's exact bytes
+        os.replace(tmp, bare_csv)
     log.debug("wrote %s: %s with %d rows, sha256 %s", path, exporter.csv_name, len(ids), digest)
-    return ExportResult(path, exporter.csv_name, fmt, split, len(ids), digest, dropped)
+    return ExportResult(path, exporter.csv_name, fmt, split, len(ids), digest, dropped, bare_csv)
 
 
-def _zip_path(out: str | Path | None, exporter: ExportFormat) -> Path:
+def _out_paths(out: str | Path | None, exporter: ExportFormat) -> tuple[Path, Path | None]:
+    """(zip to write, bare CSV to write or None) for `--out`."""
     if out is None:
-        return Path(exporter.zip_name)
+        return Path(exporter.zip_name), None
     out = Path(out)
-    if out.is_dir():
-        return out / exporter.zip_name
-    if out.suffix.lower() != ".zip":
-        raise UserError(f"--out {out} must end in .zip (challenge scorers reject a bare CSV), "
+    suffix = out.suffix.lower()
+    if out.is_dir() or not suffix:  # `--out DIR/`: the folder is created
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file without an extension; pass a folder, NAME.zip or NAME.csv")
+        out.mkdir(parents=True, exist_ok=True)
+        return out / exporter.zip_name, None
+    if suffix == ".csv":
+        return out.with_suffix(".zip"), out
+    if suffix != ".zip":
+        raise UserError(f"--out {out} must be NAME.zip, NAME.csv (the CSV plus NAME.zip) or a folder, "
                         f"e.g. {out.with_suffix('.zip')}")
-    return out
+    return out, None

@@ -84,8 +84,12 @@ def fuse_late(
     for run, name in zip(runs[1:], names[1:]):
         if run.task != first.task:
             raise UserError(f"{name} has task {run.task!r} but {names[0]} has {first.task!r}; fuse runs of one task")
-        if run.classes != first.classes:
+        if run.classes != first.classes and sorted(run.classes) != sorted(first.classes):
             raise UserError(f"{name} has other classes than {names[0]}; fuse runs predicted with the same class list")
+    # columns are joined by class name like rows by id (an imported run may order its classes differently)
+    runs = [run if run.classes == first.classes else
+            Scores(run.ids, run.in_class_order(first.classes, name), run.task, run.split, first.classes)
+            for run, name in zip(runs, names)]
 
     common = set(first.ids).intersection(*(r.ids for r in runs[1:]))
     dropped = {name: len(run.ids) - len(common) for run, name in zip(runs, names)}

@@ -5,6 +5,10 @@ confusion, emotion accuracy / F1 / ROC-AUC.
 """
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 import numpy as np
 
 
@@ -22,20 +26,27 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
     return cm
 
 
+def per_class_rows(cm: np.ndarray, class_names: list[str]) -> list[dict]:
+    """One dict per class of the (C, C) confusion matrix: class, name, support, correct,
+    accuracy (recall; None without samples), precision (None when never predicted)."""
+    support, predicted = cm.sum(1), cm.sum(0)
+    rows = []
+    for c, name in enumerate(class_names):
+        tp = int(cm[c, c])
+        rows.append({
+            "class": c, "name": name, "support": int(support[c]), "correct": tp,
+            "accuracy": tp / support[c] if support[c] else None,
+            "precision": tp / predicted[c] if predicted[c] else None,
+        })
+    return rows
+
+
 def mg_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
     """top1, top5, mean_class_accuracy (over classes present in `labels`), per-class rows, confusion."""
     preds = probs.argmax(1)
     cm = confusion_matrix(labels, preds, len(class_names))
     support = cm.sum(1)
-    predicted = cm.sum(0)
-    per_class = []
-    for c, name in enumerate(class_names):
-        tp = int(cm[c, c])
-        per_class.append({
-            "class": c, "name": name, "support": int(support[c]), "correct": tp,
-            "accuracy": tp / support[c] if support[c] else None,
-            "precision": tp / predicted[c] if predicted[c] else None,
-        })
+    per_class = per_class_rows(cm, class_names)
     present = support > 0
     return {
         "n": int(len(labels)),
@@ -65,6 +76,21 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC points (fpr, tpr), each (K,) float64 from (0, 0) to (1, 1), one step per distinct score
+    (thresholds from high to low; tied scores move both rates at once, as the AUC counts them).
+
+    Empty arrays when only one class is present."""
+    pos, neg = int((labels == 1).sum()), int((labels == 0).sum())
+    if pos == 0 or neg == 0:
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order] == 1
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp, fp = np.cumsum(y)[last_of_tie], np.cumsum(~y)[last_of_tie]
+    return np.r_[0.0, fp / neg], np.r_[0.0, tp / pos]
+
+
 def emotion_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     """accuracy, f1 (Win = positive), roc_auc from (N, 2) scores [Lose, Win] and (N,) labels."""
     preds = probs.argmax(1)
@@ -82,3 +108,17 @@ def emotion_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 def task_metrics(task: str, probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
     return mg_metrics(probs, labels, class_names) if task == "mg" else emotion_metrics(probs, labels)
+
+
+def to_json(obj: Any) -> str:
+    """Strict JSON text (indented): NaN / inf, e.g. an AUC with one class present, become null."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False)

@@ -1,83 +1,145 @@
-"""A readable confusion-matrix PNG with Pillow (no matplotlib): class names on both axes, cells
-shaded by the row-normalised rate (recall per true class), counts written in the cells, a colour
-scale bar, and a title.
+"""Evaluation charts with matplotlib: confusion matrix, per-class accuracy, ROC curve (emotion).
+
+    from migfuse.fuse.plots import write_plots
+    files = write_plots(metrics, class_names, out_dir, title)   # {"confusion": Path, "per_class_chart": Path}
+
+matplotlib is the optional `plots` extra (pulled in by `fuse`). It is imported only when a chart is
+drawn, through matplotlib's object API (`Figure`, no pyplot and no global backend switch), so
+importing this module, `fuse eval` and `score` work without it: `write_plots` then writes no chart
+and logs one warning naming the extra; the metrics files are written either way.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+
+log = logging.getLogger(__name__)
+
+PLOTS_EXTRA_HINT = "pip install 'migfuse[plots]'"
 
 
-def _font(size: int):
+def plots_available() -> bool:
+    """True when matplotlib can be imported."""
     try:
-        return ImageFont.load_default(size=size)  # scalable font when Pillow has FreeType
-    except TypeError:  # pragma: no cover - very old Pillow
-        return ImageFont.load_default()
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def _colour(rate: float) -> tuple[int, int, int]:
-    """White (0) -> dark blue (1)."""
-    lo, hi = np.array([255, 255, 255]), np.array([8, 48, 107])
-    return tuple(int(v) for v in lo + (hi - lo) * float(np.clip(rate, 0, 1)))
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def confusion_png(cm: np.ndarray, class_names: list[str], path: str | Path, title: str = "") -> Path:
-    """Draw the (C, C) count matrix `cm` (rows = true, columns = predicted) to `path`."""
-    cm = np.asarray(cm)
-    C = cm.shape[0]
-    cell = 26 if C > 8 else 60
-    label_font, cell_font, title_font = _font(13), _font(10 if C > 8 else 16), _font(16)
-    labels = [f"{i:2d} {n}" for i, n in enumerate(class_names)]
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(int(measure.textlength(t, font=label_font)) for t in labels) + 12
-    top, left = label_w + 40, label_w
-    bar_w = 110
-    footer = "columns: predicted class    rows: true class (red box: correct)"
-    # Wide enough for the title and the footer too (a 2x2 emotion matrix is narrower than its title).
-    width = max(left + C * cell + bar_w, int(measure.textlength(title, font=title_font)) + 20,
-                left + int(measure.textlength(footer, font=label_font)) + 10)
-    height = top + C * cell + 40
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 8), title, fill="black", font=title_font)
-
-    support = cm.sum(1, keepdims=True)
-    rates = np.divide(cm, support, out=np.zeros(cm.shape, float), where=support > 0)
-    for r in range(C):
-        for c in range(C):
-            x0, y0 = left + c * cell, top + r * cell
-            draw.rectangle([x0, y0, x0 + cell, y0 + cell], fill=_colour(rates[r, c]), outline=(220, 220, 220))
-            if cm[r, c]:
-                text = str(int(cm[r, c]))
-                tw = measure.textlength(text, font=cell_font)
-                fg = "white" if rates[r, c] > 0.5 else "black"
-                draw.text((x0 + (cell - tw) / 2, y0 + cell / 2 - 6), text, fill=fg, font=cell_font)
-        draw.rectangle([left + r * cell, top + r * cell, left + (r + 1) * cell, top + (r + 1) * cell], outline=(200, 0, 0))
-        # Row labels (true class) on the left, right-aligned.
-        tw = measure.textlength(labels[r], font=label_font)
-        draw.text((left - tw - 6, top + r * cell + cell / 2 - 7), labels[r], fill="black", font=label_font)
-
-    # Column labels (predicted class), rotated 90 degrees so long names fit.
-    for c in range(C):
-        strip = Image.new("RGB", (label_w, cell), "white")
-        ImageDraw.Draw(strip).text((4, cell / 2 - 7), labels[c], fill="black", font=label_font)
-        rotated = strip.rotate(90, expand=True)
-        img.paste(rotated, (left + c * cell, top - label_w - 4))
-    draw.text((left, top + C * cell + 8), footer, fill="black", font=label_font)
-    draw.text((left + C * cell + 10, top - 36), "share of\ntrue class", fill="black", font=label_font)
-
-    # Colour scale: 0% at the bottom, 100% at the top.
-    bx, by, bh = left + C * cell + 14, top, C * cell
-    for i in range(bh):
-        draw.line([bx, by + i, bx + 18, by + i], fill=_colour(1 - i / max(bh - 1, 1)))
-    draw.rectangle([bx, by, bx + 18, by + bh], outline="black")
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = by + (1 - frac) * bh
-        draw.line([bx + 18, y, bx + 23, y], fill="black")
-        draw.text((bx + 26, y - 7), f"{frac:.0%}", fill="black", font=label_font)
+def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    fig.savefig(path)
     return path
+
+
+def confusion_png(cm: Any, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Draw the (C, C) count matrix `cm` (rows = true class, columns = predicted) to `path`.
+
+    Cells are shaded by the share of the true class (row-normalised recall), counts are written
+    in the non-empty cells; the diagonal is outlined.
+    """
+    cm = np.asarray(cm)
+    c = cm.shape[0]
+    support = cm.sum(1, keepdims=True)
+    rates = np.divide(cm, support, out=np.zeros(cm.shape, float), where=support > 0)
+    size = max(4.5, 0.32 * c + 3.0)
+    fig = _figure(size + 1.2, size)
+    ax = fig.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    labels = [f"{k} {n}" for k, n in enumerate(class_names)]
+    ax.set_xticks(range(c), labels, rotation=90, fontsize=7 if c > 8 else 10)
+    ax.set_yticks(range(c), labels, fontsize=7 if c > 8 else 10)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    for r in range(c):
+        ax.add_patch(_square(r))
+        for k in range(c):
+            if cm[r, k]:
+                ax.text(k, r, str(int(cm[r, k])), ha="center", va="center", fontsize=6 if c > 8 else 12,
+                        color="white" if rates[r, k] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, label="share of true class", shrink=0.8)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _square(k: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((k - 0.5, k - 0.5), 1, 1, fill=False, edgecolor="tab:red", linewidth=0.8)
+
+
+def per_class_png(per_class: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Horizontal bars of per-class accuracy (recall) with each class's support, and the mean line.
+
+    per_class: rows with "class", "name", "support", "accuracy" (as `metrics.mg_metrics` gives);
+    classes without samples are drawn as empty rows labelled "n=0".
+    """
+    rows = list(per_class)
+    fig = _figure(8.0, max(3.0, 0.26 * len(rows) + 1.4))
+    ax = fig.subplots()
+    y = np.arange(len(rows))
+    acc = np.array([r["accuracy"] if r["accuracy"] is not None else 0.0 for r in rows])
+    ax.barh(y, 100 * acc, color="tab:blue")
+    present = [r for r in rows if r["support"]]
+    if present:
+        mean = 100 * float(np.mean([r["accuracy"] for r in present]))
+        ax.axvline(mean, color="tab:red", linestyle="--", linewidth=1, label=f"mean class accuracy {mean:.1f}%")
+        ax.legend(loc="lower right", fontsize=8)
+    for k, r in enumerate(rows):
+        ax.text(101, k, f"n={r['support']}", va="center", fontsize=7)
+    ax.set_yticks(y, [f"{r['class']} {r['name']}" for r in rows], fontsize=7 if len(rows) > 8 else 10)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 112)
+    ax.set_xlabel("accuracy of the class (%)")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def roc_png(fpr: Any, tpr: Any, auc: float, path: str | Path, title: str = "", positive: str = "Win") -> Path:
+    """The ROC curve (false-positive rate vs true-positive rate of `positive`) with its AUC."""
+    fig = _figure(5.0, 5.0)
+    ax = fig.subplots()
+    ax.plot(fpr, tpr, color="tab:blue", linewidth=2, label=f"{positive} positive, AUC = {auc:.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def write_plots(metrics: dict, class_names: Sequence[str], out: str | Path, title: str = "",
+                roc: tuple[Any, Any] | None = None) -> dict[str, Path]:
+    """The charts of an evaluation in `out`: confusion.png, per_class.png and, given `roc`, roc.png.
+
+    Returns {"confusion", "per_class_chart", "roc"} -> path for those written; {} with one warning
+    when matplotlib is not installed.
+    metrics: "confusion" (C, C), optional "per_class" rows and "roc_auc" (as `metrics` computes them).
+    roc: (fpr, tpr) of `metrics.roc_curve` (emotion scores; not for top-1-only predictions).
+    """
+    from migfuse.fuse.metrics import per_class_rows
+
+    if not plots_available():
+        log.warning("matplotlib is not installed: no charts written (metrics files are); %s", PLOTS_EXTRA_HINT)
+        return {}
+    out = Path(out)
+    files = {"confusion": confusion_png(metrics["confusion"], class_names, out / "confusion.png", title)}
+    rows = metrics.get("per_class") or per_class_rows(np.asarray(metrics["confusion"]), list(class_names))
+    files["per_class_chart"] = per_class_png(rows, out / "per_class.png", title)
+    if roc is not None and len(roc[0]):
+        files["roc"] = roc_png(roc[0], roc[1], metrics["roc_auc"], out / "roc.png", title)
+    return files

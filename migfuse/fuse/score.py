@@ -12,7 +12,7 @@ import csv
 import io
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,15 @@ class ScoreReport:
     f1: float | None = None          # emotion: F1 of Win (positive class)
     roc_auc: float | None = None     # emotion, scores files only
     ignored: list[str] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)  # (C, C) counts, rows = true class
+    roc_curve: tuple[list[float], list[float]] | None = None  # emotion scores files: (fpr, tpr)
+
+    def to_dict(self) -> dict:
+        """The report as plain data (what `migfuse score --json` prints and metrics.json holds)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("per_class", "roc_curve")}
+        out["per_class"] = [{"class": c.index, "name": c.name, "support": c.n, "correct": c.correct,
+                             "accuracy": c.accuracy} for c in self.per_class]
+        return out
 
     def format(self) -> str:
         """Human-readable summary and per-class table (what `migfuse score` prints)."""
@@ -102,13 +111,10 @@ def read_predictions(path: str | Path, task: str | None = None, win_label: int =
         raise UserError(f"prediction file not found: {path}")
     if path.suffix.lower() == ".npz":
         s = Scores.load(path)
-        probs = s.scores
-        if s.task == "emotion":
-            if sorted(s.classes) != classes.EMOTION_CLASSES:
-                raise UserError(f"{path} has emotion classes {s.classes}, expected {classes.EMOTION_CLASSES}")
-            probs = probs[:, [s.classes.index(c) for c in classes.EMOTION_CLASSES]]  # columns Lose, Win
+        # columns by class name: the same predictions in another column order score the same
+        probs = s.in_class_order(classes.EMOTION_CLASSES if s.task == "emotion" else classes.CLASS_NAMES, str(path))
         return Predictions(s.ids, probs.argmax(1).astype(np.int64), s.task, probs=probs)
-    text = _zip_csv(path) if zipfile.is_zipfile(path) else path.read_text(encoding="utf-8-sig")
+    text = _zip_csv(path) if zipfile.is_zipfile(path) else _decode_csv(path.read_bytes(), str(path))
     rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
     if not rows:
         raise UserError(f"{path} holds no prediction rows")
@@ -181,12 +187,36 @@ def score_predictions(
     cm = np.asarray(metrics.confusion_matrix(y, probs.argmax(1), len(names)))
     per_class = [ClassScore(c, names[c], int(cm[c].sum()), int(cm[c, c])) for c in range(len(names)) if cm[c].sum()]
     common = dict(source=source, task=pred.task, split=split, n=len(ids), per_class=per_class, ignored=ignored,
-                  mean_class_accuracy=float(np.mean([c.accuracy for c in per_class])))
+                  mean_class_accuracy=float(np.mean([c.accuracy for c in per_class])), confusion=cm.tolist())
     if pred.task == "mg":
         m = metrics.mg_metrics(probs, y, names)
         return ScoreReport(accuracy=m["top1"], top5=m["top5"] if has_probs else None, **common)
     e = metrics.emotion_metrics(probs, y)
-    return ScoreReport(accuracy=e["accuracy"], f1=e["f1"], roc_auc=e["roc_auc"] if has_probs else None, **common)
+    roc = tuple(a.tolist() for a in metrics.roc_curve(probs[:, 1], y)) if has_probs else None
+    return ScoreReport(accuracy=e["accuracy"], f1=e["f1"], roc_auc=e["roc_auc"] if has_probs else None,
+                       roc_curve=roc, **common)  # type: ignore[arg-type]
+
+
+def write_score_files(report: ScoreReport, out: str | Path) -> dict[str, Path]:
+    """metrics.json, per_class.csv and the charts (confusion.png, per_class.png, roc.png for emotion
+    scores files; charts need matplotlib, see `migfuse.fuse.plots`) in the folder `out`."""
+    from migfuse.fuse.plots import write_plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = report.to_dict()
+    names = classes.EMOTION_CLASSES if report.task == "emotion" else classes.CLASS_NAMES
+    rows = metrics.per_class_rows(np.asarray(report.confusion), list(names))
+    files = {"metrics": out / "metrics.json", "per_class": out / "per_class.csv"}
+    with open(files["per_class"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    title = f"{Path(report.source).name}: {report.n} {'videos' if report.task == 'emotion' else 'clips'}" + (
+        f" of {report.split}" if report.split else "") + f", top-1 {100 * report.accuracy:.1f}%"
+    files.update(write_plots({**data, "per_class": rows}, names, out, title, roc=report.roc_curve))
+    files["metrics"].write_text(metrics.to_json({**data, "files": {k: str(v) for k, v in files.items()}}))
+    return files
 
 
 def score_file(
@@ -211,7 +241,23 @@ def _zip_csv(path: Path) -> str:
         if "/" in members[0]:
             raise UserError(f"{path} has its CSV in a folder ({members[0]}); challenge scorers need it at the "
                             f"archive root: re-zip with `zip -j` or `migfuse export`")
-        return zf.read(members[0]).decode("utf-8-sig")
+        return _decode_csv(zf.read(members[0]), f"{path}:{members[0]}")
+
+
+def _decode_csv(data: bytes, name: str) -> str:
+    """CSV bytes as text: UTF-8 with or without a byte-order mark (Excel writes one).
+
+    UTF-16 (Excel's "Unicode text") and other encodings are refused in one line: challenge
+    scorers read UTF-8, so a file that only migfuse could read would still fail on upload.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and b"\x00" in data[:2]):
+        raise UserError(f"{name} is UTF-16 text, but challenge scorers read UTF-8: save it as "
+                        f"'CSV UTF-8 (comma delimited)', or convert it with `iconv -f UTF-16 -t UTF-8`")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); save it as "
+                        f"'CSV UTF-8 (comma delimited)' or write it with `migfuse export`") from None
 
 
 def _is_int(text: str) -> bool:

@@ -18,7 +18,7 @@ from migfuse.errors import UserError
 
 TASKS = ("mg", "emotion")
 FORMAT_VERSION = 1
-_KEYS = ("ids", "scores", "task", "split", "classes", "format_version")
+_KEYS = ("ids", "scores", "task", "split", "format_version")  # + "classes" (absent: columns not named)
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,9 @@ class Scores:
     scores: np.ndarray (N, C) float32 probabilities; row i belongs to ids[i].
     task: "mg" (C = 32 classes) or "emotion" (C = 2, classes ["Lose", "Win"]).
     split: the split the rows come from ("test", "validation", ...); informative, "" if unknown.
-    classes: list[str] (C,) class names, column j of `scores` is classes[j].
+    classes: list[str] (C,) class names, column j of `scores` is classes[j]; [] when the file that
+        gave the scores did not name them (such scores cannot be turned into class predictions:
+        `in_class_order` refuses them).
     """
 
     ids: list[str]
@@ -53,7 +55,7 @@ class Scores:
         n, c = self.scores.shape
         if n != len(self.ids):
             raise ValueError(f"Scores has {len(self.ids)} ids but {n} score rows")
-        if c != len(self.classes):
+        if self.classes and c != len(self.classes):
             raise ValueError(f"Scores has {len(self.classes)} classes but {c} score columns")
         dupes = duplicates(self.ids)
         if dupes:
@@ -75,6 +77,28 @@ class Scores:
         if missing:
             raise KeyError(f"{len(missing)} ids not in these scores, e.g. {', '.join(missing[:5])}")
         return self.scores[[index[i] for i in ids]]
+
+    def in_class_order(self, names: list[str], source: str = "the scores") -> np.ndarray:
+        """The score matrix with its columns reordered to `names`: (N, len(names)) float32.
+
+        Columns are matched by class name, never by position, so the same predictions stored with
+        their columns in another order give the same result. UserError (naming `source`) when the
+        scores carry no class names or not exactly the classes `names`.
+        """
+        if not self.classes:
+            raise UserError(f"{source} has {self.scores.shape[1]} score columns but no class names, so its "
+                            f"predictions cannot be read as classes; write it with `migfuse fuse predict` or "
+                            f"import it with `migfuse scores import` (which names the columns)")
+        if self.classes == list(names):
+            return self.scores
+        missing = [n for n in names if n not in self.classes]
+        extra = [c for c in self.classes if c not in names]
+        if missing or extra or len(self.classes) != len(names):
+            detail = (f"lacks {', '.join(repr(n) for n in missing[:3])}" if missing
+                      else f"has {', '.join(repr(c) for c in extra[:3])}" if extra else "repeats a class")
+            raise UserError(f"{source} has classes that are not the {len(names)} expected ones: it {detail}; "
+                            f"score or export it for the task it was predicted for")
+        return self.scores[:, [self.classes.index(n) for n in names]]
 
     def predictions(self) -> np.ndarray:
         """Top-1 class index per row, (N,) int64."""
@@ -127,7 +151,7 @@ class Scores:
                     scores=z["scores"],
                     task=str(z["task"]),
                     split=str(z["split"]),
-                    classes=z["classes"].tolist(),
+                    classes=z["classes"].tolist() if "classes" in z.files else [],
                 )
         except UserError:
             raise

@@ -1,7 +1,7 @@
 """The skeleton track: graph layouts, preprocessing, 2s-AGCN / AAGCN backbones, training, extraction.
 
 Modules (one job each):
-  graphs.py      layouts as data (nodes, inward edges, centre, bone pairs) and the spatial adjacency
+  graphs.py      the spatial adjacency (layouts as data live in data_cache/skeleton_layouts.py)
   preprocess.py  OpenPose (T, 137, 3) -> normalised, fixed-length (C, T, V, M) joint / bone arrays
   agcn.py        2s-AGCN (lshiwjx/2s-AGCN) model + the `agcn` backbone
   aagcn.py       mmaction2 AAGCN(gcn_attention=False) model + the `aagcn` backbone

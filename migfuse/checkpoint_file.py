@@ -1,0 +1,125 @@
+"""Reading checkpoint files without running code from them: the one reader of every `.pt`/`.pth`.
+
+    from migfuse.checkpoint_file import read_checkpoint
+    state = read_checkpoint("best.pt")                 # weights-only; UserError naming the file
+
+A checkpoint is a pickle, and a pickle can name any function to call while it is read (issue #11
+section 1). `read_checkpoint` loads with torch's weights-only unpickler plus an allow-list of the
+plain values official checkpoints hold; everything else needs the user's explicit
+`--trust-checkpoint`. It lives at the top of the package, importing torch only when called, so
+extract, fuse and the shared training code all use it without importing each other.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from migfuse.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: The flag that lets `read_checkpoint` unpickle a file fully (named in every refusal).
+TRUST_FLAG = "--trust-checkpoint"
+
+# Files the user vouched for with --trust-checkpoint on this command line (resolved paths).
+_TRUSTED_BY_USER: set[Path] = set()
+
+
+def trust_checkpoint(path: str | Path) -> None:
+    """Record that the user named `path` with `--trust-checkpoint` on the command line.
+
+    Afterwards `read_checkpoint(path)` unpickles that one file fully, wherever in migfuse it is
+    read (backbone loaders, extractors). Only the CLI calls this, and only from the user's flag:
+    library code passes `trust=True` to `read_checkpoint` instead.
+    """
+    _TRUSTED_BY_USER.add(Path(path).resolve())
+
+
+def _numpy_safe_globals() -> list:
+    """The numpy objects official checkpoints hold in their metadata, allowed by the safe loader.
+
+    mmcv/mmengine (mmaction2 0.x and 1.x) write `meta` dicts whose numbers can be numpy scalars
+    (`hook_msgs.best_score` is a numpy.float64) or small arrays; pickles name them under
+    `numpy.core` (numpy 1.x) or `numpy._core` (numpy 2). The array rebuilder, the scalar
+    constructor, `ndarray`, `dtype` and the dtype classes of `numpy.dtypes` build plain values and
+    call nothing else (an object array's items are unpickled by the same safe loader);
+    `collections.OrderedDict`, tuples, sets and the other builtin containers are allowed by torch
+    already.
+    """
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed: list = [np.ndarray, np.dtype]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    # numpy >= 1.25 pickles a dtype's class under numpy.dtypes (e.g. numpy.dtypes.Float64DType)
+    for name in dir(getattr(np, "dtypes", None) or object()):
+        cls = getattr(np.dtypes, name, None)
+        if isinstance(cls, type) and issubclass(cls, np.dtype):
+            allowed.append((cls, f"numpy.dtypes.{name}"))
+    return allowed
+
+
+# What torch's weights-only unpickler says when it refuses an object (as opposed to bytes it cannot parse).
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module)")
+_REFUSED_OTHER = ("unrecognized function", "allowlisted via")
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
+    """Load a checkpoint file on CPU without running code from it; one-line errors naming the file.
+
+    Every checkpoint migfuse reads goes through here. The file is read with torch's weights-only
+    unpickler, which rebuilds tensors, builtin containers/numbers/strings and the numpy values
+    that official checkpoints keep in their metadata (`_numpy_safe_globals`), and refuses any
+    other object: unpickling one would run code named by the file (issue #11 section 1).
+
+    Args:
+        path: a `torch.save` file (.pt/.pth, zip or legacy format).
+        trust: unpickle the file fully, objects of any class included. Only for files the user
+            vouched for: migfuse passes True only when the user gave `--trust-checkpoint` (see
+            `trust_checkpoint`).
+    Returns:
+        The unpickled object (usually a dict of tensors, or a dict holding one).
+    Raises:
+        UserError: missing, empty, cut-short or foreign file ("download it again"); a file
+            holding other objects (names the object, the file and `--trust-checkpoint`).
+    """
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"checkpoint not found: {p} (pass the path of a local checkpoint file)")
+    if p.stat().st_size == 0:
+        raise UserError(f"checkpoint {p} is empty (0 bytes): the download or copy failed; download it again")
+    trust = trust or p.resolve() in _TRUSTED_BY_USER
+    try:
+        if trust:
+            log.warning("%s: unpickling fully because %s was given: this runs any code the file names", p, TRUST_FLAG)
+            return torch.load(p, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = _REFUSED_GLOBAL.search(str(e))
+        if not trust and (refused or any(text in str(e) for text in _REFUSED_OTHER)):
+            what = refused.group(1) if refused else "an object the safe loader does not rebuild"
+            raise UserError(
+                f"checkpoint {p} holds {what}, which is not weights or plain data: unpickling it would run code "
+                f"from the file, so it was not loaded. If you trust where the file comes from, pass {TRUST_FLAG}; "
+                "otherwise ask for a plain state-dict file"
+            ) from None
+        raise _damaged(p, e) from None
+    except Exception as e:  # noqa: BLE001 - a cut-short or foreign file, reported in one line
+        raise _damaged(p, e) from None
+
+
+def _damaged(p: Path, e: BaseException) -> UserError:
+    # torch's own messages run on for lines; their first sentence says what broke
+    detail = (str(e).splitlines() or [""])[0].split(". ")[0][:160] or "no detail"
+    return UserError(
+        f"cannot read checkpoint {p}: {type(e).__name__}: {detail} (the file is cut short, damaged or not a PyTorch "
+        ".pt/.pth file: download it again, and check its sha256 against the published one)"
+    )

@@ -1,0 +1,132 @@
+"""Prepared skeletons in pyskl's 2D annotation format, so ST-GCN++ / PoseC3D train on migfuse's manifest.
+
+    from migfuse.data_cache.pyskl import export_pyskl
+    result = export_pyskl("prepared", "imigue_coco.pkl", layout="coco-17")
+
+The file is what pyskl's `PoseDataset` (and mmaction2 1.x's) reads (pyskl `tools/data/README.md`,
+`pyskl/datasets/pose_dataset.py`): a pickled dict
+
+    split:        {split name: [frame_dir, ...]}   e.g. {"train": [...], "validation": [...], "test": [...]}
+    annotations:  one dict per clip, in manifest order:
+        frame_dir       the migfuse clip id, e.g. "0054_0" (what `migfuse scores import` keys scores by)
+        label           the class index 0..31 (-1 for a clip without a label)
+        img_shape       (height, width) of the frames, pixels; original_shape the same
+        total_frames    T, the clip's frames that the skeleton file holds
+        keypoint        (M=1, T, V, 2) float32, x, y in pixels of the layout's V joints
+        keypoint_score  (M=1, T, V) float32, OpenPose confidence (0 where no person was found)
+
+No torch, no pyskl: numpy arrays and builtins only, so the file also opens with plain `pickle`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from migfuse.data_cache.manifest import SCHEMES, Manifest
+from migfuse.data_cache.skeleton_layouts import get_layout, list_layouts
+from migfuse.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: iMiGUE's press-conference videos are 1280x720 (MM-Gesture's pyskl configs assume the same).
+DEFAULT_IMG_SHAPE = (720, 1280)
+
+
+@dataclass(frozen=True)
+class PysklExport:
+    """What `export_pyskl` wrote: the file, the layout, clips per split, clips left out (id -> why)."""
+
+    path: Path
+    layout: str
+    num_joints: int
+    clips: int
+    splits: dict[str, int]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def layouts_for_export() -> list[str]:
+    """Layouts that say which of the 137 OpenPose points each joint is (the ones that can be exported)."""
+    return [name for name in list_layouts() if get_layout(name).source is not None]
+
+
+def export_pyskl(
+    prepared: str | Path | Manifest,
+    out: str | Path,
+    layout: str = "coco-17",
+    scheme: str = "split_miga",
+    img_shape: tuple[int, int] = DEFAULT_IMG_SHAPE,
+) -> PysklExport:
+    """Write the prepared skeletons of every clip as a pyskl 2D annotation pickle.
+
+    prepared: the PREPARED folder (or its Manifest) written by `migfuse data prepare`.
+    out: the .pkl to write (atomically).
+    layout: which joints to keep (`layouts_for_export()`): "coco-17" (pyskl/mmaction2 `coco`, what
+        PoseC3D's flip and ST-GCN++'s 2D configs expect), "openpose-18" (pyskl `openpose`),
+        "openpose22" (the MiGA 2023 baselines) or "imigue" (55 joints; needs a custom pyskl graph).
+    scheme: the manifest column whose values name the splits (split_miga, split_cs, split_emotion).
+    img_shape: (height, width) of the videos in pixels, written as img_shape / original_shape.
+    Clips without skeleton frames (video without a skeleton, clip past its end) are left out and
+    listed in `skipped`. UserError for an unknown layout or scheme, or when no clip has a skeleton.
+    """
+    manifest = prepared if isinstance(prepared, Manifest) else Manifest.load(prepared)
+    if scheme not in SCHEMES:
+        raise UserError(f"unknown split scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    lay = get_layout(layout)
+    if lay.source is None:
+        raise UserError(f"layout {lay.name} is not read from OpenPose points; use one of "
+                        f"{', '.join(layouts_for_export())}")
+    source = np.asarray(lay.source)
+    height, width = (int(v) for v in img_shape)
+
+    annotations: list[dict] = []
+    splits: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
+    opened: dict[str, tuple[np.ndarray, np.ndarray] | str] = {}
+    for clip in manifest.clips:
+        if clip.video_id not in opened:
+            try:
+                opened[clip.video_id] = manifest.skeleton(clip.video_id)
+            except UserError as e:
+                opened[clip.video_id] = str(e)
+        video = opened[clip.video_id]
+        if isinstance(video, str):
+            skipped[clip.clip_id] = video
+            continue
+        skeleton = video[0]
+        lo, hi = max(clip.start_frame, 0), min(clip.end_frame + 1, skeleton.shape[0])
+        if hi <= lo:
+            skipped[clip.clip_id] = (f"frames {clip.start_frame}-{clip.end_frame} are past the skeleton's "
+                                     f"{skeleton.shape[0]} frames")
+            continue
+        points = np.asarray(skeleton[lo:hi][:, source], dtype=np.float32)  # (T, V, 3)
+        annotations.append({
+            "frame_dir": clip.clip_id,
+            "label": -1 if clip.label is None else int(clip.label),
+            "img_shape": (height, width),
+            "original_shape": (height, width),
+            "total_frames": int(hi - lo),
+            "keypoint": np.ascontiguousarray(points[None, :, :, :2]),
+            "keypoint_score": np.ascontiguousarray(points[None, :, :, 2]),
+        })
+        split = getattr(clip, scheme)
+        if split:
+            splits.setdefault(split, []).append(clip.clip_id)
+    if not annotations:
+        where = manifest.root or "the manifest"
+        raise UserError(f"no clip of {where} has skeleton frames; prepare the dataset with its skeleton files")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump({"split": splits, "annotations": annotations}, f, protocol=4)
+    os.replace(tmp, out)
+    if skipped:
+        log.warning("%d clips have no skeleton frames and were left out, e.g. %s", len(skipped),
+                    ", ".join(list(skipped)[:3]))
+    return PysklExport(out, lay.name, lay.num_node, len(annotations), {k: len(v) for k, v in splits.items()},
+                       skipped)
