@@ -18,7 +18,7 @@ from migfuse.extract.face.extractor import FaceLoader
 from migfuse.extract.runner import WorkItem, run_extraction
 from migfuse.extract.sampling import ContextSampling, context_windows, uniform_indices
 
-DAMAGED_AT = 120  # the packet of this frame is zeroed; frames up to DAMAGED_AT - 2 decode
+DAMAGED_AT = 120  # the packet of this frame is zeroed; the frames before it decode
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,12 @@ def test_frames_are_released_after_the_last_request_needing_them(video):
 
 
 def test_a_decode_error_mid_video_fails_only_the_requests_not_yet_served(damaged):
-    requests = {"early": [0, 20, 40], "before": [60, 90, 110], "across": [110, 125], "after": [150, 190]}
+    requests = {"early": [0, 20, 40], "before": [60, 90, 110], "to_the_damage": [100, DAMAGED_AT - 1],
+                "across": [110, 125], "after": [150, 190]}
     got = dict(stream_clips(damaged, requests))
-    assert list(got) == ["early", "before", "across", "after"]  # each request exactly once
+    assert list(got) == ["early", "before", "to_the_damage", "across", "after"]  # each request exactly once
     assert numbers(got["early"]) == [0, 20, 40] and numbers(got["before"]) == [60, 90, 110]
+    assert numbers(got["to_the_damage"]) == [100, DAMAGED_AT - 1]  # the last sound frame still serves
     for key in ("across", "after"):
         assert isinstance(got[key], DecodeError) and got[key].stage == "decode"
         assert "0001.mp4" in str(got[key]) and "Invalid data" in str(got[key])

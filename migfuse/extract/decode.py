@@ -203,7 +203,8 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
             offset = start + int(max(0.0, tau - half) / time_base)
             container.seek(offset, stream=stream, backward=True, any_frame=False)
         prev_t, prev = 0.0, None
-        for frame in container.decode(stream):
+        damage: list[Exception] = []
+        for frame in _until_error(container.decode(stream), damage):
             stats["decoded"] += 1
             t = frame_time(frame)
             if prev is None:
@@ -225,12 +226,27 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
             if i != seeked_for and targets[i] / ANNOTATION_FPS - t > gap_s:
                 break  # seek across the gap
         else:
+            if damage:
+                # No later frame can be nearer to a target at or before the last sound frame's time.
+                while prev is not None and i < len(targets) and targets[i] / ANNOTATION_FPS <= prev_t + 1e-6:
+                    yield targets[i], rgb(prev)
+                    i += 1
+                raise damage[0]
             # End of stream: the last frame covers targets up to half a frame after it.
             if prev is not None:
                 while i < len(targets) and targets[i] / ANNOTATION_FPS < prev_t + half + 1e-6:
                     yield targets[i], rgb(prev)
                     i += 1
             return
+
+
+def _until_error(frames: Iterator, error: list[Exception]) -> Iterator:
+    """`frames` until it raises; the exception is appended to `error` (so the caller can still serve
+    what the frames before the damage cover) and the iteration just stops."""
+    try:
+        yield from frames
+    except Exception as e:  # noqa: BLE001 - FFmpeg errors on corrupt data come in many types
+        error.append(e)
 
 
 def stream_clips(
