@@ -152,7 +152,7 @@ def test_face_track_keeps_the_clips_before_the_damage(damaged, caplog):
     for row in ("0001_0", "0001_1"):  # decoded and searched for faces (numbered frames show none)
         assert samples[row].failure is None and samples[row].inputs["mask"].tolist() == [False] * 3
     fail = samples["0001_2"].failure
-    assert fail.stage == "decode" and fail.message.startswith("0001_2: 0001.mp4: InvalidDataError")
+    assert fail.stage == "decode" and fail.message.startswith("clip 0001_2 (frames 150..190): 0001.mp4: InvalidDataError")
 
     # face_context: the windows after the damage stay masked, the row is kept and the loss logged
     ctx = FaceLoader(paths={"0001": str(damaged)}, scope="context", frames=2, context=ContextSampling(windows=4))
@@ -160,3 +160,12 @@ def test_face_track_keeps_the_clips_before_the_damage(damaged, caplog):
         (sample,) = ctx(WorkItem("0001", ("0001",)))
     assert sample.failure is None and sample.inputs["mask"].shape == (4, 2)
     assert "face context of video 0001: 2 of 4 windows decoded, the rest masked" in caplog.text
+
+
+def test_face_clip_past_the_end_names_its_frames_and_the_video_length(video):
+    loader = FaceLoader(paths={"v": str(video)}, scope="clip", frames=2, clips={"v_0": (0, 20), "v_1": (180, 230)})
+    samples = {s.id: s for s in loader(WorkItem("v", ("v_0", "v_1")))}
+    assert samples["v_0"].failure is None
+    assert samples["v_1"].failure.stage == "decode"
+    assert samples["v_1"].failure.message == ("clip v_1 (frames 180..230): frames [218] are past the end of "
+                                              "numbered.mp4 (200 frames at 25 fps); check the labels")

@@ -98,7 +98,8 @@ class FaceLoader:
         plans = {row: self.plan(row, None) for row in rows}
         for row, frames in stream_clips(path, plans):
             if isinstance(frames, DecodeError):
-                yield Sample(row, failure=Failure(frames.stage, f"{row}: {frames}"))
+                start, end = self.clips[row]
+                yield Sample(row, failure=Failure(frames.stage, f"clip {row} (frames {start}..{end}): {frames}"))
                 continue
             crops, mask = self._faces(frames)
             yield Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
@@ -112,7 +113,7 @@ class FaceLoader:
         try:
             plan = self.plan(row, probe(path).n_frames)  # (Wc, K)
         except DecodeError as e:
-            return Sample(row, failure=Failure(e.stage, f"{row}: {e}"))
+            return Sample(row, failure=Failure(e.stage, f"video {row}: {e}"))
         crops = np.zeros((*plan.shape, CROP_SIZE, CROP_SIZE, 3), np.uint8)
         mask = np.zeros(plan.shape, bool)
         served, error = 0, None
@@ -125,7 +126,7 @@ class FaceLoader:
             served += 1
         if error is not None:
             if not served:
-                return Sample(row, failure=Failure(error.stage, f"{row}: {error}"))
+                return Sample(row, failure=Failure(error.stage, f"video {row}: {error}"))
             log.warning("face context of video %s: %d of %d windows decoded, the rest masked: %s",
                         row, served, len(plan), error)
         return Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
