@@ -58,3 +58,17 @@ def write_corrupt(path: Path) -> Path:
     """A file named like a video that holds no video."""
     path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
     return path
+
+
+def damage_frame(path: Path, index: int) -> Path:
+    """Zero the bytes of the packet holding frame `index` (in presentation order), in place, as a bad
+    sector or an interrupted copy would: FFmpeg then raises on that packet. Frames before it decode."""
+    import av
+
+    with av.open(str(path)) as c:
+        packets = sorted((p.pts, p.pos, p.size) for p in c.demux(video=0) if p.size)
+    _, pos, size = packets[index]
+    data = bytearray(path.read_bytes())
+    data[pos:pos + size] = bytes(size)
+    path.write_bytes(bytes(data))
+    return path

@@ -5,6 +5,13 @@ annotation. `read_frames` takes every frame index a video's clips need, sorted, 
 video once, in order: it seeks to the keyframe before the first needed frame, decodes forward, and
 seeks again only across gaps longer than `seek_gap` frames. It never restarts from frame 0 per clip.
 
+`stream_clips` is what every RGB track's loader uses (video, context, face, face_context): it takes
+a video's requests (one per clip or window: the frame indices it needs), decodes the video once with
+`read_frames`, yields each request's frames as soon as its last frame is decoded, and keeps only the
+frames that requests still waiting need, so memory follows the clips' overlap, not the video's
+length. A decode error fails only the requests not yet served; the ones before the damage keep
+their frames.
+
 Annotation index -> video frame: index f means time f / 25 s; the decoded frame whose presentation
 time is nearest wins (exact for 25 fps videos; a 30 fps video maps by time).
 
@@ -16,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -35,6 +42,19 @@ class DecodeError(Exception):
     def __init__(self, stage: str, message: str):
         super().__init__(message)
         self.stage = stage
+
+
+class PastEnd(DecodeError):
+    """A request needs frames after the video's last frame (the labels run past the file).
+
+    `missing`: the request's indices that never came, sorted; `n_frames`: the container header's
+    frame count at 25 fps (`probe`), for the message the caller writes.
+    """
+
+    def __init__(self, message: str, missing: list[int], n_frames: int):
+        super().__init__("decode", message)
+        self.missing = missing
+        self.n_frames = n_frames
 
 
 @dataclass(frozen=True)
@@ -79,19 +99,30 @@ def probe(path: str | Path) -> VideoProbe:
     """
     container, stream = _open(path)
     try:
-        fps = _fps(stream)
-        if stream.duration is not None and stream.time_base is not None:
-            seconds = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            seconds = container.duration / 1_000_000
-        else:
-            seconds = stream.frames / fps
-        n = int(round(seconds * ANNOTATION_FPS))
-        if stream.frames and abs(fps - ANNOTATION_FPS) < 1e-3:
-            n = stream.frames  # exact when the header has it
-        return VideoProbe(n_frames=n, fps=fps, width=stream.codec_context.width, height=stream.codec_context.height)
+        return VideoProbe(n_frames=_header_frames(container, stream), fps=_fps(stream),
+                          width=stream.codec_context.width, height=stream.codec_context.height)
     finally:
         container.close()
+
+
+def _header_frames(container, stream) -> int:
+    """The container header's length in annotation (25 fps) frames."""
+    fps = _fps(stream)
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000
+    else:
+        seconds = stream.frames / fps
+    n = int(round(seconds * ANNOTATION_FPS))
+    if stream.frames and abs(fps - ANNOTATION_FPS) < 1e-3:
+        n = stream.frames  # exact when the header has it
+    return n
+
+
+def _to_rgb(frame, stream) -> np.ndarray:
+    """The one place a decoded PyAV frame becomes an array: (H, W, 3) uint8 RGB."""
+    return frame.to_ndarray(format="rgb24")
 
 
 def read_frames(
@@ -100,6 +131,7 @@ def read_frames(
     *,
     seek_gap: int = DEFAULT_SEEK_GAP,
     stats: dict[str, int] | None = None,
+    header: dict[str, int] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(index, frame)` for each needed annotation frame index, in increasing index order.
 
@@ -108,6 +140,7 @@ def read_frames(
         indices: 0-based frame indices at 25 fps (any order, duplicates allowed).
         seek_gap: decode through gaps up to this many frames; seek across longer ones.
         stats: if given, filled with counts "decoded" (frames) and "seeks" (for tests, benchmarks).
+        header: if given, filled with "n_frames" (the header's length at 25 fps) once the file is open.
 
     Yields:
         (index, RGB uint8 array (H, W, 3)). Indices past the end of the video are not yielded:
@@ -123,6 +156,8 @@ def read_frames(
     if targets[0] < 0:
         raise ValueError(f"negative frame index {targets[0]}")
     container, stream = _open(path)
+    if header is not None:
+        header["n_frames"] = _header_frames(container, stream)
     try:
         yield from _decode_targets(container, stream, targets, seek_gap, {} if stats is None else stats)
     except DecodeError:
@@ -144,6 +179,14 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
     def frame_time(frame) -> float:
         return float((frame.pts - start) * time_base) if frame.pts is not None else float(frame.time or 0.0)
 
+    converted: tuple[object, np.ndarray] | None = None  # (frame, its array): several targets may share one frame
+
+    def rgb(frame) -> np.ndarray:
+        nonlocal converted
+        if converted is None or converted[0] is not frame:
+            converted = (frame, _to_rgb(frame, stream))
+        return converted[1]
+
     i = 0
     position: float | None = None  # time of the last decoded frame
     restart = False  # a seek landed past its target (bad index): decode from the start instead
@@ -160,7 +203,8 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
             offset = start + int(max(0.0, tau - half) / time_base)
             container.seek(offset, stream=stream, backward=True, any_frame=False)
         prev_t, prev = 0.0, None
-        for frame in container.decode(stream):
+        damage: list[Exception] = []
+        for frame in _until_error(container.decode(stream), damage):
             stats["decoded"] += 1
             t = frame_time(frame)
             if prev is None:
@@ -173,7 +217,7 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
             # `prev` is the nearest frame for every target before the midpoint of prev and this one.
             mid = (prev_t + t) / 2
             while i < len(targets) and targets[i] / ANNOTATION_FPS < mid:
-                yield targets[i], prev.to_ndarray(format="rgb24")
+                yield targets[i], rgb(prev)
                 i += 1
             prev_t, prev = t, frame
             position = t
@@ -182,9 +226,101 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
             if i != seeked_for and targets[i] / ANNOTATION_FPS - t > gap_s:
                 break  # seek across the gap
         else:
+            if damage:
+                # No later frame can be nearer to a target at or before the last sound frame's time.
+                while prev is not None and i < len(targets) and targets[i] / ANNOTATION_FPS <= prev_t + 1e-6:
+                    yield targets[i], rgb(prev)
+                    i += 1
+                raise damage[0]
             # End of stream: the last frame covers targets up to half a frame after it.
             if prev is not None:
                 while i < len(targets) and targets[i] / ANNOTATION_FPS < prev_t + half + 1e-6:
-                    yield targets[i], prev.to_ndarray(format="rgb24")
+                    yield targets[i], rgb(prev)
                     i += 1
             return
+
+
+def _until_error(frames: Iterator, error: list[Exception]) -> Iterator:
+    """`frames` until it raises; the exception is appended to `error` (so the caller can still serve
+    what the frames before the damage cover) and the iteration just stops."""
+    try:
+        yield from frames
+    except Exception as e:  # noqa: BLE001 - FFmpeg errors on corrupt data come in many types
+        error.append(e)
+
+
+def stream_clips(
+    path: str | Path,
+    requests: Mapping[Hashable, np.ndarray | Iterable[int]],
+    *,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    seek_gap: int = DEFAULT_SEEK_GAP,
+    stats: dict[str, int] | None = None,
+) -> Iterator[tuple[Hashable, np.ndarray | DecodeError]]:
+    """Decode a video once for all its requests; yield each request's frames as soon as they are complete.
+
+    Each request (a clip, a window) is an integer array of 0-based 25 fps frame indices, any shape
+    (e.g. (K,) or (W, F)), duplicates allowed. The video is decoded once with `read_frames` over the
+    union of all indices; a frame is kept only while a request not yet yielded needs it.
+
+    Args:
+        path: the video file.
+        requests: request id -> frame indices (non-empty).
+        transform: applied once per decoded frame, (H, W, 3) uint8 -> any array (e.g. resize + crop),
+            before it is kept; None keeps the full frame.
+        seek_gap, stats: see `read_frames`.
+
+    Yields:
+        (request id, frames) with frames shaped `indices.shape + frame.shape`, in the order the
+        requests' last frames come (ties: the order of `requests`); or (request id, DecodeError) for
+        each request that cannot be served: every request on an "open" error, the requests not yet
+        served on a "decode" error met mid-video (the ones yielded before it stay valid), and
+        `PastEnd` for those needing frames after the video's end. Every request is yielded once.
+
+    Raises:
+        ValueError: an empty request or a negative index (a caller bug, not bad input).
+    """
+    plans = {key: np.asarray(idx, dtype=np.int64) for key, idx in requests.items()}
+    waiting: dict[int, int] = {}  # frame index -> requests not yet yielded that need it
+    for key, idx in plans.items():
+        if idx.size == 0:
+            raise ValueError(f"request {key!r} has no frame indices")
+        if idx.min() < 0:
+            raise ValueError(f"request {key!r} has a negative frame index {int(idx.min())}")
+        for i in np.unique(idx).tolist():
+            waiting[i] = waiting.get(i, 0) + 1
+    by_last = sorted(plans, key=lambda k: int(plans[k].max()))  # stable: ties keep the given order
+    kept: dict[int, np.ndarray] = {}
+    served = 0
+    header: dict[str, int] = {}
+
+    def take(key: Hashable) -> np.ndarray:
+        idx = plans[key]
+        frames = np.stack([kept[i] for i in idx.reshape(-1).tolist()])
+        for i in np.unique(idx).tolist():
+            waiting[i] -= 1
+            if waiting[i] == 0:
+                del kept[i]  # no request left needs it: release the memory now
+        return frames.reshape(*idx.shape, *frames.shape[1:])
+
+    try:
+        for index, rgb in read_frames(path, waiting.keys(), seek_gap=seek_gap, stats=stats, header=header):
+            kept[index] = rgb if transform is None else transform(rgb)
+            # read_frames yields every index in increasing order until the end or an error, so a
+            # request whose last index has come has all its frames.
+            while served < len(by_last) and int(plans[by_last[served]].max()) <= index:
+                key = by_last[served]
+                served += 1
+                yield key, take(key)
+    except DecodeError as e:
+        if served < len(by_last):
+            log.debug("%s: %s; %d request(s) not served", Path(path).name, e, len(by_last) - served)
+        for key in by_last[served:]:
+            yield key, e
+        return
+    # The video ended before the remaining requests' last frames.
+    for key in by_last[served:]:
+        missing = sorted(i for i in np.unique(plans[key]).tolist() if i not in kept)
+        n = header.get("n_frames", 0)
+        yield key, PastEnd(f"frames {missing[:3]}{'...' if len(missing) > 3 else ''} are past the end of "
+                           f"{Path(path).name} ({n} frames at 25 fps); check the labels", missing, n)

@@ -1,7 +1,7 @@
 """The video tracks: MViTv2-S tokens per clip (`video/mvit_v2_s`) and per video (`context/mvit_v2_s`).
 
 Split along the runner's line (docs/contracts.md, "Extraction runner"):
-  * loaders (worker processes): decode each video once (`decode.read_frames`), sample frames
+  * loaders (worker processes): decode each video once (`decode.stream_clips`), sample frames
     (`sampling`), resize + centre-crop each frame to uint8 224x224 exactly as the checkpoint's recipe
     (`mvit.PREPROCESSING`) does before its float conversion, and stream one sample per row;
   * forward (main process): uint8 -> float, normalise, MViTv2-S tokens (bf16 autocast on GPU).
@@ -21,7 +21,7 @@ import numpy as np
 
 from migfuse.errors import UserError
 from migfuse.extract.checkpoints import weights_provenance
-from migfuse.extract.decode import DecodeError, probe, read_frames
+from migfuse.extract.decode import DecodeError, PastEnd, probe, stream_clips
 from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, manifest_rows, manifest_work_items,
                                     parse_shard, run_extraction, video_files)
 from migfuse.extract.sampling import ClipSampling, ContextSampling
@@ -79,49 +79,9 @@ class _VideoLoader:
                                       "labels and re-run `migfuse data prepare`)")
         return Path(p)
 
-    def _frames(self, path: Path,
-                plans: dict[str, np.ndarray]) -> Iterator[tuple[str, dict[int, np.ndarray], DecodeError | None]]:
-        """Decode once for all rows; yield (row, {index: (crop, crop, 3) uint8}, error) as soon as a
-        row's frames are complete. Rows whose frames never came (past the end, decode error) are
-        yielded last with the frames that did come and the error (None: the video ended)."""
-        need: dict[int, int] = {}  # frame index -> rows still waiting for it
-        for idx in plans.values():
-            for i in np.unique(idx):
-                need[int(i)] = need.get(int(i), 0) + 1
-        by_last = sorted(plans, key=lambda r: int(plans[r].max()))
-        frames: dict[int, np.ndarray] = {}
-        nxt = 0
-        error: DecodeError | None = None
-
-        def complete(row: str) -> dict[int, np.ndarray]:
-            got = {}
-            for i in np.unique(plans[row]).tolist():
-                if i in frames:
-                    got[i] = frames[i]
-                    need[i] -= 1
-                    if need[i] == 0:
-                        del frames[i]  # no other row needs it: free the memory
-            return got
-
-        try:
-            for index, rgb in read_frames(path, need.keys()):
-                frames[index] = resize_crop(rgb, self.short_side, self.crop)
-                while nxt < len(by_last) and int(plans[by_last[nxt]].max()) <= index:
-                    row = by_last[nxt]
-                    nxt += 1
-                    if all(int(i) in frames for i in np.unique(plans[row])):
-                        yield row, complete(row), None
-                    else:  # a frame before `index` never came (cannot happen with a sound decoder)
-                        yield row, complete(row), DecodeError("decode", "frames missing inside the video")
-        except DecodeError as e:
-            error = e
-        for row in by_last[nxt:]:
-            yield row, complete(row), error
-
-
-def _stack(plan: np.ndarray, frames: dict[int, np.ndarray]) -> np.ndarray:
-    """(W, F) indices + {index: frame} -> (W, F, H, W, 3) uint8."""
-    return np.stack([np.stack([frames[int(i)] for i in window]) for window in plan])
+    def _stream(self, path: Path, requests: Mapping[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray | DecodeError]]:
+        """`decode.stream_clips` with each frame resized + centre-cropped once, as it is decoded."""
+        return stream_clips(path, requests, transform=lambda rgb: resize_crop(rgb, self.short_side, self.crop))
 
 
 @dataclass
@@ -138,29 +98,28 @@ class ClipLoader(_VideoLoader):
             yield from (Sample(row, failure=Failure(e.stage, str(e))) for row in item.ids)
             return
         plans = {row: self.sampling.windows(*self.clips[row]) for row in item.ids}
-        for row, frames, error in self._frames(path, plans):
-            plan = plans[row]
-            if error is None and len(frames) == len(np.unique(plan)):
-                yield Sample(row, inputs={"frames": _stack(plan, frames)}, size=len(plan))
-            elif error is not None and error.stage == "open":
-                yield Sample(row, failure=Failure("open", str(error)))
+        for row, frames in self._stream(path, plans):
+            if not isinstance(frames, DecodeError):
+                yield Sample(row, inputs={"frames": frames}, size=len(plans[row]))
+            elif frames.stage == "open":
+                yield Sample(row, failure=Failure("open", str(frames)))
             else:
                 start, end = self.clips[row]
-                why = str(error) if error is not None else _past_end(path, start, end)
+                why = _past_end(path, end, frames.n_frames) if isinstance(frames, PastEnd) else str(frames)
                 yield Sample(row, failure=Failure("decode", f"clip {row} (frames {start}..{end}): {why}"))
 
 
-def _past_end(path: Path, start: int, end: int) -> str:
-    try:
-        n = probe(path).n_frames
-    except DecodeError as e:
-        return str(e)
-    return f"the video ends before frame {end} ({path.name} has {n} frames at 25 fps); check the labels"
+def _past_end(path: Path, end: int, n_frames: int) -> str:
+    return f"the video ends before frame {end} ({path.name} has {n_frames} frames at 25 fps); check the labels"
 
 
 @dataclass
 class ContextLoader(_VideoLoader):
-    """Context track: per video, the frames of its valid windows (V, F, 224, 224, 3) + valid (K,)."""
+    """Context track: per video, the frames of its valid windows (V, F, 224, 224, 3) + valid (K,).
+
+    Windows the decoder could not serve (damage after them, or past the end) are invalid; the row
+    fails only when no window is valid.
+    """
 
     sampling: ContextSampling = ContextSampling()
 
@@ -175,24 +134,24 @@ class ContextLoader(_VideoLoader):
             if n_frames < 1:
                 yield Sample(row, failure=Failure("open", f"{path.name} has no frames"))
                 continue
-            plan = self.sampling.indices(n_frames)
-            windows = {f"{row}#{j}": plan[j:j + 1] for j in range(len(plan))}
+            plan = self.sampling.indices(n_frames)  # (K, F)
             valid = np.zeros(len(plan), bool)
-            kept = []
-            error = None
-            for key, frames, err in self._frames(path, windows):
-                j = int(key.rsplit("#", 1)[1])
-                if err is None and len(frames) == len(np.unique(windows[key])):
-                    valid[j] = True
-                    kept.append((j, _stack(windows[key], frames)[0]))
+            kept: dict[int, np.ndarray] = {}
+            error: DecodeError | None = None
+            for j, frames in self._stream(path, {j: plan[j] for j in range(len(plan))}):
+                if isinstance(frames, DecodeError):
+                    error = frames
                 else:
-                    error = err
+                    valid[j] = True
+                    kept[j] = frames
             if not valid.any():
                 why = str(error) if error is not None else "no window could be decoded"
                 yield Sample(row, failure=Failure("decode", f"video {row}: {why}"))
                 continue
-            kept.sort(key=lambda t: t[0])
-            yield Sample(row, inputs={"frames": np.stack([f for _, f in kept]), "valid": valid}, size=len(kept))
+            if error is not None:
+                log.warning("context of video %s: %d of %d windows kept: %s", row, int(valid.sum()), len(valid), error)
+            frames = np.stack([kept[j] for j in sorted(kept)])
+            yield Sample(row, inputs={"frames": frames, "valid": valid}, size=len(kept))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The face track: MTCNN faces -> 5-point alignment -> SwinFace expression features, per clip or window.
 
 Split along the runner's line (docs/contracts.md, "Extraction runner"):
-  * loader (worker processes): decode each video once for all its rows, sample K face frames per
+  * loader (worker processes): decode each video once for all its rows (`decode.stream_clips`:
+    each clip / window is detected as soon as its frames are decoded and its full-size frames are
+    released then, so memory does not grow with the video's length), sample K face frames per
     clip (uniform over the clip, the video track's rule) or per context window (K of the window's
     frames, the context track's windows), detect faces with MTCNN on the CPU, keep ONE main face
     per row (`detect.select_main_face`: anchored on the largest confident face, followed by
@@ -14,7 +16,9 @@ Groups (docs/contracts.md): `face/swinface` per clip — features (K, 512), logi
 logits (Wc, K, 7), mask (Wc, K).
 
 A row where no face is ever found is stored with an all-False mask (a real outcome the fusion heads
-handle), not as a failure: failures are for input that could not be read.
+handle), not as a failure: failures are for input that could not be read. A decode error fails only
+the clips not yet served (earlier clips are kept); in a `face_context` row the windows after it stay
+masked (the row fails only when no window could be decoded), as the context track marks them invalid.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import numpy as np
 
 from migfuse.errors import UserError
 from migfuse.extract.checkpoints import weights_provenance
-from migfuse.extract.decode import DecodeError, probe, read_frames
+from migfuse.extract.decode import DecodeError, probe, stream_clips
 from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, manifest_rows, manifest_work_items,
                                     parse_shard, run_extraction, video_files)
 from migfuse.extract.sampling import ContextSampling, uniform_indices
@@ -83,27 +87,49 @@ class FaceLoader:
             msg = f"no video file for video {item.key} in videos.csv (put the mp4 next to its labels and re-run `migfuse data prepare`)"
             yield from (Sample(row, failure=Failure("open", msg)) for row in item.ids)
             return
-        try:
-            n_frames = probe(path).n_frames if self.scope == "context" else None
-            plans = {row: self.plan(row, n_frames) for row in item.ids}
-            need = sorted({int(i) for p in plans.values() for i in p.reshape(-1)})
-            decoded = dict(read_frames(path, need))
-        except DecodeError as e:
-            yield from (Sample(row, failure=Failure(e.stage, str(e))) for row in item.ids)
-            return
-        for row, plan in plans.items():
-            missing = [i for i in np.unique(plan).tolist() if i not in decoded]
-            if missing:
-                yield Sample(row, failure=Failure("decode", f"{row}: frames {missing[:3]} are past the end of "
-                                                            f"{Path(path).name}; check the labels"))
+        if self.scope == "clip":
+            yield from self._clips(path, item.ids)
+        else:
+            for row in item.ids:  # a context row is the video itself
+                yield self._context(path, row)
+
+    def _clips(self, path: str, rows: tuple[str, ...]) -> Iterator[Sample]:
+        """One sample per clip, as soon as its K frames are decoded (only waiting clips' frames are held)."""
+        plans = {row: self.plan(row, None) for row in rows}
+        for row, frames in stream_clips(path, plans):
+            if isinstance(frames, DecodeError):
+                start, end = self.clips[row]
+                yield Sample(row, failure=Failure(frames.stage, f"clip {row} (frames {start}..{end}): {frames}"))
                 continue
-            if self.scope == "clip":
-                crops, mask = self._faces(np.stack([decoded[int(i)] for i in plan]))
-            else:  # the main face is chosen per window: windows lie far apart in the video
-                parts = [self._faces(np.stack([decoded[int(i)] for i in window])) for window in plan]
-                crops = np.concatenate([c for c, _ in parts])
-                mask = np.concatenate([m for _, m in parts])
-            yield Sample(row, inputs={"crops": crops[mask], "mask": mask.reshape(plan.shape)}, size=max(1, int(mask.sum())))
+            crops, mask = self._faces(frames)
+            yield Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
+
+    def _context(self, path: str, row: str) -> Sample:
+        """One video's context windows, each detected as soon as it is decoded. Windows the decoder
+        could not serve (damage after them) stay masked, like the context track's invalid windows;
+        the row fails only when no window could be decoded."""
+        from migfuse.extract.face.align import CROP_SIZE
+
+        try:
+            plan = self.plan(row, probe(path).n_frames)  # (Wc, K)
+        except DecodeError as e:
+            return Sample(row, failure=Failure(e.stage, f"video {row}: {e}"))
+        crops = np.zeros((*plan.shape, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        mask = np.zeros(plan.shape, bool)
+        served, error = 0, None
+        # the main face is chosen per window: windows lie far apart in the video
+        for j, frames in stream_clips(path, {j: plan[j] for j in range(len(plan))}):
+            if isinstance(frames, DecodeError):
+                error = frames
+                continue
+            crops[j], mask[j] = self._faces(frames)
+            served += 1
+        if error is not None:
+            if not served:
+                return Sample(row, failure=Failure(error.stage, f"video {row}: {error}"))
+            log.warning("face context of video %s: %d of %d windows decoded, the rest masked: %s",
+                        row, served, len(plan), error)
+        return Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
 
 
 class FaceExtractor(Extractor):
