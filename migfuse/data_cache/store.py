@@ -113,8 +113,10 @@ class CorruptChunk(UserError):
     def __init__(self, group: str, array: str, chunk: Path, rows: Sequence[str], cause: BaseException, hint: str = ""):
         self.group, self.array, self.chunk, self.rows = group, array, chunk, list(rows)
         shown = ", ".join(self.rows[:3]) + (f" (+{len(self.rows) - 3})" if len(self.rows) > 3 else "")
-        super().__init__(f"corrupt chunk {chunk} in cache group '{group}' (array {array}, row {shown or '-'}): "
-                         f"{type(cause).__name__}: {cause}{'; ' + hint if hint else ''}")
+        #: the message without the fix
+        self.what = (f"corrupt chunk {chunk} in cache group '{group}' (array {array}, row {shown or '-'}): "
+                     f"{type(cause).__name__}: {cause}")
+        super().__init__(f"{self.what}; {hint}" if hint else self.what)
 
 
 @dataclass(frozen=True)
@@ -446,7 +448,8 @@ class TokenGroup:
         meta = dict(zgroup.attrs)["migfuse"]
         self.name: str = zgroup.path
         self.format: int = int(meta.get("format", 1))
-        self.row_dim: str = meta.get("row_dim") or default_row_dim(self.name)
+        # format 1 has no row_dim: a view's rows are those of its source track
+        self.row_dim: str = meta.get("row_dim") or default_row_dim(str(meta["provenance"].get("track", self.name)))
         arrays = {k: ArraySpec.from_json(v) for k, v in meta["arrays"].items()}
         self.arrays: dict[str, ArraySpec] = _name_dims(self.name, self.row_dim, arrays)
         self.clips_per_chunk: int = meta["clips_per_chunk"]
