@@ -175,3 +175,20 @@ def test_export_views_of_a_cache_without_views_is_one_line(tmp_path):
     assert res.exit_code == 2
     assert res.output.strip().splitlines() == [
         f"error: cache {tmp_path / 'c.zarr'} has no views to export; make them first: `migfuse cache view {tmp_path / 'c.zarr'} --defaults`"]
+
+
+def test_fuse_train_and_eval_accept_a_views_only_copy(tmp_path):
+    prepared, cache = write_synthetic(tmp_path / "full", n_videos=4, clips_per_video=3, num_classes=2, joints=10,
+                                      tracks=("joint", "bone"), with_validation=True)
+    default_views(cache)
+    laptop = tmp_path / "laptop.zarr"
+    export_views(cache, laptop)
+    assert all(n.startswith("views/") for n in TokenCache(laptop).group_names())
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"epochs": 1, "batch_size": 8, "threads": 1}))
+    runner = CliRunner()
+    res = runner.invoke(app, ["fuse", "train", "--cache", str(laptop), "--data", str(prepared), "--task", "mg",
+                              "--head", "pose", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["fuse", "eval", str(tmp_path / "run"), "--split", "validation"])
+    assert res.exit_code == 0 and "top-1" in res.output, res.output
