@@ -323,12 +323,16 @@ def export_views(cache: TokenCache | str, out: TokenCache | str, batch_rows: int
     Views keep their ids, arrays and provenance (including the source group's provenance), so a
     view that `out` already has is resumed, and one made with other settings is refused (UserError).
     The copy is written in the current format, so it also opens in xarray when `cache` is older.
-    Raises UserError when `cache` has no views or `out` is `cache`.
+    Raises UserError when `cache` is absent or has no views, or `out` is `cache` or another folder.
     """
     cache = TokenCache(cache) if not isinstance(cache, TokenCache) else cache
     out = TokenCache(out) if not isinstance(out, TokenCache) else out
     if out.path.resolve() == cache.path.resolve():
         raise UserError(f"export-views would write {out.path} onto itself; give another destination, e.g. laptop.zarr")
+    if not (cache.path / "zarr.json").is_file():
+        raise UserError(f"no token cache at {cache.path} (create it with `migfuse extract ...`, or check the path)")
+    if out.path.exists() and not (out.path / "zarr.json").is_file() and any(out.path.iterdir()):
+        raise UserError(f"{out.path} exists and is not a token cache; give a new path for the views-only copy")
     views = [g for g in cache.group_names() if g.startswith(VIEW_PREFIX)]
     if not views:
         raise UserError(f"cache {cache.path} has no views to export; make them first: `migfuse cache view {cache.path} --defaults`")
