@@ -192,3 +192,20 @@ def test_fuse_train_and_eval_accept_a_views_only_copy(tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["fuse", "eval", str(tmp_path / "run"), "--split", "validation"])
     assert res.exit_code == 0 and "top-1" in res.output, res.output
+
+
+def test_dimension_names_given_by_a_producer_or_clashing_stay_openable_and_order_does_not_matter(tmp_path):
+    arrays = {"a": ArraySpec((2, 3), "float32", dims=("token", "channel")),
+              "b": ArraySpec((5,), "int16", dims=("token",)),      # "token" has size 2 in "a": renamed
+              "extra": ArraySpec((4,), "float32")}                   # not in AXIS_NAMES: generic name
+    cache = TokenCache(tmp_path / "c.zarr")
+    g = cache.require_group(GroupSpec("misc/x", ["r0", "r1"], arrays))
+    assert {k: v.dims for k, v in g.arrays.items()} == {"a": ("token", "channel"), "b": ("b_token",), "extra": ("extra_axis1",)}
+    g.write("r1", {"a": np.ones((2, 3)), "b": np.arange(5), "extra": np.zeros(4)})
+    again = cache.require_group(GroupSpec("misc/x", ["r0", "r1"], dict(reversed(list(arrays.items())))))
+    assert again.done_ids() == ["r1"]
+    ds = _open(cache, "misc/x")
+    assert dict(ds.sizes) == {"clip": 2, "token": 2, "channel": 3, "b_token": 5, "extra_axis1": 4}
+    np.testing.assert_array_equal(ds.sel(clip="r1")["b"].values, np.arange(5))
+    with pytest.raises(ValueError, match="do not name the 1 axes"):
+        ArraySpec((5,), "int16", dims=("a", "b"))

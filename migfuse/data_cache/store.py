@@ -172,17 +172,17 @@ def _name_dims(group_name: str, row_dim: str, arrays: Mapping[str, ArraySpec]) -
     one size in the whole group (xarray requires it): a clash becomes "<array>_<dim>"."""
     track = group_name.split("/")[0]
     sizes: dict[str, int] = {}
-    out = {}
-    for name, a in arrays.items():
-        dims = a.dims if a.dims is not None else _default_dims(track, name, len(a.shape))
-        named = []
-        for d, n in zip(dims, a.shape):
+    named: dict[str, ArraySpec] = {}
+    for name in sorted(arrays):  # sorted: the same names whatever order a producer lists its arrays in
+        a = arrays[name]
+        dims = []
+        for d, n in zip(a.dims if a.dims is not None else _default_dims(track, name, len(a.shape)), a.shape):
             if d == row_dim or sizes.get(d, n) != n:
                 d = f"{name}_{d}"
             sizes[d] = n
-            named.append(d)
-        out[name] = ArraySpec(a.shape, a.dtype, a.ragged, tuple(named))
-    return out
+            dims.append(d)
+        named[name] = ArraySpec(a.shape, a.dtype, a.ragged, tuple(dims))
+    return {name: named[name] for name in arrays}
 
 
 @dataclass(frozen=True)
