@@ -169,9 +169,10 @@ def cache_info_cmd(
         raise UserError("--mark-failed needs --verify (it marks the rows of the corrupt chunks that --verify finds)")
     if consolidate:
         typer.echo(consolidate_cache(cache))
+    verified = verify_cache(cache, mark_failed=mark_failed) if verify else None  # first: the table reads chunks too
     typer.echo(cache_info(cache, show_failures=failures))
-    if verify:
-        typer.echo(verify_cache(cache, mark_failed=mark_failed))
+    if verified:
+        typer.echo(verified)
 
 
 @cache_app.command("export-views")

@@ -173,3 +173,17 @@ def test_a_cache_of_the_previous_format_is_read_and_resumed(tmp_path):
     assert TokenCache(path).group("joint/agcn").done_ids() == ["0001_0", "0001_1"]
     res = CliRunner().invoke(app, ["cache", "info", str(path)])
     assert res.exit_code == 0 and "format 1: read by migfuse, but without dimension names (xarray cannot open it)" in res.output
+
+
+def test_verify_names_a_corrupt_status_chunk_and_mark_failed_repairs_it(tmp_path):
+    path = tmp_path / "c.zarr"
+    g = _group(path)
+    chunk = g.chunk_file("status", 0)
+    chunk.write_bytes(b"\x00" * 7)
+    res = CliRunner().invoke(app, ["cache", "info", str(path), "--verify"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines()[-1].startswith(
+        f"error: corrupt chunk {chunk} in cache group 'video/mvit_v2_s' (array status, row 0001_0)")
+    res = CliRunner().invoke(app, ["cache", "info", str(path), "--verify", "--mark-failed"])
+    assert res.exit_code == 2 and "marked 1 rows failed" in res.output
+    assert TokenCache(path).group("video/mvit_v2_s").status().tolist() == [FAILED, DONE, DONE]
