@@ -31,7 +31,8 @@ def cache_info(path, show_failures: int = 5) -> str:
         if not (cache.path / "zarr.json").is_file():
             raise UserError(f"no token cache at {cache.path} (create it with `migfuse extract ...`, or check the path)")
         return f"{cache.path}: empty cache (no complete groups)"
-    summaries = [{**cache.group(n).summary(), "format": cache.group(n).format} for n in names]
+    groups = [cache.group(n) for n in names]
+    summaries = [{**g.summary(), "format": g.format} for g in groups]
     rows = [["group", "array", "per-clip shape", "dtype", "clips", "done", "failed", "missing", "size"]]
     for s in summaries:
         for j, (arr, desc) in enumerate(s["arrays"].items()):
