@@ -275,12 +275,44 @@ def data_export_pyskl(
 def cache_info_cmd(
     cache: Annotated[Path, typer.Argument(help="The token cache folder (CACHE.zarr).")],
     failures: Annotated[int, typer.Option(help="How many failure records to list per group.")] = 5,
+    verify: Annotated[bool, typer.Option("--verify", help="Decode every chunk of every row; exit 2 naming the first "
+                                                          "corrupt chunk (group, row id, file).")] = False,
+    mark_failed: Annotated[bool, typer.Option("--mark-failed", help="With --verify: record the rows of corrupt chunks "
+                                                                    "as failed, so `extract --retry-failed` rewrites them.")] = False,
+    consolidate: Annotated[bool, typer.Option("--consolidate", help="Rewrite the consolidated metadata (zarr/xarray "
+                                                                    "open the cache without crawling it).")] = False,
 ) -> None:
     """Print a table of the cache: groups, arrays, shapes, dtype, clips done / failed / missing,
     size on disk, and the provenance of each group (backbone, checkpoint sha256, sampling, versions)."""
-    from migfuse.data_cache.info import cache_info
+    from migfuse.data_cache.info import cache_info, consolidate_cache, verify_cache
 
+    if mark_failed and not verify:
+        raise UserError("--mark-failed needs --verify (it marks the rows of the corrupt chunks that --verify finds)")
+    if consolidate:
+        typer.echo(consolidate_cache(cache))
+    verified = verify_cache(cache, mark_failed=mark_failed) if verify else None  # first: the table reads chunks too
     typer.echo(cache_info(cache, show_failures=failures))
+    if verified:
+        typer.echo(verified)
+
+
+@cache_app.command("export-views")
+def cache_export_views_cmd(
+    cache: Annotated[Path, typer.Argument(help="The full token cache (CACHE.zarr) holding views (`cache view --defaults`).")],
+    out: Annotated[Path, typer.Argument(help="The views-only copy to write, e.g. laptop.zarr (resumed if present).")],
+) -> None:
+    """Copy only the views of a cache (their finished rows) into a new, small cache: what `fuse train`,
+    `fuse eval` and `fuse predict` read on a laptop. The full tokens stay behind."""
+    from migfuse.data_cache.info import human_bytes
+    from migfuse.data_cache.store import TokenCache
+    from migfuse.data_cache.views import export_views
+
+    copied = export_views(cache, out)
+    dst = TokenCache(out)
+    size = sum(dst.group(name).size_on_disk() for name in copied)
+    for name, n in copied.items():
+        typer.echo(f"{name:24s} {n} rows copied")
+    typer.echo(f"wrote {out} ({human_bytes(size)}); train on it with `migfuse fuse train --cache {out} ...`")
 
 # [end section: cache]
 
@@ -316,6 +348,15 @@ def cache_view_cmd(
         for modality, view in made.items():
             typer.echo(f"{modality:14s} -> {view}")
         if not made:
+            from migfuse.data_cache.store import TokenCache
+            from migfuse.data_cache.views import VIEW_PREFIX, track_groups
+
+            tc = TokenCache(cache)
+            views = [g for g in tc.group_names() if g.startswith(VIEW_PREFIX)]
+            if views and not track_groups(tc):
+                typer.echo(f"nothing to do: {cache} holds views only ({', '.join(views)}), e.g. a copy made by "
+                           f"`migfuse cache export-views`; it is ready for `migfuse fuse train`")
+                return
             raise UserError(f"cache {cache} has no finished track groups to derive views from; run `migfuse extract` first")
         return
     if not name or not group:

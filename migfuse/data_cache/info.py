@@ -1,9 +1,10 @@
-"""`migfuse cache info`: a plain-text table of what a token cache holds."""
+"""`migfuse cache info`: a plain-text table of what a token cache holds; `--verify`, `--consolidate`."""
 from __future__ import annotations
 
 import json
+import logging
 
-from migfuse.data_cache.store import TokenCache
+from migfuse.data_cache.store import FORMAT_VERSION, CorruptChunk, TokenCache
 from migfuse.errors import UserError
 
 
@@ -30,7 +31,8 @@ def cache_info(path, show_failures: int = 5) -> str:
         if not (cache.path / "zarr.json").is_file():
             raise UserError(f"no token cache at {cache.path} (create it with `migfuse extract ...`, or check the path)")
         return f"{cache.path}: empty cache (no complete groups)"
-    summaries = [cache.group(n).summary() for n in names]
+    groups = [cache.group(n) for n in names]
+    summaries = [{**g.summary(), "format": g.format} for g in groups]
     rows = [["group", "array", "per-clip shape", "dtype", "clips", "done", "failed", "missing", "size"]]
     for s in summaries:
         for j, (arr, desc) in enumerate(s["arrays"].items()):
@@ -46,6 +48,9 @@ def cache_info(path, show_failures: int = 5) -> str:
     for s in summaries:
         info = s["info"]
         out.append(f"[{s['group']}] created {info.get('created', '?')} by migfuse {info.get('code_version', '?')}")
+        if s["format"] < FORMAT_VERSION:
+            out.append(f"  format {s['format']}: read by migfuse, but without dimension names (xarray cannot open it) "
+                       f"and chunk checksums; rebuild it to get them")
         for key, value in s["provenance"].items():
             text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
             out.append(f"  {key}: {text}")
@@ -57,3 +62,42 @@ def cache_info(path, show_failures: int = 5) -> str:
     total = sum(s["bytes"] for s in summaries)
     out.append(f"total size on disk: {human_bytes(total)}")
     return "\n".join(out)
+
+
+def verify_cache(path, mark_failed: bool = False) -> str:
+    """Decode every chunk of every group; a one-line report when all are sound.
+
+    Raises UserError naming the first corrupt chunk (group, row id, file) and how many there are;
+    with `mark_failed` their rows are first recorded as failed, so a rerun with --retry-failed
+    (or `cache view`) rewrites them.
+    """
+    cache = TokenCache(path)
+    names = cache.group_names()
+    if not names and not (cache.path / "zarr.json").is_file():
+        raise UserError(f"no token cache at {cache.path} (create it with `migfuse extract ...`, or check the path)")
+    bad: list[CorruptChunk] = []
+    rows = 0
+    for name in names:
+        g = cache.group(name)
+        found = g.verify()
+        if found and mark_failed:
+            rows += g.mark_failed(found)
+        bad += found
+    if not bad:
+        return f"verified: every chunk of the {len(names)} groups in {cache.path} decodes"
+    for c in bad[1:]:
+        logging.getLogger(__name__).warning("%s", c)
+    more = f" (and {len(bad) - 1} more corrupt chunks, listed above)" if len(bad) > 1 else ""
+    if mark_failed:
+        raise UserError(f"{bad[0].what}{more}; marked {rows} rows failed: rerun the same "
+                        f"`migfuse extract` with --retry-failed (or `migfuse cache view`) to rewrite them")
+    raise UserError(f"{bad[0]}{more}")
+
+
+def consolidate_cache(path) -> str:
+    """Rewrite the cache's consolidated metadata (zarr / xarray then open it without a crawl)."""
+    cache = TokenCache(path)
+    if not (cache.path / "zarr.json").is_file():
+        raise UserError(f"no token cache at {cache.path} (create it with `migfuse extract ...`, or check the path)")
+    cache.consolidate()
+    return f"consolidated the metadata of {len(cache.group_names())} groups in {cache.path / 'zarr.json'}"

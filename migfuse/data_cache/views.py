@@ -4,8 +4,9 @@ Full iMiGUE tokens are tens of GB (video alone: 393 x 768 fp16 = 0.6 MB per clip
 head's cost grows with the number of tokens (research/fuse_cost.md). A view pools each clip's
 tokens into a few tokens once, and stores them as group ``views/<name>`` in the same cache:
 
-    ids                (N,)               the source group's ids (clips, or videos)
-    tokens             (N, [W,] n, D)     fp16 pooled tokens ([W,] = windows of per-video tracks)
+    clip | video       (N,)               the source group's ids (clips, or videos), its row dimension
+    tokens             (N, [W,] n, D)     fp16 pooled tokens ([W,] = windows of per-video tracks);
+                                          dims (clip, [window,] token, channel)
     mask               (N, [W,] n) bool   True for real tokens (False: no face, padded window)
 
 many clips per chunk (one writer), with provenance = source group + its provenance + pooling.
@@ -34,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from migfuse.data_cache.store import ArraySpec, GroupSpec, TokenCache, TokenGroup
+from migfuse.data_cache.store import PER_VIDEO_TRACKS, ArraySpec, GroupSpec, TokenCache, TokenGroup
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ POSE_TIME_STEPS = 8
 POSE_PARTS = 6
 CHUNK_BYTES = 8 << 20     # ~8 MB per chunk: few files, fast sequential reads on a laptop
 
-#: Tracks whose rows are videos (not clips).
-PER_VIDEO_TRACKS = ("context", "face_context")
+#: PER_VIDEO_TRACKS (imported above from the store) stays importable from here: fuse.data uses it.
 #: Default pooling per track, and the track's modality name in training configs.
 DEFAULT_POOLING = {
     "video": "video_time",
@@ -264,6 +264,7 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
         provenance={"kind": "view", "track": track, "source": source,
                     "source_provenance": src.provenance, "pooling": {"name": pooling, **params}},
         clips_per_chunk=max(1, min(4096, CHUNK_BYTES // max(bytes_per_clip, 1))),
+        row_dim=src.row_dim,
     )
     if overwrite:
         cache.delete_group(spec.name)
@@ -285,25 +286,65 @@ def _source_bytes(group: TokenGroup) -> int:
     return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in group.arrays.values())
 
 
+def track_groups(cache: TokenCache) -> dict[str, list[str]]:
+    """Track -> its (non-view) groups in the cache, sorted."""
+    sources: dict[str, list[str]] = {}
+    for g in cache.group_names():
+        if not g.startswith(VIEW_PREFIX) and g.split("/")[0] in DEFAULT_POOLING:
+            sources.setdefault(g.split("/")[0], []).append(g)
+    return {t: sorted(gs) for t, gs in sorted(sources.items())}
+
+
 def default_views(cache: TokenCache | str, overwrite: bool = False) -> dict[str, str]:
     """Make the default view of every track present in the cache; return modality -> view group.
 
     One view per track, named ``views/<track>`` (e.g. views/video with `video_time` pooling). When a
     track has several backbones (joint/agcn and joint/aagcn) the first in sorted order is used and
-    the choice is logged; call `make_view` for the others.
+    the choice is logged; call `make_view` for the others. Returns {} for a cache without track
+    groups (e.g. a views-only copy made by `export_views`).
     """
     cache = TokenCache(cache) if not isinstance(cache, TokenCache) else cache
     out: dict[str, str] = {}
-    sources: dict[str, list[str]] = {}
-    for g in cache.group_names():
-        if not g.startswith(VIEW_PREFIX) and g.split("/")[0] in DEFAULT_POOLING:
-            sources.setdefault(g.split("/")[0], []).append(g)
-    for track, groups in sorted(sources.items()):
+    for track, groups in track_groups(cache).items():
         if len(groups) > 1:
-            log.info("track %s has groups %s; the default view uses %s", track, groups, sorted(groups)[0])
-        source = sorted(groups)[0]
+            log.info("track %s has groups %s; the default view uses %s", track, groups, groups[0])
+        source = groups[0]
         if not cache.group(source).done_ids():
             log.warning("skipping %s: no finished clips", source)
             continue
         out[track] = make_view(cache, track, source, overwrite=overwrite).name
     return out
+
+
+def export_views(cache: TokenCache | str, out: TokenCache | str, batch_rows: int = 4096) -> dict[str, int]:
+    """Copy every view of `cache` (only its done rows) into the cache `out`: what a laptop needs to
+    `fuse train` / `fuse eval`, without the full tokens. Returns view -> rows copied.
+
+    Views keep their ids, arrays and provenance (including the source group's provenance), so a
+    view that `out` already has is resumed, and one made with other settings is refused (UserError).
+    The copy is written in the current format, so it also opens in xarray when `cache` is older.
+    Raises UserError when `cache` is absent or has no views, or `out` is `cache` or another folder.
+    """
+    cache = TokenCache(cache) if not isinstance(cache, TokenCache) else cache
+    out = TokenCache(out) if not isinstance(out, TokenCache) else out
+    if out.path.resolve() == cache.path.resolve():
+        raise UserError(f"export-views would write {out.path} onto itself; give another destination, e.g. laptop.zarr")
+    if not (cache.path / "zarr.json").is_file():
+        raise UserError(f"no token cache at {cache.path} (create it with `migfuse extract ...`, or check the path)")
+    if out.path.exists() and not (out.path / "zarr.json").is_file() and any(out.path.iterdir()):
+        raise UserError(f"{out.path} exists and is not a token cache; give a new path for the views-only copy")
+    views = [g for g in cache.group_names() if g.startswith(VIEW_PREFIX)]
+    if not views:
+        raise UserError(f"cache {cache.path} has no views to export; make them first: `migfuse cache view {cache.path} --defaults`")
+    copied: dict[str, int] = {}
+    for name in views:
+        src = cache.group(name)
+        dst = out.require_group(src.spec)
+        have = set(dst.done_ids())
+        todo = [i for i in src.done_ids() if i not in have]
+        for start in tqdm(range(0, len(todo), batch_rows), desc=f"export {name}", unit="batch", disable=None):
+            ids = todo[start : start + batch_rows]
+            dst.write_many(ids, src.read_many(ids))
+        copied[name] = len(todo)
+        log.info("%s: %d rows copied, %d already there", name, len(todo), len(have))
+    return copied

@@ -1,0 +1,189 @@
+"""Faults of the disk under the cache end in one line: a full disk, a read-only cache, a corrupt
+chunk (`cache info --verify`); and caches of the previous format are still read and resumed."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from migfuse.cli import app
+from migfuse.data_cache.store import DONE, FAILED, ArraySpec, CorruptChunk, GroupSpec, TokenCache
+from migfuse.data_cache.views import make_view
+from migfuse.errors import UserError
+
+IDS = ["0001_0", "0001_1", "0002_0"]
+
+
+def _group(path, n_done: int = 3):
+    g = TokenCache(path).require_group(GroupSpec("video/mvit_v2_s", IDS, {"tokens": ArraySpec((9, 4), "float16")},
+                                                 {"backbone": "mvit_v2_s"}))
+    for i, cid in enumerate(IDS[:n_done]):
+        g.write(cid, {"tokens": np.full((9, 4), i + 1, np.float16)})
+    return g
+
+
+def _fail_writes(monkeypatch, code: int) -> list[str]:
+    """Every write of the Zarr store and every lock attempt raises OSError(code), as on a full or
+    read-only disk (tests run as root, which ignores permission bits). Returns the files tried."""
+    import filelock
+    from zarr.storage import LocalStore
+
+    tried: list[str] = []
+
+    async def refuse(self, key, *a, **k):
+        tried.append(key)
+        raise OSError(code, os.strerror(code), os.path.join(str(self.root), key))
+
+    def refuse_lock(self, *a, **k):
+        tried.append(self.lock_file)
+        raise OSError(code, os.strerror(code), self.lock_file)
+
+    for name in ("set", "set_if_not_exists", "delete"):
+        monkeypatch.setattr(LocalStore, name, refuse)
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse_lock)
+    return tried
+
+
+def test_a_full_disk_ends_in_one_line_naming_the_chunk_file_and_the_fix(tmp_path, monkeypatch):
+    g = _group(tmp_path / "c.zarr", n_done=1)
+    _fail_writes(monkeypatch, errno.ENOSPC)
+    with pytest.raises(UserError) as e:
+        g.write(IDS[1], {"tokens": np.ones((9, 4))})
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write {tmp_path / 'c.zarr' / 'video/mvit_v2_s/tokens/c/1/0/0'}: No space left on device; "
+                          "free space on that disk (or pass another --cache) and rerun")
+    assert "\n" not in msg
+
+
+def test_a_read_only_cache_resumes_with_nothing_to_do_and_refuses_new_rows_in_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "c.zarr"
+    _group(path, n_done=2)
+    spec = TokenCache(path).group("video/mvit_v2_s").spec
+    tried = _fail_writes(monkeypatch, errno.EROFS)
+    g = TokenCache(path).require_group(spec)  # what a resumed extract does first
+    assert g.pending_ids() == [IDS[2]] and g.failures() == []
+    assert tried == []  # reopening wrote nothing, not even a lock
+    with pytest.raises(UserError, match=r"^cannot write .*tokens/c/2/0/0: Read-only file system; the cache is read-only: "
+                                         r"reading it needs no writes, but to add rows copy it"):
+        g.write(IDS[2], {"tokens": np.ones((9, 4))})
+    with pytest.raises(UserError, match=r"^cannot write .*c\.zarr\.lock: Read-only file system; the cache is read-only"):
+        TokenCache(path).require_group(GroupSpec("joint/agcn", IDS, {"f": ArraySpec((2,), "float16")}))
+
+
+def test_cache_view_on_a_read_only_cache_resumes_when_done_and_fails_in_one_line_otherwise(tmp_path, monkeypatch):
+    path = tmp_path / "c.zarr"
+    _group(path, n_done=2)
+    make_view(path, "video", "video/mvit_v2_s")
+    _fail_writes(monkeypatch, errno.EROFS)
+    runner = CliRunner()
+    res = runner.invoke(app, ["cache", "view", str(path), "--name", "video", "--group", "video/mvit_v2_s"])
+    assert res.exit_code == 0, res.output  # nothing new: no writes needed
+    res = runner.invoke(app, ["cache", "view", str(path), "--name", "cls", "--group", "video/mvit_v2_s", "--pool", "video_cls"])
+    assert res.exit_code == 2
+    (line,) = res.output.strip().splitlines()
+    assert line.startswith("error: cannot write ") and "Read-only file system; the cache is read-only" in line
+    res = runner.invoke(app, ["cache", "info", str(path)])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_corrupt_chunk_is_named_when_read(tmp_path):
+    g = _group(tmp_path / "c.zarr")
+    chunk = g.chunk_file("tokens", 1)
+    assert chunk == tmp_path / "c.zarr/video/mvit_v2_s/tokens/c/1/0/0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    np.testing.assert_array_equal(g.read(IDS[0])["tokens"], np.full((9, 4), 1))
+    for read in (lambda: g.read(IDS[1]), lambda: g.read_many(IDS)):
+        with pytest.raises(CorruptChunk) as e:
+            read()
+        assert str(e.value).startswith(f"corrupt chunk {chunk} in cache group 'video/mvit_v2_s' (array tokens, row 0001_1): ")
+        assert "--verify --mark-failed" in str(e.value)
+
+
+def test_cache_info_verify_names_the_corrupt_chunk_and_mark_failed_makes_it_retryable(tmp_path):
+    path = tmp_path / "c.zarr"
+    g = _group(path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["cache", "info", str(path), "--verify"])
+    assert res.exit_code == 0 and res.output.strip().endswith(f"verified: every chunk of the 1 groups in {path} decodes")
+
+    chunk = g.chunk_file("tokens", 2)
+    chunk.write_bytes(chunk.read_bytes()[:-5])  # truncated
+    res = runner.invoke(app, ["cache", "info", str(path), "--verify"])
+    assert res.exit_code == 2
+    err = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith(f"error: corrupt chunk {chunk} in cache group 'video/mvit_v2_s' "
+                                               f"(array tokens, row 0002_0)")
+
+    res = runner.invoke(app, ["cache", "info", str(path), "--verify", "--mark-failed"])
+    assert res.exit_code == 2 and "marked 1 rows failed: rerun the same `migfuse extract` with --retry-failed" in res.output
+    g = TokenCache(path).group("video/mvit_v2_s")
+    assert g.status().tolist() == [DONE, DONE, FAILED] and g.failures()[0]["stage"] == "verify"
+    g.write(IDS[2], {"tokens": np.full((9, 4), 3)})  # the retry
+    res = runner.invoke(app, ["cache", "info", str(path), "--verify"])
+    assert res.exit_code == 0, res.output
+
+
+def test_mark_failed_without_verify_is_refused(tmp_path):
+    _group(tmp_path / "c.zarr")
+    res = CliRunner().invoke(app, ["cache", "info", str(tmp_path / "c.zarr"), "--mark-failed"])
+    assert res.exit_code == 2 and "--mark-failed needs --verify" in res.output
+
+
+def test_cache_info_consolidate_rewrites_the_root_metadata(tmp_path):
+    path = tmp_path / "c.zarr"
+    _group(path)
+    (path / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {}}')
+    res = CliRunner().invoke(app, ["cache", "info", str(path), "--consolidate"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"consolidated the metadata of 1 groups in {path / 'zarr.json'}")
+    consolidated = json.loads((path / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    assert consolidated["video/mvit_v2_s/tokens"]["dimension_names"] == ["clip", "token", "channel"]
+
+
+def _format1_group(path):
+    """A group as the previous migfuse wrote it: ids array `ids`, no dimension names, zero fill."""
+    root = zarr.open_group(str(path), mode="a")
+    zg = root.require_group("joint/agcn")
+    ids = zg.create_array("ids", shape=(2,), chunks=(2,), dtype=str, fill_value="")
+    ids[:] = np.array(["0001_0", "0001_1"], dtype=object)
+    zg.create_array("features", shape=(2, 3), chunks=(1, 3), dtype="float16", fill_value=0)
+    zg.create_array("failure", shape=(2,), chunks=(1,), dtype=str, fill_value="")
+    status = zg.create_array("status", shape=(2,), chunks=(1,), dtype="uint8", fill_value=0)
+    zg["features"][0] = np.array([1, 2, 3])
+    status[0] = DONE
+    zg.attrs.update({"migfuse": {"format": 1, "arrays": {"features": {"shape": [3], "dtype": "float16", "ragged": False}},
+                                 "clips_per_chunk": 1, "n": 2, "provenance": {"run": 1}, "info": {"created": "x"}}})
+
+
+def test_a_cache_of_the_previous_format_is_read_and_resumed(tmp_path):
+    path = tmp_path / "old.zarr"
+    _format1_group(path)
+    g = TokenCache(path).require_group(GroupSpec("joint/agcn", ["0001_0", "0001_1"], {"features": ArraySpec((3,), "float16")},
+                                                 {"run": 1}))
+    assert g.format == 1 and g.ids == ["0001_0", "0001_1"] and g.pending_ids() == ["0001_1"]
+    np.testing.assert_array_equal(g.read("0001_0")["features"], [1, 2, 3])
+    g.write("0001_1", {"features": np.array([4, 5, 6])})
+    assert TokenCache(path).group("joint/agcn").done_ids() == ["0001_0", "0001_1"]
+    res = CliRunner().invoke(app, ["cache", "info", str(path)])
+    assert res.exit_code == 0 and "format 1: read by migfuse, but without dimension names (xarray cannot open it)" in res.output
+
+
+def test_verify_names_a_corrupt_status_chunk_and_mark_failed_repairs_it(tmp_path):
+    path = tmp_path / "c.zarr"
+    g = _group(path)
+    chunk = g.chunk_file("status", 0)
+    chunk.write_bytes(b"\x00" * 7)
+    res = CliRunner().invoke(app, ["cache", "info", str(path), "--verify"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines()[-1].startswith(
+        f"error: corrupt chunk {chunk} in cache group 'video/mvit_v2_s' (array status, row 0001_0)")
+    res = CliRunner().invoke(app, ["cache", "info", str(path), "--verify", "--mark-failed"])
+    assert res.exit_code == 2 and "marked 1 rows failed" in res.output
+    assert TokenCache(path).group("video/mvit_v2_s").status().tolist() == [FAILED, DONE, DONE]
