@@ -60,10 +60,11 @@ class OpenPoseFolder:
 
     def read(self, progress: bool = True) -> SkeletonRead:
         points, mask, stats = read_openpose_folder(self.path, progress=progress)
-        info = {"files": stats.files, "empty_frames": stats.empty_frames,
-                "multi_person_frames": stats.multi_person_frames,
-                "missing_frames": len(stats.missing_frames), "unreadable_files": stats.unreadable[:20],
-                "n_unreadable_files": len(stats.unreadable)}
+        info = {"files": stats.files, "body_model": stats.body_model, "old_key_names": stats.old_key_names,
+                "empty_frames": stats.empty_frames, "multi_person_frames": stats.multi_person_frames,
+                "missing_frames": len(stats.missing_frames), "unreadable_files": stats.reasons,
+                "n_unreadable_files": len(stats.unreadable), "nonfinite_points": stats.nonfinite_points,
+                "nonfinite_frames": stats.nonfinite_frames}
         return SkeletonRead(points, mask, info)
 
 
