@@ -79,7 +79,7 @@ class OpenPoseXlsx:
         if self.path.stat().st_size == 0:
             raise UserError(f"{self.path} is an empty file")
         info: dict = {}
-        table = _drop_header(read_xlsx(self.path, progress=progress), self.path, info)
+        table = _drop_header(read_xlsx(self.path), self.path, info)
         if table.size == 0:
             raise UserError(f"{self.path} has no rows")
         if table.shape[1] != 3 * NUM_KEYPOINTS:
