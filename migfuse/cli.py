@@ -110,8 +110,10 @@ def data_prepare(
     result = prepare(root, out, layout=layout, frame_base=frame_base, workers=workers, reuse=reuse)
     report = result.report
     typer.echo(f"{report['layout']} layout: {report['clips']} clips, {report['videos']} videos, "
-               f"{report['videos_with_skeleton']} skeletons, {report['videos_with_mp4']} video files, "
+               f"{report['videos_with_skeleton']} skeletons, {report['videos_with_file']} video files, "
                f"{report['unreadable_frames']} unreadable skeleton frame files")
+    for vid, degrees in report["rotated_videos"].items():
+        typer.echo(f"  video {vid} is stored rotated: decoded upright with a {degrees} degree clockwise turn")
     for scheme, counts in report["splits"].items():
         typer.echo(f"  {scheme}: " + ", ".join(f"{k or '(none)'} {v}" for k, v in counts.items()))
     for problem in report["problems"]:

@@ -40,10 +40,12 @@ def build_manifest(scan: LayoutScan) -> Manifest:
     """Clips and videos of a layout scan with labels and the three split columns (no skeletons)."""
     clips: list[Clip] = []
     videos: dict[str, VideoInfo] = {}
+    root = scan.root.resolve()
     for vid in sorted(scan.videos):
         src = scan.videos[vid]
         videos[vid] = VideoInfo(vid, subject=src.subject, win_lose=src.win_lose,
-                                video_path=src.video_path.resolve() if src.video_path else None)
+                                video_path=_relative(src.video_path, scan.root) if src.video_path else None,
+                                dataset_root=root)
         for c in sorted(src.clips, key=lambda c: c.k):
             split_miga = src.split_miga
             if split_miga is not None and clip_id_of(vid, c.k) in classes.MIGA_EXCLUDED_CLIPS:
@@ -53,8 +55,45 @@ def build_manifest(scan: LayoutScan) -> Manifest:
     return Manifest(clips=clips, videos=videos)
 
 
+def _relative(path: Path, root: Path) -> Path:
+    """``path`` relative to the dataset ``root`` (the walk yields paths under ``root`` as given)."""
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return Path(os.path.relpath(path.resolve(), root.resolve()))
+
+
+def probe_rotations(manifest: Manifest) -> dict[str, int]:
+    """Fill ``VideoInfo.rotation`` (clockwise display turn, degrees) of every video with a file.
+
+    Needs PyAV (the ``extract`` extra); without it rotations stay unknown (None). Returns the
+    rotated videos (id -> degrees). A file that cannot be opened keeps None (extraction reports it).
+    """
+    try:
+        from migfuse.extract.orientation import video_rotation
+        import av  # noqa: F401 - only to know whether probing is possible
+    except ImportError:
+        log.info("PyAV is not installed: video rotation is not recorded (install the extract extra)")
+        return {}
+    rotated: dict[str, int] = {}
+    for vid, info in sorted(manifest.videos.items()):
+        path = manifest.video_path(vid)
+        if path is None or not path.is_file():
+            continue
+        try:
+            info.rotation = video_rotation(path)
+        except Exception as e:  # noqa: BLE001 - a damaged file: extraction reports it with its reason
+            log.debug("cannot probe rotation of %s: %s", path, e)
+            continue
+        if info.rotation:
+            rotated[vid] = info.rotation
+            log.warning("video %s (%s) is stored rotated: its track asks for a %d degree clockwise turn to "
+                        "display; extraction decodes it upright", vid, path.name, info.rotation)
+    return rotated
+
+
 def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_base: int = 0,
-            workers: int = 1, reuse: bool = True, progress: bool = True) -> PrepareResult:
+            workers: int = 1, reuse: bool = True, progress: bool = True, probe_videos: bool = True) -> PrepareResult:
     """Read a dataset download in any supported layout and write PREPARED/ into ``out``.
 
     Writes manifest.csv, videos.csv, skeletons/<vid4>.npy (T, 137, 3) float32 + .mask.npy (T,) bool
@@ -63,6 +102,11 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
     parallel processes. With ``reuse``, skeletons whose source file is unchanged since the last run
     into the same ``out`` (same size and modification time, per prepare_report.json) are not read
     again, so an interrupted run resumes quickly.
+
+    videos.csv stores each video file relative to the dataset root and records the root, so a
+    PREPARED folder works where the videos live elsewhere (`Manifest.video_path`). With
+    ``probe_videos`` (and PyAV installed) each video's display rotation is read from its track
+    header (one frame decoded per video) and recorded in videos.csv's ``rotation`` column.
     """
     out = Path(out)
     scan = read_layout(root, layout, frame_base=frame_base)
@@ -111,13 +155,16 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
                          f"skeleton's frames (kept as they are; readers must pad)", "clip_ids": outside})
     no_video = [v for v, info in manifest.videos.items() if info.video_path is None]
     if no_video:
-        problems.append({"kind": "no_video_file", "detail": f"{len(no_video)} videos have no <vid4>.mp4 "
-                         f"under the root (RGB tracks will skip them)", "video_ids": no_video})
+        problems.append({"kind": "no_video_file", "detail": f"{len(no_video)} videos have no video file "
+                         f"(<vid4>.mp4/.avi/.mkv/.mov/.webm) under the root (RGB tracks will skip them)",
+                         "video_ids": no_video})
+    rotated = probe_rotations(manifest) if probe_videos else {}
     manifest.save(out)
     report = {
         "layout": scan.layout, "root": str(Path(root).resolve()), "frame_base": frame_base,
         "clips": len(manifest.clips), "videos": len(manifest.videos),
-        "videos_with_skeleton": len(skeleton_info), "videos_with_mp4": len(manifest.videos) - len(no_video),
+        "videos_with_skeleton": len(skeleton_info), "videos_with_file": len(manifest.videos) - len(no_video),
+        "rotated_videos": rotated,
         "unreadable_frames": sum(info.get("n_unreadable_files", 0) for info in skeleton_info.values()),
         "splits": {scheme: _counts(manifest, scheme) for scheme in ("split_cs", "split_miga", "split_emotion")},
         "problems": problems, "skeletons": dict(sorted(skeleton_info.items())),

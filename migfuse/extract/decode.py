@@ -20,6 +20,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from migfuse.extract.orientation import rotation_degrees, upright
+
 log = logging.getLogger(__name__)
 
 #: The frame rate of the annotation's frame numbering (labels_20200831.csv: start_frame = round(t * 25)).
@@ -173,7 +175,7 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
             # `prev` is the nearest frame for every target before the midpoint of prev and this one.
             mid = (prev_t + t) / 2
             while i < len(targets) and targets[i] / ANNOTATION_FPS < mid:
-                yield targets[i], prev.to_ndarray(format="rgb24")
+                yield targets[i], upright(prev.to_ndarray(format="rgb24"), rotation_degrees(prev))
                 i += 1
             prev_t, prev = t, frame
             position = t
@@ -185,6 +187,6 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
             # End of stream: the last frame covers targets up to half a frame after it.
             if prev is not None:
                 while i < len(targets) and targets[i] / ANNOTATION_FPS < prev_t + half + 1e-6:
-                    yield targets[i], prev.to_ndarray(format="rgb24")
+                    yield targets[i], upright(prev.to_ndarray(format="rgb24"), rotation_degrees(prev))
                     i += 1
             return

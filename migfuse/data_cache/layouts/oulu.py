@@ -6,7 +6,8 @@
   are only compared with it: they come from another annotation pass and differ for many videos.
 - Skeletons: an OpenPose JSON folder ``<id>/<id>_<12-digit frame>_keypoints.json`` or a spreadsheet
   ``<vid4>_openpose.xlsx`` / ``<vid4>_2.xlsx`` (T x 411) anywhere under the root.
-- Videos: ``<vid4>.mp4`` or ``<id>.mp4`` anywhere under the root.
+- Videos: ``<vid4>.<ext>`` or ``<id>.<ext>`` (mp4, avi, mkv, mov, webm; any letter case) anywhere
+  under the root, also inside a skeleton folder.
 """
 from __future__ import annotations
 
