@@ -99,9 +99,9 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
     Writes manifest.csv, videos.csv, skeletons/<vid4>.npy (T, 137, 3) float32 + .mask.npy (T,) bool
     and prepare_report.json. Runtime is dominated by skeleton reading: ~4 s per video of OpenPose
     JSON (21k frames), a few seconds per 411-column xlsx. ``workers`` > 1 converts videos in
-    parallel processes. With ``reuse``, skeletons whose source file is unchanged since the last run
-    into the same ``out`` (same size and modification time, per prepare_report.json) are not read
-    again, so an interrupted run resumes quickly.
+    parallel processes. With ``reuse``, skeletons whose source is unchanged since the last run into
+    the same ``out`` (`_signature`: size and modification time of a file, of every frame file of a
+    JSON folder, and the reader version) are not read again, so an interrupted run resumes quickly.
 
     videos.csv stores each video file relative to the dataset root and records the root, so a
     PREPARED folder works where the videos live elsewhere (`Manifest.video_path`). With
