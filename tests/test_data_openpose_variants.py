@@ -176,3 +176,19 @@ def test_label_id_0_and_unknown_win_lose_are_reported_problems(tmp_path):
     assert kinds["unknown_win_lose"]["video_ids"] == ["0027"]
     assert "'draw'" in kinds["unknown_win_lose"]["detail"]
     assert (m.videos["0026"].win_lose, m.videos["0027"].win_lose, m.videos["0028"].win_lose) == ("Win", "", "Lose")
+
+
+REALWORLD = Path(__file__).resolve().parents[1].parent / "shared" / "realworld" / "openpose-old-keys"
+
+
+@pytest.mark.skipif(not REALWORLD.is_dir(), reason="shared realworld cases not on this machine")
+def test_shared_case_openpose_old_keys(tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(REALWORLD / "make_input.py"), str(tmp_path / "root")], check=True,
+                   capture_output=True)
+    prepare(tmp_path / "root", tmp_path / "prepared", layout="oulu", progress=False)
+    points, mask = Manifest.load(tmp_path / "prepared").skeleton(42)
+    assert mask.tolist() == [True, True, True]
+    assert float(abs(points[:, :25]).max()) == 342.0  # x of joint 24 in frame 2: 100 + 240 + 2
