@@ -77,8 +77,10 @@ def probe_rotations(manifest: Manifest) -> dict[str, int]:
         return {}
     rotated: dict[str, int] = {}
     for vid, info in sorted(manifest.videos.items()):
-        path = manifest.video_path(vid)
-        if path is None or not path.is_file():
+        if info.video_path is None:
+            continue
+        path = info.dataset_root / info.video_path if info.dataset_root else info.video_path  # not $MIGFUSE_VIDEO_ROOT
+        if not path.is_file():
             continue
         try:
             info.rotation = video_rotation(path)
@@ -87,7 +89,7 @@ def probe_rotations(manifest: Manifest) -> dict[str, int]:
             continue
         if info.rotation:
             rotated[vid] = info.rotation
-            log.warning("video %s (%s) is stored rotated: its track asks for a %d degree clockwise turn to "
+            log.info("video %s (%s) is stored rotated: its track asks for a %d degree clockwise turn to "
                         "display; extraction decodes it upright", vid, path.name, info.rotation)
     return rotated
 
