@@ -91,7 +91,7 @@ def _part_values(person: dict, key: str) -> list:
 def _numbers(values: list, key: str) -> np.ndarray:
     """(n, 3) float32 of a flat x, y, c list; ValueError for non-numbers (null counts as NaN)."""
     try:
-        array = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+        array = np.array(values, dtype=np.float32)  # a JSON null becomes NaN
     except (TypeError, ValueError):
         raise ValueError(f"{key} holds values that are not numbers") from None
     if array.ndim != 1:
@@ -112,6 +112,8 @@ def person_array(person: dict) -> np.ndarray:
     if not any(values) and not any(k in person for key, _ in PARTS for k in (key, key[:-3])):
         raise ValueError(f"a person has none of the keys {PARTS[0][0]} / {PARTS[0][0][:-3]} "
                          f"(found {sorted(person)[:6]})")
+    if tuple(map(len, values)) == _PART_SIZES:  # the usual case: one conversion for all parts
+        return _numbers(values[0] + values[1] + values[2] + values[3], "the keypoint arrays")
     out = np.zeros((NUM_KEYPOINTS, 3), dtype=np.float32)
     body = values[0]
     if body and len(body) != _PART_SIZES[0]:
