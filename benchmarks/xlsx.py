@@ -1,11 +1,12 @@
 """xlsx skeleton reading: python-calamine (migfuse's reader) against the hand-written streaming
 parser it replaced (kept below, only here, to compare).
 
-    .venv/bin/python benchmarks/xlsx.py [--rows 21068] [--repeat 2]
+    .venv/bin/python benchmarks/xlsx.py [--rows 21068] [--repeat 2] [--writer xlsxwriter|openpyxl]
 
-Writes one T x 411 sheet of random skeleton-like values with XlsxWriter (the demo-data writer), then
-times both readers (best of --repeat) and checks they return the same array. 21,068 rows is video
-298's length (8.66 million cells). Prints a Markdown row for benchmarks/RESULTS.md.
+Writes one T x 411 sheet of random skeleton-like values with XlsxWriter (the demo-data writer) or
+openpyxl, then times both readers (best of --repeat, alternating) and checks they return the same
+array. 21,068 rows is video 298's length (8.66 million cells). Prints a Markdown row for
+benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=21068)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--sheet", type=Path, help="reuse (or write once to) this xlsx file")
+    parser.add_argument("--writer", choices=("xlsxwriter", "openpyxl"), default="xlsxwriter",
+                        help="the library that writes the sheet (their XML differs in detail)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     # coordinates with 2 decimals and confidences with 4, about what OpenPose exports carry
@@ -44,7 +47,7 @@ def main() -> None:
         write_s = float("nan")
         if not path.is_file():
             t0 = time.perf_counter()
-            write_xlsx(path, table)
+            _write_openpyxl(path, table) if args.writer == "openpyxl" else write_xlsx(path, table)
             write_s = time.perf_counter() - t0
         readers = (("python-calamine", read_xlsx), ("replaced parser", _old_read_xlsx))
         times = {name: float("inf") for name, _ in readers}
@@ -58,9 +61,20 @@ def main() -> None:
         size_mb = path.stat().st_size / 1e6
     cells = args.rows * 411
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"| {when} | {platform.processor() or platform.machine()} | {args.rows} x 411 ({cells / 1e6:.2f} M cells, "
+    print(f"| {when} | {platform.processor() or platform.machine()} | {args.writer} | {args.rows} x 411 "
+          f"({cells / 1e6:.2f} M cells, "
           f"{size_mb:.0f} MB) | {times['python-calamine']:.1f} s | {times['replaced parser']:.1f} s | "
           f"{times['replaced parser'] / times['python-calamine']:.2f}x | {write_s:.0f} s |")
+
+
+def _write_openpyxl(path: Path, table: np.ndarray) -> None:
+    from openpyxl import Workbook
+
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet("Sheet1")
+    for row in table.tolist():
+        sheet.append(row)
+    workbook.save(path)
 
 
 # ----- the replaced reader (migfuse <= the calamine change), verbatim, for comparison only ------
