@@ -9,7 +9,8 @@
   The fingertip reading of "Finger1..5" is an assumption: no source names the hand points.
 
 In every format a frame's mask is True when any point has confidence > 0 (the files carry no
-separate "person found" flag).
+separate "person found" flag), and a point with an infinite value is undetected (0, 0, 0), counted
+as ``nonfinite_points`` (NaN after a header row means a non-numeric cell: the file is refused).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from migfuse.data_cache.layouts.base import SkeletonRead
-from migfuse.data_cache.openpose import LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, read_openpose_folder
+from migfuse.data_cache.openpose import LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, clean_points, read_openpose_folder
 from migfuse.data_cache.xlsx import read_xlsx, write_xlsx
 from migfuse.errors import UserError
 
@@ -49,6 +50,14 @@ def _drop_header(table: np.ndarray, path: Path, info: dict) -> np.ndarray:
     if np.isnan(table).any():
         raise UserError(f"{path} has non-numeric cells after its first row; re-export it as numbers only")
     return table
+
+
+def _clean(points: np.ndarray, info: dict) -> None:
+    """Infinite values (text "inf" in a cell) make their point undetected, counted in ``info``."""
+    bad_frames = int((~np.isfinite(points)).any(axis=(1, 2)).sum())
+    if bad_frames:
+        info["nonfinite_points"] = clean_points(points)
+        info["nonfinite_frames"] = bad_frames
 
 
 @dataclass
@@ -85,6 +94,7 @@ class OpenPoseXlsx:
         if table.shape[1] != 3 * NUM_KEYPOINTS:
             raise UserError(f"{self.path} has {table.shape[1]} columns, expected 411 (137 points x 3)")
         points = np.ascontiguousarray(table.reshape(len(table), NUM_KEYPOINTS, 3), dtype=np.float32)
+        _clean(points, info)
         return SkeletonRead(points, _mask_of(points), info)
 
 
@@ -116,6 +126,7 @@ class LightHandCsv:
         joints = table[:, 1:].reshape(len(table), len(LIGHT_HAND_POINTS), 3)
         points = np.zeros((len(table), NUM_KEYPOINTS, 3), dtype=np.float32)
         points[:, list(LIGHT_HAND_POINTS)] = joints
+        _clean(points, info)
         return SkeletonRead(points, _mask_of(points), info)
 
 
