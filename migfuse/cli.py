@@ -185,16 +185,22 @@ def data_prepare(
     """Read a dataset download into one clip manifest and fast skeleton arrays.
 
     Detects the layout, reads every label file, converts each video's skeleton (OpenPose JSON
-    folder, 411-column xlsx or light_hand csv) once into skeletons/<vid4>.npy (T, 137, 3), and
-    derives the cross-subject, MiGA and emotion splits. Problems (empty skeletons, clips outside
-    the skeleton, missing videos) are listed in prepare_report.json; the run goes on.
+    folder of any OpenPose version, BODY_25 or COCO-18; 411-column xlsx; light_hand csv) once into
+    skeletons/<vid4>.npy (T, 137, 3), and derives the cross-subject, MiGA and emotion splits.
+    Videos (mp4, avi, mkv, mov, webm) are found anywhere under the root and stored relative to it;
+    a phone video's display rotation is recorded. Problems (empty or refused skeletons, unreadable
+    frames, clips outside the skeleton, missing videos) are listed in prepare_report.json and
+    here; the run goes on. See docs/data.md for every accepted variant.
     """
     from migfuse.data_cache.prepare import prepare
 
     result = prepare(root, out, layout=layout, frame_base=frame_base, workers=workers, reuse=reuse)
     report = result.report
     typer.echo(f"{report['layout']} layout: {report['clips']} clips, {report['videos']} videos, "
-               f"{report['videos_with_skeleton']} skeletons, {report['videos_with_mp4']} mp4 files")
+               f"{report['videos_with_skeleton']} skeletons, {report['videos_with_file']} video files, "
+               f"{report['unreadable_frames']} unreadable skeleton frame files")
+    for vid, degrees in report["rotated_videos"].items():
+        typer.echo(f"  video {vid} is stored rotated: decoded upright with a {degrees} degree clockwise turn")
     for scheme, counts in report["splits"].items():
         typer.echo(f"  {scheme}: " + ", ".join(f"{k or '(none)'} {v}" for k, v in counts.items()))
     for problem in report["problems"]:

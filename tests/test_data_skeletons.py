@@ -78,3 +78,23 @@ def test_xlsx_skeleton_shape_errors(tmp_path):
         OpenPoseXlsx(tmp_path / "b.xlsx").read()
     read = OpenPoseXlsx(write_xlsx(tmp_path / "c.xlsx", np.arange(2 * 411).reshape(2, 411))).read()
     assert read.points.shape == (2, 137, 3) and read.points[1, 0].tolist() == [411.0, 412.0, 413.0]
+
+
+def test_infinite_spreadsheet_and_csv_values_are_undetected_points(tmp_path):
+    from openpyxl import Workbook
+
+    table = np.arange(3 * 411, dtype=np.float64).reshape(3, 411) + 1
+    table[1, 3:6] = [np.inf, 5, 0.5]      # point 1 of frame 1
+    workbook = Workbook()
+    for row in table.tolist():
+        workbook.active.append(["inf" if v == np.inf else v for v in row])  # a text cell "inf"
+    workbook.save(tmp_path / "a.xlsx")
+    read = OpenPoseXlsx(tmp_path / "a.xlsx").read()
+    assert read.points[1, 1].tolist() == [0, 0, 0] and np.isfinite(read.points).all()
+    assert (read.info["nonfinite_points"], read.info["nonfinite_frames"]) == (1, 1)
+    assert read.points[1, 2].tolist() == table[1, 6:9].tolist()
+    points = np.ones((2, 137, 3), np.float32)
+    path = write_light_hand_csv(tmp_path / "0001_light_hand.csv", points)
+    path.write_text(path.read_text().replace("1,1,1", "1,-inf,1", 1))
+    light = LightHandCsv(path).read()
+    assert light.points[0, 0].tolist() == [0, 0, 0] and light.info["nonfinite_points"] == 1

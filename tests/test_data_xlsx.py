@@ -1,73 +1,82 @@
-"""xlsx reader/writer: round trips and the cell kinds other spreadsheet tools write."""
+"""xlsx reading (python-calamine) of sheets as openpyxl and XlsxWriter write them, in the real
+411-column skeleton layout, and the cell kinds spreadsheet tools produce."""
 from __future__ import annotations
 
+import datetime
 import zipfile
 
 import numpy as np
 import pytest
+from openpyxl import Workbook
 
-from migfuse.data_cache.xlsx import column_index, column_letters, read_xlsx, write_xlsx
+from migfuse.data_cache.layouts.skeletons import OpenPoseXlsx
+from migfuse.data_cache.xlsx import read_xlsx, write_xlsx
 from migfuse.errors import UserError
 
 
-def test_column_letters():
-    assert [column_letters(i) for i in (0, 25, 26, 410, 701, 702)] == ["A", "Z", "AA", "OU", "ZZ", "AAA"]
-    assert all(column_index(column_letters(i)) == i for i in range(2000))
-
-
-def test_round_trip_exact(tmp_path):
-    rng = np.random.default_rng(0)
-    a = (rng.random((50, 411)) * 1000).astype(np.float32)
-    a[:, 7] = 0
-    a[3] = 0
-    a[4, 5] = np.nan  # written as an empty cell -> read as 0
-    path = write_xlsx(tmp_path / "a.xlsx", a)
-    b = read_xlsx(path)
-    assert b.shape == (50, 411) and b.dtype == np.float32
-    a[4, 5] = 0
-    np.testing.assert_array_equal(a, b)
-    with zipfile.ZipFile(path) as z:  # a valid package that spreadsheet tools accept
-        assert {"[Content_Types].xml", "_rels/.rels", "xl/workbook.xml", "xl/styles.xml",
-                "xl/worksheets/sheet1.xml"} <= set(z.namelist())
-        assert b'<dimension ref="A1:OU50"/>' in z.read("xl/worksheets/sheet1.xml")[:300]
-
-
-def _package(path, sheet: str, shared: str | None = None, sheet_name: str = "xl/worksheets/sheet7.xml"):
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("xl/workbook.xml",
-                   '<workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
-                   'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships">'
-                   '<sheets><sheet name="S" sheetId="1" r:id="rId3"/></sheets></workbook>')
-        z.writestr("xl/_rels/workbook.xml.rels",
-                   '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
-                   f'<Relationship Id="rId3" Type="worksheet" Target="{sheet_name[3:]}"/></Relationships>')
-        z.writestr(sheet_name, sheet)
-        if shared is not None:
-            z.writestr("xl/sharedStrings.xml", shared)
+def _openpyxl_sheet(path, rows, title="Sheet1"):
+    """A workbook as openpyxl (pandas' other writer, LibreOffice-like output) saves it."""
+    wb = Workbook()
+    ws = wb.active
+    ws.title = title
+    for row in rows:
+        ws.append(row)
+    wb.save(path)
     return path
 
 
-SHARED = ('<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><si><t>1.5</t></si>'
-          '<si><r><t>2</t></r><r><t>5</t></r></si><si><t>text</t></si></sst>')
+def test_openpyxl_written_411_column_skeleton_reads_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    points = (rng.random((12, 137, 3)) * 1000).astype(np.float32)
+    points[3] = 0                      # a frame without a person
+    points[5, 100:] = 0                # undetected hand points
+    table = points.reshape(12, 411)
+    path = _openpyxl_sheet(tmp_path / "0298_openpose.xlsx", table.astype(np.float64).tolist())
+    got = read_xlsx(path)
+    assert got.shape == (12, 411) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, table)
+    read = OpenPoseXlsx(path).read()
+    np.testing.assert_array_equal(read.points, points)
+    assert read.mask.tolist() == [True, True, True, False] + [True] * 8
+    header = [f"{axis}{j}" for j in range(137) for axis in ("x", "y", "c")]  # a re-export with a header
+    again = OpenPoseXlsx(_openpyxl_sheet(tmp_path / "h.xlsx", [header] + table.astype(np.float64).tolist())).read()
+    assert again.info == {"header_row_dropped": True}
+    np.testing.assert_array_equal(again.points, points)
 
 
-@pytest.mark.parametrize("prefix", ["", "x:"])
-def test_cell_kinds_sparse_rows_and_prefixed_namespace(tmp_path, prefix):
-    ns = f'xmlns{":x" if prefix else ""}="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
-    p = prefix
-    sheet = (f'<{p}worksheet {ns}><{p}sheetData>'
-             f'<{p}row r="1"><{p}c r="A1" t="s"><{p}v>0</{p}v></{p}c><{p}c r="B1" t="s"><{p}v>1</{p}v></{p}c>'
-             f'<{p}c r="C1" t="inlineStr"><{p}is><{p}t>-3.25</{p}t></{p}is></{p}c></{p}row>'
-             f'<{p}row r="3"><{p}c r="B3"><{p}v>7</{p}v></{p}c><{p}c r="D3" t="b"><{p}v>1</{p}v></{p}c></{p}row>'
-             f'<{p}row r="4"><{p}c r="A4" t="s"><{p}v>2</{p}v></{p}c><{p}c r="B4" t="e"><{p}v>#DIV/0!</{p}v></{p}c>'
-             f'<{p}c r="C4" s="1"/><{p}c r="D4" t="str"><{p}f>A1</{p}f><{p}v>4e2</{p}v></{p}c></{p}row>'
-             f'</{p}sheetData></{p}worksheet>')
-    b = read_xlsx(_package(tmp_path / "k.xlsx", sheet, SHARED))
-    expected = np.array([[1.5, 25, -3.25, 0], [0, 0, 0, 0], [0, 7, 0, 1], [np.nan, np.nan, 0, 400]], np.float32)
-    np.testing.assert_array_equal(b, expected)
+def test_cell_kinds_and_cells_counted_from_a1(tmp_path):
+    wb = Workbook()
+    ws = wb.active
+    ws["B2"] = 1.5                       # row 1 and column A empty: still row 0 / column 0
+    ws["C2"] = "-3.25"                   # a number stored as text
+    ws["D2"] = "text"
+    ws["B3"] = True
+    ws["C3"] = datetime.date(2020, 8, 31)
+    ws["D3"] = "#DIV/0!"
+    ws["D3"].data_type = "e"             # an error cell: calamine returns it empty
+    ws["E4"] = 7
+    wb.save(tmp_path / "k.xlsx")
+    expected = np.array([[0, 0, 0, 0, 0], [0, 1.5, -3.25, np.nan, 0], [0, 1, np.nan, 0, 0], [0, 0, 0, 0, 7]],
+                        np.float32)
+    np.testing.assert_array_equal(read_xlsx(tmp_path / "k.xlsx"), expected)
 
 
-def test_bad_files(tmp_path):
+def test_writer_round_trip_is_exact_and_reproducible_with_nan_as_empty_cell(tmp_path):
+    rng = np.random.default_rng(1)
+    a = (rng.random((30, 411)) * 1000).astype(np.float32)
+    a[:, 7] = 0
+    a[4, 5] = np.nan
+    path = write_xlsx(tmp_path / "a.xlsx", a)
+    assert write_xlsx(tmp_path / "again.xlsx", a).read_bytes() == path.read_bytes()  # reproducible demo data
+    b = read_xlsx(path)
+    a[4, 5] = 0
+    np.testing.assert_array_equal(a, b)
+    with zipfile.ZipFile(path) as z:  # a valid package that spreadsheet tools accept
+        assert {"[Content_Types].xml", "xl/workbook.xml", "xl/worksheets/sheet1.xml"} <= set(z.namelist())
+    assert read_xlsx(write_xlsx(tmp_path / "none.xlsx", np.zeros((0, 3)))).shape == (0, 0)
+
+
+def test_bad_files_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match=r"missing\.xlsx does not exist"):
         read_xlsx(tmp_path / "missing.xlsx")
     (tmp_path / "empty.xlsx").write_bytes(b"")
@@ -75,6 +84,8 @@ def test_bad_files(tmp_path):
         read_xlsx(tmp_path / "empty.xlsx")
     with zipfile.ZipFile(tmp_path / "nosheet.xlsx", "w") as z:
         z.writestr("hello.txt", "hi")
-    with pytest.raises(UserError, match="nosheet.xlsx is not a readable xlsx"):
+    with pytest.raises(UserError, match=r"nosheet\.xlsx is not a readable xlsx"):
         read_xlsx(tmp_path / "nosheet.xlsx")
-    assert read_xlsx(write_xlsx(tmp_path / "none.xlsx", np.zeros((0, 3)))).shape == (0, 0)
+    (tmp_path / "text.xlsx").write_text("video,frame\n1,2\n")  # a CSV renamed
+    with pytest.raises(UserError, match=r"text\.xlsx is not a readable xlsx"):
+        read_xlsx(tmp_path / "text.xlsx")

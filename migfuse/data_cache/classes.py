@@ -114,6 +114,19 @@ def split_emotion(video_id: int) -> str:
     return ""
 
 
+#: spellings of the win_or_lose column accepted (compared case-insensitively, spaces stripped)
+WIN_LOSE_SPELLINGS: dict[str, str] = {"win": "Win", "won": "Win", "w": "Win",
+                                      "lose": "Lose", "lost": "Lose", "loss": "Lose", "l": "Lose"}
+
+
+def normalise_win_lose(text: str) -> str | None:
+    """"Win" / "Lose" for a known spelling (`WIN_LOSE_SPELLINGS`), "" for an empty cell, None otherwise."""
+    key = (text or "").strip().lower()
+    if not key:
+        return ""
+    return WIN_LOSE_SPELLINGS.get(key)
+
+
 def emotion_label(win_lose: str) -> int | None:
     """Emotion class index of a "Win"/"Lose" value (Win = 1); None when unknown."""
     return {"Lose": 0, "Win": 1}.get(win_lose.strip().capitalize()) if win_lose else None

@@ -5,7 +5,8 @@ A PREPARED/ folder holds (see docs/contracts.md):
 - ``manifest.csv``  one row per clip: clip_id, video_id, k, start_frame, end_frame, label, raw_class,
   subject, win_lose, split_cs, split_miga, split_emotion
 - ``videos.csv``    one row per video: video_id, subject, win_lose, split_emotion, video_path,
-  skeleton, n_frames
+  skeleton, n_frames, rotation, dataset_root (``video_path`` relative to ``dataset_root``; files
+  written before these two columns existed hold absolute paths and still load)
 - ``skeletons/<video_id>.npy`` (T, 137, 3) float32 and ``skeletons/<video_id>.mask.npy`` (T,) bool
 - ``prepare_report.json`` (written by the layout readers, not by this module)
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
@@ -101,8 +103,12 @@ class Clip:
 class VideoInfo:
     """One video; fields are the columns of videos.csv.
 
-    ``video_path`` is the mp4 (None when not found); ``skeleton`` is the .npy path relative to the
-    prepared folder ("" when the video has no usable skeleton); ``n_frames`` is the skeleton length.
+    ``video_path`` is the video file (None when not found), relative to ``dataset_root`` when that
+    is set (what `prepare` writes), else as given; resolve it with `Manifest.video_path`.
+    ``skeleton`` is the .npy path relative to the prepared folder ("" when the video has no usable
+    skeleton); ``n_frames`` is the skeleton length. ``rotation`` is the clockwise turn in degrees
+    (0, 90, 180, 270) the video's track asks for at display and that decoding applies (None when
+    not probed).
     """
 
     video_id: str
@@ -112,6 +118,8 @@ class VideoInfo:
     video_path: Path | None = None
     skeleton: str = ""
     n_frames: int | None = None
+    rotation: int | None = None
+    dataset_root: Path | None = None
 
     def __post_init__(self) -> None:
         self.video_id = format_video_id(self.video_id)
@@ -119,10 +127,16 @@ class VideoInfo:
             self.split_emotion = classes.split_emotion(int(self.video_id))
         if self.video_path is not None and not isinstance(self.video_path, Path):
             self.video_path = Path(self.video_path)
+        if self.dataset_root is not None and not isinstance(self.dataset_root, Path):
+            self.dataset_root = Path(self.dataset_root)
 
 
 CLIP_COLUMNS = [f.name for f in fields(Clip)]
 VIDEO_COLUMNS = [f.name for f in fields(VideoInfo)]
+#: videos.csv columns added later: files without them still load
+OPTIONAL_VIDEO_COLUMNS = ("rotation", "dataset_root")
+#: environment variable naming the folder that holds the videos (as ``--video-root``)
+VIDEO_ROOT_ENV = "MIGFUSE_VIDEO_ROOT"
 
 
 def _opt_int(text: str) -> int | None:
@@ -208,6 +222,46 @@ class Manifest:
                             f"(T, 137, 3) / (T,); re-run `migfuse data prepare`")
         return array, mask
 
+    def video_path(self, video_id: str | int, video_root: str | Path | None = None) -> Path | None:
+        """The video file of a video, resolved on this machine; None when `prepare` found none.
+
+        A relative ``video_path`` (what `prepare` writes) is looked up under, in order: ``video_root``
+        (``--video-root``), the environment variable ``MIGFUSE_VIDEO_ROOT``, and the dataset root
+        recorded at prepare time; the first root holding the file wins. When none holds it, the path
+        under the first of them is returned (the caller reports the missing file). An absolute path
+        (videos.csv of older versions) is used where it exists, else looked up by its file name under
+        the roots given now.
+        """
+        vid = format_video_id(video_id)
+        info = self.videos.get(vid)
+        if info is None or info.video_path is None:
+            return None
+        given = _given_roots(video_root)
+        if info.video_path.is_absolute():
+            if info.video_path.is_file():
+                return info.video_path
+            moved = (root / info.video_path.name for root in given)
+            return next((p for p in moved if p.is_file()), info.video_path)
+        roots = given + ([info.dataset_root] if info.dataset_root is not None else [])
+        candidates = [root / info.video_path for root in roots] or [info.video_path]
+        return next((c for c in candidates if c.is_file()), candidates[0])
+
+    def video_paths(self, video_root: str | Path | None = None) -> dict[str, Path | None]:
+        """Video id -> resolved video file (`video_path`) for every video of the manifest.
+
+        Raises:
+            UserError: videos have files recorded but not one of them is found: the videos live
+                elsewhere on this machine (the message names a missing file and ``--video-root``).
+        """
+        paths = {vid: self.video_path(vid, video_root) for vid in sorted(self.videos)}
+        recorded = {vid: p for vid, p in paths.items() if p is not None}
+        if recorded and not any(p.is_file() for p in recorded.values()):
+            vid, missing = next(iter(recorded.items()))
+            raise UserError(f"none of the {len(recorded)} video files of {self.root or 'the manifest'} is found "
+                            f"(e.g. video {vid}: {missing}); pass --video-root DIR (or set {VIDEO_ROOT_ENV}) "
+                            f"to the folder that holds the videos")
+        return paths
+
     def _where(self) -> str:
         return f" {self.root}" if self.root is not None else ""
 
@@ -240,7 +294,8 @@ class Manifest:
         videos: dict[str, VideoInfo] = {}
         vpath = root / VIDEOS_FILE
         if vpath.is_file():
-            for i, row in enumerate(_read_rows(vpath, VIDEO_COLUMNS), 2):
+            required = [c for c in VIDEO_COLUMNS if c not in OPTIONAL_VIDEO_COLUMNS]
+            for i, row in enumerate(_read_rows(vpath, required), 2):
                 info = _video_from_row(row, vpath, i, root)
                 videos[info.video_id] = info
         try:
@@ -277,13 +332,23 @@ def _clip_from_row(row: dict[str, str], path: Path, line: int) -> Clip:
 def _video_from_row(row: dict[str, str], path: Path, line: int, root: Path) -> VideoInfo:
     try:
         video_path = Path(row["video_path"]) if row["video_path"] else None
-        if video_path is not None and not video_path.is_absolute():
-            video_path = root / video_path
+        dataset_root = Path(row["dataset_root"]) if row.get("dataset_root") else None
+        if video_path is not None and not video_path.is_absolute() and dataset_root is None:
+            video_path = root / video_path  # a hand-written file: relative to the PREPARED folder
         return VideoInfo(video_id=row["video_id"], subject=_opt_int(row["subject"]), win_lose=row["win_lose"],
                          split_emotion=row["split_emotion"], video_path=video_path,
-                         skeleton=row["skeleton"], n_frames=_opt_int(row["n_frames"]))
+                         skeleton=row["skeleton"], n_frames=_opt_int(row["n_frames"]),
+                         rotation=_opt_int(row.get("rotation") or ""), dataset_root=dataset_root)
     except (ValueError, TypeError) as e:
         raise UserError(f"{path} line {line} is invalid ({e}); re-run `migfuse data prepare`") from None
+
+
+def _given_roots(video_root: str | Path | None) -> list[Path]:
+    """The video roots given for this run: ``video_root``, then ``$MIGFUSE_VIDEO_ROOT``."""
+    roots = [Path(video_root).expanduser()] if video_root else []
+    if env := os.environ.get(VIDEO_ROOT_ENV, "").strip():
+        roots.append(Path(env).expanduser())
+    return roots
 
 
 def _mask_path(npy: Path) -> Path:

@@ -7,8 +7,10 @@ unreadable skeletons, clips outside the skeleton, files that do not fit) go to
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from migfuse.data_cache import classes
 from migfuse.data_cache.layouts import LayoutScan, read_layout
 from migfuse.data_cache.layouts.base import SkeletonSource
 from migfuse.data_cache.manifest import REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, write_skeleton
+from migfuse.data_cache.openpose import UnsupportedBodyModel
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,10 +40,12 @@ def build_manifest(scan: LayoutScan) -> Manifest:
     """Clips and videos of a layout scan with labels and the three split columns (no skeletons)."""
     clips: list[Clip] = []
     videos: dict[str, VideoInfo] = {}
+    root = scan.root.resolve()
     for vid in sorted(scan.videos):
         src = scan.videos[vid]
         videos[vid] = VideoInfo(vid, subject=src.subject, win_lose=src.win_lose,
-                                video_path=src.video_path.resolve() if src.video_path else None)
+                                video_path=_relative(src.video_path, scan.root) if src.video_path else None,
+                                dataset_root=root)
         for c in sorted(src.clips, key=lambda c: c.k):
             split_miga = src.split_miga
             if split_miga is not None and clip_id_of(vid, c.k) in classes.MIGA_EXCLUDED_CLIPS:
@@ -50,16 +55,60 @@ def build_manifest(scan: LayoutScan) -> Manifest:
     return Manifest(clips=clips, videos=videos)
 
 
+def _relative(path: Path, root: Path) -> Path:
+    """``path`` relative to the dataset ``root`` (the walk yields paths under ``root`` as given)."""
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return Path(os.path.relpath(path.resolve(), root.resolve()))
+
+
+def probe_rotations(manifest: Manifest) -> dict[str, int]:
+    """Fill ``VideoInfo.rotation`` (clockwise display turn, degrees) of every video with a file.
+
+    Needs PyAV (the ``extract`` extra); without it rotations stay unknown (None). Returns the
+    rotated videos (id -> degrees). A file that cannot be opened keeps None (extraction reports it).
+    """
+    try:
+        from migfuse.extract.orientation import video_rotation
+        import av  # noqa: F401 - only to know whether probing is possible
+    except ImportError:
+        log.info("PyAV is not installed: video rotation is not recorded (install the extract extra)")
+        return {}
+    rotated: dict[str, int] = {}
+    for vid, info in sorted(manifest.videos.items()):
+        if info.video_path is None:
+            continue
+        path = info.dataset_root / info.video_path if info.dataset_root else info.video_path  # not $MIGFUSE_VIDEO_ROOT
+        if not path.is_file():
+            continue
+        try:
+            info.rotation = video_rotation(path)
+        except Exception as e:  # noqa: BLE001 - a damaged file: extraction reports it with its reason
+            log.debug("cannot probe rotation of %s: %s", path, e)
+            continue
+        if info.rotation:
+            rotated[vid] = info.rotation
+            log.info("video %s (%s) is stored rotated: its track asks for a %d degree clockwise turn to "
+                        "display; extraction decodes it upright", vid, path.name, info.rotation)
+    return rotated
+
+
 def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_base: int = 0,
-            workers: int = 1, reuse: bool = True, progress: bool = True) -> PrepareResult:
+            workers: int = 1, reuse: bool = True, progress: bool = True, probe_videos: bool = True) -> PrepareResult:
     """Read a dataset download in any supported layout and write PREPARED/ into ``out``.
 
     Writes manifest.csv, videos.csv, skeletons/<vid4>.npy (T, 137, 3) float32 + .mask.npy (T,) bool
     and prepare_report.json. Runtime is dominated by skeleton reading: ~4 s per video of OpenPose
     JSON (21k frames), a few seconds per 411-column xlsx. ``workers`` > 1 converts videos in
-    parallel processes. With ``reuse``, skeletons whose source file is unchanged since the last run
-    into the same ``out`` (same size and modification time, per prepare_report.json) are not read
-    again, so an interrupted run resumes quickly.
+    parallel processes. With ``reuse``, skeletons whose source is unchanged since the last run into
+    the same ``out`` (`_signature`: size and modification time of a file, of every frame file of a
+    JSON folder, and the reader version) are not read again, so an interrupted run resumes quickly.
+
+    videos.csv stores each video file relative to the dataset root and records the root, so a
+    PREPARED folder works where the videos live elsewhere (`Manifest.video_path`). With
+    ``probe_videos`` (and PyAV installed) each video's display rotation is read from its track
+    header (one frame decoded per video) and recorded in videos.csv's ``rotation`` column.
     """
     out = Path(out)
     scan = read_layout(root, layout, frame_base=frame_base)
@@ -90,6 +139,8 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
             log.warning("video %s: %s", vid, outcome["problem"]["detail"])
         else:
             skeleton_info[vid] = outcome
+    for vid, info in sorted(skeleton_info.items()):
+        problems.extend(_frame_problems(vid, info))
     for vid, info in skeleton_info.items():
         manifest.videos[vid].skeleton = info["array"]
         manifest.videos[vid].n_frames = info["frames"]
@@ -106,13 +157,17 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
                          f"skeleton's frames (kept as they are; readers must pad)", "clip_ids": outside})
     no_video = [v for v, info in manifest.videos.items() if info.video_path is None]
     if no_video:
-        problems.append({"kind": "no_video_file", "detail": f"{len(no_video)} videos have no <vid4>.mp4 "
-                         f"under the root (RGB tracks will skip them)", "video_ids": no_video})
+        problems.append({"kind": "no_video_file", "detail": f"{len(no_video)} videos have no video file "
+                         f"(<vid4>.mp4/.avi/.mkv/.mov/.webm) under the root (RGB tracks will skip them)",
+                         "video_ids": no_video})
+    rotated = probe_rotations(manifest) if probe_videos else {}
     manifest.save(out)
     report = {
         "layout": scan.layout, "root": str(Path(root).resolve()), "frame_base": frame_base,
         "clips": len(manifest.clips), "videos": len(manifest.videos),
-        "videos_with_skeleton": len(skeleton_info), "videos_with_mp4": len(manifest.videos) - len(no_video),
+        "videos_with_skeleton": len(skeleton_info), "videos_with_file": len(manifest.videos) - len(no_video),
+        "rotated_videos": rotated,
+        "unreadable_frames": sum(info.get("n_unreadable_files", 0) for info in skeleton_info.values()),
         "splits": {scheme: _counts(manifest, scheme) for scheme in ("split_cs", "split_miga", "split_emotion")},
         "problems": problems, "skeletons": dict(sorted(skeleton_info.items())),
     }
@@ -122,10 +177,45 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
     return PrepareResult(manifest, report)
 
 
-def _signature(source: SkeletonSource) -> list[int]:
-    """Size and modification time of a skeleton source (a folder's mtime changes with its files)."""
-    st = source.path.stat()
-    return [st.st_size if source.path.is_file() else 0, st.st_mtime_ns]
+#: bump when the readers change what they return for the same file, so `reuse` re-reads old arrays
+READER_VERSION = 2
+
+
+def _signature(source: SkeletonSource) -> list:
+    """What identifies a skeleton source's content without reading it: reader version, then size and
+    modification time of a file, or for a folder the count and a digest of every file's name, size
+    and modification time (a frame fixed in place changes it; a folder's own mtime does not)."""
+    path = source.path
+    if path.is_file():
+        st = path.stat()
+        return [READER_VERSION, st.st_size, st.st_mtime_ns]
+    digest = hashlib.sha1()
+    count = 0
+    with os.scandir(path) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_file():
+                st = entry.stat()
+                digest.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                count += 1
+    return [READER_VERSION, count, digest.hexdigest()]
+
+
+def _frame_problems(vid: str, info: dict) -> list[dict]:
+    """Per-frame problems of one converted skeleton (unreadable files, non-finite values)."""
+    problems = []
+    if info.get("n_unreadable_files"):
+        reasons = info.get("unreadable_files") or {}
+        first = next(iter(reasons.items()), None)
+        example = f"; first: {first[0]}: {first[1]}" if first else ""
+        problems.append({"kind": "unreadable_frames", "video_id": vid, "path": info.get("source", ""),
+                         "detail": f"{info['n_unreadable_files']} of {info.get('files')} frame files could not be "
+                                   f"read (stored as frames without a person){example}",
+                         "files": reasons})
+    if info.get("nonfinite_points"):
+        problems.append({"kind": "nonfinite_points", "video_id": vid, "path": info.get("source", ""),
+                         "detail": f"{info['nonfinite_points']} points in {info.get('nonfinite_frames')} frames had "
+                                   f"NaN or infinite values (stored as undetected)"})
+    return problems
 
 
 def _previous_skeletons(out: Path) -> dict[str, dict]:
@@ -145,12 +235,20 @@ def _convert(vid: str, source: SkeletonSource, out: Path, progress: bool) -> dic
     """Read one skeleton source and write its arrays; a dict for the report (or a "problem")."""
     try:
         read = source.read(progress=progress)
+    except UnsupportedBodyModel as e:
+        return {"problem": {"kind": "unsupported_body_model", "video_id": vid, "path": str(source.path),
+                            "detail": str(e)}}
     except (UserError, ValueError, OSError) as e:
         return {"problem": {"kind": "unreadable_skeleton", "video_id": vid, "path": str(source.path),
                             "detail": str(e)}}
     if len(read.points) == 0 or not read.mask.any():
+        why = "none with a person"
+        if read.info.get("n_unreadable_files"):  # keep the reader's own reason, not a vaguer one
+            name, reason = next(iter(read.info["unreadable_files"].items()))
+            why = (f"{read.info['n_unreadable_files']} of {read.info['files']} frame files unreadable "
+                   f"(first: {name}: {reason}), none of the others with a person")
         return {"problem": {"kind": "empty_skeleton", "video_id": vid, "path": str(source.path),
-                            "detail": f"{source.path}: {len(read.points)} frames, none with a person"}}
+                            "detail": f"{source.path}: {len(read.points)} frames, {why}"}}
     array = write_skeleton(out, vid, read.points, read.mask)
     record = {"source": str(source.path), "kind": source.kind, "signature": _signature(source), "array": array,
               "frames": int(len(read.points)), "frames_with_person": int(read.mask.sum()), **read.info}

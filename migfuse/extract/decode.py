@@ -27,6 +27,8 @@ from typing import Callable, Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from migfuse.extract.orientation import rotation_degrees, upright
+
 log = logging.getLogger(__name__)
 
 #: The frame rate of the annotation's frame numbering (labels_20200831.csv: start_frame = round(t * 25)).
@@ -121,8 +123,10 @@ def _header_frames(container, stream) -> int:
 
 
 def _to_rgb(frame, stream) -> np.ndarray:
-    """The one place a decoded PyAV frame becomes an array: (H, W, 3) uint8 RGB."""
-    return frame.to_ndarray(format="rgb24")
+    """The one place a decoded PyAV frame becomes an array: (H, W, 3) uint8 RGB, turned upright by the
+    display rotation the frame (or else the stream's `rotate` tag) carries, as ffmpeg and players show it."""
+    degrees = rotation_degrees(frame) or rotation_degrees(stream)
+    return upright(frame.to_ndarray(format="rgb24"), degrees)
 
 
 def read_frames(

@@ -155,9 +155,11 @@ def clips_by_video(manifest: Any, clip_ids: Iterable[str]) -> list[WorkItem]:
             for v, cs in by_video.items()]
 
 
-def video_files(manifest: Any) -> dict[str, str | None]:
-    """Video id -> mp4 path for every video of the manifest (None where `data prepare` found none)."""
-    paths = {v: (str(info.video_path) if info.video_path else None) for v, info in manifest.videos.items()}
+def video_files(manifest: Any, video_root: str | Path | None = None) -> dict[str, str | None]:
+    """Video id -> video file for every video of the manifest (None where `data prepare` found none),
+    resolved under ``video_root`` / ``$MIGFUSE_VIDEO_ROOT`` / the recorded root (`Manifest.video_paths`;
+    UserError naming ``--video-root`` when no video is found at all)."""
+    paths = {v: (str(p) if p else None) for v, p in manifest.video_paths(video_root).items()}
     for c in manifest.clips:  # clips of videos missing from videos.csv still get a (failing) entry
         paths.setdefault(c.video_id, None)
     return paths

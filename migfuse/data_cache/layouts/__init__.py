@@ -17,6 +17,8 @@ from migfuse.data_cache.layouts.tree import DatasetTree, scan_tree
 from migfuse.errors import UserError
 
 LAYOUTS = ("oulu", "miga2025", "miga2023")
+_KIND_WORDS = {"videos": "video files", "json_dirs": "OpenPose JSON folders", "openpose_xlsx": "xlsx skeletons",
+               "label_csvs": "_label.csv files", "light_hand_csvs": "_light_hand.csv files"}
 
 __all__ = ["LAYOUTS", "DatasetTree", "LayoutScan", "SkeletonRead", "SourceClip", "SourceVideo",
            "detect_layout", "read_layout", "scan_tree"]
@@ -55,5 +57,8 @@ def read_layout(root: str | Path, layout: str = "auto", *, frame_base: int = 0) 
 
         scan = read_miga(tree, layout, frame_base=frame_base)
     for kind, vid, path in tree.duplicates:
-        scan.problem("duplicate_file", f"second {kind} file for video {vid} ignored", video_id=vid, path=str(path))
+        kept = getattr(tree, kind)[vid]
+        what = _KIND_WORDS.get(kind, kind)
+        scan.problem("duplicate_file", f"two {what} for video {vid}: kept {kept}, ignored {path}; "
+                     f"remove or rename one", video_id=vid, path=str(path), kept=str(kept))
     return scan

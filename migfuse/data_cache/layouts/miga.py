@@ -75,7 +75,7 @@ def read_miga(tree: DatasetTree, layout: str, *, frame_base: int = 0) -> LayoutS
         raise UserError(f"no <vid4>/<vid4>_label.csv under {tree.root}; the {layout} layout needs them")
     scan = LayoutScan(layout, tree.root, {})
     facts_csv = pick_labels_csv(tree)
-    facts = read_labels_csv(facts_csv) if facts_csv else {}
+    facts = read_labels_csv(facts_csv, scan.problems) if facts_csv else {}
     for vid, label_path in sorted(tree.label_csvs.items()):
         split = split_of_path(label_path, tree.root)
         video = SourceVideo(vid, split_miga=split, label_file=label_path, video_path=tree.videos.get(vid))

@@ -6,7 +6,8 @@
   are only compared with it: they come from another annotation pass and differ for many videos.
 - Skeletons: an OpenPose JSON folder ``<id>/<id>_<12-digit frame>_keypoints.json`` or a spreadsheet
   ``<vid4>_openpose.xlsx`` / ``<vid4>_2.xlsx`` (T x 411) anywhere under the root.
-- Videos: ``<vid4>.mp4`` or ``<id>.mp4`` anywhere under the root.
+- Videos: ``<vid4>.<ext>`` or ``<id>.<ext>`` (mp4, avi, mkv, mov, webm; any letter case) anywhere
+  under the root, also inside a skeleton folder.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import math
 from pathlib import Path
 
+from migfuse.data_cache import classes
 from migfuse.data_cache.layouts.base import LayoutScan, SourceClip, SourceVideo
 from migfuse.data_cache.layouts.skeletons import LightHandCsv, OpenPoseFolder, OpenPoseXlsx
 from migfuse.data_cache.layouts.tree import DatasetTree
@@ -34,9 +36,17 @@ def pick_labels_csv(tree: DatasetTree) -> Path | None:
                                                   p.parent.name.lower() != "label", str(p)))[0]
 
 
-def read_labels_csv(path: Path) -> dict[str, SourceVideo]:
-    """Videos with their clips, subject and win/lose from the official label CSV."""
+def read_labels_csv(path: Path, problems: list[dict] | None = None) -> dict[str, SourceVideo]:
+    """Videos with their clips, subject and win/lose from the official label CSV.
+
+    Rows whose ``label_id`` is below 1 (the id is 1-based; 0 would make a clip id ``<vid4>_-1``)
+    are skipped, and a ``win_or_lose`` other than the known spellings
+    (`classes.WIN_LOSE_SPELLINGS`) is stored empty; both are appended to ``problems`` when given.
+    UserError for a row that is not numbers where numbers belong, or missing columns.
+    """
     videos: dict[str, SourceVideo] = {}
+    bad_ids: list[str] = []
+    bad_win_lose: dict[str, str] = {}
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
@@ -46,14 +56,31 @@ def read_labels_csv(path: Path) -> dict[str, SourceVideo]:
         for line, row in enumerate(reader, 2):
             try:
                 vid = f"{int(row['video_id']):04d}"
-                clip = SourceClip(k=int(row["label_id"]) - 1, start_frame=int(row["start_frame"]),
+                label_id = int(row["label_id"])
+                clip = SourceClip(k=label_id - 1, start_frame=int(row["start_frame"]),
                                   end_frame=int(row["end_frame"]), raw_class=int(float(row["class"])))
                 subject = int(row["subject_id"])
             except (TypeError, ValueError) as e:
                 raise UserError(f"{path} line {line} is not a valid label row ({e}); fix or re-download it") from None
-            video = videos.setdefault(vid, SourceVideo(vid, subject=subject, win_lose=row["win_or_lose"].strip(),
-                                                       label_file=path))
+            if label_id < 1:
+                bad_ids.append(f"line {line} (video {vid}, label_id {label_id})")
+                continue
+            raw_win_lose = row["win_or_lose"] or ""
+            win_lose = classes.normalise_win_lose(raw_win_lose)
+            if win_lose is None:
+                bad_win_lose.setdefault(vid, raw_win_lose.strip())
+                win_lose = ""
+            video = videos.setdefault(vid, SourceVideo(vid, subject=subject, win_lose=win_lose, label_file=path))
             video.clips.append(clip)
+    if problems is not None and bad_ids:
+        problems.append({"kind": "bad_label_id", "detail": f"{len(bad_ids)} rows of {path.name} have a label_id "
+                         f"below 1 (label_id is 1-based); rows skipped: {', '.join(bad_ids[:5])}",
+                         "rows": bad_ids})
+    if problems is not None and bad_win_lose:
+        values = sorted(set(bad_win_lose.values()))
+        problems.append({"kind": "unknown_win_lose", "detail": f"{len(bad_win_lose)} videos in {path.name} have a "
+                         f"win_or_lose value that is not Win or Lose ({', '.join(map(repr, values[:5]))}); their "
+                         f"emotion label is left empty", "video_ids": sorted(bad_win_lose)})
     return videos
 
 
@@ -88,7 +115,8 @@ def read_oulu(tree: DatasetTree) -> LayoutScan:
     csv_path = pick_labels_csv(tree)
     if csv_path is None:
         raise UserError(f"no labels_*.csv under {tree.root}; the Oulu layout needs Label/labels_20200831.csv")
-    scan = LayoutScan("oulu", tree.root, read_labels_csv(csv_path))
+    problems: list[dict] = []
+    scan = LayoutScan("oulu", tree.root, read_labels_csv(csv_path, problems), problems=problems)
     log.info("oulu layout: %s, %d videos", csv_path, len(scan.videos))
     if len(tree.oulu_labels) > 1:
         scan.problem("duplicate_file", f"several label CSVs; used {csv_path}",

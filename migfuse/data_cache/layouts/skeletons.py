@@ -9,7 +9,8 @@
   The fingertip reading of "Finger1..5" is an assumption: no source names the hand points.
 
 In every format a frame's mask is True when any point has confidence > 0 (the files carry no
-separate "person found" flag).
+separate "person found" flag), and a point with an infinite value is undetected (0, 0, 0), counted
+as ``nonfinite_points`` (NaN after a header row means a non-numeric cell: the file is refused).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from migfuse.data_cache.layouts.base import SkeletonRead
-from migfuse.data_cache.openpose import LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, read_openpose_folder
+from migfuse.data_cache.openpose import LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, clean_points, read_openpose_folder
 from migfuse.data_cache.xlsx import read_xlsx, write_xlsx
 from migfuse.errors import UserError
 
@@ -51,6 +52,14 @@ def _drop_header(table: np.ndarray, path: Path, info: dict) -> np.ndarray:
     return table
 
 
+def _clean(points: np.ndarray, info: dict) -> None:
+    """Infinite values (text "inf" in a cell) make their point undetected, counted in ``info``."""
+    bad_frames = int((~np.isfinite(points)).any(axis=(1, 2)).sum())
+    if bad_frames:
+        info["nonfinite_points"] = clean_points(points)
+        info["nonfinite_frames"] = bad_frames
+
+
 @dataclass
 class OpenPoseFolder:
     """A folder of ``<id>_<frame>_keypoints.json`` files."""
@@ -60,10 +69,11 @@ class OpenPoseFolder:
 
     def read(self, progress: bool = True) -> SkeletonRead:
         points, mask, stats = read_openpose_folder(self.path, progress=progress)
-        info = {"files": stats.files, "empty_frames": stats.empty_frames,
-                "multi_person_frames": stats.multi_person_frames,
-                "missing_frames": len(stats.missing_frames), "unreadable_files": stats.unreadable[:20],
-                "n_unreadable_files": len(stats.unreadable)}
+        info = {"files": stats.files, "body_model": stats.body_model, "old_key_names": stats.old_key_names,
+                "empty_frames": stats.empty_frames, "multi_person_frames": stats.multi_person_frames,
+                "missing_frames": len(stats.missing_frames), "unreadable_files": stats.reasons,
+                "n_unreadable_files": len(stats.unreadable), "nonfinite_points": stats.nonfinite_points,
+                "nonfinite_frames": stats.nonfinite_frames}
         return SkeletonRead(points, mask, info)
 
 
@@ -78,12 +88,13 @@ class OpenPoseXlsx:
         if self.path.stat().st_size == 0:
             raise UserError(f"{self.path} is an empty file")
         info: dict = {}
-        table = _drop_header(read_xlsx(self.path, progress=progress), self.path, info)
+        table = _drop_header(read_xlsx(self.path), self.path, info)
         if table.size == 0:
             raise UserError(f"{self.path} has no rows")
         if table.shape[1] != 3 * NUM_KEYPOINTS:
             raise UserError(f"{self.path} has {table.shape[1]} columns, expected 411 (137 points x 3)")
         points = np.ascontiguousarray(table.reshape(len(table), NUM_KEYPOINTS, 3), dtype=np.float32)
+        _clean(points, info)
         return SkeletonRead(points, _mask_of(points), info)
 
 
@@ -115,6 +126,7 @@ class LightHandCsv:
         joints = table[:, 1:].reshape(len(table), len(LIGHT_HAND_POINTS), 3)
         points = np.zeros((len(table), NUM_KEYPOINTS, 3), dtype=np.float32)
         points[:, list(LIGHT_HAND_POINTS)] = joints
+        _clean(points, info)
         return SkeletonRead(points, _mask_of(points), info)
 
 

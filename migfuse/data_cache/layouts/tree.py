@@ -18,8 +18,10 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "label_csvs": re.compile(r"^(\d{1,4})_label\.csv$", re.I),
     "openpose_xlsx": re.compile(r"^(\d{1,4})_(?:openpose|2)\.xlsx$", re.I),
     "light_hand_csvs": re.compile(r"^(\d{1,4})_light_hand\.csv$", re.I),
-    "videos": re.compile(r"^(\d{1,4})\.mp4$", re.I),
+    "videos": re.compile(r"^(\d{1,4})\.(?:mp4|avi|mkv|mov|webm)$", re.I),
 }
+#: video containers found under a root (any letter case)
+VIDEO_EXTENSIONS = ("mp4", "avi", "mkv", "mov", "webm")
 _KEYPOINTS = re.compile(r"^(\d{1,4})_\d+_keypoints\.json$")
 _OULU_LABELS = re.compile(r"^labels_\d+\.csv$", re.I)
 
@@ -56,6 +58,9 @@ def scan_tree(root: str | Path) -> DatasetTree:
         if filenames and any(_KEYPOINTS.match(name) for name in filenames[:50]):
             m = next(_KEYPOINTS.match(n) for n in filenames[:50] if _KEYPOINTS.match(n))
             _put(tree, "json_dirs", f"{int(m.group(1)):04d}", here)
+            for name in sorted(filenames):  # a video kept next to its frames (a cheap check per name)
+                if (v := _PATTERNS["videos"].match(name)):
+                    _put(tree, "videos", f"{int(v.group(1)):04d}", here / name)
             continue
         for name in sorted(filenames):
             for kind, pattern in _PATTERNS.items():

@@ -1,14 +1,17 @@
-"""5-landmark similarity alignment to the ArcFace 112x112 template (numpy + Pillow, no OpenCV).
+"""5-landmark similarity alignment to the ArcFace 112x112 template, as insightface's ``norm_crop``.
 
-SwinFace was trained on MS1MV2 crops, which insightface aligns this way: estimate the similarity
-transform (rotation, uniform scale, translation; Umeyama 1991) that maps the 5 detected landmarks
-(left eye, right eye, nose, left and right mouth corners, image coordinates with pixel centres at
-integer positions) onto the template, then warp the frame with it. Pixels outside the frame are black.
+SwinFace was trained on MS1MV2 crops, which insightface aligns this way
+(``insightface/utils/face_align.py``: ``estimate_norm`` + ``norm_crop``): estimate the similarity
+transform (rotation, uniform scale, translation; Umeyama 1991, what scikit-image's
+``SimilarityTransform.estimate`` computes) that maps the 5 detected landmarks (left eye, right eye,
+nose, left and right mouth corners, image coordinates with pixel centres at integer positions) onto
+the template, then ``cv2.warpAffine(img, M, (112, 112), borderValue=0.0)``: bilinear, constant
+black border. The warp is OpenCV's own call with those flags, so crops are byte-identical to the
+original pipeline's, also where a crop reaches past the frame border.
 """
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 CROP_SIZE = 112
 #: insightface's ArcFace template for 112x112 crops: (5, 2) x, y of left eye, right eye, nose tip,
@@ -52,20 +55,13 @@ def apply_transform(m: np.ndarray, points: np.ndarray) -> np.ndarray:
 def warp_affine(image: np.ndarray, m: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """Warp an (H, W, 3) uint8 image with the (2, 3) matrix `m` (source -> output) into (size, size, 3).
 
-    Bilinear sampling, black outside the source. Matches OpenCV's warpAffine convention (pixel
-    centres at integer coordinates), which is the one the landmarks and the template use.
+    ``cv2.warpAffine`` with insightface ``norm_crop``'s arguments: bilinear (OpenCV's default),
+    ``BORDER_CONSTANT`` with ``borderValue=0.0`` (black outside the source).
     """
-    full = np.vstack([m, [0.0, 0.0, 1.0]])
-    inv = np.linalg.inv(full)[:2]
-    # Pillow samples output pixel x at continuous x + 0.5 and reads input at continuous
-    # coordinates; shift by half a pixel on both sides to keep integer-centred coordinates.
-    a, b, c = inv[0]
-    d, e, f = inv[1]
-    coeffs = (a, b, c + 0.5 - 0.5 * (a + b), d, e, f + 0.5 - 0.5 * (d + e))
-    out = Image.fromarray(np.ascontiguousarray(image)).transform(
-        (size, size), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)
-    )
-    return np.asarray(out)
+    import cv2
+
+    return cv2.warpAffine(np.ascontiguousarray(image), np.asarray(m, dtype=np.float64), (size, size),
+                          borderValue=0.0)
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
