@@ -6,6 +6,7 @@ Layout of a group (e.g. ``CACHE.zarr/video/mvit_v2_s``), N = number of ids:
     <name>           (N, *shape)        one array per named output (tokens, features, mask, ...)
     <name>_len       (N,) int32         valid length along axis 0, for ragged arrays only
     failure          (N,) str           JSON {stage, message, time, host} of the last failure
+    rowdef           (N,) str           what defined the row when it was written (tracks.row_definition)
     status           (N,) uint8         0 missing, 1 done, 2 failed; written LAST for each clip
     attrs["migfuse"]                    spec + provenance + info, written once by the creator
 
@@ -40,7 +41,7 @@ from migfuse.errors import UserError
 
 MISSING, DONE, FAILED = 0, 1, 2
 FORMAT_VERSION = 1
-_RESERVED = {"ids", "status", "failure"}
+_RESERVED = {"ids", "status", "failure", "rowdef"}
 _VERSION_DISTS = ("numpy", "zarr", "torch", "torchvision", "timm", "av", "facenet-pytorch")
 
 
@@ -152,6 +153,8 @@ class TokenCache:
             if spec.name in self.group_names():
                 g = TokenGroup(self, root[spec.name])
                 g._check_matches(spec)
+                if "rowdef" not in g._g.array_keys():  # a group made before row definitions were stored
+                    _create_rowdef(g._g, len(g.ids), g.clips_per_chunk)
                 return g
             return TokenGroup(self, _create_group(root, spec))
 
@@ -196,6 +199,7 @@ def _create_group(root, spec: GroupSpec):
         if a.ragged:
             zg.create_array(f"{name}_len", shape=(n,), chunks=(cpc,), dtype="int32", fill_value=0)
     zg.create_array("failure", shape=(n,), chunks=(cpc,), dtype=str, fill_value="")
+    _create_rowdef(zg, n, cpc)
     zg.create_array("status", shape=(n,), chunks=(cpc,), dtype="uint8", fill_value=MISSING)
     # The attribute is the "group complete" marker: written last.
     zg.attrs.update({"migfuse": {
@@ -207,6 +211,11 @@ def _create_group(root, spec: GroupSpec):
         "info": _info(),
     }})
     return zg
+
+
+def _create_rowdef(zg, n: int, cpc: int) -> None:
+    """The per-row definition array ("" = not recorded); chunked like `failure` (one writer per chunk)."""
+    zg.create_array("rowdef", shape=(n,), chunks=(cpc,), dtype=str, fill_value="")
 
 
 def _info() -> dict:
@@ -334,8 +343,9 @@ class TokenGroup:
             raise ValueError(f"{self.name}/{name}: shape {v.shape} != {spec.shape}")
         return v.astype(spec.dtype, copy=False), None
 
-    def write(self, clip_id: str, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write every array of one clip, then mark it done. Safe from any worker process."""
+    def write(self, clip_id: str, arrays: Mapping[str, np.ndarray], rowdef: str | None = None) -> None:
+        """Write every array of one clip (and its row definition), then mark it done. Safe from any
+        worker process."""
         if set(arrays) != set(self.arrays):
             raise ValueError(f"{self.name}: write() needs arrays {sorted(self.arrays)}, got {sorted(arrays)}")
         r = self.row(clip_id)
@@ -347,11 +357,15 @@ class TokenGroup:
             self._g[k][r] = v
             if n is not None:
                 self._g[f"{k}_len"][r] = n
+        if rowdef is not None:
+            self._write_rowdef(r, rowdef)
         status[r] = DONE
 
-    def write_failure(self, clip_id: str, stage: str, message: str) -> None:
+    def write_failure(self, clip_id: str, stage: str, message: str, rowdef: str | None = None) -> None:
         """Record why a clip could not be produced; it stays retryable."""
         r = self.row(clip_id)
+        if rowdef is not None:
+            self._write_rowdef(r, rowdef)
         record = {"stage": stage, "message": str(message)[:2000], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "host": socket.gethostname(), "pid": os.getpid()}
         self._g["failure"][r] = json.dumps(record)
@@ -385,6 +399,25 @@ class TokenGroup:
             else:
                 self._g[k].oindex[rows_sorted] = v
         self._g["status"].oindex[rows_sorted] = DONE
+
+    # -- row definitions (what defined each row when it was written) ------------------------------------
+    def _write_rowdef(self, r: int, rowdef: str) -> None:
+        if "rowdef" in self._g.array_keys():
+            self._g["rowdef"][r] = rowdef
+
+    def rowdefs(self, ids: Sequence[str]) -> list[str]:
+        """Stored row definition of each of `ids` ("" where none was recorded); reads only their chunks."""
+        if not ids or "rowdef" not in self._g.array_keys():
+            return [""] * len(ids)
+        rows = np.array([self.row(i) for i in ids], dtype=np.int64)
+        return [str(v) for v in self._g["rowdef"].oindex[rows]]
+
+    def status_of(self, ids: Sequence[str]) -> np.ndarray:
+        """(len(ids),) uint8 status, reading only those rows' chunks (cheap for a few rows of a big group)."""
+        if not ids:
+            return np.zeros(0, np.uint8)
+        rows = np.array([self.row(i) for i in ids], dtype=np.int64)
+        return np.asarray(self._g["status"].oindex[rows])
 
     # -- reading -----------------------------------------------------------------------------------
     def status(self, ids: Sequence[str] | None = None) -> np.ndarray:
