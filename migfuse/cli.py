@@ -399,7 +399,7 @@ _XRetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Also redo rows
 _XFramesOpt = Annotated[int, typer.Option("--frames", min=1, max=64,
                                           help="Frames per window (MViTv2-S: 16) / face frames per clip or window.")]
 _XVideoRootOpt = Annotated[Optional[Path], typer.Option(
-    "--video-root", envvar="MIGFUSE_VIDEO_ROOT", file_okay=False,
+    "--video-root", envvar="MIGFUSE_VIDEO_ROOT", exists=True, file_okay=False,
     help="Folder the videos are in now, if moved since `data prepare` (env MIGFUSE_VIDEO_ROOT).")]
 _XContextWindowsOpt = Annotated[int, typer.Option(
     "--context-windows", min=1, max=256, help="K windows (16 frames, every 4th) spread over each video; the face "

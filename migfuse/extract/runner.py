@@ -49,8 +49,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long the main process waits for samples before flushing a half-full batch.
+# How often the main process looks for samples while loaders are busy.
 _POLL_S = 0.5
+# How long a half-full batch may wait for more samples when the loaders are slow. The model always
+# runs on full (zero-padded) batches, so flushing at the first idle poll would spend a whole batch's
+# compute on a few rows whenever loading is the bottleneck (faces on a CPU).
+_IDLE_FLUSH_S = 5.0
 
 
 class Precision(StrEnum):
@@ -569,11 +573,14 @@ class _Writer:
         self.specs = extractor.arrays()
         self.batch: list[Sample] = []
         self.batch_units = 0
+        self.batch_since = 0.0
 
     def add(self, sample: Sample) -> None:
         if sample.failure is not None or sample.inputs is None:
             self.fail(sample.id, sample.failure or Failure("load", "loader returned no inputs"))
             return
+        if not self.batch:
+            self.batch_since = time.monotonic()
         self.batch.append(sample)
         self.batch_units += max(1, sample.size)
         if self.batch_units >= self.batch_size:
@@ -820,7 +827,8 @@ def _run_pool(pool: _Pool, items: list[WorkItem], writer: _Writer,
         try:
             kind, wid, n, payload = pool.out.get(timeout=_POLL_S)
         except queue.Empty:
-            writer.flush()  # nothing loaded right now: do not sit on a half-full batch
+            if not writer.batch or time.monotonic() - writer.batch_since >= _IDLE_FLUSH_S:
+                writer.flush()  # loaders are slow: do not sit on a half-full batch for ever
             continue
         if kind == "dead":
             lost = pool.reap(wid, todo)

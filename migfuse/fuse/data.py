@@ -98,7 +98,8 @@ def _resolve_one(cache: TokenCache, modality: str, configured: dict[str, str], n
         return configured[modality]
     if VIEW_PREFIX + modality in names:
         return VIEW_PREFIX + modality
-    raw = sorted(n for n in names if not n.startswith(VIEW_PREFIX) and getattr(track_of_group(n), "name", None) == modality)
+    track = TRACKS.get(modality)
+    raw = sorted(n for n in names if track is not None and track_of_group(n) is track)
     if raw:
         g = cache.group(raw[0])
         per_row = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in g.arrays.values())
