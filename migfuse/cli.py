@@ -410,10 +410,12 @@ _XVCkptOpt = Annotated[Optional[Path], typer.Option(
 
 
 def _report(summary) -> None:
-    """Print the run's table; exit 1 when any row of this process failed."""
-    from migfuse.extract.runner import format_summary
+    """Print the run's table; exit 1 when any row failed (under torchrun: of any rank, so all ranks
+    exit alike and torchrun does not stop ranks that are still writing their report)."""
+    from migfuse.extract.runner import end_ranks, format_summary
 
     typer.echo(format_summary(summary))
+    end_ranks()
     if not summary.ok:
         raise typer.Exit(1)
 

@@ -120,7 +120,12 @@ def test_every_track_takes_cuda_local_rank_under_torchrun(track, toy, videos, tm
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(runner, "run_extraction", lambda ex, cache, **kw: seen.update(kw, group=ex.group))
+    def fake_run(ex, cache, **kw):
+        seen.update(kw, group=ex.group)
+        return runner.RunSummary(ex.group, kw["shard"])
+
+    monkeypatch.setattr(runner, "run_extraction", fake_run)
+    monkeypatch.setattr(runner, "_join_ranks", lambda failed: failed)  # no other rank to wait for here
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -203,7 +208,9 @@ def test_torchrun_two_ranks_video_tracks_equal_one_process(track, videos, tmp_pa
     script = [str(HELPER_PATH), str(videos)]
     assert main([str(videos), str(tmp_path / "one.zarr"), "-", "0", "0", track, "2"]) == 1  # the bad inputs fail
     two = torchrun([*script, str(tmp_path / "two.zarr"), "-", "1", "0", track, "2"])
+    # bad inputs on one rank: every rank finishes its rows and reports, then all exit 1 together
     assert "shard 0/2" in two.stdout and "shard 1/2" in two.stdout, two.stderr[-3000:]
+    assert two.stdout.count("all torchrun ranks: ") == 2 and two.returncode != 0
     group = f"{track}/tiny"
     assert snapshot(tmp_path / "two.zarr", group) == snapshot(tmp_path / "one.zarr", group)
 

@@ -96,14 +96,15 @@ class SlowTinyVideoExtractor(TinyVideoExtractor):
 def main(argv: list[str]) -> int:
     """`python tests/test_extract_video_util.py PREPARED CACHE SHARD WORKERS DELAY [TRACK [BATCH]]`: one tiny
     run through the runner's entry point (`runner.extract`, as the CLI), e.g. under torchrun."""
-    from migfuse.extract.runner import RunOptions, extract, format_summary
+    from migfuse.extract.runner import RunOptions, end_ranks, extract, format_summary
 
     prepared, cache, shard, workers, delay, *rest = argv
     track = rest[0] if rest else "video"
     batch = int(rest[1]) if len(rest) > 1 else 1
     ex = SlowTinyVideoExtractor(Manifest.load(prepared), track, delay=float(delay))
     s = extract(ex, cache, RunOptions(workers=int(workers), batch_size=batch, shard=shard if shard != "-" else None))
-    print(format_summary(s))
+    print(format_summary(s), flush=True)
+    end_ranks()
     return 0 if s.ok else 1
 
 

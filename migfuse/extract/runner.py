@@ -272,10 +272,12 @@ class RunSummary:
     seconds: float = 0.0
     redone: int = 0  # rows done or failed earlier whose definition changed since (extracted again)
     busy: int = 0  # rows left to another process that held their work item (see `_Claims`)
+    world_failed: int | None = None  # under torchrun: failed rows of all ranks (see `extract`)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        """No failed row: of this process, or under torchrun of any rank (so all ranks exit alike)."""
+        return not self.failed if self.world_failed is None else self.world_failed == 0
 
 
 class TrackExtractor(Extractor):
@@ -639,9 +641,47 @@ def extract(extractor: Extractor, cache: "TokenCache | str | Path", options: Run
     """
     shard = parse_shard(options.shard)
     device = resolve_device(options.device)
-    return run_extraction(extractor, cache, device=device, precision=options.precision,
-                          batch_size=options.batch_size, workers=options.workers, shard=shard,
-                          retry_failed=options.retry_failed, prefetch=options.prefetch)
+    summary = run_extraction(extractor, cache, device=device, precision=options.precision,
+                             batch_size=options.batch_size, workers=options.workers, shard=shard,
+                             retry_failed=options.retry_failed, prefetch=options.prefetch)
+    if options.shard is None and shard[1] > 1 and "LOCAL_RANK" in os.environ:
+        summary.world_failed = _join_ranks(len(summary.failed))
+    return summary
+
+
+# Ranks wait for each other at the end for as long as the slowest takes (a gloo barrier's default
+# timeout of 30 min would fail a rank that finished early).
+_RANKS_TIMEOUT_S = 14 * 24 * 3600
+
+
+def _join_ranks(failed: int) -> int:
+    """Under torchrun: wait until every rank has finished its rows; return all ranks' failed rows.
+
+    torchrun tears the whole group down as soon as one rank exits non-zero, so a rank whose rows
+    partly failed must not exit (status 1) while others are still extracting. A gloo process group
+    (CPU, torchrun's store) is used for this barrier only; `end_ranks` closes it after the report.
+    """
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=_RANKS_TIMEOUT_S))
+    total = torch.tensor([failed], dtype=torch.int64)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def end_ranks() -> None:
+    """After each rank has printed its report: a last barrier, then close the process group (no-op
+    outside torchrun), so no rank is torn down while another is still writing its report."""
+    import sys as _sys
+
+    dist = getattr(_sys.modules.get("torch"), "distributed", None)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def run_extraction(
@@ -855,6 +895,8 @@ def format_summary(summary: RunSummary, max_rows: int = 50) -> str:
         lines.append(f"{summary.redone} rows were extracted again: their clip changed (frame range) since they were written")
     if summary.busy:
         lines.append(f"{summary.busy} rows left to another process extracting the same group; rerun after it ends")
+    if summary.world_failed:
+        lines.append(f"all torchrun ranks: {summary.world_failed} rows failed")
     if summary.failed:
         w_id = max(len("id"), *(len(f[0]) for f in summary.failed))
         w_st = max(len("stage"), *(len(f[1]) for f in summary.failed))
