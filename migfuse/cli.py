@@ -19,6 +19,7 @@ import functools
 import logging
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -543,53 +544,97 @@ def backbone_train_skeleton(
 
 
 # ---------------------------------------------------------------------------------------------
-# extract video / context                                                   (video issue)
+# extract: the options every track shares, declared once                    (runner issue)
 # ---------------------------------------------------------------------------------------------
 # [section: extract-video]
-_XVDataOpt = Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")]
-_XVCacheOpt = Annotated[Path, typer.Option("--cache", help="Token cache CACHE.zarr (created if absent, resumed if present).")]
+class Precision(StrEnum):
+    """--precision choices (runner.Precision): autocast dtype of the forward."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Stream(StrEnum):
+    joint = "joint"
+    bone = "bone"
+
+
+class FaceScope(StrEnum):
+    clip = "clip"
+    context = "context"
+
+
+_XDataOpt = Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")]
+_XCacheOpt = Annotated[Path, typer.Option("--cache", help="Token cache CACHE.zarr (created if absent, resumed if present).")]
+_XDeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (CUDA when torch has it, else CPU), cpu, cuda or cuda:N. Under torchrun, auto/cuda "
+                     "give each rank cuda:LOCAL_RANK.")]
+_XPrecisionOpt = Annotated[Optional[Precision], typer.Option(
+    "--precision", case_sensitive=False, help="Forward precision (autocast). Default: fp32 on CPU, bf16 on CUDA. "
+                                              "Recorded in the cache provenance.")]
+_XBatchOpt = Annotated[int, typer.Option(
+    "--batch-size", min=1, max=4096, help="Model inputs per forward pass (windows, clips or faces). The model always "
+                                          "runs on exactly this many (padded), so it is recorded in the provenance: "
+                                          "resume with the same value.")]
+_XWorkersOpt = Annotated[int, typer.Option(
+    "--workers", min=0, max=64, help="Loader processes running alongside the model (0 = load in the main process).")]
+_XShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. "
+                    "Under torchrun RANK/WORLD_SIZE are used instead.")]
+_XRetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Also redo rows that failed in an earlier run.")]
+_XFramesOpt = Annotated[int, typer.Option("--frames", min=1, max=64,
+                                          help="Frames per window (MViTv2-S: 16) / face frames per clip or window.")]
+_XVideoRootOpt = Annotated[Optional[Path], typer.Option(
+    "--video-root", envvar="MIGFUSE_VIDEO_ROOT", exists=True, file_okay=False,
+    help="Folder the videos are in now, if moved since `data prepare` (env MIGFUSE_VIDEO_ROOT).")]
+_XContextWindowsOpt = Annotated[int, typer.Option(
+    "--context-windows", min=1, max=256, help="K windows (16 frames, every 4th) spread over each video; the face "
+                                              "track's --scope context must use the context track's value.")]
 _XVCkptOpt = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="MViTv2-S checkpoint (torchvision mvit_v2_s-ae3be167.pth or mmaction2). "
                          "Without it: seeded RANDOM weights, for testing only (warned and recorded).")]
-_XVDeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (bf16 autocast on GPU).")]
-_XVBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="16-frame windows per forward pass.")]
-_XVWorkersOpt = Annotated[int, typer.Option(
-    "--workers", min=0, help="Decoding processes running alongside the model (0 = decode in the main process).")]
-_XVShardOpt = Annotated[Optional[str], typer.Option(
-    "--shard", help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. "
-                    "Under torchrun RANK/WORLD_SIZE are used instead.")]
-_XVRetryOpt = Annotated[bool, typer.Option("--retry-failed", help="Also redo rows that failed in an earlier run.")]
-_XVFramesOpt = Annotated[int, typer.Option("--frames", min=1, help="Frames per window (MViTv2-S expects 16).")]
 
 
-def _extract_video_track(track: str, data: Path, cache: Path, checkpoint: Optional[Path], device: str,
-                         batch_size: int, workers: int, shard: Optional[str], retry_failed: bool, frames: int,
-                         windows: int = 1, context_windows: int = 8) -> None:
-    from migfuse.extract.runner import format_summary
-    from migfuse.extract.video import extract_track
+def _report(summary) -> None:
+    """Print the run's table; exit 1 when any row failed (under torchrun: of any rank, so all ranks
+    exit alike and torchrun does not stop ranks that are still writing their report)."""
+    from migfuse.extract.runner import end_ranks, format_summary
 
-    summary = extract_track(track, data, cache, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                            workers=workers, shard=shard, retry_failed=retry_failed, frames=frames,
-                            windows=windows, context_windows=context_windows)
     typer.echo(format_summary(summary))
+    end_ranks()
     if not summary.ok:
         raise typer.Exit(1)
 
 
+def _extract_video_track(track: str, data: Path, cache: Path, checkpoint: Optional[Path], device: str,
+                         precision: Optional[Precision], batch_size: int, workers: int, shard: Optional[str],
+                         retry_failed: bool, frames: int, video_root: Optional[Path], windows: int = 1,
+                         context_windows: int = 8) -> None:
+    from migfuse.extract.video import extract_track
+
+    _report(extract_track(track, data, cache, checkpoint=checkpoint, device=device,
+                          precision=precision.value if precision else None, batch_size=batch_size, workers=workers,
+                          shard=shard, retry_failed=retry_failed, frames=frames, windows=windows,
+                          context_windows=context_windows, video_root=video_root))
+
+
 @extract_app.command("video")
 def extract_video(
-    data: _XVDataOpt,
-    cache: _XVCacheOpt,
+    data: _XDataOpt,
+    cache: _XCacheOpt,
     checkpoint: _XVCkptOpt = None,
-    device: _XVDeviceOpt = "cpu",
-    batch_size: _XVBatchOpt = 4,
-    workers: _XVWorkersOpt = 2,
-    shard: _XVShardOpt = None,
-    retry_failed: _XVRetryOpt = False,
-    frames: _XVFramesOpt = 16,
+    device: _XDeviceOpt = "auto",
+    precision: _XPrecisionOpt = None,
+    batch_size: _XBatchOpt = 4,
+    workers: _XWorkersOpt = 2,
+    shard: _XShardOpt = None,
+    retry_failed: _XRetryOpt = False,
+    frames: _XFramesOpt = 16,
+    video_root: _XVideoRootOpt = None,
     windows: Annotated[int, typer.Option(
-        "--windows", min=1, help="Up to this many 16-frame windows per long clip (one per 64 frames); "
-                                 "stored ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
+        "--windows", min=1, max=64, help="Up to this many 16-frame windows per long clip (one per 64 frames); "
+                                         "stored ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
     trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """MViTv2-S tokens per clip -> group video/mvit_v2_s, (393, 768) fp16 per clip.
@@ -600,23 +645,24 @@ def extract_video(
     lists them when any clip failed.
     """
     _trust(checkpoint, trust_checkpoint)
-    _extract_video_track("video", data, cache, checkpoint, device, batch_size, workers, shard, retry_failed,
-                         frames, windows=windows)
+    _extract_video_track("video", data, cache, checkpoint, device, precision, batch_size, workers, shard,
+                         retry_failed, frames, video_root, windows=windows)
 
 
 @extract_app.command("context")
 def extract_context(
-    data: _XVDataOpt,
-    cache: _XVCacheOpt,
+    data: _XDataOpt,
+    cache: _XCacheOpt,
     checkpoint: _XVCkptOpt = None,
-    device: _XVDeviceOpt = "cpu",
-    batch_size: _XVBatchOpt = 8,
-    workers: _XVWorkersOpt = 2,
-    shard: _XVShardOpt = None,
-    retry_failed: _XVRetryOpt = False,
-    frames: _XVFramesOpt = 16,
-    context_windows: Annotated[int, typer.Option(
-        "--context-windows", min=1, help="K windows (16 frames, every 4th) spread over each video.")] = 8,
+    device: _XDeviceOpt = "auto",
+    precision: _XPrecisionOpt = None,
+    batch_size: _XBatchOpt = 8,
+    workers: _XWorkersOpt = 2,
+    shard: _XShardOpt = None,
+    retry_failed: _XRetryOpt = False,
+    frames: _XFramesOpt = 16,
+    video_root: _XVideoRootOpt = None,
+    context_windows: _XContextWindowsOpt = 8,
     trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """MViTv2-S tokens of K windows per video (emotion context) -> group context/mvit_v2_s.
@@ -625,8 +671,8 @@ def extract_context(
     rules as `extract video`.
     """
     _trust(checkpoint, trust_checkpoint)
-    _extract_video_track("context", data, cache, checkpoint, device, batch_size, workers, shard, retry_failed,
-                         frames, context_windows=context_windows)
+    _extract_video_track("context", data, cache, checkpoint, device, precision, batch_size, workers, shard,
+                         retry_failed, frames, video_root, context_windows=context_windows)
 # [end section: extract-video]
 
 
@@ -636,40 +682,36 @@ def extract_context(
 # [section: extract-skeleton]
 @extract_app.command("skeleton")
 def extract_skeleton(
-    data: Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")],
-    cache: Annotated[Path, typer.Option("--cache", help="Token cache CACHE.zarr (created if absent, resumed if present).")],
+    data: _XDataOpt,
+    cache: _XCacheOpt,
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="best.pt of `migfuse backbone train skeleton` "
                                                                   "(or a published 2s-AGCN / mmaction2 file).")],
-    stream: Annotated[str, typer.Option("--stream", help="joint or bone (must match the checkpoint).")] = "joint",
+    stream: Annotated[Stream, typer.Option("--stream", help="Must match the checkpoint.")] = Stream.joint,
     layout: Annotated[Optional[str], typer.Option("--layout", help="Only for checkpoints without migfuse "
                                                   "provenance: their graph layout.")] = None,
-    length: Annotated[Optional[int], typer.Option("--length", min=4, help="Only for checkpoints without "
+    length: Annotated[Optional[int], typer.Option("--length", min=4, max=1024, help="Only for checkpoints without "
                                                   "migfuse provenance: frames per clip (default 64).")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Loader processes (0 = load in the main "
-                                                                  "process; skeletons are cheap to load).")] = 0,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="I/N: process the I-th of N parts (whole videos); "
-                                                 "under torchrun RANK/WORLD_SIZE are used instead.")] = None,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also redo rows that failed earlier.")] = False,
+    device: _XDeviceOpt = "auto",
+    precision: _XPrecisionOpt = None,
+    batch_size: _XBatchOpt = 64,
+    workers: _XWorkersOpt = 0,
+    shard: _XShardOpt = None,
+    retry_failed: _XRetryOpt = False,
     trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """2s-AGCN feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
 
     T' = ceil(length / 4). Layout, clip length and preprocessing come from the checkpoint. Resumable
     (rerun the same command), shardable, and clips that cannot be extracted (video without skeleton,
-    frames outside the skeleton file, no person detected) are recorded per clip: the exit code is 1
-    and a table lists them.
+    a clip running past the skeleton file, no person detected) are recorded per clip: the exit code
+    is 1 and a table lists them. Skeletons are cheap to load: --workers 0 is the default.
     """
-    from migfuse.extract.runner import format_summary
     from migfuse.extract.skeleton.extractor import extract_skeleton as run
 
     _trust(checkpoint, trust_checkpoint)
-    summary = run(data, cache, checkpoint, stream, layout=layout, length=length, device=device,
-                  batch_size=batch_size, workers=workers, shard=shard, retry_failed=retry_failed)
-    typer.echo(format_summary(summary))
-    if not summary.ok:
-        raise typer.Exit(1)
+    _report(run(data, cache, checkpoint, stream.value, layout=layout, length=length, device=device,
+                precision=precision.value if precision else None, batch_size=batch_size, workers=workers,
+                shard=shard, retry_failed=retry_failed))
 # [end section: extract-skeleton]
 
 
@@ -679,40 +721,41 @@ def extract_skeleton(
 # [section: extract-face]
 @extract_app.command("face")
 def extract_face_cmd(
-    data: Annotated[Path, typer.Option(help="PREPARED folder (`migfuse data prepare` output).")],
-    cache: Annotated[Path, typer.Option(help="Token cache CACHE.zarr (created if absent).")],
-    checkpoint: Annotated[Optional[Path], typer.Option(help="SwinFace .pt (the original file with state_dict_backbone/"
-                                                       "fam/tss/om). Without it: RANDOM weights, for testing only.")] = None,
-    scope: Annotated[str, typer.Option(help="clip: K faces per clip -> face/swinface; context: K faces per context "
-                                       "window of each video -> face_context/swinface.")] = "clip",
-    frames: Annotated[int, typer.Option(help="K face frames per clip / per window.")] = 8,
-    context_windows: Annotated[int, typer.Option(help="Windows per video for --scope context (use the context "
-                                                 "track's value so the windows line up).")] = 8,
-    global_tokens: Annotated[bool, typer.Option(help="Also store SwinFace's 7x7x768 global tokens per face.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N for SwinFace (MTCNN runs in the loader workers).")] = "cpu",
-    batch_size: Annotated[int, typer.Option(help="Faces per SwinFace forward.")] = 32,
-    workers: Annotated[int, typer.Option(help="Loader processes (decode + MTCNN + alignment).")] = 1,
-    shard: Annotated[Optional[str], typer.Option(help="I/N: this process takes every N-th video from the I-th "
-                                                 "(SLURM arrays); default: torchrun's RANK/WORLD_SIZE or all.")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Also redo rows an earlier run recorded as failed.")] = False,
+    data: _XDataOpt,
+    cache: _XCacheOpt,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="SwinFace .pt (the original file with "
+                                                       "state_dict_backbone/fam/tss/om). Without it: RANDOM weights, "
+                                                       "for testing only.")] = None,
+    scope: Annotated[FaceScope, typer.Option("--scope", help="clip: K faces per clip -> face/swinface; context: K "
+                                             "faces per context window of each video -> face_context/swinface.")]
+    = FaceScope.clip,
+    frames: _XFramesOpt = 8,
+    context_windows: _XContextWindowsOpt = 8,
+    global_tokens: Annotated[bool, typer.Option("--global-tokens", help="Also store SwinFace's 7x7x768 global "
+                                                "tokens per face.")] = False,
+    device: _XDeviceOpt = "auto",
+    precision: _XPrecisionOpt = None,
+    batch_size: _XBatchOpt = 32,
+    workers: _XWorkersOpt = 1,
+    shard: _XShardOpt = None,
+    retry_failed: _XRetryOpt = False,
+    video_root: _XVideoRootOpt = None,
     trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """SwinFace expression features of MTCNN-aligned faces -> face/swinface or face_context/swinface.
 
     Per face frame: the expression-branch 512-d feature and the 7 expression logits, plus a mask
-    (frames without the main face are masked, never filled). Same resume, sharding and failure
-    rules as `extract video`; a video with no face at all is stored fully masked, not failed.
+    (frames without the main face are masked, never filled). MTCNN runs in the loader workers on the
+    CPU. Same resume, sharding and failure rules as `extract video`; a video with no face at all is
+    stored fully masked, not failed.
     """
     from migfuse.extract.face.extractor import extract_face
-    from migfuse.extract.runner import format_summary
 
     _trust(checkpoint, trust_checkpoint)
-    summary = extract_face(data, cache, scope=scope, checkpoint=checkpoint, device=device, batch_size=batch_size,
-                           workers=workers, shard=shard, retry_failed=retry_failed, frames=frames,
-                           context_windows=context_windows, global_tokens=global_tokens)
-    typer.echo(format_summary(summary))
-    if not summary.ok:
-        raise typer.Exit(1)
+    _report(extract_face(data, cache, scope=scope.value, checkpoint=checkpoint, device=device,
+                         precision=precision.value if precision else None, batch_size=batch_size, workers=workers,
+                         shard=shard, retry_failed=retry_failed, frames=frames, context_windows=context_windows,
+                         global_tokens=global_tokens, video_root=video_root))
 
 # [end section: extract-face]
 

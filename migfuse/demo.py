@@ -24,6 +24,7 @@ DEMO = {
     "clips_per_video": 6,
     "context_windows": 2,  # MViT windows per video for the emotion context track
     "face_frames": 4,  # face frames per clip and per context window
+    "face_batch": 8,  # SwinFace runs on full (padded) batches: keep them small on a CPU
     "skeleton": {"epochs": 6, "base_channels": 8, "length": 32, "batch_size": 8, "lr": 0.02},
     "fuse_epochs": 8,
 }
@@ -38,7 +39,7 @@ def run_demo(out: str | Path, videos: int = 8, seed: int = 0, device: str = "cpu
     """Run every stage on a generated dataset under `out`; return (and log) where each artifact is."""
     from migfuse.data_cache.prepare import prepare
     from migfuse.data_cache.views import default_views
-    from migfuse.extract.face.extractor import extract_face
+    from migfuse.extract.face.extractor import SCOPES, extract_face
     from migfuse.extract.runner import format_summary
     from migfuse.extract.skeleton.pipeline import train_and_extract
     from migfuse.extract.skeleton.train import TrainConfig
@@ -83,9 +84,9 @@ def run_demo(out: str | Path, videos: int = 8, seed: int = 0, device: str = "cpu
     timings["skeleton train+extract"] = time.perf_counter() - t
 
     t = _step("extract face tokens (MTCNN + SwinFace)")
-    for scope in ("clip", "context"):
+    for scope in SCOPES:  # clip -> face, context -> face_context (the track table's face tracks)
         summaries.append(extract_face(prepared, cache, scope=scope, device=device, frames=DEMO["face_frames"],
-                                      context_windows=DEMO["context_windows"]))
+                                      context_windows=DEMO["context_windows"], batch_size=DEMO["face_batch"]))
     timings["extract face"] = time.perf_counter() - t
     for s in summaries:
         if s.failed:

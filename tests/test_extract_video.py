@@ -116,7 +116,7 @@ def test_long_clips_get_several_windows_stored_ragged(dataset, tmp_path):
 
 
 def _run(dataset, cache, shard="-", workers=1, delay=0.0) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(HELPER.parent))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HELPER.parents[1]), str(HELPER.parent)]))
     return subprocess.Popen([sys.executable, str(HELPER), str(dataset), str(cache), shard, str(workers), str(delay)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 

@@ -24,6 +24,8 @@ GOOD = {
     "0003": (200, [(0, 30), (150, 199), (180, 260)]),  # the last clip runs past the end
 }
 CORRUPT, MISSING = "0004", "0005"
+#: this file: `python HELPER_PATH ...` runs one tiny extraction (see `main`)
+HELPER_PATH = Path(__file__).resolve()
 PAST_END = "0003_2"
 
 
@@ -92,12 +94,17 @@ class SlowTinyVideoExtractor(TinyVideoExtractor):
 
 
 def main(argv: list[str]) -> int:
-    """`python tests/test_extract_video_util.py PREPARED CACHE SHARD WORKERS DELAY`: one tiny video run."""
-    from migfuse.extract.runner import parse_shard, run_extraction
+    """`python tests/test_extract_video_util.py PREPARED CACHE SHARD WORKERS DELAY [TRACK [BATCH]]`: one tiny
+    run through the runner's entry point (`runner.extract`, as the CLI), e.g. under torchrun."""
+    from migfuse.extract.runner import RunOptions, end_ranks, extract, format_summary
 
-    prepared, cache, shard, workers, delay = argv
-    ex = SlowTinyVideoExtractor(Manifest.load(prepared), "video", delay=float(delay))
-    s = run_extraction(ex, cache, workers=int(workers), batch_size=1, shard=parse_shard(shard if shard != "-" else None))
+    prepared, cache, shard, workers, delay, *rest = argv
+    track = rest[0] if rest else "video"
+    batch = int(rest[1]) if len(rest) > 1 else 1
+    ex = SlowTinyVideoExtractor(Manifest.load(prepared), track, delay=float(delay))
+    s = extract(ex, cache, RunOptions(workers=int(workers), batch_size=batch, shard=shard if shard != "-" else None))
+    print(format_summary(s), flush=True)
+    end_ranks()
     return 0 if s.ok else 1
 
 

@@ -175,8 +175,9 @@ def test_extract_both_streams_of_the_real_clips(prepared_298, small_checkpoints,
         ref = bb.run(x[None])["l10_features"][0]
         np.testing.assert_allclose(g.read("0298_2")["features"].astype(np.float32), ref, rtol=2e-3, atol=2e-3)
         assert g.provenance["stream"] == stream and g.provenance["preprocess"]["length"] == LENGTH
-    # rerun: everything is done or failed already, nothing is recomputed
-    again = extract_skeleton(prepared_298, cache, small_checkpoints["joint"], "joint")
+    # rerun: everything is done or failed already, nothing is recomputed (the same --batch-size: it is
+    # recorded, as the forward always runs on that many clips)
+    again = extract_skeleton(prepared_298, cache, small_checkpoints["joint"], "joint", batch_size=16)
     assert again.done == 0 and again.skipped == 56
 
 

@@ -10,6 +10,7 @@ Zarr v3 ``dimension_names`` so that ``xarray.open_zarr(CACHE, group=...)`` opens
                                      e.g. ("clip", "token", "channel"), see AXIS_NAMES
     <name>_len       (N,) int32      valid length along axis 0, for ragged arrays only
     failure          (N,) str        JSON {stage, message, time, host, pid} of the last failure
+    rowdef           (N,) str        what defined the row when it was written (tracks.row_definition)
     status           (N,) uint8      0 missing, 1 done, 2 failed; written LAST for each row
     attrs["migfuse"]                 spec + provenance + info, written once by the creator
 
@@ -53,15 +54,16 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from migfuse.data_cache.tracks import TRACKS
 from migfuse.errors import UserError
 
 MISSING, DONE, FAILED = 0, 1, 2
 FORMAT_VERSION = 2
-_RESERVED = {"ids", "status", "failure", "clip", "video"}
+_RESERVED = {"ids", "status", "failure", "clip", "video", "rowdef"}
 _VERSION_DISTS = ("numpy", "zarr", "torch", "torchvision", "timm", "av", "facenet-pytorch")
 
-#: Tracks whose rows are videos (their row dimension and id array are named "video").
-PER_VIDEO_TRACKS = ("context", "face_context")
+#: Tracks whose rows are videos (their row dimension and id array are named "video"); from the track table.
+PER_VIDEO_TRACKS = tuple(t.name for t in TRACKS.values() if t.per_video)
 
 #: Names of the trailing per-row axes of each track's arrays (the axes after the row axis). One
 #: more leading axis, when an array has it, is "window" (windowed video, context, face_context,
@@ -280,12 +282,17 @@ class TokenCache:
         if (self.path / "zarr.json").is_file() and spec.name in self.group_names():
             g = self.group(spec.name)
             g._check_matches(spec)
-            return g
+            if "rowdef" in g._g.array_keys():
+                return g
+            # a group made before row definitions were stored: add the array below, under the lock
         with _writing(self.path), self._lock():
             root = self._root(create=True)
             if spec.name in self.group_names():  # another process created it meanwhile
                 g = TokenGroup(self, root[spec.name])
                 g._check_matches(spec)
+                if "rowdef" not in g._g.array_keys():  # a group made before row definitions were stored
+                    _create_rowdef(g._g, len(g.ids), g.clips_per_chunk, g.row_dim if g.format >= 2 else None)
+                    self._consolidate()
                 return g
             zg = _create_group(root, spec)
             self._consolidate()
@@ -368,6 +375,7 @@ def _create_group(root, spec: GroupSpec):
         if a.ragged:
             per_row(f"{name}_len", (), (), cpc, "int32", 0)
     per_row("failure", (), (), cpc, str, "")
+    per_row("rowdef", (), (), cpc, str, "")
     per_row("status", (), (), cpc, "uint8", MISSING)
     # The attribute is the "group complete" marker: written last.
     zg.attrs.update({"migfuse": {
@@ -380,6 +388,13 @@ def _create_group(root, spec: GroupSpec):
         "info": _info(),
     }})
     return zg
+
+
+def _create_rowdef(zg, n: int, cpc: int, row_dim: str | None = None) -> None:
+    """Add the per-row definition array ("" = not recorded) to a group made before it existed;
+    chunked like `failure` (one writer per chunk). `row_dim`: the group's row dimension (format 2)."""
+    extra = {} if row_dim is None else {"compressors": _compressors(), "dimension_names": (row_dim,)}
+    zg.create_array("rowdef", shape=(n,), chunks=(cpc,), dtype=str, fill_value="", **extra)
 
 
 def _info() -> dict:
@@ -514,8 +529,9 @@ class TokenGroup:
             raise ValueError(f"{self.name}/{name}: shape {v.shape} != {spec.shape}")
         return v.astype(spec.dtype, copy=False), None
 
-    def write(self, clip_id: str, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write every array of one row, then mark it done. Safe from any worker process.
+    def write(self, clip_id: str, arrays: Mapping[str, np.ndarray], rowdef: str | None = None) -> None:
+        """Write every array of one row (and its row definition), then mark it done. Safe from any
+        worker process.
 
         Raises ValueError on a wrong array set, shape, NaN or inf (nothing written), UserError on a
         full disk or read-only cache."""
@@ -531,12 +547,17 @@ class TokenGroup:
                 self._g[k][r] = v
                 if n is not None:
                     self._g[f"{k}_len"][r] = n
+            if rowdef is not None:
+                self._write_rowdef(r, rowdef)
             status[r] = DONE
 
-    def write_failure(self, clip_id: str, stage: str, message: str) -> None:
+    def write_failure(self, clip_id: str, stage: str, message: str, rowdef: str | None = None) -> None:
         """Record why a row could not be produced; it stays retryable. Its arrays are cleared (to
         the fill value: NaN for floats), so values of an earlier success are not left behind."""
         r = self.row(clip_id)
+        if rowdef is not None:
+            with _writing(self.cache.path):
+                self._write_rowdef(r, rowdef)
         record = {"stage": stage, "message": str(message)[:2000], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "host": socket.gethostname(), "pid": os.getpid()}
         with _writing(self.cache.path):
@@ -577,6 +598,25 @@ class TokenGroup:
                 else:
                     self._g[k].oindex[rows_sorted] = v
             self._g["status"].oindex[rows_sorted] = DONE
+
+    # -- row definitions (what defined each row when it was written) ------------------------------------
+    def _write_rowdef(self, r: int, rowdef: str) -> None:
+        if "rowdef" in self._g.array_keys():
+            self._g["rowdef"][r] = rowdef
+
+    def rowdefs(self, ids: Sequence[str]) -> list[str]:
+        """Stored row definition of each of `ids` ("" where none was recorded); reads only their chunks."""
+        if not ids or "rowdef" not in self._g.array_keys():
+            return [""] * len(ids)
+        rows = np.array([self.row(i) for i in ids], dtype=np.int64)
+        return [str(v) for v in self._g["rowdef"].oindex[rows]]
+
+    def status_of(self, ids: Sequence[str]) -> np.ndarray:
+        """(len(ids),) uint8 status, reading only those rows' chunks (cheap for a few rows of a big group)."""
+        if not ids:
+            return np.zeros(0, np.uint8)
+        rows = np.array([self.row(i) for i in ids], dtype=np.int64)
+        return np.asarray(self._g["status"].oindex[rows])
 
     # -- reading -----------------------------------------------------------------------------------
     def chunk_file(self, array: str, row: int) -> Path:

@@ -35,7 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from migfuse.data_cache.store import PER_VIDEO_TRACKS, ArraySpec, GroupSpec, TokenCache, TokenGroup
+from migfuse.data_cache.store import ArraySpec, GroupSpec, TokenCache, TokenGroup
+from migfuse.data_cache.tracks import TRACKS, track_of_group, tracks_with_layout
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,10 @@ POSE_TIME_STEPS = 8
 POSE_PARTS = 6
 CHUNK_BYTES = 8 << 20     # ~8 MB per chunk: few files, fast sequential reads on a laptop
 
-#: PER_VIDEO_TRACKS (imported above from the store) stays importable from here: fuse.data uses it.
+#: Tracks whose rows are videos (not clips); from the track table (data_cache/tracks.py).
+PER_VIDEO_TRACKS = tuple(t.name for t in TRACKS.values() if t.per_video)
 #: Default pooling per track, and the track's modality name in training configs.
-DEFAULT_POOLING = {
-    "video": "video_time",
-    "joint": "pose_parts",
-    "bone": "pose_parts",
-    "face": "face_keep",
-    "context": "context_cls_mean",
-    "face_context": "face_keep",
-}
+DEFAULT_POOLING = {t.name: t.pooling for t in TRACKS.values()}
 
 Pooled = dict[str, np.ndarray]  # {"tokens": (B, [W,] n, D) float, "mask": (B, [W,] n) bool}
 _POOLINGS: dict[str, tuple[tuple[str, ...], Callable[..., Pooled]]] = {}
@@ -104,14 +99,14 @@ def _cls_and_time(x: np.ndarray, grid: int) -> np.ndarray:
     return np.concatenate([x[..., :1, :], body.mean(-2)], axis=-2)
 
 
-@register_pooling("video_time", ("video",))
+@register_pooling("video_time", tracks_with_layout("video_tokens"))
 def video_time(a: Mapping[str, np.ndarray], grid: int = VIDEO_GRID) -> Pooled:
     x, valid = _video_windows(a)
     tokens = _mean_windows(_cls_and_time(x.astype(np.float32), grid), valid)
     return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
 
 
-@register_pooling("video_cls", ("video",))
+@register_pooling("video_cls", tracks_with_layout("video_tokens"))
 def video_cls(a: Mapping[str, np.ndarray]) -> Pooled:
     x, valid = _video_windows(a)
     tokens = _mean_windows(x[:, :, :1].astype(np.float32), valid)
@@ -148,13 +143,13 @@ def _pose_time(feats: np.ndarray, time_steps: int) -> np.ndarray:
     return _adaptive_mean(per_step, min(time_steps, per_step.shape[-1]), axis=-1).transpose(0, 2, 1)
 
 
-@register_pooling("pose_time", ("joint", "bone"))
+@register_pooling("pose_time", tracks_with_layout("pose_features"))
 def pose_time(a: Mapping[str, np.ndarray], time_steps: int = POSE_TIME_STEPS) -> Pooled:
     tokens = _pose_time(a["features"].astype(np.float32), time_steps)
     return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
 
 
-@register_pooling("pose_parts", ("joint", "bone"))
+@register_pooling("pose_parts", tracks_with_layout("pose_features"))
 def pose_parts(a: Mapping[str, np.ndarray], time_steps: int = POSE_TIME_STEPS,
                parts: int | Sequence[Sequence[int]] = POSE_PARTS) -> Pooled:
     feats = a["features"].astype(np.float32)  # (B, C, T', V)
@@ -164,13 +159,13 @@ def pose_parts(a: Mapping[str, np.ndarray], time_steps: int = POSE_TIME_STEPS,
     return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
 
 
-@register_pooling("face_keep", ("face", "face_context"))
+@register_pooling("face_keep", tracks_with_layout("face_frames"))
 def face_keep(a: Mapping[str, np.ndarray]) -> Pooled:
     tokens = np.concatenate([a["features"], a["logits"]], axis=-1).astype(np.float32)
     return {"tokens": tokens, "mask": a["mask"].astype(bool)}
 
 
-@register_pooling("context_cls_mean", ("context",))
+@register_pooling("context_cls_mean", tracks_with_layout("context_tokens"))
 def context_cls_mean(a: Mapping[str, np.ndarray]) -> Pooled:
     x = a["tokens"].astype(np.float32)  # (B, K, 393, D), K padded when ragged
     valid = _context_valid(a)
@@ -185,20 +180,21 @@ def _context_valid(a: Mapping[str, np.ndarray]) -> np.ndarray:
     return valid
 
 
-@register_pooling("raw", ("video", "joint", "bone", "face", "face_context", "context"))
+@register_pooling("raw", tuple(TRACKS))
 def raw(a: Mapping[str, np.ndarray], track: str = "") -> Pooled:
     """Full-resolution tokens in the fusion layout (what a view would be without pooling)."""
-    if track == "video":
+    layout = TRACKS[track].layout if track in TRACKS else None
+    if layout == "video_tokens":
         x, valid = _video_windows(a)
         tokens = _mean_windows(x.astype(np.float32), valid)
         return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
-    if track in ("joint", "bone"):
+    if layout == "pose_features":
         f = a["features"]  # (B, C, T', V) -> (B, T'*V, C): one token per (time step, joint)
         tokens = f.reshape(f.shape[0], f.shape[1], -1).transpose(0, 2, 1)
         return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
-    if track in ("face", "face_context"):
+    if layout == "face_frames":
         return face_keep(a)
-    if track == "context":
+    if layout == "context_tokens":
         valid = _context_valid(a)
         return {"tokens": a["tokens"], "mask": np.repeat(valid[..., None], a["tokens"].shape[2], axis=-1)}
     raise UserError(f"no raw token layout for track {track!r}; use a view of it")
@@ -225,7 +221,8 @@ def as_tokens(group: TokenGroup, arrays: Mapping[str, np.ndarray]) -> Pooled:
 
 def source_arrays(track: str) -> list[str] | None:
     """Source arrays a pooling of this track reads (None = all); skips e.g. face global tokens."""
-    return {"face": ["features", "logits", "mask"], "face_context": ["features", "logits", "mask"]}.get(track)
+    arrays = TRACKS[track].source_arrays if track in TRACKS else None
+    return list(arrays) if arrays else None
 
 
 def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | None = None,
@@ -290,8 +287,9 @@ def track_groups(cache: TokenCache) -> dict[str, list[str]]:
     """Track -> its (non-view) groups in the cache, sorted."""
     sources: dict[str, list[str]] = {}
     for g in cache.group_names():
-        if not g.startswith(VIEW_PREFIX) and g.split("/")[0] in DEFAULT_POOLING:
-            sources.setdefault(g.split("/")[0], []).append(g)
+        track = None if g.startswith(VIEW_PREFIX) else track_of_group(g)
+        if track is not None:
+            sources.setdefault(track.name, []).append(g)
     return {t: sorted(gs) for t, gs in sorted(sources.items())}
 
 

@@ -3,9 +3,15 @@
 A track implements an `Extractor` (which rows, how to load one unit on the CPU, how to run a batch);
 the runner owns everything else, once, for all tracks:
 
-* resume: rows already done in the cache are skipped (failed rows too, unless `retry_failed`);
+* resume: rows already done in the cache are skipped (failed rows too, unless `retry_failed`), as
+  long as their stored row definition (a clip's video and frame range) is still the manifest's;
 * scale-out: `--shard I/N` or torchrun's RANK/WORLD_SIZE pick whole work items `items[rank::world]`;
-  each process writes its own rows straight into the store, nothing is gathered;
+  each process writes its own rows straight into the store, nothing is gathered; two processes
+  on the same rows (e.g. the same unsharded command twice) split the work item by item (claims);
+* device and precision: `--device auto|cpu|cuda|cuda:N` resolved once (`cuda:LOCAL_RANK` under
+  torchrun), `--precision fp32|bf16|fp16` autocast, both recorded in the group provenance with the
+  forward batch: the model always runs on batches of exactly `batch_size` inputs (zero-padded), so a
+  row's tokens do not depend on which rows share its batch (workers, shards, resume points);
 * overlap: loaders run in spawned worker processes and stream samples through a bounded queue while
   the main process runs the batched forward;
 * failures: bad input becomes a per-row failure record in the store (never a crash, never lost);
@@ -27,9 +33,11 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -37,11 +45,138 @@ from migfuse.errors import UserError
 
 if TYPE_CHECKING:
     from migfuse.data_cache.store import ArraySpec, TokenCache, TokenGroup
+    from migfuse.data_cache.tracks import Track
 
 log = logging.getLogger(__name__)
 
-# How long the main process waits for samples before flushing a half-full batch.
+# How often the main process looks for samples while loaders are busy.
 _POLL_S = 0.5
+# How long a half-full batch may wait for more samples when the loaders are slow. The model always
+# runs on full (zero-padded) batches, so flushing at the first idle poll would spend a whole batch's
+# compute on a few rows whenever loading is the bottleneck (faces on a CPU).
+_IDLE_FLUSH_S = 5.0
+
+
+class Precision(StrEnum):
+    """Forward precision: fp32 (no autocast) or autocast to bf16 / fp16."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how the forward runs; set on the extractor by the runner before `setup`.
+
+    `batch` > 0: `in_fixed_batches` runs the model on exactly `batch` inputs per call (zero-padded),
+    because kernels pick their reduction order by batch shape: the same row in a batch of 3 and of
+    4 differs by an fp16 step. With one shape, a row's tokens depend on the row alone.
+    """
+
+    device: str = "cpu"
+    precision: Precision = Precision.FP32
+    batch: int = 0
+
+    @property
+    def device_type(self) -> str:
+        return str(self.device).split(":")[0]
+
+    def autocast(self) -> AbstractContextManager:
+        """The autocast context of the forward (none for fp32)."""
+        if self.precision is Precision.FP32:
+            return nullcontext()
+        import torch
+
+        dtype = torch.bfloat16 if self.precision is Precision.BF16 else torch.float16
+        return torch.autocast(self.device_type, dtype=dtype)
+
+    def record(self) -> dict[str, Any]:
+        """What of this goes into the group provenance (tokens depend on it)."""
+        return {"device": self.device_type, "precision": str(self.precision), "forward_batch": self.batch}
+
+    def in_fixed_batches(self, fn: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:
+        """`fn` over `x` (N, ...) in calls of exactly `batch` rows (the last zero-padded); the outputs
+        (an array or a dict of arrays, N first) concatenated and trimmed to N."""
+        n, b = len(x), self.batch
+        if b <= 0 or n == 0:
+            return fn(x)
+        parts = []
+        for start in range(0, n, b):
+            part = x[start:start + b]
+            if len(part) < b:
+                part = np.concatenate([part, np.zeros((b - len(part),) + part.shape[1:], part.dtype)])
+            parts.append((fn(part), min(b, n - start)))
+        if isinstance(parts[0][0], Mapping):
+            return {k: np.concatenate([np.asarray(p[k])[:m] for p, m in parts]) for k in parts[0][0]}
+        return np.concatenate([np.asarray(p)[:m] for p, m in parts])
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The settings every extract track shares (the CLI's common options).
+
+    device: "auto" (CUDA when torch has it, else CPU), "cpu", "cuda" or "cuda:N"; under torchrun
+    "auto"/"cuda" mean `cuda:LOCAL_RANK`. precision: None = fp32 on CPU, bf16 on CUDA.
+    shard: "I/N" (SLURM arrays); None = torchrun's RANK/WORLD_SIZE, else the whole dataset.
+    """
+
+    device: str = "auto"
+    precision: str | None = None
+    batch_size: int = 8
+    workers: int = 2
+    shard: str | None = None
+    retry_failed: bool = False
+    prefetch: int = 2
+
+
+def resolve_device(requested: str = "auto", env: Mapping[str, str] | None = None) -> str:
+    """The torch device of this process's forward, said in one log line.
+
+    "auto": CUDA when torch has it, else CPU. "cuda" (or auto on a CUDA machine) under torchrun
+    (LOCAL_RANK set): `cuda:LOCAL_RANK`, so each rank has its own GPU. "cuda:N" is taken as given.
+
+    Raises:
+        UserError: CUDA asked for on a torch without it, a LOCAL_RANK beyond the visible GPUs, or an
+            unknown device name. Raised before anything is written to the cache.
+    """
+    import torch
+
+    env = os.environ if env is None else env
+    req = (requested or "auto").strip().lower()
+    if req not in ("auto", "cpu", "cuda") and not (req.startswith("cuda:") and req[5:].isdigit()):
+        raise UserError(f"--device {requested!r} is not auto, cpu, cuda or cuda:N")
+    has_cuda = torch.cuda.is_available()
+    if req == "cpu" or (req == "auto" and not has_cuda):
+        device = "cpu"
+    elif not has_cuda:
+        raise UserError(f"--device {requested} but this torch ({torch.__version__}) has no CUDA device; "
+                        "use --device cpu (or auto), or install a CUDA build of torch")
+    elif req.startswith("cuda:"):
+        device = req
+    elif "LOCAL_RANK" in env:
+        local = int(env["LOCAL_RANK"])
+        if local >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices are visible; "
+                            "start torchrun with --nproc_per_node at most the number of GPUs")
+        device = f"cuda:{local}"
+    else:
+        device = "cuda"
+    if req.startswith("cuda:") and int(req[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {requested}: only {torch.cuda.device_count()} CUDA devices are visible")
+    log.info("device: %s (asked for %s%s)", device, req,
+             f", LOCAL_RANK {env['LOCAL_RANK']}" if "LOCAL_RANK" in env else "")
+    return device
+
+
+def resolve_precision(precision: str | None, device: str) -> Precision:
+    """None -> fp32 on CPU, bf16 on CUDA; else the named one (UserError when unknown)."""
+    if precision is None:
+        return Precision.BF16 if str(device).startswith("cuda") else Precision.FP32
+    try:
+        return Precision(str(precision).lower())
+    except ValueError:
+        raise UserError(f"--precision {precision!r} is not one of {', '.join(p.value for p in Precision)}") from None
 
 
 @dataclass(frozen=True)
@@ -86,8 +221,14 @@ class Extractor(ABC):
 
     #: "<track>/<backbone>", the cache group written
     group: str = ""
-    #: what a row is, for the progress bar ("clip", "video")
+    #: what a row is, for the progress bar ("clip", "video"); tracks take it from the track table
     unit: str = "row"
+    #: set by the runner before `setup`: device, precision and fixed forward batch
+    compute: Compute = Compute()
+
+    def row_definitions(self, ids: list[str]) -> dict[str, str] | None:
+        """What defines each row (`tracks.row_definition`), stored per row; None: not tracked."""
+        return None
 
     @abstractmethod
     def ids(self) -> list[str]:
@@ -129,20 +270,38 @@ class RunSummary:
     skipped: int = 0  # rows already done (or already failed, without retry_failed) before this run
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (id, stage, message)
     seconds: float = 0.0
+    redone: int = 0  # rows done or failed earlier whose definition changed since (extracted again)
+    busy: int = 0  # rows left to another process that held their work item (see `_Claims`)
+    world_failed: int | None = None  # under torchrun: failed rows of all ranks (see `extract`)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        """No failed row: of this process, or under torchrun of any rank (so all ranks exit alike)."""
+        return not self.failed if self.world_failed is None else self.world_failed == 0
 
 
-def manifest_rows(manifest: Any, per_video: bool) -> list[str]:
-    """Row ids of a track over a whole manifest: every video id (per-video tracks) or every clip id."""
-    return sorted(manifest.videos) if per_video else [c.clip_id for c in manifest.clips]
+class TrackExtractor(Extractor):
+    """An extractor of one track of the table over a manifest: rows, work items and row definitions
+    follow from the track's unit (clips are grouped per video; a video row is its own item)."""
 
+    track: "Track"
+    manifest: Any
+    _row_ids: list[str] | None = None
 
-def manifest_work_items(manifest: Any, ids: Iterable[str], per_video: bool) -> list[WorkItem]:
-    """Work items of a track: one per video either way (a per-video row is its own item)."""
-    return [WorkItem(v, (v,)) for v in ids] if per_video else clips_by_video(manifest, ids)
+    def ids(self) -> list[str]:
+        from migfuse.data_cache.tracks import row_ids
+
+        return list(self._row_ids) if self._row_ids is not None else row_ids(self.track, self.manifest)
+
+    def work_items(self, ids: list[str]) -> list[WorkItem]:
+        if self.track.per_video:
+            return [WorkItem(v, (v,)) for v in ids]
+        return clips_by_video(self.manifest, ids)
+
+    def row_definitions(self, ids: list[str]) -> dict[str, str]:
+        from migfuse.data_cache.tracks import row_definition
+
+        return {i: row_definition(self.track, self.manifest, i) for i in ids}
 
 
 def clips_by_video(manifest: Any, clip_ids: Iterable[str]) -> list[WorkItem]:
@@ -165,14 +324,23 @@ def video_files(manifest: Any, video_root: str | Path | None = None) -> dict[str
     return paths
 
 
-def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
+def parse_shard(shard: str | None, env: Mapping[str, str] | None = None) -> tuple[int, int]:
     """`"I/N"` -> (I, N); without it, torchrun's RANK/WORLD_SIZE; else (0, 1).
 
     Raises:
-        UserError: malformed or out-of-range shard, or both --shard and a torchrun world given.
+        UserError: malformed or out-of-range shard, both --shard and a torchrun world given, or a
+            torchrun RANK outside 0..WORLD_SIZE-1 (a run of 0 rows that exits 0 would hide it).
     """
     env = os.environ if env is None else env
-    world_env = int(env.get("WORLD_SIZE", "1") or 1)
+    try:
+        world_env = int(env.get("WORLD_SIZE", "1") or 1)
+        rank_env = int(env.get("RANK", "0") or 0)
+    except ValueError:
+        raise UserError(f"RANK={env.get('RANK')!r} / WORLD_SIZE={env.get('WORLD_SIZE')!r} in the environment "
+                        "are not integers; check the launcher") from None
+    if world_env < 1 or not 0 <= rank_env < world_env:
+        raise UserError(f"RANK={rank_env} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world_env}) in the environment; "
+                        "check the launcher (torchrun sets both)")
     if shard:
         try:
             i, n = (int(x) for x in shard.split("/"))
@@ -183,9 +351,7 @@ def parse_shard(shard: str | None, env: dict[str, str] | None = None) -> tuple[i
         if world_env > 1:
             raise UserError("--shard given under torchrun (WORLD_SIZE>1): use one of them, not both")
         return i, n
-    if world_env > 1:
-        return int(env.get("RANK", "0")), world_env
-    return 0, 1
+    return rank_env, world_env
 
 
 def shard_items(items: list[WorkItem], rank: int, world: int) -> list[WorkItem]:
@@ -290,11 +456,13 @@ class _Pool:
                     except queue.Full:
                         continue
 
-    def feed(self, todo: deque[int], items: list[WorkItem]) -> None:
-        """Top up every worker to `prefetch` assigned items."""
+    def feed(self, todo: deque[int], items: list[WorkItem], take: Callable[[int], bool] = lambda n: True) -> None:
+        """Top up every worker to `prefetch` assigned items; `take(n)` False skips item n."""
         for wid in list(self.procs):
             while todo and len(self.assigned[wid]) < self.prefetch:
                 n = todo.popleft()
+                if not take(n):
+                    continue
                 self.assigned[wid].append(n)
                 self.tasks[wid].put((n, items[n]))
 
@@ -338,19 +506,73 @@ class _Pool:
 # ------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------
+class _Claims:
+    """One lock file per work item under CACHE/.claims/<group>/: a process loads an item only while
+    it holds the item's claim, so two processes started on the same rows (the same unsharded
+    command twice, overlapping shards) split the work item by item instead of both doing all of it.
+
+    The locks are OS file locks (filelock): a killed process loses its claims at once, so nothing
+    is left stuck. A claim is released once the item's rows are written (after the batch flush).
+    Local disks and most cluster file systems honour them; a file system that ignores locks only
+    loses the splitting (both processes write the same values).
+    """
+
+    def __init__(self, cache_path: Path, group: str):
+        self.dir = Path(cache_path) / ".claims" / group.replace("/", "__")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.held: dict[str, Any] = {}
+        self.written: list[str] = []
+
+    def take(self, key: str) -> bool:
+        from filelock import FileLock, Timeout
+
+        if key in self.held:  # ours already (an item given back by a dead worker)
+            return True
+        lock = FileLock(str(self.dir / f"{key.replace('/', '_')}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        self.held[key] = lock
+        return True
+
+    def release(self, key: str) -> None:
+        lock = self.held.pop(key, None)
+        if lock is not None:
+            lock.release()
+
+    def release_when_written(self, key: str) -> None:
+        self.written.append(key)
+
+    def flushed(self) -> None:
+        for key in self.written:
+            self.release(key)
+        self.written.clear()
+
+    def close(self) -> None:
+        for key in list(self.held):
+            self.release(key)
+
+
 class _Writer:
     """Batches samples, runs the forward, writes rows and failures, counts, updates the bar."""
 
-    def __init__(self, extractor: Extractor, group: "TokenGroup", batch_size: int, bar: Any, summary: RunSummary):
+    def __init__(self, extractor: Extractor, group: "TokenGroup", batch_size: int, bar: Any, summary: RunSummary,
+                 rowdefs: Mapping[str, str] | None = None, claims: _Claims | None = None):
         self.ex, self.g, self.batch_size, self.bar, self.summary = extractor, group, batch_size, bar, summary
+        self.rowdefs = rowdefs or {}
+        self.claims = claims
         self.specs = extractor.arrays()
         self.batch: list[Sample] = []
         self.batch_units = 0
+        self.batch_since = 0.0
 
     def add(self, sample: Sample) -> None:
         if sample.failure is not None or sample.inputs is None:
             self.fail(sample.id, sample.failure or Failure("load", "loader returned no inputs"))
             return
+        if not self.batch:
+            self.batch_since = time.monotonic()
         self.batch.append(sample)
         self.batch_units += max(1, sample.size)
         if self.batch_units >= self.batch_size:
@@ -358,12 +580,14 @@ class _Writer:
 
     def fail(self, row: str, failure: Failure) -> None:
         log.warning("%s %s failed at %s: %s", self.ex.group, row, failure.stage, failure.message)
-        self.g.write_failure(row, failure.stage, failure.message)
+        self.g.write_failure(row, failure.stage, failure.message, rowdef=self.rowdefs.get(row))
         self.summary.failed.append((row, failure.stage, failure.message))
         self._tick()
 
     def flush(self) -> None:
         if not self.batch:
+            if self.claims is not None:
+                self.claims.flushed()
             return
         batch, self.batch, self.batch_units = self.batch, [], 0
         results = self.ex.forward([s.inputs for s in batch])
@@ -376,9 +600,11 @@ class _Writer:
             arrays = {}
             for name, spec in self.specs.items():
                 arrays[name] = np.asarray(res[name]).astype(spec.dtype, copy=False)
-            self.g.write(s.id, arrays)
+            self.g.write(s.id, arrays, rowdef=self.rowdefs.get(s.id))
             self.summary.done += 1
             self._tick()
+        if self.claims is not None:
+            self.claims.flushed()
 
     def _tick(self) -> None:
         self.bar.update(1)
@@ -393,8 +619,59 @@ def _open_group(extractor: Extractor, cache: "TokenCache | str | Path") -> "Toke
         cache = TokenCache(cache)
     return cache.require_group(
         GroupSpec(name=extractor.group, ids=extractor.ids(), arrays=extractor.arrays(),
-                  provenance=extractor.provenance())
+                  provenance={**extractor.provenance(), "compute": extractor.compute.record()})
     )
+
+
+def extract(extractor: Extractor, cache: "TokenCache | str | Path", options: RunOptions = RunOptions()) -> RunSummary:
+    """The entry point of every extract track: resolve shard, device and precision once, then run.
+
+    Everything a user can get wrong here (bad --shard, RANK >= WORLD_SIZE, --device cuda without
+    CUDA, an unknown --precision) is a UserError raised before the cache is touched.
+    """
+    shard = parse_shard(options.shard)
+    device = resolve_device(options.device)
+    summary = run_extraction(extractor, cache, device=device, precision=options.precision,
+                             batch_size=options.batch_size, workers=options.workers, shard=shard,
+                             retry_failed=options.retry_failed, prefetch=options.prefetch)
+    if options.shard is None and shard[1] > 1 and "LOCAL_RANK" in os.environ:
+        summary.world_failed = _join_ranks(len(summary.failed))
+    return summary
+
+
+# Ranks wait for each other at the end for as long as the slowest takes (a gloo barrier's default
+# timeout of 30 min would fail a rank that finished early).
+_RANKS_TIMEOUT_S = 14 * 24 * 3600
+
+
+def _join_ranks(failed: int) -> int:
+    """Under torchrun: wait until every rank has finished its rows; return all ranks' failed rows.
+
+    torchrun tears the whole group down as soon as one rank exits non-zero, so a rank whose rows
+    partly failed must not exit (status 1) while others are still extracting. A gloo process group
+    (CPU, torchrun's store) is used for this barrier only; `end_ranks` closes it after the report.
+    """
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=_RANKS_TIMEOUT_S))
+    total = torch.tensor([failed], dtype=torch.int64)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
+def end_ranks() -> None:
+    """After each rank has printed its report: a last barrier, then close the process group (no-op
+    outside torchrun), so no rank is torn down while another is still writing its report."""
+    import sys as _sys
+
+    dist = getattr(_sys.modules.get("torch"), "distributed", None)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def run_extraction(
@@ -402,6 +679,7 @@ def run_extraction(
     cache: "TokenCache | str | Path",
     *,
     device: str = "cpu",
+    precision: str | None = None,
     batch_size: int = 8,
     workers: int = 2,
     shard: tuple[int, int] = (0, 1),
@@ -413,8 +691,10 @@ def run_extraction(
     Args:
         extractor: the track (see `Extractor`).
         cache: a TokenCache or the path of CACHE.zarr (created if absent).
-        device: "cpu", "cuda" or "cuda:N" for the forward.
-        batch_size: model inputs per forward (in `Sample.size` units).
+        device: a resolved torch device, "cpu", "cuda" or "cuda:N" (`extract` resolves "auto").
+        precision: "fp32", "bf16", "fp16"; None = fp32 on CPU, bf16 on CUDA (recorded in provenance).
+        batch_size: model inputs per forward (in `Sample.size` units); the model always runs on
+            exactly this many (zero-padded), and it is recorded in the provenance.
         workers: spawned loader processes; 0 loads in the main process (no overlap; for debugging).
         shard: (rank, world) from `parse_shard`; this process takes work items `[rank::world]`.
         retry_failed: also redo rows recorded as failed by an earlier run.
@@ -426,27 +706,49 @@ def run_extraction(
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from migfuse.data_cache.store import DONE, FAILED
+    from migfuse.data_cache.store import DONE, FAILED, MISSING, TokenCache
 
     t0 = time.monotonic()
     rank, world = shard
+    extractor.compute = Compute(device, resolve_precision(precision, device), int(batch_size))
+    cache = cache if isinstance(cache, TokenCache) else TokenCache(cache)
     g = _open_group(extractor, cache)
     all_ids = list(g.ids)
     mine = shard_items(extractor.work_items(all_ids), rank, world)
     my_ids = [i for it in mine for i in it.ids]
     status = dict(zip(all_ids, g.status().tolist()))
+    rowdefs = extractor.row_definitions(my_ids) or {}
+    changed = _changed_rows(g, rowdefs, [i for i in my_ids if status[i] != MISSING])
     skip = {DONE} if retry_failed else {DONE, FAILED}
-    items = [WorkItem(it.key, tuple(i for i in it.ids if status[i] not in skip)) for it in mine]
+    items = [WorkItem(it.key, tuple(i for i in it.ids if status[i] not in skip or i in changed)) for it in mine]
     items = [it for it in items if it.ids]
     pending = sum(len(it.ids) for it in items)
-    summary = RunSummary(group=extractor.group, shard=shard, total=len(my_ids), skipped=len(my_ids) - pending)
+    summary = RunSummary(group=extractor.group, shard=shard, total=len(my_ids), skipped=len(my_ids) - pending,
+                         redone=len(changed))
     log.info("%s shard %d/%d: %d rows, %d already done or failed, %d to extract (%d work items)",
              extractor.group, rank, world, len(my_ids), summary.skipped, pending, len(items))
 
     if items:
+        claims = _Claims(cache.path, extractor.group)
+
+        def take(item: WorkItem) -> WorkItem | None:
+            """Claim an item, then keep only its rows nobody else has handled since the start."""
+            if not claims.take(item.key):
+                summary.busy += len(item.ids)
+                return None
+            now = dict(zip(item.ids, g.status_of(item.ids).tolist()))
+            stored = dict(zip(item.ids, g.rowdefs(item.ids))) if changed else {}
+            keep = tuple(i for i in item.ids if now[i] == status[i] and (i not in changed or stored[i] != rowdefs[i]))
+            if not keep:
+                claims.release(item.key)
+                summary.skipped += len(item.ids)
+                return None
+            summary.skipped += len(item.ids) - len(keep)
+            return WorkItem(item.key, keep)
+
         bar = tqdm(total=pending, desc=f"{extractor.group} [{rank}/{world}]", unit=extractor.unit, disable=None,
                    dynamic_ncols=True)
-        writer = _Writer(extractor, g, batch_size, bar, summary)
+        writer = _Writer(extractor, g, batch_size, bar, summary, rowdefs, claims)
         pool = None
         try:
             with logging_redirect_tqdm():
@@ -454,15 +756,20 @@ def run_extraction(
                     # Start the loaders first: they decode while the model is being built.
                     pool = _Pool(extractor.loader(), min(workers, len(items)), prefetch, out_size=max(4, 2 * batch_size))
                     extractor.setup(device)
-                    _run_pool(pool, items, writer)
+                    _run_pool(pool, items, writer, take)
                 else:
                     extractor.setup(device)
-                    _run_inline(extractor.loader(), items, writer)
+                    _run_inline(extractor.loader(), items, writer, take)
                 writer.flush()
         finally:
             if pool is not None:
                 pool.close()
+            claims.close()
             bar.close()
+        if summary.busy:
+            log.warning("%s: %d rows were being extracted by another process on this cache and were left to it; "
+                        "rerun this command after it ends to check that the group is complete",
+                        extractor.group, summary.busy)
 
     # Report every failure of this process's rows, including those kept from earlier runs.
     seen = {f[0] for f in summary.failed}
@@ -475,6 +782,19 @@ def run_extraction(
     log.info("%s shard %d/%d: %d written, %d skipped, %d failed in %.1f s", extractor.group, rank, world,
              summary.done, summary.skipped, len(summary.failed), summary.seconds)
     return summary
+
+
+def _changed_rows(g: "TokenGroup", rowdefs: Mapping[str, str], written: list[str]) -> set[str]:
+    """Rows written (done or failed) under another definition than the manifest's now, e.g. a clip
+    whose frame range was corrected under the same id. Rows stored without one are kept as they are."""
+    if not rowdefs or not written:
+        return set()
+    changed = {i: old for i, old in zip(written, g.rowdefs(written)) if old and old != rowdefs.get(i, old)}
+    if changed:
+        first = next(iter(changed))
+        log.warning("%s: %d rows were written for another definition than the manifest's now (e.g. %s: %s, now %s); "
+                    "extracting them again", g.name, len(changed), first, changed[first], rowdefs[first])
+    return set(changed)
 
 
 def _deliver(item: WorkItem, samples: Iterable[Sample], writer: _Writer, seen: set[str]) -> None:
@@ -492,8 +812,12 @@ def _fail_rest(item: WorkItem, seen: set[str], failure: Failure, writer: _Writer
             writer.fail(row, failure)
 
 
-def _run_inline(loader: Loader, items: list[WorkItem], writer: _Writer) -> None:
+def _run_inline(loader: Loader, items: list[WorkItem], writer: _Writer,
+                take: Callable[[WorkItem], WorkItem | None] = lambda it: it) -> None:
     for item in items:
+        item = take(item)
+        if item is None:
+            continue
         seen: set[str] = set()
         error = "loader ended without yielding this row"
         try:
@@ -504,33 +828,52 @@ def _run_inline(loader: Loader, items: list[WorkItem], writer: _Writer) -> None:
             error = f"{type(e).__name__}: {e}"
             log.debug("loader failed on %s", item.key, exc_info=True)
         _fail_rest(item, seen, Failure("load", error), writer)
+        if writer.claims is not None:
+            writer.claims.release_when_written(item.key)
 
 
-def _run_pool(pool: _Pool, items: list[WorkItem], writer: _Writer) -> None:
+def _run_pool(pool: _Pool, items: list[WorkItem], writer: _Writer,
+              take: Callable[[WorkItem], WorkItem | None] = lambda it: it) -> None:
+    items = list(items)
     todo = deque(range(len(items)))
     seen: dict[int, set[str]] = {}
     open_items = set(range(len(items)))
-    pool.feed(todo, items)
+
+    def take_n(n: int) -> bool:
+        item = take(items[n])
+        if item is None:
+            open_items.discard(n)
+            return False
+        items[n] = item
+        return True
+
+    def closed(n: int) -> None:
+        open_items.discard(n)
+        if writer.claims is not None:
+            writer.claims.release_when_written(items[n].key)
+
+    pool.feed(todo, items, take_n)
     while open_items:
         try:
             kind, wid, n, payload = pool.out.get(timeout=_POLL_S)
         except queue.Empty:
-            writer.flush()  # nothing loaded right now: do not sit on a half-full batch
+            if not writer.batch or time.monotonic() - writer.batch_since >= _IDLE_FLUSH_S:
+                writer.flush()  # loaders are slow: do not sit on a half-full batch for ever
             continue
         if kind == "dead":
             lost = pool.reap(wid, todo)
             if lost is not None and lost[0] in open_items:
                 _fail_rest(items[lost[0]], seen.setdefault(lost[0], set()), Failure("worker", lost[1]), writer)
-                open_items.discard(lost[0])
-            pool.feed(todo, items)
+                closed(lost[0])
+            pool.feed(todo, items, take_n)
         elif kind == "sample":
             _deliver(items[n], [payload], writer, seen.setdefault(n, set()))
         else:  # "end" of an item
             error = payload or "loader ended without yielding this row"
             _fail_rest(items[n], seen.setdefault(n, set()), Failure("load", error), writer)
-            open_items.discard(n)
+            closed(n)
             pool.finished(wid, n)
-            pool.feed(todo, items)
+            pool.feed(todo, items, take_n)
 
 
 def format_summary(summary: RunSummary, max_rows: int = 50) -> str:
@@ -538,6 +881,12 @@ def format_summary(summary: RunSummary, max_rows: int = 50) -> str:
     rank, world = summary.shard
     lines = [f"{summary.group} shard {rank}/{world}: {summary.total} rows, {summary.done} written now, "
              f"{summary.skipped} skipped (done or failed earlier), {len(summary.failed)} failed, {summary.seconds:.1f} s"]
+    if summary.redone:
+        lines.append(f"{summary.redone} rows were extracted again: their clip changed (frame range) since they were written")
+    if summary.busy:
+        lines.append(f"{summary.busy} rows left to another process extracting the same group; rerun after it ends")
+    if summary.world_failed:
+        lines.append(f"all torchrun ranks: {summary.world_failed} rows failed")
     if summary.failed:
         w_id = max(len("id"), *(len(f[0]) for f in summary.failed))
         w_st = max(len("stage"), *(len(f[1]) for f in summary.failed))

@@ -12,7 +12,6 @@ Split along the runner's line (docs/contracts.md, "Extraction runner"):
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -22,13 +21,15 @@ import numpy as np
 from migfuse.errors import UserError
 from migfuse.extract.checkpoints import weights_provenance
 from migfuse.extract.decode import DecodeError, PastEnd, probe, stream_clips
-from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, manifest_rows, manifest_work_items,
-                                    parse_shard, run_extraction, video_files)
+from migfuse.data_cache.tracks import get_track, tracks_with_layout
+from migfuse.extract.runner import (Failure, RunOptions, RunSummary, Sample, TrackExtractor, WorkItem, extract,
+                                    video_files)
 from migfuse.extract.sampling import ClipSampling, ContextSampling
 
 log = logging.getLogger(__name__)
 
-TRACKS = ("video", "context")
+#: The tracks of the track table this module extracts (MViTv2-S tokens of clips / of whole videos).
+TRACKS = tracks_with_layout("video_tokens", "context_tokens")
 #: Seed of the random weights used without --checkpoint, so a resumed run writes the same values.
 RANDOM_WEIGHTS_SEED = 0
 
@@ -157,7 +158,7 @@ class ContextLoader(_VideoLoader):
 # ------------------------------------------------------------------------------------------------
 # the extractor
 # ------------------------------------------------------------------------------------------------
-class VideoExtractor(Extractor):
+class VideoExtractor(TrackExtractor):
     """MViTv2-S tokens for the `video` (per clip) or `context` (per video) track.
 
     Subclasses may replace the model (tests use a tiny stand-in) by overriding `backbone_name`,
@@ -169,11 +170,12 @@ class VideoExtractor(Extractor):
 
     def __init__(self, manifest: Any, track: str = "video", *, checkpoint: str | Path | None = None,
                  clip_sampling: ClipSampling = ClipSampling(), context_sampling: ContextSampling = ContextSampling(),
-                 row_ids: list[str] | None = None):
+                 row_ids: list[str] | None = None, video_root: str | Path | None = None):
         """
         Args:
             manifest: a `Manifest` (clips, videos with their file paths).
             track: "video" (rows = clips) or "context" (rows = videos).
+            video_root: where the videos are now, if moved since `data prepare` (see `video_files`).
             checkpoint: MViTv2-S checkpoint file; None = seeded random weights (said loudly).
             clip_sampling / context_sampling: the frame rules (recorded in provenance).
             row_ids: restrict the rows to these clip ids (video) or video ids (context); default: all.
@@ -181,30 +183,25 @@ class VideoExtractor(Extractor):
         """
         if track not in TRACKS:
             raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")
-        self.manifest, self.track = manifest, track
+        self.manifest, self.track = manifest, get_track(track)
+        self.video_root = video_root
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise UserError(f"checkpoint not found: {self.checkpoint} (pass the path of a local MViTv2-S .pth file)")
         self.clip_sampling, self.context_sampling = clip_sampling, context_sampling
-        self.group = f"{track}/{self.backbone_name}"
-        self.unit = "clip" if track == "video" else "video"
+        self.group = self.track.group(self.backbone_name)
+        self.unit = str(self.track.unit)
         self._row_ids = list(row_ids) if row_ids is not None else None
         self._weights: dict[str, str] | None = None
         self.model = None
         self.device = "cpu"
 
-    # -- rows and work ---------------------------------------------------------------------------
-    def ids(self) -> list[str]:
-        return list(self._row_ids) if self._row_ids is not None else manifest_rows(self.manifest, self.track == "context")
-
-    def work_items(self, ids: list[str]) -> list[WorkItem]:
-        return manifest_work_items(self.manifest, ids, self.track == "context")
-
+    # -- rows and work: from the track table (TrackExtractor) -------------------------------------
     def arrays(self) -> dict[str, Any]:
         from migfuse.data_cache.store import ArraySpec
 
         n, d = self.token_shape
-        if self.track == "context":
+        if self.track.per_video:
             k = self.context_sampling.windows
             return {"tokens": ArraySpec((k, n, d), "float16"), "valid": ArraySpec((k,), "bool")}
         if self.clip_sampling.max_windows > 1:
@@ -212,16 +209,16 @@ class VideoExtractor(Extractor):
         return {"tokens": ArraySpec((n, d), "float16")}
 
     def provenance(self) -> dict[str, Any]:
-        sampling = self.context_sampling.record() if self.track == "context" else self.clip_sampling.record()
-        return {"track": self.track, "backbone": self.backbone_name, **self.model_provenance(),
+        sampling = self.context_sampling.record() if self.track.per_video else self.clip_sampling.record()
+        return {"track": self.track.name, "backbone": self.backbone_name, **self.model_provenance(),
                 "sampling": sampling, "decoder": "PyAV (FFmpeg), nearest frame to index/25 s",
                 "tokens": "after the final LayerNorm: class token, then 8x7x7 patches in (t, h, w) order"}
 
     def loader(self):
-        paths = video_files(self.manifest)
+        paths = video_files(self.manifest, self.video_root)
         pre = self.preprocessing()
         common = dict(paths=paths, short_side=int(pre["resize_short_side"]), crop=int(pre["crop_size"][0]))
-        if self.track == "context":
+        if self.track.per_video:
             return ContextLoader(**common, sampling=self.context_sampling)
         clips = {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips}
         return ClipLoader(**common, clips=clips, sampling=self.clip_sampling)
@@ -262,14 +259,16 @@ class VideoExtractor(Extractor):
         self._std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1, 1)
 
     def _tokens(self, frames: np.ndarray) -> np.ndarray:
-        """(B, F, H, W, 3) uint8 -> (B, *token_shape) float32 tokens."""
+        """(B, F, H, W, 3) uint8 -> (B, *token_shape) float32 tokens, in the runner's fixed batches."""
+        return self.compute.in_fixed_batches(self._tokens_batch, frames)
+
+    def _tokens_batch(self, frames: np.ndarray) -> np.ndarray:
         import torch
 
         x = torch.from_numpy(frames).to(self.device, non_blocking=True)  # uint8 over the bus
         x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, F, H, W) in [0, 1]
         x = (x - self._mean) / self._std
-        cuda = str(self.device).startswith("cuda")
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with torch.inference_mode(), self.compute.autocast():
             out = self.model(x)
         return out.float().cpu().numpy()
 
@@ -278,7 +277,7 @@ class VideoExtractor(Extractor):
         tokens = self._tokens(np.concatenate([i["frames"] for i in inputs]))
         out: list[dict[str, np.ndarray] | Failure] = []
         for inp, part in zip(inputs, np.split(tokens, np.cumsum(counts)[:-1])):
-            if self.track == "context":
+            if self.track.per_video:
                 valid = inp["valid"]
                 full = np.zeros((len(valid), *self.token_shape), np.float32)
                 full[valid] = part
@@ -296,7 +295,8 @@ def extract_track(
     cache: str | Path,
     *,
     checkpoint: str | Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    precision: str | None = None,
     batch_size: int = 4,
     workers: int = 2,
     shard: str | None = None,
@@ -305,6 +305,7 @@ def extract_track(
     windows: int = 1,
     context_windows: int = 8,
     row_ids: list[str] | None = None,
+    video_root: str | Path | None = None,
 ) -> RunSummary:
     """Extract the `video` (per clip) or `context` (per video) MViTv2-S tokens of a prepared dataset.
 
@@ -313,25 +314,24 @@ def extract_track(
         prepared: the PREPARED folder (`migfuse data prepare` output).
         cache: CACHE.zarr path (created if absent).
         checkpoint: MViTv2-S checkpoint; None = seeded random weights (warned, recorded in provenance).
-        device, batch_size, workers, retry_failed: see `run_extraction`.
-        shard: "I/N" (SLURM arrays); None = torchrun's RANK/WORLD_SIZE or the whole dataset.
+        device, precision, batch_size, workers, shard, retry_failed: see `runner.RunOptions`.
         frames: frames per window (MViTv2-S is built for 16).
         windows: video track: up to this many 16-frame windows per long clip (1 = one window).
         context_windows: context track: windows per video (K).
         row_ids: only these clip ids (video) or video ids (context), e.g. a quick demo subset.
+        video_root: the folder the videos are in now, when moved since `data prepare`.
 
     Returns:
         RunSummary (this process's rows; `failed` non-empty means the CLI exits non-zero).
     """
     from migfuse.data_cache.manifest import Manifest
 
+    if track not in TRACKS:
+        raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")
     manifest = Manifest.load(prepared)
     extractor = VideoExtractor(manifest, track, checkpoint=checkpoint,
                                clip_sampling=ClipSampling(frames=frames, max_windows=windows),
                                context_sampling=ContextSampling(windows=context_windows, frames=frames),
-                               row_ids=row_ids)
-    rank, world = parse_shard(shard)
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per local rank
-    return run_extraction(extractor, cache, device=device, batch_size=batch_size, workers=workers,
-                          shard=(rank, world), retry_failed=retry_failed)
+                               row_ids=row_ids, video_root=video_root)
+    return extract(extractor, cache, RunOptions(device=device, precision=precision, batch_size=batch_size,
+                                                workers=workers, shard=shard, retry_failed=retry_failed))

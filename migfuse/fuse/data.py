@@ -19,7 +19,8 @@ import torch
 from migfuse.data_cache import classes
 from migfuse.data_cache.manifest import Manifest
 from migfuse.data_cache.store import DONE, TokenCache
-from migfuse.data_cache.views import PER_VIDEO_TRACKS, VIEW_PREFIX, as_tokens, source_arrays, track_of
+from migfuse.data_cache.tracks import TRACKS, track_of_group
+from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, source_arrays, track_of
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ def _resolve_one(cache: TokenCache, modality: str, configured: dict[str, str], n
         return configured[modality]
     if VIEW_PREFIX + modality in names:
         return VIEW_PREFIX + modality
-    raw = sorted(n for n in names if n.split("/")[0] == modality)
+    track = TRACKS.get(modality)
+    raw = sorted(n for n in names if track is not None and track_of_group(n) is track)
     if raw:
         g = cache.group(raw[0])
         per_row = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in g.arrays.values())
@@ -208,7 +210,7 @@ def check_coverage(cache: TokenCache, inputs: dict[str, str], ids: list[str], wh
         known = set(g.ids)
         absent = [i for i in ids if i not in known]
         if len(absent) == len(ids) and ids:
-            unit = "video" if track in PER_VIDEO_TRACKS else "clip"
+            unit = TRACKS[track].unit if track in TRACKS else "row"
             raise UserError(f"cache group '{name}' in {cache.path} has none of the {len(ids)} {what} ids "
                             f"(e.g. {ids[0]}; it holds {unit} ids like {g.ids[0] if g.ids else '-'}); "
                             f"it was extracted for another manifest or task, point --cache/--data at matching ones")

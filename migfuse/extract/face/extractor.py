@@ -23,7 +23,6 @@ masked (the row fails only when no window could be decoded), as the context trac
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -33,13 +32,23 @@ import numpy as np
 from migfuse.errors import UserError
 from migfuse.extract.checkpoints import weights_provenance
 from migfuse.extract.decode import DecodeError, probe, stream_clips
-from migfuse.extract.runner import (Extractor, Failure, RunSummary, Sample, WorkItem, manifest_rows, manifest_work_items,
-                                    parse_shard, run_extraction, video_files)
+from migfuse.data_cache.tracks import Track, get_track, tracks_with_layout
+from migfuse.extract.runner import (Failure, RunOptions, RunSummary, Sample, TrackExtractor, WorkItem, extract,
+                                    video_files)
 from migfuse.extract.sampling import ContextSampling, uniform_indices
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("clip", "context")
+#: --scope -> the track it writes: the face-frame tracks of the table, per clip and per video.
+_FACE_TRACKS = {get_track(name).unit: name for name in tracks_with_layout("face_frames")}
+
+
+def scope_track(scope: str) -> Track:
+    """The face track of a --scope: clip -> face (rows = clips), context -> face_context (rows = videos)."""
+    if scope not in SCOPES:
+        raise UserError(f"unknown --scope '{scope}': choose clip or context")
+    return get_track(_FACE_TRACKS["clip" if scope == "clip" else "video"])
 RANDOM_WEIGHTS_SEED = 0
 FEATURE_DIM, NUM_EXPRESSIONS = 512, 7
 
@@ -132,34 +141,29 @@ class FaceLoader:
         return Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
 
 
-class FaceExtractor(Extractor):
+class FaceExtractor(TrackExtractor):
     """SwinFace expression features of aligned faces, per clip (`face`) or per context window (`face_context`)."""
 
     backbone_name = "swinface"
 
     def __init__(self, manifest: Any, scope: str = "clip", *, checkpoint: str | Path | None = None,
                  frames: int = 8, context: ContextSampling = ContextSampling(), global_tokens: bool = False,
-                 row_ids: list[str] | None = None):
-        if scope not in SCOPES:
-            raise UserError(f"unknown --scope '{scope}': choose clip or context")
+                 row_ids: list[str] | None = None, video_root: str | Path | None = None):
+        self.track = scope_track(scope)
+        self.video_root = video_root
         self.manifest, self.scope, self.frames, self.context = manifest, scope, int(frames), context
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise UserError(f"checkpoint not found: {self.checkpoint} (pass the SwinFace .pt file)")
         self.global_tokens = global_tokens
-        self.group = f"{'face' if scope == 'clip' else 'face_context'}/{self.backbone_name}"
+        self.group = self.track.group(self.backbone_name)
+        self.unit = str(self.track.unit)
         self._row_ids = list(row_ids) if row_ids is not None else None
         self._weights: dict[str, str] | None = None
         self.model = None
 
-    def ids(self) -> list[str]:
-        return list(self._row_ids) if self._row_ids is not None else manifest_rows(self.manifest, self.scope == "context")
-
-    def work_items(self, ids: list[str]) -> list[WorkItem]:
-        return manifest_work_items(self.manifest, ids, self.scope == "context")
-
     def _lead(self) -> tuple[int, ...]:
-        return (self.frames,) if self.scope == "clip" else (self.context.windows, self.frames)
+        return (self.context.windows, self.frames) if self.track.per_video else (self.frames,)
 
     def arrays(self) -> dict[str, Any]:
         from migfuse.data_cache.store import ArraySpec
@@ -177,17 +181,17 @@ class FaceExtractor(Extractor):
             self._weights = weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED)
         weights = self._weights
         sampling = ({"rule": "K frames at uniform segment centres over [start_frame, end_frame]", "frames": self.frames}
-                    if self.scope == "clip" else
+                    if not self.track.per_video else
                     {"rule": "K of each context window's frames (uniform)", "frames": self.frames, "windows": self.context.record()})
-        return {"track": self.group.split("/")[0], "backbone": self.backbone_name, **weights, "sampling": sampling,
+        return {"track": self.track.name, "backbone": self.backbone_name, **weights, "sampling": sampling,
                 "detector": "facenet-pytorch 2.6.0 MTCNN (bundled weights), min prob 0.9, one main face per row",
                 "alignment": "5-landmark similarity (Umeyama) to the ArcFace 112x112 template",
                 "preprocessing": "RGB /255, (x - 0.5) / 0.5",
                 "stored": "expression-branch 512-d feature (TSS branch 2) + 7 expression logits (RAF-DB order)"}
 
     def loader(self) -> FaceLoader:
-        paths = video_files(self.manifest)
-        clips = {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips} if self.scope == "clip" else {}
+        paths = video_files(self.manifest, self.video_root)
+        clips = {} if self.track.per_video else {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips}
         return FaceLoader(paths=paths, scope=self.scope, frames=self.frames, clips=clips, context=self.context)
 
     def setup(self, device: str) -> None:
@@ -204,14 +208,17 @@ class FaceExtractor(Extractor):
         self.device = device
 
     def _run(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        """(N, 112, 112, 3) uint8 aligned faces -> features (N, 512), logits (N, 7) [, global (N, 49, 768)]."""
+        """(N, 112, 112, 3) uint8 aligned faces -> features (N, 512), logits (N, 7) [, global (N, 49, 768)],
+        in the runner's fixed batches."""
+        return self.compute.in_fixed_batches(self._run_batch, crops)
+
+    def _run_batch(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
         from migfuse.extract.face.align import to_model_input
 
         x = torch.from_numpy(to_model_input(crops)).to(self.device)
-        cuda = str(self.device).startswith("cuda")
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with torch.inference_mode(), self.compute.autocast():
             feat, logits, glob = self.model.expression(x)  # skips the 10 other branches
         res = {"features": feat.float().cpu().numpy(), "logits": logits.float().cpu().numpy()}
         if self.global_tokens:
@@ -244,7 +251,8 @@ def extract_face(
     *,
     scope: str = "clip",
     checkpoint: str | Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
+    precision: str | None = None,
     batch_size: int = 32,
     workers: int = 1,
     shard: str | None = None,
@@ -253,6 +261,7 @@ def extract_face(
     context_windows: int = 8,
     global_tokens: bool = False,
     row_ids: list[str] | None = None,
+    video_root: str | Path | None = None,
 ) -> RunSummary:
     """Extract SwinFace expression features of a prepared dataset into `cache`.
 
@@ -262,16 +271,14 @@ def extract_face(
             context track so the windows line up).
         checkpoint: SwinFace `.pt` (the original four-state-dict file); None = seeded random weights.
         frames: K face frames per clip / per window.
-        batch_size: faces per SwinFace forward. Other arguments: see `extract_track` in video.py.
+        batch_size: faces per SwinFace forward (always run full, zero-padded: see `runner.Compute`).
+        Other arguments: see `extract_track` in video.py and `runner.RunOptions`.
     """
     from migfuse.data_cache.manifest import Manifest
 
     manifest = Manifest.load(prepared)
     extractor = FaceExtractor(manifest, scope, checkpoint=checkpoint, frames=frames,
                               context=ContextSampling(windows=context_windows), global_tokens=global_tokens,
-                              row_ids=row_ids)
-    rank, world = parse_shard(shard)
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-    return run_extraction(extractor, cache, device=device, batch_size=batch_size, workers=workers,
-                          shard=(rank, world), retry_failed=retry_failed)
+                              row_ids=row_ids, video_root=video_root)
+    return extract(extractor, cache, RunOptions(device=device, precision=precision, batch_size=batch_size,
+                                                workers=workers, shard=shard, retry_failed=retry_failed))

@@ -3,7 +3,8 @@
 Writes group `joint/<agcn|aagcn>` or `bone/<agcn|aagcn>` through the shared runner (resume, shards,
 failure records). One work item per video (its skeleton is memory-mapped once). Rows that fail:
   * the video has no skeleton (empty or missing file): stage `skeleton`;
-  * the clip's frames lie outside the skeleton file: stage `skeleton`;
+  * the clip's frames run past the skeleton file (or start before it): stage `skeleton`, as the video
+    track fails a clip past its video's end (never clamped silently);
   * no person is detected in any frame of the clip: stage `skeleton`.
 The loader (worker processes) imports no torch; the model lives in the main process.
 """
@@ -15,8 +16,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from migfuse.data_cache.tracks import get_track, tracks_with_layout
 from migfuse.errors import UserError
-from migfuse.extract.runner import Extractor, Failure, Sample, WorkItem, clips_by_video
+from migfuse.extract.runner import Failure, RunOptions, Sample, TrackExtractor, WorkItem, extract
 from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, clip_frames, clip_input
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,13 @@ class SkeletonLoader:
             return
         for cid in item.ids:
             clip = m.clip(cid)
-            frames, fmask = clip_frames(skel, mask, clip.start_frame, clip.end_frame)
             span = f"frames {clip.start_frame}-{clip.end_frame}"
-            if len(frames) == 0:
+            if clip.start_frame < 0 or clip.end_frame >= skel.shape[0]:
                 yield Sample(cid, failure=Failure(
-                    "skeleton", f"{span} are outside the {skel.shape[0]} frames of video {clip.video_id}'s skeleton"))
+                    "skeleton", f"clip {cid} ({span}) runs past the {skel.shape[0]} frames of video {clip.video_id}'s "
+                                "skeleton; check the labels (or the skeleton files) and re-run `migfuse data prepare`"))
                 continue
+            frames, fmask = clip_frames(skel, mask, clip.start_frame, clip.end_frame)
             ci = clip_input(frames, fmask, self.stream, config)
             if ci.person_frames == 0:
                 yield Sample(cid, failure=Failure("skeleton", f"no person detected in {span} of video {clip.video_id}"))
@@ -64,7 +67,7 @@ def _ceil_half(n: int) -> int:
     return (n + 1) // 2
 
 
-class SkeletonExtractor(Extractor):
+class SkeletonExtractor(TrackExtractor):
     """Feature maps of one stream with a trained (or published) 2s-AGCN / AAGCN checkpoint.
 
     The layout, clip length and stream come from the checkpoint's migfuse provenance (written by
@@ -78,8 +81,11 @@ class SkeletonExtractor(Extractor):
         from migfuse.extract.registry import create_backbone
         from migfuse.extract.skeleton.agcn import unwrap_state_dict
 
-        if stream not in STREAMS:
+        if stream not in STREAMS or stream not in tracks_with_layout("pose_features"):
             raise UserError(f"unknown --stream '{stream}': choose joint or bone")
+        self.track = get_track(stream)
+        self.unit = str(self.track.unit)
+        self._row_ids = None
         self.prepared = str(prepared)
         self.manifest = Manifest.load(prepared)
         sd, meta = unwrap_state_dict(read_checkpoint(checkpoint), checkpoint)
@@ -100,14 +106,8 @@ class SkeletonExtractor(Extractor):
             raise UserError(f"{checkpoint} was trained with layout {self.config.layout}, not "
                             f"{self.backbone.layout.name}; drop --layout or pass --layout {self.config.layout}")
         self.stream, self.arch, self.trained = stream, arch, trained
-        self.group = f"{stream}/{arch}"
+        self.group = self.track.group(arch)
         self.device = "cpu"
-
-    def ids(self) -> list[str]:
-        return [c.clip_id for c in self.manifest.clips]
-
-    def work_items(self, ids: list[str]) -> list[WorkItem]:
-        return clips_by_video(self.manifest, ids)
 
     def arrays(self) -> dict[str, Any]:
         from migfuse.data_cache.store import ArraySpec
@@ -135,26 +135,32 @@ class SkeletonExtractor(Extractor):
     def forward(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Failure]:
         import torch
 
-        x = torch.from_numpy(np.stack([s["x"] for s in inputs])).to(self.device)  # (B, 3, L, V, 1)
+        feats = self.compute.in_fixed_batches(self._features, np.stack([s["x"] for s in inputs]))
+        return [{"features": f} for f in feats]
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        """(B, 3, L, V, 1) -> (B, C, T', V) float32 features of person 0."""
+        import torch
+
+        x = torch.from_numpy(x).to(self.device)
         persons = self.backbone.num_person
         if persons > 1:  # a published multi-person checkpoint: the others are zero, as FormatGCNInput pads
             x = torch.cat([x, x.new_zeros(x.shape[:-1] + (persons - 1,))], dim=-1)
-        with torch.no_grad():
-            feats = self.backbone.model.features(x)[::persons]  # (B, C, T', V) of person 0
-        return [{"features": f} for f in feats.float().cpu().numpy()]
+        with torch.no_grad(), self.compute.autocast():
+            feats = self.backbone.model.features(x)[::persons]
+        return feats.float().cpu().numpy()
 
 
 def extract_skeleton(prepared: str | Path, cache: str | Path, checkpoint: str | Path, stream: str, *,
-                     layout: str | None = None, length: int | None = None, device: str = "cpu",
-                     batch_size: int = 64, workers: int = 0, shard: str | None = None,
+                     layout: str | None = None, length: int | None = None, device: str = "auto",
+                     precision: str | None = None, batch_size: int = 64, workers: int = 0, shard: str | None = None,
                      retry_failed: bool = False):
     """Extract every clip of `prepared` for one stream into `cache` (group `<stream>/<arch>`).
 
     Resumable and shardable (`shard="I/N"` or torchrun); returns the runner's RunSummary. Loading a
     clip is cheap (memory-mapped skeletons), so `workers=0` (load in the main process) is the default.
+    Device, precision and shard handling: `runner.RunOptions`.
     """
-    from migfuse.extract.runner import parse_shard, run_extraction
-
     extractor = SkeletonExtractor(prepared, checkpoint, stream, layout=layout, length=length)
-    return run_extraction(extractor, cache, device=device, batch_size=batch_size, workers=workers,
-                          shard=parse_shard(shard), retry_failed=retry_failed)
+    return extract(extractor, cache, RunOptions(device=device, precision=precision, batch_size=batch_size,
+                                                workers=workers, shard=shard, retry_failed=retry_failed))

@@ -1,0 +1,116 @@
+"""The one table of tracks: what each cache track is, used by extraction, views, fusion and the CLI.
+
+A track is one kind of token the cache holds. Everything that differs between tracks and is not the
+model itself is a column here, so no other module tests track names:
+
+    name          the first part of the cache group name, `<name>/<backbone>` (e.g. video/mvit_v2_s)
+    unit          what a row is: a clip (ids = clip ids) or a video (ids = video ids)
+    decodes       what its loader reads: video frames, or the prepared skeleton arrays
+    layout        how its stored arrays are laid out, which decides the raw fusion layout
+                  (video_tokens, pose_features, face_frames, context_tokens)
+    pooling       the default view pooling (`migfuse cache view --defaults`)
+    source_arrays arrays a pooling reads (None: all; face skips its optional global tokens)
+    command       the CLI command that writes it
+
+Rows are identified by id; `row_definition` says what defines a row's content (a clip's video id
+and frame range), stored per row so a changed range under the same id is not taken as done.
+
+No torch, no Zarr: `migfuse cache` and the laptop side import this.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from migfuse.errors import UserError
+
+
+class RowUnit(StrEnum):
+    """What one row of a track is."""
+
+    CLIP = "clip"
+    VIDEO = "video"
+
+
+class Decodes(StrEnum):
+    """What a track's loader reads."""
+
+    VIDEO = "video frames"
+    SKELETON = "skeleton arrays"
+
+
+@dataclass(frozen=True)
+class Track:
+    """One row of the track table (see the module docstring)."""
+
+    name: str
+    unit: RowUnit
+    decodes: Decodes
+    layout: str
+    pooling: str
+    command: str
+    source_arrays: tuple[str, ...] | None = None
+
+    @property
+    def per_video(self) -> bool:
+        return self.unit is RowUnit.VIDEO
+
+    def group(self, backbone: str) -> str:
+        """The cache group written by `backbone` for this track, e.g. 'context/mvit_v2_s'."""
+        return f"{self.name}/{backbone}"
+
+
+_FACE_ARRAYS = ("features", "logits", "mask")
+
+TRACKS: dict[str, Track] = {t.name: t for t in (
+    Track("video", RowUnit.CLIP, Decodes.VIDEO, "video_tokens", "video_time", "extract video"),
+    Track("joint", RowUnit.CLIP, Decodes.SKELETON, "pose_features", "pose_parts", "extract skeleton --stream joint"),
+    Track("bone", RowUnit.CLIP, Decodes.SKELETON, "pose_features", "pose_parts", "extract skeleton --stream bone"),
+    Track("face", RowUnit.CLIP, Decodes.VIDEO, "face_frames", "face_keep", "extract face --scope clip", _FACE_ARRAYS),
+    Track("context", RowUnit.VIDEO, Decodes.VIDEO, "context_tokens", "context_cls_mean", "extract context"),
+    Track("face_context", RowUnit.VIDEO, Decodes.VIDEO, "face_frames", "face_keep", "extract face --scope context",
+          _FACE_ARRAYS),
+)}
+
+
+def get_track(name: str) -> Track:
+    """The table row of track `name`.
+
+    Raises:
+        UserError: an unknown track name (lists the known ones).
+    """
+    try:
+        return TRACKS[name]
+    except KeyError:
+        raise UserError(f"unknown track {name!r}; the tracks are {', '.join(TRACKS)}") from None
+
+
+def track_of_group(group_name: str) -> Track | None:
+    """The track of a raw cache group name ('joint/agcn' -> joint), None when it is no track's group."""
+    return TRACKS.get(group_name.split("/")[0])
+
+
+def tracks_with_layout(*layouts: str) -> tuple[str, ...]:
+    """Names of the tracks stored in one of `layouts` (e.g. the tracks a pooling applies to)."""
+    return tuple(t.name for t in TRACKS.values() if t.layout in layouts)
+
+
+def row_ids(track: Track, manifest: Any) -> list[str]:
+    """Every row id of a track over a manifest: sorted video ids (per-video tracks) or clip ids."""
+    if track.per_video:
+        return sorted(manifest.videos)
+    return [c.clip_id for c in manifest.clips]
+
+
+def row_definition(track: Track, manifest: Any, row_id: str) -> str:
+    """What defines a row's content besides the group's provenance (which holds the sampling).
+
+    A clip: its video and inclusive frame range, e.g. 'video=0001 frames=10-40'. A video row: its
+    video id (its frames follow from the video itself). Stored per row by the extraction runner;
+    a stored row whose definition differs is extracted again.
+    """
+    if track.per_video:
+        return f"video={row_id}"
+    clip = manifest.clip(row_id)
+    return f"video={clip.video_id} frames={clip.start_frame}-{clip.end_frame}"

@@ -1,0 +1,331 @@
+"""What every extract track shares, carried once by the track table and the runner: device choice
+(auto, cuda:LOCAL_RANK, one-line errors), torchrun ranks (a real `torchrun --nproc_per_node 2` run of
+each track equals one process), row definitions, fixed forward batches, and two runs on one cache."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_extract_video_util import HELPER_PATH, bad_ids, make_dataset
+
+from migfuse.data_cache.manifest import Manifest
+from migfuse.data_cache.store import DONE, FAILED, TokenCache
+from migfuse.data_cache.tracks import TRACKS, RowUnit, get_track, row_definition, track_of_group
+from migfuse.errors import UserError
+from migfuse.extract import runner
+from migfuse.extract.runner import Compute, Precision, parse_shard, resolve_device, resolve_precision
+from migfuse.extract.skeleton.toy import make_toy_dataset
+from migfuse.extract.skeleton.train import TrainConfig, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ----- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    """A prepared folder of generated skeletons (3 videos x 4 clips) and a tiny joint checkpoint."""
+    root = tmp_path_factory.mktemp("orch")
+    make_toy_dataset(root / "prep", classes=4, videos=3, clips_per_video=4, val_videos=1, seed=0)
+    cfg = TrainConfig(stream="joint", base_channels=4, length=16)
+    meta = {"migfuse": {"arch": "agcn", "stream": "joint", "layout": "imigue", "preprocess": cfg.preprocess().to_dict()}}
+    torch.manual_seed(0)
+    torch.save({"meta": meta, "state_dict": build_model(cfg).state_dict()}, root / "joint.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("orchvid"))
+
+
+def snapshot(cache: Path, group: str) -> dict:
+    g = TokenCache(cache).group(group)
+    fails = {f["clip_id"]: (f["stage"], f["message"]) for f in g.failures()}
+    return {"status": dict(zip(g.ids, g.status().tolist())),
+            "arrays": {i: {k: v.tolist() for k, v in g.read(i).items()} for i in g.done_ids()},
+            "failures": fails, "rowdef": g.rowdefs(g.ids)}
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**e, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1", **extra}
+
+
+def run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=env(), capture_output=True, text=True, timeout=600, **kw)
+
+
+def torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    """A real torchrun launch (2 local processes, CPU) of `args` (a script, or -m module ...)."""
+    return run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args])
+
+
+# ----- the track table ----------------------------------------------------------------------------
+def test_track_table_gives_units_groups_and_default_poolings():
+    from migfuse.data_cache.views import DEFAULT_POOLING, PER_VIDEO_TRACKS
+
+    assert {t for t in TRACKS if get_track(t).unit is RowUnit.VIDEO} == {"context", "face_context"}
+    assert set(PER_VIDEO_TRACKS) == {"context", "face_context"}
+    assert DEFAULT_POOLING["joint"] == "pose_parts" and DEFAULT_POOLING["face_context"] == "face_keep"
+    assert get_track("bone").group("aagcn") == "bone/aagcn"
+    assert track_of_group("face_context/swinface").name == "face_context" and track_of_group("views/video") is None
+    with pytest.raises(UserError, match="unknown track 'faces'; the tracks are video, joint"):
+        get_track("faces")
+
+
+def test_no_track_name_tests_outside_the_table():
+    """Which rows a track has, or how it is laid out, is read from the table, never from its name.
+    (--scope clip/context and the bone-vector rule of --stream bone are option values, not tracks.)"""
+    pattern = re.compile(r'(==|!=|\bin)\s*\(?\s*"(video|context|face_context|joint|bone|face)"')
+    files = [*(ROOT / "migfuse" / "extract").rglob("*.py"), ROOT / "migfuse/fuse/data.py",
+             ROOT / "migfuse/data_cache/views.py", ROOT / "migfuse/demo.py", ROOT / "migfuse/cli.py"]
+    hits = [f"{f.relative_to(ROOT)}:{n}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
+            if pattern.search(line) and not re.search(r"\b(scope|stream)\b", line)]
+    assert hits == []
+
+
+def test_row_definition_of_a_clip_is_its_video_and_frame_range(toy):
+    m = Manifest.load(toy / "prep")
+    c = m.clips[0]
+    assert row_definition(get_track("joint"), m, c.clip_id) == f"video={c.video_id} frames={c.start_frame}-{c.end_frame}"
+    assert row_definition(get_track("context"), m, c.video_id) == f"video={c.video_id}"
+
+
+# ----- device, precision, ranks -------------------------------------------------------------------
+def _entry_points(toy: Path, videos: Path) -> dict:
+    """Each track's library entry point (what its CLI command calls), with its prepared folder."""
+    from migfuse.extract.face.extractor import extract_face
+    from migfuse.extract.skeleton.extractor import extract_skeleton
+    from migfuse.extract.video import extract_track
+
+    return {
+        "video": lambda c, **k: extract_track("video", videos, c, **k),
+        "context": lambda c, **k: extract_track("context", videos, c, **k),
+        "face": lambda c, **k: extract_face(videos, c, scope="clip", **k),
+        "face_context": lambda c, **k: extract_face(videos, c, scope="context", **k),
+        "joint": lambda c, **k: extract_skeleton(toy / "prep", c, toy / "joint.pt", "joint", **k),
+    }
+
+
+@pytest.mark.parametrize("track", ["video", "context", "face", "face_context", "joint"])
+def test_every_track_takes_cuda_local_rank_under_torchrun(track, toy, videos, tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    def fake_run(ex, cache, **kw):
+        seen.update(kw, group=ex.group)
+        return runner.RunSummary(ex.group, kw["shard"])
+
+    monkeypatch.setattr(runner, "run_extraction", fake_run)
+    monkeypatch.setattr(runner, "_join_ranks", lambda failed: failed)  # no other rank to wait for here
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    go = _entry_points(toy, videos)[track]
+    go(tmp_path / "c.zarr")  # --device auto on a CUDA machine
+    assert seen["device"] == "cuda:1" and seen["shard"] == (1, 2) and seen["group"].startswith(f"{track}/")
+    go(tmp_path / "c.zarr", device="cuda")
+    assert seen["device"] == "cuda:1"
+    go(tmp_path / "c.zarr", device="cpu")
+    assert seen["device"] == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "2")  # a third process per node with two GPUs
+    with pytest.raises(UserError, match="LOCAL_RANK 2 but only 2 CUDA devices"):
+        go(tmp_path / "c.zarr")
+
+
+@pytest.mark.parametrize("track", ["video", "face_context", "joint"])
+def test_cuda_without_cuda_is_one_line_before_the_cache_is_touched(track, toy, videos, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    go = _entry_points(toy, videos)[track]
+    with pytest.raises(UserError, match=r"--device cuda but this torch \(.*\) has no CUDA device; use --device cpu"):
+        go(tmp_path / "c.zarr", device="cuda")
+    assert not (tmp_path / "c.zarr").exists()
+    caplog.set_level("INFO", logger="migfuse.extract.runner")
+    assert resolve_device("auto", {}) == "cpu" and "device: cpu (asked for auto)" in caplog.text
+
+
+def test_cli_device_cuda_without_cuda_exits_with_one_line(toy, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = CliRunner().invoke(app, ["extract", "skeleton", "--data", str(toy / "prep"), "--cache", str(tmp_path / "c.zarr"),
+                                 "--checkpoint", str(toy / "joint.pt"), "--device", "cuda"])
+    assert r.exit_code == 2 and "has no CUDA device" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_precision_defaults_to_fp32_on_cpu_and_bf16_on_cuda():
+    assert resolve_precision(None, "cpu") is Precision.FP32
+    assert resolve_precision(None, "cuda:1") is Precision.BF16
+    assert resolve_precision("FP16", "cuda") is Precision.FP16
+    with pytest.raises(UserError, match="--precision 'fp8' is not one of fp32, bf16, fp16"):
+        resolve_precision("fp8", "cpu")
+    with torch.inference_mode(), Compute("cpu", Precision.BF16).autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_rank_outside_the_world_is_an_error_not_an_empty_run(toy, tmp_path):
+    with pytest.raises(UserError, match=r"RANK=2 is outside 0..WORLD_SIZE-1 \(WORLD_SIZE=2\)"):
+        parse_shard(None, {"RANK": "2", "WORLD_SIZE": "2"})
+    with pytest.raises(UserError, match="RANK=1 is outside"):
+        parse_shard(None, {"RANK": "1"})
+    assert parse_shard(None, {"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
+    r = subprocess.run([sys.executable, "-m", "migfuse.cli", "extract", "skeleton", "--data", str(toy / "prep"),
+                        "--cache", str(tmp_path / "c.zarr"), "--checkpoint", str(toy / "joint.pt")],
+                       env=env(RANK="3", WORLD_SIZE="2"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "RANK=3 is outside" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "c.zarr").exists()
+
+
+# ----- real torchrun launches equal one process ---------------------------------------------------
+def test_torchrun_two_ranks_skeleton_equals_one_process(toy, tmp_path):
+    from migfuse.extract.skeleton.extractor import extract_skeleton
+
+    args = ["-m", "migfuse.cli", "extract", "skeleton", "--data", str(toy / "prep"), "--checkpoint",
+            str(toy / "joint.pt"), "--batch-size", "4"]
+    assert extract_skeleton(toy / "prep", tmp_path / "one.zarr", toy / "joint.pt", "joint", batch_size=4).ok
+    two = torchrun([*args, "--cache", str(tmp_path / "two.zarr")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "shard 0/2" in two.stdout and "shard 1/2" in two.stdout
+    assert snapshot(tmp_path / "two.zarr", "joint/agcn") == snapshot(tmp_path / "one.zarr", "joint/agcn")
+
+
+@pytest.mark.parametrize("track", ["video", "context"])
+def test_torchrun_two_ranks_video_tracks_equal_one_process(track, videos, tmp_path):
+    """The runner's entry point under torchrun with the tiny stand-in model (MViTv2-S takes ~10 s a clip here)."""
+    from test_extract_video_util import main
+
+    script = [str(HELPER_PATH), str(videos)]
+    assert main([str(videos), str(tmp_path / "one.zarr"), "-", "0", "0", track, "2"]) == 1  # the bad inputs fail
+    two = torchrun([*script, str(tmp_path / "two.zarr"), "-", "1", "0", track, "2"])
+    # bad inputs on one rank: every rank finishes its rows and reports, then all exit 1 together
+    assert "shard 0/2" in two.stdout and "shard 1/2" in two.stdout, two.stderr[-3000:]
+    assert two.stdout.count("all torchrun ranks: ") == 2 and two.returncode != 0
+    group = f"{track}/tiny"
+    assert snapshot(tmp_path / "two.zarr", group) == snapshot(tmp_path / "one.zarr", group)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    from migfuse.data_cache.prepare import prepare
+    from migfuse.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("orchface")
+    data = generate_dataset(root / "data", videos=2, clips_per_video=1, progress=False)
+    prepare(data, root / "prepared", progress=False)
+    return root / "prepared"
+
+
+@pytest.mark.parametrize("scope", ["clip", "context"])
+def test_torchrun_two_ranks_face_equals_one_process(scope, faces, tmp_path):
+    from migfuse.extract.face.extractor import extract_face
+
+    args = ["-m", "migfuse.cli", "extract", "face", "--data", str(faces), "--scope", scope, "--frames", "1",
+            "--context-windows", "1", "--batch-size", "2", "--workers", "0"]
+    assert extract_face(faces, tmp_path / "one.zarr", scope=scope, frames=1, context_windows=1, batch_size=2,
+                        workers=0).ok
+    two = torchrun([*args, "--cache", str(tmp_path / "two.zarr")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    group = get_track("face" if scope == "clip" else "face_context").group("swinface")
+    snap = snapshot(tmp_path / "one.zarr", group)
+    assert len(snap["arrays"]) == 2 and snapshot(tmp_path / "two.zarr", group) == snap
+
+
+# ----- what a resumed run may reuse -------------------------------------------------------------
+def test_a_clip_whose_frame_range_changed_is_extracted_again(toy, tmp_path):
+    from migfuse.extract.skeleton.extractor import extract_skeleton
+
+    prep = tmp_path / "prep"
+    m = Manifest.load(toy / "prep")
+    m.save(prep)
+    os.symlink(toy / "prep" / "skeletons", prep / "skeletons")
+    first = extract_skeleton(prep, tmp_path / "c.zarr", toy / "joint.pt", "joint", batch_size=4)
+    assert first.ok and first.done == 12
+    g = TokenCache(tmp_path / "c.zarr").group("joint/agcn")
+    clip = m.clips[1]
+    before = g.read(clip.clip_id)["features"]
+    clip.end_frame -= 5  # a corrected label file: same id, other frames
+    m.save(prep)
+    again = extract_skeleton(prep, tmp_path / "c.zarr", toy / "joint.pt", "joint", batch_size=4)
+    assert again.done == 1 and again.redone == 1 and again.skipped == 11
+    assert g.rowdefs([clip.clip_id]) == [f"video={clip.video_id} frames={clip.start_frame}-{clip.end_frame}"]
+    after = g.read(clip.clip_id)["features"]
+    assert not np.array_equal(after, before)
+    fresh = extract_skeleton(prep, tmp_path / "fresh.zarr", toy / "joint.pt", "joint", batch_size=4)
+    assert fresh.ok
+    np.testing.assert_array_equal(TokenCache(tmp_path / "fresh.zarr").group("joint/agcn").read(clip.clip_id)["features"], after)
+    assert extract_skeleton(prep, tmp_path / "c.zarr", toy / "joint.pt", "joint", batch_size=4).done == 0
+
+
+def test_forward_runs_on_fixed_batches_so_rows_do_not_depend_on_their_neighbours():
+    calls = []
+
+    def fn(x):
+        calls.append(x.shape)
+        return {"y": x * 2, "n": x[:, :1]}
+
+    out = Compute(batch=4).in_fixed_batches(fn, np.arange(18, dtype=np.float32).reshape(9, 2))
+    assert calls == [(4, 2)] * 3 and out["y"].shape == (9, 2) and out["y"][8].tolist() == [32, 34]
+    assert Compute(batch=0).in_fixed_batches(lambda x: x + 1, np.zeros((3, 1))).shape == (3, 1)
+
+
+def test_skeleton_rows_equal_across_batch_composition_and_other_batch_size_is_refused(toy, tmp_path):
+    from migfuse.extract.skeleton.extractor import SkeletonExtractor
+    from migfuse.extract.runner import run_extraction
+
+    def ex():
+        return SkeletonExtractor(toy / "prep", toy / "joint.pt", "joint")
+
+    run_extraction(ex(), tmp_path / "a.zarr", batch_size=5, workers=0)
+    for i in range(3):  # three shards, one after the other: other rows share each batch
+        run_extraction(ex(), tmp_path / "b.zarr", batch_size=5, workers=1 if i else 0, shard=(i, 3))
+    assert snapshot(tmp_path / "b.zarr", "joint/agcn") == snapshot(tmp_path / "a.zarr", "joint/agcn")
+    g = TokenCache(tmp_path / "a.zarr").group("joint/agcn")
+    assert g.provenance["compute"] == {"device": "cpu", "precision": "fp32", "forward_batch": 5}
+    with pytest.raises(UserError, match=r"written with compute.forward_batch=5 but this run has compute.forward_batch=4"):
+        run_extraction(ex(), tmp_path / "a.zarr", batch_size=4, workers=0)
+
+
+def test_skeleton_clip_running_past_the_skeleton_fails_instead_of_being_clamped(toy, tmp_path):
+    from migfuse.extract.skeleton.extractor import extract_skeleton
+
+    prep = tmp_path / "prep"
+    m = Manifest.load(toy / "prep")
+    n = m.skeleton(m.clips[0].video_id)[0].shape[0]
+    m.clips[0].end_frame = n + 2  # starts inside the file, ends 3 frames after it
+    m.save(prep)
+    os.symlink(toy / "prep" / "skeletons", prep / "skeletons")
+    s = extract_skeleton(prep, tmp_path / "c.zarr", toy / "joint.pt", "joint", batch_size=4)
+    assert s.done == 11
+    assert s.failed == [(m.clips[0].clip_id, "skeleton",
+                         f"clip {m.clips[0].clip_id} (frames {m.clips[0].start_frame}-{n + 2}) runs past the {n} frames "
+                         f"of video {m.clips[0].video_id}'s skeleton; check the labels (or the skeleton files) and "
+                         "re-run `migfuse data prepare`")]
+
+
+# ----- two runs on one cache ------------------------------------------------------------------------
+def test_the_same_unsharded_run_twice_splits_the_work(videos, tmp_path):
+    """Two real processes, same command, same cache: every row is written once, by one of them."""
+    cache = tmp_path / "c.zarr"
+    cmd = [sys.executable, str(HELPER_PATH), str(videos), str(cache), "-", "0", "0.5"]
+    procs = [subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    written = [int(re.search(r"(\d+) written now", out).group(1)) for out, _ in outs]
+    good = 13 - len(bad_ids())
+    assert sum(written) == good and min(written) > 0, outs
+    assert any("left to another process" in out for out, _ in outs)
+    g = TokenCache(cache).group("video/tiny")
+    status = dict(zip(g.ids, g.status().tolist()))
+    assert {i for i, s in status.items() if s == FAILED} == bad_ids()
+    assert sum(s == DONE for s in status.values()) == good
