@@ -46,10 +46,13 @@ def test_cmtf_learns_planted_signal_and_writes_run(mg_data, tmp_path):
     summary = train(cache, prepared, "mg", out, config=FAST)
     assert summary["validation_source"] == "split_miga validation"
     assert (summary["n_train"], summary["n_validation"]) == (32, 8)
-    for name in ("config.json", "metrics.jsonl", "best.pt", "train.log", "splits.json", "summary.json"):
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "best.pt", "last.pt", "train.log",
+                 "splits.json", "summary.json"):
         assert (out / name).is_file(), name
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["head"] == "cmtf" and cfg["inputs"]["video"] == "views/video" and cfg["head_options"]["width"] == 64
+    doc = json.loads((out / "config.json").read_text())
+    cfg, prov = doc["config"], doc["provenance"]
+    assert doc["trainer"] == "fuse" and doc["ended"] and doc["versions"]["torch"]
+    assert cfg["head"] == "cmtf" and prov["inputs"]["video"] == "views/video" and cfg["head_options"]["width"] == 64
     # Bar: 4 classes (chance 25%); the planted signal must give >= 75% on the 8 unseen test clips.
     m = evaluate(out, "test")
     assert m["n"] == 8 and m["top1"] >= 0.75, m["top1"]
@@ -122,7 +125,7 @@ def test_cli_view_train_eval_predict(mg_data, tmp_path):
     r = runner.invoke(app, ["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
                             "--head", "video", "--config", str(config), "--out", str(run)])
     assert r.exit_code == 0, r.output
-    assert json.loads((run / "config.json").read_text())["shapes"]["video"] == [1, 768]
+    assert json.loads((run / "config.json").read_text())["provenance"]["shapes"]["video"] == [1, 768]
     r = runner.invoke(app, ["fuse", "eval", str(run), "--split", "validation"])
     assert r.exit_code == 0 and "top-1" in r.output, r.output
     r = runner.invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(tmp_path / "s.npz")])

@@ -151,20 +151,24 @@ def merge_layer(cfg: dict[str, Any], layer: Mapping[str, Any], defaults: Mapping
 
 def resolve_config(defaults: Mapping[str, Any], *, base: Mapping[str, Any] | None = None,
                    config: Mapping[str, Any] | str | Path | None = None, sets: Iterable[str] = (),
-                   flags: Mapping[str, Any] | None = None, optional: Mapping[str, Any] | None = None
-                   ) -> dict[str, Any]:
+                   flags: Mapping[str, Any] | None = None, optional: Mapping[str, Any] | None = None,
+                   ignore: Iterable[str] = ()) -> dict[str, Any]:
     """DEFAULTS <- `base` (e.g. per-task defaults) <- `config` (dict or JSON/TOML file) <- `sets` <- `flags`.
 
-    `flags` are CLI options by setting name; None values (option not given) are skipped. Returns a new
-    dict with every key of `defaults`. UserError (one line, naming the source) on a bad key or type."""
+    `flags` are CLI options by setting name; None values (option not given) are skipped. Keys in
+    `ignore` are dropped from `config` (values a trainer writes into its own run's config, e.g. "task").
+    Returns a new dict with every key of `defaults`. UserError (one line, naming the source) on a bad
+    key or type."""
+    ignore = set(ignore) | set(_RUN_FILE_KEYS)
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
     if base:
         cfg = merge_layer(cfg, base, defaults, "the trainer's defaults", optional)
     if isinstance(config, (str, Path)):
-        cfg = merge_layer(cfg, load_config_file(config), defaults, str(config), optional)
+        layer = {k: v for k, v in load_config_file(config).items() if k not in ignore}
+        cfg = merge_layer(cfg, layer, defaults, str(config), optional)
     elif config:
-        cfg = merge_layer(cfg, {k: v for k, v in config.items() if k not in _RUN_FILE_KEYS}, defaults,
-                          "the config", optional)
+        cfg = merge_layer(cfg, {k: v for k, v in config.items() if k not in ignore}, defaults, "the config",
+                          optional)
     sets = list(sets)
     if sets:
         cfg = merge_layer(cfg, parse_sets(sets), defaults, "--set", optional)

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Files a run writes; `overwrite` deletes these (and the trainer's `extra_files`), nothing else.
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "best.pt", "last.pt", "train.log")
+#: Files that hold results: a folder with none of them has nothing to resume or to protect.
+RESULT_FILES = ("best.pt", "last.pt", "metrics.jsonl")
 LOCK_NAME = ".lock"
 
 
@@ -126,8 +128,8 @@ class RunFolder:
             if present:
                 log.info("--overwrite: deleted the earlier run's %s in %s", ", ".join(present), path)
             return None
-        if not present:
-            return None
+        if not any(n in present for n in RESULT_FILES):
+            return None  # nothing trained yet (an attempt that failed before its first epoch): start afresh
         if not cfg_path.is_file():
             raise UserError(f"{path} holds {', '.join(present)} but no config.json of a migfuse run; choose another "
                             f"--out, or pass --overwrite to delete them")
@@ -143,8 +145,8 @@ class RunFolder:
         strip = lambda c: {k: v for k, v in c.items() if k not in resumable}  # noqa: E731
         diff = _first_difference(strip(old_cfg), strip(config))
         what = "settings"
-        if diff is None:
-            diff, what = _first_difference(old_prov, provenance), "inputs"
+        if diff is None:  # provenance added after opening (update_provenance) is not compared
+            diff, what = _first_difference({k: old_prov.get(k, "<unset>") for k in provenance}, provenance), "inputs"
         if diff is not None:
             raise UserError(f"{path} holds a run with other {what} ({diff}); rerun with the same settings to resume, "
                             f"choose another --out, or pass --overwrite to replace it")
@@ -170,6 +172,14 @@ class RunFolder:
             doc["resumed"] = [*doc["resumed"], _now()]
         self._config_doc = doc
         atomic_write_text(self.path / "config.json", json.dumps(doc, indent=2) + "\n")
+
+    def update_provenance(self, extra: Mapping[str, Any]) -> None:
+        """Add what the trainer learned after opening (shapes, sample counts...) to config.json and to the
+        provenance of the checkpoints still to be written. Only the provenance given to `open` decides
+        whether a rerun resumes."""
+        self.provenance = {**self.provenance, **plain(dict(extra))}
+        self._config_doc["provenance"] = self.provenance
+        atomic_write_text(self.path / "config.json", json.dumps(self._config_doc, indent=2) + "\n")
 
     def finish(self) -> None:
         """Record the end time in config.json."""
