@@ -90,7 +90,7 @@ def test_short_cpu_training_beats_chance_on_held_out_videos(toy, tmp_path):
     assert [r["epoch"] for r in rows] == list(range(1, 7))
     assert res.best_top1 == max(r["val_top1"] for r in rows) >= 0.5, rows
     assert rows[res.best_epoch - 1]["val_top5"] == 1.0  # only 4 classes are ever trained
-    meta = torch.load(res.best_checkpoint, weights_only=False)["meta"]["migfuse"]
+    meta = torch.load(res.best_checkpoint, weights_only=True)["meta"]["migfuse"]
     assert meta["epoch"] == res.best_epoch and meta["layout"] == "imigue" and meta["stream"] == "joint"
     assert meta["split"] == "split_miga train / validation" and meta["train_clips"] == 48 and meta["val_clips"] == 24
     assert meta["preprocess"]["length"] == 24 and meta["seed"] == 0
@@ -121,8 +121,8 @@ def test_resume_continues_exactly_where_it_stopped(toy, tmp_path, monkeypatch):
     straight = train_skeleton(toy, tmp_path / "b", TrainConfig(epochs=3, **cfg))
     assert resumed.epochs_run == 1 and straight.epochs_run == 3
     assert rows("a") == rows("b") and len(rows("a")) == 3
-    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the same command again has nothing left to do; more --epochs extend the run
     assert train_skeleton(toy, tmp_path / "a", TrainConfig(epochs=3, **cfg)).epochs_run == 0
@@ -130,7 +130,9 @@ def test_resume_continues_exactly_where_it_stopped(toy, tmp_path, monkeypatch):
     assert [r["epoch"] for r in rows("a")] == [1, 2, 3, 4]
     with pytest.raises(UserError) as e:
         train_skeleton(toy, tmp_path / "a", TrainConfig(epochs=4, **{**cfg, "lr": 0.1}))
-    assert "\n" not in str(e.value) and "last.pt was trained with lr=0.02, not 0.1" in str(e.value)
+    assert "\n" not in str(e.value) and "holds a run with other settings (lr=0.02, not 0.1)" in str(e.value)
+    assert train_skeleton(toy, tmp_path / "a", TrainConfig(epochs=1, **{**cfg, "lr": 0.1}), overwrite=True
+                          ).epochs_run == 1
 
 
 def test_bad_settings_are_one_line_errors(toy, tmp_path):

@@ -220,8 +220,10 @@ class RunFolder:
                                         scheduler, loop), self.path / "last.pt")
 
     def save_best(self, model: Any, epoch: int, record: Mapping[str, Any]) -> None:
-        """best.pt: the weights of `epoch`, its metrics in meta["migfuse"] (no optimizer state)."""
-        prov = {**self.provenance, "epoch": epoch, "metrics": dict(record)}
+        """best.pt: the weights of `epoch` (no optimizer state); meta["migfuse"] = provenance + "epoch",
+        "metrics" (the epoch's record) and its val_* values at the top (e.g. "val_top1")."""
+        prov = {**self.provenance, "epoch": epoch, "metrics": dict(record),
+                **{k: v for k, v in record.items() if k.startswith("val_")}}
         save_checkpoint(make_checkpoint(self.trainer, model, epoch, self.config, prov, loop={"best": record}),
                         self.path / "best.pt")
 
