@@ -265,3 +265,18 @@ def test_missing_matplotlib_skips_the_png_with_one_warning(tmp_path, monkeypatch
     assert not (tmp_path / "r" / "curves.png").exists()
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "matplotlib is not installed" in warnings[0].getMessage()
+
+
+def test_training_imports_neither_extract_nor_fuse_and_its_cli_parts_need_no_torch(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        import migfuse.training.cli, migfuse.training.config
+        assert "torch" not in sys.modules
+        import migfuse.training.loop, migfuse.training.run_folder, migfuse.training.checkpoint
+        leaked = sorted(m for m in sys.modules if m.startswith(("migfuse.extract", "migfuse.fuse")))
+        assert not leaked, leaked
+        print("OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
