@@ -232,3 +232,60 @@ def test_cli_train_then_extract(tmp_path):
     res = runner.invoke(app, args + ["--stream", "bone"])
     assert res.exit_code == 0, res.output
     assert "bone/agcn shard 0/1: 6 rows, 6 written now, 0 skipped (done or failed earlier), 0 failed" in res.output
+
+
+def test_a_planted_last_pt_is_refused_in_one_line_and_never_run(tmp_path):
+    """/work/shared/realworld/security_repro.sh, the trainer's part: resuming must not unpickle code."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    small = make_toy_dataset(tmp_path / "toy", videos=2, clips_per_video=3, val_videos=1).root
+    plant = """
+import os, sys, torch
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > {sys.argv[2]}",))
+torch.save({"format": "migfuse-checkpoint/1", "state_dict": {}, "meta": Evil()}, sys.argv[1])
+"""
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    run.mkdir()
+    subprocess.run([sys.executable, "-c", plant, str(run / "last.pt"), str(marker)], check=True)
+    args = ["backbone", "train", "skeleton", "--data", str(small), "--out", str(run), "--epochs", "1",
+            "--base-channels", "4", "--length", "16"]
+    runner = CliRunner()
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"error: {run} holds last.pt but no config.json of a migfuse run" in r.output
+    # the same with a real run's config.json beside it: the weights-only loader refuses it
+    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+    subprocess.run([sys.executable, "-c", plant, str(run / "last.pt"), str(marker)], check=True)
+    r = runner.invoke(app, args + ["--epochs", "2"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "last.pt holds objects other than tensors and plain values" in r.output
+    assert not marker.exists()
+
+
+def test_cli_settings_from_a_toml_config_and_set_and_a_typed_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    small = make_toy_dataset(tmp_path / "toy", videos=2, clips_per_video=3, val_videos=1).root
+    cfg = tmp_path / "sk.toml"
+    cfg.write_text('stream = "bone"\nbase_channels = 4\nlength = 16\nepochs = 1\n')
+    r = CliRunner().invoke(app, ["backbone", "train", "skeleton", "--data", str(small), "--out", str(tmp_path / "run"),
+                                 "--config", str(cfg), "--set", "weight_decay=0.001", "--lr", "0.05"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert doc["trainer"] == "skeleton" and doc["provenance"]["stream"] == "bone"
+    assert {k: doc["config"][k] for k in ("stream", "base_channels", "weight_decay", "lr", "epochs")} == \
+        {"stream": "bone", "base_channels": 4, "weight_decay": 0.001, "lr": 0.05, "epochs": 1}
+    for name in ("metrics.csv", "curves.png", "train.log", "best.pt", "last.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    cfg.write_text('lr = "fast"\n')
+    r = CliRunner().invoke(app, ["backbone", "train", "skeleton", "--data", str(small), "--config", str(cfg)])
+    assert r.exit_code == 2 and r.output == f"error: {cfg}: lr must be a number (like the default 0.1), not 'fast'\n"
