@@ -88,6 +88,8 @@ class TrainConfig:
         check_layout(get_layout(self.layout))
         if self.length < 4 or self.epochs < 1 or self.batch_size < 1 or self.base_channels < 4:
             raise UserError("--length must be >= 4, --epochs and --batch-size >= 1, --base-channels >= 4")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {self.device}: this torch has no usable CUDA device; use --device cpu")
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(layout=get_layout(self.layout).name, length=self.length)
