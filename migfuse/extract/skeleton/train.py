@@ -260,14 +260,16 @@ def train_skeleton(prepared: str | Path, out: str | Path,
             sched.step()
             return {"train_loss": tr["loss"], "train_top1": tr["top1"], "train_top5": tr["top5"]}
 
-        def validate(epoch: int) -> dict[str, float]:
+        def validate(epoch: int) -> dict[str, float | None]:
+            if not len(val_ds):  # no validation clips: the columns stay, empty
+                return {"val_loss": None, "val_top1": None, "val_top5": None}
             loader = torch.utils.data.DataLoader(val_ds, batch_size=config.batch_size, num_workers=config.workers)
             va = _epoch(model, loader, device, nn.CrossEntropyLoss())
             return {"val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"]}
 
         steps = len(train_ds) // config.batch_size if drop_last else 1
         result = fit(run, model, optimizer, scheduler=sched, epochs=config.epochs, train_epoch=train_epoch,
-                     validate=validate if len(val_ds) else None,
+                     validate=validate,
                      select=Selection("val_top1" if len(val_ds) else "train_top1", "max"), seed=config.seed,
                      steps_per_epoch=steps, desc=f"skeleton {config.stream}")
     metric = "val_top1" if len(val_ds) else "train_top1"
