@@ -25,6 +25,8 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.errors import UserError
+from migfuse.training.cli import (BatchSizeOpt, ConfigOpt, DeviceOpt, EpochsOpt, LrOpt, OverwriteOpt, SeedOpt,
+                                  SetOpt, common_flags)
 
 
 class _App(typer.Typer):
@@ -579,23 +581,32 @@ def fuse_train_cmd(
     cache: Annotated[Path, typer.Option(help="The token cache (CACHE.zarr) with views (`migfuse cache view --defaults`).")],
     data: Annotated[Path, typer.Option(help="The PREPARED folder (manifest) the cache was extracted from.")],
     task: Annotated[str, typer.Option(help="mg (32 micro-gesture classes, per clip) or emotion (win/lose, per video).")],
-    out: Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl, best.pt, train.log.")],
+    out: Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, "
+                                           "last.pt, train.log. Rerunning the same command resumes.")],
     head: Annotated[Optional[str], typer.Option(help="Head (`migfuse fuse heads`); default cmtf (mg) / interfusion (emotion).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON file overriding training settings (see docs/fuse.md).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    overwrite: OverwriteOpt = False,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Train without clips the cache lacks (reports how many).")] = False,
 ) -> None:
     """Train a fusion head on cached tokens (AdamW, cosine with warm-up, label smoothing, class-balanced
     loss, early stopping on validation). mg validation = split_miga validation, or 10% of training
     videos held out when the manifest has none; emotion validation = 15% of split_emotion train
-    videos. Refuses a cache that lacks clips of the manifest unless --allow-missing."""
+    videos. Settings: DEFAULTS in docs/fuse.md, changed by --config FILE, --set KEY=VALUE and the
+    options. Refuses a cache that lacks clips of the manifest unless --allow-missing."""
     from migfuse.fuse.train import train
 
-    summary = train(cache, data, task, out, head=head, config=config, allow_missing=allow_missing)
+    summary = train(cache, data, task, out, head=head, config=config, allow_missing=allow_missing, sets=set_ or (),
+                    flags=common_flags(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size), overwrite=overwrite)
     best = summary["best"]
     scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
     typer.echo(f"best epoch {best['epoch']}: {scores or 'no validation set'}")
     typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation ({summary['validation_source']}); "
-               f"{summary['train_seconds']:.0f} s; run in {out}")
+               f"{summary['epochs_run']} epochs now, {summary['train_seconds']:.0f} s; run in {out}")
 
 
 @fuse_app.command("eval")

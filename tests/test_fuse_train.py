@@ -46,10 +46,13 @@ def test_cmtf_learns_planted_signal_and_writes_run(mg_data, tmp_path):
     summary = train(cache, prepared, "mg", out, config=FAST)
     assert summary["validation_source"] == "split_miga validation"
     assert (summary["n_train"], summary["n_validation"]) == (32, 8)
-    for name in ("config.json", "metrics.jsonl", "best.pt", "train.log", "splits.json", "summary.json"):
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "best.pt", "last.pt", "train.log",
+                 "splits.json", "summary.json"):
         assert (out / name).is_file(), name
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["head"] == "cmtf" and cfg["inputs"]["video"] == "views/video" and cfg["head_options"]["width"] == 64
+    doc = json.loads((out / "config.json").read_text())
+    cfg, prov = doc["config"], doc["provenance"]
+    assert doc["trainer"] == "fuse" and doc["ended"] and doc["versions"]["torch"]
+    assert cfg["head"] == "cmtf" and prov["inputs"]["video"] == "views/video" and cfg["head_options"]["width"] == 64
     # Bar: 4 classes (chance 25%); the planted signal must give >= 75% on the 8 unseen test clips.
     m = evaluate(out, "test")
     assert m["n"] == 8 and m["top1"] >= 0.75, m["top1"]
@@ -122,7 +125,7 @@ def test_cli_view_train_eval_predict(mg_data, tmp_path):
     r = runner.invoke(app, ["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
                             "--head", "video", "--config", str(config), "--out", str(run)])
     assert r.exit_code == 0, r.output
-    assert json.loads((run / "config.json").read_text())["shapes"]["video"] == [1, 768]
+    assert json.loads((run / "config.json").read_text())["provenance"]["shapes"]["video"] == [1, 768]
     r = runner.invoke(app, ["fuse", "eval", str(run), "--split", "validation"])
     assert r.exit_code == 0 and "top-1" in r.output, r.output
     r = runner.invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(tmp_path / "s.npz")])
@@ -135,3 +138,133 @@ def test_cli_view_train_eval_predict(mg_data, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(tmp_path / "t.npz")])
     assert r.exit_code == 2 and "rebuilt with other settings" in r.output, r.output
+
+
+# ----- run-folder safety (/work/shared/realworld/fuse_repro.sh, issue #11 §2) -------------------------------
+def _metric_rows(run):
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kill_during_a_checkpoint_save_keeps_the_previous_best_pt(mg_data, tmp_path, monkeypatch):
+    import torch
+
+    prepared, cache = mg_data
+    run = tmp_path / "r"
+    train(cache, prepared, "mg", run, config={**FAST, "epochs": 1})
+    before = predict(run, "test").scores
+
+    def killed_while_writing(obj, f):
+        f.write(b"PK\x03\x04 half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        train(cache, prepared, "mg", run, config={**FAST, "epochs": 3})  # resumes, dies saving epoch 2
+    monkeypatch.undo()
+    assert np.array_equal(predict(run, "test").scores, before)
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert [r["epoch"] for r in _metric_rows(run)] == [1, 2]  # epoch 2 is redone by the next rerun
+    assert train(cache, prepared, "mg", run, config={**FAST, "epochs": 3})["epochs_run"] == 2
+
+
+def test_rerun_with_another_config_is_refused_unless_overwrite(mg_data, tmp_path):
+    prepared, cache = mg_data
+    run, runner = tmp_path / "r", CliRunner()
+    small, big = tmp_path / "a.json", tmp_path / "big.json"
+    small.write_text(json.dumps({**FAST, "epochs": 1}))
+    big.write_text(json.dumps({**FAST, "epochs": 2, "head_options": {"width": 32}}))
+    args = ["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg", "--out", str(run)]
+    assert runner.invoke(app, args + ["--config", str(small)]).exit_code == 0
+    best, config = (run / "best.pt").read_bytes(), (run / "config.json").read_text()
+    r = runner.invoke(app, args + ["--config", str(big)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"error: {run} holds a run with other settings (head_options.width=64, not 32); " in r.output
+    assert "--overwrite" in r.output
+    assert (run / "best.pt").read_bytes() == best and (run / "config.json").read_text() == config
+    r = runner.invoke(app, args + ["--config", str(big), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["config"]["head_options"]["width"] == 32 and [x["epoch"] for x in _metric_rows(run)] == [1, 2]
+    assert predict(run, "test").scores.shape == (8, 32)
+
+
+def test_rerun_of_a_killed_train_resumes_with_the_final_metrics_of_an_uninterrupted_one(mg_data, tmp_path,
+                                                                                       monkeypatch):
+    import migfuse.fuse.train as fuse_train
+
+    prepared, cache = mg_data
+    config = {**FAST, "epochs": 3, "balance": "sampler"}
+    real, calls = fuse_train.validate, []
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fuse_train, "validate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cache, prepared, "mg", tmp_path / "a", config=config)
+    monkeypatch.undo()
+    resumed = train(cache, prepared, "mg", tmp_path / "a", config=config)
+    straight = train(cache, prepared, "mg", tmp_path / "b", config=config)
+    assert (resumed["epochs_run"], straight["epochs_run"]) == (2, 3)
+    assert _metric_rows(tmp_path / "a") == _metric_rows(tmp_path / "b")
+    assert np.array_equal(predict(tmp_path / "a", "test").scores, predict(tmp_path / "b", "test").scores)
+
+
+def test_a_second_train_into_a_folder_in_use_is_refused_in_one_line(mg_data, tmp_path):
+    from filelock import FileLock
+
+    prepared, cache = mg_data
+    run = tmp_path / "r"
+    run.mkdir()
+    with FileLock(str(run / ".lock")):  # what a first `fuse train` holds while it runs
+        r = CliRunner().invoke(app, ["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
+                                     "--out", str(run), "--epochs", "1"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"error: run folder {run} is in use by another training run" in r.output
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_predict_with_a_damaged_best_pt_is_one_line_naming_it(mg_data, tmp_path, damage):
+    prepared, cache = mg_data
+    run = tmp_path / "r"
+    train(cache, prepared, "mg", run, config={**FAST, "epochs": 1})
+    data = (run / "best.pt").read_bytes()
+    (run / "best.pt").write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
+    r = CliRunner().invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(tmp_path / "t.npz")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith(f"error: checkpoint {run / 'best.pt'} is ")
+
+
+def test_a_planted_last_pt_that_runs_code_is_refused(mg_data, tmp_path):
+    import subprocess
+    import sys
+
+    prepared, cache = mg_data
+    run, marker = tmp_path / "r", tmp_path / "PWNED"
+    train(cache, prepared, "mg", run, config={**FAST, "epochs": 1})
+    subprocess.run([sys.executable, "-c", f"""
+import os, torch
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > {marker}",))
+torch.save({{"format": "migfuse-checkpoint/1", "state_dict": {{}}, "x": Evil()}}, {str(run / "last.pt")!r})
+"""], check=True)
+    with pytest.raises(UserError, match=r"last.pt holds objects other than tensors and plain values"):
+        train(cache, prepared, "mg", run, config={**FAST, "epochs": 2})
+    assert not marker.exists()
+
+
+def test_lr_of_the_wrong_type_names_file_key_and_type(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text('{"lr": "fast"}')
+    with pytest.raises(UserError) as e:
+        resolve_config("mg", bad)
+    assert str(e.value) == f"{bad}: lr must be a number (like the default 0.001), not 'fast'"
+    with pytest.raises(UserError, match="--set: epochs must be an integer"):
+        resolve_config("mg", sets=["epochs=many"])
+    assert resolve_config("mg", {"epochs": 3}, sets=["lr=0.01"], flags={"epochs": 5})["epochs"] == 5

@@ -20,6 +20,7 @@ from migfuse.fuse import data as fdata
 from migfuse.fuse.heads import FusionHead, make_head
 from migfuse.fuse.scores import Scores
 from migfuse.fuse.train import predict_logits, torch_threads
+from migfuse.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,34 @@ class Run:
 
 
 def load_run(run: str | Path, cache: str | Path | None = None, data: str | Path | None = None) -> Run:
-    """Open RUN/ written by `train`; `cache`/`data` override the paths recorded in its config."""
+    """Open RUN/ written by `train`; `cache`/`data` override the paths recorded in its config.
+
+    Run.config is the run's settings with its provenance (resolved inputs, shapes, classes, paths).
+    UserError (one line, naming the file) when the folder is not a finished fuse run, or its
+    config.json or best.pt is damaged (best.pt is read weights-only: migfuse.training.checkpoint)."""
     run = Path(run)
     cfg_path, ckpt = run / "config.json", run / "best.pt"
     if not cfg_path.is_file() or not ckpt.is_file():
         raise UserError(f"{run} is not a finished training run (needs config.json and best.pt); "
                         f"run `migfuse fuse train ... --out {run}` first")
-    cfg = json.loads(cfg_path.read_text())
-    shapes = {k: tuple(v) for k, v in cfg["shapes"].items()}
-    model = make_head(cfg["head"], shapes, len(cfg["classes"]), **cfg["head_options"])
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["state_dict"])
+    try:
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg = {**doc["config"], **doc["provenance"]}
+        shapes = {k: tuple(v) for k, v in cfg["shapes"].items()}
+        head, classes = cfg["head"], cfg["classes"]
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise UserError(f"{cfg_path} is damaged or not the config.json of a `migfuse fuse train` run; "
+                        f"train the run again (`migfuse fuse train ... --out {run} --overwrite`)") from None
+    if doc.get("trainer") != "fuse":
+        raise UserError(f"{run} holds a {doc.get('trainer')!r} training run, not a fusion head; pass a run "
+                        f"folder of `migfuse fuse train`")
+    state = load_checkpoint(ckpt)
+    model = make_head(head, shapes, len(classes), **cfg["head_options"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError:
+        raise UserError(f"checkpoint {ckpt} does not match the head in {cfg_path} (another run's weights?); "
+                        f"train the run again with --overwrite") from None
     model.eval()
     return Run(run, cfg, model, TokenCache(cache or cfg["cache"]), Manifest.load(data or cfg["data"]))
 

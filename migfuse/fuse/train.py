@@ -2,16 +2,18 @@
 
     migfuse fuse train --cache CACHE.zarr --data PREPARED --task mg --out runs/cmtf
     migfuse fuse train --cache CACHE.zarr --data PREPARED --task emotion --head interfusion --out runs/emo
-    migfuse fuse train ... --config my.json      # JSON overriding any key of DEFAULTS / TASK_DEFAULTS
+    migfuse fuse train ... --config my.toml --set lr=3e-4 --set head_options.width=128 --epochs 30
 
 Library use (what `migfuse demo` calls):
 
     from migfuse.fuse.train import train
     summary = train(cache, prepared, task="mg", out="runs/cmtf", config={"epochs": 5})
 
-RUN/ gets: config.json (resolved config, inputs, split choice), splits.json (ids per split),
-metrics.jsonl (one line per epoch), best.pt (best validation checkpoint), train.log, summary.json.
-Same seed + same data + same thread count -> same metrics (tests/test_fuse_train.py checks it).
+The loop, the run folder and its rules are migfuse.training's (docs/contracts.md "Training"): RUN/ gets
+config.json, metrics.jsonl, metrics.csv, curves.png, best.pt, last.pt, train.log, plus splits.json
+(ids per split) and summary.json. Rerunning the same command resumes from last.pt; a folder holding a
+run of other settings is refused unless `overwrite`. Same seed + same data + same thread count -> same
+metrics, also across an interruption (tests/test_fuse_train.py checks it).
 """
 from __future__ import annotations
 
@@ -21,11 +23,10 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from migfuse.data_cache.manifest import Manifest
 from migfuse.data_cache.store import TokenCache
@@ -33,6 +34,10 @@ from migfuse.errors import UserError
 from migfuse.fuse import data as fdata
 from migfuse.fuse.heads import FusionHead, head_class, make_head, resolve_options
 from migfuse.fuse.metrics import task_metrics
+from migfuse.training.checkpoint import atomic_write_text
+from migfuse.training.config import check_choice, resolve_config as resolve_settings
+from migfuse.training.loop import FitResult, Selection, epoch_generator, fit as run_epochs
+from migfuse.training.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -68,43 +73,36 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 BALANCE_CHOICES = ("loss", "sampler", "none")
 #: Validation scores an epoch can be selected on, per task ("loss" is minimised, the rest maximised).
 SELECT_METRICS = {"mg": ("top1", "top5", "mean_class_accuracy", "loss"), "emotion": ("accuracy", "f1", "roc_auc", "loss")}
+#: Settings a rerun may change and still resume its run folder (more epochs extend the run).
+RESUMABLE = ("epochs", "patience", "threads")
+#: Files of a fuse run besides the common ones (deleted by --overwrite).
+EXTRA_FILES = ("splits.json", "summary.json")
 
 
 def resolve_config(task: str, config: Mapping[str, Any] | str | Path | None = None,
-                   head: str | None = None) -> dict[str, Any]:
-    """DEFAULTS <- TASK_DEFAULTS[task] <- config (dict or JSON file) <- head; checked.
+                   head: str | None = None, sets: Iterable[str] = (),
+                   flags: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """DEFAULTS <- TASK_DEFAULTS[task] <- config (dict, or JSON/TOML file) <- `sets` (--set k=v) <- flags
+    (--epochs ...) <- head; types checked against DEFAULTS; plus "task".
 
-    UserError (naming the file) on an unknown key or a bad value."""
+    UserError (one line, naming the file or option, the key and the expected type) on an unknown key
+    or a bad value, e.g. `my.json: lr must be a number (like the default 0.001), not 'fast'`."""
     if task not in fdata.TASKS:
         raise UserError(f"unknown task {task!r}; choose mg or emotion")
-    where = "the config"
-    if isinstance(config, (str, Path)):
-        where = str(config)
-        try:
-            config = json.loads(Path(config).read_text())
-        except FileNotFoundError:
-            raise UserError(f"config file {config} does not exist; check the --config path") from None
-        except ValueError as e:
-            raise UserError(f"config file {config} is not valid JSON ({e}); fix it") from None
-        if not isinstance(config, dict):
-            raise UserError(f"config file {where} must hold a JSON object of settings")
-    user = dict(config or {})
-    for k in ("task", "cache", "data", "split_source", "classes", "shapes", "input_provenance"):
-        user.pop(k, None)  # written by a previous run's config.json: reusing one is fine
-    unknown = sorted(set(user) - set(DEFAULTS))
-    if unknown:
-        raise UserError(f"{where}: unknown setting {unknown[0]!r}; known settings are {', '.join(DEFAULTS)}")
-    cfg = {**DEFAULTS, **TASK_DEFAULTS[task], **user}
+    where = str(config) if isinstance(config, (str, Path)) else "the config"
+    # "task" and the rest are written by a previous run's config.json (old layout): reusing one is fine
+    ignore = ("task", "cache", "data", "split_source", "classes", "shapes", "input_provenance")
+    cfg = resolve_settings(DEFAULTS, base=TASK_DEFAULTS[task], config=config, sets=sets, flags=flags,
+                           optional={"head": ""}, ignore=ignore)
     if head:
         cfg["head"] = head
     cfg["task"] = task
-    if cfg["balance"] not in BALANCE_CHOICES:
-        raise UserError(f"{where}: balance must be one of {', '.join(BALANCE_CHOICES)}, not {cfg['balance']!r}")
+    check_choice(cfg, "balance", BALANCE_CHOICES, where)
     if cfg["select_metric"] not in SELECT_METRICS[task]:
         raise UserError(f"{where}: select_metric for task {task} must be one of {', '.join(SELECT_METRICS[task])}, "
                         f"not {cfg['select_metric']!r}")
     for k in ("epochs", "batch_size"):
-        if not isinstance(cfg[k], int) or cfg[k] < 1:
+        if cfg[k] < 1:
             raise UserError(f"{where}: {k} must be a positive integer, not {cfg[k]!r}")
     cfg["head_options"] = resolve_options(cfg["head"], cfg["head_options"])
     return cfg
@@ -161,54 +159,33 @@ def validate(model: FusionHead, data: fdata.TokenSet, task: str, class_names: li
     return {"loss": float(F.cross_entropy(logits, labels)), **scalars}
 
 
-def _better(metric: str, record: Mapping[str, float], best: Mapping[str, float] | None) -> bool:
-    """Is `record` a better validation epoch than `best`? Ties on the metric go to the lower loss."""
-    if best is None:
-        return True
-    new, old = record[f"val_{metric}"], best[f"val_{metric}"]
-    if math.isnan(old):
-        return not math.isnan(new)
-    if new == old:
-        return record["val_loss"] < best["val_loss"]
-    return new < old if metric == "loss" else new > old
+def fit(run: RunFolder, model: FusionHead, train_set: fdata.TokenSet, val_set: fdata.TokenSet | None,
+        cfg: Mapping[str, Any], class_names: list[str]) -> FitResult:
+    """Train `model` in `run` (migfuse.training.loop.fit); the best validation epoch goes to best.pt.
 
-
-def fit(model: FusionHead, train_set: fdata.TokenSet, val_set: fdata.TokenSet | None, cfg: Mapping[str, Any],
-        out: Path, class_names: list[str]) -> dict[str, Any]:
-    """Train `model` in place; keep the best validation epoch in out/best.pt; return its record.
-
-    Writes one JSON line per epoch to out/metrics.jsonl. Without a validation set the last epoch is
-    kept. Deterministic for a given cfg["seed"] (torch RNG seeded, shuffling from a seeded generator).
-    """
-    task, C = cfg["task"], model.num_classes
-    gen = torch.Generator().manual_seed(int(cfg["seed"]))
+    AdamW, linear warm-up then cosine per step, label-smoothed (class-weighted) cross-entropy, gradient
+    clipping, early stopping on cfg["select_metric"] (ties go to the lower validation loss). Without a
+    validation set the last epoch is kept. Deterministic for a given cfg["seed"]: shuffling comes from a
+    per-epoch generator, so a resumed run draws what an uninterrupted one would."""
+    task, C, bs = cfg["task"], model.num_classes, cfg["batch_size"]
     labels = train_set.labels
     weights = class_weights(labels, C, cfg["balance_power"]) if cfg["balance"] == "loss" else None
-    sample_p = None
-    if cfg["balance"] == "sampler":
-        per_class = class_weights(labels, C, 1.0)
-        sample_p = per_class[labels]
-    steps_per_epoch = math.ceil(len(train_set) / cfg["batch_size"])
+    sample_p = class_weights(labels, C, 1.0)[labels] if cfg["balance"] == "sampler" else None
+    steps_per_epoch = math.ceil(len(train_set) / bs)
     total = steps_per_epoch * cfg["epochs"]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, max(1, warmup)))
-    metric = cfg["select_metric"]
-    best: dict[str, Any] | None = None
-    stale = 0
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
-    epochs = tqdm(range(1, cfg["epochs"] + 1), desc="epochs", unit="epoch", disable=None)
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        model.train()
+    warmup = max(1, int(round(cfg["warmup_epochs"] * steps_per_epoch)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup))
+
+    def train_epoch(epoch: int, bar) -> dict[str, float]:
+        gen = epoch_generator(cfg["seed"], epoch)
         if sample_p is not None:
             order = torch.multinomial(sample_p, len(train_set), replacement=True, generator=gen)
         else:
             order = torch.randperm(len(train_set), generator=gen)
         total_loss = 0.0
-        for s in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", unit="step", leave=False, disable=None):
-            idx = order[s * cfg["batch_size"] : (s + 1) * cfg["batch_size"]]
+        for s in range(steps_per_epoch):
+            idx = order[s * bs: (s + 1) * bs]
             logits = model(train_set.batch(idx))
             loss = F.cross_entropy(logits, labels[idx], weight=weights, label_smoothing=cfg["label_smoothing"])
             opt.zero_grad(set_to_none=True)
@@ -218,92 +195,78 @@ def fit(model: FusionHead, train_set: fdata.TokenSet, val_set: fdata.TokenSet | 
             opt.step()
             sched.step()
             total_loss += loss.item() * len(idx)
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": total_loss / len(train_set),
-                                  "lr": opt.param_groups[0]["lr"]}
-        if val_set is not None and len(val_set):
-            record.update({f"val_{k}": v for k, v in validate(model, val_set, task, class_names).items()})
-        record["seconds"] = round(time.perf_counter() - t0, 3)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        improved = f"val_{metric}" not in record or _better(metric, record, best)  # no validation: keep last
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in record.items()
-                                                   if isinstance(v, float) and k != "seconds"))
-        epochs.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("train_loss", f"val_{metric}")})
-        if improved:
-            best, stale = record, 0
-            torch.save({"state_dict": model.state_dict(), "epoch": epoch}, out / "best.pt")
-        else:
-            stale += 1
-            if stale >= cfg["patience"]:
-                log.info("early stop at epoch %d: no better val_%s for %d epochs", epoch, metric, stale)
-                break
-    assert best is not None
-    return best
+            bar.step(loss=loss.item())
+        return {"train_loss": total_loss / len(train_set)}
+
+    def val_epoch(epoch: int) -> dict[str, float]:
+        return {f"val_{k}": v for k, v in validate(model, val_set, task, class_names).items()}
+
+    metric = cfg["select_metric"]
+    has_val = val_set is not None and len(val_set) > 0
+    return run_epochs(run, model, opt, scheduler=sched, epochs=cfg["epochs"], train_epoch=train_epoch,
+                      validate=val_epoch if has_val else None,
+                      select=Selection(f"val_{metric}", "min" if metric == "loss" else "max", tie_break="val_loss"),
+                      patience=cfg["patience"], seed=cfg["seed"], steps_per_epoch=steps_per_epoch,
+                      desc=f"fuse {task} {cfg['head']}")
 
 
 # ----- the command ------------------------------------------------------------------------------------
 def train(cache: str | Path, prepared: str | Path, task: str, out: str | Path, head: str | None = None,
-          config: Mapping[str, Any] | str | Path | None = None, allow_missing: bool = False) -> dict[str, Any]:
-    """Train a head for `task` ("mg" per clip, "emotion" per video) on the tokens in `cache`.
+          config: Mapping[str, Any] | str | Path | None = None, allow_missing: bool = False, *,
+          sets: Iterable[str] = (), flags: Mapping[str, Any] | None = None, overwrite: bool = False
+          ) -> dict[str, Any]:
+    """Train a head for `task` ("mg" per clip, "emotion" per video) on the tokens in `cache`, into `out`.
 
-    Returns the summary (also in out/summary.json): best epoch record, sample counts, split source.
-    UserError (one line) when the cache lacks clips of the manifest (unless `allow_missing`), a group
-    or view is absent, or the config is bad.
+    `config` (dict or JSON/TOML file), `sets` ("key=value") and `flags` ({"epochs": 3}) override
+    DEFAULTS in that order (resolve_config). Rerunning into the same `out` resumes from out/last.pt;
+    `overwrite` replaces a run of other settings there. Returns the summary (also out/summary.json):
+    the best epoch's record, sample counts, split source. UserError (one line) when the cache lacks
+    clips of the manifest (unless `allow_missing`), a group or view is absent, the config is bad, or
+    `out` is in use or holds a run of other settings or inputs.
     """
-    cfg = resolve_config(task, config, head)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "train.log", mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    # train.log gets INFO records even when the caller configured no logging; restored afterwards.
-    pkg_log = logging.getLogger("migfuse")
-    level_before = pkg_log.level
-    pkg_log.addHandler(handler)
-    if level_before == logging.NOTSET or level_before > logging.INFO:
-        pkg_log.setLevel(logging.INFO)
-    try:
-        with torch_threads(cfg["threads"]):
-            return _train(cfg, TokenCache(cache), Path(prepared), out, allow_missing)
-    finally:
-        pkg_log.removeHandler(handler)
-        pkg_log.setLevel(level_before)
-        handler.close()
+    cfg = resolve_config(task, config, head, sets=sets, flags=flags)
+    with torch_threads(cfg["threads"]):
+        return _train(cfg, TokenCache(cache), Path(prepared), Path(out), allow_missing, overwrite)
 
 
-def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missing: bool) -> dict[str, Any]:
+def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missing: bool, overwrite: bool
+           ) -> dict[str, Any]:
     task = cfg["task"]
     manifest = Manifest.load(prepared)
     names = fdata.class_names(task)
     needed = head_class(cfg["head"]).required_inputs(cfg["head_options"])
     inputs = fdata.resolve_inputs(cache, needed, cfg["inputs"])
-    plan = fdata.task_splits(manifest, task, cfg["val_fraction"], cfg["seed"], cfg["split_scheme"])
-    log.info("task %s, head %s, inputs %s; validation = %s", task, cfg["head"], inputs, plan.source)
+    # What decides whether a rerun may resume: the same cache groups, built the same way.
+    inputs_id = {"cache": str(cache.path.resolve()), "data": str(prepared.resolve()), "inputs": inputs,
+                 "input_provenance": {m: cache.group(g).provenance for m, g in inputs.items()}}
+    with RunFolder.open(out, "fuse", cfg, inputs_id, overwrite=overwrite, resumable=RESUMABLE,
+                        extra_files=EXTRA_FILES) as run:
+        plan = fdata.task_splits(manifest, task, cfg["val_fraction"], cfg["seed"], cfg["split_scheme"])
+        log.info("task %s, head %s, inputs %s; validation = %s", task, cfg["head"], inputs, plan.source)
+        sets: dict[str, fdata.TokenSet] = {}
+        for split in ("train", "validation"):
+            ids = plan.ids(split)
+            labels = fdata.labels_of(manifest, task, ids)
+            ids = [i for i, y in zip(ids, labels) if y >= 0]  # unlabelled samples cannot be trained or scored
+            ids = fdata.check_coverage(cache, inputs, ids, f"{split}", allow_missing)
+            sets[split] = fdata.load_tokens(cache, inputs, ids, fdata.labels_of(manifest, task, ids))
+        if not len(sets["train"]):
+            raise UserError(f"no labelled training samples for task {task} in {prepared} with cache {cache.path}")
 
-    sets: dict[str, fdata.TokenSet] = {}
-    for split in ("train", "validation"):
-        ids = plan.ids(split)
-        labels = fdata.labels_of(manifest, task, ids)
-        ids = [i for i, y in zip(ids, labels) if y >= 0]  # unlabelled samples cannot be trained or scored
-        ids = fdata.check_coverage(cache, inputs, ids, f"{split}", allow_missing)
-        sets[split] = fdata.load_tokens(cache, inputs, ids, fdata.labels_of(manifest, task, ids))
-    if not len(sets["train"]):
-        raise UserError(f"no labelled training samples for task {task} in {prepared} with cache {cache.path}")
+        torch.manual_seed(int(cfg["seed"]))
+        model = make_head(cfg["head"], sets["train"].shapes, len(names), **cfg["head_options"])
+        n_params = sum(p.numel() for p in model.parameters())
+        run.update_provenance({"split_source": plan.source, "classes": names, "shapes": sets["train"].shapes,
+                               "n_train": len(sets["train"]), "n_validation": len(sets["validation"])})
+        atomic_write_text(out / "splits.json", json.dumps({k: v.ids for k, v in sets.items()}))
+        log.info("%d train / %d validation samples, %d parameters", len(sets["train"]), len(sets["validation"]),
+                 n_params)
 
-    torch.manual_seed(int(cfg["seed"]))
-    model = make_head(cfg["head"], sets["train"].shapes, len(names), **cfg["head_options"])
-    n_params = sum(p.numel() for p in model.parameters())
-    resolved = {**cfg, "inputs": inputs, "cache": str(cache.path.resolve()), "data": str(prepared.resolve()),
-                "split_source": plan.source, "classes": names, "shapes": sets["train"].shapes,
-                "input_provenance": {m: cache.group(g).provenance for m, g in inputs.items()}}
-    (out / "config.json").write_text(json.dumps(resolved, indent=2))
-    (out / "splits.json").write_text(json.dumps({k: v.ids for k, v in sets.items()}))
-    log.info("%d train / %d validation samples, %d parameters", len(sets["train"]), len(sets["validation"]), n_params)
-
-    t0 = time.perf_counter()
-    best = fit(model, sets["train"], sets["validation"], cfg, out, names)
-    summary = {"best": best, "n_train": len(sets["train"]), "n_validation": len(sets["validation"]),
-               "validation_source": plan.source, "parameters": n_params,
-               "train_seconds": round(time.perf_counter() - t0, 2)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("best epoch %d (%s); run in %s", best["epoch"], plan.source, out)
+        t0 = time.perf_counter()
+        result = fit(run, model, sets["train"], sets["validation"], cfg, names)
+        summary = {"best": result.best, "n_train": len(sets["train"]), "n_validation": len(sets["validation"]),
+                   "validation_source": plan.source, "parameters": n_params, "epochs_run": result.epochs_run,
+                   "stopped_early": result.stopped_early, "train_seconds": round(time.perf_counter() - t0, 2)}
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        log.info("best epoch %d (%s); run in %s", result.best_epoch, plan.source, out)
     return summary

@@ -1,0 +1,193 @@
+"""Training settings: a trainer's commented DEFAULTS <- `--config FILE` (JSON/TOML) <- `--set k=v` <- flags.
+
+    from migfuse.training.config import resolve_config
+    cfg = resolve_config(DEFAULTS, config_file="my.toml", sets=["lr=3e-4", "head_options.width=128"],
+                         flags={"epochs": 5, "lr": None})       # None = flag not given
+
+Every layer is checked against DEFAULTS: an unknown key or a value of the wrong type is a one-line
+`UserError` naming where it came from (the file, `--set`, or the option), the key and the type the
+default has (`my.json: lr must be a number (float like the default 0.001), not 'fast'`). A dict-valued
+setting (e.g. "head_options") is merged key by key; its inner keys are the trainer's to check.
+Torch-free: the CLI may import it.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from migfuse.errors import UserError
+
+#: Keys of a run folder's config.json that are not settings: reading one back as --config is allowed.
+_RUN_FILE_KEYS = ("trainer", "provenance", "versions", "git_commit", "started", "ended", "resumed", "command",
+                  "format")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a JSON (`.json`) or TOML (`.toml`) file, or from a run folder's config.json.
+
+    UserError naming the file when it is missing, unreadable, not an object/table, or of another type."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist; check the --config path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} cannot be read ({e}); pass a UTF-8 JSON or TOML file") from None
+    if path.suffix.lower() == ".toml":
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"config file {path} is not valid TOML ({e}); fix it") from None
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise UserError(f"config file {path} is not valid JSON ({e}); fix it (or name it .toml)") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a JSON object / TOML table of settings")
+    if "trainer" in data and isinstance(data.get("config"), dict):  # a run folder's config.json
+        data = dict(data["config"])
+    return {k: v for k, v in data.items() if k not in _RUN_FILE_KEYS}
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: JSON when it parses (1, 0.5, true, null, [1,2], {"a":1}, "x"), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    """`["lr=3e-4", "head_options.width=128"]` -> `{"lr": 0.0003, "head_options": {"width": 128}}`.
+
+    UserError for an item without `=` or with an empty key."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. --set lr=3e-4 or --set head_options.width=128")
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {p} is set twice, once as a value and once as a table")
+        node[leaf] = parse_value(value)
+    return out
+
+
+def _type_name(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "a string"
+    if isinstance(default, dict):
+        return "a table / object"
+    if isinstance(default, (list, tuple)):
+        return "a list"
+    return type(default).__name__
+
+
+def check_value(key: str, value: Any, default: Any, where: str) -> Any:
+    """`value` for setting `key` if it has the type of `default` (ints pass for floats, as floats).
+
+    A default of None accepts anything (the trainer checks it). UserError otherwise."""
+    if default is None:
+        return value
+    ok: bool
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+        if ok:
+            value = list(value)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise UserError(f"{where}: {key} must be {_type_name(default)} (like the default {default!r}), "
+                        f"not {value!r}")
+    return value
+
+
+def merge_layer(cfg: dict[str, Any], layer: Mapping[str, Any], defaults: Mapping[str, Any], where: str,
+                optional: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`cfg` updated with `layer`, every key and type checked against `defaults`; dicts merge key by key.
+
+    `optional` maps keys whose default is None to an example value giving their type (e.g. {"init": ""}).
+    UserError naming `where` on an unknown key or a wrong type."""
+    out = dict(cfg)
+    optional = optional or {}
+    for key, value in layer.items():
+        if key not in defaults:
+            raise UserError(f"{where}: unknown setting {key!r}; known settings are {', '.join(defaults)}")
+        default = defaults[key]
+        if default is None and key in optional and value is not None:
+            value = check_value(key, value, optional[key], where)
+        else:
+            value = check_value(key, value, default, where)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = {**out[key], **value}
+        out[key] = value
+    return out
+
+
+def resolve_config(defaults: Mapping[str, Any], *, base: Mapping[str, Any] | None = None,
+                   config: Mapping[str, Any] | str | Path | None = None, sets: Iterable[str] = (),
+                   flags: Mapping[str, Any] | None = None, optional: Mapping[str, Any] | None = None,
+                   ignore: Iterable[str] = ()) -> dict[str, Any]:
+    """DEFAULTS <- `base` (e.g. per-task defaults) <- `config` (dict or JSON/TOML file) <- `sets` <- `flags`.
+
+    `flags` are CLI options by setting name; None values (option not given) are skipped. Keys in
+    `ignore` are dropped from `config` (values a trainer writes into its own run's config, e.g. "task").
+    Returns a new dict with every key of `defaults`. UserError (one line, naming the source) on a bad
+    key or type."""
+    ignore = set(ignore) | set(_RUN_FILE_KEYS)
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
+    if base:
+        cfg = merge_layer(cfg, base, defaults, "the trainer's defaults", optional)
+    if isinstance(config, (str, Path)):
+        layer = {k: v for k, v in load_config_file(config).items() if k not in ignore}
+        cfg = merge_layer(cfg, layer, defaults, str(config), optional)
+    elif config:
+        cfg = merge_layer(cfg, {k: v for k, v in config.items() if k not in ignore}, defaults, "the config",
+                          optional)
+    sets = list(sets)
+    if sets:
+        cfg = merge_layer(cfg, parse_sets(sets), defaults, "--set", optional)
+    if flags:
+        for key, value in flags.items():
+            if value is not None:
+                cfg = merge_layer(cfg, {key: value}, defaults, f"--{key.replace('_', '-')}", optional)
+    return cfg
+
+
+def check_choice(cfg: Mapping[str, Any], key: str, choices: Iterable[str], where: str = "the config") -> None:
+    """UserError unless cfg[key] is one of `choices`."""
+    choices = tuple(choices)
+    if cfg[key] not in choices:
+        raise UserError(f"{where}: {key} must be one of {', '.join(map(str, choices))}, not {cfg[key]!r}")
+
+
+def check_positive(cfg: Mapping[str, Any], keys: Iterable[str], where: str = "the config") -> None:
+    """UserError unless every cfg[key] is > 0."""
+    for key in keys:
+        if not cfg[key] > 0:
+            raise UserError(f"{where}: {key} must be greater than 0, not {cfg[key]!r}")

@@ -1,0 +1,267 @@
+"""The shared training loop (migfuse.training): settings, run-folder rules, checkpoints, resume, curves."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from migfuse.errors import UserError
+from migfuse.training.checkpoint import load_checkpoint, save_checkpoint
+from migfuse.training.config import parse_sets, resolve_config
+from migfuse.training.loop import Selection, epoch_generator, fit
+from migfuse.training.run_folder import RunFolder
+
+DEFAULTS = {
+    "epochs": 4,           # epochs
+    "lr": 0.05,            # SGD learning rate
+    "batch_size": 8,       # samples per step
+    "seed": 0,             # seed
+    "options": {"width": 8},  # nested settings
+    "name": None,          # anything
+}
+
+
+def tiny_train(out, cfg, overwrite=False, die_in_epoch=None):
+    """A 2-layer net with dropout on fixed random data: the smallest real trainer of the loop API."""
+    torch.manual_seed(cfg["seed"])
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(1))
+    y = (x[:, 0] > 0).long()
+    model = torch.nn.Sequential(torch.nn.Linear(5, cfg["options"]["width"]), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                torch.nn.Linear(cfg["options"]["width"], 2))
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+
+    def train_epoch(epoch, bar):
+        if epoch == die_in_epoch:
+            raise KeyboardInterrupt
+        order = torch.randperm(40, generator=epoch_generator(cfg["seed"], epoch))
+        total = 0.0
+        for s in range(0, 40, cfg["batch_size"]):
+            idx = order[s:s + cfg["batch_size"]]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            bar.step(loss=loss.item())
+        sched.step()
+        return {"train_loss": total / 40}
+
+    def validate(epoch):
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+        return {"val_loss": float(torch.nn.functional.cross_entropy(logits, y)),
+                "val_acc": float((logits.argmax(1) == y).float().mean())}
+
+    with RunFolder.open(out, "tiny", cfg, {"data": "random 40x5"}, overwrite=overwrite) as run:
+        return fit(run, model, opt, scheduler=sched, epochs=cfg["epochs"], train_epoch=train_epoch,
+                   validate=validate, select=Selection("val_acc", "max", tie_break="val_loss"), seed=cfg["seed"],
+                   steps_per_epoch=5)
+
+
+def rows(path):
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----- settings --------------------------------------------------------------------------------------------
+def test_a_string_lr_in_a_config_file_is_one_line_naming_file_key_and_type(tmp_path):
+    bad = tmp_path / "c.json"
+    bad.write_text('{"lr": "fast"}')
+    with pytest.raises(UserError) as e:
+        resolve_config(DEFAULTS, config=bad)
+    assert str(e.value) == f"{bad}: lr must be a number (like the default 0.05), not 'fast'"
+
+
+def test_toml_file_then_set_then_flags_override_in_that_order(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('epochs = 7\nlr = 1\n[options]\nwidth = 4\n')
+    cfg = resolve_config(DEFAULTS, config=f, sets=["lr=0.5", "name=abc", "options.depth=2"], flags={"lr": 0.25,
+                                                                                                    "seed": None})
+    assert cfg == {"epochs": 7, "lr": 0.25, "batch_size": 8, "seed": 0, "options": {"width": 4, "depth": 2},
+                   "name": "abc"}
+    assert isinstance(resolve_config(DEFAULTS, config=f)["lr"], float)
+
+
+def test_set_values_read_as_json_else_text_and_bad_items_are_refused():
+    assert parse_sets(["a=1", "b=0.5", "c=true", "d=null", "e=[1, 2]", "f=cmtf", "g.h=x"]) == \
+        {"a": 1, "b": 0.5, "c": True, "d": None, "e": [1, 2], "f": "cmtf", "g": {"h": "x"}}
+    with pytest.raises(UserError, match="write KEY=VALUE"):
+        parse_sets(["lr"])
+    with pytest.raises(UserError, match=r"--set: epochs must be an integer \(like the default 4\), not 2.5"):
+        resolve_config(DEFAULTS, sets=["epochs=2.5"])
+    with pytest.raises(UserError, match="--set: unknown setting 'lrr'"):
+        resolve_config(DEFAULTS, sets=["lrr=1"])
+    with pytest.raises(UserError, match="--batch-size: batch_size must be an integer"):
+        resolve_config(DEFAULTS, flags={"batch_size": True})
+
+
+def test_a_run_config_json_is_accepted_as_config(tmp_path):
+    cfg = resolve_config(DEFAULTS, sets=["epochs=2", "lr=0.1"])
+    tiny_train(tmp_path / "r", cfg)
+    assert resolve_config(DEFAULTS, config=tmp_path / "r" / "config.json") == cfg
+
+
+# ----- run folder ------------------------------------------------------------------------------------------
+def test_run_folder_holds_every_file_with_versions_times_and_provenance(tmp_path):
+    cfg = resolve_config(DEFAULTS)
+    res = tiny_train(tmp_path / "r", cfg)
+    r = tmp_path / "r"
+    assert sorted(p.name for p in r.iterdir()) == [".lock", "best.pt", "config.json", "curves.png", "last.pt",
+                                                  "metrics.csv", "metrics.jsonl", "train.log"]
+    doc = json.loads((r / "config.json").read_text())
+    assert doc["trainer"] == "tiny" and doc["config"] == cfg and doc["provenance"] == {"data": "random 40x5"}
+    assert doc["versions"]["torch"] == torch.__version__ and doc["started"] <= doc["ended"]
+    assert [row["epoch"] for row in rows(r)] == [1, 2, 3, 4] and res.epochs_run == 4
+    with open(r / "metrics.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [float(t["val_loss"]) for t in table] == [row["val_loss"] for row in rows(r)]
+    assert rows(r)[1]["lr"] == pytest.approx(0.05 * 0.7)  # the lr in effect during epoch 2
+    best = load_checkpoint(r / "best.pt")
+    assert best["epoch"] == res.best_epoch and best["meta"]["migfuse"]["metrics"]["val_acc"] == res.best["val_acc"]
+    assert best["optimizer"] == {} and load_checkpoint(r / "last.pt")["optimizer"]["state"]
+    assert (r / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "epoch 4/4: " in (r / "train.log").read_text()
+
+
+def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path):
+    cfg = resolve_config(DEFAULTS, sets=["epochs=2"])
+    tiny_train(tmp_path / "r", cfg)
+    before = (tmp_path / "r" / "best.pt").read_bytes()
+    with pytest.raises(UserError) as e:
+        tiny_train(tmp_path / "r", {**cfg, "lr": 0.1})
+    assert str(e.value).startswith(f"{tmp_path / 'r'} holds a run with other settings (lr=0.05, not 0.1); ")
+    assert "--overwrite" in str(e.value) and (tmp_path / "r" / "best.pt").read_bytes() == before
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["lr"] == 0.05
+    res = tiny_train(tmp_path / "r", {**cfg, "lr": 0.1}, overwrite=True)
+    assert res.epochs_run == 2 and load_checkpoint(tmp_path / "r" / "last.pt")["config"]["lr"] == 0.1
+    assert len(rows(tmp_path / "r")) == 2
+
+
+def test_killed_run_resumes_from_last_pt_with_the_metrics_of_an_uninterrupted_run(tmp_path):
+    cfg = resolve_config(DEFAULTS)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_train(tmp_path / "a", cfg, die_in_epoch=3)
+    assert len(rows(tmp_path / "a")) == 2 and load_checkpoint(tmp_path / "a" / "last.pt")["epoch"] == 2
+    resumed = tiny_train(tmp_path / "a", cfg)
+    straight = tiny_train(tmp_path / "b", cfg)
+    assert (resumed.epochs_run, straight.epochs_run) == (2, 4)
+    assert rows(tmp_path / "a") == rows(tmp_path / "b")
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert {**resumed.best, "seconds": 0} == {**straight.best, "seconds": 0}
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["resumed"]
+    # the same command again has nothing left to do; more epochs extend the run
+    assert tiny_train(tmp_path / "a", cfg).epochs_run == 0
+    assert tiny_train(tmp_path / "a", {**cfg, "epochs": 5}).epochs_run == 1
+
+
+def test_early_stop_is_remembered_by_a_rerun(tmp_path):
+    cfg = resolve_config(DEFAULTS, sets=["epochs=30", "lr=0.0"])  # lr 0: the metric never improves
+    cfg_path = tmp_path / "r"
+    with RunFolder.open(cfg_path, "tiny", cfg, {}) as run:
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        res = fit(run, model, opt, epochs=30, train_epoch=lambda e, bar: {"train_loss": 1.0},
+                  validate=lambda e: {"val_loss": 1.0}, patience=3)
+    assert res.stopped_early and res.best_epoch == 1 and len(res.history) == 4
+    with RunFolder.open(cfg_path, "tiny", cfg, {}) as run:
+        again = fit(run, model, opt, epochs=30, train_epoch=lambda e, bar: {"train_loss": 1.0},
+                    validate=lambda e: {"val_loss": 1.0}, patience=3)
+    assert again.epochs_run == 0 and again.best_epoch == 1
+
+
+def test_a_second_trainer_in_the_same_folder_is_refused_in_one_line(tmp_path):
+    cfg = resolve_config(DEFAULTS)
+    holder = textwrap.dedent(f"""
+        import sys, time
+        from migfuse.training.run_folder import RunFolder
+        with RunFolder.open({str(tmp_path / "r")!r}, "tiny", {cfg!r}, {{"data": "random 40x5"}}):
+            print("locked", flush=True)
+            sys.stdin.readline()
+    """)
+    p = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError) as e:
+            tiny_train(tmp_path / "r", cfg)
+        assert str(e.value).startswith(f"run folder {tmp_path / 'r'} is in use by another training run")
+    finally:
+        p.communicate("\n", timeout=60)
+    assert tiny_train(tmp_path / "r", cfg).epochs_run == 4  # free again once the other one ended
+
+
+def test_files_without_a_run_config_are_not_adopted(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "last.pt").write_bytes(b"anything")
+    with pytest.raises(UserError, match=r"holds last.pt but no config.json of a migfuse run; .*--overwrite"):
+        tiny_train(tmp_path / "r", resolve_config(DEFAULTS))
+
+
+# ----- checkpoints -----------------------------------------------------------------------------------------
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "best.pt"
+    good = {"format": "migfuse-checkpoint/1", "state_dict": {"w": torch.ones(3)}}
+    save_checkpoint(good, path)
+
+    def dies_half_way(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"format": "migfuse-checkpoint/1", "state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("damage, words", [(b"", "is empty (0 bytes"), (b"PK\x03\x04junk", "is damaged (")])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, damage, words):
+    path = tmp_path / "best.pt"
+    path.write_bytes(damage)
+    with pytest.raises(UserError) as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(f"checkpoint {path} {words}") and "\n" not in str(e.value)
+
+
+def test_a_truncated_real_checkpoint_is_one_line(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint({"format": "migfuse-checkpoint/1", "state_dict": {"w": torch.ones(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:-700])
+    with pytest.raises(UserError, match=f"checkpoint {path} is damaged"):
+        load_checkpoint(path)
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "PWNED"
+    cfg = resolve_config(DEFAULTS)
+    tiny_train(tmp_path / "r", {**cfg, "epochs": 1})
+    evil = textwrap.dedent(f"""
+        import os, torch
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("echo pwned > {marker}",))
+        torch.save({{"format": "migfuse-checkpoint/1", "state_dict": {{}}, "meta": Evil()}}, {str(tmp_path / 'r' / 'last.pt')!r})
+    """)
+    subprocess.run([sys.executable, "-c", evil], check=True)
+    with pytest.raises(UserError) as e:
+        tiny_train(tmp_path / "r", {**cfg, "epochs": 1})
+    assert "last.pt holds objects other than tensors and plain values" in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_missing_matplotlib_skips_the_png_with_one_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    tiny_train(tmp_path / "r", resolve_config(DEFAULTS, sets=["epochs=1"]))
+    assert not (tmp_path / "r" / "curves.png").exists()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "matplotlib is not installed" in warnings[0].getMessage()
