@@ -37,15 +37,15 @@ WIDTHS = ("full", "demo")
 #: `meta["migfuse"]["kind"]` of a checkpoint written by `migfuse backbone train video`.
 FINETUNE_KIND = "mvit_v2_s fine-tuned"
 
-# The demo width: 4 narrow blocks and a coarser patch embedding (stride (2, 8, 8): 8x28x28 patches,
+# The demo width: 4 narrow blocks and a coarser patch embedding (stride (2, 16, 16): 8x14x14 patches,
 # not 8x56x56), pooled to the same final 8x7x7 grid, so the tokens keep MViTv2-S's layout
-# (class token + 392 patches) with 128 channels instead of 768; ~40x cheaper than MViTv2-S.
+# (class token + 392 patches) with 128 channels instead of 768; ~100x cheaper than MViTv2-S.
 # (heads, in, out, stride_q, stride_kv) per block; kernels are 3x3x3 as in MViTv2-S.
-_DEMO_PATCH_STRIDE = (2, 8, 8)
+_DEMO_PATCH_STRIDE = (2, 16, 16)
 _DEMO_BLOCKS = [
-    (1, 16, 32, (1, 1, 1), (1, 4, 4)),
-    (2, 32, 64, (1, 2, 2), (1, 2, 2)),
-    (2, 64, 128, (1, 2, 2), (1, 1, 1)),
+    (1, 16, 32, (1, 1, 1), (1, 2, 2)),
+    (2, 32, 64, (1, 2, 2), (1, 1, 1)),
+    (2, 64, 128, (1, 1, 1), (1, 1, 1)),
     (4, 128, 128, (1, 1, 1), (1, 1, 1)),
 ]
 
@@ -183,8 +183,10 @@ def checkpoint_facts(path: str | Path) -> dict[str, Any]:
     check_width(width)
     provenance = None
     if meta:
-        provenance = {k: meta.get(k) for k in ("run_id", "run_dir", "epoch", "val_top1", "base_checkpoint",
+        provenance = {k: meta.get(k) for k in ("run_id", "run_dir", "epoch", "base_checkpoint",
                                                "base_checkpoint_sha256", "width", "num_classes", "split")}
+        metrics = meta.get("metrics") if isinstance(meta.get("metrics"), Mapping) else {}
+        provenance["val_top1"] = metrics.get("val_top1")
     return {"width": width, "embed_dim": embed_dim(width), "fine_tune": provenance}
 
 

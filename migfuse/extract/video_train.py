@@ -11,7 +11,7 @@ random resized crop (one box per clip, all frames) and colour jitter; no horizon
 (several iMiGUE classes are left/right specific). Validation uses no augmentation: its input is
 bit-for-bit the extraction input (tested).
 
-Recipe (`VideoTrainConfig`, every default commented there): AdamW with layer-wise learning-rate decay,
+Recipe (`DEFAULTS`, every setting commented there; `--config FILE` / `--set k=v` change them): AdamW with layer-wise learning-rate decay,
 linear warm-up then cosine (per optimiser step), label smoothing, a class-balanced sampler or loss
 weights, drop path, gradient clipping, bf16 autocast on CUDA, optional activation checkpointing,
 gradient accumulation up to a target batch over all processes.
@@ -19,13 +19,12 @@ gradient accumulation up to a target batch over all processes.
 Multi-GPU: launch with `torchrun --nproc_per_node N`; each process takes `cuda:LOCAL_RANK` (NCCL) or the
 CPU (gloo), trains on its share of each epoch's clip order, and rank 0 alone writes the run folder.
 
-Run folder (`--out`):
-  best.pt        {"meta": {"migfuse": provenance}, "state_dict"} of the best epoch by validation top-1;
-                 weights only, no `module.` prefix; provenance: kind, width, base checkpoint + sha256,
-                 run id, epoch, validation top-1, preprocessing, sampling, config
-  last.pt        everything needed to resume (model, optimiser, scheduler, epoch, best so far, config)
-  metrics.jsonl  one JSON line per epoch; config.json  the settings of the run
-Rerunning with the same settings resumes after the last finished epoch (a larger `epochs` extends it).
+Run folder (`--out`): the migfuse.training layout (config.json, metrics.jsonl/.csv, curves.png, train.log,
+best.pt, last.pt; locked; resumed or refused; atomic). best.pt is the best epoch by validation top-1, in
+the migfuse checkpoint format (weights only, torchvision MViT key names, no DDP `module.` prefix), with
+`meta["migfuse"]`: kind "mvit_v2_s fine-tuned", width, base checkpoint + sha256, run id, split,
+preprocessing, sampling, epoch and its metrics. Rerunning with the same settings resumes after the last
+finished epoch (a larger `epochs` extends it).
 """
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ import logging
 import math
 import os
 import time
-import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -52,106 +50,69 @@ log = logging.getLogger(__name__)
 
 BALANCE = ("sampler", "weights", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
-# Settings that may change between a run and its resumption.
-_RESUMABLE_CHANGES = ("epochs", "device", "workers", "batch_size", "activation_checkpointing")
+TRAINER = "video"
+
+#: The recipe: every setting with its default (this dict is the documentation; docs/finetune.md copies it).
+#: Defaults follow the MViTv2 fine-tuning recipes (mmaction2 `mvit-small` K400 -> downstream, the SlowFast
+#: MViTv2 configs), scaled to iMiGUE's ~13k training clips.
+DEFAULTS: dict[str, Any] = {
+    "width": "full",  # full = MViTv2-S (34.5M parameters); demo = 4 narrow blocks, same token grid (tests, CPU)
+    "epochs": 20,  # epochs in all (a resumed run goes on to this)
+    "batch_size": 4,  # clips per forward pass per process (full width fp32 training: ~3 GB per clip)
+    "target_batch": 32,  # clips per optimiser step over all processes; gradient accumulation fills it
+    "lr": 2e-4,  # peak AdamW learning rate of the head, reached at the end of warm-up
+    "layer_decay": 0.75,  # layer-wise lr decay: depth d of N blocks gets lr * layer_decay ** (N + 1 - d)
+    "weight_decay": 0.05,  # AdamW; none on norms, biases, the class token and relative positions
+    "warmup_epochs": 2.0,  # linear warm-up from ~0 over this many epochs (per optimiser step) ...
+    "min_lr_ratio": 0.01,  # ... then cosine down to this fraction of the peak at the last step
+    "label_smoothing": 0.1,  # cross-entropy label smoothing
+    "balance": "sampler",  # long tail (class 99 ~ a quarter of clips): sampler (class-balanced draws) | weights
+                           # (inverse-sqrt-frequency loss weights) | none
+    "drop_path": 0.2,  # stochastic depth of the last block (linear in depth), as torchvision's MViTv2-S
+    "head_dropout": 0.5,  # dropout before the classifier, as torchvision's MViTv2-S
+    "clip_grad": 1.0,  # max global gradient norm; 0 = off
+    "precision": "auto",  # auto = bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
+    "activation_checkpointing": False,  # recompute block activations in backward: less memory, ~30% slower
+    "crop_scale": [0.4, 1.0],  # random resized crop: area fraction of the 224x224 crop (same box for all frames)
+    "crop_ratio": [0.75, 1.3333],  # ... and its aspect-ratio range
+    "color_jitter": 0.3,  # brightness, contrast, saturation factors drawn in [1 - x, 1 + x]; 0 = off
+    "hflip": False,  # off: several iMiGUE classes are left/right specific (e.g. touching the left/right ear)
+    "frames": 16,  # frames per clip, sampled as `extract video` does (MViTv2-S is built for 16)
+    "patience": 0,  # stop after this many epochs without a better val_top1; 0 = never
+    "seed": 0,  # head weights, clip order, augmentation, drop path
+    "workers": 2,  # DataLoader processes decoding clips (per training process)
+    "device": "auto",  # auto = cuda:LOCAL_RANK when CUDA is available, else cpu | cpu | cuda | cuda:N
+}
+#: Settings a rerun may change and still resume.
+RESUMABLE = ("epochs", "device", "workers", "activation_checkpointing", "patience")
 
 
-@dataclass
-class VideoTrainConfig:
-    """Settings of one fine-tuning run: the commented defaults (all stored in config.json and best.pt).
+def check_config(cfg: dict[str, Any]) -> None:
+    """UserError (one line) on a setting out of range."""
+    from migfuse.extract.mvit import WIDTHS
+    from migfuse.training.config import check_choice, check_positive
 
-    Defaults follow the MViTv2 fine-tuning recipes (mmaction2 `mvit-small` K400 -> downstream,
-    SlowFast MViTv2 configs) scaled to iMiGUE's ~13k training clips.
-    """
-
-    width: str = "full"  # full = MViTv2-S (34.5M parameters); demo = 4 narrow blocks (tests, CPU benchmarks)
-    epochs: int = 20  # epochs in all (a resumed run goes on to this)
-    batch_size: int = 4  # clips per forward pass per process (memory: ~3 GB/clip in fp32 training)
-    target_batch: int = 32  # clips per optimiser step over all processes; gradient accumulation fills it
-    lr: float = 2e-4  # peak AdamW learning rate of the head, reached at the end of warm-up
-    layer_decay: float = 0.75  # layer-wise lr decay: block i of N gets lr * layer_decay ** (N + 1 - i)
-    weight_decay: float = 0.05  # AdamW; not on norms, biases, class token and relative positions
-    warmup_epochs: float = 2.0  # linear warm-up from 0, then cosine to min_lr_ratio * lr
-    min_lr_ratio: float = 0.01
-    label_smoothing: float = 0.1
-    balance: str = "sampler"  # long tail (class 99 ~ a quarter of clips): sampler | weights (loss) | none
-    drop_path: float = 0.2  # stochastic depth of the last block (linear in depth), as MViTv2-S
-    head_dropout: float = 0.5  # dropout before the classifier, as torchvision's MViTv2-S
-    clip_grad: float = 1.0  # max global gradient norm; 0 = off
-    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
-    activation_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
-    crop_scale: tuple[float, float] = (0.4, 1.0)  # random resized crop: area fraction of the 224 crop
-    crop_ratio: tuple[float, float] = (0.75, 1.3333)  # ... and aspect ratio range
-    color_jitter: float = 0.3  # brightness, contrast, saturation factors in [1 - x, 1 + x]; 0 = off
-    hflip: bool = False  # off: several iMiGUE classes are left/right specific
-    frames: int = 16  # frames per clip (MViTv2-S is built for 16)
-    seed: int = 0  # weights of the head, clip order, augmentation, drop path
-    workers: int = 2  # DataLoader processes decoding clips (per training process)
-    device: str = "auto"  # auto = cuda:LOCAL_RANK when CUDA is available, else cpu | cpu | cuda | cuda:N
-
-    def check(self) -> None:
-        from migfuse.extract.mvit import check_width
-
-        check_width(self.width)
-        if self.balance not in BALANCE:
-            raise UserError(f"unknown balance '{self.balance}': choose {', '.join(BALANCE)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision '{self.precision}': choose {', '.join(PRECISIONS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.target_batch < 1 or self.frames < 1:
-            raise UserError("epochs, batch_size, target_batch and frames must be >= 1")
-        if not 0 < self.layer_decay <= 1 or self.lr <= 0:
-            raise UserError(f"lr must be > 0 and layer_decay in (0, 1] (got lr={self.lr}, "
-                            f"layer_decay={self.layer_decay})")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise UserError(f"crop_scale must be 0 < low <= high <= 1 (got {self.crop_scale})")
+    check_choice(cfg, "width", WIDTHS)
+    check_choice(cfg, "balance", BALANCE)
+    check_choice(cfg, "precision", PRECISIONS)
+    check_positive(cfg, ("epochs", "batch_size", "target_batch", "lr", "frames", "layer_decay"))
+    if cfg["layer_decay"] > 1:
+        raise UserError(f"the config: layer_decay must be in (0, 1], not {cfg['layer_decay']!r}")
+    for key in ("crop_scale", "crop_ratio"):
+        lo_hi = cfg[key]
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] or (key == "crop_scale" and lo_hi[1] > 1):
+            raise UserError(f"the config: {key} must be [low, high] with 0 < low <= high"
+                            f"{' <= 1' if key == 'crop_scale' else ''}, not {lo_hi!r}")
 
 
-def config_from(config_file: str | Path | None = None, sets: Sequence[str] = (), **options: Any) -> VideoTrainConfig:
-    """A VideoTrainConfig from the defaults, then a JSON `config_file`, then `k=v` `sets`, then `options`.
+def resolve(config: str | Path | dict | None = None, sets: Sequence[str] = (),
+            flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DEFAULTS <- `config` (JSON/TOML file or dict) <- `sets` ("k=v") <- `flags`, checked (UserError)."""
+    from migfuse.training.config import resolve_config
 
-    Raises UserError naming an unknown key or a value of the wrong type.
-    """
-    values: dict[str, Any] = {}
-    known = {f.name: f for f in fields(VideoTrainConfig)}
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            loaded = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON: {e}") from None
-        values.update(loaded)
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: write KEY=VALUE, e.g. --set lr=1e-4")
-        try:
-            values[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key.strip()] = raw  # a bare word: a string
-    values.update({k: v for k, v in options.items() if v is not None})
-    default = VideoTrainConfig()
-    for key, value in values.items():
-        if key not in known:
-            raise UserError(f"unknown setting '{key}': choose from {', '.join(known)}")
-        want = getattr(default, key)
-        if isinstance(want, tuple):
-            if not isinstance(value, (list, tuple)) or len(value) != len(want):
-                raise UserError(f"setting {key} takes {len(want)} numbers, e.g. {json.dumps(list(want))}")
-            values[key] = tuple(float(v) for v in value)
-        elif isinstance(want, bool):
-            if not isinstance(value, bool):
-                raise UserError(f"setting {key} takes true or false, not {value!r}")
-        elif isinstance(want, (int, float)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    isinstance(want, int) and not isinstance(value, int)):
-                raise UserError(f"setting {key} takes a number like {want!r}, not {value!r}")
-            values[key] = type(want)(value)
-    config = VideoTrainConfig(**values)
-    config.check()
-    return config
+    cfg = resolve_config(DEFAULTS, config=config, sets=sets, flags=flags)
+    check_config(cfg)
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,25 +268,25 @@ class Augment:
 # ------------------------------------------------------------------------------------------------
 # the model and its optimiser
 # ------------------------------------------------------------------------------------------------
-def build_model(config: VideoTrainConfig, base: str | Path | None) -> tuple[nn.Module, dict[str, Any]]:
-    """MViTv2-S (`config.width`) with the base checkpoint's weights and a fresh 32-class head.
+def build_model(cfg: dict[str, Any], base: str | Path | None) -> tuple[nn.Module, dict[str, Any]]:
+    """MViTv2-S (`cfg["width"]`) with the base checkpoint's weights and a fresh 32-class head.
 
     Returns (module, base provenance {"base_checkpoint", "base_checkpoint_sha256"}). Without `base`
     the weights are random (seeded; warned): only for tests.
     """
     from migfuse.extract.mvit import MViTBackbone
 
-    torch.manual_seed(config.seed)
-    bb = MViTBackbone(num_classes=400, width=config.width, drop_path=config.drop_path)
+    torch.manual_seed(cfg["seed"])
+    bb = MViTBackbone(num_classes=400, width=cfg["width"], drop_path=cfg["drop_path"])
     if base is not None:
         bb.load(base)
-        if bb.width != config.width:
+        if bb.width != cfg["width"]:
             raise UserError(f"{base} is a {bb.width}-width model; train it with --set width={bb.width}")
     else:
         log.warning("NO BASE CHECKPOINT: fine-tuning starts from RANDOM weights; pass --checkpoint "
                     "mvit_v2_s-ae3be167.pth (torchvision Kinetics-400) for a real run")
     model = bb.model
-    model.head[0].p = config.head_dropout
+    model.head[0].p = cfg["head_dropout"]
     head = nn.Linear(model.head[1].in_features, NUM_CLASSES)
     nn.init.trunc_normal_(head.weight, std=0.02)  # torchvision's MViT initialisation
     nn.init.zeros_(head.bias)
@@ -386,7 +347,8 @@ def param_groups(model: nn.Module, lr: float, layer_decay: float, weight_decay: 
                            "weight_decay": weight_decay if decay else 0.0}
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
-    return [groups[k] for k in sorted(groups)]
+    # deepest first: param_groups[0] is the head's, at the peak lr (what metrics.jsonl's "lr" shows)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -470,20 +432,10 @@ def state_dict_plain(model: nn.Module) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------
 # the loop
 # ------------------------------------------------------------------------------------------------
-@dataclass
-class FineTuneResult:
-    """Where the run left its files and how good the best epoch was."""
-
-    out: Path
-    best_checkpoint: Path
-    best_epoch: int
-    best_top1: float
-    epochs_run: int
-    history: list[dict] = field(default_factory=list)
-
-
-def choose_video_split(manifest: Manifest):
-    """split_miga train / validation (held-out training videos when there is none); see skeleton.data."""
+def choose_video_split(manifest: Manifest) -> tuple[list[str], list[str], str]:
+    """(train ids, validation ids, where they came from): split_miga train / validation, or held-out
+    training videos when there is none (the rule of `skeleton.data.choose_split`); clips of videos
+    without a video file are left out (warned)."""
     from migfuse.extract.skeleton.data import choose_split
 
     split = choose_split(manifest)
@@ -499,39 +451,201 @@ def choose_video_split(manifest: Manifest):
     return train, val, split.source
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class _FollowerRun:
+    """What ranks > 0 see of the run folder under torchrun: rank 0's resume state, and no writes
+    (rank 0 alone holds the lock and writes config.json, metrics, best.pt, last.pt)."""
 
+    trainer = TRAINER
 
-def _check_resume(out: Path, config: VideoTrainConfig, base_sha: str | None) -> dict | None:
-    """The saved state of an earlier run in `out` with the same settings, else None; UserError on a clash."""
-    last = out / "last.pt"
-    if not last.is_file():
-        return None
-    try:
-        state = torch.load(last, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a damaged file: one line
-        raise UserError(f"cannot read {last} to resume ({type(e).__name__}); delete it to start over, or use "
-                        "another --out") from None
-    saved = dict(state.get("config", {}))
-    mine = json.loads(json.dumps(asdict(config)))
-    for k, v in mine.items():
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != v:
-            raise UserError(f"{last} was trained with {k}={saved.get(k)!r}, not {v!r}; use another --out "
-                            "or the same settings to resume")
-    if state.get("base_checkpoint_sha256") != base_sha:
-        raise UserError(f"{last} was fine-tuned from another base checkpoint (sha256 "
-                        f"{str(state.get('base_checkpoint_sha256'))[:12]}); use another --out")
-    return state
+    def __init__(self, resume_state: dict[str, Any] | None, scratch: Path):
+        self.resume_state, self.path = resume_state, scratch
 
-
-def _read_metrics(path: Path, upto: int) -> list[dict]:
-    if not path.is_file():
+    def keep_metrics_upto(self, epoch: int) -> list[dict[str, Any]]:
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto]
+
+    def log_metrics(self, record: Any) -> None:
+        pass
+
+    def save_best(self, *args: Any) -> None:
+        pass
+
+    def save_last(self, *args: Any) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path, cfg: dict[str, Any], provenance: dict[str, Any], overwrite: bool,
+                dist_info: Dist) -> Iterator[Any]:
+    """Rank 0 opens (locks, resumes or refuses) the run folder; the other ranks wait for its decision,
+    then follow with the same last.pt."""
+    from migfuse.training.checkpoint import load_checkpoint
+    from migfuse.training.run_folder import RunFolder
+
+    if dist_info.world == 1:
+        with RunFolder.open(out, TRAINER, cfg, provenance, overwrite=overwrite, resumable=RESUMABLE) as run:
+            yield run
+        return
+    import tempfile
+
+    import torch.distributed as dist
+
+    if dist_info.main:
+        try:
+            run = RunFolder.open(out, TRAINER, cfg, provenance, overwrite=overwrite, resumable=RESUMABLE)
+        except BaseException:
+            dist.broadcast_object_list([-1], src=0)
+            raise
+        dist.broadcast_object_list([1 if run.resume_state is not None else 0], src=0)
+        with run:
+            yield run
+        return
+    decision = [None]
+    dist.broadcast_object_list(decision, src=0)
+    if decision[0] == -1:
+        raise UserError(f"rank 0 could not open the run folder {out} (see its message)")
+    state = load_checkpoint(out / "last.pt") if decision[0] == 1 else None
+    with tempfile.TemporaryDirectory() as scratch:
+        yield _FollowerRun(state, Path(scratch))
+
+
+def run_id_of(out: Path) -> str:
+    """`<run folder>@<start time>`: names one fine-tuning run (stays the same when it resumes)."""
+    try:
+        started = json.loads((out / "config.json").read_text(encoding="utf-8")).get("started")
+    except (OSError, ValueError):
+        started = None
+    return f"{out.resolve()}@{started}"
+
+
+def fine_tune_video(prepared: str | Path, out: str | Path, checkpoint: str | Path | None = None, *,
+                    config: str | Path | dict | None = None, sets: Sequence[str] = (),
+                    flags: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Fine-tune MViTv2-S from `checkpoint` on the training clips of `prepared`; resumable.
+
+    Args:
+        prepared: PREPARED folder (`migfuse data prepare`), with its video files.
+        out: run folder (migfuse.training layout; an earlier run of the same settings resumes).
+        checkpoint: base MViTv2-S file (torchvision `mvit_v2_s-ae3be167.pth`, mmaction2, or a migfuse
+            fine-tuned best.pt); None = random weights, for tests only (warned).
+        config, sets, flags: settings over DEFAULTS (file or dict, "k=v" strings, CLI options).
+        overwrite: replace a run of other settings in `out`.
+    Returns:
+        {"best": best epoch's record, "history", "epochs_run", "n_train", "n_validation",
+        "validation_source", "best_checkpoint"}; best.pt loads with `extract video --checkpoint`.
+    Raises:
+        UserError: bad settings, no usable clips, a base checkpoint that does not fit, a run folder
+            of other settings or in use.
+    """
+    from migfuse.extract.checkpoints import sha256_file
+    from migfuse.extract.mvit import FINETUNE_KIND, PREPROCESSING
+    from migfuse.extract.sampling import ClipSampling
+    from migfuse.training.loop import Selection, epoch_generator, fit
+
+    cfg = resolve(config, sets, flags)
+    out = Path(out)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint not found: {checkpoint} (pass a local MViTv2-S file, e.g. "
+                        "mvit_v2_s-ae3be167.pth)")
+    dist_info = init_distributed(cfg["device"])
+    device = dist_info.device
+    manifest = Manifest.load(prepared)
+    train_ids, val_ids, source = choose_video_split(manifest)
+    if dist_info.main:
+        log.info("fine-tuning MViTv2-S (%s width) on %d clips, validating on %d (%s), %d process(es) on %s",
+                 cfg["width"], len(train_ids), len(val_ids), source, dist_info.world, device)
+    provenance = {
+        "kind": FINETUNE_KIND, "width": cfg["width"], "num_classes": NUM_CLASSES, "data": str(Path(prepared).resolve()),
+        "base_checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "base_checkpoint_sha256": sha256_file(checkpoint) if checkpoint is not None else None,
+        "split": source, "train_clips": len(train_ids), "val_clips": len(val_ids),
+        "preprocessing": PREPROCESSING, "sampling": ClipSampling(frames=cfg["frames"]).record(),
+    }
+    mvit, base_info = build_model(cfg, checkpoint)
+    mvit.to(device)
+    if "base_fine_tune" in base_info:
+        provenance["base_fine_tune"] = base_info["base_fine_tune"]
+    train_ds = VideoClipDataset(manifest, train_ids, cfg["frames"])
+    val_ds = VideoClipDataset(manifest, val_ids, cfg["frames"])
+    weights = class_weights(train_ds.labels)
+    loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device) if cfg["balance"] == "weights" else None,
+                                  label_smoothing=cfg["label_smoothing"])
+    groups = param_groups(mvit, cfg["lr"], cfg["layer_decay"], cfg["weight_decay"])
+    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups],
+                                  lr=cfg["lr"], betas=(0.9, 0.999))
+    accum = max(1, math.ceil(cfg["target_batch"] / (cfg["batch_size"] * dist_info.world)))
+    per_rank = math.ceil(len(train_ids) / dist_info.world)
+    batches_per_epoch = math.ceil(per_rank / cfg["batch_size"])
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / accum))
+    total = steps_per_epoch * cfg["epochs"]
+    warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, cfg["min_lr_ratio"]))
+    use_bf16 = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and device.startswith("cuda"))
+    augment = Augment(tuple(cfg["crop_scale"]), tuple(cfg["crop_ratio"]), cfg["color_jitter"], cfg["hflip"])
+    model: nn.Module = FineTuneModel(mvit, cfg["activation_checkpointing"])
+    if dist_info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda")
+                                        else None)
+    loader_args = dict(batch_size=cfg["batch_size"], num_workers=cfg["workers"], collate_fn=collate)
+    autocast = dict(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def train_epoch(epoch: int, bar) -> dict[str, float]:
+        gen = epoch_generator(cfg["seed"] * 1009 + dist_info.rank, epoch)  # augmentation, per rank
+        order = epoch_order(train_ds.labels, cfg["balance"], cfg["seed"], epoch, dist_info.rank, dist_info.world)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_ds, order), shuffle=False, **loader_args)
+        model.train()
+        n = loss_sum = correct = 0.0
+        micro = 0
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for x, y in _batches(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device)
+            inputs = augment(x, gen)
+            micro += 1
+            last_micro = micro % accum == 0 or micro == batches_per_epoch
+            # DDP all-reduces gradients on every backward unless told not to: only on the last micro-batch
+            sync = contextlib.nullcontext() if (dist_info.world == 1 or last_micro) else model.no_sync()
+            with sync:
+                with torch.autocast(**autocast):
+                    logits = model(inputs)
+                loss = loss_fn(logits.float(), y)
+                (loss / accum).backward()
+            if last_micro:
+                _optimizer_step(model, optimizer, scheduler, cfg["clip_grad"])
+                bar.step(loss=float(loss.detach()))
+            n += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            correct += float((logits.detach().argmax(1) == y).sum())
+        if micro % accum and micro != batches_per_epoch:  # clips that failed to decode shortened the epoch
+            _optimizer_step(model, optimizer, scheduler, cfg["clip_grad"])
+        seconds = time.perf_counter() - t0
+        n, loss_sum, correct = _all_sum([n, loss_sum, correct], dist_info)
+        return {"train_loss": loss_sum / n if n else float("nan"), "train_top1": correct / n if n else float("nan"),
+                "train_clips_per_s": round(n / max(seconds, 1e-9), 3)}
+
+    def validate(epoch: int) -> dict[str, float]:
+        return evaluate(model, val_ds, device, dist_info, use_bf16, loader_args)
+
+    with _run_folder(out, cfg, provenance, overwrite, dist_info) as run:
+        if dist_info.main:
+            run.update_provenance({"run_id": run_id_of(out), "run_dir": str(out.resolve()),
+                                   "world_size": dist_info.world})
+        result = fit(run, mvit, optimizer, scheduler=scheduler, epochs=cfg["epochs"], train_epoch=train_epoch,
+                     validate=validate if len(val_ds) else None, select=Selection("val_top1", "max", "val_loss"),
+                     patience=cfg["patience"], seed=cfg["seed"], steps_per_epoch=steps_per_epoch,
+                     desc=f"video fine-tuning (rank {dist_info.rank})" if dist_info.world > 1 else "video fine-tuning")
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return {"best": result.best, "history": result.history, "epochs_run": result.epochs_run,
+            "n_train": len(train_ids), "n_validation": len(val_ids), "validation_source": source,
+            "best_checkpoint": out / "best.pt"}
 
 
 def _batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -540,180 +654,30 @@ def _batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             yield x, y
 
 
-def fine_tune_video(prepared: str | Path, out: str | Path, config: VideoTrainConfig,
-                    checkpoint: str | Path | None = None) -> FineTuneResult:
-    """Fine-tune MViTv2-S from `checkpoint` on the training clips of `prepared`; resumable.
-
-    Args:
-        prepared: PREPARED folder (`migfuse data prepare`), with video files.
-        out: run folder (created; an earlier run with the same settings is resumed).
-        config: the recipe (`VideoTrainConfig`).
-        checkpoint: base MViTv2-S file (torchvision `mvit_v2_s-ae3be167.pth`, mmaction2, or a migfuse
-            fine-tuned best.pt); None = random weights, for tests only.
-    Returns:
-        FineTuneResult (best.pt loads with `migfuse extract video --checkpoint OUT/best.pt`).
-    Raises:
-        UserError: bad settings, no usable clips, a base checkpoint that does not fit, a run folder
-            of other settings.
-    """
-    from tqdm import tqdm
-
-    from migfuse.extract.mvit import PREPROCESSING
-    from migfuse.extract.sampling import ClipSampling
-
-    config.check()
-    out = Path(out)
-    dist_info = init_distributed(config.device)
-    device = dist_info.device
-    manifest = Manifest.load(prepared)
-    train_ids, val_ids, source = choose_video_split(manifest)
-    if dist_info.main:
-        log.info("fine-tuning MViTv2-S (%s width) on %d clips, validating on %d (%s), %d process(es) on %s",
-                 config.width, len(train_ids), len(val_ids), source, dist_info.world, device)
-    mvit, base_info = build_model(config, checkpoint)
-    mvit.to(device)
-    train_ds = VideoClipDataset(manifest, train_ids, config.frames)
-    val_ds = VideoClipDataset(manifest, val_ids, config.frames)
-    weights = class_weights(train_ds.labels)
-    loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device) if config.balance == "weights" else None,
-                                  label_smoothing=config.label_smoothing)
-    groups = param_groups(mvit, config.lr, config.layer_decay, config.weight_decay)
-    optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups],
-                                  lr=config.lr, betas=(0.9, 0.999))
-    accum = max(1, math.ceil(config.target_batch / (config.batch_size * dist_info.world)))
-    per_rank = math.ceil(len(train_ids) / dist_info.world)
-    steps_per_epoch = max(1, math.ceil(math.ceil(per_rank / config.batch_size) / accum))
-    total = steps_per_epoch * config.epochs
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.startswith("cuda"))
-    augment = Augment(config.crop_scale, config.crop_ratio, config.color_jitter, config.hflip)
-
-    out.mkdir(parents=True, exist_ok=True)
-    state = _check_resume(out, config, base_info["base_checkpoint_sha256"])
-    start, best_top1, best_epoch, step = 1, -1.0, 0, 0
-    run_id = uuid.uuid4().hex[:12]
-    if state is not None:
-        mvit.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, best_top1, best_epoch = state["epoch"] + 1, state["best_top1"], state["best_epoch"]
-        step, run_id = state["step"], state["run_id"]
-        if dist_info.main:
-            log.info("resuming %s after epoch %d (best top-1 %.4f at epoch %d)", out, state["epoch"], best_top1,
-                     best_epoch)
-    model: nn.Module = FineTuneModel(mvit, config.activation_checkpointing)
-    if dist_info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda")
-                                        else None)
-    metrics_path = out / "metrics.jsonl"
-    history = _read_metrics(metrics_path, upto=start - 1)
-    if dist_info.main:
-        (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
-        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    provenance = {
-        "kind": "mvit_v2_s fine-tuned", "width": config.width, "num_classes": NUM_CLASSES, **base_info,
-        "run_id": run_id, "run_dir": str(out.resolve()), "split": source, "train_clips": len(train_ids),
-        "val_clips": len(val_ids), "preprocessing": PREPROCESSING,
-        "sampling": ClipSampling(frames=config.frames).record(), "config": json.loads(json.dumps(asdict(config))),
-    }
-    loader_args = dict(batch_size=config.batch_size, num_workers=config.workers, collate_fn=collate,
-                       persistent_workers=False)
-
-    for epoch in range(start, config.epochs + 1):
-        t0 = time.monotonic()
-        # Everything random in an epoch is seeded by (seed, epoch): a resumed run matches an uninterrupted one.
-        torch.manual_seed(config.seed * 1000 + epoch * 10 + dist_info.rank)
-        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch * 10 + dist_info.rank)
-        order = epoch_order(train_ds.labels, config.balance, config.seed, epoch, dist_info.rank, dist_info.world)
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(train_ds, order), shuffle=False, **loader_args)
-        model.train()
-        n = loss_sum = correct = 0.0
-        micro = 0
-        lr_now = optimizer.param_groups[-1]["lr"]
-        bar = tqdm(_batches(loader), total=len(loader), desc=f"epoch {epoch}/{config.epochs} train", unit="batch",
-                   leave=False, disable=None if dist_info.main else True)
-        optimizer.zero_grad(set_to_none=True)
-        for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device)
-            inputs = augment(x, gen)
-            micro += 1
-            last_micro = micro % accum == 0
-            # DDP all-reduces gradients on every backward unless told not to: only on the last micro-batch
-            ctx = model.no_sync() if (dist_info.world > 1 and not last_micro) else contextlib.nullcontext()
-            with ctx:
-                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = model(inputs)
-                    loss = loss_fn(logits.float(), y)
-                (loss / accum).backward()
-            if last_micro:
-                step = _optimizer_step(model, optimizer, config, step, total, warmup)
-            n += len(y)
-            loss_sum += float(loss.detach()) * len(y)
-            correct += float((logits.detach().argmax(1) == y).sum())
-            lr_now = optimizer.param_groups[-1]["lr"]
-        if micro % accum:  # the epoch's last, partial accumulation
-            step = _optimizer_step(model, optimizer, config, step, total, warmup)
-        n, loss_sum, correct = _all_sum([n, loss_sum, correct], dist_info)
-        va = evaluate(model, val_ds, device, dist_info, config, use_bf16, loader_args) if len(val_ds) else None
-        tr_top1 = correct / n if n else float("nan")
-        score = va["top1"] if va else tr_top1
-        row = {"epoch": epoch, "step": step, "lr": lr_now, "train_loss": loss_sum / n if n else float("nan"),
-               "train_top1": tr_top1, "val_loss": va["loss"] if va else None, "val_top1": va["top1"] if va else None,
-               "val_top5": va["top5"] if va else None, "seconds": round(time.monotonic() - t0, 3),
-               "clips_per_s": round(n / max(1e-9, time.monotonic() - t0), 3)}
-        history.append(row)
-        if dist_info.main:
-            log.info("epoch %d: train loss %.4f top-1 %.3f | val top-1 %s", epoch, row["train_loss"], tr_top1,
-                     f"{va['top1']:.3f}" if va else "-")
-            if score > best_top1:
-                best_top1, best_epoch = score, epoch
-                meta = {"migfuse": {**provenance, "epoch": epoch, "val_top1": row["val_top1"],
-                                    "val_top5": row["val_top5"]}}
-                _atomic_save({"meta": meta, "state_dict": state_dict_plain(model)}, out / "best.pt")
-            _atomic_save({"model": state_dict_plain(model), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                          "step": step, "best_top1": best_top1, "best_epoch": best_epoch, "run_id": run_id,
-                          "base_checkpoint_sha256": base_info["base_checkpoint_sha256"],
-                          "config": json.loads(json.dumps(asdict(config)))}, out / "last.pt")
-            with open(metrics_path, "a") as f:  # after the checkpoint: a metrics row means a saved epoch
-                f.write(json.dumps(row) + "\n")
-        elif score > best_top1:
-            best_top1, best_epoch = score, epoch
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-    return FineTuneResult(out=out, best_checkpoint=out / "best.pt", best_epoch=best_epoch, best_top1=best_top1,
-                          epochs_run=max(0, config.epochs - start + 1), history=history)
-
-
-def _optimizer_step(model: nn.Module, optimizer, config: VideoTrainConfig, step: int, total: int,
-                    warmup: int) -> int:
-    """Clip, set this step's lr on every group (peak lr * group scale * schedule), step; -> next step."""
-    if config.clip_grad > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-    factor = lr_factor(step, total, warmup, config.min_lr_ratio)
-    for g in optimizer.param_groups:
-        g["lr"] = config.lr * g["lr_scale"] * factor
+def _optimizer_step(model: nn.Module, optimizer, scheduler, clip_grad: float) -> None:
+    """Clip the global gradient norm, step, advance the lr schedule (per optimiser step), zero."""
+    if clip_grad > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     optimizer.step()
+    scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return step + 1
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: VideoClipDataset, device: str, dist_info: Dist, config: VideoTrainConfig,
-             use_bf16: bool, loader_args: dict) -> dict[str, float]:
-    """Top-1, top-5 and loss on `dataset` (no augmentation: the extraction input), summed over ranks."""
+def evaluate(model: nn.Module, dataset: VideoClipDataset, device: str, dist_info: Dist, use_bf16: bool,
+             loader_args: dict) -> dict[str, float]:
+    """val_loss, val_top1, val_top5 on `dataset` with no augmentation (the extraction input), over all ranks."""
     from migfuse.extract.mvit import forward_tokens
 
-    model.eval()
+    mvit = _unwrapped(model)
+    mvit.eval()
     order = list(range(dist_info.rank, len(dataset), dist_info.world))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, order), shuffle=False, **loader_args)
     n = loss_sum = top1 = top5 = 0.0
     for x, y in _batches(loader):
         x, y = x.to(device), y.to(device)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
-            _, logits = forward_tokens(_unwrapped(model), normalise(x))
+            _, logits = forward_tokens(mvit, normalise(x))
         logits = logits.float()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         top1 += float((logits.argmax(1) == y).sum())
@@ -721,5 +685,5 @@ def evaluate(model: nn.Module, dataset: VideoClipDataset, device: str, dist_info
         n += len(y)
     n, loss_sum, top1, top5 = _all_sum([n, loss_sum, top1, top5], dist_info)
     if n == 0:
-        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
-    return {"loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n, "n": int(n)}
+        return {"val_loss": float("nan"), "val_top1": float("nan"), "val_top5": float("nan")}
+    return {"val_loss": loss_sum / n, "val_top1": top1 / n, "val_top5": top5 / n}
