@@ -11,8 +11,8 @@ random resized crop (one box per clip, all frames) and colour jitter; no horizon
 (several iMiGUE classes are left/right specific). Validation uses no augmentation: its input is
 bit-for-bit the extraction input (tested).
 
-Recipe (`DEFAULTS`, every setting commented there; `--config FILE` / `--set k=v` change them): AdamW with layer-wise learning-rate decay,
-linear warm-up then cosine (per optimiser step), label smoothing, a class-balanced sampler or loss
+Recipe (`DEFAULTS`, every setting commented there; `--config FILE` / `--set k=v` change them): AdamW
+with layer-wise learning-rate decay, linear warm-up then cosine (per optimiser step), label smoothing, a class-balanced sampler or loss
 weights, drop path, gradient clipping, bf16 autocast on CUDA, optional activation checkpointing,
 gradient accumulation up to a target batch over all processes.
 
@@ -58,7 +58,7 @@ TRAINER = "video"
 DEFAULTS: dict[str, Any] = {
     "width": "full",  # full = MViTv2-S (34.5M parameters); demo = 4 narrow blocks, same token grid (tests, CPU)
     "epochs": 20,  # epochs in all (a resumed run goes on to this)
-    "batch_size": 4,  # clips per forward pass per process (full width fp32 training: ~3 GB per clip)
+    "batch_size": 4,  # clips per forward pass per process (what fits: see benchmarks/finetune.py's memory column)
     "target_batch": 32,  # clips per optimiser step over all processes; gradient accumulation fills it
     "lr": 2e-4,  # peak AdamW learning rate of the head, reached at the end of warm-up
     "layer_decay": 0.75,  # layer-wise lr decay: depth d of N blocks gets lr * layer_decay ** (N + 1 - d)
