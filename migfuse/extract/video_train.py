@@ -371,6 +371,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: str = "cpu"
+    owns_group: bool = False  # this call created the process group (and destroys it at the end)
 
     @property
     def main(self) -> bool:
@@ -397,6 +398,7 @@ def init_distributed(device: str) -> Dist:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local)
+    owns = False
     if world > 1:
         import torch.distributed as dist
 
@@ -405,7 +407,8 @@ def init_distributed(device: str) -> Dist:
             if dev.startswith("cuda"):
                 torch.cuda.set_device(torch.device(dev))
             dist.init_process_group(backend=backend)
-    return Dist(rank=rank, world=world, local_rank=local, device=dev)
+            owns = True
+    return Dist(rank=rank, world=world, local_rank=local, device=dev, owns_group=owns)
 
 
 def _all_sum(values: list[float], dist_info: Dist) -> list[float]:
@@ -643,6 +646,8 @@ def fine_tune_video(prepared: str | Path, out: str | Path, checkpoint: str | Pat
         import torch.distributed as dist
 
         dist.barrier()
+        if dist_info.owns_group:
+            dist.destroy_process_group()
     return {"best": result.best, "history": result.history, "epochs_run": result.epochs_run,
             "n_train": len(train_ids), "n_validation": len(val_ids), "validation_source": source,
             "best_checkpoint": out / "best.pt"}
