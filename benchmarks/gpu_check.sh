@@ -152,7 +152,7 @@ if [ -f "$OUT/skel/best.pt" ]; then
     # shellcheck disable=SC2046
     "${MIG[@]}" extract skeleton --data "$P" --cache "$OUT/cache_default.zarr" --checkpoint "$OUT/skel/best.pt" \
       --device "$DEVICE" $(prec bf16) &&
-    "$PY" benchmarks/gpu_check_verify.py tokens "$OUT/cache_default.zarr" joint/agcn
+    "$PY" benchmarks/gpu_check_verify.py tokens "$OUT/cache_default.zarr" joint/agcn --array features
   }
   step extract-skeleton extract_skeleton
 else
@@ -162,7 +162,7 @@ extract_face() {
   # shellcheck disable=SC2046
   "${MIG[@]}" extract face --data "$P" --cache "$OUT/cache_default.zarr" --device "$DEVICE" --frames 2 \
     --workers 2 $(prec bf16) &&
-  "$PY" benchmarks/gpu_check_verify.py tokens "$OUT/cache_default.zarr" face/swinface
+  "$PY" benchmarks/gpu_check_verify.py tokens "$OUT/cache_default.zarr" face/swinface --array features
 }
 step extract-face extract_face
 

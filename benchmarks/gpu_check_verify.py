@@ -1,6 +1,7 @@
 """Output checks for benchmarks/gpu_check.sh: token shapes, no NaN, bf16 within tolerance of fp32.
 
-    python benchmarks/gpu_check_verify.py tokens  CACHE GROUP [--dim D]       every row done, shape, finite
+    python benchmarks/gpu_check_verify.py tokens  CACHE GROUP [--dim D] [--array tokens]   every row done,
+                                                                          shape, finite
     python benchmarks/gpu_check_verify.py compare CACHE_A CACHE_B GROUP [--tol 0.05] [--min-cos 0.99]
     python benchmarks/gpu_check_verify.py run     RUN_DIR                    a training run folder is whole
 
@@ -25,11 +26,11 @@ def _group(cache: Path, name: str):
     return c.group(name)
 
 
-def _tokens(group, ids) -> dict[str, np.ndarray]:
-    return {i: group.read(i)["tokens"].astype(np.float32) for i in ids}
+def _tokens(group, ids, array: str = "tokens") -> dict[str, np.ndarray]:
+    return {i: group.read(i, [array])[array].astype(np.float32) for i in ids}
 
 
-def check_tokens(cache: Path, name: str, dim: int | None) -> None:
+def check_tokens(cache: Path, name: str, dim: int | None, array: str = "tokens") -> None:
     g = _group(cache, name)
     done, pending = g.done_ids(), g.pending_ids(retry_failed=True)
     if not done:
@@ -37,13 +38,15 @@ def check_tokens(cache: Path, name: str, dim: int | None) -> None:
     if pending:
         raise SystemExit(f"FAIL {cache}/{name}: {len(pending)} rows not done, e.g. {pending[0]} "
                          f"({g.failures()[:1]})")
-    for i, t in _tokens(g, done).items():
+    if array not in g.spec.arrays:
+        raise SystemExit(f"FAIL {cache}/{name}: no array {array!r} (arrays: {', '.join(g.spec.arrays)})")
+    for i, t in _tokens(g, done, array).items():
         if not np.isfinite(t).all():
             raise SystemExit(f"FAIL {cache}/{name}: row {i} holds NaN or inf")
         if dim is not None and t.shape[-1] != dim:
             raise SystemExit(f"FAIL {cache}/{name}: row {i} has tokens {t.shape}, expected (..., {dim})")
-    shape = g.read(done[0])["tokens"].shape
-    print(f"ok   {name} in {cache.name}: {len(done)} rows, tokens {shape}, all finite")
+    shape = g.read(done[0], [array])[array].shape
+    print(f"ok   {name} in {cache.name}: {len(done)} rows, {array} {shape}, all finite")
 
 
 def compare(cache_a: Path, cache_b: Path, name: str, tol: float, min_cos: float) -> None:
@@ -93,7 +96,8 @@ def main() -> None:
     t = sub.add_parser("tokens")
     t.add_argument("cache", type=Path)
     t.add_argument("group")
-    t.add_argument("--dim", type=int)
+    t.add_argument("--dim", type=int, help="size of the last axis")
+    t.add_argument("--array", default="tokens", help="the array to check (skeleton and face: features)")
     c = sub.add_parser("compare")
     c.add_argument("cache_a", type=Path)
     c.add_argument("cache_b", type=Path)
@@ -104,7 +108,7 @@ def main() -> None:
     r.add_argument("run", type=Path)
     args = ap.parse_args()
     if args.cmd == "tokens":
-        check_tokens(args.cache, args.group, args.dim)
+        check_tokens(args.cache, args.group, args.dim, args.array)
     elif args.cmd == "compare":
         compare(args.cache_a, args.cache_b, args.group, args.tol, args.min_cos)
     else:
