@@ -223,8 +223,9 @@ class MViTBackbone(Backbone):
     name = "mvit_v2_s"
     input_doc = "(N, 3, 16, 224, 224) float32 (RGB clip, normalised as PREPROCESSING: mean 0.45, std 0.225)"
     outputs_doc = {
-        "tokens": "(N, 393, 768) after the final LayerNorm: class token, then 8x7x7 patches in (t, h, w) order",
-        "logits": "(N, num_classes) head output (400 for Kinetics-400, 174 for SSv2)",
+        "tokens": "(N, 393, 768) after the final LayerNorm (128 channels at the demo width): class token, then "
+                  "8x7x7 patches in (t, h, w) order",
+        "logits": "(N, num_classes) head output (400 for Kinetics-400, 174 for SSv2, 32 fine-tuned on iMiGUE)",
     }
     #: recorded in the cache provenance by the extraction runner
     preprocessing = PREPROCESSING
