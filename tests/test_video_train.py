@@ -122,8 +122,8 @@ def test_validation_input_is_exactly_what_extract_video_feeds_the_model(planted)
 
 
 def test_a_run_killed_during_epoch_2_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    prepared = make_colour_dataset(tmp_path, videos=3, clips_per_video=4, val_videos=1)
-    sets = FAST + ["epochs=2", "batch_size=4", "target_batch=8"]
+    prepared = make_colour_dataset(tmp_path, videos=3, clips_per_video=2, val_videos=1)
+    sets = FAST + ["epochs=2", "batch_size=2", "target_batch=4"]
     whole = vt.fine_tune_video(prepared, tmp_path / "whole", sets=sets)
 
     original = vt.VideoClipDataset.__getitem__
@@ -131,7 +131,7 @@ def test_a_run_killed_during_epoch_2_resumes_to_the_uninterrupted_result(tmp_pat
 
     def dies_in_epoch_2(self, i):
         calls["n"] += 1
-        if calls["n"] > 8 + 4 + 3:  # epoch 1: 8 training + 4 validation clips; then 3 clips into epoch 2
+        if calls["n"] > 4 + 2 + 3:  # epoch 1: 4 training + 2 validation clips; then 3 clips into epoch 2
             raise KeyboardInterrupt
         return original(self, i)
 
