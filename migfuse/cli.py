@@ -319,40 +319,51 @@ backbone_app.add_typer(backbone_train_app, name="train")
 @backbone_train_app.command("skeleton")
 def backbone_train_skeleton(
     data: Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl, "
-                                                "config.json (default runs/skeleton-ARCH-STREAM-LAYOUT). "
-                                                "Rerunning with the same folder resumes.")] = None,
-    stream: Annotated[str, typer.Option("--stream", help="joint or bone.")] = "joint",
-    layout: Annotated[str, typer.Option("--layout", help="Graph: imigue (55 joints), openpose22 (MiGA "
-                                                         "baselines), openpose-18 or coco-17.")] = "imigue",
-    arch: Annotated[str, typer.Option("--arch", help="agcn (lshiwjx/2s-AGCN) or aagcn (mmaction2).")] = "agcn",
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs in all (a resumed run goes on to this).")] = 30,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per step.")] = 32,
-    lr: Annotated[float, typer.Option("--lr", help="SGD (Nesterov) learning rate; cosine decay.")] = 0.1,
-    length: Annotated[int, typer.Option("--length", min=4, help="Frames each clip is resampled to.")] = 64,
-    base_channels: Annotated[int, typer.Option("--base-channels", min=4,
-                                               help="Width of the first units (64 as published).")] = 64,
-    balance: Annotated[str, typer.Option("--balance", help="Long tail: weights (loss), sampler, none.")] = "weights",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder: config.json, metrics.jsonl/.csv, "
+                                                "curves.png, best.pt, last.pt, train.log (default "
+                                                "runs/skeleton-ARCH-STREAM-LAYOUT). Rerunning the same command "
+                                                "resumes.")] = None,
+    stream: Annotated[Optional[str], typer.Option("--stream", help="joint (default) or bone.")] = None,
+    layout: Annotated[Optional[str], typer.Option("--layout", help="Graph: imigue (55 joints, default), openpose22 "
+                                                  "(MiGA baselines), openpose-18 or coco-17.")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="agcn (lshiwjx/2s-AGCN, default) or aagcn "
+                                                "(mmaction2).")] = None,
+    length: Annotated[Optional[int], typer.Option("--length", min=4, help="Frames each clip is resampled to "
+                                                  "(default 64).")] = None,
+    base_channels: Annotated[Optional[int], typer.Option("--base-channels", min=4,
+                                                         help="Width of the first units (64 as published).")] = None,
+    balance: Annotated[Optional[str], typer.Option("--balance", help="Long tail: weights (loss, default), sampler, "
+                                                   "none.")] = None,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from a published checkpoint of the same "
                                                  "--arch/--layout, e.g. mmaction2 coco 2s-AGCN with --arch "
                                                  "aagcn --layout coco-17.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of weights, shuffling and frame sampling.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes "
+                                                   "(default 0).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train one skeleton stream of 2s-AGCN on the training split; keep the best epoch.
 
     Trains on split_miga 'train' (falling back to split_cs), validates every epoch on split_miga
     'validation' (top-1 / top-5), writes the best checkpoint with its provenance (layout, preprocessing,
-    split, seed) to OUT/best.pt and one JSON line per epoch to OUT/metrics.jsonl. Rerun the same command
-    to resume after the last finished epoch. Then: `migfuse extract skeleton --checkpoint OUT/best.pt`.
+    split, seed) to OUT/best.pt. Settings: DEFAULTS in docs/skeleton.md, changed by --config FILE,
+    --set KEY=VALUE (e.g. --set weight_decay=1e-4) and the options. Rerun the same command to resume
+    after the last finished epoch. Then: `migfuse extract skeleton --checkpoint OUT/best.pt`.
     """
-    from migfuse.extract.skeleton.train import TrainConfig, train_skeleton
+    from migfuse.extract.skeleton.train import resolve_config, train_skeleton
 
-    config = TrainConfig(stream=stream, layout=layout, arch=arch, length=length, epochs=epochs,
-                         batch_size=batch_size, lr=lr, base_channels=base_channels, balance=balance, seed=seed,
-                         device=device, workers=workers, init=str(init) if init else None)
-    result = train_skeleton(data, out or Path("runs") / f"skeleton-{arch}-{stream}-{layout}", config)
+    flags = common_flags(stream=stream, layout=layout, arch=arch, length=length, base_channels=base_channels,
+                         balance=balance, init=str(init) if init else None, workers=workers, epochs=epochs, lr=lr,
+                         seed=seed, batch_size=batch_size, device=device)
+    cfg = resolve_config(config, set_ or (), flags)
+    result = train_skeleton(data, out or Path("runs") / f"skeleton-{cfg.arch}-{cfg.stream}-{cfg.layout}", cfg,
+                            overwrite=overwrite)
     typer.echo(f"best epoch {result.best_epoch}: top-1 {result.best_top1:.4f} -> {result.best_checkpoint}")
 # [end section: backbone-train]
 

@@ -90,7 +90,7 @@ def test_short_cpu_training_beats_chance_on_held_out_videos(toy, tmp_path):
     assert [r["epoch"] for r in rows] == list(range(1, 7))
     assert res.best_top1 == max(r["val_top1"] for r in rows) >= 0.5, rows
     assert rows[res.best_epoch - 1]["val_top5"] == 1.0  # only 4 classes are ever trained
-    meta = torch.load(res.best_checkpoint, weights_only=False)["meta"]["migfuse"]
+    meta = torch.load(res.best_checkpoint, weights_only=True)["meta"]["migfuse"]
     assert meta["epoch"] == res.best_epoch and meta["layout"] == "imigue" and meta["stream"] == "joint"
     assert meta["split"] == "split_miga train / validation" and meta["train_clips"] == 48 and meta["val_clips"] == 24
     assert meta["preprocess"]["length"] == 24 and meta["seed"] == 0
@@ -121,8 +121,8 @@ def test_resume_continues_exactly_where_it_stopped(toy, tmp_path, monkeypatch):
     straight = train_skeleton(toy, tmp_path / "b", TrainConfig(epochs=3, **cfg))
     assert resumed.epochs_run == 1 and straight.epochs_run == 3
     assert rows("a") == rows("b") and len(rows("a")) == 3
-    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the same command again has nothing left to do; more --epochs extend the run
     assert train_skeleton(toy, tmp_path / "a", TrainConfig(epochs=3, **cfg)).epochs_run == 0
@@ -130,7 +130,9 @@ def test_resume_continues_exactly_where_it_stopped(toy, tmp_path, monkeypatch):
     assert [r["epoch"] for r in rows("a")] == [1, 2, 3, 4]
     with pytest.raises(UserError) as e:
         train_skeleton(toy, tmp_path / "a", TrainConfig(epochs=4, **{**cfg, "lr": 0.1}))
-    assert "\n" not in str(e.value) and "last.pt was trained with lr=0.02, not 0.1" in str(e.value)
+    assert "\n" not in str(e.value) and "holds a run with other settings (lr=0.02, not 0.1)" in str(e.value)
+    assert train_skeleton(toy, tmp_path / "a", TrainConfig(epochs=1, **{**cfg, "lr": 0.1}), overwrite=True
+                          ).epochs_run == 1
 
 
 def test_bad_settings_are_one_line_errors(toy, tmp_path):
@@ -230,3 +232,60 @@ def test_cli_train_then_extract(tmp_path):
     res = runner.invoke(app, args + ["--stream", "bone"])
     assert res.exit_code == 0, res.output
     assert "bone/agcn shard 0/1: 6 rows, 6 written now, 0 skipped (done or failed earlier), 0 failed" in res.output
+
+
+def test_a_planted_last_pt_is_refused_in_one_line_and_never_run(tmp_path):
+    """/work/shared/realworld/security_repro.sh, the trainer's part: resuming must not unpickle code."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    small = make_toy_dataset(tmp_path / "toy", videos=2, clips_per_video=3, val_videos=1).root
+    plant = """
+import os, sys, torch
+class Evil:
+    def __reduce__(self):
+        return (os.system, (f"echo pwned > {sys.argv[2]}",))
+torch.save({"format": "migfuse-checkpoint/1", "state_dict": {}, "meta": Evil()}, sys.argv[1])
+"""
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    run.mkdir()
+    subprocess.run([sys.executable, "-c", plant, str(run / "last.pt"), str(marker)], check=True)
+    args = ["backbone", "train", "skeleton", "--data", str(small), "--out", str(run), "--epochs", "1",
+            "--base-channels", "4", "--length", "16"]
+    runner = CliRunner()
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"error: {run} holds last.pt but no config.json of a migfuse run" in r.output
+    # the same with a real run's config.json beside it: the weights-only loader refuses it
+    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+    subprocess.run([sys.executable, "-c", plant, str(run / "last.pt"), str(marker)], check=True)
+    r = runner.invoke(app, args + ["--epochs", "2"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "last.pt holds objects other than tensors and plain values" in r.output
+    assert not marker.exists()
+
+
+def test_cli_settings_from_a_toml_config_and_set_and_a_typed_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    small = make_toy_dataset(tmp_path / "toy", videos=2, clips_per_video=3, val_videos=1).root
+    cfg = tmp_path / "sk.toml"
+    cfg.write_text('stream = "bone"\nbase_channels = 4\nlength = 16\nepochs = 1\n')
+    r = CliRunner().invoke(app, ["backbone", "train", "skeleton", "--data", str(small), "--out", str(tmp_path / "run"),
+                                 "--config", str(cfg), "--set", "weight_decay=0.001", "--lr", "0.05"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert doc["trainer"] == "skeleton" and doc["provenance"]["stream"] == "bone"
+    assert {k: doc["config"][k] for k in ("stream", "base_channels", "weight_decay", "lr", "epochs")} == \
+        {"stream": "bone", "base_channels": 4, "weight_decay": 0.001, "lr": 0.05, "epochs": 1}
+    for name in ("metrics.csv", "curves.png", "train.log", "best.pt", "last.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    cfg.write_text('lr = "fast"\n')
+    r = CliRunner().invoke(app, ["backbone", "train", "skeleton", "--data", str(small), "--config", str(cfg)])
+    assert r.exit_code == 2 and r.output == f"error: {cfg}: lr must be a number (like the default 0.1), not 'fast'\n"

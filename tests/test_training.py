@@ -265,3 +265,40 @@ def test_missing_matplotlib_skips_the_png_with_one_warning(tmp_path, monkeypatch
     assert not (tmp_path / "r" / "curves.png").exists()
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "matplotlib is not installed" in warnings[0].getMessage()
+
+
+def test_training_imports_neither_extract_nor_fuse_and_its_cli_parts_need_no_torch(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        import migfuse.training.cli, migfuse.training.config
+        assert "torch" not in sys.modules
+        import migfuse.training.loop, migfuse.training.run_folder, migfuse.training.checkpoint
+        leaked = sorted(m for m in sys.modules if m.startswith(("migfuse.extract", "migfuse.fuse")))
+        assert not leaked, leaked
+        print("OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
+
+
+def test_an_attempt_that_failed_before_its_first_epoch_does_not_block_other_settings(tmp_path):
+    cfg = resolve_config(DEFAULTS)
+    with pytest.raises(UserError):
+        with RunFolder.open(tmp_path / "r", "tiny", cfg, {"data": "x"}):
+            raise UserError("the data turned out to be incomplete")
+    with RunFolder.open(tmp_path / "r", "tiny", {**cfg, "lr": 0.5}, {"data": "y"}) as run:
+        assert run.resume_state is None
+    doc = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert doc["config"]["lr"] == 0.5 and doc["resumed"] == []
+
+
+def test_a_damaged_config_json_or_metrics_is_one_line(tmp_path):
+    cfg = resolve_config(DEFAULTS, sets=["epochs=1"])
+    tiny_train(tmp_path / "r", cfg)
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo')
+    with pytest.raises(UserError, match=r"metrics.jsonl is damaged \(not one JSON object per line\)"):
+        tiny_train(tmp_path / "r", {**cfg, "epochs": 2})
+    (tmp_path / "r" / "config.json").write_text("{")
+    with pytest.raises(UserError, match=r"config.json is damaged or not a migfuse run file; pass --overwrite"):
+        tiny_train(tmp_path / "r", cfg)

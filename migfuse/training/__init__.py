@@ -32,6 +32,8 @@ How a trainer plugs in (the whole contract; fuse/train.py and extract/skeleton/t
         ...load data, build model / optimizer / scheduler (from cfg)...
         provenance = {"data": str(data), "clips": n, ...}                      # JSON values: the inputs
         with RunFolder.open(out, "video", cfg, provenance, overwrite=overwrite, resumable=RESUMABLE) as run:
+            # locked; run.resume_state is last.pt when resuming (fit() restores it); refused runs raised
+            run.update_provenance({"classes": 32})   # facts learned after opening (not compared on rerun)
             def train_epoch(epoch, bar):                                       # one epoch, your steps
                 for x, y in loader(epoch_generator(cfg["seed"], epoch)):
                     ...loss.backward(); opt.step(); sched.step()

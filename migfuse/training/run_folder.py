@@ -108,6 +108,8 @@ class RunFolder:
         except Timeout:
             raise UserError(f"run folder {path} is in use by another training run (lock {path / LOCK_NAME}); "
                             f"wait for it to finish or choose another --out") from None
+        except OSError as e:
+            raise UserError(f"cannot write in run folder {path} ({e.strerror or e}); choose another --out") from None
         try:
             state = cls._decide(path, trainer, config, provenance, overwrite, tuple(resumable), tuple(extra_files))
         except BaseException:
@@ -159,7 +161,7 @@ class RunFolder:
     # ----- files ---------------------------------------------------------------------------------------
     def _write_config(self, resumed: bool) -> None:
         old: dict[str, Any] = {}
-        if resumed or (self.path / "config.json").is_file():
+        if resumed:  # keep the first start time; a fresh start forgets an earlier attempt's file
             try:
                 old = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -191,7 +193,11 @@ class RunFolder:
         p = self.path / "metrics.jsonl"
         if not p.is_file():
             return []
-        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{p} is damaged (not one JSON object per line); pass --overwrite to start the run "
+                            f"again, or choose another --out") from None
 
     def keep_metrics_upto(self, epoch: int) -> list[dict[str, Any]]:
         """Drop rows after `epoch` (an epoch whose last.pt was never written is redone); return the rest."""
@@ -220,8 +226,10 @@ class RunFolder:
                                         scheduler, loop), self.path / "last.pt")
 
     def save_best(self, model: Any, epoch: int, record: Mapping[str, Any]) -> None:
-        """best.pt: the weights of `epoch`, its metrics in meta["migfuse"] (no optimizer state)."""
-        prov = {**self.provenance, "epoch": epoch, "metrics": dict(record)}
+        """best.pt: the weights of `epoch` (no optimizer state); meta["migfuse"] = provenance + "epoch",
+        "metrics" (the epoch's record) and its val_* values at the top (e.g. "val_top1")."""
+        prov = {**self.provenance, "epoch": epoch, "metrics": dict(record),
+                **{k: v for k, v in record.items() if k.startswith("val_")}}
         save_checkpoint(make_checkpoint(self.trainer, model, epoch, self.config, prov, loop={"best": record}),
                         self.path / "best.pt")
 

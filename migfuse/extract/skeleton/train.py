@@ -1,25 +1,24 @@
 """Train one skeleton stream (joint or bone) of 2s-AGCN / AAGCN on a prepared iMiGUE folder.
 
-Output folder (`--out`):
-  best.pt        the best epoch by validation top-1, as {"meta": {"migfuse": provenance}, "state_dict"}:
-                 loads with `create_backbone("agcn"|"aagcn", "best.pt")` and `migfuse extract skeleton`
-  last.pt        everything needed to resume (model, optimiser, epoch, best so far, settings)
-  metrics.jsonl  one JSON line per epoch: loss, top-1 / top-5 on train and validation, lr, seconds
-  config.json    the settings of the run
+    migfuse backbone train skeleton --data PREPARED --stream bone --out runs/skeleton-bone
+    migfuse backbone train skeleton --data PREPARED --config sk.toml --set base_channels=32 --epochs 40
 
-Re-running with the same settings continues after the last finished epoch (more --epochs extend it).
-The class imbalance of iMiGUE (class 99 "non-MG" is about a quarter of the clips) is handled by
-inverse-square-root class weights in the loss (default) or a class-balanced sampler.
+The run folder is migfuse.training's (docs/contracts.md "Training"): config.json, metrics.jsonl,
+metrics.csv, curves.png, best.pt, last.pt, train.log. best.pt is the best epoch by validation top-1
+and loads with `create_backbone("agcn"|"aagcn", "best.pt")` and `migfuse extract skeleton` (its
+meta["migfuse"] holds the layout, preprocessing, stream and split). Rerunning with the same settings
+continues after the last finished epoch (more --epochs extend it; --device and --workers may change);
+other settings are refused unless --overwrite. The class imbalance of iMiGUE (class 99 "non-MG" is
+about a quarter of the clips) is handled by inverse-square-root class weights in the loss (default)
+or a class-balanced sampler.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -31,33 +30,53 @@ from migfuse.errors import UserError
 from migfuse.extract.skeleton.data import SkeletonClipDataset, choose_split
 from migfuse.extract.skeleton.graphs import get_layout
 from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, check_layout
+from migfuse.training.config import resolve_config as resolve_settings
+from migfuse.training.loop import Selection, epoch_generator, fit
+from migfuse.training.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
 ARCHS = ("agcn", "aagcn")
 BALANCE = ("weights", "sampler", "none")
-# Settings that may change between a run and its resumption.
-_RESUMABLE_CHANGES = ("epochs", "device", "workers")
+
+DEFAULTS: dict[str, Any] = {
+    "stream": "joint",        # joint or bone: 2s-AGCN's two streams, each its own backbone
+    "layout": "imigue",       # graph: imigue (55 joints), openpose22 (MiGA baselines), openpose-18, coco-17
+    "arch": "agcn",           # agcn (lshiwjx/2s-AGCN) or aagcn (mmaction2)
+    "length": 64,             # frames each clip is resampled to
+    "epochs": 30,             # epochs in all (a resumed run goes on to this)
+    "batch_size": 32,         # clips per step
+    "lr": 0.1,                # SGD (Nesterov, momentum 0.9) learning rate: half in epoch 1, then cosine to 0
+    "weight_decay": 5e-4,     # SGD weight decay
+    "base_channels": 64,      # width of the first units (64 as published; 8 trains on a CPU in minutes)
+    "balance": "weights",     # long tail: "weights" (class-weighted loss), "sampler" (balanced sampling), "none"
+    "seed": 0,                # seeds weights, shuffling and frame sampling
+    "device": "cpu",          # cpu, cuda or cuda:N
+    "workers": 0,             # DataLoader worker processes
+    "init": None,             # mmaction2 / 2s-AGCN checkpoint to start from (head and data_bn re-initialised)
+}
+#: Settings that may change between a run and its resumption.
+RESUMABLE = ("epochs", "device", "workers")
 
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (all stored in config.json and the checkpoint's provenance)."""
+    """Settings of one training run, typed (the fields and defaults of DEFAULTS; stored in config.json)."""
 
-    stream: str = "joint"
-    layout: str = "imigue"
-    arch: str = "agcn"
-    length: int = 64
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    base_channels: int = 64
-    balance: str = "weights"
-    seed: int = 0
-    device: str = "cpu"
-    workers: int = 0
-    init: str | None = None  # mmaction2 / 2s-AGCN checkpoint to start from (head and data_bn re-initialised)
+    stream: str = DEFAULTS["stream"]
+    layout: str = DEFAULTS["layout"]
+    arch: str = DEFAULTS["arch"]
+    length: int = DEFAULTS["length"]
+    epochs: int = DEFAULTS["epochs"]
+    batch_size: int = DEFAULTS["batch_size"]
+    lr: float = DEFAULTS["lr"]
+    weight_decay: float = DEFAULTS["weight_decay"]
+    base_channels: int = DEFAULTS["base_channels"]
+    balance: str = DEFAULTS["balance"]
+    seed: int = DEFAULTS["seed"]
+    device: str = DEFAULTS["device"]
+    workers: int = DEFAULTS["workers"]
+    init: str | None = DEFAULTS["init"]
 
     def check(self) -> None:
         if self.stream not in STREAMS:
@@ -69,6 +88,8 @@ class TrainConfig:
         check_layout(get_layout(self.layout))
         if self.length < 4 or self.epochs < 1 or self.batch_size < 1 or self.base_channels < 4:
             raise UserError("--length must be >= 4, --epochs and --batch-size >= 1, --base-channels >= 4")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {self.device}: this torch has no usable CUDA device; use --device cpu")
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(layout=get_layout(self.layout).name, length=self.length)
@@ -133,14 +154,13 @@ def class_weights(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndar
     return (w / w[counts > 0].mean()).astype(np.float32)
 
 
-def _epoch(model: nn.Module, loader, device: str, loss_fn, optimizer=None, desc: str = "") -> dict:
-    from tqdm import tqdm
-
+def _epoch(model: nn.Module, loader, device: str, loss_fn, optimizer=None, bar=None) -> dict:
+    """One pass over `loader` (training when `optimizer` is given): mean loss, top-1, top-5, count."""
     train = optimizer is not None
     model.train(train)
     n = loss_sum = top1 = top5 = 0
     with torch.set_grad_enabled(train):
-        for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+        for x, y in loader:
             x, y = x.to(device), y.to(device)
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -152,37 +172,37 @@ def _epoch(model: nn.Module, loader, device: str, loss_fn, optimizer=None, desc:
             loss_sum += float(loss.detach()) * len(y)
             top1 += _topk(logits, y, 1)
             top5 += _topk(logits, y, 5)
+            if bar is not None:
+                bar.step(loss=float(loss.detach()))
     if n == 0:
         return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "n": 0}
     return {"loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n, "n": n}
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def resolve_config(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, sets: Iterable[str] = (),
+                   flags: Mapping[str, Any] | None = None) -> TrainConfig:
+    """DEFAULTS <- config (TrainConfig, dict or JSON/TOML file) <- `sets` ("key=value") <- flags; checked.
+
+    UserError (one line, naming the source, key and expected type) on a bad setting."""
+    if isinstance(config, TrainConfig):
+        config = asdict(config)
+    cfg = resolve_settings(DEFAULTS, config=config, sets=sets, flags=flags, optional={"init": ""})
+    resolved = TrainConfig(**cfg)
+    resolved.check()
+    return resolved
 
 
-def _check_resume(out: Path, config: TrainConfig) -> dict | None:
-    """The saved state of an earlier run in `out` with the same settings, else None; UserError on a clash."""
-    last = out / "last.pt"
-    if not last.is_file():
-        return None
-    state = torch.load(last, map_location="cpu", weights_only=False)
-    saved = state.get("config", {})
-    for k, v in asdict(config).items():
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != v:
-            raise UserError(f"{last} was trained with {k}={saved.get(k)!r}, not {v!r}; use another --out "
-                            f"or the same settings to resume")
-    return state
+def train_skeleton(prepared: str | Path, out: str | Path,
+                   config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *, sets: Iterable[str] = (),
+                   flags: Mapping[str, Any] | None = None, overwrite: bool = False) -> TrainResult:
+    """Train `config.stream` on the training split of `prepared`, validating every epoch, into `out`.
 
-
-def train_skeleton(prepared: str | Path, out: str | Path, config: TrainConfig) -> TrainResult:
-    """Train `config.stream` on the training split of `prepared`, validating every epoch; resumable.
-
+    Settings: DEFAULTS <- `config` <- `sets` <- `flags` (resolve_config). Rerunning into `out` resumes
+    after the last finished epoch; a run of other settings there is refused unless `overwrite`.
     Returns a TrainResult; the best checkpoint is `out/best.pt` (see the module docstring).
+    UserError (one line) on bad settings, a prepared folder without skeletons, or a refused `out`.
     """
-    config.check()
+    config = resolve_config(config, sets, flags)
     out = Path(out)
     manifest = Manifest.load(prepared)
     split = choose_split(manifest)
@@ -194,92 +214,64 @@ def train_skeleton(prepared: str | Path, out: str | Path, config: TrainConfig) -
     val_ids = [i for i in split.val if manifest.clip(i).video_id in usable]
     if not train_ids:
         raise UserError(f"no training clip of {prepared} has a skeleton; check prepare_report.json")
-    log.info("training %s/%s on %d clips, validating on %d (%s)", config.stream, config.arch, len(train_ids),
-             len(val_ids), split.source)
 
-    torch.manual_seed(config.seed)
     pre = config.preprocess()
-    train_ds = SkeletonClipDataset(manifest, train_ids, config.stream, pre, train=True, seed=config.seed)
-    val_ds = SkeletonClipDataset(manifest, val_ids, config.stream, pre)
-    labels = train_ds.labels()
-    weights = class_weights(labels)
-    device = config.device
-    model = build_model(config).to(device)
-    if config.init:
-        load_init(model, config.init)
-    loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device) if config.balance == "weights"
-                                  else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
-                                weight_decay=config.weight_decay)
-
-    out.mkdir(parents=True, exist_ok=True)
-    state = _check_resume(out, config)
-    start, best_top1, best_epoch = 1, -1.0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, best_top1, best_epoch = state["epoch"] + 1, state["best_top1"], state["best_epoch"]
-        log.info("resuming %s after epoch %d (best top-1 %.4f at epoch %d)", out, state["epoch"], best_top1,
-                 best_epoch)
-    # Half lr in the first epoch (the adaptive graphs are unstable at full lr from scratch), then cosine
-    # over --epochs. Built at the resumed epoch, so a larger --epochs on resume stretches the cosine.
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: min(1.0, (e + 1) / 2) * 0.5 * (1 + math.cos(math.pi * e / config.epochs)),
-        last_epoch=start - 2)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
-    metrics_path = out / "metrics.jsonl"
-    history = _read_metrics(metrics_path, upto=start - 1)
-    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-
     provenance = {
-        "arch": config.arch, "stream": config.stream, "layout": pre.layout, "preprocess": pre.to_dict(),
-        "split": split.source, "train_clips": len(train_ids), "val_clips": len(val_ids), "seed": config.seed,
-        "base_channels": config.base_channels, "balance": config.balance, "init": config.init,
+        "data": str(Path(prepared).resolve()), "arch": config.arch, "stream": config.stream, "layout": pre.layout,
+        "preprocess": pre.to_dict(), "split": split.source, "train_clips": len(train_ids), "val_clips": len(val_ids),
+        "seed": config.seed, "base_channels": config.base_channels, "balance": config.balance, "init": config.init,
         "num_class": NUM_CLASSES,
     }
-    for epoch in range(start, config.epochs + 1):
-        t0 = time.monotonic()
-        train_ds.epoch = epoch
-        # Per-epoch generators: a resumed run shuffles (or samples) exactly like an uninterrupted one.
-        gen = torch.Generator().manual_seed(config.seed * 100003 + epoch)
-        sampler = None
-        if config.balance == "sampler":
-            per_clip = weights[labels] ** 2  # inverse frequency: every class drawn equally often
-            sampler = torch.utils.data.WeightedRandomSampler(per_clip.tolist(), len(labels), generator=gen)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None,
-                                             sampler=sampler, generator=gen, num_workers=config.workers,
-                                             drop_last=len(train_ds) > config.batch_size)
-        lr = optimizer.param_groups[0]["lr"]
-        tr = _epoch(model, loader, device, loss_fn, optimizer, desc=f"epoch {epoch}/{config.epochs} train")
-        sched.step()
-        va = _epoch(model, torch.utils.data.DataLoader(val_ds, batch_size=config.batch_size,
-                                                        num_workers=config.workers),
-                    device, nn.CrossEntropyLoss(), desc=f"epoch {epoch} val") if len(val_ds) else None
-        score = va["top1"] if va else tr["top1"]
-        row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
-               "train_top5": tr["top5"], "val_loss": va["loss"] if va else None,
-               "val_top1": va["top1"] if va else None, "val_top5": va["top5"] if va else None,
-               "seconds": round(time.monotonic() - t0, 3)}
-        history.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        log.info("epoch %d: train loss %.4f top-1 %.3f | val top-1 %s top-5 %s", epoch, tr["loss"], tr["top1"],
-                 f"{va['top1']:.3f}" if va else "-", f"{va['top5']:.3f}" if va else "-")
-        if score > best_top1:
-            best_top1, best_epoch = score, epoch
-            meta = {"migfuse": {**provenance, "epoch": epoch, "val_top1": row["val_top1"],
-                                "val_top5": row["val_top5"]}}
-            _atomic_save({"meta": meta, "state_dict": model.state_dict()}, out / "best.pt")
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "epoch": epoch, "best_top1": best_top1,
-                      "best_epoch": best_epoch, "config": asdict(config)}, out / "last.pt")
-    return TrainResult(out=out, best_checkpoint=out / "best.pt", best_epoch=best_epoch, best_top1=best_top1,
-                       epochs_run=max(0, config.epochs - start + 1), history=history)
+    with RunFolder.open(out, "skeleton", asdict(config), provenance, overwrite=overwrite,
+                        resumable=RESUMABLE) as run:
+        log.info("training %s/%s on %d clips, validating on %d (%s)", config.stream, config.arch, len(train_ids),
+                 len(val_ids), split.source)
+        torch.manual_seed(config.seed)
+        train_ds = SkeletonClipDataset(manifest, train_ids, config.stream, pre, train=True, seed=config.seed)
+        val_ds = SkeletonClipDataset(manifest, val_ids, config.stream, pre)
+        labels = train_ds.labels()
+        weights = class_weights(labels)
+        device = config.device
+        model = build_model(config).to(device)
+        if config.init and run.resume_state is None:
+            load_init(model, config.init)
+        loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device) if config.balance == "weights"
+                                      else None)
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                                    weight_decay=config.weight_decay)
+        # Half lr in the first epoch (the adaptive graphs are unstable at full lr from scratch), then cosine
+        # over `epochs`; stepped once per epoch. A larger --epochs on resume stretches the cosine.
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: min(1.0, (e + 1) / 2) * 0.5 * (1 + math.cos(math.pi * e / config.epochs)))
+        drop_last = len(train_ds) > config.batch_size
 
+        def train_epoch(epoch: int, bar) -> dict[str, float]:
+            train_ds.epoch = epoch
+            # Per-epoch generators: a resumed run shuffles (or samples) exactly like an uninterrupted one.
+            gen = epoch_generator(config.seed, epoch)
+            sampler = None
+            if config.balance == "sampler":
+                per_clip = weights[labels] ** 2  # inverse frequency: every class drawn equally often
+                sampler = torch.utils.data.WeightedRandomSampler(per_clip.tolist(), len(labels), generator=gen)
+            loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None,
+                                                 sampler=sampler, generator=gen, num_workers=config.workers,
+                                                 drop_last=drop_last)
+            tr = _epoch(model, loader, device, loss_fn, optimizer, bar=bar)
+            sched.step()
+            return {"train_loss": tr["loss"], "train_top1": tr["top1"], "train_top5": tr["top5"]}
 
-def _read_metrics(path: Path, upto: int) -> list[dict]:
-    """Metric rows of epochs <= upto (rows of an epoch whose checkpoint was never written are dropped)."""
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto]
+        def validate(epoch: int) -> dict[str, float | None]:
+            if not len(val_ds):  # no validation clips: the columns stay, empty
+                return {"val_loss": None, "val_top1": None, "val_top5": None}
+            loader = torch.utils.data.DataLoader(val_ds, batch_size=config.batch_size, num_workers=config.workers)
+            va = _epoch(model, loader, device, nn.CrossEntropyLoss())
+            return {"val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"]}
+
+        steps = len(train_ds) // config.batch_size if drop_last else 1
+        result = fit(run, model, optimizer, scheduler=sched, epochs=config.epochs, train_epoch=train_epoch,
+                     validate=validate,
+                     select=Selection("val_top1" if len(val_ds) else "train_top1", "max"), seed=config.seed,
+                     steps_per_epoch=steps, desc=f"skeleton {config.stream}")
+    metric = "val_top1" if len(val_ds) else "train_top1"
+    return TrainResult(out=out, best_checkpoint=out / "best.pt", best_epoch=result.best_epoch,
+                       best_top1=result.best[metric], epochs_run=result.epochs_run, history=result.history)
