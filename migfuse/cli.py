@@ -557,6 +557,62 @@ def backbone_train_skeleton(
 
 
 # ---------------------------------------------------------------------------------------------
+# backbone train video                                                      (fine-tuning issue #13)
+# ---------------------------------------------------------------------------------------------
+# [section: backbone-train-video]
+@backbone_train_app.command("video")
+def backbone_train_video(
+    data: Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare` "
+                                                      "(with its video files).")],
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", help="Base MViTv2-S file: torchvision mvit_v2_s-ae3be167.pth (Kinetics-400), mmaction2 "
+                             "MViTv2-S, or a migfuse best.pt. Without it: RANDOM weights (tests only, warned).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: config.json, metrics.jsonl/.csv, curves.png, "
+                                                    "best.pt, last.pt, train.log. Rerunning resumes.")] = Path("runs/mvit"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N. "
+                         "Default: auto.")] = None,
+    overwrite: OverwriteOpt = False,
+    show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved settings as JSON "
+                                              "(DEFAULTS <- --config <- --set <- options) and exit.")] = False,
+) -> None:
+    """Fine-tune MViTv2-S on the micro-gesture clips (32 classes); keep the best epoch.
+
+    Trains on split_miga 'train', validates on split_miga 'validation' (or held-out training videos),
+    with the frame sampling and preprocessing of `migfuse extract video` plus random resized crop and
+    colour jitter (no flip). Recipe: AdamW, layer-wise lr decay, warm-up + cosine, label smoothing,
+    class-balanced sampler, drop path, gradient clipping, bf16 on CUDA, gradient accumulation to
+    target_batch; every setting and its default is in docs/finetune.md (`--show-config` prints them).
+    Multi-GPU: `torchrun --nproc_per_node N -m migfuse.cli backbone train video ...`. Then:
+    `migfuse extract video --checkpoint OUT/best.pt`.
+    """
+    import json
+    import os
+
+    from migfuse.extract.video_train import fine_tune_video, resolve
+
+    flags = common_flags(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, device=device)
+    if show_config:
+        typer.echo(json.dumps(resolve(config, set_ or (), flags), indent=1))
+        return
+    summary = fine_tune_video(data, out, checkpoint, config=config, sets=set_ or (), flags=flags,
+                              overwrite=overwrite)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: print once
+        best = summary["best"]
+        scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
+        typer.echo(f"best epoch {best['epoch']}: {scores or 'no validation set'} -> {summary['best_checkpoint']}")
+        typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation "
+                   f"({summary['validation_source']}); {summary['epochs_run']} epochs now; run in {out}")
+# [end section: backbone-train-video]
+
+
+# ---------------------------------------------------------------------------------------------
 # extract: the options every track shares, declared once                    (runner issue)
 # ---------------------------------------------------------------------------------------------
 # [section: extract-video]

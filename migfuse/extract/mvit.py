@@ -5,7 +5,11 @@ The model is torchvision's own `mvit_v2_s()` (built through `import_torchvision(
   * a checkpoint loader for torchvision's `mvit_v2_s-ae3be167.pth` and for mmaction2 MViTv2-S files
     (K400 or SSv2), mapped onto torchvision's key names without importing mmaction2,
   * `PREPROCESSING`, the input recipe of the Kinetics-400 weights, which the extraction runner records
-    in the cache provenance, and `preprocess()`, which applies it to decoded frames.
+    in the cache provenance, and `preprocess()`, which applies it to decoded frames,
+  * `build_mvit(width)`: the full MViTv2-S or a "demo" width (4 narrow blocks with the same token
+    layout, (393, 128)) for fast tests and benchmarks,
+  * loading of fine-tuned runs (`migfuse backbone train video` best.pt): the width and the fine-tuning
+    provenance (base checkpoint sha256, run id) come from the file's `meta["migfuse"]`.
 """
 from __future__ import annotations
 
@@ -29,6 +33,21 @@ CLIP_LEN = 16
 CROP = 224
 NUM_TOKENS = 1 + 8 * 7 * 7  # class token + (T', H', W') = (8, 7, 7) patches
 EMBED_DIM = 768
+WIDTHS = ("full", "demo")
+#: `meta["migfuse"]["kind"]` of a checkpoint written by `migfuse backbone train video`.
+FINETUNE_KIND = "mvit_v2_s fine-tuned"
+
+# The demo width: 4 narrow blocks and a coarser patch embedding (stride (2, 16, 16): 8x14x14 patches,
+# not 8x56x56), pooled to the same final 8x7x7 grid, so the tokens keep MViTv2-S's layout
+# (class token + 392 patches) with 128 channels instead of 768; ~100x cheaper than MViTv2-S.
+# (heads, in, out, stride_q, stride_kv) per block; kernels are 3x3x3 as in MViTv2-S.
+_DEMO_PATCH_STRIDE = (2, 16, 16)
+_DEMO_BLOCKS = [
+    (1, 16, 32, (1, 1, 1), (1, 2, 2)),
+    (2, 32, 64, (1, 2, 2), (1, 1, 1)),
+    (2, 64, 128, (1, 1, 1), (1, 1, 1)),
+    (4, 128, 128, (1, 1, 1), (1, 1, 1)),
+]
 
 #: The input recipe of torchvision's MViT_V2_S_Weights.KINETICS400_V1 (its `VideoClassification`
 #: transform). mmaction2's K400 config uses the same numbers on a 0-255 scale (mean 114.75, std 57.375).
@@ -76,6 +95,101 @@ def preprocess(frames: np.ndarray) -> np.ndarray:
     return transform(vid).numpy()
 
 
+def embed_dim(width: str = "full") -> int:
+    """Channels of the tokens of a model of this width: 768 (full MViTv2-S) or 128 (demo)."""
+    check_width(width)
+    return EMBED_DIM if width == "full" else _DEMO_BLOCKS[-1][2]
+
+
+def check_width(width: str) -> None:
+    if width not in WIDTHS:
+        raise UserError(f"unknown MViTv2-S width '{width}': choose full (the real model) or demo (tests)")
+
+
+def build_mvit(width: str = "full", num_classes: int = 400, drop_path: float = 0.0,
+               head_dropout: float = 0.5) -> torch.nn.Module:
+    """torchvision's MViT module at `width` with random weights.
+
+    "full" is exactly `torchvision.models.video.mvit_v2_s(weights=None)` (its block settings, 34.5M
+    parameters); "demo" is the same class with 4 narrow blocks (`_DEMO_BLOCKS`, about 0.4M
+    parameters) and the same input (B, 3, 16, 224, 224) and token grid (B, 393, 128), so tests and
+    CPU benchmarks exercise the same code paths. `drop_path` is the stochastic-depth rate of the last
+    block (linear in depth, as torchvision); both it and `head_dropout` only act in train mode.
+    """
+    check_width(width)
+    tv = import_torchvision()
+    if width == "full":
+        return tv.models.video.mvit_v2_s(weights=None, num_classes=num_classes, stochastic_depth_prob=drop_path,
+                                         dropout=head_dropout)
+    from torchvision.models.video.mvit import MSBlockConfig, MViT
+
+    blocks = [MSBlockConfig(num_heads=h, input_channels=i, output_channels=o, kernel_q=[3, 3, 3],
+                            kernel_kv=[3, 3, 3], stride_q=list(sq), stride_kv=list(skv))
+              for h, i, o, sq, skv in _DEMO_BLOCKS]
+    # the keyword arguments mvit_v2_s passes to torchvision's `_mvit`
+    return MViT(spatial_size=(CROP, CROP), temporal_size=CLIP_LEN, block_setting=blocks, residual_pool=True,
+                residual_with_cls_embed=False, rel_pos_embed=True, proj_after_attn=True, dropout=head_dropout,
+                stochastic_depth_prob=drop_path, num_classes=num_classes, patch_embed_stride=_DEMO_PATCH_STRIDE)
+
+
+def forward_tokens(model: torch.nn.Module, x: torch.Tensor,
+                   checkpointing: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens after the final norm, and the logits, of a torchvision MViT module.
+
+    Replicates `MViT.forward` up to `norm` (conv_proj -> flatten -> pos_encoding -> blocks -> norm)
+    so the tokens come without hooks; the logits are `head(tokens[:, 0])` as in torchvision. Used
+    by extraction (under inference mode) and by fine-tuning (with gradients), so both run the same
+    maths. `checkpointing` recomputes each block's activations in the backward pass (saves memory).
+
+    Args:
+        x: (B, 3, 16, 224, 224) float on the model's device.
+    Returns:
+        tokens (B, 393, embed_dim), logits (B, num_classes).
+    """
+    x = model.conv_proj(x)  # (B, C0, 8, 56, 56)
+    x = x.flatten(2).transpose(1, 2)  # (B, 8*56*56, C0)
+    x = model.pos_encoding(x)  # prepends the class token
+    thw = (model.pos_encoding.temporal_size,) + tuple(model.pos_encoding.spatial_size)
+    for block in model.blocks:
+        if checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            x, thw = checkpoint(block, x, thw, use_reentrant=False)
+        else:
+            x, thw = block(x, thw)
+    tokens = model.norm(x)
+    return tokens, model.head(tokens[:, 0])
+
+
+def fine_tune_meta(obj: Any) -> dict[str, Any] | None:
+    """`meta["migfuse"]` of a checkpoint object written by `migfuse backbone train video`, else None."""
+    if isinstance(obj, Mapping):
+        meta = obj.get("meta")
+        if isinstance(meta, Mapping) and isinstance(meta.get("migfuse"), Mapping):
+            if meta["migfuse"].get("kind") == FINETUNE_KIND:
+                return dict(meta["migfuse"])
+    return None
+
+
+def checkpoint_facts(path: str | Path) -> dict[str, Any]:
+    """What an extractor must know of a MViTv2-S checkpoint before building anything.
+
+    Returns {"width": "full" | "demo", "embed_dim": 768 | 128, "fine_tune": provenance dict or None},
+    where the provenance (base checkpoint sha256, run id, epoch, validation top-1) belongs in the
+    cache provenance. Raises UserError for a missing or unreadable file.
+    """
+    meta = fine_tune_meta(read_checkpoint(path))
+    width = str(meta.get("width", "full")) if meta else "full"
+    check_width(width)
+    provenance = None
+    if meta:
+        provenance = {k: meta.get(k) for k in ("run_id", "run_dir", "epoch", "base_checkpoint",
+                                               "base_checkpoint_sha256", "width", "num_classes", "split")}
+        metrics = meta.get("metrics") if isinstance(meta.get("metrics"), Mapping) else {}
+        provenance["val_top1"] = metrics.get("val_top1")
+    return {"width": width, "embed_dim": embed_dim(width), "fine_tune": provenance}
+
+
 def check_hash_in_name(path: Path, sha256: str) -> None:
     """If the file name carries a `-<hex>.` hash prefix (torch.hub, OpenMMLab), it must match the file."""
     m = _HASH_IN_NAME.search(path.name)
@@ -109,24 +223,33 @@ class MViTBackbone(Backbone):
     name = "mvit_v2_s"
     input_doc = "(N, 3, 16, 224, 224) float32 (RGB clip, normalised as PREPROCESSING: mean 0.45, std 0.225)"
     outputs_doc = {
-        "tokens": "(N, 393, 768) after the final LayerNorm: class token, then 8x7x7 patches in (t, h, w) order",
-        "logits": "(N, num_classes) head output (400 for Kinetics-400, 174 for SSv2)",
+        "tokens": "(N, 393, 768) after the final LayerNorm (128 channels at the demo width): class token, then "
+                  "8x7x7 patches in (t, h, w) order",
+        "logits": "(N, num_classes) head output (400 for Kinetics-400, 174 for SSv2, 32 fine-tuned on iMiGUE)",
     }
     #: recorded in the cache provenance by the extraction runner
     preprocessing = PREPROCESSING
 
-    def __init__(self, num_classes: int = 400, device: str = "cpu", batch_size: int = 4, **options: Any):
+    def __init__(self, num_classes: int = 400, device: str = "cpu", batch_size: int = 4, width: str = "full",
+                 drop_path: float = 0.0, **options: Any):
         """
         Args:
             num_classes: head size before loading (a checkpoint's head size replaces it).
             device: torch device to run on ("cpu", "cuda").
             batch_size: clips per forward pass in `run`.
+            width: "full" (MViTv2-S) or "demo" (see `build_mvit`); a fine-tuned run's file sets its own.
+            drop_path: stochastic depth for training (inactive in eval mode).
         """
-        super().__init__(num_classes=num_classes, device=device, batch_size=batch_size, **options)
-        tv = import_torchvision()
+        super().__init__(num_classes=num_classes, device=device, batch_size=batch_size, width=width, **options)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.model = tv.models.video.mvit_v2_s(weights=None, num_classes=num_classes).eval().to(self.device)
+        self.width, self.drop_path = width, drop_path
+        self.fine_tune: dict[str, Any] | None = None  # provenance of a fine-tuned run, once loaded
+        self.model = build_mvit(width, num_classes, drop_path).eval().to(self.device)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.norm.normalized_shape[0]
 
     @property
     def num_classes(self) -> int:
@@ -148,13 +271,24 @@ class MViTBackbone(Backbone):
         sha = sha256_file(path) if path.is_file() else ""
         if sha:
             check_hash_in_name(path, sha)
-        sd = _unwrap(read_checkpoint(path), path)  # read_checkpoint reports a missing file
+        obj = read_checkpoint(path)  # reports a missing file
+        meta = fine_tune_meta(obj)
+        sd = _unwrap(obj, path)
         notes: list[str] = []
-        if any(k.startswith("backbone.") for k in sd):
+        if meta is not None:
+            width = str(meta.get("width", "full"))
+            if width != self.width:  # a fine-tuned run knows its width: rebuild before comparing keys
+                self.width = width
+                self.model = build_mvit(width, self.num_classes, self.drop_path).eval().to(self.device)
+                notes.append(f"width {width} from the fine-tuned run")
+            what = f"migfuse fine-tuned MViTv2-S ({width} width)"
+        elif any(k.startswith("backbone.") for k in sd):
             sd, notes = mmaction_to_torchvision(sd)
             what = "mmaction2 MViTv2-S (mvit-small; missing keys named as in torchvision)"
         else:
             what = "torchvision mvit_v2_s"
+        if self.width != "full" and meta is None:
+            what += f" (this model is the {self.width} width: published files fit only --width full)"
         # The head size comes from the file (400 for Kinetics-400, 174 for SSv2): compare against a
         # model with that head, and resize the real one only once the whole file fits.
         expected = dict(self.model.state_dict())
@@ -171,31 +305,21 @@ class MViTBackbone(Backbone):
             self._set_num_classes(n_file)
         self.model.load_state_dict(sd, strict=True)
         self.checkpoint, self.checkpoint_sha256 = path, sha
+        self.fine_tune = meta
         log.info("loaded %s checkpoint %s (sha256 %s): %s", what, path, sha[:12], rep.summary())
         return rep
 
     # -- forward -------------------------------------------------------------------------------
     @torch.inference_mode()
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The token sequence after the final norm, and the logits.
-
-        Replicates `MViT.forward` up to `norm` (conv_proj -> flatten -> pos_encoding -> blocks -> norm)
-        so the tokens come without hooks; the logits are `head(tokens[:, 0])` as in torchvision.
+        """The token sequence after the final norm, and the logits (see `forward_tokens`).
 
         Args:
             x: (B, 3, 16, 224, 224) float on the model's device.
         Returns:
-            tokens (B, 393, 768), logits (B, num_classes).
+            tokens (B, 393, embed_dim), logits (B, num_classes).
         """
-        m = self.model
-        x = m.conv_proj(x)  # (B, 96, 8, 56, 56)
-        x = x.flatten(2).transpose(1, 2)  # (B, 8*56*56, 96)
-        x = m.pos_encoding(x)  # prepends the class token
-        thw = (m.pos_encoding.temporal_size,) + tuple(m.pos_encoding.spatial_size)
-        for block in m.blocks:
-            x, thw = block(x, thw)
-        tokens = m.norm(x)
-        return tokens, m.head(tokens[:, 0])
+        return forward_tokens(self.model, x)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run on (N, 3, 16, 224, 224) float32 clips -> {"tokens": (N, 393, 768), "logits": (N, C)}."""
@@ -208,7 +332,7 @@ class MViTBackbone(Backbone):
             toks.append(t.float().cpu().numpy())
             logits.append(lg.float().cpu().numpy())
         if not toks:
-            return {"tokens": np.zeros((0, NUM_TOKENS, EMBED_DIM), np.float32),
+            return {"tokens": np.zeros((0, NUM_TOKENS, self.embed_dim), np.float32),
                     "logits": np.zeros((0, self.num_classes), np.float32)}
         return {"tokens": np.concatenate(toks), "logits": np.concatenate(logits)}
 

@@ -193,6 +193,14 @@ class VideoExtractor(TrackExtractor):
         self.unit = str(self.track.unit)
         self._row_ids = list(row_ids) if row_ids is not None else None
         self._weights: dict[str, str] | None = None
+        self._fine_tune: dict[str, Any] | None = None
+        if self.checkpoint is not None and self.backbone_name == "mvit_v2_s":
+            # a fine-tuned run (`backbone train video`) may be the demo width: its tokens are narrower
+            from migfuse.extract.mvit import NUM_TOKENS, checkpoint_facts
+
+            facts = checkpoint_facts(self.checkpoint)
+            self.token_shape = (NUM_TOKENS, facts["embed_dim"])
+            self._fine_tune = facts["fine_tune"]
         self.model = None
         self.device = "cpu"
 
@@ -232,6 +240,8 @@ class VideoExtractor(TrackExtractor):
     def model_provenance(self) -> dict[str, Any]:
         if self._weights is None:  # hashing a 130 MB checkpoint once is enough
             self._weights = weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED)
+            if self._fine_tune is not None:  # base checkpoint sha256 + the fine-tuning run
+                self._weights = {**self._weights, "fine_tuned": self._fine_tune}
         return {**self._weights, "preprocessing": self.preprocessing()}
 
     def build_model(self, device: str):
