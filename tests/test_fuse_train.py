@@ -50,8 +50,8 @@ def test_cmtf_learns_planted_signal_and_writes_run(mg_data, tmp_path):
                  "splits.json", "summary.json"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "config.json").read_text())
-    cfg, prov = doc["config"], doc["provenance"]
-    assert doc["trainer"] == "fuse" and doc["ended"] and doc["versions"]["torch"]
+    cfg, prov = {k: v for k, v in doc.items() if k != "run"}, doc["run"]["provenance"]
+    assert doc["run"]["trainer"] == "fuse" and doc["run"]["ended"] and doc["run"]["versions"]["torch"]
     assert cfg["head"] == "cmtf" and prov["inputs"]["video"] == "views/video" and cfg["head_options"]["width"] == 64
     # Bar: 4 classes (chance 25%); the planted signal must give >= 75% on the 8 unseen test clips.
     m = evaluate(out, "test")
@@ -125,7 +125,7 @@ def test_cli_view_train_eval_predict(mg_data, tmp_path):
     r = runner.invoke(app, ["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
                             "--head", "video", "--config", str(config), "--out", str(run)])
     assert r.exit_code == 0, r.output
-    assert json.loads((run / "config.json").read_text())["provenance"]["shapes"]["video"] == [1, 768]
+    assert json.loads((run / "config.json").read_text())["run"]["provenance"]["shapes"]["video"] == [1, 768]
     r = runner.invoke(app, ["fuse", "eval", str(run), "--split", "validation"])
     assert r.exit_code == 0 and "top-1" in r.output, r.output
     r = runner.invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(tmp_path / "s.npz")])
@@ -185,7 +185,7 @@ def test_rerun_with_another_config_is_refused_unless_overwrite(mg_data, tmp_path
     r = runner.invoke(app, args + ["--config", str(big), "--overwrite"])
     assert r.exit_code == 0, r.output
     doc = json.loads((run / "config.json").read_text())
-    assert doc["config"]["head_options"]["width"] == 32 and [x["epoch"] for x in _metric_rows(run)] == [1, 2]
+    assert doc["head_options"]["width"] == 32 and [x["epoch"] for x in _metric_rows(run)] == [1, 2]
     assert predict(run, "test").scores.shape == (8, 32)
 
 

@@ -281,8 +281,8 @@ def test_cli_settings_from_a_toml_config_and_set_and_a_typed_one_line_error(tmp_
                                  "--config", str(cfg), "--set", "weight_decay=0.001", "--lr", "0.05"])
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert doc["trainer"] == "skeleton" and doc["provenance"]["stream"] == "bone"
-    assert {k: doc["config"][k] for k in ("stream", "base_channels", "weight_decay", "lr", "epochs")} == \
+    assert doc["run"]["trainer"] == "skeleton" and doc["run"]["provenance"]["stream"] == "bone"
+    assert {k: doc[k] for k in ("stream", "base_channels", "weight_decay", "lr", "epochs")} == \
         {"stream": "bone", "base_channels": 4, "weight_decay": 0.001, "lr": 0.05, "epochs": 1}
     for name in ("metrics.csv", "curves.png", "train.log", "best.pt", "last.pt"):
         assert (tmp_path / "run" / name).is_file(), name

@@ -117,8 +117,9 @@ def test_run_folder_holds_every_file_with_versions_times_and_provenance(tmp_path
     assert sorted(p.name for p in r.iterdir()) == [".lock", "best.pt", "config.json", "curves.png", "last.pt",
                                                   "metrics.csv", "metrics.jsonl", "train.log"]
     doc = json.loads((r / "config.json").read_text())
-    assert doc["trainer"] == "tiny" and doc["config"] == cfg and doc["provenance"] == {"data": "random 40x5"}
-    assert doc["versions"]["torch"] == torch.__version__ and doc["started"] <= doc["ended"]
+    assert doc["run"]["trainer"] == "tiny" and {k: v for k, v in doc.items() if k != "run"} == cfg
+    assert doc["run"]["provenance"] == {"data": "random 40x5"}
+    assert doc["run"]["versions"]["torch"] == torch.__version__ and doc["run"]["started"] <= doc["run"]["ended"]
     assert [row["epoch"] for row in rows(r)] == [1, 2, 3, 4] and res.epochs_run == 4
     with open(r / "metrics.csv") as f:
         table = list(csv.DictReader(f))
@@ -139,7 +140,7 @@ def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path):
         tiny_train(tmp_path / "r", {**cfg, "lr": 0.1})
     assert str(e.value).startswith(f"{tmp_path / 'r'} holds a run with other settings (lr=0.05, not 0.1); ")
     assert "--overwrite" in str(e.value) and (tmp_path / "r" / "best.pt").read_bytes() == before
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["lr"] == 0.05
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["lr"] == 0.05
     res = tiny_train(tmp_path / "r", {**cfg, "lr": 0.1}, overwrite=True)
     assert res.epochs_run == 2 and load_checkpoint(tmp_path / "r" / "last.pt")["config"]["lr"] == 0.1
     assert len(rows(tmp_path / "r")) == 2
@@ -157,7 +158,7 @@ def test_killed_run_resumes_from_last_pt_with_the_metrics_of_an_uninterrupted_ru
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert {**resumed.best, "seconds": 0} == {**straight.best, "seconds": 0}
-    assert json.loads((tmp_path / "a" / "config.json").read_text())["resumed"]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["run"]["resumed"]
     # the same command again has nothing left to do; more epochs extend the run
     assert tiny_train(tmp_path / "a", cfg).epochs_run == 0
     assert tiny_train(tmp_path / "a", {**cfg, "epochs": 5}).epochs_run == 1
@@ -290,7 +291,7 @@ def test_an_attempt_that_failed_before_its_first_epoch_does_not_block_other_sett
     with RunFolder.open(tmp_path / "r", "tiny", {**cfg, "lr": 0.5}, {"data": "y"}) as run:
         assert run.resume_state is None
     doc = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert doc["config"]["lr"] == 0.5 and doc["resumed"] == []
+    assert doc["lr"] == 0.5 and doc["run"]["resumed"] == []
 
 
 def test_a_damaged_config_json_or_metrics_is_one_line(tmp_path):

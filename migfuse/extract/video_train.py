@@ -517,8 +517,8 @@ def _run_folder(out: Path, cfg: dict[str, Any], provenance: dict[str, Any], over
 def run_id_of(out: Path) -> str:
     """`<run folder>@<start time>`: names one fine-tuning run (stays the same when it resumes)."""
     try:
-        started = json.loads((out / "config.json").read_text(encoding="utf-8")).get("started")
-    except (OSError, ValueError):
+        started = json.loads((out / "config.json").read_text(encoding="utf-8"))["run"].get("started")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         started = None
     return f"{out.resolve()}@{started}"
 

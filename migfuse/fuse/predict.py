@@ -61,14 +61,14 @@ def load_run(run: str | Path, cache: str | Path | None = None, data: str | Path 
                         f"run `migfuse fuse train ... --out {run}` first")
     try:
         doc = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg = {**doc["config"], **doc["provenance"]}
+        cfg = {**{k: v for k, v in doc.items() if k != "run"}, **doc["run"]["provenance"]}
         shapes = {k: tuple(v) for k, v in cfg["shapes"].items()}
         head, classes = cfg["head"], cfg["classes"]
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         raise UserError(f"{cfg_path} is damaged or not the config.json of a `migfuse fuse train` run; "
                         f"train the run again (`migfuse fuse train ... --out {run} --overwrite`)") from None
-    if doc.get("trainer") != "fuse":
-        raise UserError(f"{run} holds a {doc.get('trainer')!r} training run, not a fusion head; pass a run "
+    if doc["run"].get("trainer") != "fuse":
+        raise UserError(f"{run} holds a {doc['run'].get('trainer')!r} training run, not a fusion head; pass a run "
                         f"folder of `migfuse fuse train`")
     state = load_checkpoint(ckpt)
     model = make_head(head, shapes, len(classes), **cfg["head_options"])

@@ -47,8 +47,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             raise UserError(f"config file {path} is not valid JSON ({e}); fix it (or name it .toml)") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a JSON object / TOML table of settings")
-    if "trainer" in data and isinstance(data.get("config"), dict):  # a run folder's config.json
-        data = dict(data["config"])
+    if isinstance(data.get("run"), dict) and "trainer" in data["run"]:  # a run folder's config.json
+        data = {k: v for k, v in data.items() if k != "run"}
     return {k: v for k, v in data.items() if k not in _RUN_FILE_KEYS}
 
 

@@ -5,8 +5,10 @@
         ...                    # run.log_metrics(record), run.save_best(...), run.save_last(...)
 
 Files (the same for every trainer):
-  config.json    {"trainer", "config": resolved settings, "provenance": the inputs, "versions": migfuse/torch/
-                 python, "git_commit", "started", "resumed": [times], "ended", "command"}
+  config.json    the resolved settings at the top level (so the file is itself a valid --config, and
+                 `json.load(...)["lr"]` reads a setting), plus "run": {"trainer", "provenance": the
+                 inputs, "versions": migfuse/torch/python, "git_commit", "started", "resumed": [times],
+                 "ended", "command"}
   metrics.jsonl  one JSON object per finished epoch; metrics.csv the same as a table
   curves.png     loss, validation metric and learning rate per epoch (when matplotlib is installed)
   best.pt        the best epoch (checkpoint.py format, without optimizer state)
@@ -40,6 +42,16 @@ from migfuse.training.checkpoint import (atomic_write_text, load_checkpoint, mak
 log = logging.getLogger(__name__)
 
 #: Files a run writes; `overwrite` deletes these (and the trainer's `extra_files`), nothing else.
+def settings_of(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved settings of a run folder's config.json (everything but its "run" record)."""
+    return {k: v for k, v in doc.items() if k != "run"}
+
+
+def run_record(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The "run" record of a run folder's config.json: trainer, provenance, versions, times, command."""
+    return dict(doc["run"])
+
+
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "best.pt", "last.pt", "train.log")
 #: Files that hold results: a folder with none of them has nothing to resume or to protect.
 RESULT_FILES = ("best.pt", "last.pt", "metrics.jsonl")
@@ -137,12 +149,13 @@ class RunFolder:
                             f"--out, or pass --overwrite to delete them")
         try:
             old = json.loads(cfg_path.read_text(encoding="utf-8"))
-            old_cfg, old_prov = old["config"], old.get("provenance", {})
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            old_run = old["run"]
+            old_cfg, old_prov = settings_of(old), old_run.get("provenance", {})
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise UserError(f"{cfg_path} is damaged or not a migfuse run file; pass --overwrite to start the run "
                             f"again, or choose another --out") from None
-        if old.get("trainer") != trainer:
-            raise UserError(f"{path} holds a {old.get('trainer')!r} run, not {trainer!r}; choose another --out, or "
+        if old_run.get("trainer") != trainer:
+            raise UserError(f"{path} holds a {old_run.get('trainer')!r} run, not {trainer!r}; choose another --out, or "
                             f"pass --overwrite to replace it")
         strip = lambda c: {k: v for k, v in c.items() if k not in resumable}  # noqa: E731
         diff = _first_difference(strip(old_cfg), strip(config))
@@ -163,15 +176,16 @@ class RunFolder:
         old: dict[str, Any] = {}
         if resumed:  # keep the first start time; a fresh start forgets an earlier attempt's file
             try:
-                old = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                old = json.loads((self.path / "config.json").read_text(encoding="utf-8"))["run"]
+            except (OSError, ValueError, KeyError, TypeError):
                 old = {}
-        doc = {"trainer": self.trainer, "config": self.config, "provenance": self.provenance,
+        run = {"trainer": self.trainer, "provenance": self.provenance,
                "versions": versions(), "git_commit": git_commit(),
                "started": old.get("started", _now()), "resumed": old.get("resumed", []), "ended": None,
                "command": sys.argv[:]}
         if old:
-            doc["resumed"] = [*doc["resumed"], _now()]
+            run["resumed"] = [*run["resumed"], _now()]
+        doc = {**self.config, "run": run}
         self._config_doc = doc
         atomic_write_text(self.path / "config.json", json.dumps(doc, indent=2) + "\n")
 
@@ -180,12 +194,12 @@ class RunFolder:
         provenance of the checkpoints still to be written. Only the provenance given to `open` decides
         whether a rerun resumes."""
         self.provenance = {**self.provenance, **plain(dict(extra))}
-        self._config_doc["provenance"] = self.provenance
+        self._config_doc["run"]["provenance"] = self.provenance
         atomic_write_text(self.path / "config.json", json.dumps(self._config_doc, indent=2) + "\n")
 
     def finish(self) -> None:
         """Record the end time in config.json."""
-        self._config_doc["ended"] = _now()
+        self._config_doc["run"]["ended"] = _now()
         atomic_write_text(self.path / "config.json", json.dumps(self._config_doc, indent=2) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
