@@ -6,7 +6,8 @@
 Three parts, each printed as rows of one markdown table with the ratio migfuse / peer:
 
   extraction  one generated 1280x720 25 fps h264 video (x264 defaults: keyframe every <= 250 frames)
-              with iMiGUE-like clips (25-75 frames, gaps of 5-40 frames; benchmarks/extract_video.py).
+              with clips of 25-75 frames (iMiGUE's) separated by gaps of --gaps frames (default 5-40, as
+              benchmarks/extract_video.py; iMiGUE has ~51 clips per video, about one per 400 frames).
               migfuse: the video track's loader (`ClipLoader`: `decode.stream_clips`, one decode per
               video for all its clips). Peer: per clip, open the container, seek to the keyframe before
               the clip's first sampled frame, decode forward to its last one, close: the pattern of
@@ -70,7 +71,8 @@ def load() -> str:
 # ------------------------------------------------------------------------------------------------
 # extraction: decode once per video (migfuse) vs open + seek + decode per clip (peers)
 # ------------------------------------------------------------------------------------------------
-def per_clip_decode(path: Path, indices: np.ndarray, short_side: int, crop: int) -> np.ndarray:
+def per_clip_decode(path: Path, indices: np.ndarray, short_side: int, crop: int,
+                    stats: dict[str, int] | None = None) -> np.ndarray:
     """The peers' pattern for one clip: open, seek to the keyframe before the first sampled frame,
     decode forward to the last one (nearest frame to index / 25 s, as migfuse), resize + crop, close.
 
@@ -90,6 +92,8 @@ def per_clip_decode(path: Path, indices: np.ndarray, short_side: int, crop: int)
         container.seek(start + int(max(0.0, (wanted[0] - 0.5) / 25.0) / tb), stream=stream, backward=True,
                        any_frame=False)
         for frame in container.decode(stream):
+            if stats is not None:
+                stats["decoded"] = stats.get("decoded", 0) + 1
             k = int(round(float((frame.pts - start) * tb) * 25.0))
             if k in wanted and k not in got:
                 got[k] = resize_crop(frame.to_ndarray(format="rgb24"), short_side, crop)
@@ -129,19 +133,64 @@ class DemoModel:
         self.pending = []
 
 
-def extraction(root: Path, clips_per_video: int, rounds: int, width: int, height: int) -> dict:
+def reencode(path: Path, gop: int) -> None:
+    """Re-encode `path` in place with a keyframe every `gop` frames (x264 ultrafast, crf 23 as generated):
+    how far back a per-clip seek lands depends on it."""
+    import av
+
+    tmp = path.with_suffix(".gop.mp4")
+    with av.open(str(path)) as src, av.open(str(tmp), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = src.streams.video[0].width, src.streams.video[0].height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "23", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        for frame in src.decode(video=0):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    tmp.replace(path)
+
+
+def keyframes(path: Path) -> list[int]:
+    """25 fps frame numbers of the video's keyframes (from the packets, no decoding)."""
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [int(round(float(p.pts * s.time_base) * 25)) for p in c.demux(s) if p.is_keyframe and p.pts is not None]
+
+
+def make_spaced_dataset(root: Path, clips: int, gaps: tuple[int, int], width: int, height: int) -> Path:
+    """One video with `clips` clips of 25-75 frames separated by gaps drawn from `gaps` (frames):
+    extract_video.make_dataset with the gaps as a parameter (it draws 5-40)."""
+    from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(25, 76, clips)
+    starts = np.cumsum(rng.integers(gaps[0], gaps[1] + 1, clips) + np.r_[0, lengths[:-1]])
+    n_frames = int(starts[-1] + lengths[-1] + 10)
+    path = root / "0001.mp4"
+    _bench_module("extract_video").write_video(path, n_frames, width, height, seed=1)
+    all_clips = [Clip.make("0001", k, int(a), int(a + n - 1), raw_class=1) for k, (a, n) in enumerate(zip(starts, lengths))]
+    return Manifest(clips=all_clips, videos={"0001": VideoInfo("0001", video_path=path, n_frames=n_frames)}).save(
+        root / "prepared")
+
+
+def extraction(root: Path, clips_per_video: int, rounds: int, width: int, height: int, gop: int = 0,
+               gaps: tuple[int, int] = (5, 40)) -> dict:
     import torch
 
     from migfuse.data_cache.manifest import Manifest
     from migfuse.extract.video import VideoExtractor
 
-    ev = _bench_module("extract_video")
     torch.set_num_threads(1)  # shared machine: one intra-op thread is the steadiest (RESULTS.md, fuse)
-    manifest = Manifest.load(ev.make_dataset(root, 1, clips_per_video, width, height))
+    manifest = Manifest.load(make_spaced_dataset(root, clips_per_video, gaps, width, height))
     extractor = VideoExtractor(manifest, "video")
     loader = extractor.loader()
     items = extractor.work_items(extractor.ids())
     video = Path(manifest.videos["0001"].video_path)
+    if gop:
+        reencode(video, gop)
     plans = {c.clip_id: loader.sampling.windows(c.start_frame, c.end_frame) for c in manifest.clips}
     n = len(plans)
 
@@ -183,11 +232,15 @@ def extraction(root: Path, clips_per_video: int, rounds: int, width: int, height
             model.flush()
             rates[f"{name} +model"].append(n / (time.perf_counter() - t))
     stats: dict[str, int] = {}
+    peer_stats: dict[str, int] = {}
+    for clip_id, idx in plans.items():
+        per_clip_decode(video, idx, loader.short_side, loader.crop, peer_stats)
     from migfuse.extract.decode import read_frames
 
     for _ in read_frames(video, sorted({i for p in plans.values() for i in p.reshape(-1).tolist()}), stats=stats):
         pass
-    return {"clips": n, "video_frames": manifest.videos["0001"].n_frames, "migfuse_decoded_frames": stats["decoded"],
+    return {"clips": n, "gaps": list(gaps), "keyframes": keyframes(video), "video_frames": manifest.videos["0001"].n_frames, "migfuse_decoded_frames": stats["decoded"],
+            "migfuse_seeks": stats["seeks"], "peer_decoded_frames": peer_stats["decoded"],
             "rates": {k: [round(x, 3) for x in v] for k, v in rates.items()}, "load": load()}
 
 
@@ -301,7 +354,8 @@ def table(ext: dict | None, reads: dict | None, fuse: dict | None) -> list[str]:
         med = {k: float(np.median(v)) for k, v in ext["rates"].items()}
         for what, label in (("decode", "decode only"), ("+model", "decode + MViTv2-S demo width, batch 4")):
             m, p = med[f"migfuse {what}"], med[f"peer {what}"]
-            rows.append(f"| extraction, {label}, clips/s ({ext['clips']} clips, 1280x720) | {m:.2f} | {p:.2f} | "
+            gop = np.diff(ext["keyframes"]).max() if len(ext["keyframes"]) > 1 else ext["video_frames"]
+            rows.append(f"| extraction, {label}, clips/s ({ext['clips']} clips, gaps {ext['gaps'][0]}-{ext['gaps'][1]}, keyframes every {gop} frames) | {m:.2f} | {p:.2f} | "
                         f"**{m / p:.2f}x** |")
     if reads:
         z = reads["zarr"]
@@ -332,6 +386,10 @@ def main() -> None:
                     help="work folder (the iMiGUE-scale synthetic cache is built once and reused)")
     ap.add_argument("--clips-per-video", type=int, default=12)
     ap.add_argument("--size", default="1280x720", help="WxH of the generated video")
+    ap.add_argument("--gop", type=int, default=0,
+                    help="re-encode the video with a keyframe every GOP frames (0: x264's default, <= 250)")
+    ap.add_argument("--gaps", default="5-40", help="MIN-MAX frames between clips (iMiGUE: ~51 clips per video, "
+                    "about one per 400 frames: try 200-600)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating migfuse / peer extraction rounds")
     ap.add_argument("--read-clips", type=int, default=12_893, help="training clips for the reads part (<= 12,893)")
     ap.add_argument("--read-epochs", type=int, default=2)
@@ -349,7 +407,8 @@ def main() -> None:
         if kind == "extraction":
             width, height = (int(x) for x in args.size.split("x"))
             with tempfile.TemporaryDirectory() as tmp:
-                out = extraction(Path(tmp), args.clips_per_video, args.rounds, width, height)
+                gaps = tuple(int(x) for x in args.gaps.split("-"))
+                out = extraction(Path(tmp), args.clips_per_video, args.rounds, width, height, args.gop, gaps)
         elif kind == "peerfiles":
             out = write_peer_files(args.root, args.read_clips)
         else:
@@ -365,7 +424,8 @@ def main() -> None:
     ext = reads = fuse = None
     if not args.skip_extraction:
         ext = results["extraction"] = child(["--phase", "extraction", "--clips-per-video", str(args.clips_per_video),
-                                             "--rounds", str(args.rounds), "--size", args.size])
+                                             "--rounds", str(args.rounds), "--size", args.size, "--gop", str(args.gop),
+                                             "--gaps", args.gaps])
         print(f"extraction: {json.dumps(ext)}", file=sys.stderr)
     if not (args.skip_reads and args.skip_fuse) and not (args.root / "cache.zarr").exists():
         results["build"] = fuse_bench.phase("build", args.root, -1)
