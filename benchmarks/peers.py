@@ -365,7 +365,7 @@ def table(ext: dict | None, reads: dict | None, fuse: dict | None) -> list[str]:
                               (f"s/epoch incl. load over {len(z['epoch_seconds'])} epochs", "per_epoch"),
                               ("peak RSS MB", "peak_rss_mb")):
                 # smaller is better: the ratio is peer / migfuse (> 1: migfuse better)
-                ratio = f"{p[key] / z[key]:.2f}" if z[key] else "-"
+                ratio = f"{p[key] / z[key]:.2f}" if z[key] and p[key] else "-"
                 rows.append(f"| reads for CMTF ({z['clips']} clips), {what}, vs {label} | {z[key]} | {p[key]} | "
                             f"**{ratio}** |")
     if fuse:
