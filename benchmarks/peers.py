@@ -42,6 +42,7 @@ import os
 import pickle
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,7 @@ def per_clip_decode(path: Path, indices: np.ndarray, short_side: int, crop: int,
     from migfuse.extract.video import resize_crop
 
     wanted = sorted(set(indices.reshape(-1).tolist()))
+    targets = set(wanted)
     got: dict[int, np.ndarray] = {}
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -95,7 +97,7 @@ def per_clip_decode(path: Path, indices: np.ndarray, short_side: int, crop: int,
             if stats is not None:
                 stats["decoded"] = stats.get("decoded", 0) + 1
             k = int(round(float((frame.pts - start) * tb) * 25.0))
-            if k in wanted and k not in got:
+            if k in targets and k not in got:
                 got[k] = resize_crop(frame.to_ndarray(format="rgb24"), short_side, crop)
             if k >= wanted[-1]:
                 break
@@ -442,6 +444,8 @@ def main() -> None:
             reads[variant] = r
             print(f"reads {variant}: {json.dumps(r)}", file=sys.stderr)
     if not args.skip_fuse:
+        for task in ("mg", "emotion"):  # fuse.py trains into run_<task>: a finished one would only be resumed
+            shutil.rmtree(args.root / f"run_{task}", ignore_errors=True)
         fuse = results["fuse"] = {name: fuse_bench.phase(name, args.root, -1) for name in ("cmtf", "interfusion")}
         fuse["load"] = load()
         print(f"fuse: {json.dumps(fuse)}", file=sys.stderr)
