@@ -228,3 +228,18 @@ def test_the_pyskl_exporter_imports_without_torch(tmp_path):
     code = ("import sys; import migfuse.data_cache.pyskl; "
             "assert 'torch' not in sys.modules and not any(m.startswith('migfuse.extract') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scores_import_refuses_a_csv_without_score_columns_and_a_missing_or_garbage_pickle(tmp_path):
+    from migfuse.fuse.importers import import_scores
+
+    one = tmp_path / "one.csv"
+    one.write_text("x\n0054_0\n")
+    with pytest.raises(UserError, match="holds no score rows"):
+        import_scores(one, task="mg")
+    with pytest.raises(UserError, match="test-result file not found"):
+        import_scores(tmp_path / "nofile.pkl", task="mg")
+    garbage = tmp_path / "bad.pkl"
+    garbage.write_bytes(b"x\n")
+    with pytest.raises(UserError, match="cannot read test-result pickle"):
+        import_scores(garbage, task="mg")

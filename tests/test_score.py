@@ -109,3 +109,11 @@ def test_cli_score(tmp_path):
     assert "top-1 accuracy        100.00 %" in res.output
     res = CliRunner().invoke(app, ["score", str(csv), "--data", str(tmp_path / "prep"), "--split", "test"])
     assert res.exit_code == 2 and "lacks 4 of the 6 'test' ids" in res.output
+
+
+@pytest.mark.parametrize("content", [b"hello,world\n", b"x\n", b"Id,Target\n"])
+def test_a_file_without_prediction_rows_is_refused_not_scored_as_zero_clips(tmp_path, content):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    with pytest.raises(UserError, match="holds no prediction rows"):
+        read_predictions(bad)

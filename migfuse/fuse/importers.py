@@ -255,6 +255,8 @@ def read_score_csv(path: str | Path) -> tuple[list[str], np.ndarray, list[str] |
     except ValueError:
         header, rows = [c.strip() for c in rows[0]], rows[1:]
     width = len(header) if header else len(rows[0])
+    if width < 2 or not rows:
+        raise UserError(f"{path} holds no score rows (expected `id,score,score,...` lines, one per clip or video)")
     ids, values = [], []
     for line, row in enumerate(rows, 2 if header else 1):
         if len(row) != width or width < 2:
@@ -322,10 +324,12 @@ def import_scores(
         ids, x, header_names = read_score_csv(results)
         fmt = "csv"
     else:
+        if not results.is_file():
+            raise UserError(f"test-result file not found: {results}")
+        x, row_ids, fmt = read_result_rows(results)  # a file that is no readable pickle is refused first
         if annotation is None:
             raise UserError(f"{results} holds scores without ids: pass --ann with the annotation file the test "
                             f"ran on (mmaction2 list file or pyskl .pkl)")
-        x, row_ids, fmt = read_result_rows(results)
         ids = read_annotation_ids(annotation, ann_split)
         where = f"{annotation}" + (f" split {ann_split!r}" if ann_split else "")
         if len(ids) != len(x):

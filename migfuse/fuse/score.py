@@ -121,6 +121,9 @@ def read_predictions(path: str | Path, task: str | None = None, win_label: int =
     header = None
     if not _ID.match(rows[0][0].strip()):  # a header names columns; data rows start with an id
         header, rows = tuple(c.strip() for c in rows[0]), rows[1:]
+    if not rows:
+        raise UserError(f"{path} holds no prediction rows (expected `id,target` lines under an optional header); "
+                        f"pass a challenge zip, its CSV, or migfuse scores (.npz)")
     ids, values = [], []
     for line, row in enumerate(rows, 2 if header else 1):
         if len(row) != 2 or not _is_int(row[1]):

@@ -27,7 +27,7 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
                      "a run folder's config.json works too.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override one setting (repeatable); VALUE is read as JSON when it parses: "
-                                       "--set lr=3e-4 --set head_options.width=128.")]
+                                       "--set lr=3e-4 --set epochs=30 (the settings are listed in the trainer's docs page).")]
 EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs in all (a resumed run goes on "
                                                   "to this). Default: the trainer's.")]
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. Default: the trainer's.")]
@@ -35,7 +35,7 @@ SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed of weights,
                                                 "(default 0).")]
 BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Samples per training step. "
                                                      "Default: the trainer's.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default cpu).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto (CUDA when torch has it, else CPU; the default), cpu, cuda or cuda:N.")]
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Delete the run already in --out (of other settings) and train from scratch. Without it "
                         "such a folder is refused, and the same settings resume from OUT/last.pt.")]

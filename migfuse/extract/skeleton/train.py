@@ -27,6 +27,7 @@ from torch import nn
 from migfuse.data_cache.classes import NUM_CLASSES
 from migfuse.data_cache.manifest import Manifest
 from migfuse.errors import UserError
+from migfuse.extract.runner import resolve_device
 from migfuse.extract.skeleton.data import SkeletonClipDataset, choose_split
 from migfuse.extract.skeleton.graphs import get_layout
 from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, check_layout
@@ -51,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "base_channels": 64,      # width of the first units (64 as published; 8 trains on a CPU in minutes)
     "balance": "weights",     # long tail: "weights" (class-weighted loss), "sampler" (balanced sampling), "none"
     "seed": 0,                # seeds weights, shuffling and frame sampling
-    "device": "cpu",          # cpu, cuda or cuda:N
+    "device": "auto",         # auto (CUDA when torch has it, else CPU), cpu, cuda or cuda:N
     "workers": 0,             # DataLoader worker processes
     "init": None,             # mmaction2 / 2s-AGCN checkpoint to start from (head and data_bn re-initialised)
 }
@@ -231,7 +232,7 @@ def train_skeleton(prepared: str | Path, out: str | Path,
         val_ds = SkeletonClipDataset(manifest, val_ids, config.stream, pre)
         labels = train_ds.labels()
         weights = class_weights(labels)
-        device = config.device
+        device = resolve_device(config.device)  # auto -> cuda (cuda:LOCAL_RANK under torchrun) or cpu
         model = build_model(config).to(device)
         if config.init and run.resume_state is None:
             load_init(model, config.init)
