@@ -13,7 +13,8 @@ from migfuse.errors import UserError
 
 def test_demo_runs_every_stage_and_writes_the_submissions(tmp_path, monkeypatch):
     # shrunk: one clip per video, one context window, few epochs
-    small = {**demo_module.DEMO, "clips_per_video": 1, "face_frames": 2, "fuse_epochs": 2, "video_batch": 2,
+    small = {**demo_module.DEMO, "clips_per_video": 1, "face_frames": 2, "video_batch": 2,
+             "cmtf": {**demo_module.DEMO["cmtf"], "epochs": 2}, "interfusion": {**demo_module.DEMO["interfusion"], "epochs": 2},
              "face_batch": 4, "skeleton": {**demo_module.DEMO["skeleton"], "epochs": 1}}
     monkeypatch.setattr(demo_module, "DEMO", small)
     artifacts, summary = demo_module.run_demo(tmp_path / "demo")

@@ -216,5 +216,5 @@ def generate_dataset(out: str | Path, layout: str = "miga2025", videos: int = 8,
                         "subject_id", "subject_gender", "subject_nationality", "win_or_lose"])
             w.writerows(oulu_rows)
     (root / "ground_truth.json").write_text(json.dumps(truth, indent=1))
-    log.info("generated %d videos (%s layout) in %s", videos, layout, root)
+    log.info("generated %d videos (%s layout) in %s", len(jobs), layout, root)
     return root
