@@ -100,7 +100,16 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu") -> tuple[dict[
     t = _step("train the skeleton backbone and extract joint and bone features (2s-AGCN)")
     # a finished run with the same settings is reused, so its features in the cache stay valid
     skeleton_config = TrainConfig(device=device, **DEMO["skeleton"])
-    skeleton = train_and_extract(prepared, cache, runs / "skeleton", skeleton_config)
+    import torch
+
+    # The width-8 2s-AGCN gains nothing from a second intra-op thread, and on a busy machine spinning
+    # OpenMP threads slow it several times (benchmarks/RESULTS.md, skeleton and fusion sections).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        skeleton = train_and_extract(prepared, cache, runs / "skeleton", skeleton_config)
+    finally:
+        torch.set_num_threads(threads)
     summaries += [run.extract for run in skeleton.values()]
     timings["skeleton train+extract"] = time.perf_counter() - t
 
