@@ -238,3 +238,12 @@ def check_out_folder(out: Path) -> None:
     """Refuse an --out folder that holds something other than an earlier demo."""
     if out.exists() and any(out.iterdir()) and not (out / "dataset").exists():
         raise UserError(f"{out} is not empty and holds no earlier demo: choose another --out folder")
+    truth = out / "dataset" / "ground_truth.json"
+    if truth.is_file():
+        import json
+
+        made = json.loads(truth.read_text())
+        wanted = [f"{v:04d}" for v in DEMO["video_ids"]]
+        if list(made["videos"]) != wanted or any(len(v["clips"]) != DEMO["clips_per_video"] for v in made["videos"].values()):
+            raise UserError(f"{out} holds a demo made with other settings (an older migfuse): choose another --out "
+                            f"folder or delete {out}")

@@ -69,3 +69,10 @@ def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
     (tmp_path / "mine.txt").write_text("do not delete")
     with pytest.raises(UserError, match="holds no earlier demo"):
         demo_module.run_demo(tmp_path)
+
+
+def test_demo_refuses_a_folder_left_by_a_demo_with_other_settings(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "ground_truth.json").write_text('{"videos": {"0026": {"clips": [{}]}}}')
+    with pytest.raises(UserError, match="holds a demo made with other settings"):
+        demo_module.run_demo(tmp_path)
