@@ -1117,21 +1117,23 @@ def scores_import_cmd(
 @app.command(short_help="Run the whole pipeline on a generated dataset and print where each artifact is.")
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the generated dataset and every artifact (reused when rerun).")] = Path("demo_out"),
-    videos: Annotated[int, typer.Option(help="Number of generated videos (the first 8 cover every split).")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
-    """Run the whole pipeline on a generated dataset (a few minutes on a CPU) and print where each
-    artifact is: generate -> prepare -> extract video, context, skeleton, face -> views -> CMTF and
-    InterFusion -> predict -> MiGA 2025 and emotion zips. Video and face backbones use random weights."""
+    """Run the whole pipeline on a generated dataset (5 videos, 40 clips; sized for 3 minutes on 2 idle
+    CPU cores, much longer on a busy machine: see benchmarks/RESULTS.md "demo") and print where each artifact is: generate -> prepare -> extract video,
+    context, skeleton, face -> views -> CMTF and InterFusion -> predict -> MiGA 2025 and emotion zips.
+    The summary gives each trained model's held-out accuracy beside chance, with n, and the stage
+    timings. Video and face backbones use random weights; the skeleton backbones are trained."""
     from migfuse.demo import run_demo
 
     started = time.perf_counter()
-    artifacts = run_demo(out, videos=videos, seed=seed, device=device)
+    artifacts, summary = run_demo(out, seed=seed, device=device)
     width = max(len(k) for k in artifacts)
     typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artifacts:")
     for name, path in artifacts.items():
         typer.echo(f"  {name:<{width}}  {path}")
+    typer.echo("\n".join(summary))
     typer.echo(f"next: migfuse cache info {out / 'cache.zarr'}   |   migfuse fuse eval {out / 'runs' / 'cmtf'} --split validation")
 
 

@@ -112,8 +112,54 @@ def _miga_dirs(root: Path, layout: str, vid4: str, split: str) -> tuple[Path, Pa
     return root / folder / vid4, root / folder / vid4
 
 
+def _write_video(root: Path, layout: str, video_id: int, seed: int, clips_per_video: int) -> tuple[str, dict, list]:
+    """Render, encode and write one video with its skeleton and labels.
+
+    Returns (vid4, its ground-truth entry, its rows of the Oulu label table). A top-level function
+    so that a process pool can run it: videos are independent (each has its own seeded rng).
+    """
+    rng = np.random.default_rng([seed, video_id])
+    vid4 = f"{video_id:04d}"
+    subject, win_lose = video_facts(video_id)
+    actions, absent, n_frames = _schedule(rng, clips_per_video)
+    points = pose_sequence(n_frames, actions, win=win_lose == "Win", absent=absent, rng=rng)
+    background = rng.integers(90, 150, 3).astype(np.uint8)
+    shirt = rng.integers(20, 90, 3).astype(np.uint8)
+    gain = 1.0 if win_lose == "Win" else 0.85
+    frames = np.stack([render_frame(p, background, shirt, _SKIN, gain) for p in points])
+    split = _split_folder(video_id)
+    entry = {
+        "subject": subject, "win_lose": win_lose, "n_frames": n_frames, "split_miga": split,
+        "absent_frames": [absent.start, absent.stop - 1],
+        "clips": [{"clip_id": f"{vid4}_{k}", "label": a.label, "raw_class": classes.index_to_raw(a.label),
+                   "start_frame": a.start, "end_frame": a.end} for k, a in enumerate(actions)],
+    }
+    oulu_rows = []
+    if layout == "oulu":
+        _write_mp4(root / "videos" / f"{video_id}.mp4", frames)
+        folder = root / "Data" / "skeleton" / "raw" / str(video_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        for t, p in enumerate(points):
+            (folder / f"{video_id}_{t:012d}_keypoints.json").write_text(json.dumps(_openpose_json(p)))
+        for k, a in enumerate(actions):
+            oulu_rows.append([video_id, k + 1, f"{a.start / FPS:.2f}", a.start, f"{a.end / FPS:.2f}", a.end,
+                              classes.index_to_raw(a.label), subject, "M", "synthetic", win_lose])
+    else:
+        from migfuse.data_cache.layouts.skeletons import write_light_hand_csv, write_openpose_xlsx
+
+        skel_dir, mp4_dir = _miga_dirs(root, layout, vid4, split)
+        _write_label_csv(skel_dir / f"{vid4}_label.csv", actions, known=split != "test")
+        if layout == "miga2025":
+            write_openpose_xlsx(skel_dir / f"{vid4}_openpose.xlsx", points)
+        else:
+            write_light_hand_csv(skel_dir / f"{vid4}_light_hand.csv", points)
+        _write_mp4(mp4_dir / f"{vid4}.mp4", frames)
+    return vid4, entry, oulu_rows
+
+
 def generate_dataset(out: str | Path, layout: str = "miga2025", videos: int = 8, seed: int = 0,
-                     clips_per_video: int = 8, progress: bool = True) -> Path:
+                     clips_per_video: int = 8, progress: bool = True, *,
+                     video_ids: tuple[int, ...] | None = None, workers: int = 1) -> Path:
     """Write a generated dataset into `out` and return `out`.
 
     Args:
@@ -121,11 +167,17 @@ def generate_dataset(out: str | Path, layout: str = "miga2025", videos: int = 8,
         videos: how many videos (1..16); the first 8 cover every split.
         seed: the same seed gives the same labels, skeletons and decoded frames.
         clips_per_video: micro-gesture clips per video (classes cycle through `MOTIONS`).
+        video_ids: real iMiGUE ids to generate instead of the first `videos` of `VIDEO_IDS`
+            (e.g. the demo's, which hold out more validation videos).
+        workers: processes that render and encode videos at once (the output is the same for any
+            number: each video has its own seeded generator).
     """
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout '{layout}': choose one of {', '.join(LAYOUTS)}")
-    if not 1 <= videos <= len(VIDEO_IDS):
-        raise UserError(f"--videos must be between 1 and {len(VIDEO_IDS)} (got {videos})")
+    if video_ids is None:
+        if not 1 <= videos <= len(VIDEO_IDS):
+            raise UserError(f"--videos must be between 1 and {len(VIDEO_IDS)} (got {videos})")
+        video_ids = VIDEO_IDS[:videos]
     if clips_per_video < 1:
         raise UserError(f"--clips-per-video must be at least 1 (got {clips_per_video})")
     root = Path(out)
@@ -134,42 +186,27 @@ def generate_dataset(out: str | Path, layout: str = "miga2025", videos: int = 8,
     root.mkdir(parents=True, exist_ok=True)
     truth: dict = {"layout": layout, "seed": seed, "fps": FPS, "videos": {}}
     oulu_rows = []
-    for video_id in tqdm(VIDEO_IDS[:videos], desc="generating videos", unit="video", disable=None if progress else True):
-        rng = np.random.default_rng([seed, video_id])
-        vid4 = f"{video_id:04d}"
-        subject, win_lose = video_facts(video_id)
-        actions, absent, n_frames = _schedule(rng, clips_per_video)
-        points = pose_sequence(n_frames, actions, win=win_lose == "Win", absent=absent, rng=rng)
-        background = rng.integers(90, 150, 3).astype(np.uint8)
-        shirt = rng.integers(20, 90, 3).astype(np.uint8)
-        gain = 1.0 if win_lose == "Win" else 0.85
-        frames = np.stack([render_frame(p, background, shirt, _SKIN, gain) for p in points])
-        split = _split_folder(video_id)
-        truth["videos"][vid4] = {
-            "subject": subject, "win_lose": win_lose, "n_frames": n_frames, "split_miga": split,
-            "absent_frames": [absent.start, absent.stop - 1],
-            "clips": [{"clip_id": f"{vid4}_{k}", "label": a.label, "raw_class": classes.index_to_raw(a.label),
-                       "start_frame": a.start, "end_frame": a.end} for k, a in enumerate(actions)],
-        }
-        if layout == "oulu":
-            _write_mp4(root / "videos" / f"{video_id}.mp4", frames)
-            folder = root / "Data" / "skeleton" / "raw" / str(video_id)
-            folder.mkdir(parents=True, exist_ok=True)
-            for t, p in enumerate(points):
-                (folder / f"{video_id}_{t:012d}_keypoints.json").write_text(json.dumps(_openpose_json(p)))
-            for k, a in enumerate(actions):
-                oulu_rows.append([video_id, k + 1, f"{a.start / FPS:.2f}", a.start, f"{a.end / FPS:.2f}", a.end,
-                                  classes.index_to_raw(a.label), subject, "M", "synthetic", win_lose])
-        else:
-            from migfuse.data_cache.layouts.skeletons import write_light_hand_csv, write_openpose_xlsx
+    jobs = [(root, layout, int(v), seed, clips_per_video) for v in video_ids]
+    bar = tqdm(total=len(jobs), desc="generating videos", unit="video", disable=None if progress else True)
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-            skel_dir, mp4_dir = _miga_dirs(root, layout, vid4, split)
-            _write_label_csv(skel_dir / f"{vid4}_label.csv", actions, known=split != "test")
-            if layout == "miga2025":
-                write_openpose_xlsx(skel_dir / f"{vid4}_openpose.xlsx", points)
-            else:
-                write_light_hand_csv(skel_dir / f"{vid4}_light_hand.csv", points)
-            _write_mp4(mp4_dir / f"{vid4}.mp4", frames)
+        # spawn, not fork: the caller (e.g. the demo) may already run torch's thread pool
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+            results = []
+            for r in pool.map(_write_video, *zip(*jobs)):
+                results.append(r)
+                bar.update()
+    else:
+        results = []
+        for job in jobs:
+            results.append(_write_video(*job))
+            bar.update()
+    bar.close()
+    for vid4, entry, rows in results:  # in video_ids order whatever the pool did
+        truth["videos"][vid4] = entry
+        oulu_rows += rows
     if layout == "oulu":
         labels = root / "Label" / "labels_20200831.csv"
         labels.parent.mkdir(parents=True, exist_ok=True)
@@ -179,5 +216,5 @@ def generate_dataset(out: str | Path, layout: str = "miga2025", videos: int = 8,
                         "subject_id", "subject_gender", "subject_nationality", "win_or_lose"])
             w.writerows(oulu_rows)
     (root / "ground_truth.json").write_text(json.dumps(truth, indent=1))
-    log.info("generated %d videos (%s layout) in %s", videos, layout, root)
+    log.info("generated %d videos (%s layout) in %s", len(jobs), layout, root)
     return root
