@@ -1120,7 +1120,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
-    """Run the whole pipeline on a generated dataset (5 videos, 40 clips; sized for 3 minutes on 2 idle
+    """Run the whole pipeline on a generated dataset (5 videos, 40 clips; 218 s median on 2 idle
     CPU cores, much longer on a busy machine: see benchmarks/RESULTS.md "demo") and print where each artifact is: generate -> prepare -> extract video,
     context, skeleton, face -> views -> CMTF and InterFusion -> predict -> MiGA 2025 and emotion zips.
     The summary gives each trained model's held-out accuracy beside chance, with n, and the stage
