@@ -71,5 +71,5 @@ def test_fuse_install_keeps_a_local_label_torch_and_adds_no_extraction_packages(
     listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
                             capture_output=True, text=True, check=True).stdout
     names = {p["name"].lower() for p in json.loads(listed)}
-    assert {"torch", "migfuse", "numpy", "zarr", "typer", "tqdm"} <= names
+    assert {"torch", "migfuse", "numpy", "zarr", "typer", "tqdm", "matplotlib", "filelock", "python-calamine"} <= names
     assert not names & {"torchvision", "timm", "av", "facenet-pytorch", "pytest"}
