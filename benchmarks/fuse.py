@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -106,6 +107,8 @@ def run_training(root: Path, task: str, threads: int) -> dict:
     from migfuse.fuse.train import train
 
     out = root / f"run_{task}"
+    if out.exists():  # a finished run folder would be resumed ("nothing to do"): measure a fresh run
+        shutil.rmtree(out)
     t0 = time.perf_counter()
     config = {} if threads < 0 else {"threads": threads}  # -1: the library default (DEFAULTS["threads"])
     summary = train(root / "cache.zarr", root / "prepared", task, out, config=config)

@@ -1119,16 +1119,20 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the generated dataset and every artifact (reused when rerun).")] = Path("demo_out"),
     seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="MViTv2-S and SwinFace forwards: auto (bf16 on CUDA and on CPUs "
+                                                "that do bf16 in hardware, Intel AMX / AVX512-BF16; else fp32), "
+                                                "fp32 or bf16.")] = "auto",
 ) -> None:
-    """Run the whole pipeline on a generated dataset (5 videos, 40 clips; 218 s median on 2 idle
-    CPU cores, much longer on a busy machine: see benchmarks/RESULTS.md "demo") and print where each artifact is: generate -> prepare -> extract video,
-    context, skeleton, face -> views -> CMTF and InterFusion -> predict -> MiGA 2025 and emotion zips.
+    """Run the whole pipeline on a generated dataset (5 videos, 40 clips; 74 s median on 2 idle CPU
+    cores with hardware bf16, 109 s in fp32, much longer on a busy machine: see benchmarks/RESULTS.md
+    "demo") and print where each artifact is: generate -> prepare -> extract video, context,
+    skeleton, face -> views -> CMTF and InterFusion -> predict -> MiGA 2025 and emotion zips.
     The summary gives each trained model's held-out accuracy beside chance, with n, and the stage
     timings. Video and face backbones use random weights; the skeleton backbones are trained."""
     from migfuse.demo import run_demo
 
     started = time.perf_counter()
-    artifacts, summary = run_demo(out, seed=seed, device=device)
+    artifacts, summary = run_demo(out, seed=seed, device=device, precision=precision)
     width = max(len(k) for k in artifacts)
     typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artifacts:")
     for name, path in artifacts.items():

@@ -21,11 +21,12 @@ from migfuse.synth.pose import MOTIONS
 log = logging.getLogger(__name__)
 
 # Settings that keep the demo within 3 minutes on 2 CPU cores (benchmarks/demo.py). MViTv2-S forwards
-# (~2 s each on such a CPU) dominate, one per clip and one per context window: 5 videos x 8 clips + 5
-# windows = 45. Eight clips per video show each of the 8 generated gestures once, so every split is
-# balanced. Real iMiGUE ids, chosen for their splits: MiGA train 26 (Win), 46 (Lose); validation 1
-# (Win, picks the best epoch); test 54 (Lose), 71 (Win): the held-out split, scored against the
-# generated ground truth, which no training step sees. Emotion: train 26, 46, 1; test 54, 71.
+# dominate (1.5 s per clip in fp32, 0.6 s in bf16 on 2 Xeon cores with AMX), one per clip and one
+# per context window: 5 videos x 8 clips + 5 windows = 45. Eight clips per video show each of the 8
+# generated gestures once, so every split is balanced. Real iMiGUE ids, chosen for their splits:
+# MiGA train 26 (Win), 46 (Lose); validation 1 (Win, picks the best epoch); test 54 (Lose), 71 (Win):
+# the held-out split, scored against the generated ground truth, which no training step sees.
+# Emotion: train 26, 46, 1; test 54, 71.
 DEMO = {
     "video_ids": (26, 46, 1, 54, 71),
     "clips_per_video": 8,
@@ -34,12 +35,30 @@ DEMO = {
     "face_frames": 2,  # face frames per clip and per context window
     "face_batch": 10,  # SwinFace runs on full (padded) batches: 40 x 2 clip faces, 5 x 2 window faces
     "generate_workers": 2,
-    "skeleton": {"epochs": 30, "base_channels": 8, "length": 32, "batch_size": 8, "lr": 0.05},
-    # 16 training clips: small batches so that each epoch takes several steps, and no early stop
-    # (patience = epochs) on the 8 validation clips
+    # 16 training clips, 8 validation clips. lr 0.02 for 50 epochs: the bone stream reached only 2-6
+    # of the 16 held-out clips at lr 0.05-0.1 for 30 epochs, and 10/16 with this (seeds 0 and 1).
+    "skeleton": {"epochs": 50, "base_channels": 8, "length": 32, "batch_size": 8, "lr": 0.02},
+    "skeleton_processes": 2,  # joint and bone train at once, one process (and core) each
+    # small batches so that each epoch takes several steps, and no early stop (patience = epochs)
     "cmtf": {"epochs": 40, "batch_size": 8, "patience": 40, "lr": 3e-3},
     "interfusion": {"epochs": 30, "batch_size": 4, "patience": 30},
 }
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def demo_precision(precision: str, device: str) -> str:
+    """The forward precision of MViTv2-S and SwinFace: "auto" is bf16 on CUDA and on a CPU that does
+    bf16 in hardware (`runner.cpu_has_native_bf16`), else fp32. UserError for another name."""
+    import torch
+
+    from migfuse.extract.runner import cpu_has_native_bf16
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return "bf16" if on_cuda or cpu_has_native_bf16() else "fp32"
 
 
 def _step(name: str):
@@ -47,11 +66,16 @@ def _step(name: str):
     return time.perf_counter()
 
 
-def run_demo(out: str | Path, seed: int = 0, device: str = "cpu") -> tuple[dict[str, Path], list[str]]:
+def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str = "auto",
+             video_checkpoint: str | Path | None = None) -> tuple[dict[str, Path], list[str]]:
     """Run every stage on a generated dataset under `out`.
 
+    Args:
+        precision: MViTv2-S and SwinFace forward precision, see `demo_precision`.
+        video_checkpoint: an MViTv2-S file for the video and context tracks (None: seeded random
+            weights; the tests pass a random narrow "demo" width file, which is 100x cheaper).
     Returns (where each artifact is, the summary lines: each trained model's held-out accuracy
-    beside chance with n, then the stage timings in seconds).
+    beside chance with n, then how the backbones ran and the stage timings in seconds).
     """
     from migfuse.data_cache.prepare import prepare
     from migfuse.data_cache.views import default_views
@@ -67,7 +91,8 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu") -> tuple[dict[
     from migfuse.synth import generate_dataset
 
     out = Path(out)
-    check_out_folder(out)
+    precision = demo_precision(precision, device)
+    check_out_folder(out, precision)
     dataset, prepared, cache = out / "dataset", out / "prepared", out / "cache.zarr"
     runs = out / "runs"
     timings: dict[str, float] = {}
@@ -88,35 +113,28 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu") -> tuple[dict[
 
     log.warning("demo: MViTv2-S and SwinFace run with RANDOM weights (no checkpoint); the skeleton backbone is trained")
     summaries = []
-    t = _step("extract video tokens (MViTv2-S)")
+    t = time.perf_counter()
     # one loader worker: it decodes while the main process runs the model on both cores
-    summaries.append(extract_track("video", prepared, cache, device=device, workers=1,
-                                   batch_size=DEMO["video_batch"]))
-    _step("extract context tokens (MViTv2-S)")
-    summaries.append(extract_track("context", prepared, cache, device=device, workers=1,
-                                   batch_size=DEMO["video_batch"], context_windows=DEMO["context_windows"]))
+    for track in ("video", "context"):
+        _step(f"extract {track} tokens (MViTv2-S, {precision})")
+        summaries.append(extract_track(track, prepared, cache, checkpoint=video_checkpoint, device=device,
+                                       precision=precision, workers=1, batch_size=DEMO["video_batch"],
+                                       context_windows=DEMO["context_windows"]))
     timings["extract video+context"] = time.perf_counter() - t
 
     t = _step("train the skeleton backbone and extract joint and bone features (2s-AGCN)")
     # a finished run with the same settings is reused, so its features in the cache stay valid
     skeleton_config = TrainConfig(device=device, **DEMO["skeleton"])
-    import torch
-
-    # The width-8 2s-AGCN gains nothing from a second intra-op thread, and on a busy machine spinning
-    # OpenMP threads slow it several times (benchmarks/RESULTS.md, skeleton and fusion sections).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        skeleton = train_and_extract(prepared, cache, runs / "skeleton", skeleton_config)
-    finally:
-        torch.set_num_threads(threads)
+    skeleton = train_and_extract(prepared, cache, runs / "skeleton", skeleton_config,
+                                 processes=DEMO["skeleton_processes"])
     summaries += [run.extract for run in skeleton.values()]
     timings["skeleton train+extract"] = time.perf_counter() - t
 
-    t = _step("extract face tokens (MTCNN + SwinFace)")
+    t = _step(f"extract face tokens (MTCNN + SwinFace, {precision})")
     for scope in SCOPES:  # clip -> face, context -> face_context (the track table's face tracks)
-        summaries.append(extract_face(prepared, cache, scope=scope, device=device, frames=DEMO["face_frames"],
-                                      context_windows=DEMO["context_windows"], batch_size=DEMO["face_batch"]))
+        summaries.append(extract_face(prepared, cache, scope=scope, device=device, precision=precision,
+                                      frames=DEMO["face_frames"], context_windows=DEMO["context_windows"],
+                                      batch_size=DEMO["face_batch"]))
     timings["extract face"] = time.perf_counter() - t
     for s in summaries:
         if s.failed:
@@ -171,6 +189,9 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu") -> tuple[dict[
     lines.append("(video and face tokens come from RANDOM MViTv2-S and SwinFace weights: they carry no learned "
                  "meaning; CMTF learns from its pose tracks; InterFusion, trained on 3 videos (one held out to pick "
                  "the epoch), shows the pipeline, not a model)")
+    lines.append(f"backbones: MViTv2-S and SwinFace forwards in {precision} on {device}; the "
+                 f"joint and bone streams trained {DEMO['skeleton']['epochs']} epochs each, "
+                 f"{DEMO['skeleton_processes']} at once")
     lines.append("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     for line in lines:
         log.info("demo: %s", line)
@@ -234,8 +255,9 @@ def accuracy_line(name: str, correct: int, n: int, chance: float, unit: str) -> 
             f"95% CI [{max(0.0, centre - half):.0%}, {min(1.0, centre + half):.0%}]  p = {p:.2g}")
 
 
-def check_out_folder(out: Path) -> None:
-    """Refuse an --out folder that holds something other than an earlier demo."""
+def check_out_folder(out: Path, precision: str | None = None) -> None:
+    """Refuse an --out folder that holds something other than an earlier demo, one made with other
+    settings, or one whose cache holds tokens of another `precision` (they cannot be resumed)."""
     if out.exists() and any(out.iterdir()) and not (out / "dataset").exists():
         raise UserError(f"{out} is not empty and holds no earlier demo: choose another --out folder")
     truth = out / "dataset" / "ground_truth.json"
@@ -247,3 +269,13 @@ def check_out_folder(out: Path) -> None:
         if list(made["videos"]) != wanted or any(len(v["clips"]) != DEMO["clips_per_video"] for v in made["videos"].values()):
             raise UserError(f"{out} holds a demo made with other settings (an older migfuse): choose another --out "
                             f"folder or delete {out}")
+    cache = out / "cache.zarr"
+    if precision is not None and cache.is_dir():
+        from migfuse.data_cache.store import TokenCache
+
+        store = TokenCache(cache)
+        for name in ("video/mvit_v2_s", "face/swinface"):
+            made = store.group(name).provenance.get("compute", {}).get("precision") if store.has_group(name) else None
+            if made is not None and made != precision:
+                raise UserError(f"{out} holds a demo whose tokens were computed in {made}: rerun with --precision "
+                                f"{made}, or choose another --out folder for {precision}")

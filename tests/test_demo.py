@@ -11,58 +11,83 @@ from migfuse.data_cache.store import TokenCache
 from migfuse.errors import UserError
 
 
-def test_demo_runs_every_stage_and_writes_the_submissions(tmp_path, monkeypatch):
-    # shrunk: one clip per video, one context window, few epochs
-    small = {**demo_module.DEMO, "clips_per_video": 1, "face_frames": 2, "video_batch": 2,
-             "cmtf": {**demo_module.DEMO["cmtf"], "epochs": 2}, "interfusion": {**demo_module.DEMO["interfusion"], "epochs": 2},
-             "face_batch": 4, "skeleton": {**demo_module.DEMO["skeleton"], "epochs": 1}}
-    monkeypatch.setattr(demo_module, "DEMO", small)
-    artifacts, summary = demo_module.run_demo(tmp_path / "demo")
+@pytest.fixture(scope="module")
+def narrow_mvit(tmp_path_factory):
+    """A random MViTv2-S file of the narrow "demo" width (same token layout, 100x cheaper), written as
+    `backbone train video` writes one: the video tokens are random in the demo anyway."""
+    import torch
+
+    from migfuse.extract.mvit import FINETUNE_KIND, build_mvit
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mvit") / "narrow.pt"
+    torch.save({"meta": {"migfuse": {"kind": FINETUNE_KIND, "width": "demo", "run_id": "test"}},
+                "state_dict": build_mvit("demo", 32).state_dict()}, path)
+    return path
+
+
+def test_the_demo_runs_every_stage_and_its_pose_driven_models_beat_twice_chance(tmp_path, narrow_mvit):
+    """The demo's own settings and dataset (seed 0): 16 held-out clips, chance 1/8. Only the MViTv2-S
+    file differs (narrow and random instead of full and random), to keep the suite fast."""
+    artifacts, summary = demo_module.run_demo(tmp_path / "demo", video_checkpoint=narrow_mvit)
     cache = TokenCache(artifacts["token cache (migfuse cache info)"])
     for group in ("video/mvit_v2_s", "context/mvit_v2_s", "joint/agcn", "bone/agcn", "face/swinface",
                   "face_context/swinface"):
         g = cache.group(group)
         assert len(g.done_ids()) == len(g.ids) > 0, group
+    truth = demo_module.held_out_truth(tmp_path / "demo" / "dataset")
+    assert len(truth) == 16 and sorted(truth.values()) == sorted(list(demo_module.MOTIONS) * 2)  # balanced
     with zipfile.ZipFile(artifacts["MiGA 2025 submission"]) as z:
         rows = z.read("prediction.csv").decode().splitlines()
-    assert rows[0] == "Id,Target" and len(rows) == 1 + 2  # the 2 generated test videos, one clip each
+    assert rows[0] == "Id,Target" and len(rows) == 1 + 16  # the 2 generated test videos, 8 clips each
     assert artifacts["CMTF confusion matrix (validation)"].is_file()
     with zipfile.ZipFile(artifacts["emotion submission"]) as z:
         assert z.namelist() == ["prediction.csv"]
-    # every trained model: accuracy, (correct/n), chance; then the stage timings
+    # every trained model: accuracy (correct/n), chance, interval, p. The pose-driven ones clearly beat
+    # chance: at least twice chance (4/16) and binomial p < 0.01 (which takes 6/16)
     text = "\n".join(summary)
-    for model, n, unit, chance in (("joint stream", 2, "clips", "12.5%"), ("bone stream", 2, "clips", "12.5%"),
-                                   ("CMTF", 2, "clips", "12.5%"), ("InterFusion", 2, "videos", "50.0%")):
-        assert re.search(rf"{model}.* \d+\.\d% \(\d/{n} {unit}\)  chance {re.escape(chance)}  95% CI", text), model
+    for model, n, unit, chance, pose_driven in (("joint stream", 16, "clips", "12.5%", True),
+                                                ("bone stream", 16, "clips", "12.5%", True),
+                                                ("CMTF", 16, "clips", "12.5%", True),
+                                                ("InterFusion", 2, "videos", "50.0%", False)):
+        m = re.search(rf"{model}.* \d+\.\d% \((\d+)/{n} {unit}\)  chance {re.escape(chance)}  95% CI "
+                      rf"\[\d+%, \d+%\]  p = (\S+)", text)
+        assert m, model
+        if pose_driven:
+            assert int(m.group(1)) >= 2 * n / 8 and float(m.group(2)) < 0.01, (model, m.group(1), m.group(2))
+    assert re.search(r"backbones: MViTv2-S and SwinFace forwards in (fp32|bf16) on cpu; the joint and bone "
+                     r"streams trained 50 epochs each, 2 at once", text)
     assert summary[-1].startswith("timings: generate ") and "extract video+context" in summary[-1]
     assert "RANDOM MViTv2-S and SwinFace weights" in text
-    # a rerun reuses the dataset and the cache (extraction resumes) and trains the heads again
-    again, _ = demo_module.run_demo(tmp_path / "demo")
+    # a rerun reuses the dataset, the skeleton runs and the cache (extraction resumes) and trains the
+    # heads again, to the same submission
+    again, second = demo_module.run_demo(tmp_path / "demo", video_checkpoint=narrow_mvit)
     assert again["MiGA 2025 submission"].read_bytes() == artifacts["MiGA 2025 submission"].read_bytes()
-
-
-def test_the_demos_skeleton_streams_beat_twice_chance_on_the_held_out_test_videos(tmp_path):
-    """The demo's own dataset and skeleton settings (seed 0): 16 held-out clips, chance 1/8."""
-    from migfuse.data_cache.prepare import prepare
-    from migfuse.extract.skeleton.train import TrainConfig, train_skeleton
-    from migfuse.synth import generate_dataset
-
-    dataset = generate_dataset(tmp_path / "dataset", clips_per_video=demo_module.DEMO["clips_per_video"],
-                               video_ids=demo_module.DEMO["video_ids"], progress=False, workers=2)
-    prepare(dataset, tmp_path / "prepared")
-    truth = demo_module.held_out_truth(dataset)
-    assert len(truth) == 16 and sorted(truth.values()) == sorted(list(demo_module.MOTIONS) * 2)  # balanced
-    config = TrainConfig(**demo_module.DEMO["skeleton"])
-    for stream in ("joint", "bone"):
-        result = train_skeleton(tmp_path / "prepared", tmp_path / stream, TrainConfig(**{**config.__dict__, "stream": stream}))
-        correct, n = demo_module.skeleton_accuracy(tmp_path / "prepared", result.best_checkpoint, config, stream, truth)
-        assert n == 16 and correct / n >= 2 / len(demo_module.MOTIONS), (stream, correct)
+    assert second[:5] == summary[:5]
+    # the cache holds tokens of one precision: another one is refused up front, in one line
+    made = re.search(r"forwards in (fp32|bf16)", text).group(1)
+    other = "fp32" if made == "bf16" else "bf16"
+    with pytest.raises(UserError, match=rf"tokens were computed in {made}: rerun with --precision {made}, or choose "
+                                        rf"another --out folder for {other}"):
+        demo_module.run_demo(tmp_path / "demo", precision=other, video_checkpoint=narrow_mvit)
 
 
 def test_accuracy_line_gives_accuracy_chance_interval_and_binomial_p():
     line = demo_module.accuracy_line("CMTF (micro-gestures)", 8, 16, 0.125, "clips")
     # Wilson 95% interval of 8/16 is [28%, 72%]; P(X >= 8 | n=16, p=1/8) = 0.0003
     assert line == "  CMTF (micro-gestures)    50.0% (8/16 clips)  chance 12.5%  95% CI [28%, 72%]  p = 0.0003"
+
+
+def test_demo_precision_auto_follows_the_hardware_and_a_bad_name_is_one_line(monkeypatch):
+    from migfuse.extract import runner
+
+    monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: True)
+    assert demo_module.demo_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: False)
+    assert demo_module.demo_precision("auto", "cpu") == "fp32"
+    assert demo_module.demo_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(UserError, match="--precision 'fp8' is not one of auto, fp32, bf16"):
+        demo_module.demo_precision("fp8", "cpu")
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):

@@ -214,6 +214,32 @@ def test_train_and_extract_both_streams(tmp_path):
     assert j.shape == b.shape == (16, 4, 55) and not np.array_equal(j, b)
 
 
+def test_streams_trained_in_two_processes_equal_one_process_and_errors_come_back(tmp_path):
+    import dataclasses
+
+    from migfuse.extract.skeleton.pipeline import train_and_extract
+
+    small = make_toy_dataset(tmp_path / "toy", videos=3, clips_per_video=4, val_videos=1).root
+    config = TrainConfig(epochs=2, base_channels=4, length=16, batch_size=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two processes on a 2-core machine
+    try:
+        one = train_and_extract(small, tmp_path / "c1.zarr", tmp_path / "one", config)
+    finally:
+        torch.set_num_threads(threads)
+    two = train_and_extract(small, tmp_path / "c2.zarr", tmp_path / "two", config, processes=2)
+    for stream in ("joint", "bone"):
+        assert [h["train_loss"] for h in two[stream].train.history] == \
+            pytest.approx([h["train_loss"] for h in one[stream].train.history], rel=1e-5)
+        a = torch.load(one[stream].train.best_checkpoint, weights_only=False)["state_dict"]
+        b = torch.load(two[stream].train.best_checkpoint, weights_only=False)["state_dict"]
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], msg=f"{stream} {k}")
+    with pytest.raises(UserError, match="unknown --arch 'gcn'"):  # raised in a worker, one line here
+        train_and_extract(small, tmp_path / "c3.zarr", tmp_path / "three", dataclasses.replace(config, arch="gcn"),
+                          processes=2)
+
+
 def test_cli_train_then_extract(tmp_path):
     from typer.testing import CliRunner
 

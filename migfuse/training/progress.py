@@ -14,6 +14,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 
+#: False in worker processes that train beside each other (their bars would garble one terminal).
+SHOW_BARS = True
+
+
 class Progress:
     """The run's bar. `step()` after each training step, `epoch_done(epoch)` after each epoch."""
 
@@ -39,6 +43,8 @@ class Progress:
 def progress(desc: str, epochs: int, start_epoch: int = 1, steps_per_epoch: int | None = None,
              disable: bool | None = None) -> Iterator[Progress]:
     """A bar from the end of epoch `start_epoch - 1` to the end of `epochs`; quiet off a terminal."""
+    if not SHOW_BARS:
+        disable = True
     unit_total = epochs * steps_per_epoch if steps_per_epoch else epochs
     done = (start_epoch - 1) * steps_per_epoch if steps_per_epoch else start_epoch - 1
     with tqdm(total=unit_total, initial=done, desc=desc, unit="step" if steps_per_epoch else "epoch",
