@@ -83,6 +83,7 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str
     from migfuse.extract.runner import format_summary
     from migfuse.extract.skeleton.pipeline import train_and_extract
     from migfuse.extract.skeleton.train import TrainConfig
+    from migfuse.extract.video import TRACKS as VIDEO_TRACKS
     from migfuse.extract.video import extract_track
     from migfuse.fuse.evaluate import evaluate
     from migfuse.fuse.export import export_scores
@@ -115,7 +116,7 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str
     summaries = []
     t = time.perf_counter()
     # one loader worker: it decodes while the main process runs the model on both cores
-    for track in ("video", "context"):
+    for track in VIDEO_TRACKS:  # the MViTv2-S tracks of the track table: video (per clip), context (per video)
         _step(f"extract {track} tokens (MViTv2-S, {precision})")
         summaries.append(extract_track(track, prepared, cache, checkpoint=video_checkpoint, device=device,
                                        precision=precision, workers=1, batch_size=DEMO["video_batch"],
