@@ -245,8 +245,8 @@ def data_synth(
 # [section: data-export-pyskl]
 @data_app.command("export-pyskl")
 def data_export_pyskl(
-    prepared: Annotated[Path, typer.Argument(help="PREPARED folder written by `migfuse data prepare`.")],
-    out: Annotated[Path, typer.Argument(help="The pyskl annotation .pkl to write.")],
+    prepared: Annotated[Path, typer.Argument(metavar="PREPARED", help="PREPARED folder written by `migfuse data prepare`.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The pyskl annotation .pkl to write.")],
     layout: Annotated[str, typer.Option(help="Joints to keep: coco-17 (pyskl 'coco', PoseC3D / ST-GCN++ 2D), "
                                         "openpose-18 (pyskl 'openpose'), openpose22 (MiGA 2023) or imigue (55).")]
     = "coco-17",
@@ -282,7 +282,7 @@ def data_export_pyskl(
 # [section: cache]
 @cache_app.command("info")
 def cache_info_cmd(
-    cache: Annotated[Path, typer.Argument(help="The token cache folder (CACHE.zarr).")],
+    cache: Annotated[Path, typer.Argument(metavar="CACHE", help="The token cache folder (CACHE.zarr).")],
     failures: Annotated[int, typer.Option(help="How many failure records to list per group.")] = 5,
     verify: Annotated[bool, typer.Option("--verify", help="Decode every chunk of every row; exit 2 naming the first "
                                                           "corrupt chunk (group, row id, file).")] = False,
@@ -307,8 +307,8 @@ def cache_info_cmd(
 
 @cache_app.command("export-views")
 def cache_export_views_cmd(
-    cache: Annotated[Path, typer.Argument(help="The full token cache (CACHE.zarr) holding views (`cache view --defaults`).")],
-    out: Annotated[Path, typer.Argument(help="The views-only copy to write, e.g. laptop.zarr (resumed if present).")],
+    cache: Annotated[Path, typer.Argument(metavar="CACHE", help="The full token cache (CACHE.zarr) holding views (`cache view --defaults`).")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The views-only copy to write, e.g. laptop.zarr (resumed if present).")],
 ) -> None:
     """Copy only the views of a cache (their finished rows) into a new, small cache: what `fuse train`,
     `fuse eval` and `fuse predict` read on a laptop. The full tokens stay behind."""
@@ -332,7 +332,7 @@ def cache_export_views_cmd(
 # [section: cache-view]
 @cache_app.command("view")
 def cache_view_cmd(
-    cache: Annotated[Path, typer.Argument(help="The token cache folder (CACHE.zarr).")],
+    cache: Annotated[Path, typer.Argument(metavar="CACHE", help="The token cache folder (CACHE.zarr).")],
     name: Annotated[Optional[str], typer.Option(help="View name; written as group views/NAME. Omit with --defaults.")] = None,
     group: Annotated[Optional[str], typer.Option(help="Source group, e.g. video/mvit_v2_s (see `migfuse cache info`).")] = None,
     pool: Annotated[Optional[str], typer.Option(help="Pooling: video_time, video_cls, pose_parts, pose_time, face_keep, "
@@ -418,7 +418,7 @@ _DEVICE_HELP = "Torch device, e.g. cuda (default: the backbone's own default, cp
 
 @backbone_app.command("info")
 def backbone_info(
-    name: Annotated[str, typer.Argument(help=_BACKBONE_NAME_HELP)],
+    name: Annotated[str, typer.Argument(metavar="NAME", help=_BACKBONE_NAME_HELP)],
     checkpoint: Annotated[Optional[Path], typer.Option(help=_CHECKPOINT_HELP)] = None,
     layout: Annotated[Optional[str], typer.Option(help=_LAYOUT_HELP)] = None,
     trust_checkpoint: _TrustOpt = False,
@@ -448,7 +448,7 @@ def backbone_info(
 
 @backbone_app.command("run")
 def backbone_run(
-    name: Annotated[str, typer.Argument(help=_BACKBONE_NAME_HELP)],
+    name: Annotated[str, typer.Argument(metavar="NAME", help=_BACKBONE_NAME_HELP)],
     input_path: Annotated[Path, typer.Option("--input", help="Input .npy array in the backbone's input layout (see `info`).")],
     output: Annotated[Path, typer.Option("--output", help="Output .npz file: one array per named output.")],
     checkpoint: Annotated[Optional[Path], typer.Option(help=_CHECKPOINT_HELP)] = None,
@@ -868,7 +868,7 @@ def fuse_train_cmd(
 
 @fuse_app.command("eval")
 def fuse_eval_cmd(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `migfuse fuse train`.")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `migfuse fuse train`.")],
     split: Annotated[str, typer.Option(help="train, validation (as held out in training) or test.")] = "test",
     cache: Annotated[Optional[Path], typer.Option(help="Cache to read (default: the one the run was trained on).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="PREPARED folder (default: the run's).")] = None,
@@ -900,7 +900,7 @@ def fuse_eval_cmd(
 
 @fuse_app.command("predict")
 def fuse_predict_cmd(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `migfuse fuse train`.")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `migfuse fuse train`.")],
     split: Annotated[str, typer.Option(help="train, validation or test.")],
     out: Annotated[Path, typer.Option(help="Scores file to write (.npz), read by `migfuse export`.")],
     cache: Annotated[Optional[Path], typer.Option(help="Cache to read (default: the one the run was trained on).")] = None,
@@ -917,7 +917,7 @@ def fuse_predict_cmd(
 
 @fuse_app.command("heads")
 def fuse_heads_cmd(
-    name: Annotated[Optional[str], typer.Argument(help="A head: print only its config block.")] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="A head: print only its config block.")] = None,
 ) -> None:
     """List the fusion heads with their default options, as JSON to paste into `fuse train --config`.
 
@@ -946,7 +946,7 @@ def fuse_heads_cmd(
 # export / score                                                            (fusion issue)
 # ---------------------------------------------------------------------------------------------
 # [section: export]
-_ScoresArg = Annotated[Path, typer.Argument(help="Scores .npz written by `migfuse fuse predict` or `fuse late`.")]
+_ScoresArg = Annotated[Path, typer.Argument(metavar="SCORES", help="Scores .npz written by `migfuse fuse predict` or `fuse late`.")]
 _DataOpt = Annotated[Path, typer.Option("--data", help="PREPARED folder (manifest.csv) that defines the split's ids.")]
 _SplitOpt = Annotated[str, typer.Option(help="Split to export (manifest column split_miga / split_emotion).")]
 _HeaderOpt = Annotated[Optional[str], typer.Option(
@@ -987,7 +987,7 @@ def _export(fmt: str, scores: Path, data: Path, out: Optional[Path], split: str,
     typer.echo(f"wrote {r.path} ({r.csv_name} at the archive root): {r.rows} rows of split {r.split}")
     if r.csv_path is not None:
         typer.echo(f"wrote {r.csv_path} (the same rows as a bare CSV)")
-    typer.echo(f"sha256 {r.sha256}")
+    typer.echo(f"sha256 {r.sha256}  {r.path.name}")  # the layout of sha256sum, to check an upload
 
 
 @export_app.command("miga2025")
@@ -1044,7 +1044,7 @@ def export_emotion(
 
 @app.command("score")
 def score_cmd(
-    file: Annotated[Path, typer.Argument(help="Prediction file: challenge zip, CSV (header or not) or scores .npz.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Prediction file: challenge zip, CSV (header or not) or scores .npz.")],
     data: _DataOpt,
     split: Annotated[Optional[str], typer.Option(
         help="Require exactly this split's ids (e.g. test); default: score the ids the file has.")] = None,
@@ -1088,7 +1088,7 @@ app.add_typer(scores_app, name="scores")
 
 @scores_app.command("import")
 def scores_import_cmd(
-    results: Annotated[Path, typer.Argument(help="mmaction2 / pyskl test-result .pkl, or a CSV `Id,score...`.")],
+    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="mmaction2 / pyskl test-result .pkl, or a CSV `Id,score...`.")],
     out: Annotated[Path, typer.Option(help="migfuse scores .npz to write (for `fuse late`, `export`, `score`).")],
     ann: Annotated[Optional[Path], typer.Option(
         help="For a .pkl: the annotation file the test ran on (list file `path label`, or pyskl .pkl).")] = None,

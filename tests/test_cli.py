@@ -72,3 +72,24 @@ def test_a_missing_extra_is_one_line_naming_it(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "needs torch" in lines[0] and "install the fuse extra" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_every_positional_argument_is_named_in_upper_case_in_usage_lines():
+    """typer 0.29 prints an argument's lower-case parameter name ("{cache}") unless it has a metavar."""
+    import typer
+    from typer.core import TyperArgument
+
+    def commands(group, path: tuple[str, ...] = ()):
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):  # a group
+                yield from commands(cmd, path + (name,))
+            else:
+                yield path + (name,), cmd
+
+    seen = 0
+    for path, cmd in commands(typer.main.get_command(app)):
+        for param in cmd.params:
+            if isinstance(param, TyperArgument):
+                seen += 1
+                assert param.metavar == param.name.upper(), (path, param.name, param.metavar)
+    assert seen >= 14
