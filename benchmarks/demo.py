@@ -43,7 +43,7 @@ def run_once(out: Path, extra: list[str]) -> dict:
         sys.exit(f"demo failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     lines = proc.stdout.splitlines()
     timings = next(line for line in lines if line.startswith("timings: "))
-    stages = {k: float(v) for k, v in re.findall(r"([a-z+ ]+?) (\d+) s", timings[len("timings: "):].replace(",", ""))}
+    stages = {k: float(v) for k, v in re.findall(r"([a-z+ ]+?) (\d+) s(?:, |$)", timings[len("timings: "):])}
     accuracy = [line for line in lines if "% (" in line and "chance" in line]
     accuracy += [line for line in lines if line.startswith("backbones: ")]
     return {"wall": wall, "cpu": cpu, "load_before": before, "load_after": os.getloadavg(), "stages": stages,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 import time
 from enum import StrEnum
@@ -66,6 +67,10 @@ class _App(typer.Typer):
                 except UserError as e:
                     typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
                     raise typer.Exit(2) from None
+                except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through `_terminated`
+                    typer.secho("\ninterrupted: finished work is kept; rerun the same command to go on",
+                                err=True, fg=typer.colors.YELLOW)
+                    raise typer.Exit(getattr(e, "exit_code", 130)) from None
                 except ModuleNotFoundError as e:
                     message = _missing_extra(e)
                     if message is None:
@@ -1116,16 +1121,16 @@ def scores_import_cmd(
 # ---------------------------------------------------------------------------------------------
 @app.command(short_help="Run the whole pipeline on a generated dataset and print where each artifact is.")
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the generated dataset and every artifact (reused when rerun).")] = Path("demo_out"),
-    seed: Annotated[int, typer.Option(help="Seed of the generated dataset.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option(help="MViTv2-S and SwinFace forwards: auto (bf16 on CUDA and on CPUs "
-                                                "that do bf16 in hardware, Intel AMX / AVX512-BF16; else fp32), "
-                                                "fp32 or bf16.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Folder for the generated dataset and every artifact (reused by a rerun "
+                                           "with the same --seed and --precision).")] = Path("demo_out"),
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the generated dataset.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when torch has it, else CPU), cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="MViTv2-S and SwinFace forwards: auto (bf16 on a GPU that supports "
+                                                "it and on a CPU with Intel AMX, else fp32), fp32 or bf16.")] = "auto",
 ) -> None:
-    """Run the whole pipeline on a generated dataset (5 videos, 40 clips; 74 s median on 2 idle CPU
-    cores with hardware bf16, 109 s in fp32, much longer on a busy machine: see benchmarks/RESULTS.md
-    "demo") and print where each artifact is: generate -> prepare -> extract video, context,
+    """Run the whole pipeline on a generated dataset (5 videos, 40 clips; 74 s on 2 idle cores of an
+    Intel Xeon with AMX, ~3.5 min on older 2-core CPUs, longer on a busy machine: see
+    benchmarks/RESULTS.md "demo") and print where each artifact is: generate -> prepare -> extract video, context,
     skeleton, face -> views -> CMTF and InterFusion -> predict -> MiGA 2025 and emotion zips.
     The summary gives each trained model's held-out accuracy beside chance, with n, and the stage
     timings. Video and face backbones use random weights; the skeleton backbones are trained."""
@@ -1141,8 +1146,20 @@ def demo(
     typer.echo(f"next: migfuse cache info {out / 'cache.zarr'}   |   migfuse fuse eval {out / 'runs' / 'cmtf'} --split validation")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a CI cancel, a scheduler) taken like Ctrl-C, so that worker pools
+    are stopped and locks released on the way out; the exit status stays 128 + 15."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminated)
     app()
 
 

@@ -10,10 +10,13 @@ prepared folder and the cache (extraction resumes); the heads are trained again.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 from migfuse.errors import UserError
 from migfuse.synth.pose import MOTIONS
@@ -44,21 +47,28 @@ DEMO = {
     "interfusion": {"epochs": 30, "batch_size": 4, "patience": 30},
 }
 PRECISIONS = ("auto", "fp32", "bf16")
+DEMO_RECORD = "demo.json"  # in --out: the seed, precision and settings the folder's demo was made with
 
 
 def demo_precision(precision: str, device: str) -> str:
-    """The forward precision of MViTv2-S and SwinFace: "auto" is bf16 on CUDA and on a CPU that does
-    bf16 in hardware (`runner.cpu_has_native_bf16`), else fp32. UserError for another name."""
+    """The forward precision of MViTv2-S and SwinFace on the resolved `device` ("cpu", "cuda:0").
+
+    "auto" is bf16 on a GPU that supports it and on a CPU with Intel AMX, where it was measured
+    1.5x faster for the whole demo (benchmarks/RESULTS.md "demo"); else fp32. A CPU with
+    AVX512-BF16 but no AMX also computes bf16 in hardware, but that was not measured: pass
+    --precision bf16 to try it. UserError for another name.
+    """
     import torch
 
-    from migfuse.extract.runner import cpu_has_native_bf16
+    from migfuse.extract.runner import cpu_has_amx
 
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return "bf16" if on_cuda or cpu_has_native_bf16() else "fp32"
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_amx() else "fp32"
 
 
 def _step(name: str):
@@ -66,7 +76,7 @@ def _step(name: str):
     return time.perf_counter()
 
 
-def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str = "auto",
+def run_demo(out: str | Path, seed: int = 0, device: str = "auto", precision: str = "auto",
              video_checkpoint: str | Path | None = None) -> tuple[dict[str, Path], list[str]]:
     """Run every stage on a generated dataset under `out`.
 
@@ -91,9 +101,15 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str
     from migfuse.fuse.train import train
     from migfuse.synth import generate_dataset
 
+    from migfuse.extract.runner import resolve_device
+
     out = Path(out)
+    if seed < 0:
+        raise UserError(f"--seed {seed}: the seed must be 0 or more")
+    device = resolve_device(device)  # a bad --device fails here, before anything is written
     precision = demo_precision(precision, device)
-    check_out_folder(out, precision)
+    open_out_folder(out, {"seed": seed, "precision": precision, "settings": json.loads(json.dumps(DEMO)),
+                          "video_checkpoint": str(video_checkpoint) if video_checkpoint else None})
     dataset, prepared, cache = out / "dataset", out / "prepared", out / "cache.zarr"
     runs = out / "runs"
     timings: dict[str, float] = {}
@@ -103,7 +119,7 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str
         log.info("demo: reusing the generated dataset in %s", dataset)
     else:
         if dataset.exists():
-            shutil.rmtree(dataset)  # an interrupted generation: start it again
+            shutil.rmtree(dataset)  # an interrupted generation (the folder is the demo's: demo.json): start again
         generate_dataset(dataset, seed=seed, clips_per_video=DEMO["clips_per_video"], video_ids=DEMO["video_ids"],
                          workers=DEMO["generate_workers"])
     timings["generate"] = time.perf_counter() - t
@@ -112,7 +128,8 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str
     prepare(dataset, prepared)
     timings["prepare"] = time.perf_counter() - t
 
-    log.warning("demo: MViTv2-S and SwinFace run with RANDOM weights (no checkpoint); the skeleton backbone is trained")
+    random = "SwinFace" if video_checkpoint else "MViTv2-S and SwinFace"
+    log.warning("demo: %s run with RANDOM weights (no checkpoint); the skeleton backbone is trained", random)
     summaries = []
     t = time.perf_counter()
     # one loader worker: it decodes while the main process runs the model on both cores
@@ -123,11 +140,13 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str
                                        context_windows=DEMO["context_windows"]))
     timings["extract video+context"] = time.perf_counter() - t
 
-    t = _step("train the skeleton backbone and extract joint and bone features (2s-AGCN)")
+    t = _step(f"train 2s-AGCN on the joint and bone streams ({DEMO['skeleton']['epochs']} epochs each, "
+              f"{DEMO['skeleton_processes']} at once; -v logs every epoch), then extract their features")
     # a finished run with the same settings is reused, so its features in the cache stay valid
     skeleton_config = TrainConfig(device=device, **DEMO["skeleton"])
-    skeleton = train_and_extract(prepared, cache, runs / "skeleton", skeleton_config,
-                                 processes=DEMO["skeleton_processes"])
+    with _epoch_lines_only_when_verbose():
+        skeleton = train_and_extract(prepared, cache, runs / "skeleton", skeleton_config,
+                                     processes=DEMO["skeleton_processes"])
     summaries += [run.extract for run in skeleton.values()]
     timings["skeleton train+extract"] = time.perf_counter() - t
 
@@ -149,8 +168,10 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str
     for name in ("cmtf", "interfusion"):
         if (runs / name).exists():
             shutil.rmtree(runs / name)  # heads train in seconds: always train them again
-    train(cache, prepared, "mg", runs / "cmtf", head="cmtf", config=dict(DEMO["cmtf"]))
-    train(cache, prepared, "emotion", runs / "interfusion", head="interfusion", config=dict(DEMO["interfusion"]))
+    with _epoch_lines_only_when_verbose():  # the progress bars show the epochs
+        train(cache, prepared, "mg", runs / "cmtf", head="cmtf", config=dict(DEMO["cmtf"]))
+        train(cache, prepared, "emotion", runs / "interfusion", head="interfusion",
+              config=dict(DEMO["interfusion"]))
     metrics = evaluate(runs / "cmtf", split="validation")
     emotion = evaluate(runs / "interfusion", split="test")
     mg_scores = predict(runs / "cmtf", "test", out=runs / "cmtf" / "test_scores.npz")
@@ -187,22 +208,37 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "cpu", precision: str
              f"videos, scored against the generated ground truth; chance = uniform guess among the "
              f"{len(MOTIONS)} generated gestures or Win/Lose; p = binomial P(>= correct | chance)):"]
     lines += [accuracy_line(name, correct, n, chance, unit) for name, (correct, n), chance, unit in results]
-    lines.append("(video and face tokens come from RANDOM MViTv2-S and SwinFace weights: they carry no learned "
-                 "meaning; CMTF learns from its pose tracks; InterFusion, trained on 3 videos (one held out to pick "
-                 "the epoch), shows the pipeline, not a model)")
-    lines.append(f"backbones: MViTv2-S and SwinFace forwards in {precision} on {device}; the "
-                 f"joint and bone streams trained {DEMO['skeleton']['epochs']} epochs each, "
-                 f"{DEMO['skeleton_processes']} at once")
+    tokens = "face tokens come from RANDOM SwinFace weights" if video_checkpoint else \
+        "video and face tokens come from RANDOM MViTv2-S and SwinFace weights"
+    lines.append(f"({tokens}: they carry no learned meaning; CMTF learns from its pose tracks; InterFusion, trained "
+                 "on 3 videos (one held out to pick the epoch), shows the pipeline, not a model)")
+    streams = []
+    for name, run in skeleton.items():
+        r = run.train
+        streams.append(f"{name} {r.epochs_run} epochs trained now (best epoch {r.best_epoch})" if r.epochs_run
+                       else f"{name} reused from {r.out} (best epoch {r.best_epoch})")
+    at_once = sum(1 for run in skeleton.values() if run.train.epochs_run) > 1 and DEMO["skeleton_processes"] > 1
+    lines.append(f"backbones: MViTv2-S and SwinFace forwards in {precision} on {device}; 2s-AGCN "
+                 + ", ".join(streams) + (f", {DEMO['skeleton_processes']} streams at once" if at_once else ""))
     lines.append("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    for line in lines:
-        log.info("demo: %s", line)
     return artifacts, lines
+
+
+@contextlib.contextmanager
+def _epoch_lines_only_when_verbose() -> Iterator[None]:
+    """Hide the trainers' per-epoch log lines (~170 in the demo) unless -v asked for debug output."""
+    loop = logging.getLogger("migfuse.training.loop")
+    before = loop.level
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        loop.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        loop.setLevel(before)
 
 
 def held_out_truth(dataset: Path) -> dict[str, int]:
     """Generated label (0..31) of each clip of the MiGA test split, from `ground_truth.json`."""
-    import json
-
     truth = json.loads((dataset / "ground_truth.json").read_text())
     return {c["clip_id"]: int(c["label"]) for v in truth["videos"].values() if v["split_miga"] == "test"
             for c in v["clips"]}
@@ -256,27 +292,36 @@ def accuracy_line(name: str, correct: int, n: int, chance: float, unit: str) -> 
             f"95% CI [{max(0.0, centre - half):.0%}, {min(1.0, centre + half):.0%}]  p = {p:.2g}")
 
 
-def check_out_folder(out: Path, precision: str | None = None) -> None:
-    """Refuse an --out folder that holds something other than an earlier demo, one made with other
-    settings, or one whose cache holds tokens of another `precision` (they cannot be resumed)."""
-    if out.exists() and any(out.iterdir()) and not (out / "dataset").exists():
-        raise UserError(f"{out} is not empty and holds no earlier demo: choose another --out folder")
-    truth = out / "dataset" / "ground_truth.json"
-    if truth.is_file():
-        import json
+def open_out_folder(out: Path, record: dict) -> None:
+    """Make `out` the demo's folder, or check that it holds the same demo.
 
-        made = json.loads(truth.read_text())
-        wanted = [f"{v:04d}" for v in DEMO["video_ids"]]
-        if list(made["videos"]) != wanted or any(len(v["clips"]) != DEMO["clips_per_video"] for v in made["videos"].values()):
-            raise UserError(f"{out} holds a demo made with other settings (an older migfuse): choose another --out "
-                            f"folder or delete {out}")
-    cache = out / "cache.zarr"
-    if precision is not None and cache.is_dir():
-        from migfuse.data_cache.store import TokenCache
+    `record` ({"seed", "precision", "settings": DEMO, "video_checkpoint"}) is written to
+    `out/demo.json` on first use. The dataset, cache and runs in the folder were made with it, so a
+    rerun must match it: it then reuses them and resumes what was interrupted.
 
-        store = TokenCache(cache)
-        for name in ("video/mvit_v2_s", "face/swinface"):
-            made = store.group(name).provenance.get("compute", {}).get("precision") if store.has_group(name) else None
-            if made is not None and made != precision:
-                raise UserError(f"{out} holds a demo whose tokens were computed in {made}: rerun with --precision "
-                                f"{made}, or choose another --out folder for {precision}")
+    Raises UserError (one line): `out` is a file or cannot be created; it holds other files (an
+    unrelated folder, or a demo of an older migfuse); or a demo of another seed, precision or
+    settings.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: choose a folder (it is created if missing)")
+    marker = out / DEMO_RECORD
+    if marker.is_file():
+        made = json.loads(marker.read_text())
+        for key in ("seed", "precision"):
+            if made.get(key) != record[key]:
+                raise UserError(f"{out} holds the demo of --{key} {made.get(key)}: rerun with --{key} {made.get(key)}, "
+                                f"or choose another --out folder for --{key} {record[key]}")
+        if made != record:
+            raise UserError(f"{out} holds a demo made with other settings (another migfuse version): choose another "
+                            f"--out folder or delete {out}")
+        return
+    if out.exists() and any(out.iterdir()):
+        older = (out / "dataset" / "ground_truth.json").is_file()
+        raise UserError(f"{out} is not empty and holds no demo{' of this migfuse version' if older else ''}: choose "
+                        f"another --out folder{f' or delete {out}' if older else ''}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(record, indent=1) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot create the demo folder {out} ({e.strerror}): choose another --out folder") from None

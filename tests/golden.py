@@ -36,6 +36,10 @@ def rule_tensor(key: str, shape, kind: str, salt: str, fanin: bool) -> torch.Ten
 
 def load_golden(name: str) -> tuple[dict, dict[str, np.ndarray]]:
     """(json meta, npz arrays) of golden set `name`, e.g. 'mvit_v2_s' or 'agcn_ntu_fanin'."""
+    if not (GOLDEN / f"{name}.json").is_file():
+        import pytest
+
+        pytest.fail(f"the golden files are missing at {GOLDEN} (the checkout must sit beside ../shared)")
     meta = json.loads((GOLDEN / f"{name}.json").read_text())
     with np.load(GOLDEN / f"{name}.npz") as z:
         arrays = {k: z[k] for k in z.files}

@@ -93,3 +93,37 @@ def test_every_positional_argument_is_named_in_upper_case_in_usage_lines():
                 seen += 1
                 assert param.metavar == param.name.upper(), (path, param.name, param.metavar)
     assert seen >= 14
+
+
+def test_an_interrupt_or_sigterm_ends_in_one_line_and_the_shell_status(monkeypatch):
+    import migfuse.demo
+    from migfuse.cli import Terminated
+
+    for raised, status in ((KeyboardInterrupt(), 130), (Terminated(), 143)):
+        def stop(*a, _e=raised, **k):
+            raise _e
+
+        monkeypatch.setattr(migfuse.demo, "run_demo", stop)
+        r = CliRunner().invoke(app, ["demo"])
+        assert r.exit_code == status
+        assert r.output.strip() == "interrupted: finished work is kept; rerun the same command to go on"
+
+
+def test_sigterm_to_the_command_is_taken_like_ctrl_c(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "migfuse", "demo", "--out", str(tmp_path / "demo")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # demo.json is written just before the dataset is generated
+            if (tmp_path / "demo" / "demo.json").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert err.rstrip().endswith("interrupted: finished work is kept; rerun the same command to go on")

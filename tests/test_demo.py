@@ -1,6 +1,7 @@
 """`migfuse demo` runs every stage end to end, and its pose-driven models learn the generated gestures."""
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 
@@ -55,21 +56,26 @@ def test_the_demo_runs_every_stage_and_its_pose_driven_models_beat_twice_chance(
         assert m, model
         if pose_driven:
             assert int(m.group(1)) >= 2 * n / 8 and float(m.group(2)) < 0.01, (model, m.group(1), m.group(2))
-    assert re.search(r"backbones: MViTv2-S and SwinFace forwards in (fp32|bf16) on cpu; the joint and bone "
-                     r"streams trained 50 epochs each, 2 at once", text)
+    assert re.search(r"backbones: MViTv2-S and SwinFace forwards in (fp32|bf16) on cpu; 2s-AGCN joint 50 epochs "
+                     r"trained now \(best epoch \d+\), bone 50 epochs trained now \(best epoch \d+\), 2 streams at "
+                     r"once$", text, re.M)
     assert summary[-1].startswith("timings: generate ") and "extract video+context" in summary[-1]
-    assert "RANDOM MViTv2-S and SwinFace weights" in text
+    assert "(face tokens come from RANDOM SwinFace weights: " in text  # the narrow MViT file is not called random
     # a rerun reuses the dataset, the skeleton runs and the cache (extraction resumes) and trains the
     # heads again, to the same submission
     again, second = demo_module.run_demo(tmp_path / "demo", video_checkpoint=narrow_mvit)
     assert again["MiGA 2025 submission"].read_bytes() == artifacts["MiGA 2025 submission"].read_bytes()
     assert second[:5] == summary[:5]
-    # the cache holds tokens of one precision: another one is refused up front, in one line
+    assert re.search(r"2s-AGCN joint reused from \S+ \(best epoch \d+\), bone reused from \S+ \(best epoch \d+\)$",
+                     "\n".join(second), re.M)
+    # the folder holds tokens of one precision and data of one seed: others are refused up front, in one line
     made = re.search(r"forwards in (fp32|bf16)", text).group(1)
     other = "fp32" if made == "bf16" else "bf16"
-    with pytest.raises(UserError, match=rf"tokens were computed in {made}: rerun with --precision {made}, or choose "
-                                        rf"another --out folder for {other}"):
+    with pytest.raises(UserError, match=rf"holds the demo of --precision {made}: rerun with --precision {made}, or "
+                                        rf"choose another --out folder for --precision {other}"):
         demo_module.run_demo(tmp_path / "demo", precision=other, video_checkpoint=narrow_mvit)
+    with pytest.raises(UserError, match="holds the demo of --seed 0: rerun with --seed 0"):
+        demo_module.run_demo(tmp_path / "demo", seed=1, video_checkpoint=narrow_mvit)
 
 
 def test_accuracy_line_gives_accuracy_chance_interval_and_binomial_p():
@@ -81,23 +87,56 @@ def test_accuracy_line_gives_accuracy_chance_interval_and_binomial_p():
 def test_demo_precision_auto_follows_the_hardware_and_a_bad_name_is_one_line(monkeypatch):
     from migfuse.extract import runner
 
-    monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runner, "cpu_has_amx", lambda: True)
     assert demo_module.demo_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runner, "cpu_has_amx", lambda: False)
     assert demo_module.demo_precision("auto", "cpu") == "fp32"
     assert demo_module.demo_precision("bf16", "cpu") == "bf16"
     with pytest.raises(UserError, match="--precision 'fp8' is not one of auto, fp32, bf16"):
         demo_module.demo_precision("fp8", "cpu")
 
 
-def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
+def test_demo_refuses_a_folder_that_is_not_a_demo_and_deletes_nothing(tmp_path):
     (tmp_path / "mine.txt").write_text("do not delete")
-    with pytest.raises(UserError, match="holds no earlier demo"):
+    with pytest.raises(UserError, match="is not empty and holds no demo: choose another --out folder"):
         demo_module.run_demo(tmp_path)
+    # a folder of the user's that happens to have a dataset/ (the demo's own subfolder name)
+    (tmp_path / "mine.txt").unlink()
+    (tmp_path / "dataset" / "my_videos").mkdir(parents=True)
+    (tmp_path / "dataset" / "my_videos" / "important.txt").write_text("precious")
+    with pytest.raises(UserError, match="is not empty and holds no demo"):
+        demo_module.run_demo(tmp_path)
+    assert (tmp_path / "dataset" / "my_videos" / "important.txt").read_text() == "precious"
 
 
-def test_demo_refuses_a_folder_left_by_a_demo_with_other_settings(tmp_path):
-    (tmp_path / "dataset").mkdir()
-    (tmp_path / "dataset" / "ground_truth.json").write_text('{"videos": {"0026": {"clips": [{}]}}}')
+def test_demo_refuses_a_folder_left_by_an_older_migfuse_or_other_settings(tmp_path):
+    (tmp_path / "old" / "dataset").mkdir(parents=True)  # before demo.json existed
+    (tmp_path / "old" / "dataset" / "ground_truth.json").write_text('{"videos": {"0026": {"clips": [{}]}}}')
+    with pytest.raises(UserError, match="holds no demo of this migfuse version: choose another --out folder or delete"):
+        demo_module.run_demo(tmp_path / "old")
+    (tmp_path / "other").mkdir()
+    record = {"seed": 0, "precision": demo_module.demo_precision("auto", "cpu"), "video_checkpoint": None,
+              "settings": {**demo_module.DEMO, "clips_per_video": 3}}
+    (tmp_path / "other" / "demo.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match="holds a demo made with other settings"):
-        demo_module.run_demo(tmp_path)
+        demo_module.run_demo(tmp_path / "other")
+
+
+def test_demo_input_errors_are_one_line_before_anything_is_written(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    (tmp_path / "a_file").write_text("x")
+    for args, message in ((["--out", str(tmp_path / "a_file")], "is a file: choose a folder"),
+                          (["--out", str(tmp_path / "a_file" / "sub")], "cannot create the demo folder"),
+                          (["--out", str(tmp_path / "d"), "--device", "tpu"], "--device 'tpu' is not auto, cpu"),
+                          (["--out", str(tmp_path / "d"), "--precision", "fp8"], "--precision 'fp8' is not one of"),
+                          (["--out", str(tmp_path / "d"), "--seed", "-1"],
+                           "Invalid value for '--seed': Input should be greater than or equal to 0")):
+        r = CliRunner().invoke(app, ["demo", *args])
+        assert r.exit_code == 2 and message in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "d").exists()  # refused before the demo folder was made
+    with pytest.raises(UserError, match="--seed -1: the seed must be 0 or more"):
+        demo_module.run_demo(tmp_path / "d", seed=-1)

@@ -179,7 +179,7 @@ def test_extraction_records_missing_skeletons_and_absent_people(toy, tmp_path):
     assert feats.shape == (58, 16, 4, 55) and np.isfinite(feats).all()
 
 
-def test_init_from_a_two_person_mmaction_coco_checkpoint(tmp_path):
+def test_init_from_a_two_person_mmaction_coco_checkpoint(tmp_path, golden_dir):
     """--init: backbone weights copied, data_bn reduced to person 0, the 60-class head left fresh."""
     from golden import golden_state_dict
 

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -267,11 +266,16 @@ def _convert_all(jobs: list[tuple[str, SkeletonSource]], out: Path, *, workers: 
                 bar.update(1)
             return
         # one process per video; per-frame bars would interleave, so only the video bar is shown
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_convert, vid, source, out, False): vid for vid, source in jobs}
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-                bar.update(1)
+        from migfuse.worker_pool import run_tasks
+
+        for vid, record in run_tasks(_convert_job, [(vid, source, out) for vid, source in jobs], workers,
+                                     ordered=False):
+            yield vid, record
+            bar.update(1)
+
+
+def _convert_job(vid: str, source: SkeletonSource, out: Path) -> tuple[str, dict]:
+    return vid, _convert(vid, source, out, False)
 
 
 def _counts(manifest: Manifest, scheme: str) -> dict[str, int]:

@@ -164,8 +164,9 @@ def resolve_device(requested: str = "auto", env: Mapping[str, str] | None = None
         device = "cuda"
     if req.startswith("cuda:") and int(req[5:]) >= torch.cuda.device_count():
         raise UserError(f"--device {requested}: only {torch.cuda.device_count()} CUDA devices are visible")
-    log.info("device: %s (asked for %s%s)", device, req,
-             f", LOCAL_RANK {env['LOCAL_RANK']}" if "LOCAL_RANK" in env else "")
+    # said when something was decided (auto, cuda -> cuda:N); an explicit "cpu" only with -v
+    log.log(logging.DEBUG if device == req else logging.INFO, "device: %s (asked for %s%s)", device, req,
+            f", LOCAL_RANK {env['LOCAL_RANK']}" if "LOCAL_RANK" in env else "")
     return device
 
 
@@ -179,19 +180,16 @@ def resolve_precision(precision: str | None, device: str) -> Precision:
         raise UserError(f"--precision {precision!r} is not one of {', '.join(p.value for p in Precision)}") from None
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU does bf16 arithmetic in hardware (Intel AMX or AVX512-BF16).
-
-    There, bf16 autocast runs MViTv2-S about 2.4x faster than fp32 (0.60 against 1.46 s per clip
-    on 2 Xeon cores with AMX, benchmarks/RESULTS.md "demo"); elsewhere bf16 is emulated and slower
-    than fp32. Asked of torch's CPU feature probes, which are private: False if they are missing.
-    """
+def cpu_has_amx() -> bool:
+    """True when this CPU has Intel AMX (Sapphire Rapids and later), which does bf16 matrix products
+    in hardware: there bf16 autocast runs MViTv2-S 2.4x faster than fp32 (0.60 against 1.46 s per
+    clip on 2 cores, benchmarks/RESULTS.md "demo"). Asked of torch's CPU feature probe, which is
+    private: False if it is missing or fails."""
     import torch
 
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     try:
-        return any(bool(getattr(torch.cpu, name)()) for name in probes if hasattr(torch.cpu, name))
-    except Exception:  # a probe that fails on an unusual CPU: take the safe answer
+        return bool(torch.cpu._is_amx_tile_supported())
+    except Exception:  # an older torch, or a probe that fails on an unusual CPU: the safe answer
         return False
 
 

@@ -189,15 +189,12 @@ def generate_dataset(out: str | Path, layout: str = "miga2025", videos: int = 8,
     jobs = [(root, layout, int(v), seed, clips_per_video) for v in video_ids]
     bar = tqdm(total=len(jobs), desc="generating videos", unit="video", disable=None if progress else True)
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        from migfuse.worker_pool import run_tasks
 
-        # spawn, not fork: the caller (e.g. the demo) may already run torch's thread pool
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-            results = []
-            for r in pool.map(_write_video, *zip(*jobs)):
-                results.append(r)
-                bar.update()
+        results = []
+        for r in run_tasks(_write_video, jobs, workers):
+            results.append(r)
+            bar.update()
     else:
         results = []
         for job in jobs:

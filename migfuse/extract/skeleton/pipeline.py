@@ -5,13 +5,11 @@ What `migfuse demo` (and a user with a prepared folder) calls to fill `joint/<ar
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from migfuse.extract.skeleton.train import TrainConfig, TrainResult, train_skeleton
+from migfuse.worker_pool import run_tasks, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +30,13 @@ def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
 
     `config` gives every training setting but the stream (default: TrainConfig(), the published
     width; pass e.g. TrainConfig(epochs=3, base_channels=8, length=32) for a quick CPU run).
-    `processes` > 1 trains that many streams at once, each in its own process with an equal share
-    of the CPU cores as torch threads. That is how a CPU run uses every core: a narrow 2s-AGCN
-    gains little from a second intra-op thread, a second stream beside it halves the stage. The
-    processes log their epoch lines prefixed with the stream and show no progress bar (two bars
-    from two processes garble one terminal). Extraction stays in this process, one stream after
-    the other (the cache has one writer).
+    `processes` > 1 trains that many streams at once, each in its own worker process
+    (`migfuse.worker_pool`: stopped with the command) with an equal share of the usable CPUs as
+    torch threads. That is how a CPU run uses every core: a narrow 2s-AGCN gains little from a
+    second intra-op thread, a second stream beside it halves the stage. The workers log their
+    epoch lines tagged with the stream and show no progress bar (two bars from two processes
+    garble one terminal). Extraction stays in this process, one stream after the other (the
+    cache has one writer).
     """
     from migfuse.extract.skeleton.extractor import extract_skeleton
 
@@ -47,15 +46,15 @@ def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
     if processes == 1:
         results = {stream: train_skeleton(prepared, Path(out) / stream, c) for stream, c in configs.items()}
     else:
-        threads = max(1, (os.cpu_count() or 1) // processes)
+        threads = max(1, usable_cpus() // processes)
         log.info("training the %s streams at once: %d processes, %d torch thread(s) each",
                  " and ".join(streams), processes, threads)
-        # spawn, not fork: forking a process whose OpenMP pool has started can hang the child
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {stream: pool.submit(_train_in_child, prepared, Path(out) / stream, c, threads,
-                                           logging.getLogger().getEffectiveLevel())
-                       for stream, c in configs.items()}
-            results = {stream: f.result() for stream, f in futures.items()}  # re-raises a child's UserError
+        loop_logger = logging.getLogger("migfuse.training.loop")
+        levels = (logging.getLogger().getEffectiveLevel(), loop_logger.getEffectiveLevel())
+        jobs = [(prepared, Path(out) / stream, c, levels) for stream, c in configs.items()]
+        # as they finish: a failing stream raises here at once, and the other one is stopped
+        done = dict(run_tasks(_train_in_worker, jobs, processes, ordered=False, threads=threads))
+        results = {stream: done[stream] for stream in streams}
     runs = {}
     for stream, result in results.items():
         summary = extract_skeleton(prepared, cache, result.best_checkpoint, stream, device=config.device,
@@ -66,13 +65,13 @@ def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
     return runs
 
 
-def _train_in_child(prepared: str | Path, out: Path, config: TrainConfig, threads: int, level: int) -> TrainResult:
-    """One stream's training in a worker process: its threads, its log lines tagged, no bar."""
-    import torch
-
+def _train_in_worker(prepared: str | Path, out: Path, config: TrainConfig,
+                     levels: tuple[int, int]) -> tuple[str, TrainResult]:
+    """One stream's training in a worker process: the parent's log levels, lines tagged, no bar."""
     from migfuse.training import progress
 
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=level, format=f"%(levelname)s %(name)s [{config.stream}]: %(message)s", force=True)
+    root_level, loop_level = levels
+    logging.basicConfig(level=root_level, format=f"%(levelname)s %(name)s [{config.stream}]: %(message)s", force=True)
+    logging.getLogger("migfuse.training.loop").setLevel(loop_level)
     progress.SHOW_BARS = False
-    return train_skeleton(prepared, out, config)
+    return config.stream, train_skeleton(prepared, out, config)
