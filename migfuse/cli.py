@@ -165,11 +165,9 @@ def _root(
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the migfuse version and exit.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # -v: migfuse's own debug lines, not those of zarr, matplotlib, filelock and the like
+    logging.getLogger("migfuse").setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1123,7 +1121,7 @@ def scores_import_cmd(
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the generated dataset and every artifact (reused by a rerun "
                                            "with the same --seed and --precision).")] = Path("demo_out"),
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the generated dataset.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the generated dataset (0 or more).")] = 0,
     device: Annotated[str, typer.Option(help="auto (CUDA when torch has it, else CPU), cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="MViTv2-S and SwinFace forwards: auto (bf16 on a GPU that supports "
                                                 "it and on a CPU with Intel AMX, else fp32), fp32 or bf16.")] = "auto",

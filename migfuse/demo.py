@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -106,10 +107,13 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "auto", precision: st
     out = Path(out)
     if seed < 0:
         raise UserError(f"--seed {seed}: the seed must be 0 or more")
-    device = resolve_device(device)  # a bad --device fails here, before anything is written
-    precision = demo_precision(precision, device)
+    with _logger_level("migfuse.extract.runner", logging.WARNING):  # said below, once the folder is accepted
+        resolved = resolve_device(device)  # a bad --device fails here, before anything is written
+    precision = demo_precision(precision, resolved)
     open_out_folder(out, {"seed": seed, "precision": precision, "settings": json.loads(json.dumps(DEMO)),
                           "video_checkpoint": str(video_checkpoint) if video_checkpoint else None})
+    log.info("demo: device %s (asked for %s), MViTv2-S and SwinFace in %s", resolved, device, precision)
+    device = resolved
     dataset, prepared, cache = out / "dataset", out / "prepared", out / "cache.zarr"
     runs = out / "runs"
     timings: dict[str, float] = {}
@@ -224,17 +228,21 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "auto", precision: st
     return artifacts, lines
 
 
-@contextlib.contextmanager
-def _epoch_lines_only_when_verbose() -> Iterator[None]:
+def _epoch_lines_only_when_verbose() -> contextlib.AbstractContextManager:
     """Hide the trainers' per-epoch log lines (~170 in the demo) unless -v asked for debug output."""
-    loop = logging.getLogger("migfuse.training.loop")
-    before = loop.level
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        loop.setLevel(logging.WARNING)
+    verbose = logging.getLogger("migfuse").getEffectiveLevel() <= logging.DEBUG
+    return contextlib.nullcontext() if verbose else _logger_level("migfuse.training.loop", logging.WARNING)
+
+
+@contextlib.contextmanager
+def _logger_level(name: str, level: int) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        loop.setLevel(before)
+        logger.setLevel(before)
 
 
 def held_out_truth(dataset: Path) -> dict[str, int]:
@@ -307,21 +315,31 @@ def open_out_folder(out: Path, record: dict) -> None:
         raise UserError(f"--out {out} is a file: choose a folder (it is created if missing)")
     marker = out / DEMO_RECORD
     if marker.is_file():
-        made = json.loads(marker.read_text())
-        for key in ("seed", "precision"):
-            if made.get(key) != record[key]:
-                raise UserError(f"{out} holds the demo of --{key} {made.get(key)}: rerun with --{key} {made.get(key)}, "
-                                f"or choose another --out folder for --{key} {record[key]}")
+        try:
+            made = json.loads(marker.read_text())
+        except (ValueError, UnicodeDecodeError):
+            made = None
+        if not isinstance(made, dict):
+            raise UserError(f"{marker} is damaged (not the JSON record of a demo): delete {out} or choose another "
+                            "--out folder") from None
+        differ = [key for key in ("seed", "precision") if made.get(key) != record[key]]
+        if differ:
+            held = " ".join(f"--{key} {made.get(key)}" for key in differ)
+            asked = " ".join(f"--{key} {record[key]}" for key in differ)
+            raise UserError(f"{out} holds the demo of {held}: rerun with {held}, or choose another --out folder "
+                            f"for {asked}")
         if made != record:
             raise UserError(f"{out} holds a demo made with other settings (another migfuse version): choose another "
                             f"--out folder or delete {out}")
         return
-    if out.exists() and any(out.iterdir()):
-        older = (out / "dataset" / "ground_truth.json").is_file()
-        raise UserError(f"{out} is not empty and holds no demo{' of this migfuse version' if older else ''}: choose "
-                        f"another --out folder{f' or delete {out}' if older else ''}")
+    if out.exists() and any(p.name != f"{DEMO_RECORD}.part" for p in out.iterdir()):
+        older = (out / "dataset" / "ground_truth.json").is_file()  # what a demo before demo.json left
+        raise UserError(f"{out} is not empty and holds no demo{' made by this migfuse version' if older else ''} "
+                        f"(no {DEMO_RECORD}): choose another --out folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(record, indent=1) + "\n")
+        part = out / f"{DEMO_RECORD}.part"  # written whole, then renamed: never a half file
+        part.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(part, marker)
     except OSError as e:
         raise UserError(f"cannot create the demo folder {out} ({e.strerror}): choose another --out folder") from None

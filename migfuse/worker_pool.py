@@ -63,6 +63,12 @@ def worker_pool(processes: int, *, threads: int | None = None, setup: Callable[.
 
 def _start_worker(parent: int, threads: int | None, setup: Callable[..., None] | None, setup_args: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore, registered with the resource tracker that
+    # this worker shares with the parent; a worker terminated mid-task never unregisters it, and the
+    # tracker reports it as leaked when the command exits. A worker draws no bars: a thread lock does.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported
         if "torch" in sys.modules:

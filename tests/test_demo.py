@@ -98,7 +98,7 @@ def test_demo_precision_auto_follows_the_hardware_and_a_bad_name_is_one_line(mon
 
 def test_demo_refuses_a_folder_that_is_not_a_demo_and_deletes_nothing(tmp_path):
     (tmp_path / "mine.txt").write_text("do not delete")
-    with pytest.raises(UserError, match="is not empty and holds no demo: choose another --out folder"):
+    with pytest.raises(UserError, match=r"is not empty and holds no demo \(no demo.json\): choose another --out folder"):
         demo_module.run_demo(tmp_path)
     # a folder of the user's that happens to have a dataset/ (the demo's own subfolder name)
     (tmp_path / "mine.txt").unlink()
@@ -112,7 +112,7 @@ def test_demo_refuses_a_folder_that_is_not_a_demo_and_deletes_nothing(tmp_path):
 def test_demo_refuses_a_folder_left_by_an_older_migfuse_or_other_settings(tmp_path):
     (tmp_path / "old" / "dataset").mkdir(parents=True)  # before demo.json existed
     (tmp_path / "old" / "dataset" / "ground_truth.json").write_text('{"videos": {"0026": {"clips": [{}]}}}')
-    with pytest.raises(UserError, match="holds no demo of this migfuse version: choose another --out folder or delete"):
+    with pytest.raises(UserError, match=r"holds no demo made by this migfuse version \(no demo.json\): choose another"):
         demo_module.run_demo(tmp_path / "old")
     (tmp_path / "other").mkdir()
     record = {"seed": 0, "precision": demo_module.demo_precision("auto", "cpu"), "video_checkpoint": None,
@@ -120,6 +120,15 @@ def test_demo_refuses_a_folder_left_by_an_older_migfuse_or_other_settings(tmp_pa
     (tmp_path / "other" / "demo.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match="holds a demo made with other settings"):
         demo_module.run_demo(tmp_path / "other")
+    record.update(seed=1, precision="fp8")  # two mismatches: both named at once
+    (tmp_path / "other" / "demo.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=r"holds the demo of --seed 1 --precision fp8: rerun with --seed 1 --precision "
+                                        r"fp8, or choose another --out folder for --seed 0 --precision"):
+        demo_module.run_demo(tmp_path / "other")
+    for damaged in ("", "[1, 2]", "{not json"):
+        (tmp_path / "other" / "demo.json").write_text(damaged)
+        with pytest.raises(UserError, match=r"demo.json is damaged \(not the JSON record of a demo\): delete"):
+            demo_module.run_demo(tmp_path / "other")
 
 
 def test_demo_input_errors_are_one_line_before_anything_is_written(tmp_path):
@@ -132,11 +141,9 @@ def test_demo_input_errors_are_one_line_before_anything_is_written(tmp_path):
                           (["--out", str(tmp_path / "a_file" / "sub")], "cannot create the demo folder"),
                           (["--out", str(tmp_path / "d"), "--device", "tpu"], "--device 'tpu' is not auto, cpu"),
                           (["--out", str(tmp_path / "d"), "--precision", "fp8"], "--precision 'fp8' is not one of"),
-                          (["--out", str(tmp_path / "d"), "--seed", "-1"],
-                           "Invalid value for '--seed': Input should be greater than or equal to 0")):
+                          (["--out", str(tmp_path / "d"), "--seed", "-1"], "--seed -1: the seed must be 0 or more"),
+                          (["--out", str(tmp_path / "d"), "--device", ""], "--device '' is not auto, cpu")):
         r = CliRunner().invoke(app, ["demo", *args])
         assert r.exit_code == 2 and message in r.output, (args, r.output)
-        assert "Traceback" not in r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output  # one line, no usage block, no traceback
     assert not (tmp_path / "d").exists()  # refused before the demo folder was made
-    with pytest.raises(UserError, match="--seed -1: the seed must be 0 or more"):
-        demo_module.run_demo(tmp_path / "d", seed=-1)

@@ -17,6 +17,11 @@ from migfuse.worker_pool import run_tasks, usable_cpus
 
 def task(kind: str, pid_file: str) -> int:
     """'sleep': note the pid, then sleep far longer than any test; 'fail': raise a UserError."""
+    if kind == "bar":  # what a trainer in a worker does: a (hidden) progress bar, then work
+        from tqdm import tqdm
+
+        tqdm(total=1, disable=True).close()
+        kind = "sleep"
     if kind == "fail":
         time.sleep(0.5)  # let the other task start first
         raise UserError("bad input in task 2")
@@ -45,8 +50,18 @@ def test_results_come_in_job_order_or_as_finished():
 
 def test_a_failing_task_raises_its_error_and_terminates_the_other_workers(tmp_path):
     pid_file = tmp_path / "sleeper.pid"
-    with pytest.raises(UserError, match="bad input in task 2"):
-        list(run_tasks(task, [("sleep", str(pid_file)), ("fail", "")], 2, ordered=False))
+
+    def waited_for_the_sleeper(signum, frame):
+        raise AssertionError("the pool waited for the sleeping task instead of terminating it")
+
+    before = signal.signal(signal.SIGALRM, waited_for_the_sleeper)
+    signal.alarm(60)
+    try:
+        with pytest.raises(UserError, match="bad input in task 2"):
+            list(run_tasks(task, [("sleep", str(pid_file)), ("fail", "")], 2, ordered=False))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
     sleeper = int(pid_file.read_text())
     assert not _alive(sleeper)  # terminated and reaped, not waited for (it sleeps 600 s)
 
@@ -85,3 +100,23 @@ def test_workers_exit_when_the_command_is_killed(tmp_path):
 def test_usable_cpus_is_the_affinity_mask_when_there_is_one():
     expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert usable_cpus() == expected
+
+
+def test_a_terminated_worker_leaves_no_leaked_semaphore_warning(tmp_path):
+    """tqdm's default lock is a multiprocessing semaphore: a worker terminated mid-task used to leave
+    it registered, and the command ended with a resource_tracker "leaked semaphore" warning."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_worker_pool import task
+        from migfuse.worker_pool import run_tasks
+        if __name__ == "__main__":
+            try:
+                list(run_tasks(task, [("bar", {str(tmp_path / "w.pid")!r}), ("fail", "")], 2, ordered=False))
+            except Exception as e:
+                print("failed:", e)
+    """)
+    (tmp_path / "main.py").write_text(script)
+    r = subprocess.run([sys.executable, str(tmp_path / "main.py")], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "failed: bad input in task 2"
+    assert "leaked" not in r.stderr, r.stderr

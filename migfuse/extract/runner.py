@@ -143,7 +143,7 @@ def resolve_device(requested: str = "auto", env: Mapping[str, str] | None = None
     import torch
 
     env = os.environ if env is None else env
-    req = (requested or "auto").strip().lower()
+    req = "auto" if requested is None else str(requested).strip().lower()
     if req not in ("auto", "cpu", "cuda") and not (req.startswith("cuda:") and req[5:].isdigit()):
         raise UserError(f"--device {requested!r} is not auto, cpu, cuda or cuda:N")
     has_cuda = torch.cuda.is_available()
@@ -405,8 +405,13 @@ def _worker_main(wid: int, loader: Loader, tasks: "mp.Queue", conn: Any, ready: 
             for sample in loader(item):
                 conn.send(("sample", wid, n, sample))
             conn.send(("end", wid, n, None))
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the main process is gone (killed): nobody to report to
         except Exception as e:  # noqa: BLE001 - bad input must not stop the run; reported per row
-            conn.send(("end", wid, n, f"{type(e).__name__}: {e}"))
+            try:
+                conn.send(("end", wid, n, f"{type(e).__name__}: {e}"))
+            except (BrokenPipeError, ConnectionResetError):
+                return
 
 
 class _Pool:
@@ -503,11 +508,16 @@ class _Pool:
         todo.extendleft(reversed(held[1:]))
         return held[0], f"worker process died (exit code {p.exitcode}) while loading"
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Stop the workers: each after its current item, or all at once when `abort` (an error or an
+        interrupt in the main process: a worker may be half-way through decoding a long video)."""
+        if abort:
+            for p in self.procs.values():
+                p.terminate()
         for wid, p in self.procs.items():
-            if p.is_alive():
+            if p.is_alive() and not abort:
                 self.tasks[wid].put(None)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + (1 if abort else 5)
         for p in self.procs.values():
             p.join(timeout=max(0.0, deadline - time.monotonic()))
             if p.is_alive():  # blocked sending to a reader that stopped: it holds nothing we need
@@ -775,6 +785,11 @@ def run_extraction(
                     extractor.setup(device)
                     _run_inline(extractor.loader(), items, writer, take)
                 writer.flush()
+        except BaseException:  # an error or an interrupt: the loaders' unfinished items are not wanted
+            if pool is not None:
+                pool.close(abort=True)
+                pool = None
+            raise
         finally:
             if pool is not None:
                 pool.close()

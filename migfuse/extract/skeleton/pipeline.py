@@ -47,10 +47,9 @@ def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
         results = {stream: train_skeleton(prepared, Path(out) / stream, c) for stream, c in configs.items()}
     else:
         threads = max(1, usable_cpus() // processes)
-        log.info("training the %s streams at once: %d processes, %d torch thread(s) each",
+        log.info("training (or reusing finished runs of) the %s streams at once: %d processes, %d torch thread(s) each",
                  " and ".join(streams), processes, threads)
-        loop_logger = logging.getLogger("migfuse.training.loop")
-        levels = (logging.getLogger().getEffectiveLevel(), loop_logger.getEffectiveLevel())
+        levels = {name: logging.getLogger(name).getEffectiveLevel() for name in _WORKER_LOGGERS}
         jobs = [(prepared, Path(out) / stream, c, levels) for stream, c in configs.items()]
         # as they finish: a failing stream raises here at once, and the other one is stopped
         done = dict(run_tasks(_train_in_worker, jobs, processes, ordered=False, threads=threads))
@@ -65,13 +64,17 @@ def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
     return runs
 
 
+# loggers whose levels a worker takes from the command ("" = root; -v sets "migfuse"; the demo quiets the loop)
+_WORKER_LOGGERS = ("", "migfuse", "migfuse.training.loop")
+
+
 def _train_in_worker(prepared: str | Path, out: Path, config: TrainConfig,
-                     levels: tuple[int, int]) -> tuple[str, TrainResult]:
-    """One stream's training in a worker process: the parent's log levels, lines tagged, no bar."""
+                     levels: dict[str, int]) -> tuple[str, TrainResult]:
+    """One stream's training in a worker process: the command's log levels, lines tagged, no bar."""
     from migfuse.training import progress
 
-    root_level, loop_level = levels
-    logging.basicConfig(level=root_level, format=f"%(levelname)s %(name)s [{config.stream}]: %(message)s", force=True)
-    logging.getLogger("migfuse.training.loop").setLevel(loop_level)
+    logging.basicConfig(format=f"%(levelname)s %(name)s [{config.stream}]: %(message)s", force=True)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
     progress.SHOW_BARS = False
     return config.stream, train_skeleton(prepared, out, config)
