@@ -12,7 +12,8 @@ command:
 * processes are spawned, not forked: forking a process whose OpenMP thread pool has started (torch)
   can hang the child.
 
-The extraction runner's loader workers have their own pool (`extract.runner`), built on the same rules.
+The extraction runner's loader workers have their own pool (`extract.runner`: a pipe per worker, so
+it knows which items a dead worker held); they start with the same `start_worker`.
 """
 from __future__ import annotations
 
@@ -39,18 +40,12 @@ def usable_cpus() -> int:
 
 
 @contextlib.contextmanager
-def worker_pool(processes: int, *, threads: int | None = None, setup: Callable[..., None] | None = None,
-                setup_args: tuple = ()) -> Iterator[multiprocessing.pool.Pool]:
-    """A `multiprocessing` pool of `processes` spawned workers (see the module docstring).
-
-    Args:
-        threads: torch / OpenMP intra-op threads of each worker (None: the library default).
-        setup: called in each worker once it is up, with `setup_args` (e.g. logging for the worker).
-    Use `pool.imap`, `pool.imap_unordered` or `pool.apply_async(...).get()`; leaving the block
-    normally waits for the workers to finish, leaving it by an exception terminates them.
-    """
-    pool = multiprocessing.get_context("spawn").Pool(
-        processes, initializer=_start_worker, initargs=(os.getpid(), threads, setup, setup_args))
+def worker_pool(processes: int, *, threads: int | None = None) -> Iterator[multiprocessing.pool.Pool]:
+    """A `multiprocessing` pool of `processes` spawned workers (see the module docstring), each
+    started by `start_worker(threads=threads)`. Leaving the block normally waits for the workers to
+    finish; leaving it by an exception (or Ctrl-C) terminates them."""
+    pool = multiprocessing.get_context("spawn").Pool(processes, initializer=start_worker,
+                                                     initargs=(os.getpid(), threads))
     try:
         yield pool
     except BaseException:
@@ -61,8 +56,15 @@ def worker_pool(processes: int, *, threads: int | None = None, setup: Callable[.
     pool.join()
 
 
-def _start_worker(parent: int, threads: int | None, setup: Callable[..., None] | None, setup_args: tuple) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def start_worker(parent: int, threads: int | None = None) -> None:
+    """The rules of every migfuse worker process, applied first thing in the worker.
+
+    Args:
+        parent: pid of the command's process (passed from it: a worker that starts after its parent
+            died must not take init for its parent).
+        threads: torch / OpenMP intra-op threads (None: the library default).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     # tqdm's default lock is a multiprocessing semaphore, registered with the resource tracker that
     # this worker shares with the parent; a worker terminated mid-task never unregisters it, and the
     # tracker reports it as leaked when the command exits. A worker draws no bars: a thread lock does.
@@ -74,11 +76,11 @@ def _start_worker(parent: int, threads: int | None, setup: Callable[..., None] |
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(threads)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="migfuse-parent-watch", daemon=True).start()
-    if setup is not None:
-        setup(*setup_args)
 
 
 def _exit_with_parent(parent: int) -> None:
+    if os.getppid() != parent:
+        os._exit(1)
     while True:
         time.sleep(PARENT_POLL_S)
         if os.getppid() != parent:

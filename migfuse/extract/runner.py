@@ -27,8 +27,6 @@ import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import os
 import queue
-import signal
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -42,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from migfuse.errors import UserError
+from migfuse.worker_pool import start_worker
 
 if TYPE_CHECKING:
     from migfuse.data_cache.store import ArraySpec, TokenCache, TokenGroup
@@ -376,28 +375,18 @@ def shard_items(items: list[WorkItem], rank: int, world: int) -> list[WorkItem]:
 # ------------------------------------------------------------------------------------------------
 # worker processes
 # ------------------------------------------------------------------------------------------------
-def _worker_main(wid: int, loader: Loader, tasks: "mp.Queue", conn: Any, ready: Any) -> None:
+def _worker_main(wid: int, parent: int, loader: Loader, tasks: "mp.Queue", conn: Any, ready: Any) -> None:
     """Loop of one spawned worker: take (n, item) from `tasks`, send its samples over `conn`.
 
     `conn` is this worker's own pipe: a send completes synchronously (nothing buffered dies with
     the process) and a worker that crashes cannot leave a lock shared with the others held.
     """
-    # One thread per worker: the cores belong to the forward pass and the other workers. Loaders
-    # import torch lazily, so the variable is read when they do; set it too if already imported.
-    os.environ["OMP_NUM_THREADS"] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-    # Ctrl-C reaches the whole process group: the main process alone handles it and stops us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
+    # One thread per worker: the cores belong to the forward pass and the other workers. SIGINT
+    # ignored and exit with the main process: migfuse.worker_pool's rules.
+    start_worker(parent, threads=1)
     ready.set()
     while True:
-        try:
-            task = tasks.get(timeout=_POLL_S)
-        except queue.Empty:
-            if os.getppid() != parent:
-                return  # the run was killed (e.g. SIGKILL, preemption): do not linger as an orphan
-            continue
+        task = tasks.get()
         if task is None:
             return
         n, item = task
@@ -447,7 +436,7 @@ class _Pool:
         tasks = self.ctx.Queue()
         self.ready[wid] = self.ctx.Event()
         recv, send = self.ctx.Pipe(duplex=False)
-        p = self.ctx.Process(target=_worker_main, args=(wid, self.loader, tasks, send, self.ready[wid]),
+        p = self.ctx.Process(target=_worker_main, args=(wid, os.getpid(), self.loader, tasks, send, self.ready[wid]),
                              daemon=True)
         p.start()
         send.close()  # only the worker writes; closing ours lets a dead worker show up as EOF
@@ -511,11 +500,10 @@ class _Pool:
     def close(self, abort: bool = False) -> None:
         """Stop the workers: each after its current item, or all at once when `abort` (an error or an
         interrupt in the main process: a worker may be half-way through decoding a long video)."""
-        if abort:
-            for p in self.procs.values():
-                p.terminate()
         for wid, p in self.procs.items():
-            if p.is_alive() and not abort:
+            if abort:
+                p.terminate()
+            elif p.is_alive():
                 self.tasks[wid].put(None)
         deadline = time.monotonic() + (1 if abort else 5)
         for p in self.procs.values():
