@@ -632,6 +632,11 @@ class Stream(StrEnum):
     bone = "bone"
 
 
+class Decoder(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
 class FaceScope(StrEnum):
     clip = "clip"
     context = "context"
@@ -645,12 +650,22 @@ _XDeviceOpt = Annotated[str, typer.Option(
 _XPrecisionOpt = Annotated[Optional[Precision], typer.Option(
     "--precision", case_sensitive=False, help="Forward precision (autocast). Default: fp32 on CPU, bf16 on CUDA. "
                                               "Recorded in the cache provenance.")]
-_XBatchOpt = Annotated[int, typer.Option(
-    "--batch-size", min=1, max=4096, help="Model inputs per forward pass (windows, clips or faces). The model always "
-                                          "runs on exactly this many (padded), so it is recorded in the provenance: "
-                                          "resume with the same value.")]
-_XWorkersOpt = Annotated[int, typer.Option(
-    "--workers", min=0, max=64, help="Loader processes running alongside the model (0 = load in the main process).")]
+_XBatchOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", min=1, max=4096, show_default=False,
+    help="Model inputs per forward pass (windows, clips or faces). Default: the track's CPU value (below), 32 on a "
+         "GPU (256 for faces and skeletons). The model always runs on exactly this many (padded), so it is "
+         "recorded in the provenance: resume with the same value.")]
+_XWorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=0, max=64, show_default=False,
+    help="Loader processes (decoding) running alongside the model; 0 = load in the main process. Default: the "
+         "track's CPU value (below), on a GPU one per CPU core but one. FFmpeg threads are shared out among them.")]
+_XCompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the model: fused kernels for long GPU runs (the first batch takes tens of "
+                      "seconds to compile). Same tokens to float rounding; not recorded.")]
+_XDecoderOpt = Annotated[Decoder, typer.Option(
+    "--decoder", case_sensitive=False,
+    help="cpu: PyAV (FFmpeg) in the loader workers. gpu: NVDEC on the extraction's GPU through torchcodec "
+         "(`pip install torchcodec` for your torch); where it cannot run, the CPU is used and one line says why.")]
 _XShardOpt = Annotated[Optional[str], typer.Option(
     "--shard", help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. "
                     "Under torchrun RANK/WORLD_SIZE are used instead.")]
@@ -680,15 +695,16 @@ def _report(summary) -> None:
 
 
 def _extract_video_track(track: str, data: Path, cache: Path, checkpoint: Optional[Path], device: str,
-                         precision: Optional[Precision], batch_size: int, workers: int, shard: Optional[str],
-                         retry_failed: bool, frames: int, video_root: Optional[Path], windows: int = 1,
-                         context_windows: int = 8) -> None:
+                         precision: Optional[Precision], batch_size: Optional[int], workers: Optional[int],
+                         shard: Optional[str], retry_failed: bool, frames: int, video_root: Optional[Path],
+                         compile: bool, decoder: Decoder, windows: int = 1, context_windows: int = 8) -> None:
     from migfuse.extract.video import extract_track
 
     _report(extract_track(track, data, cache, checkpoint=checkpoint, device=device,
                           precision=precision.value if precision else None, batch_size=batch_size, workers=workers,
                           shard=shard, retry_failed=retry_failed, frames=frames, windows=windows,
-                          context_windows=context_windows, video_root=video_root))
+                          context_windows=context_windows, video_root=video_root, compile=compile,
+                          decoder=decoder.value))
 
 
 @extract_app.command("video")
@@ -698,12 +714,14 @@ def extract_video(
     checkpoint: _XVCkptOpt = None,
     device: _XDeviceOpt = "auto",
     precision: _XPrecisionOpt = None,
-    batch_size: _XBatchOpt = 4,
-    workers: _XWorkersOpt = 2,
+    batch_size: _XBatchOpt = None,
+    workers: _XWorkersOpt = None,
     shard: _XShardOpt = None,
     retry_failed: _XRetryOpt = False,
     frames: _XFramesOpt = 16,
     video_root: _XVideoRootOpt = None,
+    decoder: _XDecoderOpt = Decoder.cpu,
+    compile: _XCompileOpt = False,
     windows: Annotated[int, typer.Option(
         "--windows", min=1, max=64, help="Up to this many 16-frame windows per long clip (one per 64 frames); "
                                          "stored ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
@@ -714,11 +732,12 @@ def extract_video(
     Each video is decoded once for all its clips; 16 frames are sampled uniformly over each clip.
     Resumable (rerun the same command), shardable (--shard I/N or torchrun), and failures
     (missing/corrupt video, clip past the end) are recorded per clip: the exit code is 1 and a table
-    lists them when any clip failed.
+    lists them when any clip failed. On a CPU: 4 clips per forward, 2 loader workers. The report ends
+    with where the time went (waiting for loaders vs forward): see docs/extract.md, "Speed".
     """
     _trust(checkpoint, trust_checkpoint)
     _extract_video_track("video", data, cache, checkpoint, device, precision, batch_size, workers, shard,
-                         retry_failed, frames, video_root, windows=windows)
+                         retry_failed, frames, video_root, compile, decoder, windows=windows)
 
 
 @extract_app.command("context")
@@ -728,23 +747,25 @@ def extract_context(
     checkpoint: _XVCkptOpt = None,
     device: _XDeviceOpt = "auto",
     precision: _XPrecisionOpt = None,
-    batch_size: _XBatchOpt = 8,
-    workers: _XWorkersOpt = 2,
+    batch_size: _XBatchOpt = None,
+    workers: _XWorkersOpt = None,
     shard: _XShardOpt = None,
     retry_failed: _XRetryOpt = False,
     frames: _XFramesOpt = 16,
     video_root: _XVideoRootOpt = None,
+    decoder: _XDecoderOpt = Decoder.cpu,
+    compile: _XCompileOpt = False,
     context_windows: _XContextWindowsOpt = 8,
     trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """MViTv2-S tokens of K windows per video (emotion context) -> group context/mvit_v2_s.
 
     Stores tokens (K, 393, 768) fp16 and valid (K,) per video. Same resume, sharding and failure
-    rules as `extract video`.
+    rules as `extract video`. On a CPU: 8 windows per forward, 2 loader workers.
     """
     _trust(checkpoint, trust_checkpoint)
     _extract_video_track("context", data, cache, checkpoint, device, precision, batch_size, workers, shard,
-                         retry_failed, frames, video_root, context_windows=context_windows)
+                         retry_failed, frames, video_root, compile, decoder, context_windows=context_windows)
 # [end section: extract-video]
 
 
@@ -765,10 +786,11 @@ def extract_skeleton(
                                                   "migfuse provenance: frames per clip (default 64).")] = None,
     device: _XDeviceOpt = "auto",
     precision: _XPrecisionOpt = None,
-    batch_size: _XBatchOpt = 64,
-    workers: _XWorkersOpt = 0,
+    batch_size: _XBatchOpt = None,
+    workers: _XWorkersOpt = None,
     shard: _XShardOpt = None,
     retry_failed: _XRetryOpt = False,
+    compile: _XCompileOpt = False,
     trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """2s-AGCN feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
@@ -776,14 +798,15 @@ def extract_skeleton(
     T' = ceil(length / 4). Layout, clip length and preprocessing come from the checkpoint. Resumable
     (rerun the same command), shardable, and clips that cannot be extracted (video without skeleton,
     a clip running past the skeleton file, no person detected) are recorded per clip: the exit code
-    is 1 and a table lists them. Skeletons are cheap to load: --workers 0 is the default.
+    is 1 and a table lists them. Skeletons are cheap to load: on a CPU --workers 0 (64 clips per
+    forward) is the default.
     """
     from migfuse.extract.skeleton.extractor import extract_skeleton as run
 
     _trust(checkpoint, trust_checkpoint)
     _report(run(data, cache, checkpoint, stream.value, layout=layout, length=length, device=device,
                 precision=precision.value if precision else None, batch_size=batch_size, workers=workers,
-                shard=shard, retry_failed=retry_failed))
+                shard=shard, retry_failed=retry_failed, compile=compile))
 # [end section: extract-skeleton]
 
 
@@ -807,19 +830,22 @@ def extract_face_cmd(
                                                 "tokens per face.")] = False,
     device: _XDeviceOpt = "auto",
     precision: _XPrecisionOpt = None,
-    batch_size: _XBatchOpt = 32,
-    workers: _XWorkersOpt = 1,
+    batch_size: _XBatchOpt = None,
+    workers: _XWorkersOpt = None,
     shard: _XShardOpt = None,
     retry_failed: _XRetryOpt = False,
     video_root: _XVideoRootOpt = None,
+    decoder: _XDecoderOpt = Decoder.cpu,
+    compile: _XCompileOpt = False,
     trust_checkpoint: _TrustOpt = False,
 ) -> None:
     """SwinFace expression features of MTCNN-aligned faces -> face/swinface or face_context/swinface.
 
     Per face frame: the expression-branch 512-d feature and the 7 expression logits, plus a mask
-    (frames without the main face are masked, never filled). MTCNN runs in the loader workers on the
-    CPU. Same resume, sharding and failure rules as `extract video`; a video with no face at all is
-    stored fully masked, not failed.
+    (frames without the main face are masked, never filled). MTCNN runs in the loader workers: on the
+    CPU, or on the GPU (64 frames per call) when the extraction runs on one. On a CPU: 32 faces per
+    SwinFace forward, 1 loader worker. Same resume, sharding and failure rules as `extract video`; a
+    video with no face at all is stored fully masked, not failed.
     """
     from migfuse.extract.face.extractor import extract_face
 
@@ -827,7 +853,8 @@ def extract_face_cmd(
     _report(extract_face(data, cache, scope=scope.value, checkpoint=checkpoint, device=device,
                          precision=precision.value if precision else None, batch_size=batch_size, workers=workers,
                          shard=shard, retry_failed=retry_failed, frames=frames, context_windows=context_windows,
-                         global_tokens=global_tokens, video_root=video_root))
+                         global_tokens=global_tokens, video_root=video_root, compile=compile,
+                         decoder=decoder.value))
 
 # [end section: extract-face]
 

@@ -97,6 +97,43 @@ def test_torchvision_checkpoint_reproduces_golden(backbone, golden, tv_file):
     assert out["tokens"].dtype == np.float32
 
 
+def test_sdpa_attention_reproduces_golden_and_the_torchvision_attention(golden, tv_file):
+    """Extraction's attention path (`attention="sdpa"`) on the original checkpoint gives the golden
+    outputs of torchvision's own model, and the same tokens as torchvision's attention to float rounding."""
+    from migfuse.extract.mvit import ATTENTIONS
+
+    fast = create_backbone("mvit_v2_s", checkpoint=tv_file, attention="sdpa")
+    assert sum(type(m).__name__ == "MultiscaleAttention" and "forward" in vars(m) for m in fast.model.modules()) == 16
+    out = fast.run(golden[1]["input"])
+    assert_matches_golden(out, golden[1])
+    plain = create_backbone("mvit_v2_s", checkpoint=tv_file).run(golden[1]["input"])
+    assert np.abs(out["tokens"] - plain["tokens"]).max() < 1e-4
+    with pytest.raises(UserError, match="unknown MViTv2-S attention 'flash': choose torchvision or sdpa"):
+        create_backbone("mvit_v2_s", attention="flash")
+    assert ATTENTIONS == ("torchvision", "sdpa")
+
+
+def test_sdpa_attention_survives_a_width_change_on_load(tmp_path):
+    """A fine-tuned demo-width file rebuilds the model on load: the rebuilt one keeps the SDPA path."""
+    from migfuse.extract.mvit import FINETUNE_KIND, build_mvit
+
+    torch.manual_seed(0)
+    demo = build_mvit("demo", num_classes=32)
+    path = tmp_path / "best.pt"
+    torch.save({"meta": {"migfuse": {"kind": FINETUNE_KIND, "width": "demo"}}, "state_dict": demo.state_dict()}, path)
+    bb = create_backbone("mvit_v2_s", checkpoint=path, attention="sdpa")
+    assert bb.width == "demo"
+    switched = [m for m in bb.model.modules() if type(m).__name__ == "MultiscaleAttention"]
+    assert switched and all("forward" in vars(m) for m in switched)
+    x = torch.randn(1, 3, 16, 224, 224)
+    with torch.inference_mode():
+        ref = build_mvit("demo", num_classes=32).eval()
+        ref.load_state_dict(demo.state_dict())
+        from migfuse.extract.mvit import forward_tokens
+
+        np.testing.assert_allclose(bb.tokens(x)[0].numpy(), forward_tokens(ref, x)[0].numpy(), atol=1e-5)
+
+
 def test_mmaction_checkpoint_gives_the_same_model(backbone, golden, folder, tv_file):
     mm_sd = to_mmaction(golden[0])
     # the key names mmaction2's MViT(arch='small') defines for a dim-changing block, from its source

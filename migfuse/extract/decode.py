@@ -36,6 +36,15 @@ ANNOTATION_FPS = 25.0
 #: Decode through gaps up to this many annotation frames instead of seeking (a seek re-decodes
 #: from the previous keyframe, typically 1-10 s back, so short gaps are cheaper to decode).
 DEFAULT_SEEK_GAP = 100
+#: FFmpeg decoding threads per open video; 0 = FFmpeg's choice (one per core). The extraction
+#: runner sets it in each loader worker (`runner.decode_threads`) so workers share the cores.
+_THREADS = 0
+
+
+def set_threads(n: int) -> None:
+    """FFmpeg threads for every video this process opens from now on (0 = FFmpeg's choice)."""
+    global _THREADS
+    _THREADS = max(0, int(n))
 
 
 class DecodeError(Exception):
@@ -85,6 +94,7 @@ def _open(path: str | Path):
         raise DecodeError("open", f"{p} has no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    stream.thread_count = _THREADS
     return container, stream
 
 

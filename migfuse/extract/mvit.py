@@ -34,6 +34,8 @@ CROP = 224
 NUM_TOKENS = 1 + 8 * 7 * 7  # class token + (T', H', W') = (8, 7, 7) patches
 EMBED_DIM = 768
 WIDTHS = ("full", "demo")
+#: How the attention product is computed (`MViTBackbone(attention=...)`); both give the same tokens.
+ATTENTIONS = ("torchvision", "sdpa")
 #: `meta["migfuse"]["kind"]` of a checkpoint written by `migfuse backbone train video`.
 FINETUNE_KIND = "mvit_v2_s fine-tuned"
 
@@ -161,6 +163,52 @@ def forward_tokens(model: torch.nn.Module, x: torch.Tensor,
     return tokens, model.head(tokens[:, 0])
 
 
+def _sdpa_attention_forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """torchvision's `MultiscaleAttention.forward` with the softmax(q k^T + rel-pos) v product done by
+    `scaled_dot_product_attention`, the relative-position term passed as its additive mask.
+
+    Same maths as torchvision (the bias is `_add_rel_pos` applied to zeros: class-token rows and
+    columns get none), so fp32 tokens agree to float rounding (tests/test_mvit.py). On a GPU the
+    fused kernel avoids writing the scores and the softmax out separately.
+    """
+    from torchvision.models.video.mvit import _add_rel_pos, _add_shortcut
+
+    B, N, _ = x.shape
+    q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).transpose(1, 3).unbind(dim=2)
+    k, k_thw = self.pool_k(k, thw) if self.pool_k is not None else (k, thw)
+    if self.pool_v is not None:
+        v = self.pool_v(v, thw)[0]
+    if self.pool_q is not None:
+        q, thw = self.pool_q(q, thw)
+    bias = None
+    if self.rel_pos_h is not None and self.rel_pos_w is not None and self.rel_pos_t is not None:
+        zeros = q.new_zeros(B, self.num_heads, q.shape[2], k.shape[2])
+        bias = _add_rel_pos(zeros, q, thw, k_thw, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t).to(q.dtype)
+    x = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scaler)
+    if self.residual_pool:
+        _add_shortcut(x, q, self.residual_with_cls_embed)
+    x = x.transpose(1, 2).reshape(B, -1, self.output_dim)
+    return self.project(x), thw
+
+
+def use_sdpa_attention(model: torch.nn.Module) -> int:
+    """Route every MultiscaleAttention of a torchvision MViT through `_sdpa_attention_forward`.
+
+    Changes no weight or key (checkpoints load as before); returns how many attention modules were
+    switched. Extraction uses it by default (`MViTBackbone(attention="sdpa")`).
+    """
+    import types
+
+    from torchvision.models.video.mvit import MultiscaleAttention
+
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, MultiscaleAttention):
+            module.forward = types.MethodType(_sdpa_attention_forward, module)
+            switched += 1
+    return switched
+
+
 def fine_tune_meta(obj: Any) -> dict[str, Any] | None:
     """`meta["migfuse"]` of a checkpoint object written by `migfuse backbone train video`, else None."""
     if isinstance(obj, Mapping):
@@ -231,7 +279,7 @@ class MViTBackbone(Backbone):
     preprocessing = PREPROCESSING
 
     def __init__(self, num_classes: int = 400, device: str = "cpu", batch_size: int = 4, width: str = "full",
-                 drop_path: float = 0.0, **options: Any):
+                 drop_path: float = 0.0, attention: str = "torchvision", **options: Any):
         """
         Args:
             num_classes: head size before loading (a checkpoint's head size replaces it).
@@ -239,13 +287,23 @@ class MViTBackbone(Backbone):
             batch_size: clips per forward pass in `run`.
             width: "full" (MViTv2-S) or "demo" (see `build_mvit`); a fine-tuned run's file sets its own.
             drop_path: stochastic depth for training (inactive in eval mode).
+            attention: "torchvision" (its own matmul + softmax) or "sdpa" (`use_sdpa_attention`: the
+                same maths through `scaled_dot_product_attention`, faster on a GPU).
         """
         super().__init__(num_classes=num_classes, device=device, batch_size=batch_size, width=width, **options)
+        if attention not in ATTENTIONS:
+            raise UserError(f"unknown MViTv2-S attention '{attention}': choose {' or '.join(ATTENTIONS)}")
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.width, self.drop_path = width, drop_path
+        self.width, self.drop_path, self.attention = width, drop_path, attention
         self.fine_tune: dict[str, Any] | None = None  # provenance of a fine-tuned run, once loaded
-        self.model = build_mvit(width, num_classes, drop_path).eval().to(self.device)
+        self.model = self._build(width, num_classes)
+
+    def _build(self, width: str, num_classes: int) -> torch.nn.Module:
+        model = build_mvit(width, num_classes, self.drop_path).eval().to(self.device)
+        if self.attention == "sdpa":
+            use_sdpa_attention(model)
+        return model
 
     @property
     def embed_dim(self) -> int:
@@ -279,7 +337,7 @@ class MViTBackbone(Backbone):
             width = str(meta.get("width", "full"))
             if width != self.width:  # a fine-tuned run knows its width: rebuild before comparing keys
                 self.width = width
-                self.model = build_mvit(width, self.num_classes, self.drop_path).eval().to(self.device)
+                self.model = self._build(width, self.num_classes)
                 notes.append(f"width {width} from the fine-tuned run")
             what = f"migfuse fine-tuned MViTv2-S ({width} width)"
         elif any(k.startswith("backbone.") for k in sd):

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from migfuse.errors import UserError
-from migfuse.worker_pool import start_worker
+from migfuse.worker_pool import start_worker, usable_cpus
 
 if TYPE_CHECKING:
     from migfuse.data_cache.store import ArraySpec, TokenCache, TokenGroup
@@ -76,6 +76,8 @@ class Compute:
     device: str = "cpu"
     precision: Precision = Precision.FP32
     batch: int = 0
+    #: `torch.compile` the model in `setup` (not in the provenance: same maths, fused kernels)
+    compile: bool = False
 
     @property
     def device_type(self) -> str:
@@ -89,6 +91,29 @@ class Compute:
 
         dtype = torch.bfloat16 if self.precision is Precision.BF16 else torch.float16
         return torch.autocast(self.device_type, dtype=dtype)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device_type == "cuda"
+
+    def to_device(self, x: np.ndarray) -> Any:
+        """A CPU array as a tensor on the forward's device; on CUDA through pinned memory with a
+        non-blocking copy, so the copy overlaps the kernels queued before it."""
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if self.on_gpu:
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def maybe_compile(self, fn: Callable) -> Callable:
+        """`fn` through `torch.compile` when `compile` is set (static shapes: the batch is fixed)."""
+        if not self.compile:
+            return fn
+        import torch
+
+        log.info("torch.compile: the first batch compiles the model (tens of seconds); later ones run fused")
+        return torch.compile(fn, dynamic=False)
 
     def record(self) -> dict[str, Any]:
         """What of this goes into the group provenance (tokens depend on it)."""
@@ -117,16 +142,21 @@ class RunOptions:
 
     device: "auto" (CUDA when torch has it, else CPU), "cpu", "cuda" or "cuda:N"; under torchrun
     "auto"/"cuda" mean `cuda:LOCAL_RANK`. precision: None = fp32 on CPU, bf16 on CUDA.
+    batch_size / workers: None = the track's default for the resolved device
+    (`Extractor.default_batch` / `default_workers`: small on a CPU, GPU-sized on CUDA).
     shard: "I/N" (SLURM arrays); None = torchrun's RANK/WORLD_SIZE, else the whole dataset.
+    compile: run the model through `torch.compile` (one graph: the batch shape is fixed); pays back
+    only on long runs (the first batch compiles), so it is opt-in.
     """
 
     device: str = "auto"
     precision: str | None = None
-    batch_size: int = 8
-    workers: int = 2
+    batch_size: int | None = None
+    workers: int | None = None
     shard: str | None = None
     retry_failed: bool = False
     prefetch: int = 2
+    compile: bool = False
 
 
 def resolve_device(requested: str = "auto", env: Mapping[str, str] | None = None) -> str:
@@ -238,6 +268,25 @@ class Extractor(ABC):
     unit: str = "row"
     #: set by the runner before `setup`: device, precision and fixed forward batch
     compute: Compute = Compute()
+    #: model inputs per forward when --batch-size is not given, on a CPU / on a GPU
+    cpu_batch: int = 8
+    gpu_batch: int = 32
+    #: loader processes when --workers is not given on a CPU (on a GPU: one per core but one)
+    cpu_workers: int = 2
+
+    def default_batch(self, device: str) -> int:
+        """--batch-size when not given: `gpu_batch` on CUDA (the GPU needs large batches to be
+        busy), `cpu_batch` elsewhere."""
+        return self.gpu_batch if str(device).startswith("cuda") else self.cpu_batch
+
+    def default_workers(self, device: str) -> int:
+        """--workers when not given: `cpu_workers` on a CPU (the cores run the model); on CUDA one
+        loader per usable core but one (the main process feeds the GPU), since decoding sets the pace."""
+        if str(device).startswith("cuda"):
+            # torchrun ranks on one node share its cores
+            ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            return max(1, usable_cpus() // max(1, ranks) - 1)
+        return self.cpu_workers
 
     def row_definitions(self, ids: list[str]) -> dict[str, str] | None:
         """What defines each row (`tracks.row_definition`), stored per row; None: not tracked."""
@@ -286,6 +335,12 @@ class RunSummary:
     redone: int = 0  # rows done or failed earlier whose definition changed since (extracted again)
     busy: int = 0  # rows left to another process that held their work item (see `_Claims`)
     world_failed: int | None = None  # under torchrun: failed rows of all ranks (see `extract`)
+    #: where the main process's time went, seconds: "start" (cache, workers, model build), "loaders"
+    #: (waiting for loader workers, or loading in this process with --workers 0), "forward" (the
+    #: model, copies to and from the device included), "writes" (the cache)
+    timings: dict[str, float] = field(default_factory=dict)
+    #: the resolved settings of the run: batch, workers, decode threads per worker
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -375,7 +430,16 @@ def shard_items(items: list[WorkItem], rank: int, world: int) -> list[WorkItem]:
 # ------------------------------------------------------------------------------------------------
 # worker processes
 # ------------------------------------------------------------------------------------------------
-def _worker_main(wid: int, parent: int, loader: Loader, tasks: "mp.Queue", conn: Any, ready: Any) -> None:
+def decode_threads(workers: int, cpus: int | None = None) -> int:
+    """FFmpeg threads per loader worker: the usable cores shared out among the workers (at least 1),
+    so that W workers x T threads do not oversubscribe the machine (each FFmpeg would otherwise
+    start one thread per core)."""
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(1, cpus // max(1, workers))
+
+
+def _worker_main(wid: int, parent: int, loader: Loader, tasks: "mp.Queue", conn: Any, ready: Any,
+                 threads: int = 0) -> None:
     """Loop of one spawned worker: take (n, item) from `tasks`, send its samples over `conn`.
 
     `conn` is this worker's own pipe: a send completes synchronously (nothing buffered dies with
@@ -384,6 +448,10 @@ def _worker_main(wid: int, parent: int, loader: Loader, tasks: "mp.Queue", conn:
     # One thread per worker: the cores belong to the forward pass and the other workers. SIGINT
     # ignored and exit with the main process: migfuse.worker_pool's rules.
     start_worker(parent, threads=1)
+    if threads:
+        from migfuse.extract import decode
+
+        decode.set_threads(threads)
     ready.set()
     while True:
         task = tasks.get()
@@ -412,8 +480,9 @@ class _Pool:
     overlaps compute, and the bound stops workers from running far ahead.
     """
 
-    def __init__(self, loader: Loader, workers: int, prefetch: int, out_size: int):
+    def __init__(self, loader: Loader, workers: int, prefetch: int, out_size: int, decode_threads: int = 0):
         self.ctx = mp.get_context("spawn")
+        self.decode_threads = decode_threads
         self.loader = loader
         self.out: "queue.Queue[tuple]" = queue.Queue(maxsize=out_size)
         self.prefetch = prefetch
@@ -436,7 +505,8 @@ class _Pool:
         tasks = self.ctx.Queue()
         self.ready[wid] = self.ctx.Event()
         recv, send = self.ctx.Pipe(duplex=False)
-        p = self.ctx.Process(target=_worker_main, args=(wid, os.getpid(), self.loader, tasks, send, self.ready[wid]),
+        p = self.ctx.Process(target=_worker_main, args=(wid, os.getpid(), self.loader, tasks, send, self.ready[wid],
+                                                                 self.decode_threads),
                              daemon=True)
         p.start()
         send.close()  # only the worker writes; closing ours lets a dead worker show up as EOF
@@ -578,6 +648,16 @@ class _Writer:
         self.batch: list[Sample] = []
         self.batch_units = 0
         self.batch_since = 0.0
+        self.t0 = time.monotonic()
+        self.timings = summary.timings
+        self.timings.update(start=0.0, loaders=0.0, forward=0.0, writes=0.0)
+
+    def started(self) -> None:
+        """The model is built: what came before is the run's fixed start cost."""
+        self.timings["start"] = time.monotonic() - self.t0
+
+    def timed(self, key: str, since: float) -> None:
+        self.timings[key] += time.monotonic() - since
 
     def add(self, sample: Sample) -> None:
         if sample.failure is not None or sample.inputs is None:
@@ -592,7 +672,9 @@ class _Writer:
 
     def fail(self, row: str, failure: Failure) -> None:
         log.warning("%s %s failed at %s: %s", self.ex.group, row, failure.stage, failure.message)
+        t = time.monotonic()
         self.g.write_failure(row, failure.stage, failure.message, rowdef=self.rowdefs.get(row))
+        self.timed("writes", t)
         self.summary.failed.append((row, failure.stage, failure.message))
         self._tick()
 
@@ -602,7 +684,9 @@ class _Writer:
                 self.claims.flushed()
             return
         batch, self.batch, self.batch_units = self.batch, [], 0
+        t = time.monotonic()
         results = self.ex.forward([s.inputs for s in batch])
+        self.timed("forward", t)
         if len(results) != len(batch):
             raise RuntimeError(f"{type(self.ex).__name__}.forward returned {len(results)} results for {len(batch)} inputs")
         for s, res in zip(batch, results):
@@ -612,7 +696,9 @@ class _Writer:
             arrays = {}
             for name, spec in self.specs.items():
                 arrays[name] = np.asarray(res[name]).astype(spec.dtype, copy=False)
+            t = time.monotonic()
             self.g.write(s.id, arrays, rowdef=self.rowdefs.get(s.id))
+            self.timed("writes", t)
             self.summary.done += 1
             self._tick()
         if self.claims is not None:
@@ -643,9 +729,11 @@ def extract(extractor: Extractor, cache: "TokenCache | str | Path", options: Run
     """
     shard = parse_shard(options.shard)
     device = resolve_device(options.device)
+    batch = options.batch_size if options.batch_size is not None else extractor.default_batch(device)
+    workers = options.workers if options.workers is not None else extractor.default_workers(device)
     summary = run_extraction(extractor, cache, device=device, precision=options.precision,
-                             batch_size=options.batch_size, workers=options.workers, shard=shard,
-                             retry_failed=options.retry_failed, prefetch=options.prefetch)
+                             batch_size=batch, workers=workers, shard=shard,
+                             retry_failed=options.retry_failed, prefetch=options.prefetch, compile=options.compile)
     if options.shard is None and shard[1] > 1 and "LOCAL_RANK" in os.environ:
         summary.world_failed = _join_ranks(len(summary.failed))
     return summary
@@ -697,6 +785,7 @@ def run_extraction(
     shard: tuple[int, int] = (0, 1),
     retry_failed: bool = False,
     prefetch: int = 2,
+    compile: bool = False,
 ) -> RunSummary:
     """Extract this process's pending rows of `extractor.group` into `cache`; resumable and sharded.
 
@@ -711,6 +800,7 @@ def run_extraction(
         shard: (rank, world) from `parse_shard`; this process takes work items `[rank::world]`.
         retry_failed: also redo rows recorded as failed by an earlier run.
         prefetch: work items queued per worker ahead of the one it is loading.
+        compile: `torch.compile` the model (`Compute.maybe_compile`).
 
     Returns:
         RunSummary of this process's rows (failures include those of earlier runs).
@@ -722,7 +812,7 @@ def run_extraction(
 
     t0 = time.monotonic()
     rank, world = shard
-    extractor.compute = Compute(device, resolve_precision(precision, device), int(batch_size))
+    extractor.compute = Compute(device, resolve_precision(precision, device), int(batch_size), bool(compile))
     cache = cache if isinstance(cache, TokenCache) else TokenCache(cache)
     g = _open_group(extractor, cache)
     all_ids = list(g.ids)
@@ -737,6 +827,9 @@ def run_extraction(
     pending = sum(len(it.ids) for it in items)
     summary = RunSummary(group=extractor.group, shard=shard, total=len(my_ids), skipped=len(my_ids) - pending,
                          redone=len(changed))
+    n_workers = min(workers, len(items))
+    summary.settings = {"batch": int(batch_size), "workers": n_workers,
+                        "decode_threads": decode_threads(n_workers) if n_workers else 0}
     log.info("%s shard %d/%d: %d rows, %d already done or failed, %d to extract (%d work items)",
              extractor.group, rank, world, len(my_ids), summary.skipped, pending, len(items))
 
@@ -764,13 +857,16 @@ def run_extraction(
         pool = None
         try:
             with logging_redirect_tqdm():
-                if workers > 0:
+                if n_workers > 0:
                     # Start the loaders first: they decode while the model is being built.
-                    pool = _Pool(extractor.loader(), min(workers, len(items)), prefetch, out_size=max(4, 2 * batch_size))
+                    pool = _Pool(extractor.loader(), n_workers, prefetch, out_size=max(4, 2 * batch_size),
+                                 decode_threads=summary.settings["decode_threads"])
                     extractor.setup(device)
+                    writer.started()
                     _run_pool(pool, items, writer, take)
                 else:
                     extractor.setup(device)
+                    writer.started()
                     _run_inline(extractor.loader(), items, writer, take)
                 writer.flush()
         except BaseException:  # an error or an interrupt: the loaders' unfinished items are not wanted
@@ -796,6 +892,8 @@ def run_extraction(
             f = failures[row]
             summary.failed.append((row, str(f.get("stage", "?")), str(f.get("message", "?"))))
     summary.seconds = time.monotonic() - t0
+    if summary.timings:
+        log.info("%s", format_timings(summary))
     log.info("%s shard %d/%d: %d written, %d skipped, %d failed in %.1f s", extractor.group, rank, world,
              summary.done, summary.skipped, len(summary.failed), summary.seconds)
     return summary
@@ -829,6 +927,19 @@ def _fail_rest(item: WorkItem, seen: set[str], failure: Failure, writer: _Writer
             writer.fail(row, failure)
 
 
+def _timed_loading(samples: Iterator[Sample], writer: _Writer) -> Iterator[Sample]:
+    """`samples`, the time spent producing them counted as the run's "loaders" time."""
+    while True:
+        t = time.monotonic()
+        try:
+            sample = next(samples)
+        except StopIteration:
+            writer.timed("loaders", t)
+            return
+        writer.timed("loaders", t)
+        yield sample
+
+
 def _run_inline(loader: Loader, items: list[WorkItem], writer: _Writer,
                 take: Callable[[WorkItem], WorkItem | None] = lambda it: it) -> None:
     for item in items:
@@ -838,7 +949,7 @@ def _run_inline(loader: Loader, items: list[WorkItem], writer: _Writer,
         seen: set[str] = set()
         error = "loader ended without yielding this row"
         try:
-            _deliver(item, loader(item), writer, seen)
+            _deliver(item, _timed_loading(loader(item), writer), writer, seen)
         except LoaderContractError:
             raise
         except Exception as e:  # noqa: BLE001 - bad input must not stop the run; reported per row
@@ -871,12 +982,15 @@ def _run_pool(pool: _Pool, items: list[WorkItem], writer: _Writer,
 
     pool.feed(todo, items, take_n)
     while open_items:
+        t = time.monotonic()
         try:
             kind, wid, n, payload = pool.out.get(timeout=_POLL_S)
         except queue.Empty:
+            writer.timed("loaders", t)
             if not writer.batch or time.monotonic() - writer.batch_since >= _IDLE_FLUSH_S:
                 writer.flush()  # loaders are slow: do not sit on a half-full batch for ever
             continue
+        writer.timed("loaders", t)
         if kind == "dead":
             lost = pool.reap(wid, todo)
             if lost is not None and lost[0] in open_items:
@@ -893,11 +1007,31 @@ def _run_pool(pool: _Pool, items: list[WorkItem], writer: _Writer,
             pool.feed(todo, items, take_n)
 
 
+def format_timings(summary: RunSummary) -> str:
+    """One line: where the main process's time went, and the settings that explain it.
+
+    "waiting for loaders" large against "forward": decoding sets the pace (raise --workers, or
+    decode on the GPU); "forward" near the whole run: the model does (a larger --batch-size).
+    """
+    t = summary.timings
+    total = max(summary.seconds, 1e-9)
+    cfg = summary.settings
+    parts = [f"start {t.get('start', 0):.1f} s (cache, workers, model build)",
+             f"waiting for loaders {t.get('loaders', 0):.1f} s",
+             f"forward {t.get('forward', 0):.1f} s ({100 * t.get('forward', 0) / total:.0f} % of the run)",
+             f"writes {t.get('writes', 0):.1f} s"]
+    where = (f"; batch {cfg['batch']}, {cfg['workers']} loader workers x {cfg['decode_threads']} decode threads"
+             if cfg else "")
+    return "time: " + ", ".join(parts) + where
+
+
 def format_summary(summary: RunSummary, max_rows: int = 50) -> str:
     """A plain-text report: counts, then one line per failed row (id, stage, reason)."""
     rank, world = summary.shard
     lines = [f"{summary.group} shard {rank}/{world}: {summary.total} rows, {summary.done} written now, "
              f"{summary.skipped} skipped (done or failed earlier), {len(summary.failed)} failed, {summary.seconds:.1f} s"]
+    if summary.timings:
+        lines.append(format_timings(summary))
     if summary.redone:
         lines.append(f"{summary.redone} rows were extracted again: their clip changed (frame range) since they were written")
     if summary.busy:

@@ -20,7 +20,8 @@ import numpy as np
 
 from migfuse.errors import UserError
 from migfuse.extract.checkpoints import weights_provenance
-from migfuse.extract.decode import DecodeError, PastEnd, probe, stream_clips
+from migfuse.extract.decode import DecodeError, PastEnd, probe
+from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.data_cache.tracks import get_track, tracks_with_layout
 from migfuse.extract.runner import (Failure, RunOptions, RunSummary, Sample, TrackExtractor, WorkItem, extract,
                                     video_files)
@@ -50,11 +51,26 @@ def resize_crop(frame: np.ndarray, short_side: int = 256, crop: int = 224) -> np
     """
     import torch
 
-    h, w = frame.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    return resize_crop_tensor(x, short_side, crop)[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def resize_crop_tensor(x: Any, short_side: int = 256, crop: int = 224) -> Any:
+    """`resize_crop` on a batch of frames already in torch, on any device (the GPU decoder's frames).
+
+    Args:
+        x: (N, 3, H, W) uint8 tensor.
+    Returns:
+        (N, 3, crop, crop) uint8 tensor on the same device.
+    Raises:
+        ValueError: the resized frame is smaller than the crop.
+    """
+    import torch
+
+    h, w = x.shape[-2:]
     short, long = (w, h) if w <= h else (h, w)
     new_long = int(short_side * long / short)
     new_h, new_w = (new_long, short_side) if w <= h else (short_side, new_long)
-    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]  # (1, 3, H, W)
     if (new_h, new_w) != (h, w):
         x = torch.nn.functional.interpolate(x.float(), size=(new_h, new_w), mode="bilinear",
                                             align_corners=False, antialias=False).round_().to(torch.uint8)
@@ -62,7 +78,7 @@ def resize_crop(frame: np.ndarray, short_side: int = 256, crop: int = 224) -> np
     left = int(round((new_w - crop) / 2.0))
     if top < 0 or left < 0:
         raise ValueError(f"frame {new_h}x{new_w} after resizing is smaller than the {crop}x{crop} crop")
-    return x[0, :, top:top + crop, left:left + crop].permute(1, 2, 0).contiguous().numpy()
+    return x[:, :, top:top + crop, left:left + crop]
 
 
 @dataclass
@@ -72,6 +88,8 @@ class _VideoLoader:
     paths: Mapping[str, str | None]  # video id -> file (None: not found by `data prepare`)
     short_side: int = 256
     crop: int = 224
+    decoder: str = "cpu"  # "gpu": torchcodec on `device` (`decode_gpu.choose_decoder` decided it)
+    device: str = "cpu"
 
     def _path(self, key: str) -> Path:
         p = self.paths.get(key)
@@ -81,8 +99,11 @@ class _VideoLoader:
         return Path(p)
 
     def _stream(self, path: Path, requests: Mapping[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray | DecodeError]]:
-        """`decode.stream_clips` with each frame resized + centre-cropped once, as it is decoded."""
-        return stream_clips(path, requests, transform=lambda rgb: resize_crop(rgb, self.short_side, self.crop))
+        """The video decoded once for all `requests`, each frame resized + centre-cropped once, as it is
+        decoded (on the GPU with --decoder gpu: only the crops come back)."""
+        return stream_video(path, requests, decoder=self.decoder, device=self.device,
+                            transform=lambda rgb: resize_crop(rgb, self.short_side, self.crop),
+                            gpu_transform=lambda x: resize_crop_tensor(x, self.short_side, self.crop).permute(0, 2, 3, 1))
 
 
 @dataclass
@@ -167,15 +188,18 @@ class VideoExtractor(TrackExtractor):
 
     backbone_name = "mvit_v2_s"
     token_shape: tuple[int, int] = (393, 768)
+    gpu_batch = 32
 
     def __init__(self, manifest: Any, track: str = "video", *, checkpoint: str | Path | None = None,
                  clip_sampling: ClipSampling = ClipSampling(), context_sampling: ContextSampling = ContextSampling(),
-                 row_ids: list[str] | None = None, video_root: str | Path | None = None):
+                 row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu"):
         """
         Args:
             manifest: a `Manifest` (clips, videos with their file paths).
             track: "video" (rows = clips) or "context" (rows = videos).
             video_root: where the videos are now, if moved since `data prepare` (see `video_files`).
+            decoder: "cpu" (PyAV in the loader workers) or "gpu" (torchcodec on the extraction's GPU,
+                `decode_gpu`; falls back to the CPU with one log line where it cannot run).
             checkpoint: MViTv2-S checkpoint file; None = seeded random weights (said loudly).
             clip_sampling / context_sampling: the frame rules (recorded in provenance).
             row_ids: restrict the rows to these clip ids (video) or video ids (context); default: all.
@@ -185,12 +209,14 @@ class VideoExtractor(TrackExtractor):
             raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")
         self.manifest, self.track = manifest, get_track(track)
         self.video_root = video_root
+        self.decoder = decoder
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise UserError(f"checkpoint not found: {self.checkpoint} (pass the path of a local MViTv2-S .pth file)")
         self.clip_sampling, self.context_sampling = clip_sampling, context_sampling
         self.group = self.track.group(self.backbone_name)
         self.unit = str(self.track.unit)
+        self.cpu_batch = 8 if self.track.per_video else 4  # windows / clips per CPU forward
         self._row_ids = list(row_ids) if row_ids is not None else None
         self._weights: dict[str, str] | None = None
         self._fine_tune: dict[str, Any] | None = None
@@ -225,7 +251,8 @@ class VideoExtractor(TrackExtractor):
     def loader(self):
         paths = video_files(self.manifest, self.video_root)
         pre = self.preprocessing()
-        common = dict(paths=paths, short_side=int(pre["resize_short_side"]), crop=int(pre["crop_size"][0]))
+        common = dict(paths=paths, short_side=int(pre["resize_short_side"]), crop=int(pre["crop_size"][0]),
+                      decoder=choose_decoder(self.decoder, self.compute.device), device=self.compute.device)
         if self.track.per_video:
             return ContextLoader(**common, sampling=self.context_sampling)
         clips = {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips}
@@ -255,8 +282,12 @@ class VideoExtractor(TrackExtractor):
                         "testing. Pass --checkpoint mvit_v2_s-ae3be167.pth (or an mmaction2 MViTv2-S file).",
                         self.group, RANDOM_WEIGHTS_SEED)
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        bb = create_backbone(self.backbone_name, checkpoint=self.checkpoint, device=device)
-        return lambda x: bb.tokens(x)[0]
+        # SDPA: torchvision's attention maths through the fused kernel (same tokens to float rounding)
+        bb = create_backbone(self.backbone_name, checkpoint=self.checkpoint, device=device, attention="sdpa")
+        from migfuse.extract.mvit import forward_tokens
+
+        # the caller holds inference mode; compiling the plain function keeps the graph whole
+        return self.compute.maybe_compile(lambda x: forward_tokens(bb.model, x)[0])
 
     # -- main process ------------------------------------------------------------------------------
     def setup(self, device: str) -> None:
@@ -275,7 +306,7 @@ class VideoExtractor(TrackExtractor):
     def _tokens_batch(self, frames: np.ndarray) -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(frames).to(self.device, non_blocking=True)  # uint8 over the bus
+        x = self.compute.to_device(frames)  # uint8 over the bus (4x less than float)
         x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, F, H, W) in [0, 1]
         x = (x - self._mean) / self._std
         with torch.inference_mode(), self.compute.autocast():
@@ -307,8 +338,8 @@ def extract_track(
     checkpoint: str | Path | None = None,
     device: str = "auto",
     precision: str | None = None,
-    batch_size: int = 4,
-    workers: int = 2,
+    batch_size: int | None = None,
+    workers: int | None = None,
     shard: str | None = None,
     retry_failed: bool = False,
     frames: int = 16,
@@ -316,6 +347,8 @@ def extract_track(
     context_windows: int = 8,
     row_ids: list[str] | None = None,
     video_root: str | Path | None = None,
+    compile: bool = False,
+    decoder: str = "cpu",
 ) -> RunSummary:
     """Extract the `video` (per clip) or `context` (per video) MViTv2-S tokens of a prepared dataset.
 
@@ -324,12 +357,15 @@ def extract_track(
         prepared: the PREPARED folder (`migfuse data prepare` output).
         cache: CACHE.zarr path (created if absent).
         checkpoint: MViTv2-S checkpoint; None = seeded random weights (warned, recorded in provenance).
-        device, precision, batch_size, workers, shard, retry_failed: see `runner.RunOptions`.
+        device, precision, batch_size, workers, shard, retry_failed, compile: see `runner.RunOptions`
+            (batch_size None: 4 clips / 8 windows per forward on a CPU, 32 on a GPU; workers None: 2 on a
+            CPU, one per core but one on a GPU).
         frames: frames per window (MViTv2-S is built for 16).
         windows: video track: up to this many 16-frame windows per long clip (1 = one window).
         context_windows: context track: windows per video (K).
         row_ids: only these clip ids (video) or video ids (context), e.g. a quick demo subset.
         video_root: the folder the videos are in now, when moved since `data prepare`.
+        decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC on the extraction's GPU; see `decode_gpu`).
 
     Returns:
         RunSummary (this process's rows; `failed` non-empty means the CLI exits non-zero).
@@ -342,6 +378,7 @@ def extract_track(
     extractor = VideoExtractor(manifest, track, checkpoint=checkpoint,
                                clip_sampling=ClipSampling(frames=frames, max_windows=windows),
                                context_sampling=ContextSampling(windows=context_windows, frames=frames),
-                               row_ids=row_ids, video_root=video_root)
+                               row_ids=row_ids, video_root=video_root, decoder=decoder)
     return extract(extractor, cache, RunOptions(device=device, precision=precision, batch_size=batch_size,
-                                                workers=workers, shard=shard, retry_failed=retry_failed))
+                                                workers=workers, shard=shard, retry_failed=retry_failed,
+                                                compile=compile))

@@ -5,8 +5,8 @@ Split along the runner's line (docs/contracts.md, "Extraction runner"):
     each clip / window is detected as soon as its frames are decoded and its full-size frames are
     released then, so memory does not grow with the video's length), sample K face frames per
     clip (uniform over the clip, the video track's rule) or per context window (K of the window's
-    frames, the context track's windows), detect faces with MTCNN on the CPU, keep ONE main face
-    per row (`detect.select_main_face`: anchored on the largest confident face, followed by
+    frames, the context track's windows), detect faces with MTCNN (on the CPU, or on the GPU of
+    an extraction that runs on one, several rows per call), keep ONE main face per row (`detect.select_main_face`: anchored on the largest confident face, followed by
     overlap), align it to the ArcFace 112x112 template; frames without it are masked, never filled;
   * forward (main process): SwinFace on the aligned crops; per face frame the expression-branch
     512-d feature and the 7 expression logits (optionally the 7x7x768 global tokens).
@@ -31,7 +31,8 @@ import numpy as np
 
 from migfuse.errors import UserError
 from migfuse.extract.checkpoints import weights_provenance
-from migfuse.extract.decode import DecodeError, probe, stream_clips
+from migfuse.extract.decode import DecodeError, probe
+from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.data_cache.tracks import Track, get_track, tracks_with_layout
 from migfuse.extract.runner import (Failure, RunOptions, RunSummary, Sample, TrackExtractor, WorkItem, extract,
                                     video_files)
@@ -51,6 +52,8 @@ def scope_track(scope: str) -> Track:
     return get_track(_FACE_TRACKS["clip" if scope == "clip" else "video"])
 RANDOM_WEIGHTS_SEED = 0
 FEATURE_DIM, NUM_EXPRESSIONS = 512, 7
+#: frames per MTCNN call when detection runs on a GPU (rows of a video gathered until this many)
+GPU_DETECT_FRAMES = 64
 
 
 @dataclass
@@ -63,6 +66,12 @@ class FaceLoader:
     clips: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # clip id -> (start, end)
     context: ContextSampling = ContextSampling()
     min_prob: float = 0.9
+    #: where MTCNN runs in the worker: "cpu", or the extraction's GPU ("cuda:N")
+    detector_device: str = "cpu"
+    #: frames MTCNN takes per call: rows are gathered until they hold this many (1: each row at once,
+    #: the CPU behaviour; on a GPU larger batches keep it busy)
+    detect_frames: int = 1
+    decoder: str = "cpu"  # "gpu": torchcodec on `detector_device` (see `decode_gpu`)
     _detector: Any = field(default=None, init=False, repr=False, compare=False)  # built in the worker
 
     def plan(self, row: str, n_frames: int | None) -> np.ndarray:
@@ -75,20 +84,32 @@ class FaceLoader:
 
     def _faces(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(T, H, W, 3) frames of one row -> aligned crops (T, 112, 112, 3) uint8 (zeros where masked), mask (T,)."""
+        return self._faces_of_rows([frames])[0]
+
+    def _faces_of_rows(self, rows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`_faces` of several rows of one video with one MTCNN call over all their frames (the main
+        face is still chosen per row)."""
         from migfuse.extract.face.align import CROP_SIZE, align_face
         from migfuse.extract.face.detect import FaceDetector, select_main_face
 
         if self._detector is None:
-            self._detector = FaceDetector(device="cpu")
-        faces = self._detector.detect(frames)
-        choice = select_main_face(faces, min_prob=self.min_prob)
-        crops = np.zeros((len(frames), CROP_SIZE, CROP_SIZE, 3), np.uint8)
-        mask = np.zeros(len(frames), bool)
-        for t, i in enumerate(choice):
-            if i is not None:
-                crops[t] = align_face(frames[t], faces[t].landmarks[i])
-                mask[t] = True
-        return crops, mask
+            self._detector = FaceDetector(device=self.detector_device)
+        found = self._detector.detect(np.concatenate(rows)) if len(rows) > 1 else self._detector.detect(rows[0])
+        out, start = [], 0
+        for frames in rows:
+            faces, start = found[start:start + len(frames)], start + len(frames)
+            choice = select_main_face(faces, min_prob=self.min_prob)
+            crops = np.zeros((len(frames), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+            mask = np.zeros(len(frames), bool)
+            for t, i in enumerate(choice):
+                if i is not None:
+                    crops[t] = align_face(frames[t], faces[t].landmarks[i])
+                    mask[t] = True
+            out.append((crops, mask))
+        return out
+
+    def _stream(self, path: str, requests: Mapping[Any, np.ndarray]):
+        return stream_video(path, requests, decoder=self.decoder, device=self.detector_device)
 
     def __call__(self, item: WorkItem) -> Iterator[Sample]:
         path = self.paths.get(item.key)
@@ -103,15 +124,26 @@ class FaceLoader:
                 yield self._context(path, row)
 
     def _clips(self, path: str, rows: tuple[str, ...]) -> Iterator[Sample]:
-        """One sample per clip, as soon as its K frames are decoded (only waiting clips' frames are held)."""
+        """One sample per clip, as soon as its K frames are decoded and detected (only waiting clips'
+        frames are held; with `detect_frames` > 1, clips wait until that many frames are gathered)."""
         plans = {row: self.plan(row, None) for row in rows}
-        for row, frames in stream_clips(path, plans):
+        gathered: list[tuple[str, np.ndarray]] = []
+
+        def detect() -> Iterator[Sample]:
+            for (row, _), (crops, mask) in zip(gathered, self._faces_of_rows([f for _, f in gathered])):
+                yield Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
+            gathered.clear()
+
+        for row, frames in self._stream(path, plans):
             if isinstance(frames, DecodeError):
                 start, end = self.clips[row]
                 yield Sample(row, failure=Failure(frames.stage, f"clip {row} (frames {start}..{end}): {frames}"))
                 continue
-            crops, mask = self._faces(frames)
-            yield Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
+            gathered.append((row, frames))
+            if sum(len(f) for _, f in gathered) >= self.detect_frames:
+                yield from detect()
+        if gathered:
+            yield from detect()
 
     def _context(self, path: str, row: str) -> Sample:
         """One video's context windows, each detected as soon as it is decoded. Windows the decoder
@@ -126,13 +158,24 @@ class FaceLoader:
         crops = np.zeros((*plan.shape, CROP_SIZE, CROP_SIZE, 3), np.uint8)
         mask = np.zeros(plan.shape, bool)
         served, error = 0, None
+        gathered: list[tuple[int, np.ndarray]] = []
+
+        def detect() -> None:
+            for (j, _), (window_crops, window_mask) in zip(gathered, self._faces_of_rows([f for _, f in gathered])):
+                crops[j], mask[j] = window_crops, window_mask
+            gathered.clear()
+
         # the main face is chosen per window: windows lie far apart in the video
-        for j, frames in stream_clips(path, {j: plan[j] for j in range(len(plan))}):
+        for j, frames in self._stream(path, {j: plan[j] for j in range(len(plan))}):
             if isinstance(frames, DecodeError):
                 error = frames
                 continue
-            crops[j], mask[j] = self._faces(frames)
+            gathered.append((j, frames))
             served += 1
+            if sum(len(f) for _, f in gathered) >= self.detect_frames:
+                detect()
+        if gathered:
+            detect()
         if error is not None:
             if not served:
                 return Sample(row, failure=Failure(error.stage, f"video {row}: {error}"))
@@ -145,12 +188,14 @@ class FaceExtractor(TrackExtractor):
     """SwinFace expression features of aligned faces, per clip (`face`) or per context window (`face_context`)."""
 
     backbone_name = "swinface"
+    cpu_batch, gpu_batch, cpu_workers = 32, 256, 1  # on a CPU the loader's MTCNN competes with SwinFace
 
     def __init__(self, manifest: Any, scope: str = "clip", *, checkpoint: str | Path | None = None,
                  frames: int = 8, context: ContextSampling = ContextSampling(), global_tokens: bool = False,
-                 row_ids: list[str] | None = None, video_root: str | Path | None = None):
+                 row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu"):
         self.track = scope_track(scope)
         self.video_root = video_root
+        self.decoder = decoder
         self.manifest, self.scope, self.frames, self.context = manifest, scope, int(frames), context
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         if self.checkpoint is not None and not self.checkpoint.is_file():
@@ -192,7 +237,12 @@ class FaceExtractor(TrackExtractor):
     def loader(self) -> FaceLoader:
         paths = video_files(self.manifest, self.video_root)
         clips = {} if self.track.per_video else {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips}
-        return FaceLoader(paths=paths, scope=self.scope, frames=self.frames, clips=clips, context=self.context)
+        # On a GPU, MTCNN runs there too (in each loader worker), on the frames of several rows at once.
+        on_gpu = self.compute.on_gpu
+        return FaceLoader(paths=paths, scope=self.scope, frames=self.frames, clips=clips, context=self.context,
+                          detector_device=self.compute.device if on_gpu else "cpu",
+                          detect_frames=GPU_DETECT_FRAMES if on_gpu else 1,
+                          decoder=choose_decoder(self.decoder, self.compute.device))
 
     def setup(self, device: str) -> None:
         import torch
@@ -217,7 +267,7 @@ class FaceExtractor(TrackExtractor):
 
         from migfuse.extract.face.align import to_model_input
 
-        x = torch.from_numpy(to_model_input(crops)).to(self.device)
+        x = self.compute.to_device(to_model_input(crops))
         with torch.inference_mode(), self.compute.autocast():
             feat, logits, glob = self.model.expression(x)  # skips the 10 other branches
         res = {"features": feat.float().cpu().numpy(), "logits": logits.float().cpu().numpy()}
@@ -253,8 +303,8 @@ def extract_face(
     checkpoint: str | Path | None = None,
     device: str = "auto",
     precision: str | None = None,
-    batch_size: int = 32,
-    workers: int = 1,
+    batch_size: int | None = None,
+    workers: int | None = None,
     shard: str | None = None,
     retry_failed: bool = False,
     frames: int = 8,
@@ -262,6 +312,8 @@ def extract_face(
     global_tokens: bool = False,
     row_ids: list[str] | None = None,
     video_root: str | Path | None = None,
+    compile: bool = False,
+    decoder: str = "cpu",
 ) -> RunSummary:
     """Extract SwinFace expression features of a prepared dataset into `cache`.
 
@@ -271,7 +323,12 @@ def extract_face(
             context track so the windows line up).
         checkpoint: SwinFace `.pt` (the original four-state-dict file); None = seeded random weights.
         frames: K face frames per clip / per window.
-        batch_size: faces per SwinFace forward (always run full, zero-padded: see `runner.Compute`).
+        batch_size: faces per SwinFace forward (always run full, zero-padded: see `runner.Compute`);
+            None: 32 on a CPU, 256 on a GPU.
+        workers: loader processes (decode + MTCNN); None: 1 on a CPU, one per core but one on a GPU.
+            When the extraction runs on a GPU, MTCNN runs on it too, in each worker, on
+            `GPU_DETECT_FRAMES` frames per call; on a CPU it runs per row, as before.
+        decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC; see `decode_gpu`).
         Other arguments: see `extract_track` in video.py and `runner.RunOptions`.
     """
     from migfuse.data_cache.manifest import Manifest
@@ -279,6 +336,7 @@ def extract_face(
     manifest = Manifest.load(prepared)
     extractor = FaceExtractor(manifest, scope, checkpoint=checkpoint, frames=frames,
                               context=ContextSampling(windows=context_windows), global_tokens=global_tokens,
-                              row_ids=row_ids, video_root=video_root)
+                              row_ids=row_ids, video_root=video_root, decoder=decoder)
     return extract(extractor, cache, RunOptions(device=device, precision=precision, batch_size=batch_size,
-                                                workers=workers, shard=shard, retry_failed=retry_failed))
+                                                workers=workers, shard=shard, retry_failed=retry_failed,
+                                                compile=compile))

@@ -74,6 +74,8 @@ class SkeletonExtractor(TrackExtractor):
     `migfuse backbone train skeleton`); for a published checkpoint without one, from the arguments.
     """
 
+    cpu_batch, gpu_batch, cpu_workers = 64, 256, 0  # loading a clip is a memory-mapped slice: cheap
+
     def __init__(self, prepared: str | Path, checkpoint: str | Path, stream: str, *, layout: str | None = None,
                  length: int | None = None, arch: str | None = None):
         from migfuse.data_cache.manifest import Manifest
@@ -142,7 +144,7 @@ class SkeletonExtractor(TrackExtractor):
         """(B, 3, L, V, 1) -> (B, C, T', V) float32 features of person 0."""
         import torch
 
-        x = torch.from_numpy(x).to(self.device)
+        x = self.compute.to_device(x)
         persons = self.backbone.num_person
         if persons > 1:  # a published multi-person checkpoint: the others are zero, as FormatGCNInput pads
             x = torch.cat([x, x.new_zeros(x.shape[:-1] + (persons - 1,))], dim=-1)
@@ -153,14 +155,16 @@ class SkeletonExtractor(TrackExtractor):
 
 def extract_skeleton(prepared: str | Path, cache: str | Path, checkpoint: str | Path, stream: str, *,
                      layout: str | None = None, length: int | None = None, device: str = "auto",
-                     precision: str | None = None, batch_size: int = 64, workers: int = 0, shard: str | None = None,
-                     retry_failed: bool = False):
+                     precision: str | None = None, batch_size: int | None = None, workers: int | None = None,
+                     shard: str | None = None, retry_failed: bool = False, compile: bool = False):
     """Extract every clip of `prepared` for one stream into `cache` (group `<stream>/<arch>`).
 
     Resumable and shardable (`shard="I/N"` or torchrun); returns the runner's RunSummary. Loading a
-    clip is cheap (memory-mapped skeletons), so `workers=0` (load in the main process) is the default.
-    Device, precision and shard handling: `runner.RunOptions`.
+    clip is cheap (memory-mapped skeletons), so on a CPU `workers=0` (load in the main process) is the
+    default (64 clips per forward; 256 and a worker per core on a GPU). Device, precision, batch,
+    workers and shard handling: `runner.RunOptions`.
     """
     extractor = SkeletonExtractor(prepared, checkpoint, stream, layout=layout, length=length)
     return extract(extractor, cache, RunOptions(device=device, precision=precision, batch_size=batch_size,
-                                                workers=workers, shard=shard, retry_failed=retry_failed))
+                                                workers=workers, shard=shard, retry_failed=retry_failed,
+                                                compile=compile))

@@ -1,0 +1,192 @@
+"""GPU decoding (NVDEC) through torchcodec's CUDA decoder, serving what `decode.stream_clips` serves.
+
+`extract video|context|face --decoder gpu` decodes each video on the GPU of the extraction
+(torchcodec `VideoDecoder(device="cuda:N")`, which drives NVDEC), resizes and crops there
+(`transform`, e.g. `video.resize_crop_tensor`), and copies only the small result back to the
+loader worker, so an H100/H200 node is not bound by its CPU cores' h264 decoding. The frame rule is
+`decode`'s: annotation index f is the frame shown nearest to f / 25 s (requested as the frame
+*played at* f / 25 + half a native frame, which picks the same frame, ties included), and the
+display rotation is applied as in `decode._to_rgb` (by torchcodec itself from 0.11 on).
+
+Optional: torchcodec is not a dependency (its wheels are built against one CUDA torch each; see
+the `gpu-decode` extra). `gpu_decoding_unavailable` says why it cannot run here; the extractors
+then decode on the CPU with PyAV and say so in one log line. A video torchcodec cannot open (a
+codec NVDEC lacks) is decoded with PyAV instead.
+
+Tokens from the two decoders differ only by the YUV -> RGB conversion (NVDEC's against FFmpeg's
+swscale): the device check (`benchmarks/gpu_scale.py`) compares them and states the tolerance.
+
+No model here: this runs in the runner's loader worker processes.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from migfuse.extract.decode import ANNOTATION_FPS, DecodeError, PastEnd
+from migfuse.extract.orientation import video_rotation
+
+log = logging.getLogger(__name__)
+
+#: The choices of `--decoder`: PyAV on the CPU, or torchcodec on the extraction's GPU.
+DECODERS = ("cpu", "gpu")
+#: Requests (clips, windows) decoded per torchcodec call: their frames sit on the GPU at full size
+#: until transformed (16 frames x 8 requests x 2.8 MB at 720p = 350 MB).
+CHUNK_REQUESTS = 8
+
+
+def gpu_decoding_unavailable(device: str) -> str | None:
+    """None when torchcodec's CUDA decoder can run for an extraction on `device`; else why not."""
+    if not str(device).startswith("cuda"):
+        return f"the extraction runs on {device}, not on a GPU"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"this torch ({torch.__version__}) has no CUDA device"
+        from torchcodec.decoders import VideoDecoder  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - missing, or built for another torch / CUDA: all mean "no"
+        return f"torchcodec cannot be imported ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return None
+
+
+def choose_decoder(requested: str, device: str) -> str:
+    """The decoder the loaders use: "gpu" only when asked for and available, else "cpu" (said once).
+
+    Raises:
+        ValueError: `requested` is not one of `DECODERS` (the CLI's choices prevent it).
+    """
+    if requested not in DECODERS:
+        raise ValueError(f"decoder {requested!r} is not one of {DECODERS}")
+    if requested == "cpu":
+        return "cpu"
+    why = gpu_decoding_unavailable(device)
+    if why is not None:
+        log.warning("--decoder gpu: %s; decoding on the CPU with PyAV instead", why)
+        return "cpu"
+    log.info("decoding on %s with torchcodec (NVDEC)", device)
+    return "gpu"
+
+
+def stream_clips_gpu(
+    path: str | Path,
+    requests: Mapping[Hashable, np.ndarray | Iterable[int]],
+    *,
+    device: str,
+    transform: Callable[[Any], Any] | None = None,
+    chunk: int = CHUNK_REQUESTS,
+) -> Iterator[tuple[Hashable, np.ndarray | DecodeError]]:
+    """`decode.stream_clips` with torchcodec's decoder on `device`; the same requests and yields.
+
+    Args:
+        path: the video file.
+        requests: request id -> 0-based 25 fps frame indices (any shape, non-empty).
+        device: torch device of the decoder ("cuda:N"; "cpu" runs torchcodec's CPU decoder).
+        transform: (N, 3, H, W) uint8 tensor on `device` -> (N, ...) tensor, applied on the device
+            before the copy back (e.g. resize + crop, permuted to (N, h, w, 3)); None: the full
+            frames as (N, H, W, 3).
+        chunk: requests decoded per call (bounds the device memory held).
+
+    Yields:
+        (request id, uint8 array shaped `indices.shape + frame.shape`) or (request id, DecodeError):
+        every request on an "open" error, `PastEnd` for requests needing frames after the last
+        one, "decode" for the requests of the chunk where decoding failed and all after it.
+        Requests are served in the order of their first frame.
+    """
+    import torch
+
+    plans = {key: np.asarray(idx, dtype=np.int64) for key, idx in requests.items()}
+    for key, idx in plans.items():
+        if idx.size == 0:
+            raise ValueError(f"request {key!r} has no frame indices")
+        if idx.min() < 0:
+            raise ValueError(f"request {key!r} has a negative frame index {int(idx.min())}")
+    name = Path(path).name
+    if not Path(path).is_file():
+        err = DecodeError("open", f"video file not found: {path}")
+        yield from ((key, err) for key in plans)
+        return
+    try:
+        from torchcodec.decoders import VideoDecoder
+
+        decoder = VideoDecoder(str(path), device=device, seek_mode="exact", dimension_order="NCHW")
+        meta = decoder.metadata
+        fps = float(meta.average_fps or ANNOTATION_FPS)
+        begin = float(meta.begin_stream_seconds or 0.0)
+        end = float(meta.end_stream_seconds)
+    except Exception as e:  # noqa: BLE001 - any open failure is a bad input, reported with its reason
+        err = DecodeError("open", f"cannot open {path} with torchcodec: {type(e).__name__}: {e}")
+        yield from ((key, err) for key in plans)
+        return
+    # torchcodec >= 0.11 applies the display rotation itself (and has `metadata.rotation`); older
+    # releases return the coded picture, turned here as `decode._to_rgb` does
+    turns = 0 if hasattr(meta, "rotation") else video_rotation(path) // 90
+    half = 0.5 / fps
+    n_frames = int(round((end - begin) * ANNOTATION_FPS))
+
+    def played_at(i: int) -> float:
+        # the frame played at t + half a frame is the frame nearest to t (PyAV path: `decode`)
+        return begin + i / ANNOTATION_FPS + half
+
+    order = sorted(plans, key=lambda k: int(plans[k].min()))
+    servable, past = [], []
+    for key in order:
+        (servable if played_at(int(plans[key].max())) < end else past).append(key)
+    failed: DecodeError | None = None
+    for start in range(0, len(servable), max(1, chunk)):
+        keys = servable[start:start + chunk]
+        if failed is None:
+            wanted = np.unique(np.concatenate([plans[k].reshape(-1) for k in keys]))
+            try:
+                batch = decoder.get_frames_played_at(seconds=[played_at(int(i)) for i in wanted]).data
+                if turns:
+                    batch = torch.rot90(batch, k=-turns, dims=(2, 3))  # clockwise, as `upright`
+                out = transform(batch) if transform is not None else batch.permute(0, 2, 3, 1)
+                frames = out.contiguous().cpu().numpy()
+            except Exception as e:  # noqa: BLE001 - decoder errors on corrupt data come in many types
+                failed = DecodeError("decode", f"{name}: {type(e).__name__}: {e}")
+        if failed is not None:
+            yield from ((key, failed) for key in keys)
+            continue
+        pos = {int(i): j for j, i in enumerate(wanted.tolist())}
+        for key in keys:
+            idx = plans[key]
+            rows = frames[[pos[int(i)] for i in idx.reshape(-1).tolist()]]
+            yield key, rows.reshape(*idx.shape, *rows.shape[1:])
+    for key in past:
+        missing = sorted(int(i) for i in np.unique(plans[key]) if played_at(int(i)) >= end)
+        yield key, PastEnd(f"frames {missing[:3]}{'...' if len(missing) > 3 else ''} are past the end of "
+                           f"{name} ({n_frames} frames at 25 fps); check the labels", missing, n_frames)
+
+
+def stream_video(
+    path: str | Path,
+    requests: Mapping[Hashable, np.ndarray | Iterable[int]],
+    *,
+    decoder: str = "cpu",
+    device: str = "cpu",
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    gpu_transform: Callable[[Any], Any] | None = None,
+) -> Iterator[tuple[Hashable, np.ndarray | DecodeError]]:
+    """What every RGB loader calls: `decode.stream_clips` (decoder "cpu", `transform` per frame) or
+    `stream_clips_gpu` (decoder "gpu" on `device`, `gpu_transform` per batch). A video that exists
+    but torchcodec cannot open is decoded with PyAV instead (said at debug level: NVDEC lacks some
+    codecs and profiles)."""
+    from migfuse.extract.decode import stream_clips
+
+    if decoder != "gpu":
+        yield from stream_clips(path, requests, transform=transform)
+        return
+    results = stream_clips_gpu(path, requests, device=device, transform=gpu_transform)
+    first = next(results, None)
+    if first is None:
+        return
+    if isinstance(first[1], DecodeError) and first[1].stage == "open" and Path(path).is_file():
+        log.debug("%s; decoding it with PyAV", first[1])
+        yield from stream_clips(path, requests, transform=transform)
+        return
+    yield first
+    yield from results
