@@ -330,3 +330,41 @@ def test_detecting_several_rows_per_call_gives_the_per_row_faces(faces_video):
         assert a[row]["mask"].any()
         diff = np.abs(a[row]["crops"].astype(int) - b[row]["crops"].astype(int))
         assert diff.mean() < 1.0  # same faces; a batched pyramid may move a landmark by a fraction of a pixel
+
+
+# ------------------------------------------------------------------------------------------------
+# pre-roll: frames no other frame refers to are not decoded, and the frames served do not change
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bframes(tmp_path_factory):
+    """Keyframes every 250 frames (x264's default) and 3 B-frames: clips far from keyframes."""
+    return write_video(tmp_path_factory.mktemp("bframes") / "b.mp4", 1000, gop=250, bframes=3)
+
+
+def _served(path, indices, **kwargs):
+    stats: dict = {}
+    got = [(i, read_index(f)) for i, f in decode.read_frames(path, indices, stats=stats, **kwargs)]
+    return got, stats
+
+
+def test_skipping_unreferenced_frames_serves_the_same_frames_and_decodes_fewer(bframes):
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        indices = sorted(set(rng.integers(0, 1010, 24).tolist()))
+        plain, plain_stats = _served(bframes, indices, skip_nonref=False)
+        fast, fast_stats = _served(bframes, indices)
+        assert fast == plain
+        assert [i for i, n in fast if i != n] == []  # each index is its own numbered frame
+        assert [i for i, _ in fast] == [i for i in indices if i < 1000]  # 1000+ are past the end
+        assert fast_stats["decoded"] < 0.9 * plain_stats["decoded"]
+        assert fast_stats["redone"] == 0
+
+
+def test_frames_skipped_too_near_a_target_are_decoded_again(bframes, monkeypatch):
+    """With no margin the decoder's delay leaves frames near a target undecoded: the check sees the
+    hole and decodes that stretch again without skipping, so the frames served stay right."""
+    monkeypatch.setattr(decode, "SKIP_MARGIN_FRAMES", 0)
+    indices = [5, 300, 301, 302, 640, 910]
+    fast, stats = _served(bframes, indices)
+    assert fast == [(i, i) for i in indices]
+    assert stats["redone"] >= 1

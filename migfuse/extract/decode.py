@@ -4,6 +4,7 @@ Clips are frame ranges of long untrimmed videos, numbered 0-based at 25 fps as i
 annotation. `read_frames` takes every frame index a video's clips need, sorted, and decodes the
 video once, in order: it seeks to the keyframe before the first needed frame, decodes forward, and
 seeks again only across gaps longer than `seek_gap` frames. It never restarts from frame 0 per clip.
+Far from any needed frame (the pre-roll after a seek) it leaves unreferenced frames undecoded.
 
 `stream_clips` is what every RGB track's loader uses (video, context, face, face_context): it takes
 a video's requests (one per clip or window: the frame indices it needs), decodes the video once with
@@ -36,6 +37,12 @@ ANNOTATION_FPS = 25.0
 #: Decode through gaps up to this many annotation frames instead of seeking (a seek re-decodes
 #: from the previous keyframe, typically 1-10 s back, so short gaps are cheaper to decode).
 DEFAULT_SEEK_GAP = 100
+#: Frames that no other frame refers to (most B-frames) are not decoded while the next needed frame
+#: is more than this many native frames ahead: the pre-roll from a keyframe to a clip, and the gaps
+#: decoded through. The margin covers the decoder's reordering and frame-thread delay, so every
+#: frame near a needed one is decoded; `_decode_targets` checks that and decodes again without
+#: skipping where it was not (see `skip_nonref`).
+SKIP_MARGIN_FRAMES = 32
 #: FFmpeg decoding threads per open video; 0 = FFmpeg's choice (one per core). The extraction
 #: runner sets it in each loader worker (`runner.decode_threads`) so workers share the cores.
 _THREADS = 0
@@ -146,6 +153,7 @@ def read_frames(
     seek_gap: int = DEFAULT_SEEK_GAP,
     stats: dict[str, int] | None = None,
     header: dict[str, int] | None = None,
+    skip_nonref: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(index, frame)` for each needed annotation frame index, in increasing index order.
 
@@ -153,7 +161,13 @@ def read_frames(
         path: the video file.
         indices: 0-based frame indices at 25 fps (any order, duplicates allowed).
         seek_gap: decode through gaps up to this many frames; seek across longer ones.
-        stats: if given, filled with counts "decoded" (frames) and "seeks" (for tests, benchmarks).
+        stats: if given, filled with counts "decoded" (frames), "seeks" and "redone" (seeks again
+            without skipping, see below) for tests and benchmarks.
+        skip_nonref: leave frames no other frame refers to undecoded while the next needed frame is
+            more than `SKIP_MARGIN_FRAMES` ahead (FFmpeg's `skip_frame=NONREF`; about 40 % of the
+            decoding of an x264 stream with B-frames). Where a needed frame's neighbours then turn
+            out not to be adjacent frames, that stretch is decoded again without skipping, so the
+            frames served are the same as with False.
         header: if given, filled with "n_frames" (the header's length at 25 fps) once the file is open.
 
     Yields:
@@ -173,7 +187,7 @@ def read_frames(
     if header is not None:
         header["n_frames"] = _header_frames(container, stream)
     try:
-        yield from _decode_targets(container, stream, targets, seek_gap, {} if stats is None else stats)
+        yield from _decode_targets(container, stream, targets, seek_gap, {} if stats is None else stats, skip_nonref)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - FFmpeg errors on corrupt data come in many types
@@ -183,12 +197,24 @@ def read_frames(
 
 
 def _decode_targets(container, stream, targets: list[int], seek_gap: int,
-                    stats: dict[str, int]) -> Iterator[tuple[int, np.ndarray]]:
+                    stats: dict[str, int], skip_nonref: bool = True) -> Iterator[tuple[int, np.ndarray]]:
     time_base = stream.time_base or Fraction(1, 1000)
     start = stream.start_time or 0
-    half = 0.5 / _fps(stream)  # half a native frame: the nearest-frame boundary
+    step = 1.0 / _fps(stream)  # one native frame
+    half = 0.5 * step  # half a native frame: the nearest-frame boundary
     gap_s = seek_gap / ANNOTATION_FPS
-    stats.update(decoded=0, seeks=0)
+    margin_s = SKIP_MARGIN_FRAMES * step
+    stats.update(decoded=0, seeks=0, redone=0)
+    codec = stream.codec_context
+    skipping = False  # codec.skip_frame is NONREF now
+    skipped_since_seek = False  # frames may be missing from what was decoded since the last seek
+
+    def skip(on: bool) -> None:
+        nonlocal skipping, skipped_since_seek
+        if on != skipping:
+            codec.skip_frame = "NONREF" if on else "DEFAULT"
+            skipping = on
+            skipped_since_seek = skipped_since_seek or on
 
     def frame_time(frame) -> float:
         return float((frame.pts - start) * time_base) if frame.pts is not None else float(frame.time or 0.0)
@@ -204,6 +230,7 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
     i = 0
     position: float | None = None  # time of the last decoded frame
     restart = False  # a seek landed past its target (bad index): decode from the start instead
+    redo = False  # frames near a target were skipped: seek again and decode it all
     seeked_for = -1  # the target the last seek was for: never seek twice for one target (no loops)
     while i < len(targets):
         tau = targets[i] / ANNOTATION_FPS
@@ -213,9 +240,13 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
         if restart:
             container.seek(start, stream=stream, backward=True, any_frame=False)
             restart = False
-        elif position is None or tau - position > gap_s:
+            skipped_since_seek = False
+        elif position is None or tau - position > gap_s or redo:
             offset = start + int(max(0.0, tau - half) / time_base)
             container.seek(offset, stream=stream, backward=True, any_frame=False)
+            skipped_since_seek = False
+        redo = False
+        skip(False)  # until the first frame says how far the seek landed from the target
         prev_t, prev = 0.0, None
         damage: list[Exception] = []
         for frame in _until_error(container.decode(stream), damage):
@@ -227,9 +258,20 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
                     restart = True
                     break
                 prev_t, prev = t, frame
+                skip(skip_nonref and tau - t > margin_s)
                 continue
             # `prev` is the nearest frame for every target before the midpoint of prev and this one.
             mid = (prev_t + t) / 2
+            if skipped_since_seek and t - prev_t > 1.5 * step and targets[i] / ANNOTATION_FPS < t + half:
+                # a skipped frame may lie between prev and this one, nearer to the next target than
+                # either: decode this stretch again without skipping (a video with real gaps ends
+                # here too, and is then decoded as without skip_nonref)
+                log.debug("frames %.3f-%.3f s are not adjacent near target %.3f s; decoding again without skipping",
+                          prev_t, t, targets[i] / ANNOTATION_FPS)
+                skip_nonref, redo = False, True
+                skip(False)
+                stats["redone"] += 1
+                break
             while i < len(targets) and targets[i] / ANNOTATION_FPS < mid:
                 yield targets[i], rgb(prev)
                 i += 1
@@ -239,6 +281,7 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
                 return
             if i != seeked_for and targets[i] / ANNOTATION_FPS - t > gap_s:
                 break  # seek across the gap
+            skip(skip_nonref and targets[i] / ANNOTATION_FPS - t > margin_s)
         else:
             if damage:
                 # No later frame can be nearer to a target at or before the last sound frame's time.
