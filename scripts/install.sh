@@ -6,9 +6,12 @@
 #                                            # no torchvision / timm / av
 #   bash scripts/install.sh --cpu [EXTRAS]   # take torch from the PyTorch CPU wheel index (see below)
 #   MIGFUSE_VENV=/path/venv bash scripts/install.sh ...   # another venv folder
+#   MIGFUSE_PYTHON=/usr/bin/python3.12 bash scripts/install.sh ...   # the Python that makes the venv
+#                                            # (default: python3; an existing venv keeps its own)
 #
 # migfuse needs an environment of its own (Python >= 3.11, numpy >= 2, zarr >= 3.1): do not install it
 # into an mmaction2 / pyskl environment, whose pins are older. Exchange files instead (docs/interop.md).
+# Every Python from 3.11.0 on works (Debian 12's 3.11.2 too); an older one is refused in one line.
 #
 # torch: a torch that the venv can already import is KEPT (on a GPU box create the venv first with
 # `python3 -m venv --system-site-packages .venv` to reuse your CUDA torch) and pinned, by its installed
@@ -25,7 +28,7 @@ TORCH_INDEX="${MIGFUSE_TORCH_INDEX:-}"
 for arg in "$@"; do
   case "$arg" in
     --cpu) TORCH_INDEX=cpu ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     -*) echo "install.sh: unknown option $arg (see bash scripts/install.sh --help)" >&2; exit 2 ;;
     *) EXTRAS="$arg" ;;
   esac
@@ -39,7 +42,45 @@ esac
 case ",$EXTRAS," in *,extract,*) WITH_EXTRACT=1 ;; *) WITH_EXTRACT=0 ;; esac
 
 VENV="${MIGFUSE_VENV:-.venv}"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# The floor is python_requires in setup.cfg. It is checked here so that an old Python is refused in one
+# line instead of deep in pip's resolver; the probe's syntax also runs on Python 2, to name it.
+NEED="$(sed -n 's/^python_requires *= *>= *\([0-9][0-9.]*\) *$/\1/p' setup.cfg)"
+if [ -z "$NEED" ]; then
+  echo "install.sh: setup.cfg: python_requires is not of the form '>=3.N': fix it there" >&2; exit 1
+fi
+check_python() {  # $1: the interpreter, $2: what it is used for (said in the line printed), $3: the fix
+  local found version where
+  found="$("$1" -c 'import sys
+need = tuple(int(n) for n in sys.argv[1].split("."))
+print("%s %d.%d.%d %s" % ("ok" if tuple(sys.version_info[:len(need)]) >= need else "old",
+                          sys.version_info[0], sys.version_info[1], sys.version_info[2], sys.executable))' \
+           "$NEED" 2>/dev/null)" || found=""
+  if [ -z "$found" ]; then
+    echo "install.sh: '$1' is not a Python that runs ($2): $3" >&2
+    exit 1
+  fi
+  read -r verdict version where <<< "$found"
+  if [ "$verdict" != ok ]; then
+    echo "install.sh: Python $version at $where is too old: migfuse needs Python >= $NEED; $3" >&2
+    exit 1
+  fi
+  echo "install.sh: python $where ($version), $2"
+}
+if [ -x "$VENV/bin/python" ]; then
+  if [ -n "${MIGFUSE_PYTHON:-}" ]; then
+    echo "install.sh: $VENV exists, so MIGFUSE_PYTHON=$MIGFUSE_PYTHON is not used (remove $VENV to remake it)"
+  fi
+  check_python "$VENV/bin/python" "the existing venv $VENV" \
+    "remove $VENV and rerun with a newer Python (e.g. MIGFUSE_PYTHON=python3.11 bash scripts/install.sh)"
+else
+  BASE_PY="${MIGFUSE_PYTHON:-python3}"
+  check_python "$BASE_PY" "making $VENV" \
+    "set MIGFUSE_PYTHON to a Python >= $NEED (e.g. MIGFUSE_PYTHON=python3.11 bash scripts/install.sh)"
+  if ! "$BASE_PY" -m venv "$VENV"; then
+    echo "install.sh: '$BASE_PY -m venv $VENV' failed (on Debian/Ubuntu: apt install python3-venv)" >&2
+    exit 1
+  fi
+fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" -U pip

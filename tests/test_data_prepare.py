@@ -17,6 +17,7 @@ from migfuse.data_cache.manifest import Manifest
 from migfuse.data_cache.openpose import body_centre
 from migfuse.data_cache.prepare import prepare
 from migfuse.errors import UserError
+from safe_extract import extract_tar
 
 N_FRAMES_298 = 21068
 CUT = 2010  # converted skeletons keep frames 0..2009: clips 0-4 of video 298 fit, 51 reach past it
@@ -32,7 +33,7 @@ def oulu_root(tmp_path_factory, imigue_dir) -> Path:
     skeleton_dir = root / "Data" / "skeleton" / "raw"
     skeleton_dir.mkdir(parents=True)
     with tarfile.open(imigue_dir / "openpose_298.tar.gz") as tar:
-        tar.extractall(skeleton_dir, filter="data")
+        extract_tar(tar, skeleton_dir)  # not extractall(filter=): that keyword needs Python 3.11.4
     return root
 
 

@@ -1,4 +1,5 @@
-"""scripts/install.sh: a fuse-only install, and a second run over a torch with a local version label."""
+"""scripts/install.sh: a fuse-only install, a second run over a torch with a local version label, and the
+Python it uses (named with its version; one older than python_requires refused in one line)."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -73,3 +74,70 @@ def test_fuse_install_keeps_a_local_label_torch_and_adds_no_extraction_packages(
     names = {p["name"].lower() for p in json.loads(listed)}
     assert {"torch", "migfuse", "numpy", "zarr", "typer", "tqdm", "matplotlib", "filelock", "python-calamine"} <= names
     assert not names & {"torchvision", "timm", "av", "facenet-pytorch", "pytest"}
+
+
+def _fake_python(path: Path, version: tuple[int, int, int], executable: str) -> Path:
+    """A stand-in interpreter reporting `version`: it runs install.sh's `-c` probe on this Python with
+    `sys` replaced, so the probe's own comparison is what is tested; anything else (`-m venv`) fails,
+    so no test here creates a venv or reaches an index. (`executable` is written in double quotes, as
+    JSON: the program sits in single quotes.)"""
+    path.write_text(f"""#!/bin/sh
+[ "$1" = -c ] || {{ echo "fake python: only -c" >&2; exit 1; }}
+exec {sys.executable} -c 'import sys, types
+fake = types.SimpleNamespace(version_info={version!r}, executable={json.dumps(executable)}, argv=["-c"] + sys.argv[2:])
+sys.modules["sys"] = fake
+exec(sys.argv[1])' "$2" "$3"
+""")
+    path.chmod(0o755)
+    return path
+
+
+def _install(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "fuse"], capture_output=True, text=True,
+                          env={**os.environ, "MIGFUSE_VENV": str(tmp_path / "venv"), **env}, timeout=60)
+
+
+def test_a_python_older_than_the_floor_is_refused_in_one_line_before_a_venv_is_made(tmp_path):
+    fake = _fake_python(tmp_path / "python3", (3, 10, 12), "/usr/bin/python3.10")
+    run = _install(tmp_path, MIGFUSE_PYTHON=str(fake))
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr == ("install.sh: Python 3.10.12 at /usr/bin/python3.10 is too old: migfuse needs "
+                          "Python >= 3.11; set MIGFUSE_PYTHON to a Python >= 3.11 (e.g. MIGFUSE_PYTHON=python3.11 "
+                          "bash scripts/install.sh)\n")
+    assert not (tmp_path / "venv").exists()
+
+
+def test_the_oldest_supported_python_is_accepted_and_named_with_its_version(tmp_path):
+    # 3.11.0 passes the check; the stand-in cannot make a venv, which ends the run in one line.
+    fake = _fake_python(tmp_path / "python3", (3, 11, 0), "/opt/py/bin/python3.11")
+    run = _install(tmp_path, MIGFUSE_PYTHON=str(fake))
+    assert run.stdout == f"install.sh: python /opt/py/bin/python3.11 (3.11.0), making {tmp_path / 'venv'}\n"
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[-1] == (f"install.sh: '{fake} -m venv {tmp_path / 'venv'}' failed "
+                                           "(on Debian/Ubuntu: apt install python3-venv)")
+
+
+def test_an_existing_venv_of_an_old_python_is_refused_and_named(tmp_path):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    _fake_python(tmp_path / "venv" / "bin" / "python", (3, 9, 18), str(tmp_path / "venv" / "bin" / "python"))
+    run = _install(tmp_path, MIGFUSE_PYTHON="python3.13")
+    venv = tmp_path / "venv"
+    assert run.returncode == 1
+    assert run.stdout == f"install.sh: {venv} exists, so MIGFUSE_PYTHON=python3.13 is not used (remove {venv} to remake it)\n"
+    assert run.stderr == (f"install.sh: Python 3.9.18 at {venv}/bin/python is too old: migfuse needs Python >= 3.11; "
+                          f"remove {venv} and rerun with a newer Python (e.g. MIGFUSE_PYTHON=python3.11 bash "
+                          "scripts/install.sh)\n")
+
+
+def test_a_missing_interpreter_is_one_line(tmp_path):
+    run = _install(tmp_path, MIGFUSE_PYTHON=str(tmp_path / "no-python"))
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr == (f"install.sh: '{tmp_path / 'no-python'}' is not a Python that runs (making {tmp_path / 'venv'}): "
+                          "set MIGFUSE_PYTHON to a Python >= 3.11 (e.g. MIGFUSE_PYTHON=python3.11 bash scripts/install.sh)\n")
+    assert not (tmp_path / "venv").exists()
+
+
+def test_help_names_the_interpreter_setting():
+    run = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--help"], capture_output=True, text=True,
+                         check=True)
+    assert "MIGFUSE_PYTHON=" in run.stdout and "set -euo" not in run.stdout

@@ -84,6 +84,7 @@ def test_view_resumes_and_refuses_other_settings(small_cache):
 
 
 def test_view_of_a_re_extracted_source_is_refused(tmp_path):
+    pytest.importorskip("torch")  # resolve_inputs lives in migfuse.fuse.data; scripts/floor_check.sh runs without torch
     from migfuse.data_cache.store import ArraySpec, GroupSpec
     from migfuse.fuse.data import resolve_inputs
 
