@@ -892,8 +892,7 @@ def run_extraction(
             f = failures[row]
             summary.failed.append((row, str(f.get("stage", "?")), str(f.get("message", "?"))))
     summary.seconds = time.monotonic() - t0
-    if summary.timings:
-        log.info("%s", format_timings(summary))
+    log.debug("%s", format_timings(summary))  # the report (`format_summary`) prints it
     log.info("%s shard %d/%d: %d written, %d skipped, %d failed in %.1f s", extractor.group, rank, world,
              summary.done, summary.skipped, len(summary.failed), summary.seconds)
     return summary
@@ -1020,8 +1019,8 @@ def format_timings(summary: RunSummary) -> str:
              f"waiting for loaders {t.get('loaders', 0):.1f} s",
              f"forward {t.get('forward', 0):.1f} s ({100 * t.get('forward', 0) / total:.0f} % of the run)",
              f"writes {t.get('writes', 0):.1f} s"]
-    where = (f"; batch {cfg['batch']}, {cfg['workers']} loader workers x {cfg['decode_threads']} decode threads"
-             if cfg else "")
+    workers = f"{cfg['workers']} loader worker{'s' if cfg['workers'] != 1 else ''}" if cfg else ""
+    where = f"; batch {cfg['batch']}, {workers} x {cfg['decode_threads']} decode threads" if cfg else ""
     return "time: " + ", ".join(parts) + where
 
 
