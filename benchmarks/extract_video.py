@@ -49,7 +49,7 @@ def write_video(path: Path, n_frames: int, width: int, height: int, seed: int) -
 
 def make_dataset(root: Path, videos: int, clips: int, width: int, height: int) -> Path:
     """Videos with `clips` clips each of 25-75 frames (iMiGUE clips are 1-3 s), spread over the video."""
-    from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo
+    from migfuse.datasets.manifest import Clip, Manifest, VideoInfo
 
     rng = np.random.default_rng(0)
     all_clips, infos = [], {}
@@ -100,7 +100,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from migfuse.data_cache.manifest import Manifest
+    from migfuse.datasets.manifest import Manifest
     from migfuse.extract.runner import run_extraction
     from migfuse.extract.video import VideoExtractor
 

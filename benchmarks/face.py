@@ -24,10 +24,10 @@ import av
 import numpy as np
 import torch
 
-from migfuse.extract._torchvision import import_facenet
+from migfuse.backbones._torchvision import import_facenet
 from migfuse.extract.face.align import align_face, to_model_input
 from migfuse.extract.face.detect import FaceDetector, select_main_face
-from migfuse.extract.registry import create_backbone
+from migfuse.backbones.registry import create_backbone
 from migfuse.synth import generate_dataset
 
 

@@ -51,7 +51,7 @@ def forward_flops(width: str) -> float:
     """FLOPs of one clip's forward pass (counted on the CPU, batch 1)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from migfuse.extract.mvit import build_mvit, forward_tokens
+    from migfuse.backbones.mvit import build_mvit, forward_tokens
 
     model = build_mvit(width, 32).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -76,7 +76,7 @@ def _mem_gib(device: str) -> float | None:
 
 def bench_train(width: str, device: str, batch: int, steps: int, checkpointing: bool = False) -> dict:
     """clips/s of full optimiser steps (augment, forward, backward, clip, AdamW) on device-resident clips."""
-    from migfuse.extract import video_train as vt
+    from migfuse.finetune import video as vt
 
     cfg = vt.resolve(sets=[f"width={width}", "device=cpu"])
     mvit, _ = vt.build_model(cfg, None)
@@ -113,7 +113,7 @@ def bench_train(width: str, device: str, batch: int, steps: int, checkpointing: 
 
 def bench_forward(width: str, device: str, batch: int, steps: int, bf16: bool) -> dict:
     """clips/s of the extraction forward (inference mode) on device-resident normalised clips."""
-    from migfuse.extract.mvit import build_mvit, forward_tokens
+    from migfuse.backbones.mvit import build_mvit, forward_tokens
 
     model = build_mvit(width, 400).eval().to(device)
     x = torch.randn(batch, 3, 16, 224, 224, device=device)
@@ -136,8 +136,8 @@ def bench_decode(size: str, clips: int) -> float:
     """clips/s of the training dataset (decode + sample + resize/crop) in this process."""
     from extract_video import make_dataset
 
-    from migfuse.data_cache.manifest import Manifest
-    from migfuse.extract.video_train import VideoClipDataset
+    from migfuse.datasets.manifest import Manifest
+    from migfuse.finetune.video import VideoClipDataset
 
     w, h = (int(v) for v in size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:

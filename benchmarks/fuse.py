@@ -44,8 +44,8 @@ FULL_SHAPES = {"video": (393, 768), "joint": (16 * 55, 256), "bone": (16 * 55, 2
 
 
 def build(root: Path, seed: int = 0) -> dict:
-    from migfuse.data_cache import classes
-    from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo
+    from migfuse.datasets import classes
+    from migfuse.datasets.manifest import Clip, Manifest, VideoInfo
     from migfuse.data_cache.store import ArraySpec, GroupSpec, TokenCache
 
     rng = np.random.default_rng(seed)

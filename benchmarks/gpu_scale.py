@@ -8,7 +8,7 @@ keyframes every 250 frames, as downloaded footage) of a moving background with a
 demo figure's face, scaled up) so that MTCNN has work; clips of 25-75 frames, one per ~100 frames
 (iMiGUE has one per ~400: denser clips keep generation inside the time budget, and make decoding
 here slightly cheaper per clip than on iMiGUE). Skeleton tracks run on generated skeletons
-(`extract.skeleton.toy`) with a published-size 2s-AGCN (random weights).
+(`migfuse.synth.skeletons`) with a published-size 2s-AGCN (random weights).
 
 Per track (video, context, face, face_context, joint, bone), all through the real `extract` path
 (`runner.extract` with the device's default batch and workers):
@@ -95,7 +95,7 @@ def write_video(path: str, n_frames: int, width: int, height: int, seed: int) ->
 
 def make_videos(root: Path, videos: int, clips: int, width: int, height: int, processes: int) -> Path:
     """Write the videos in parallel and a prepared folder (manifest) for them; returns it."""
-    from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo
+    from migfuse.datasets.manifest import Clip, Manifest, VideoInfo
     from migfuse.worker_pool import run_tasks
 
     rng = np.random.default_rng(0)
@@ -119,8 +119,8 @@ def make_skeletons(root: Path, videos: int, clips_per_video: int, quick: bool) -
     """Generated skeleton clips and a 2s-AGCN checkpoint per stream (published size; tiny with --quick)."""
     import torch
 
-    from migfuse.extract.skeleton.toy import make_toy_dataset
-    from migfuse.extract.skeleton.train import TrainConfig, build_model
+    from migfuse.synth.skeletons import make_toy_dataset
+    from migfuse.finetune.skeleton import TrainConfig, build_model
 
     make_toy_dataset(root / "skel", classes=4, videos=videos, clips_per_video=clips_per_video, val_videos=1, seed=0)
     checkpoints = {}
@@ -137,7 +137,7 @@ def demo_mvit_checkpoint(path: Path) -> Path:
     """A demo-width MViTv2-S file (as `backbone train video --set width=demo` writes), for --quick."""
     import torch
 
-    from migfuse.extract.mvit import FINETUNE_KIND, build_mvit
+    from migfuse.backbones.mvit import FINETUNE_KIND, build_mvit
 
     torch.manual_seed(0)
     torch.save({"meta": {"migfuse": {"kind": FINETUNE_KIND, "width": "demo"}},
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from migfuse.data_cache.manifest import Manifest
+    from migfuse.datasets.manifest import Manifest
     from migfuse.extract.decode_gpu import gpu_decoding_unavailable
     from migfuse.extract.face.extractor import FaceExtractor
     from migfuse.extract.runner import resolve_device

@@ -110,7 +110,7 @@ class DemoModel:
     def __init__(self, batch: int = 4):
         import torch
 
-        from migfuse.extract.mvit import PREPROCESSING, build_mvit, forward_tokens
+        from migfuse.backbones.mvit import PREPROCESSING, build_mvit, forward_tokens
 
         torch.manual_seed(0)
         self.model, self.forward_tokens = build_mvit("demo").eval(), forward_tokens
@@ -165,7 +165,7 @@ def keyframes(path: Path) -> list[int]:
 def make_spaced_dataset(root: Path, clips: int, gaps: tuple[int, int], width: int, height: int) -> Path:
     """One video with `clips` clips of 25-75 frames separated by gaps drawn from `gaps` (frames):
     extract_video.make_dataset with the gaps as a parameter (it draws 5-40)."""
-    from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo
+    from migfuse.datasets.manifest import Clip, Manifest, VideoInfo
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(25, 76, clips)
@@ -182,7 +182,7 @@ def extraction(root: Path, clips_per_video: int, rounds: int, width: int, height
                gaps: tuple[int, int] = (5, 40)) -> dict:
     import torch
 
-    from migfuse.data_cache.manifest import Manifest
+    from migfuse.datasets.manifest import Manifest
     from migfuse.extract.video import VideoExtractor
 
     torch.set_num_threads(1)  # shared machine: one intra-op thread is the steadiest (RESULTS.md, fuse)
@@ -250,7 +250,7 @@ def extraction(root: Path, clips_per_video: int, rounds: int, width: int, height
 # training reads: Zarr views vs one .npy per clip vs one pickle
 # ------------------------------------------------------------------------------------------------
 def read_ids(root: Path, n: int) -> tuple[list[str], list[int]]:
-    from migfuse.data_cache.manifest import Manifest
+    from migfuse.datasets.manifest import Manifest
 
     clips = [c for c in Manifest.load(root / "prepared").clips if c.split_miga == "train"][:n]
     return [c.clip_id for c in clips], [c.label for c in clips]

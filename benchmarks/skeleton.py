@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from migfuse.data_cache.manifest import Manifest
-from migfuse.extract.skeleton.data import SkeletonClipDataset
+from migfuse.datasets.manifest import Manifest
+from migfuse.finetune.skeleton_data import SkeletonClipDataset
 from migfuse.extract.skeleton.extractor import extract_skeleton
 from migfuse.extract.skeleton.preprocess import clip_frames, clip_input
-from migfuse.extract.skeleton.toy import make_toy_dataset
-from migfuse.extract.skeleton.train import TrainConfig, build_model
+from migfuse.synth.skeletons import make_toy_dataset
+from migfuse.finetune.skeleton import TrainConfig, build_model
 
 SIZES = {"published (base 64, T=64)": dict(base_channels=64, length=64),
          "demo (base 8, T=32)": dict(base_channels=8, length=32)}

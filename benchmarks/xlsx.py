@@ -25,7 +25,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 from tqdm import tqdm
 
-from migfuse.data_cache.xlsx import read_xlsx, write_xlsx
+from migfuse.datasets.xlsx import read_xlsx, write_xlsx
 from migfuse.errors import UserError
 
 

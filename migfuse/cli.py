@@ -198,7 +198,7 @@ def data_prepare(
     frames, clips outside the skeleton, missing videos) are listed in prepare_report.json and
     here; the run goes on. See docs/data.md for every accepted variant.
     """
-    from migfuse.data_cache.prepare import prepare
+    from migfuse.datasets.prepare import prepare
 
     result = prepare(root, out, layout=layout, frame_base=frame_base, workers=workers, reuse=reuse)
     report = result.report
@@ -261,7 +261,7 @@ def data_export_pyskl(
     """Write the prepared skeletons in pyskl's 2D annotation format (`split` + `annotations` with
     keypoint (1, T, V, 2) and keypoint_score (1, T, V) float32, frame_dir = clip id), so ST-GCN++ or
     PoseC3D train on migfuse's manifest. Bring their test results back with `migfuse scores import`."""
-    from migfuse.data_cache.pyskl import export_pyskl
+    from migfuse.datasets.pyskl import export_pyskl
 
     try:
         shape = tuple(int(v) for v in img_shape.lower().split("x"))
@@ -401,7 +401,7 @@ _TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help=_TRUST_HELP)
 def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], device: Optional[str],
                    trust_checkpoint: bool = False):
     """Build a registered backbone (options only when given), load the checkpoint; -> (backbone, KeyReport|None)."""
-    from migfuse.extract.registry import create_backbone
+    from migfuse.backbones.registry import create_backbone
 
     _trust(checkpoint, trust_checkpoint)
     options = {k: v for k, v in (("layout", layout), ("device", device)) if v is not None}
@@ -547,7 +547,7 @@ def backbone_train_skeleton(
     --set KEY=VALUE (e.g. --set weight_decay=1e-4) and the options. Rerun the same command to resume
     after the last finished epoch. Then: `migfuse extract skeleton --checkpoint OUT/best.pt`.
     """
-    from migfuse.extract.skeleton.train import resolve_config, train_skeleton
+    from migfuse.finetune.skeleton import resolve_config, train_skeleton
 
     flags = common_flags(stream=stream, layout=layout, arch=arch, length=length, base_channels=base_channels,
                          balance=balance, init=str(init) if init else None, workers=workers, epochs=epochs, lr=lr,
@@ -598,7 +598,7 @@ def backbone_train_video(
     import json
     import os
 
-    from migfuse.extract.video_train import fine_tune_video, resolve
+    from migfuse.finetune.video import fine_tune_video, resolve
 
     flags = common_flags(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, device=device)
     if show_config:

@@ -88,12 +88,12 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "auto", precision: st
     Returns (where each artifact is, the summary lines: each trained model's held-out accuracy
     beside chance with n, then how the backbones ran and the stage timings in seconds).
     """
-    from migfuse.data_cache.prepare import prepare
+    from migfuse.datasets.prepare import prepare
     from migfuse.data_cache.views import default_views
     from migfuse.extract.face.extractor import SCOPES, extract_face
     from migfuse.extract.runner import format_summary
-    from migfuse.extract.skeleton.pipeline import train_and_extract
-    from migfuse.extract.skeleton.train import TrainConfig
+    from migfuse.finetune.skeleton_streams import train_and_extract
+    from migfuse.finetune.skeleton import TrainConfig
     from migfuse.extract.video import TRACKS as VIDEO_TRACKS
     from migfuse.extract.video import extract_track
     from migfuse.fuse.evaluate import evaluate
@@ -257,10 +257,10 @@ def skeleton_accuracy(prepared: Path, checkpoint: Path, config, stream: str, tru
     import numpy as np
     import torch
 
-    from migfuse.data_cache.manifest import Manifest
-    from migfuse.extract.skeleton.agcn import unwrap_state_dict
-    from migfuse.extract.skeleton.data import VideoSkeletons
-    from migfuse.extract.skeleton.train import build_model
+    from migfuse.datasets.manifest import Manifest
+    from migfuse.backbones.agcn import unwrap_state_dict
+    from migfuse.finetune.skeleton_data import VideoSkeletons
+    from migfuse.finetune.skeleton import build_model
 
     manifest = Manifest.load(prepared)
     model = build_model(config)
@@ -279,7 +279,7 @@ def scores_accuracy(scores, truth: dict[str, int], ids: list[str]) -> tuple[int,
     """(correct, n) of micro-gesture `scores` (fuse.predict) on the clips `ids` of `truth`."""
     import numpy as np
 
-    from migfuse.data_cache import classes
+    from migfuse.datasets import classes
 
     names = list(scores.classes)
     row = {i: k for k, i in enumerate(scores.ids)}

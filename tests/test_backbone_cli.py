@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from golden import golden_state_dict, load_golden
 from migfuse.cli import app
-from migfuse.extract import registry
-from migfuse.extract.checkpoints import KeyReport, sha256_file
+from migfuse.backbones import registry
+from migfuse.backbones.checkpoints import KeyReport, sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from migfuse.cli import app
 from migfuse.data_cache.store import DONE, FAILED, MISSING, ArraySpec, GroupSpec, TokenCache
 from migfuse.data_cache.views import default_views, export_views
-from migfuse.fuse.synthetic import write_synthetic
+from migfuse.synth.tokens import write_synthetic
 
 
 @pytest.fixture(scope="module")

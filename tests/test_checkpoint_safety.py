@@ -20,7 +20,7 @@ from golden import golden_state_dict, load_golden
 from migfuse.cli import app
 from migfuse.errors import UserError
 from migfuse import checkpoint_file
-from migfuse.extract.checkpoints import read_checkpoint
+from migfuse.backbones.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -136,7 +136,7 @@ def test_a_damaged_checkpoint_ends_in_one_line_naming_the_file_and_the_fix(tmp_p
 
 def test_the_skeleton_golden_checkpoints_still_load(tmp_path):
     """The formats the original code saves (flat OrderedDict; mmengine dict) pass the safe loader."""
-    from migfuse.extract.registry import create_backbone
+    from migfuse.backbones.registry import create_backbone
 
     path = tmp_path / "agcn.pt"
     torch.save(collections.OrderedDict(golden_state_dict("agcn_kinetics_fanin")), path)

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from migfuse.data_cache.classes import CLASS_NAMES, EMOTION_CLASSES
+from migfuse.datasets.classes import CLASS_NAMES, EMOTION_CLASSES
 from migfuse.errors import UserError
 from migfuse.fuse.export import export_scores
 from migfuse.fuse.late_fusion import fuse_late

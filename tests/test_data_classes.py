@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from migfuse.data_cache import classes
-from migfuse.data_cache.video_facts import VIDEO_SUBJECT, WIN_VIDEOS, video_facts
+from migfuse.datasets import classes
+from migfuse.datasets.video_facts import VIDEO_SUBJECT, WIN_VIDEOS, video_facts
 
 # research/dataset_challenge.md §1.4: (raw class, CS-train count, CS-test count) for index 0..31
 CS_COUNTS = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo, write_skeleton
+from migfuse.datasets.manifest import Clip, Manifest, VideoInfo, write_skeleton
 from migfuse.errors import UserError
 
 
@@ -65,7 +65,7 @@ def test_data_cache_imports_without_torch_or_av():
     import subprocess
     import sys
 
-    code = ("import sys, migfuse.data_cache.prepare, migfuse.data_cache.manifest, migfuse.data_cache.xlsx; "
+    code = ("import sys, migfuse.datasets.prepare, migfuse.datasets.manifest, migfuse.datasets.xlsx; "
             "print(sorted(m for m in ('torch', 'av', 'torchvision', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

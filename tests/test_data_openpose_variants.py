@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from migfuse.data_cache.manifest import Manifest
-from migfuse.data_cache.openpose import COCO18_TO_BODY25, read_openpose_folder, read_openpose_json
-from migfuse.data_cache.prepare import prepare
+from migfuse.datasets.manifest import Manifest
+from migfuse.datasets.openpose import COCO18_TO_BODY25, read_openpose_folder, read_openpose_json
+from migfuse.datasets.prepare import prepare
 
 HEADER = ("video_id,label_id,start_time,start_frame,end_time,end_frame,class,subject_id,"
           "subject_gender,subject_nationality,win_or_lose\n")

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from migfuse.data_cache.layouts.skeletons import LIGHT_HAND_POINTS, write_light_hand_csv, write_openpose_xlsx
-from migfuse.data_cache.manifest import Manifest
-from migfuse.data_cache.openpose import body_centre
-from migfuse.data_cache.prepare import prepare
+from migfuse.datasets.layouts.skeletons import LIGHT_HAND_POINTS, write_light_hand_csv, write_openpose_xlsx
+from migfuse.datasets.manifest import Manifest
+from migfuse.datasets.openpose import body_centre
+from migfuse.datasets.prepare import prepare
 from migfuse.errors import UserError
 from safe_extract import extract_tar
 
@@ -153,7 +153,7 @@ def test_challenge_layouts_read_back_video_298(prepared, tmp_path, layout):
 
 def test_rerun_reuses_unchanged_skeletons(prepared, oulu_root, monkeypatch):
     m, _ = prepared
-    from migfuse.data_cache.layouts.skeletons import OpenPoseFolder
+    from migfuse.datasets.layouts.skeletons import OpenPoseFolder
 
     def must_not_read(self, progress=True):
         raise AssertionError("unchanged skeleton read again")

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from migfuse.data_cache.layouts.skeletons import (LIGHT_HAND_POINTS, LightHandCsv, OpenPoseXlsx,
+from migfuse.datasets.layouts.skeletons import (LIGHT_HAND_POINTS, LightHandCsv, OpenPoseXlsx,
                                                   write_light_hand_csv)
-from migfuse.data_cache.openpose import PersonTracker, person_array, read_openpose_folder, read_openpose_json
-from migfuse.data_cache.xlsx import write_xlsx
+from migfuse.datasets.openpose import PersonTracker, person_array, read_openpose_folder, read_openpose_json
+from migfuse.datasets.xlsx import write_xlsx
 from migfuse.errors import UserError
 
 

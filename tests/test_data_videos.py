@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from migfuse.data_cache.manifest import VIDEO_ROOT_ENV, Manifest
-from migfuse.data_cache.prepare import prepare
+from migfuse.datasets.manifest import VIDEO_ROOT_ENV, Manifest
+from migfuse.datasets.prepare import prepare
 from migfuse.errors import UserError
 from migfuse.extract.decode import read_frames
-from migfuse.extract.orientation import rotation_degrees, upright, video_rotation
+from migfuse.datasets.orientation import rotation_degrees, upright, video_rotation
 from migfuse.extract.runner import video_files
 
 HEADER = ("video_id,label_id,start_time,start_frame,end_time,end_frame,class,subject_id,"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from openpyxl import Workbook
 
-from migfuse.data_cache.layouts.skeletons import OpenPoseXlsx
-from migfuse.data_cache.xlsx import read_xlsx, write_xlsx
+from migfuse.datasets.layouts.skeletons import OpenPoseXlsx
+from migfuse.datasets.xlsx import read_xlsx, write_xlsx
 from migfuse.errors import UserError
 
 

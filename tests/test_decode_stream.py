@@ -11,7 +11,7 @@ import pytest
 from test_decode_util import damage_frame, read_index, write_video
 from test_extract_video_util import TinyVideoExtractor
 
-from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo
+from migfuse.datasets.manifest import Clip, Manifest, VideoInfo
 from migfuse.data_cache.store import TokenCache
 from migfuse.extract.decode import DecodeError, PastEnd, stream_clips
 from migfuse.extract.face.extractor import FaceLoader

@@ -18,7 +18,7 @@ def narrow_mvit(tmp_path_factory):
     `backbone train video` writes one: the video tokens are random in the demo anyway."""
     import torch
 
-    from migfuse.extract.mvit import FINETUNE_KIND, build_mvit
+    from migfuse.backbones.mvit import FINETUNE_KIND, build_mvit
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("mvit") / "narrow.pt"

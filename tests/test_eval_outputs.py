@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from migfuse.cli import app
-from migfuse.data_cache.classes import CLASS_NAMES, EMOTION_CLASSES
+from migfuse.datasets.classes import CLASS_NAMES, EMOTION_CLASSES
 from migfuse.fuse import metrics, plots
 from migfuse.fuse.scores import Scores
 from test_export import TEST_IDS, mg_scores, small_manifest

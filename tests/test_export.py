@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from migfuse.data_cache.classes import CLASS_NAMES, EMOTION_CLASSES
-from migfuse.data_cache.manifest import Clip, Manifest
+from migfuse.datasets.classes import CLASS_NAMES, EMOTION_CLASSES
+from migfuse.datasets.manifest import Clip, Manifest
 from migfuse.errors import UserError
 from migfuse.fuse.export import EXPORTERS, export_scores, get_exporter
 from migfuse.fuse.score import score_file

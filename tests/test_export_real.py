@@ -6,11 +6,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from migfuse.data_cache.classes import CLASS_NAMES, EMOTION_CLASSES, emotion_label
-from migfuse.data_cache.layouts.base import LayoutScan
-from migfuse.data_cache.layouts.oulu import read_labels_csv
-from migfuse.data_cache.manifest import Manifest
-from migfuse.data_cache.prepare import build_manifest
+from migfuse.datasets.classes import CLASS_NAMES, EMOTION_CLASSES, emotion_label
+from migfuse.datasets.layouts.base import LayoutScan
+from migfuse.datasets.layouts.oulu import read_labels_csv
+from migfuse.datasets.manifest import Manifest
+from migfuse.datasets.prepare import build_manifest
 from migfuse.fuse.export import export_scores
 from migfuse.fuse.score import score_file
 from migfuse.fuse.scores import Scores

@@ -15,14 +15,14 @@ import pytest
 import torch
 from test_extract_video_util import HELPER_PATH, bad_ids, make_dataset
 
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import DONE, FAILED, TokenCache
 from migfuse.data_cache.tracks import TRACKS, RowUnit, get_track, row_definition, track_of_group
 from migfuse.errors import UserError
 from migfuse.extract import runner
 from migfuse.extract.runner import Compute, Precision, parse_shard, resolve_device, resolve_precision
-from migfuse.extract.skeleton.toy import make_toy_dataset
-from migfuse.extract.skeleton.train import TrainConfig, build_model
+from migfuse.synth.skeletons import make_toy_dataset
+from migfuse.finetune.skeleton import TrainConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -217,7 +217,7 @@ def test_torchrun_two_ranks_video_tracks_equal_one_process(track, videos, tmp_pa
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory) -> Path:
-    from migfuse.data_cache.prepare import prepare
+    from migfuse.datasets.prepare import prepare
     from migfuse.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("orchface")

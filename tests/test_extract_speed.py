@@ -300,8 +300,8 @@ def test_the_video_track_asks_for_the_decoder_it_was_given(monkeypatch):
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def faces_video(tmp_path_factory):
-    from migfuse.data_cache.manifest import Manifest
-    from migfuse.data_cache.prepare import prepare
+    from migfuse.datasets.manifest import Manifest
+    from migfuse.datasets.prepare import prepare
     from migfuse.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("faces")

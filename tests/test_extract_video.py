@@ -15,7 +15,7 @@ import pytest
 from test_decode_util import frame_image
 from test_extract_video_util import CORRUPT, GOOD, MISSING, PAST_END, TinyVideoExtractor, bad_ids, make_dataset
 
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import DONE, FAILED, TokenCache
 from migfuse.extract.runner import run_extraction
 from migfuse.extract.sampling import ClipSampling, ContextSampling, context_windows, uniform_indices
@@ -54,7 +54,7 @@ def expected_tokens(ex: TinyVideoExtractor, indices: np.ndarray) -> np.ndarray:
 
 
 def test_resize_crop_is_the_checkpoint_recipe_exactly():
-    from migfuse.extract.mvit import PREPROCESSING, preprocess
+    from migfuse.backbones.mvit import PREPROCESSING, preprocess
 
     rng = np.random.default_rng(0)
     for h, w in [(96, 128), (360, 640), (481, 333)]:
@@ -178,8 +178,8 @@ def test_cli_real_mvit_random_weights_one_clip(tmp_path, caplog):
     # The same clip through the backbone directly (official preprocess, same seeded weights).
     import torch
 
-    from migfuse.extract.mvit import preprocess
-    from migfuse.extract.registry import create_backbone
+    from migfuse.backbones.mvit import preprocess
+    from migfuse.backbones.registry import create_backbone
 
     torch.manual_seed(0)
     bb = create_backbone("mvit_v2_s")

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_decode_util import write_corrupt, write_video  # noqa: E402
 
-from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo  # noqa: E402
+from migfuse.datasets.manifest import Clip, Manifest, VideoInfo  # noqa: E402
 from migfuse.extract.video import VideoExtractor  # noqa: E402
 
 # video id -> (frames in the file, [(start, end), ...] clips)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from migfuse.data_cache.manifest import Manifest
-from migfuse.data_cache.prepare import prepare
+from migfuse.datasets.manifest import Manifest
+from migfuse.datasets.prepare import prepare
 from migfuse.data_cache.store import TokenCache
 from migfuse.extract.face.extractor import FaceLoader, extract_face
 from migfuse.extract.sampling import ContextSampling
@@ -52,7 +52,7 @@ def test_clip_faces_are_found_and_features_are_swinface_on_the_aligned_crop(demo
     crops, mask = loader._faces(_frame(data, "0026", t)[None])
     assert mask.tolist() == [True]
     from migfuse.extract.face.align import to_model_input
-    from migfuse.extract.registry import create_backbone
+    from migfuse.backbones.registry import create_backbone
 
     torch.manual_seed(0)
     model = create_backbone("swinface").model

@@ -10,7 +10,7 @@ from migfuse.errors import UserError
 from migfuse.extract.face.align import ARCFACE_TEMPLATE, align_face, apply_transform, umeyama_similarity
 from migfuse.extract.face.detect import FaceDetector, select_main_face
 from migfuse.extract.face.extractor import FaceLoader
-from migfuse.extract.registry import create_backbone
+from migfuse.backbones.registry import create_backbone
 
 
 def _original_checkpoint(path) -> None:

@@ -28,7 +28,7 @@ def test_fuse_trains_and_predicts_without_torchvision_timm_av(tmp_path):
         import sys
         import migfuse.fuse.heads, migfuse.fuse.train, migfuse.fuse.evaluate, migfuse.fuse.predict
         from migfuse.data_cache.views import default_views
-        from migfuse.fuse.synthetic import write_synthetic
+        from migfuse.synth.tokens import write_synthetic
         from migfuse.fuse.train import train
         from migfuse.fuse.predict import predict
         prepared, cache = write_synthetic({str(tmp_path)!r}, n_videos=4, clips_per_video=3, num_classes=2,

@@ -14,7 +14,7 @@ from migfuse.errors import UserError
 from migfuse.fuse.evaluate import evaluate
 from migfuse.fuse.predict import predict
 from migfuse.fuse.scores import Scores
-from migfuse.fuse.synthetic import write_synthetic
+from migfuse.synth.tokens import write_synthetic
 from migfuse.fuse.train import resolve_config, train
 
 FAST = {"epochs": 6, "batch_size": 16, "patience": 6, "threads": 1}

@@ -15,10 +15,10 @@ import torch
 from typer.testing import CliRunner
 
 from migfuse.cli import app
-from migfuse.data_cache.classes import CLASS_NAMES
-from migfuse.data_cache.manifest import Clip, Manifest, write_skeleton
-from migfuse.data_cache.pyskl import export_pyskl
-from migfuse.data_cache.skeleton_layouts import get_layout
+from migfuse.datasets.classes import CLASS_NAMES
+from migfuse.datasets.manifest import Clip, Manifest, write_skeleton
+from migfuse.datasets.pyskl import export_pyskl
+from migfuse.datasets.skeleton_layouts import get_layout
 from migfuse.errors import UserError
 from migfuse.fuse.export import export_scores
 from migfuse.fuse.importers import import_scores
@@ -225,7 +225,7 @@ def test_the_pyskl_exporter_imports_without_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; import migfuse.data_cache.pyskl; "
+    code = ("import sys; import migfuse.datasets.pyskl; "
             "assert 'torch' not in sys.modules and not any(m.startswith('migfuse.extract') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 

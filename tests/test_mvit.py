@@ -15,9 +15,9 @@ import torch
 
 from golden import golden_state_dict, load_golden
 from migfuse.errors import UserError
-from migfuse.extract.checkpoints import sha256_file
-from migfuse.extract.mvit import PREPROCESSING, preprocess
-from migfuse.extract.registry import create_backbone
+from migfuse.backbones.checkpoints import sha256_file
+from migfuse.backbones.mvit import PREPROCESSING, preprocess
+from migfuse.backbones.registry import create_backbone
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -100,7 +100,7 @@ def test_torchvision_checkpoint_reproduces_golden(backbone, golden, tv_file):
 def test_sdpa_attention_reproduces_golden_and_the_torchvision_attention(golden, tv_file):
     """Extraction's attention path (`attention="sdpa"`) on the original checkpoint gives the golden
     outputs of torchvision's own model, and the same tokens as torchvision's attention to float rounding."""
-    from migfuse.extract.mvit import ATTENTIONS
+    from migfuse.backbones.mvit import ATTENTIONS
 
     fast = create_backbone("mvit_v2_s", checkpoint=tv_file, attention="sdpa")
     assert sum(type(m).__name__ == "MultiscaleAttention" and "forward" in vars(m) for m in fast.model.modules()) == 16
@@ -115,7 +115,7 @@ def test_sdpa_attention_reproduces_golden_and_the_torchvision_attention(golden, 
 
 def test_sdpa_attention_survives_a_width_change_on_load(tmp_path):
     """A fine-tuned demo-width file rebuilds the model on load: the rebuilt one keeps the SDPA path."""
-    from migfuse.extract.mvit import FINETUNE_KIND, build_mvit
+    from migfuse.backbones.mvit import FINETUNE_KIND, build_mvit
 
     torch.manual_seed(0)
     demo = build_mvit("demo", num_classes=32)
@@ -129,7 +129,7 @@ def test_sdpa_attention_survives_a_width_change_on_load(tmp_path):
     with torch.inference_mode():
         ref = build_mvit("demo", num_classes=32).eval()
         ref.load_state_dict(demo.state_dict())
-        from migfuse.extract.mvit import forward_tokens
+        from migfuse.backbones.mvit import forward_tokens
 
         np.testing.assert_allclose(bb.tokens(x)[0].numpy(), forward_tokens(ref, x)[0].numpy(), atol=1e-5)
 

@@ -9,8 +9,8 @@ import torch
 
 from golden import golden_state_dict, load_golden
 from migfuse.errors import UserError
-from migfuse.extract.registry import create_backbone
-from migfuse.extract.skeleton.graphs import get_layout, list_layouts, spatial_adjacency
+from migfuse.backbones.registry import create_backbone
+from migfuse.backbones.graphs import get_layout, list_layouts, spatial_adjacency
 from migfuse.extract.skeleton.preprocess import bones_2s_agcn
 
 ATOL = RTOL = 1e-4
@@ -99,7 +99,7 @@ def test_layouts_are_trees_with_one_bone_per_joint():
     assert imigue.source[node["l_hand_wrist"]] == 95 and imigue.source[node["r_hand_wrist"]] == 116
     assert get_layout("kinetics").name == "openpose-18" and get_layout("coco").name == "coco-17"
     # openpose22 reads only points the MiGA 2023 light_hand files carry (BODY_25 + 5 + 5 fingertips)
-    from migfuse.data_cache.layouts.skeletons import LIGHT_HAND_POINTS
+    from migfuse.datasets.layouts.skeletons import LIGHT_HAND_POINTS
 
     assert set(get_layout("openpose22").source) <= set(LIGHT_HAND_POINTS)
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo, write_skeleton
-from migfuse.data_cache.openpose import read_openpose_folder
-from migfuse.extract.skeleton.graphs import get_layout
+from migfuse.datasets.manifest import Clip, Manifest, VideoInfo, write_skeleton
+from migfuse.datasets.openpose import read_openpose_folder
+from migfuse.backbones.graphs import get_layout
 from migfuse.extract.skeleton.preprocess import PreprocessConfig, bones, clip_frames, joints
 from safe_extract import extract_tar
 
@@ -129,7 +129,7 @@ def test_bones_on_real_frames(prepared_298):
 @pytest.fixture(scope="module")
 def small_checkpoints(prepared_298, tmp_path_factory) -> dict[str, Path]:
     """A joint checkpoint trained one epoch on the real clips, and a fresh bone one (tiny widths)."""
-    from migfuse.extract.skeleton.train import TrainConfig, build_model, train_skeleton
+    from migfuse.finetune.skeleton import TrainConfig, build_model, train_skeleton
 
     tmp = tmp_path_factory.mktemp("ckpt298")
     cfg = TrainConfig(stream="joint", length=LENGTH, epochs=1, batch_size=16, base_channels=8, lr=0.01)
@@ -149,7 +149,7 @@ def test_training_runs_on_real_clips(small_checkpoints):
 
 def test_extract_both_streams_of_the_real_clips(prepared_298, small_checkpoints, tmp_path):
     from migfuse.data_cache.store import DONE, FAILED, TokenCache
-    from migfuse.extract.registry import create_backbone
+    from migfuse.backbones.registry import create_backbone
     from migfuse.extract.skeleton.extractor import extract_skeleton
     from migfuse.extract.skeleton.preprocess import clip_input
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
-from migfuse.extract.skeleton.graphs import get_layout
+from migfuse.backbones.graphs import get_layout
 from migfuse.extract.skeleton.preprocess import PreprocessConfig, joints, sample_indices
-from migfuse.extract.skeleton.toy import make_toy_dataset
-from migfuse.extract.skeleton.train import TrainConfig, build_model, class_weights, train_skeleton
+from migfuse.synth.skeletons import make_toy_dataset
+from migfuse.finetune.skeleton import TrainConfig, build_model, class_weights, train_skeleton
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -97,7 +97,7 @@ def test_short_cpu_training_beats_chance_on_held_out_videos(toy, tmp_path):
 
 
 def test_resume_continues_exactly_where_it_stopped(toy, tmp_path, monkeypatch):
-    import migfuse.extract.skeleton.train as train_module
+    import migfuse.finetune.skeleton as train_module
 
     cfg = dict(base_channels=4, length=16, batch_size=16, lr=0.02, stream="bone", arch="aagcn", balance="sampler")
     real_epoch, calls = train_module._epoch, []
@@ -183,7 +183,7 @@ def test_init_from_a_two_person_mmaction_coco_checkpoint(tmp_path, golden_dir):
     """--init: backbone weights copied, data_bn reduced to person 0, the 60-class head left fresh."""
     from golden import golden_state_dict
 
-    from migfuse.extract.skeleton.train import load_init
+    from migfuse.finetune.skeleton import load_init
 
     sd = golden_state_dict("mmaction_agcn_coco2d")
     torch.save({"meta": {}, "state_dict": sd}, tmp_path / "coco.pth")
@@ -200,7 +200,7 @@ def test_init_from_a_two_person_mmaction_coco_checkpoint(tmp_path, golden_dir):
 
 def test_train_and_extract_both_streams(tmp_path):
     from migfuse.data_cache.store import TokenCache
-    from migfuse.extract.skeleton.pipeline import train_and_extract
+    from migfuse.finetune.skeleton_streams import train_and_extract
 
     small = make_toy_dataset(tmp_path / "toy", videos=3, clips_per_video=4, val_videos=1).root
     runs = train_and_extract(small, tmp_path / "c.zarr", tmp_path / "runs",
@@ -217,7 +217,7 @@ def test_train_and_extract_both_streams(tmp_path):
 def test_streams_trained_in_two_processes_equal_one_process_and_errors_come_back(tmp_path):
     import dataclasses
 
-    from migfuse.extract.skeleton.pipeline import train_and_extract
+    from migfuse.finetune.skeleton_streams import train_and_extract
 
     small = make_toy_dataset(tmp_path / "toy", videos=3, clips_per_video=4, val_videos=1).root
     config = TrainConfig(epochs=2, base_channels=4, length=16, batch_size=4)

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from migfuse.cli import app
-from migfuse.data_cache import classes
-from migfuse.data_cache.manifest import Manifest
-from migfuse.data_cache.prepare import prepare
-from migfuse.data_cache.video_facts import video_facts
+from migfuse.datasets import classes
+from migfuse.datasets.manifest import Manifest
+from migfuse.datasets.prepare import prepare
+from migfuse.datasets.video_facts import video_facts
 from migfuse.errors import UserError
 from migfuse.synth import generate_dataset
 from migfuse.synth.pose import RHAND0
@@ -89,7 +89,7 @@ def test_video_shows_what_the_skeleton_says(miga2025, tmp_path):
 
 
 def test_mtcnn_finds_the_face_and_no_face_when_nobody_is_there(miga2025):
-    from migfuse.extract._torchvision import import_facenet
+    from migfuse.backbones._torchvision import import_facenet
 
     mtcnn = import_facenet().MTCNN(keep_all=True, device="cpu")
     frames = _frames(next(miga2025.rglob("0046.mp4")))

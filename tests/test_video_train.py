@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from test_video_train_util import make_colour_dataset
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
-from migfuse.extract import video_train as vt
-from migfuse.extract.checkpoints import sha256_file
-from migfuse.extract.mvit import MViTBackbone, build_mvit, checkpoint_facts, forward_tokens
+from migfuse.finetune import video as vt
+from migfuse.backbones.checkpoints import sha256_file
+from migfuse.backbones.mvit import MViTBackbone, build_mvit, checkpoint_facts, forward_tokens
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,7 +233,7 @@ def test_bad_settings_are_one_line_errors(tmp_path):
 
 
 def test_a_ddp_prefixed_fine_tuned_file_loads_and_a_width_mismatch_is_named(tmp_path, base_file):
-    from migfuse.extract.mvit import FINETUNE_KIND
+    from migfuse.backbones.mvit import FINETUNE_KIND
 
     model = build_mvit("demo", 32)
     path = tmp_path / "ddp_best.pt"

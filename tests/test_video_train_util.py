@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo
+from migfuse.datasets.manifest import Clip, Manifest, VideoInfo
 
 COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [128, 128, 128]], np.uint8)
 CLIP_FRAMES = 20

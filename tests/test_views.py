@@ -8,7 +8,7 @@ from migfuse.data_cache.store import MISSING, TokenCache
 from migfuse.data_cache.views import (context_cls_mean, default_views, make_view, part_groups, pose_parts,
                                       video_time)
 from migfuse.errors import UserError
-from migfuse.fuse.synthetic import write_synthetic
+from migfuse.synth.tokens import write_synthetic
 
 
 def test_video_time_is_class_token_plus_grid_mean_per_step():

@@ -28,7 +28,7 @@ from typing import Callable, Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from migfuse.extract.orientation import rotation_degrees, upright
+from migfuse.datasets.orientation import rotation_degrees, upright
 
 log = logging.getLogger(__name__)
 

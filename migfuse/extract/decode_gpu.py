@@ -27,7 +27,7 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
 import numpy as np
 
 from migfuse.extract.decode import ANNOTATION_FPS, DecodeError, PastEnd
-from migfuse.extract.orientation import video_rotation
+from migfuse.datasets.orientation import video_rotation
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from migfuse.errors import UserError
-from migfuse.extract.checkpoints import weights_provenance
+from migfuse.backbones.checkpoints import weights_provenance
 from migfuse.extract.decode import DecodeError, PastEnd, probe
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.data_cache.tracks import get_track, tracks_with_layout
@@ -222,7 +222,7 @@ class VideoExtractor(TrackExtractor):
         self._fine_tune: dict[str, Any] | None = None
         if self.checkpoint is not None and self.backbone_name == "mvit_v2_s":
             # a fine-tuned run (`backbone train video`) may be the demo width: its tokens are narrower
-            from migfuse.extract.mvit import NUM_TOKENS, checkpoint_facts
+            from migfuse.backbones.mvit import NUM_TOKENS, checkpoint_facts
 
             facts = checkpoint_facts(self.checkpoint)
             self.token_shape = (NUM_TOKENS, facts["embed_dim"])
@@ -260,7 +260,7 @@ class VideoExtractor(TrackExtractor):
 
     # -- the model (override these for another token model) --------------------------------------
     def preprocessing(self) -> dict[str, Any]:
-        from migfuse.extract.mvit import PREPROCESSING
+        from migfuse.backbones.mvit import PREPROCESSING
 
         return dict(PREPROCESSING)
 
@@ -275,7 +275,7 @@ class VideoExtractor(TrackExtractor):
         """-> callable (B, 3, F, 224, 224) float tensor on `device` -> (B, *token_shape) tensor."""
         import torch
 
-        from migfuse.extract.registry import create_backbone
+        from migfuse.backbones.registry import create_backbone
 
         if self.checkpoint is None:
             log.warning("NO CHECKPOINT: %s uses RANDOM weights (seed %d); the tokens are meaningless except for "
@@ -284,7 +284,7 @@ class VideoExtractor(TrackExtractor):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
         # SDPA: torchvision's attention maths through the fused kernel (same tokens to float rounding)
         bb = create_backbone(self.backbone_name, checkpoint=self.checkpoint, device=device, attention="sdpa")
-        from migfuse.extract.mvit import forward_tokens
+        from migfuse.backbones.mvit import forward_tokens
 
         # the caller holds inference mode; compiling the plain function keeps the graph whole
         return self.compute.maybe_compile(lambda x: forward_tokens(bb.model, x)[0])
@@ -370,7 +370,7 @@ def extract_track(
     Returns:
         RunSummary (this process's rows; `failed` non-empty means the CLI exits non-zero).
     """
-    from migfuse.data_cache.manifest import Manifest
+    from migfuse.datasets.manifest import Manifest
 
     if track not in TRACKS:
         raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")

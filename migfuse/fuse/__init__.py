@@ -4,5 +4,5 @@
   data.py     which groups and ids to read, checks against the manifest, TokenSet in RAM
   train.py    DEFAULTS + the training loop (`train`), evaluate.py (metrics + charts),
   predict.py  load a run, write Scores; metrics.py (numpy), plots.py (matplotlib charts),
-  importers.py  other tools' test scores (mmaction2, pyskl, CSV) as Scores; synthetic.py (tests)
+  importers.py  other tools' test scores (mmaction2, pyskl, CSV) as Scores
 """

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from migfuse.data_cache import classes
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets import classes
+from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import DONE, TokenCache
 from migfuse.data_cache.tracks import TRACKS, track_of_group
 from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, source_arrays, track_of

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from migfuse.data_cache import classes
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets import classes
+from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
 from migfuse.fuse.scores import Scores
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from migfuse.data_cache import classes
+from migfuse.datasets import classes
 from migfuse.errors import UserError
 from migfuse.fuse.scores import Scores, duplicates
 
@@ -352,7 +352,7 @@ def import_scores(
         columns = header_names
         if sorted(columns) != sorted(names):
             raise UserError(f"{results} names columns {', '.join(columns[:3])}... that are not the {task} classes; "
-                            f"use the class names of `migfuse.data_cache.classes` or score_0..score_{len(names) - 1}")
+                            f"use the class names of `migfuse.datasets.classes` or score_0..score_{len(names) - 1}")
     else:
         columns = names  # the tool's label index k is migfuse's class k
     probs, softened = _probabilities(x)

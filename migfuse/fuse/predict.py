@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import TokenCache
 from migfuse.errors import UserError
 from migfuse.fuse import data as fdata

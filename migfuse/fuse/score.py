@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from migfuse.data_cache import classes
-from migfuse.data_cache.manifest import SCHEMES, Manifest
+from migfuse.datasets import classes
+from migfuse.datasets.manifest import SCHEMES, Manifest
 from migfuse.errors import UserError
 from migfuse.fuse import metrics
 from migfuse.fuse.export import align_ids

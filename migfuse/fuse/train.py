@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import TokenCache
 from migfuse.errors import UserError
 from migfuse.fuse import data as fdata

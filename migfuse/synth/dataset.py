@@ -7,7 +7,7 @@ OpenPose skeleton is written in the layout's own format, and the labels where th
 Video ids are REAL iMiGUE ids chosen so that every split has members (MiGA train / validation /
 test, emotion train / test, Win and Lose on both sides): `migfuse data prepare` then derives every
 split exactly as for the real data, and the subject and Win/Lose of each video are the real ones
-(`migfuse.data_cache.video_facts`). `ground_truth.json` beside the data lists what was generated.
+(`migfuse.datasets.video_facts`). `ground_truth.json` beside the data lists what was generated.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from migfuse.data_cache import classes
-from migfuse.data_cache.video_facts import video_facts
+from migfuse.datasets import classes
+from migfuse.datasets.video_facts import video_facts
 from migfuse.errors import UserError
 from migfuse.synth.pose import FPS, MOTIONS, Action, pose_sequence
 from migfuse.synth.render import render_frame
@@ -145,7 +145,7 @@ def _write_video(root: Path, layout: str, video_id: int, seed: int, clips_per_vi
             oulu_rows.append([video_id, k + 1, f"{a.start / FPS:.2f}", a.start, f"{a.end / FPS:.2f}", a.end,
                               classes.index_to_raw(a.label), subject, "M", "synthetic", win_lose])
     else:
-        from migfuse.data_cache.layouts.skeletons import write_light_hand_csv, write_openpose_xlsx
+        from migfuse.datasets.layouts.skeletons import write_light_hand_csv, write_openpose_xlsx
 
         skel_dir, mp4_dir = _miga_dirs(root, layout, vid4, split)
         _write_label_csv(skel_dir / f"{vid4}_label.csv", actions, known=split != "test")

@@ -12,7 +12,7 @@ Pieces (each one job):
   progress.py    one bar per run, log lines above it, quiet off a terminal
   curves.py      curves.png (matplotlib, lazy; skipped with a warning when missing)
 
-How a trainer plugs in (the whole contract; fuse/train.py and extract/skeleton/train.py are examples):
+How a trainer plugs in (the whole contract; fuse/train.py and finetune/skeleton.py are examples):
 
     from migfuse.training.config import resolve_config, check_choice
     from migfuse.training.loop import Selection, epoch_generator, fit

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from migfuse.extract._torchvision import import_facenet
+from migfuse.backbones._torchvision import import_facenet
 
 log = logging.getLogger(__name__)
 

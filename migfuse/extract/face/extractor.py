@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from migfuse.errors import UserError
-from migfuse.extract.checkpoints import weights_provenance
+from migfuse.backbones.checkpoints import weights_provenance
 from migfuse.extract.decode import DecodeError, probe
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.data_cache.tracks import Track, get_track, tracks_with_layout
@@ -247,7 +247,7 @@ class FaceExtractor(TrackExtractor):
     def setup(self, device: str) -> None:
         import torch
 
-        from migfuse.extract.registry import create_backbone
+        from migfuse.backbones.registry import create_backbone
 
         if self.checkpoint is None:
             log.warning("NO CHECKPOINT: %s uses RANDOM SwinFace weights (seed %d); the features are meaningless "
@@ -331,7 +331,7 @@ def extract_face(
         decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC; see `decode_gpu`).
         Other arguments: see `extract_track` in video.py and `runner.RunOptions`.
     """
-    from migfuse.data_cache.manifest import Manifest
+    from migfuse.datasets.manifest import Manifest
 
     manifest = Manifest.load(prepared)
     extractor = FaceExtractor(manifest, scope, checkpoint=checkpoint, frames=frames,

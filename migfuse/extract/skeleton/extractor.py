@@ -35,7 +35,7 @@ class SkeletonLoader:
         return {**self.__dict__, "_manifest": None}  # each worker reads the manifest itself
 
     def __call__(self, item: WorkItem) -> Iterator[Sample]:
-        from migfuse.data_cache.manifest import Manifest
+        from migfuse.datasets.manifest import Manifest
 
         if self._manifest is None:
             self._manifest = Manifest.load(self.prepared)
@@ -78,10 +78,10 @@ class SkeletonExtractor(TrackExtractor):
 
     def __init__(self, prepared: str | Path, checkpoint: str | Path, stream: str, *, layout: str | None = None,
                  length: int | None = None, arch: str | None = None):
-        from migfuse.data_cache.manifest import Manifest
-        from migfuse.extract.checkpoints import read_checkpoint
-        from migfuse.extract.registry import create_backbone
-        from migfuse.extract.skeleton.agcn import unwrap_state_dict
+        from migfuse.datasets.manifest import Manifest
+        from migfuse.backbones.checkpoints import read_checkpoint
+        from migfuse.backbones.registry import create_backbone
+        from migfuse.backbones.agcn import unwrap_state_dict
 
         if stream not in STREAMS or stream not in tracks_with_layout("pose_features"):
             raise UserError(f"unknown --stream '{stream}': choose joint or bone")

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from migfuse.errors import UserError
-from migfuse.extract.skeleton.graphs import Layout, get_layout
+from migfuse.backbones.graphs import Layout, get_layout
 
 NECK, R_SHOULDER, L_SHOULDER = 1, 2, 5  # BODY_25 point numbers (= indices into the 137)
 STREAMS = ("joint", "bone")

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from migfuse.extract.skeleton.train import TrainConfig, TrainResult, train_skeleton
+from migfuse.finetune.skeleton import TrainConfig, TrainResult, train_skeleton
 from migfuse.worker_pool import run_tasks, usable_cpus
 
 log = logging.getLogger(__name__)

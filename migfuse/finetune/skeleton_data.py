@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from migfuse.data_cache.manifest import Clip, Manifest
+from migfuse.datasets.manifest import Clip, Manifest
 from migfuse.errors import UserError
 from migfuse.extract.skeleton.preprocess import ClipInput, PreprocessConfig, clip_frames, clip_input
 

@@ -1,7 +1,7 @@
 """The spatial adjacency the AGCN family builds from a skeleton layout.
 
 The layouts themselves (nodes, inward edges, centre, bone pairs, source points) are data in
-`migfuse.data_cache.skeleton_layouts` and re-exported here. The spatial adjacency is
+`migfuse.datasets.skeleton_layouts` and re-exported here. The spatial adjacency is
 `stack(I, norm(inward), norm(outward))` (3, V, V) with column normalisation, exactly as 2s-AGCN
 graph/tools.py and mmaction2 graph.py build it.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from migfuse.data_cache.skeleton_layouts import (  # noqa: F401 - re-exported
+from migfuse.datasets.skeleton_layouts import (  # noqa: F401 - re-exported
     BODY, FACE, LAYOUT_BY_JOINTS, LEFT_HAND, NUM_OPENPOSE_POINTS, RIGHT_HAND, Layout, get_layout, list_layouts,
 )
 

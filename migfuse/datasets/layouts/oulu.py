@@ -16,10 +16,10 @@ import logging
 import math
 from pathlib import Path
 
-from migfuse.data_cache import classes
-from migfuse.data_cache.layouts.base import LayoutScan, SourceClip, SourceVideo
-from migfuse.data_cache.layouts.skeletons import LightHandCsv, OpenPoseFolder, OpenPoseXlsx
-from migfuse.data_cache.layouts.tree import DatasetTree
+from migfuse.datasets import classes
+from migfuse.datasets.layouts.base import LayoutScan, SourceClip, SourceVideo
+from migfuse.datasets.layouts.skeletons import LightHandCsv, OpenPoseFolder, OpenPoseXlsx
+from migfuse.datasets.layouts.tree import DatasetTree
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from migfuse.data_cache import classes
-from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo
+from migfuse.datasets import classes
+from migfuse.datasets.manifest import Clip, Manifest, VideoInfo
 from migfuse.data_cache.store import ArraySpec, GroupSpec, TokenCache
 
 VIDEO_SHAPE = (393, 768)

@@ -20,14 +20,14 @@ import numpy as np
 from migfuse.errors import UserError
 
 if TYPE_CHECKING:
-    from migfuse.extract.checkpoints import KeyReport
+    from migfuse.backbones.checkpoints import KeyReport
 
 # name -> module that registers it (imported on first use).
 _MODULES: dict[str, str] = {
-    "mvit_v2_s": "migfuse.extract.mvit",
-    "agcn": "migfuse.extract.skeleton.agcn",
-    "aagcn": "migfuse.extract.skeleton.aagcn",
-    "swinface": "migfuse.extract.face.swinface",
+    "mvit_v2_s": "migfuse.backbones.mvit",
+    "agcn": "migfuse.backbones.agcn",
+    "aagcn": "migfuse.backbones.aagcn",
+    "swinface": "migfuse.backbones.swinface",
 }
 _FACTORIES: dict[str, Callable[..., "Backbone"]] = {}
 

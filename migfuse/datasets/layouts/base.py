@@ -1,6 +1,6 @@
 """What every layout reader returns: videos with their clips and a skeleton source, plus problems.
 
-A layout reader only finds and parses label files; `migfuse.data_cache.prepare` turns its
+A layout reader only finds and parses label files; `migfuse.datasets.prepare` turns its
 `LayoutScan` into the manifest and the skeleton arrays (one code path for all layouts).
 """
 from __future__ import annotations

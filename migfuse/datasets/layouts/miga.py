@@ -11,7 +11,7 @@ are read as 0-based like ``labels_20200831.csv`` (see docs/data.md, "frame base"
 shifts them. The split comes from the folder names (``train`` / ``validat`` / ``test`` or
 ``phase2``); test label files carry placeholder classes, so test labels are unknown. Subjects and
 win/lose are not in these files: they come from a ``labels_*.csv`` under the root when there is one,
-else from the table of real iMiGUE videos (`migfuse.data_cache.video_facts`).
+else from the table of real iMiGUE videos (`migfuse.datasets.video_facts`).
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import csv
 import logging
 from pathlib import Path
 
-from migfuse.data_cache import classes
-from migfuse.data_cache.layouts.base import LayoutScan, SourceClip, SourceVideo
-from migfuse.data_cache.layouts.oulu import pick_labels_csv, read_labels_csv
-from migfuse.data_cache.layouts.skeletons import LightHandCsv, OpenPoseXlsx
-from migfuse.data_cache.layouts.tree import DatasetTree
-from migfuse.data_cache.video_facts import video_facts
+from migfuse.datasets import classes
+from migfuse.datasets.layouts.base import LayoutScan, SourceClip, SourceVideo
+from migfuse.datasets.layouts.oulu import pick_labels_csv, read_labels_csv
+from migfuse.datasets.layouts.skeletons import LightHandCsv, OpenPoseXlsx
+from migfuse.datasets.layouts.tree import DatasetTree
+from migfuse.datasets.video_facts import video_facts
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)

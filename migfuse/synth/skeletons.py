@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from migfuse.data_cache.manifest import Clip, Manifest, VideoInfo, write_skeleton
+from migfuse.datasets.manifest import Clip, Manifest, VideoInfo, write_skeleton
 
 # A neutral pose (BODY_25 points used by the layouts), in shoulder widths around the neck, y down.
 _POSE = {0: (0.0, -0.9), 1: (0.0, 0.0), 2: (-0.5, 0.0), 3: (-0.7, 0.8), 4: (-0.4, 1.4), 5: (0.5, 0.0),

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from migfuse.errors import UserError
-from migfuse.extract.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
-from migfuse.extract.registry import Backbone, register_backbone
-from migfuse.extract.skeleton.graphs import LAYOUT_BY_JOINTS, Layout, get_layout, spatial_adjacency
+from migfuse.backbones.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
+from migfuse.backbones.registry import Backbone, register_backbone
+from migfuse.backbones.graphs import LAYOUT_BY_JOINTS, Layout, get_layout, spatial_adjacency
 
 log = logging.getLogger(__name__)
 

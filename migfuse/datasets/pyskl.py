@@ -1,6 +1,6 @@
 """Prepared skeletons in pyskl's 2D annotation format, so ST-GCN++ / PoseC3D train on migfuse's manifest.
 
-    from migfuse.data_cache.pyskl import export_pyskl
+    from migfuse.datasets.pyskl import export_pyskl
     result = export_pyskl("prepared", "imigue_coco.pkl", layout="coco-17")
 
 The file is what pyskl's `PoseDataset` (and mmaction2 1.x's) reads (pyskl `tools/data/README.md`,
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from migfuse.data_cache.manifest import SCHEMES, Manifest
-from migfuse.data_cache.skeleton_layouts import get_layout, list_layouts
+from migfuse.datasets.manifest import SCHEMES, Manifest
+from migfuse.datasets.skeleton_layouts import get_layout, list_layouts
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from migfuse.data_cache.layouts.base import LayoutScan, SkeletonRead, SourceClip, SourceVideo
-from migfuse.data_cache.layouts.tree import DatasetTree, scan_tree
+from migfuse.datasets.layouts.base import LayoutScan, SkeletonRead, SourceClip, SourceVideo
+from migfuse.datasets.layouts.tree import DatasetTree, scan_tree
 from migfuse.errors import UserError
 
 LAYOUTS = ("oulu", "miga2025", "miga2023")
@@ -49,11 +49,11 @@ def read_layout(root: str | Path, layout: str = "auto", *, frame_base: int = 0) 
     if layout == "auto":
         layout = detect_layout(tree)
     if layout == "oulu":
-        from migfuse.data_cache.layouts.oulu import read_oulu
+        from migfuse.datasets.layouts.oulu import read_oulu
 
         scan = read_oulu(tree)
     else:
-        from migfuse.data_cache.layouts.miga import read_miga
+        from migfuse.datasets.layouts.miga import read_miga
 
         scan = read_miga(tree, layout, frame_base=frame_base)
     for kind, vid, path in tree.duplicates:

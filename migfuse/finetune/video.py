@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from migfuse.data_cache.classes import NUM_CLASSES
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets.classes import NUM_CLASSES
+from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ RESUMABLE = ("epochs", "device", "workers", "activation_checkpointing", "patienc
 
 def check_config(cfg: dict[str, Any]) -> None:
     """UserError (one line) on a setting out of range."""
-    from migfuse.extract.mvit import WIDTHS
+    from migfuse.backbones.mvit import WIDTHS
     from migfuse.training.config import check_choice, check_positive
 
     check_choice(cfg, "width", WIDTHS)
@@ -123,7 +123,7 @@ def clip_loader(manifest: Manifest, frames: int = 16):
 
     The one place fine-tuning reaches the decoder: switch here if `video.ClipLoader` changes.
     """
-    from migfuse.extract.mvit import PREPROCESSING
+    from migfuse.backbones.mvit import PREPROCESSING
     from migfuse.extract.runner import video_files
     from migfuse.extract.sampling import ClipSampling
     from migfuse.extract.video import ClipLoader
@@ -199,7 +199,7 @@ def class_weights(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndar
 def normalise(frames: torch.Tensor) -> torch.Tensor:
     """(B, F, H, W, 3) uint8 -> (B, 3, F, H, W) float32, scaled and normalised as `mvit.PREPROCESSING`
     (the same operations, in the same order, as `VideoExtractor` before its forward pass)."""
-    from migfuse.extract.mvit import PREPROCESSING
+    from migfuse.backbones.mvit import PREPROCESSING
 
     mean = torch.tensor(PREPROCESSING["mean"], device=frames.device).view(1, 3, 1, 1, 1)
     std = torch.tensor(PREPROCESSING["std"], device=frames.device).view(1, 3, 1, 1, 1)
@@ -258,7 +258,7 @@ class Augment:
             gray = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
             out = (out - gray) * sat + gray
             out = out.clamp_(0.0, 1.0)
-        from migfuse.extract.mvit import PREPROCESSING
+        from migfuse.backbones.mvit import PREPROCESSING
 
         mean = torch.tensor(PREPROCESSING["mean"], device=x.device).view(1, 3, 1, 1, 1)
         std = torch.tensor(PREPROCESSING["std"], device=x.device).view(1, 3, 1, 1, 1)
@@ -274,7 +274,7 @@ def build_model(cfg: dict[str, Any], base: str | Path | None) -> tuple[nn.Module
     Returns (module, base provenance {"base_checkpoint", "base_checkpoint_sha256"}). Without `base`
     the weights are random (seeded; warned): only for tests.
     """
-    from migfuse.extract.mvit import MViTBackbone
+    from migfuse.backbones.mvit import MViTBackbone
 
     torch.manual_seed(cfg["seed"])
     bb = MViTBackbone(num_classes=400, width=cfg["width"], drop_path=cfg["drop_path"])
@@ -308,7 +308,7 @@ class FineTuneModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 16, 224, 224) normalised float -> (B, 32) logits."""
-        from migfuse.extract.mvit import forward_tokens
+        from migfuse.backbones.mvit import forward_tokens
 
         return forward_tokens(self.mvit, x, self.checkpointing)[1]
 
@@ -439,7 +439,7 @@ def choose_video_split(manifest: Manifest) -> tuple[list[str], list[str], str]:
     """(train ids, validation ids, where they came from): split_miga train / validation, or held-out
     training videos when there is none (the rule of `skeleton.data.choose_split`); clips of videos
     without a video file are left out (warned)."""
-    from migfuse.extract.skeleton.data import choose_split
+    from migfuse.finetune.skeleton_data import choose_split
 
     split = choose_split(manifest)
     have_video = {v for v, info in manifest.videos.items() if info.video_path}
@@ -542,8 +542,8 @@ def fine_tune_video(prepared: str | Path, out: str | Path, checkpoint: str | Pat
         UserError: bad settings, no usable clips, a base checkpoint that does not fit, a run folder
             of other settings or in use.
     """
-    from migfuse.extract.checkpoints import sha256_file
-    from migfuse.extract.mvit import FINETUNE_KIND, PREPROCESSING
+    from migfuse.backbones.checkpoints import sha256_file
+    from migfuse.backbones.mvit import FINETUNE_KIND, PREPROCESSING
     from migfuse.extract.sampling import ClipSampling
     from migfuse.training.loop import Selection, epoch_generator, fit
 
@@ -672,7 +672,7 @@ def _optimizer_step(model: nn.Module, optimizer, scheduler, clip_grad: float) ->
 def evaluate(model: nn.Module, dataset: VideoClipDataset, device: str, dist_info: Dist, use_bf16: bool,
              loader_args: dict) -> dict[str, float]:
     """val_loss, val_top1, val_top5 on `dataset` with no augmentation (the extraction input), over all ranks."""
-    from migfuse.extract.mvit import forward_tokens
+    from migfuse.backbones.mvit import forward_tokens
 
     mvit = _unwrapped(model)
     mvit.eval()

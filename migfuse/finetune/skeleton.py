@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from migfuse.data_cache.classes import NUM_CLASSES
-from migfuse.data_cache.manifest import Manifest
+from migfuse.datasets.classes import NUM_CLASSES
+from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
 from migfuse.extract.runner import resolve_device
-from migfuse.extract.skeleton.data import SkeletonClipDataset, choose_split
-from migfuse.extract.skeleton.graphs import get_layout
+from migfuse.finetune.skeleton_data import SkeletonClipDataset, choose_split
+from migfuse.backbones.graphs import get_layout
 from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, check_layout
 from migfuse.training.config import resolve_config as resolve_settings
 from migfuse.training.loop import Selection, epoch_generator, fit
@@ -110,8 +110,8 @@ class TrainResult:
 
 def build_model(config: TrainConfig) -> nn.Module:
     """A fresh single-person model of the configured architecture, layout and width (32 classes)."""
-    from migfuse.extract.skeleton.aagcn import RecognizerGCN
-    from migfuse.extract.skeleton.agcn import AGCN
+    from migfuse.backbones.aagcn import RecognizerGCN
+    from migfuse.backbones.agcn import AGCN
 
     layout = get_layout(config.layout)
     cls = AGCN if config.arch == "agcn" else RecognizerGCN
@@ -122,8 +122,8 @@ def load_init(model: nn.Module, path: str | Path) -> list[str]:
     """Start from a published checkpoint of the same architecture and layout: every tensor whose name
     and shape fit is copied; the classifier and a data_bn of another person count stay fresh.
     Returns the names left at their initial value."""
-    from migfuse.extract.checkpoints import read_checkpoint
-    from migfuse.extract.skeleton.agcn import unwrap_state_dict
+    from migfuse.backbones.checkpoints import read_checkpoint
+    from migfuse.backbones.agcn import unwrap_state_dict
 
     sd, _ = unwrap_state_dict(read_checkpoint(path), path)
     own = model.state_dict()

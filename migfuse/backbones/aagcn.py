@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from migfuse.errors import UserError
-from migfuse.extract.registry import register_backbone
-from migfuse.extract.skeleton.agcn import SkeletonBackbone, TemporalConv, _Zero
-from migfuse.extract.skeleton.graphs import Layout, spatial_adjacency
+from migfuse.backbones.registry import register_backbone
+from migfuse.backbones.agcn import SkeletonBackbone, TemporalConv, _Zero
+from migfuse.backbones.graphs import Layout, spatial_adjacency
 
 
 class AdaptiveGraphConvMM(nn.Module):

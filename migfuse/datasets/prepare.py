@@ -17,11 +17,11 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from migfuse.data_cache import classes
-from migfuse.data_cache.layouts import LayoutScan, read_layout
-from migfuse.data_cache.layouts.base import SkeletonSource
-from migfuse.data_cache.manifest import REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, write_skeleton
-from migfuse.data_cache.openpose import UnsupportedBodyModel
+from migfuse.datasets import classes
+from migfuse.datasets.layouts import LayoutScan, read_layout
+from migfuse.datasets.layouts.base import SkeletonSource
+from migfuse.datasets.manifest import REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, write_skeleton
+from migfuse.datasets.openpose import UnsupportedBodyModel
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def probe_rotations(manifest: Manifest) -> dict[str, int]:
     rotated videos (id -> degrees). A file that cannot be opened keeps None (extraction reports it).
     """
     try:
-        from migfuse.extract.orientation import video_rotation
+        from migfuse.datasets.orientation import video_rotation
         import av  # noqa: F401 - only to know whether probing is possible
     except ImportError:
         log.info("PyAV is not installed: video rotation is not recorded (install the extract extra)")

@@ -31,7 +31,7 @@ from typing import Iterable
 
 import numpy as np
 
-from migfuse.data_cache import classes
+from migfuse.datasets import classes
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Skeleton graph layouts as data: which joints, which edges, which of iMiGUE's 137 points.
 
 Torch-free and in `data_cache` so that exporters (`data export-pyskl`) can select a layout's
-joints without the model code; `migfuse.extract.skeleton.graphs` re-exports these names and
+joints without the model code; `migfuse.backbones.graphs` re-exports these names and
 builds the spatial adjacency from them.
 
 A `Layout` lists its nodes, its inward edges `(child, parent)` (pointing towards the centre), its

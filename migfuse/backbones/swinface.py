@@ -26,9 +26,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from migfuse.errors import UserError
-from migfuse.extract._torchvision import import_timm
-from migfuse.extract.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
-from migfuse.extract.registry import Backbone, register_backbone
+from migfuse.backbones._torchvision import import_timm
+from migfuse.backbones.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
+from migfuse.backbones.registry import Backbone, register_backbone
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The three per-video skeleton formats, each read into (T, 137, 3) float32 + (T,) bool mask.
 
-- `OpenPoseFolder`: OpenPose JSON per frame (Oulu release), see `migfuse.data_cache.openpose`.
+- `OpenPoseFolder`: OpenPose JSON per frame (Oulu release), see `migfuse.datasets.openpose`.
 - `OpenPoseXlsx`: ``<vid4>_openpose.xlsx`` / ``<vid4>_2.xlsx``, T rows x 411 = 137 x (x, y, c).
 - `LightHandCsv`: MiGA 2023 ``<vid4>_light_hand.csv``: a first non-joint column, then 35 joints x
   (x, y, c) = BODY_25, 5 right-hand and 5 left-hand finger points. They fill points 0-24 and the
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from migfuse.data_cache.layouts.base import SkeletonRead
-from migfuse.data_cache.openpose import LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, clean_points, read_openpose_folder
-from migfuse.data_cache.xlsx import read_xlsx, write_xlsx
+from migfuse.datasets.layouts.base import SkeletonRead
+from migfuse.datasets.openpose import LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, clean_points, read_openpose_folder
+from migfuse.datasets.xlsx import read_xlsx, write_xlsx
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)

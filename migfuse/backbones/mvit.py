@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from migfuse.errors import UserError
-from migfuse.extract._torchvision import import_torchvision
-from migfuse.extract.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
-from migfuse.extract.registry import Backbone, register_backbone
+from migfuse.backbones._torchvision import import_torchvision
+from migfuse.backbones.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
+from migfuse.backbones.registry import Backbone, register_backbone
 
 log = logging.getLogger(__name__)
 
