@@ -4,7 +4,7 @@
 
 For two model sizes: the published 2s-AGCN width (base 64, 64 frames) and the small demo width
 (base 8, 32 frames), both on the 55-joint `imigue` layout. Training = one epoch of SGD steps with
-data loading (batch 8); extraction = `extract_skeleton` end to end (runner + Zarr writes, batch 32).
+data loading (batch 8); extraction = `extract joint` through the door end to end (runner + Zarr writes, batch 32).
 Prints a Markdown table for benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -21,7 +21,9 @@ import torch
 
 from migfuse.datasets.manifest import Manifest
 from migfuse.finetune.skeleton_data import SkeletonClipDataset
-from migfuse.extract.skeleton.extractor import extract_skeleton
+from migfuse.extract.entry import extract
+from migfuse.extract.interface import RunOptions
+from migfuse.runtime import Runtime
 from migfuse.extract.skeleton.preprocess import clip_frames, clip_input
 from migfuse.synth.skeletons import make_toy_dataset
 from migfuse.finetune.skeleton import TrainConfig, build_model
@@ -61,7 +63,7 @@ def bench_extract(prepared: Path, tmp: Path, config: TrainConfig, device: str, n
     ckpt = tmp / f"{name}.pt"
     torch.save({"meta": meta, "state_dict": build_model(config).state_dict()}, ckpt)
     t0 = time.perf_counter()
-    summary = extract_skeleton(prepared, tmp / f"{name}.zarr", ckpt, "joint", device=device, batch_size=32)
+    summary = extract("joint", prepared, tmp / f"{name}.zarr", Runtime.resolve(device=device), RunOptions(batch_size=32), checkpoint=ckpt)
     return summary.done / (time.perf_counter() - t0)
 
 

@@ -1,18 +1,23 @@
 """Reading checkpoint files without running code from them: the one reader of every `.pt`/`.pth`.
 
-    from migfuse.checkpoint_file import read_checkpoint
+    from migfuse.checkpoint_file import CheckpointFile, read_checkpoint
     state = read_checkpoint("best.pt")                 # weights-only; UserError naming the file
+    ckpt = CheckpointFile("best.pt", trusted=runtime.trust_checkpoint)
+    ckpt.contents, ckpt.sha256                         # each read / hashed once, however often asked
 
-A checkpoint is a pickle, and a pickle can name any function to call while it is read (issue #11
-section 1). `read_checkpoint` loads with torch's weights-only unpickler plus an allow-list of the
-plain values official checkpoints hold; everything else needs the user's explicit
-`--trust-checkpoint`. It lives at the top of the package, importing torch only when called, so
-extract, fuse and the shared training code all use it without importing each other.
+A checkpoint is a pickle, and a pickle can name any function to call while it is read.
+`read_checkpoint` loads with torch's weights-only unpickler plus an allow-list of the plain values
+official checkpoints hold; everything else needs the user's explicit `--trust-checkpoint`, which
+travels with the call (`trusted=`, from `Runtime.trust_checkpoint`), never through a global. It
+lives at the top of the package, importing torch only when called, so backbones, extract, fuse and
+the shared training code all use it without importing each other.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +27,6 @@ log = logging.getLogger(__name__)
 
 #: The flag that lets `read_checkpoint` unpickle a file fully (named in every refusal).
 TRUST_FLAG = "--trust-checkpoint"
-
-# Files the user vouched for with --trust-checkpoint on this command line (resolved paths).
-_TRUSTED_BY_USER: set[Path] = set()
-
-
-def trust_checkpoint(path: str | Path) -> None:
-    """Record that the user named `path` with `--trust-checkpoint` on the command line.
-
-    Afterwards `read_checkpoint(path)` unpickles that one file fully, wherever in migfuse it is
-    read (backbone loaders, extractors). Only the CLI calls this, and only from the user's flag:
-    library code passes `trust=True` to `read_checkpoint` instead.
-    """
-    _TRUSTED_BY_USER.add(Path(path).resolve())
-
 
 def _numpy_safe_globals() -> list:
     """The numpy objects official checkpoints hold in their metadata, allowed by the safe loader.
@@ -67,19 +58,19 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whos
 _REFUSED_OTHER = ("unrecognized function", "allowlisted via")
 
 
-def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
+def read_checkpoint(path: str | Path, trusted: bool = False) -> Any:
     """Load a checkpoint file on CPU without running code from it; one-line errors naming the file.
 
     Every checkpoint migfuse reads goes through here. The file is read with torch's weights-only
     unpickler, which rebuilds tensors, builtin containers/numbers/strings and the numpy values
     that official checkpoints keep in their metadata (`_numpy_safe_globals`), and refuses any
-    other object: unpickling one would run code named by the file (issue #11 section 1).
+    other object: unpickling one would run code named by the file.
 
     Args:
         path: a `torch.save` file (.pt/.pth, zip or legacy format).
-        trust: unpickle the file fully, objects of any class included. Only for files the user
-            vouched for: migfuse passes True only when the user gave `--trust-checkpoint` (see
-            `trust_checkpoint`).
+        trusted: unpickle the file fully, objects of any class included. Only for files the user
+            vouched for: migfuse passes True only when the user gave `--trust-checkpoint`
+            (`Runtime.trust_checkpoint`).
     Returns:
         The unpickled object (usually a dict of tensors, or a dict holding one).
     Raises:
@@ -95,16 +86,15 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
         raise UserError(f"checkpoint not found: {p} (pass the path of a local checkpoint file)")
     if p.stat().st_size == 0:
         raise UserError(f"checkpoint {p} is empty (0 bytes): the download or copy failed; download it again")
-    trust = trust or p.resolve() in _TRUSTED_BY_USER
     try:
-        if trust:
+        if trusted:
             log.warning("%s: unpickling fully because %s was given: this runs any code the file names", p, TRUST_FLAG)
             return torch.load(p, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         refused = _REFUSED_GLOBAL.search(str(e))
-        if not trust and (refused or any(text in str(e) for text in _REFUSED_OTHER)):
+        if not trusted and (refused or any(text in str(e) for text in _REFUSED_OTHER)):
             what = refused.group(1) if refused else "an object the safe loader does not rebuild"
             raise UserError(
                 f"checkpoint {p} holds {what}, which is not weights or plain data: unpickling it would run code "
@@ -123,3 +113,57 @@ def _damaged(p: Path, e: BaseException) -> UserError:
         f"cannot read checkpoint {p}: {type(e).__name__}: {detail} (the file is cut short, damaged or not a PyTorch "
         ".pt/.pth file: download it again, and check its sha256 against the published one)"
     )
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+class CheckpointFile:
+    """A checkpoint file that is read and hashed at most once, however many parts of a command ask.
+
+    An extractor asks a checkpoint several things before its model exists (the token width of a
+    fine-tuned run, the layout a skeleton run was trained with, the sha256 for the cache's
+    provenance), and the backbone then loads its weights: one `CheckpointFile` serves them all.
+
+    Raises (at construction):
+        UserError: the file does not exist.
+    """
+
+    def __init__(self, path: str | Path, trusted: bool = False):
+        self.path = Path(path)
+        self.trusted = bool(trusted)
+        if not self.path.is_file():
+            raise UserError(f"checkpoint not found: {self.path} (pass the path of a local checkpoint file)")
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @cached_property
+    def contents(self) -> Any:
+        """The unpickled file (`read_checkpoint`, weights-only unless `trusted`)."""
+        return read_checkpoint(self.path, trusted=self.trusted)
+
+    @cached_property
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+    def __repr__(self) -> str:
+        return f"CheckpointFile({str(self.path)!r}{', trusted' if self.trusted else ''})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def as_checkpoint(checkpoint: "CheckpointFile | str | Path", trusted: bool = False) -> CheckpointFile:
+    """`checkpoint` as a CheckpointFile (a path is opened with `trusted`; a CheckpointFile is kept)."""
+    return checkpoint if isinstance(checkpoint, CheckpointFile) else CheckpointFile(checkpoint, trusted)

@@ -16,10 +16,12 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 from migfuse.errors import UserError
+from migfuse.runtime import Precision, Runtime
 from migfuse.synth.pose import MOTIONS
 
 log = logging.getLogger(__name__)
@@ -47,29 +49,7 @@ DEMO = {
     "cmtf": {"epochs": 40, "batch_size": 8, "patience": 40, "lr": 3e-3},
     "interfusion": {"epochs": 30, "batch_size": 4, "patience": 30},
 }
-PRECISIONS = ("auto", "fp32", "bf16")
 DEMO_RECORD = "demo.json"  # in --out: the seed, precision and settings the folder's demo was made with
-
-
-def demo_precision(precision: str, device: str) -> str:
-    """The forward precision of MViTv2-S and SwinFace on the resolved `device` ("cpu", "cuda:0").
-
-    "auto" is bf16 on a GPU that supports it and on a CPU with Intel AMX, where it was measured
-    1.5x faster for the whole demo (benchmarks/RESULTS.md "demo"); else fp32. A CPU with
-    AVX512-BF16 but no AMX also computes bf16 in hardware, but that was not measured: pass
-    --precision bf16 to try it. UserError for another name.
-    """
-    import torch
-
-    from migfuse.extract.runner import cpu_has_amx
-
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_amx() else "fp32"
 
 
 def _step(name: str):
@@ -77,43 +57,44 @@ def _step(name: str):
     return time.perf_counter()
 
 
-def run_demo(out: str | Path, seed: int = 0, device: str = "auto", precision: str = "auto",
+def run_demo(out: str | Path, seed: int = 0, runtime: Runtime | None = None,
              video_checkpoint: str | Path | None = None) -> tuple[dict[str, Path], list[str]]:
     """Run every stage on a generated dataset under `out`.
 
     Args:
-        precision: MViTv2-S and SwinFace forward precision, see `demo_precision`.
+        runtime: where the models run (`Runtime.resolve`; None: the CPU in fp32). Its precision is
+            that of the MViTv2-S and SwinFace forwards ("auto" resolves to bf16 on a GPU that
+            supports it and on a CPU with Intel AMX, where it was measured 1.5x faster for the whole
+            demo, benchmarks/RESULTS.md "demo"); the small skeleton and head trainings of the demo
+            run in fp32, so that their recorded accuracies reproduce.
         video_checkpoint: an MViTv2-S file for the video and context tracks (None: seeded random
             weights; the tests pass a random narrow "demo" width file, which is 100x cheaper).
     Returns (where each artifact is, the summary lines: each trained model's held-out accuracy
     beside chance with n, then how the backbones ran and the stage timings in seconds).
     """
-    from migfuse.datasets.prepare import prepare
+    from migfuse.data_cache.tracks import tracks_with_layout
     from migfuse.data_cache.views import default_views
-    from migfuse.extract.face.extractor import SCOPES, extract_face
-    from migfuse.extract.runner import format_summary
-    from migfuse.finetune.skeleton_streams import train_and_extract
+    from migfuse.datasets.prepare import prepare
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
+    from migfuse.extract.report import format_summary
     from migfuse.finetune.skeleton import TrainConfig
-    from migfuse.extract.video import TRACKS as VIDEO_TRACKS
-    from migfuse.extract.video import extract_track
+    from migfuse.finetune.skeleton_streams import train_and_extract
     from migfuse.fuse.evaluate import evaluate
     from migfuse.fuse.export import export_scores
     from migfuse.fuse.predict import predict
     from migfuse.fuse.train import train
     from migfuse.synth import generate_dataset
 
-    from migfuse.extract.runner import resolve_device
-
     out = Path(out)
     if seed < 0:
         raise UserError(f"--seed {seed}: the seed must be 0 or more")
-    with _logger_level("migfuse.extract.runner", logging.WARNING):  # said below, once the folder is accepted
-        resolved = resolve_device(device)  # a bad --device fails here, before anything is written
-    precision = demo_precision(precision, resolved)
+    runtime = runtime or Runtime()
+    precision, device = str(runtime.precision), runtime.device
     open_out_folder(out, {"seed": seed, "precision": precision, "settings": json.loads(json.dumps(DEMO)),
                           "video_checkpoint": str(video_checkpoint) if video_checkpoint else None})
-    log.info("demo: device %s (asked for %s), MViTv2-S and SwinFace in %s", resolved, device, precision)
-    device = resolved
+    log.info("demo: device %s, MViTv2-S and SwinFace in %s", device, precision)
+    fp32 = replace(runtime, precision=Precision.FP32)  # the demo's small trainings (see the docstring)
     dataset, prepared, cache = out / "dataset", out / "prepared", out / "cache.zarr"
     runs = out / "runs"
     timings: dict[str, float] = {}
@@ -137,11 +118,10 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "auto", precision: st
     summaries = []
     t = time.perf_counter()
     # one loader worker: it decodes while the main process runs the model on both cores
-    for track in VIDEO_TRACKS:  # the MViTv2-S tracks of the track table: video (per clip), context (per video)
+    for track in tracks_with_layout("video_tokens", "context_tokens"):  # video (per clip), context (per video)
         _step(f"extract {track} tokens (MViTv2-S, {precision})")
-        summaries.append(extract_track(track, prepared, cache, checkpoint=video_checkpoint, device=device,
-                                       precision=precision, workers=1, batch_size=DEMO["video_batch"],
-                                       context_windows=DEMO["context_windows"]))
+        summaries.append(extract(track, prepared, cache, runtime, RunOptions(workers=1, batch_size=DEMO["video_batch"]),
+                                 checkpoint=video_checkpoint, context_windows=DEMO["context_windows"]))
     timings["extract video+context"] = time.perf_counter() - t
 
     t = _step(f"train 2s-AGCN on the joint and bone streams ({DEMO['skeleton']['epochs']} epochs each, "
@@ -150,15 +130,14 @@ def run_demo(out: str | Path, seed: int = 0, device: str = "auto", precision: st
     skeleton_config = TrainConfig(device=device, **DEMO["skeleton"])
     with _epoch_lines_only_when_verbose():
         skeleton = train_and_extract(prepared, cache, runs / "skeleton", skeleton_config,
-                                     processes=DEMO["skeleton_processes"])
+                                     processes=DEMO["skeleton_processes"], runtime=fp32)
     summaries += [run.extract for run in skeleton.values()]
     timings["skeleton train+extract"] = time.perf_counter() - t
 
     t = _step(f"extract face tokens (MTCNN + SwinFace, {precision})")
-    for scope in SCOPES:  # clip -> face, context -> face_context (the track table's face tracks)
-        summaries.append(extract_face(prepared, cache, scope=scope, device=device, precision=precision,
-                                      frames=DEMO["face_frames"], context_windows=DEMO["context_windows"],
-                                      batch_size=DEMO["face_batch"]))
+    for track in tracks_with_layout("face_frames"):  # face (per clip), face_context (per context window)
+        summaries.append(extract(track, prepared, cache, runtime, RunOptions(batch_size=DEMO["face_batch"]),
+                                 frames=DEMO["face_frames"], context_windows=DEMO["context_windows"]))
     timings["extract face"] = time.perf_counter() - t
     for s in summaries:
         if s.failed:

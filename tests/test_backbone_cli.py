@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from golden import golden_state_dict, load_golden
 from migfuse.cli import app
 from migfuse.backbones import registry
-from migfuse.backbones.checkpoints import KeyReport, sha256_file
+from migfuse.backbones.checkpoints import KeyReport, as_checkpoint, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def invoke(*args: str):
 def test_run_mvit_writes_the_golden_outputs(golden_files, tmp_path):
     ckpt, x, arrays = golden_files
     out = tmp_path / "sub" / "y.npz"
-    res = invoke("backbone", "run", "mvit_v2_s", "--checkpoint", ckpt, "--input", x, "--output", out)
+    res = invoke("backbone", "run", "mvit_v2_s", "--checkpoint", ckpt, "--input", x, "--out", out, "--precision", "fp32")
     assert res.exit_code == 0, res.output
     assert "tokens (1, 393, 768), logits (1, 400)" in res.stdout
     with np.load(out) as z:
@@ -78,12 +78,12 @@ def test_info_on_a_truncated_checkpoint_fails_in_one_line(tmp_path):
 
 
 def test_run_with_a_missing_or_misshaped_input_names_the_layout(tmp_path):
-    res = invoke("backbone", "run", "mvit_v2_s", "--input", tmp_path / "none.npy", "--output", tmp_path / "y.npz")
+    res = invoke("backbone", "run", "mvit_v2_s", "--input", tmp_path / "none.npy", "--out", tmp_path / "y.npz")
     assert res.exit_code == 2
     assert "input not found" in res.stderr and "(N, 3, 16, 224, 224) float32" in res.stderr
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((1, 3, 16, 112, 112), np.float32))
-    res = invoke("backbone", "run", "mvit_v2_s", "--input", bad, "--output", tmp_path / "y.npz")
+    res = invoke("backbone", "run", "mvit_v2_s", "--input", bad, "--out", tmp_path / "y.npz")
     assert res.exit_code == 2
     assert f"error: {bad} has shape (1, 3, 16, 112, 112); mvit_v2_s expects (N, 3, 16, 224, 224)" in res.stderr
     assert not (tmp_path / "y.npz").exists()
@@ -98,7 +98,6 @@ def test_unknown_backbone_lists_the_registered_ones(tmp_path):
 class _Doubler(registry.Backbone):
     """A tiny registered backbone: shows that the commands are generic and pass --layout through."""
 
-    name = "test_doubler"
     input_doc = "(N, C=3, T, V, M) float32"
     outputs_doc = {"double": "(N, C, T, V, M)"}
 
@@ -106,8 +105,8 @@ class _Doubler(registry.Backbone):
         super().__init__(**options)
         self.model = torch.nn.Linear(2, 3)
 
-    def load(self, path) -> KeyReport:
-        self.checkpoint, self.checkpoint_sha256 = Path(path), sha256_file(path)
+    def load(self, checkpoint, trusted=False) -> KeyReport:
+        self._loaded(as_checkpoint(checkpoint, trusted))
         return KeyReport(matched=["weight", "bias"], notes=[f"layout {self.options.get('layout')}"])
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -119,7 +118,7 @@ class _Doubler(registry.Backbone):
 
 @pytest.fixture
 def doubler(monkeypatch):
-    monkeypatch.setitem(registry._FACTORIES, "test_doubler", lambda **options: _Doubler(**options))
+    monkeypatch.setitem(registry.BACKBONES._objects, "test_doubler", _Doubler)
 
 
 def test_commands_are_generic_over_the_registry(doubler, tmp_path):
@@ -128,7 +127,7 @@ def test_commands_are_generic_over_the_registry(doubler, tmp_path):
     ckpt = tmp_path / "w.pt"
     ckpt.write_bytes(b"weights")
     res = invoke("backbone", "run", "test_doubler", "--layout", "triple", "--checkpoint", ckpt,
-                 "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npz")
+                 "--input", tmp_path / "x.npy", "--out", tmp_path / "y.npz")
     assert res.exit_code == 0, res.output
     with np.load(tmp_path / "y.npz") as z:
         assert z["double"].dtype == np.float32
@@ -139,12 +138,12 @@ def test_commands_are_generic_over_the_registry(doubler, tmp_path):
     # a 4-d array, or C=2, does not fit "(N, C=3, T, V, M)"
     for bad in (x[0], x[:, :2]):
         np.save(tmp_path / "bad.npy", bad)
-        res = invoke("backbone", "run", "test_doubler", "--input", tmp_path / "bad.npy", "--output", tmp_path / "z.npz")
+        res = invoke("backbone", "run", "test_doubler", "--input", tmp_path / "bad.npy", "--out", tmp_path / "z.npz")
         assert res.exit_code == 2
         assert f"has shape {bad.shape}; test_doubler expects (N, C=3, T, V, M) float32" in res.stderr
     # a size the model rejects at run time (M=1 here) becomes one line with the layout, no traceback
     np.save(tmp_path / "m1.npy", x[..., :1])
-    res = invoke("backbone", "run", "test_doubler", "--input", tmp_path / "m1.npy", "--output", tmp_path / "z.npz")
+    res = invoke("backbone", "run", "test_doubler", "--input", tmp_path / "m1.npy", "--out", tmp_path / "z.npz")
     assert res.exit_code == 2 and "Traceback" not in res.stderr
     assert res.stderr.splitlines()[0].startswith("WARNING: no --checkpoint given: test_doubler has RANDOM weights")
     error = res.stderr.splitlines()[1]

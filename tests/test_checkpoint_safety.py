@@ -40,12 +40,6 @@ def _planted(path: Path, marker: Path, payload_key: str = "meta") -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _forget_trusted_files():
-    yield
-    checkpoint_file._TRUSTED_BY_USER.clear()
-
-
 def invoke(*args) -> object:
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -89,7 +83,23 @@ def test_trust_checkpoint_unpickles_only_the_file_the_user_named(tmp_path):
     assert res.exit_code == 2 and "is not a 2s-AGCN checkpoint" in res.stderr  # then checked as usual
     with pytest.raises(UserError, match="--trust-checkpoint"):
         read_checkpoint(other)
+    with pytest.raises(UserError, match="--trust-checkpoint"):  # nothing of the command's trust stayed behind
+        read_checkpoint(trusted)
     assert not (tmp_path / "OTHER").exists()
+
+
+def test_trust_travels_with_the_call_never_in_module_state(tmp_path):
+    marker = tmp_path / "MARKER"
+    ckpt = _planted(tmp_path / "t.pth", marker)
+    file = checkpoint_file.CheckpointFile(ckpt, trusted=True)
+    assert file.contents["state_dict"]["w"].shape == (2,) and marker.read_text() == "code ran"
+    marker.unlink()
+    with pytest.raises(UserError, match="--trust-checkpoint"):
+        checkpoint_file.CheckpointFile(ckpt).contents
+    assert not marker.exists()
+    module_state = {k: v for k, v in vars(checkpoint_file).items() if isinstance(v, (set, dict, list)) and v
+                    and not k.startswith("__")}
+    assert module_state == {}, "trust must not be kept in the module"
 
 
 def test_an_mmaction2_checkpoint_with_numpy_meta_loads_without_the_flag(tmp_path):

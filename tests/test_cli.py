@@ -10,7 +10,8 @@ import textwrap
 from typer.testing import CliRunner
 
 import migfuse
-from migfuse.cli import _hoist_root_flags, app
+from migfuse.cli import app
+from migfuse.commands.app import _hoist_root_flags
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -97,7 +98,7 @@ def test_every_positional_argument_is_named_in_upper_case_in_usage_lines():
 
 def test_an_interrupt_or_sigterm_ends_in_one_line_and_the_shell_status(monkeypatch):
     import migfuse.demo
-    from migfuse.cli import Terminated
+    from migfuse.commands.app import Terminated
 
     for raised, status in ((KeyboardInterrupt(), 130), (Terminated(), 143)):
         def stop(*a, _e=raised, **k):

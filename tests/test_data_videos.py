@@ -19,7 +19,6 @@ from migfuse.datasets.prepare import prepare
 from migfuse.errors import UserError
 from migfuse.extract.decode import read_frames
 from migfuse.datasets.orientation import rotation_degrees, upright, video_rotation
-from migfuse.extract.runner import video_files
 
 HEADER = ("video_id,label_id,start_time,start_frame,end_time,end_frame,class,subject_id,"
           "subject_gender,subject_nationality,win_or_lose\n")
@@ -168,17 +167,17 @@ def test_prepared_folder_works_after_moving_it_and_the_videos(tmp_path, monkeypa
     m = Manifest.load(gpu / "work" / "prepared")
     with pytest.raises(UserError, match=r"none of the 2 video files of .*is found \(e.g. video 0045: .*rgb/0045\.mp4\); "
                                         r"pass --video-root DIR \(or set MIGFUSE_VIDEO_ROOT\)"):
-        video_files(m)
-    paths = video_files(m, video_root=gpu / "videos" / "imigue")
+        m.video_files()
+    paths = m.video_files(video_root=gpu / "videos" / "imigue")
     assert paths == {"0045": str(gpu / "videos" / "imigue" / "rgb" / "0045.mp4"),
                      "0046": str(gpu / "videos" / "imigue" / "rgb" / "0046.mp4")}
     (index, frame), = read_frames(paths["0045"], [2])
     _assert_upright(frame)
     monkeypatch.setenv(VIDEO_ROOT_ENV, str(gpu / "videos" / "imigue"))
-    assert video_files(m) == paths
+    assert m.video_files() == paths
     monkeypatch.delenv(VIDEO_ROOT_ENV)
     (gpu / "videos" / "imigue" / "rgb" / "0046.mp4").unlink()   # one missing file: that video fails, not all
-    assert video_files(m, video_root=gpu / "videos" / "imigue")["0046"] == str(gpu / "videos" / "imigue" / "rgb" / "0046.mp4")
+    assert m.video_files(video_root=gpu / "videos" / "imigue")["0046"] == str(gpu / "videos" / "imigue" / "rgb" / "0046.mp4")
 
 
 def test_old_videos_csv_with_absolute_paths_still_loads(tmp_path):

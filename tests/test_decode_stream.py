@@ -15,7 +15,8 @@ from migfuse.datasets.manifest import Clip, Manifest, VideoInfo
 from migfuse.data_cache.store import TokenCache
 from migfuse.extract.decode import DecodeError, PastEnd, stream_clips
 from migfuse.extract.face.extractor import FaceLoader
-from migfuse.extract.runner import WorkItem, run_extraction
+from migfuse.extract.interface import WorkItem
+from migfuse.extract.runner import run_extraction
 from migfuse.extract.sampling import ContextSampling, context_windows, uniform_indices
 
 DAMAGED_AT = 120  # the packet of this frame is zeroed; the frames before it decode

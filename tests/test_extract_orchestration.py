@@ -20,7 +20,9 @@ from migfuse.data_cache.store import DONE, FAILED, TokenCache
 from migfuse.data_cache.tracks import TRACKS, RowUnit, get_track, row_definition, track_of_group
 from migfuse.errors import UserError
 from migfuse.extract import runner
-from migfuse.extract.runner import Compute, Precision, parse_shard, resolve_device, resolve_precision
+from migfuse.extract.interface import Extractor
+from migfuse.extract.runner import parse_shard
+from migfuse.runtime import Precision, Runtime, resolve_device, resolve_precision
 from migfuse.synth.skeletons import make_toy_dataset
 from migfuse.finetune.skeleton import TrainConfig, build_model
 
@@ -101,18 +103,15 @@ def test_row_definition_of_a_clip_is_its_video_and_frame_range(toy):
 
 # ----- device, precision, ranks -------------------------------------------------------------------
 def _entry_points(toy: Path, videos: Path) -> dict:
-    """Each track's library entry point (what its CLI command calls), with its prepared folder."""
-    from migfuse.extract.face.extractor import extract_face
-    from migfuse.extract.skeleton.extractor import extract_skeleton
-    from migfuse.extract.video import extract_track
+    """Each track through the one extraction door (what its CLI command calls), with its prepared folder;
+    the runtime is resolved from `device` as the command does."""
+    from migfuse.extract.entry import extract
 
-    return {
-        "video": lambda c, **k: extract_track("video", videos, c, **k),
-        "context": lambda c, **k: extract_track("context", videos, c, **k),
-        "face": lambda c, **k: extract_face(videos, c, scope="clip", **k),
-        "face_context": lambda c, **k: extract_face(videos, c, scope="context", **k),
-        "joint": lambda c, **k: extract_skeleton(toy / "prep", c, toy / "joint.pt", "joint", **k),
-    }
+    def door(track: str, data: Path, **track_options):
+        return lambda c, device="auto": extract(track, data, c, Runtime.resolve(device=device), **track_options)
+
+    return {"video": door("video", videos), "context": door("context", videos), "face": door("face", videos),
+            "face_context": door("face_context", videos), "joint": door("joint", toy / "prep", checkpoint=toy / "joint.pt")}
 
 
 @pytest.mark.parametrize("track", ["video", "context", "face", "face_context", "joint"])
@@ -120,12 +119,13 @@ def test_every_track_takes_cuda_local_rank_under_torchrun(track, toy, videos, tm
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+
     def fake_run(ex, cache, **kw):
-        seen.update(kw, group=ex.group)
+        seen.update(kw, group=ex.group, device=kw["runtime"].device)
         return runner.RunSummary(ex.group, kw["shard"])
 
     monkeypatch.setattr(runner, "run_extraction", fake_run)
-    monkeypatch.setattr(runner, "_join_ranks", lambda failed: failed)  # no other rank to wait for here
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -148,7 +148,7 @@ def test_cuda_without_cuda_is_one_line_before_the_cache_is_touched(track, toy, v
     with pytest.raises(UserError, match=r"--device cuda but this torch \(.*\) has no CUDA device; use --device cpu"):
         go(tmp_path / "c.zarr", device="cuda")
     assert not (tmp_path / "c.zarr").exists()
-    caplog.set_level("INFO", logger="migfuse.extract.runner")
+    caplog.set_level("INFO", logger="migfuse.runtime")
     assert resolve_device("auto", {}) == "cpu" and "device: cpu (asked for auto)" in caplog.text
 
 
@@ -164,13 +164,22 @@ def test_cli_device_cuda_without_cuda_exits_with_one_line(toy, tmp_path, monkeyp
     assert not (tmp_path / "c.zarr").exists()
 
 
-def test_precision_defaults_to_fp32_on_cpu_and_bf16_on_cuda():
-    assert resolve_precision(None, "cpu") is Precision.FP32
+def test_auto_precision_is_bf16_where_the_device_has_it_in_hardware(monkeypatch):
+    from migfuse import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
+    assert resolve_precision(None, "cpu") is Precision.FP32 and resolve_precision("auto", "cpu") is Precision.FP32
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
+    assert resolve_precision("auto", "cpu") is Precision.BF16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_precision(None, "cuda:1") is Precision.BF16
-    assert resolve_precision("FP16", "cuda") is Precision.FP16
-    with pytest.raises(UserError, match="--precision 'fp8' is not one of fp32, bf16, fp16"):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("auto", "cuda:1") is Precision.FP32
+    assert resolve_precision("FP16", "cuda") is Precision.FP16 and resolve_precision("fp32", "cpu") is Precision.FP32
+    with pytest.raises(UserError, match="--precision 'fp8' is not one of auto, fp32, bf16, fp16"):
         resolve_precision("fp8", "cpu")
-    with torch.inference_mode(), Compute("cpu", Precision.BF16).autocast():
+    with torch.inference_mode(), Runtime("cpu", Precision.BF16).autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
@@ -189,11 +198,12 @@ def test_rank_outside_the_world_is_an_error_not_an_empty_run(toy, tmp_path):
 
 # ----- real torchrun launches equal one process ---------------------------------------------------
 def test_torchrun_two_ranks_skeleton_equals_one_process(toy, tmp_path):
-    from migfuse.extract.skeleton.extractor import extract_skeleton
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
 
     args = ["-m", "migfuse.cli", "extract", "skeleton", "--data", str(toy / "prep"), "--checkpoint",
-            str(toy / "joint.pt"), "--batch-size", "4"]
-    assert extract_skeleton(toy / "prep", tmp_path / "one.zarr", toy / "joint.pt", "joint", batch_size=4).ok
+            str(toy / "joint.pt"), "--batch-size", "4", "--precision", "fp32"]
+    assert extract("joint", toy / "prep", tmp_path / "one.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt").ok
     two = torchrun([*args, "--cache", str(tmp_path / "two.zarr")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert "shard 0/2" in two.stdout and "shard 1/2" in two.stdout
@@ -228,12 +238,14 @@ def faces(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("scope", ["clip", "context"])
 def test_torchrun_two_ranks_face_equals_one_process(scope, faces, tmp_path):
-    from migfuse.extract.face.extractor import extract_face
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
 
     args = ["-m", "migfuse.cli", "extract", "face", "--data", str(faces), "--scope", scope, "--frames", "1",
-            "--context-windows", "1", "--batch-size", "2", "--workers", "0"]
-    assert extract_face(faces, tmp_path / "one.zarr", scope=scope, frames=1, context_windows=1, batch_size=2,
-                        workers=0).ok
+            "--context-windows", "1", "--batch-size", "2", "--workers", "0", "--precision", "fp32"]
+    track = "face" if scope == "clip" else "face_context"
+    assert extract(track, faces, tmp_path / "one.zarr", options=RunOptions(batch_size=2, workers=0), frames=1,
+                   context_windows=1).ok
     two = torchrun([*args, "--cache", str(tmp_path / "two.zarr")])
     assert two.returncode == 0, two.stderr[-3000:]
     group = get_track("face" if scope == "clip" else "face_context").group("swinface")
@@ -243,28 +255,29 @@ def test_torchrun_two_ranks_face_equals_one_process(scope, faces, tmp_path):
 
 # ----- what a resumed run may reuse -------------------------------------------------------------
 def test_a_clip_whose_frame_range_changed_is_extracted_again(toy, tmp_path):
-    from migfuse.extract.skeleton.extractor import extract_skeleton
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
 
     prep = tmp_path / "prep"
     m = Manifest.load(toy / "prep")
     m.save(prep)
     os.symlink(toy / "prep" / "skeletons", prep / "skeletons")
-    first = extract_skeleton(prep, tmp_path / "c.zarr", toy / "joint.pt", "joint", batch_size=4)
+    first = extract("joint", prep, tmp_path / "c.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt")
     assert first.ok and first.done == 12
     g = TokenCache(tmp_path / "c.zarr").group("joint/agcn")
     clip = m.clips[1]
     before = g.read(clip.clip_id)["features"]
     clip.end_frame -= 5  # a corrected label file: same id, other frames
     m.save(prep)
-    again = extract_skeleton(prep, tmp_path / "c.zarr", toy / "joint.pt", "joint", batch_size=4)
+    again = extract("joint", prep, tmp_path / "c.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt")
     assert again.done == 1 and again.redone == 1 and again.skipped == 11
     assert g.rowdefs([clip.clip_id]) == [f"video={clip.video_id} frames={clip.start_frame}-{clip.end_frame}"]
     after = g.read(clip.clip_id)["features"]
     assert not np.array_equal(after, before)
-    fresh = extract_skeleton(prep, tmp_path / "fresh.zarr", toy / "joint.pt", "joint", batch_size=4)
+    fresh = extract("joint", prep, tmp_path / "fresh.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt")
     assert fresh.ok
     np.testing.assert_array_equal(TokenCache(tmp_path / "fresh.zarr").group("joint/agcn").read(clip.clip_id)["features"], after)
-    assert extract_skeleton(prep, tmp_path / "c.zarr", toy / "joint.pt", "joint", batch_size=4).done == 0
+    assert extract("joint", prep, tmp_path / "c.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt").done == 0
 
 
 def test_forward_runs_on_fixed_batches_so_rows_do_not_depend_on_their_neighbours():
@@ -274,9 +287,15 @@ def test_forward_runs_on_fixed_batches_so_rows_do_not_depend_on_their_neighbours
         calls.append(x.shape)
         return {"y": x * 2, "n": x[:, :1]}
 
-    out = Compute(batch=4).in_fixed_batches(fn, np.arange(18, dtype=np.float32).reshape(9, 2))
+    class Batched(Extractor):
+        ids = work_items = arrays = provenance = loader = setup = forward = None
+
+    ex = Batched()
+    ex.batch = 4
+    out = ex.in_fixed_batches(fn, np.arange(18, dtype=np.float32).reshape(9, 2))
     assert calls == [(4, 2)] * 3 and out["y"].shape == (9, 2) and out["y"][8].tolist() == [32, 34]
-    assert Compute(batch=0).in_fixed_batches(lambda x: x + 1, np.zeros((3, 1))).shape == (3, 1)
+    ex.batch = 0
+    assert ex.in_fixed_batches(lambda x: x + 1, np.zeros((3, 1))).shape == (3, 1)
 
 
 def test_skeleton_rows_equal_across_batch_composition_and_other_batch_size_is_refused(toy, tmp_path):
@@ -286,7 +305,7 @@ def test_skeleton_rows_equal_across_batch_composition_and_other_batch_size_is_re
     def ex():
         return SkeletonExtractor(toy / "prep", toy / "joint.pt", "joint")
 
-    run_extraction(ex(), tmp_path / "a.zarr", batch_size=5, workers=0)
+    run_extraction(ex(), tmp_path / "a.zarr", batch_size=5, workers=0)  # the default runtime: CPU, fp32
     for i in range(3):  # three shards, one after the other: other rows share each batch
         run_extraction(ex(), tmp_path / "b.zarr", batch_size=5, workers=1 if i else 0, shard=(i, 3))
     assert snapshot(tmp_path / "b.zarr", "joint/agcn") == snapshot(tmp_path / "a.zarr", "joint/agcn")
@@ -297,7 +316,8 @@ def test_skeleton_rows_equal_across_batch_composition_and_other_batch_size_is_re
 
 
 def test_skeleton_clip_running_past_the_skeleton_fails_instead_of_being_clamped(toy, tmp_path):
-    from migfuse.extract.skeleton.extractor import extract_skeleton
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
 
     prep = tmp_path / "prep"
     m = Manifest.load(toy / "prep")
@@ -305,7 +325,7 @@ def test_skeleton_clip_running_past_the_skeleton_fails_instead_of_being_clamped(
     m.clips[0].end_frame = n + 2  # starts inside the file, ends 3 frames after it
     m.save(prep)
     os.symlink(toy / "prep" / "skeletons", prep / "skeletons")
-    s = extract_skeleton(prep, tmp_path / "c.zarr", toy / "joint.pt", "joint", batch_size=4)
+    s = extract("joint", prep, tmp_path / "c.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt")
     assert s.done == 11
     assert s.failed == [(m.clips[0].clip_id, "skeleton",
                          f"clip {m.clips[0].clip_id} (frames {m.clips[0].start_frame}-{n + 2}) runs past the {n} frames "

@@ -17,8 +17,11 @@ from test_runner import ArrayExtractor
 from migfuse.extract import decode
 from migfuse.extract.decode import DecodeError, PastEnd, stream_clips
 from migfuse.extract.decode_gpu import choose_decoder, stream_clips_gpu, stream_video
-from migfuse.extract.runner import (RunOptions, Sample, WorkItem, decode_threads, extract, format_summary,
-                                    run_extraction)
+from migfuse.extract.interface import RunOptions, Sample, WorkItem
+from migfuse.extract.loader_pool import decode_threads
+from migfuse.extract.report import format_summary
+from migfuse.extract.runner import run_extraction, run_extractor
+from migfuse.runtime import Runtime
 from migfuse.extract.video import resize_crop, resize_crop_tensor
 
 
@@ -109,7 +112,7 @@ def test_each_track_keeps_its_cpu_defaults_and_gets_gpu_sized_batches():
 def test_unset_batch_is_the_device_default_and_recorded(tmp_path):
     from migfuse.data_cache.store import TokenCache
 
-    s = extract(ArrayExtractor(), tmp_path / "c.zarr", RunOptions(device="cpu"))
+    s = run_extractor(ArrayExtractor(), tmp_path / "c.zarr", Runtime.resolve(device="cpu", precision="fp32"), RunOptions())
     assert s.settings["batch"] == 8 and s.settings["workers"] == 2
     assert TokenCache(tmp_path / "c.zarr").group("test/array").provenance["compute"]["forward_batch"] == 8
 
@@ -279,18 +282,21 @@ def test_asking_for_gpu_decoding_where_it_cannot_run_falls_back_in_one_line(capl
 
 
 def test_the_video_track_asks_for_the_decoder_it_was_given(monkeypatch):
+    import test_extract_video_util  # noqa: F401 - registers the `tiny` backbone
     from migfuse.extract import video
-    from migfuse.extract.runner import Compute
+    from migfuse.runtime import Runtime
 
     asked = []
     monkeypatch.setattr(video, "choose_decoder", lambda requested, device: asked.append((requested, device)) or "gpu")
-    monkeypatch.setattr(video, "video_files", lambda manifest, root=None: {})
 
     class Clips:
         clips, videos = [], {}
 
-    ex = video.VideoExtractor(Clips(), "video", decoder="gpu")
-    ex.compute = Compute("cuda:2")
+        def video_files(self, root=None):
+            return {}
+
+    ex = video.VideoExtractor(Clips(), "video", backbone="tiny", decoder="gpu")
+    ex.runtime = Runtime("cuda:2")
     loader = ex.loader()
     assert asked == [("gpu", "cuda:2")] and (loader.decoder, loader.device) == ("gpu", "cuda:2")
 

@@ -49,7 +49,7 @@ def snapshot(cache: Path, group: str = "video/tiny") -> dict:
 def expected_tokens(ex: TinyVideoExtractor, indices: np.ndarray) -> np.ndarray:
     """What the stand-in model gives for these frame indices, computed without the runner."""
     frames = np.stack([resize_crop(frame_image(int(i))) for i in indices])[None]  # (1, F, 224, 224, 3)
-    ex.setup("cpu")
+    ex.setup()
     return ex._tokens(frames)[0]
 
 
@@ -166,7 +166,7 @@ def test_cli_real_mvit_random_weights_one_clip(tmp_path, caplog):
     dataset = make_dataset(tmp_path, good={"0001": (40, [(0, 30)])})
     cache = tmp_path / "cache.zarr"
     result = CliRunner().invoke(app, ["extract", "video", "--data", str(dataset), "--cache", str(cache),
-                                      "--workers", "0", "--batch-size", "2"])
+                                      "--workers", "0", "--batch-size", "2", "--precision", "fp32"])
     assert result.exit_code == 1, result.output
     assert "1 written now" in result.output and f"{MISSING}_0" in result.output and "open" in result.output
     assert "RANDOM weights" in caplog.text

@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from test_decode_util import write_corrupt, write_video  # noqa: E402
 
+from migfuse.backbones.mvit import PREPROCESSING  # noqa: E402
+from migfuse.backbones.registry import Backbone, register_backbone  # noqa: E402
 from migfuse.datasets.manifest import Clip, Manifest, VideoInfo  # noqa: E402
 from migfuse.extract.video import VideoExtractor  # noqa: E402
 
@@ -54,29 +56,53 @@ def bad_ids() -> set[str]:
     return {PAST_END, f"{CORRUPT}_0", f"{CORRUPT}_1", f"{MISSING}_0"}
 
 
-class TinyVideoExtractor(VideoExtractor):
-    """VideoExtractor with a tiny deterministic per-sample model: (B,3,F,224,224) -> (B, 5, 6) tokens.
+@register_backbone("tiny")
+class TinyBackbone(Backbone):
+    """A video backbone registered from this test file: (B,3,F,224,224) -> (B, 5, 6) tokens.
 
     Token j, channel c: mean of colour c//2 over frame block j (of 5) and image half c%2 - so the
-    tokens depend on which frames were sampled, and each sample's tokens depend on it alone.
+    tokens depend on which frames were sampled, and each sample's tokens depend on it alone. It has
+    MViTv2-S's input recipe, so the real loaders, decoding, batching and writing run unchanged.
     """
 
-    backbone_name = "tiny"
-    token_shape = (5, 6)
+    input_doc = "(N, 3, F, 224, 224) float32"
+    outputs_doc = {"tokens": "(N, 5, 6) block x half colour means"}
+    tracks = ("video", "context")
+    preprocessing = PREPROCESSING
+    tokens_doc = "5 frame blocks x (colour, image half) means"
 
-    def model_provenance(self):
-        return {"weights": "none (test stand-in)", "preprocessing": self.preprocessing()}
-
-    def build_model(self, device):
+    def __init__(self, **options):
         import torch
 
-        def model(x: "torch.Tensor") -> "torch.Tensor":
-            b, c, f, h, w = x.shape
-            blocks = torch.stack([x[:, :, j * f // 5:(j + 1) * f // 5].mean(dim=(2, 3)) for j in range(5)], 1)
-            halves = torch.stack([blocks[..., : w // 2].mean(-1), blocks[..., w // 2:].mean(-1)], -1)
-            return halves.reshape(b, 5, 6)
+        super().__init__(**options)
+        self.model = torch.nn.Identity()  # nothing to learn: the tokens are a fixed pooling
 
-        return model
+    def load(self, checkpoint, trusted=False):
+        raise NotImplementedError("the tiny test backbone has no checkpoints")
+
+    @property
+    def token_shape(self):
+        return (5, 6)
+
+    def clip_tokens(self, x):
+        import torch
+
+        b, c, f, h, w = x.shape
+        blocks = torch.stack([x[:, :, j * f // 5:(j + 1) * f // 5].mean(dim=(2, 3)) for j in range(5)], 1)
+        halves = torch.stack([blocks[..., : w // 2].mean(-1), blocks[..., w // 2:].mean(-1)], -1)
+        return halves.reshape(b, 5, 6)
+
+    def run(self, x):
+        import torch
+
+        return {"tokens": self.clip_tokens(torch.from_numpy(x)).numpy()}
+
+
+class TinyVideoExtractor(VideoExtractor):
+    """The real VideoExtractor with the `tiny` backbone registered above."""
+
+    def __init__(self, manifest, track="video", **kwargs):
+        super().__init__(manifest, track, backbone="tiny", **kwargs)
 
 
 class SlowTinyVideoExtractor(TinyVideoExtractor):
@@ -95,16 +121,21 @@ class SlowTinyVideoExtractor(TinyVideoExtractor):
 
 def main(argv: list[str]) -> int:
     """`python tests/test_extract_video_util.py PREPARED CACHE SHARD WORKERS DELAY [TRACK [BATCH]]`: one tiny
-    run through the runner's entry point (`runner.extract`, as the CLI), e.g. under torchrun."""
-    from migfuse.extract.runner import RunOptions, end_ranks, extract, format_summary
+    run through the runner's entry point (`runner.run_extractor`, as the CLI), e.g. under torchrun."""
+    from migfuse.extract.interface import RunOptions
+    from migfuse.extract.report import format_summary
+    from migfuse.extract.runner import run_extractor
+    from migfuse.runtime import Runtime
 
     prepared, cache, shard, workers, delay, *rest = argv
     track = rest[0] if rest else "video"
     batch = int(rest[1]) if len(rest) > 1 else 1
     ex = SlowTinyVideoExtractor(Manifest.load(prepared), track, delay=float(delay))
-    s = extract(ex, cache, RunOptions(workers=int(workers), batch_size=batch, shard=shard if shard != "-" else None))
-    print(format_summary(s), flush=True)
-    end_ranks()
+    runtime = Runtime.resolve(device="cpu", precision="fp32")
+    with runtime.process_group("gloo"):
+        s = run_extractor(ex, cache, runtime,
+                          RunOptions(workers=int(workers), batch_size=batch, shard=shard if shard != "-" else None))
+        print(format_summary(s), flush=True)
     return 0 if s.ok else 1
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from migfuse.data_cache.store import DONE, FAILED, MISSING, ArraySpec, TokenCache
 from migfuse.errors import UserError
-from migfuse.extract.runner import (Extractor, Failure, Sample, WorkItem, format_summary, parse_shard,
-                                    run_extraction, shard_items)
+from migfuse.extract.interface import Extractor, Failure, Sample, WorkItem
+from migfuse.extract.report import format_summary
+from migfuse.extract.runner import parse_shard, run_extraction, shard_items
 
 # item key -> its rows. Special items: "bad" yields a Failure for its 2nd row, "boom" raises after its
 # first row, "gap" forgets its last row, "crash" kills the worker process (only in a worker).
@@ -68,7 +69,7 @@ class ArrayExtractor(Extractor):
     def loader(self):
         return ArrayLoader()
 
-    def setup(self, device):
+    def setup(self):
         self.device = device
 
     def forward(self, inputs):

@@ -141,7 +141,8 @@ def test_backbone_cli_run_and_info(tmp_path):
     np.save(tmp_path / "x.npy", arrays["input"])
     runner = CliRunner()
     res = runner.invoke(app, ["backbone", "run", "aagcn", "--checkpoint", str(ckpt), "--layout", "nturgb+d",
-                              "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npz")])
+                              "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npz"),
+                              "--precision", "fp32"])
     assert res.exit_code == 0, res.output
     with np.load(tmp_path / "y.npz") as z:
         assert np.allclose(z["backbone_features"], arrays["backbone_features"], atol=ATOL, rtol=RTOL)

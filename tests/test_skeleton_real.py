@@ -150,7 +150,8 @@ def test_training_runs_on_real_clips(small_checkpoints):
 def test_extract_both_streams_of_the_real_clips(prepared_298, small_checkpoints, tmp_path):
     from migfuse.data_cache.store import DONE, FAILED, TokenCache
     from migfuse.backbones.registry import create_backbone
-    from migfuse.extract.skeleton.extractor import extract_skeleton
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
     from migfuse.extract.skeleton.preprocess import clip_input
 
     cache = tmp_path / "cache.zarr"
@@ -158,7 +159,7 @@ def test_extract_both_streams_of_the_real_clips(prepared_298, small_checkpoints,
     skel, mask = m.skeleton("0298")
     no_person = {c.clip_id for c in m.clips if not mask[c.start_frame:c.end_frame + 1].any()}
     for stream in ("joint", "bone"):
-        summary = extract_skeleton(prepared_298, cache, small_checkpoints[stream], stream, batch_size=16)
+        summary = extract(stream, prepared_298, cache, options=RunOptions(batch_size=16), checkpoint=small_checkpoints[stream])
         assert summary.done == 56 - len(no_person)
         assert {f[0] for f in summary.failed} == no_person
         assert all(f[1] == "skeleton" and "no person detected" in f[2] for f in summary.failed)
@@ -178,7 +179,7 @@ def test_extract_both_streams_of_the_real_clips(prepared_298, small_checkpoints,
         assert g.provenance["stream"] == stream and g.provenance["preprocess"]["length"] == LENGTH
     # rerun: everything is done or failed already, nothing is recomputed (the same --batch-size: it is
     # recorded, as the forward always runs on that many clips)
-    again = extract_skeleton(prepared_298, cache, small_checkpoints["joint"], "joint", batch_size=16)
+    again = extract("joint", prepared_298, cache, options=RunOptions(batch_size=16), checkpoint=small_checkpoints["joint"])
     assert again.done == 0 and again.skipped == 56
 
 

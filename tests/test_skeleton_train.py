@@ -147,7 +147,8 @@ def test_bad_settings_are_one_line_errors(toy, tmp_path):
 # ----- extraction failures -----------------------------------------------------------------------------
 def test_extraction_records_missing_skeletons_and_absent_people(toy, tmp_path):
     from migfuse.data_cache.store import TokenCache
-    from migfuse.extract.skeleton.extractor import extract_skeleton
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
 
     m = Manifest.load(toy)
     m.videos["9001"].skeleton = ""  # like videos 347/348: an empty skeleton file
@@ -162,12 +163,12 @@ def test_extraction_records_missing_skeletons_and_absent_people(toy, tmp_path):
     meta = {"migfuse": {"arch": "agcn", "stream": "bone", "layout": "imigue", "preprocess": cfg.preprocess().to_dict()}}
     torch.save({"meta": meta, "state_dict": build_model(cfg).state_dict()}, tmp_path / "bone.pt")
     with pytest.raises(UserError, match="trained on the bone stream; pass --stream bone"):
-        extract_skeleton(tmp_path / "prep", tmp_path / "c.zarr", tmp_path / "bone.pt", "joint")
+        extract("joint", tmp_path / "prep", tmp_path / "c.zarr", checkpoint=tmp_path / "bone.pt")
     with pytest.raises(UserError, match=r"for layout 'openpose22' \(22 joints; the file has 55\)"):
-        extract_skeleton(tmp_path / "prep", tmp_path / "c.zarr", tmp_path / "bone.pt", "bone", layout="openpose22")
+        extract("bone", tmp_path / "prep", tmp_path / "c.zarr", checkpoint=tmp_path / "bone.pt", layout="openpose22")
     with pytest.raises(UserError, match="was trained on 16-frame clips; drop --length"):
-        extract_skeleton(tmp_path / "prep", tmp_path / "c.zarr", tmp_path / "bone.pt", "bone", length=64)
-    s = extract_skeleton(tmp_path / "prep", tmp_path / "c.zarr", tmp_path / "bone.pt", "bone")
+        extract("bone", tmp_path / "prep", tmp_path / "c.zarr", checkpoint=tmp_path / "bone.pt", length=64)
+    s = extract("bone", tmp_path / "prep", tmp_path / "c.zarr", checkpoint=tmp_path / "bone.pt")
     failed = {f[0]: f for f in s.failed}
     assert s.done == 72 - 12 - 2 and len(failed) == 14
     assert "no person detected in frames" in failed["9000_0"][2]

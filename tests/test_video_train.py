@@ -75,15 +75,15 @@ def test_best_pt_holds_plain_torchvision_weights_with_a_32_class_head(planted):
 
 def test_the_fine_tuned_checkpoint_extracts_video_and_context_tokens(planted, tmp_path, base_file):
     from migfuse.data_cache.store import TokenCache
-    from migfuse.extract.video import extract_track
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
 
     prepared, run, _ = planted
     manifest = Manifest.load(prepared)
     clips = [c.clip_id for c in manifest.clips if c.video_id == "0005"][:2]
     cache = tmp_path / "c.zarr"
-    assert extract_track("video", prepared, cache, checkpoint=run / "best.pt", workers=0, row_ids=clips).ok
-    assert extract_track("context", prepared, cache, checkpoint=run / "best.pt", workers=0, context_windows=2,
-                         row_ids=["0005"]).ok
+    assert extract("video", prepared, cache, options=RunOptions(workers=0), checkpoint=run / "best.pt", row_ids=clips).ok
+    assert extract("context", prepared, cache, options=RunOptions(workers=0), checkpoint=run / "best.pt", context_windows=2, row_ids=["0005"]).ok
     video, context = TokenCache(cache).group("video/mvit_v2_s"), TokenCache(cache).group("context/mvit_v2_s")
     tokens = video.read_many(clips)["tokens"]
     assert tokens.shape == (2, 393, 128) and context.read("0005")["tokens"].shape == (2, 393, 128)
@@ -101,19 +101,18 @@ def test_the_fine_tuned_checkpoint_extracts_video_and_context_tokens(planted, tm
 
 
 def test_validation_input_is_exactly_what_extract_video_feeds_the_model(planted):
-    from migfuse.extract.runner import WorkItem
+    import test_extract_video_util  # noqa: F401 - registers the `tiny` backbone
+
+    from migfuse.extract.interface import WorkItem
     from migfuse.extract.video import VideoExtractor
 
     prepared, _, _ = planted
     manifest = Manifest.load(prepared)
     seen = []
 
-    class Recording(VideoExtractor):
-        def build_model(self, device):
-            return lambda x: seen.append(x.clone()) or x[:, :1, :1, :1, :1]
-
-    ex = Recording(manifest, "video")
-    ex.setup("cpu")
+    ex = VideoExtractor(manifest, "video", backbone="tiny")  # registered in test_extract_video_util
+    ex.setup()
+    ex.model = lambda x: seen.append(x.clone()) or x[:, :1, :1, :1, :1]
     sample = next(iter(ex.loader()(WorkItem("0002", ("0002_1",)))))
     ex._tokens(sample.inputs["frames"])
     frames, label = vt.VideoClipDataset(manifest, ["0002_1"])[0]

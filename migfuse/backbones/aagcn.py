@@ -8,7 +8,6 @@ Input as `RecognizerGCN.extract_feat` takes it: (N, num_clips, M, T, V, C).
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
@@ -130,10 +129,9 @@ class RecognizerGCN(nn.Module):
         return self.head(self.features(x), x.shape[-1])
 
 
+@register_backbone("aagcn")
 class AAGCNBackbone(SkeletonBackbone):
     """mmaction2 2s-AGCN. Checkpoint: mmengine dict with `meta` and `state_dict` (`backbone.*`, `cls_head.*`)."""
-
-    name = "aagcn"
     input_doc = "(N, num_clips, M, T, V, C=3) float32 (mmaction2 RecognizerGCN layout)"
     outputs_doc = {"backbone_features": "(N*num_clips, M, 256, ceil(T/4), V)",
                    "cls_scores": "(N*num_clips, num_class) raw logits"}
@@ -152,10 +150,5 @@ class AAGCNBackbone(SkeletonBackbone):
             raise UserError(f"aagcn input must be (N, clips, M, T, V={v}, C) for layout '{self.layout.name}', "
                             f"got {x.shape} (pass --layout matching the data)")
         feats = self.model.backbone(torch.from_numpy(x).reshape((-1,) + x.shape[2:]).to(self.device))
-        return {"backbone_features": feats.cpu().numpy(), "cls_scores": self.model.cls_head(feats).cpu().numpy()}
-
-
-@register_backbone("aagcn")
-def aagcn(**options: Any) -> AAGCNBackbone:
-    """mmaction2 2s-AGCN (AAGCN, gcn_attention=False); options: layout, num_class, num_person, base_channels."""
-    return AAGCNBackbone(**options)
+        return {"backbone_features": feats.float().cpu().numpy(),
+                "cls_scores": self.model.cls_head(feats).float().cpu().numpy()}

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from migfuse.errors import UserError
-from migfuse.backbones.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
+from migfuse.backbones.checkpoints import KeyReport, compare_state_dict
+from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
 from migfuse.backbones.registry import Backbone, register_backbone
 from migfuse.backbones.graphs import LAYOUT_BY_JOINTS, Layout, get_layout, spatial_adjacency
 
@@ -169,6 +170,8 @@ class SkeletonBackbone(Backbone):
     fc_key: str = ""
     bn_key: str = ""  # data_bn running mean: its size gives the person count
     what: str = ""
+    tracks = ("joint", "bone")
+    checkpoint_doc = ("best.pt of `migfuse backbone train skeleton` (or a published 2s-AGCN / mmaction2 file)")
 
     def __init__(self, layout: str | None = None, num_class: int = 32, num_person: int | None = None,
                  base_channels: int = 64, device: str = "cpu", **options: Any):
@@ -199,10 +202,12 @@ class SkeletonBackbone(Backbone):
     def build(self, layout: Layout, num_class: int, num_person: int | None, base_channels: int) -> nn.Module:
         raise NotImplementedError
 
-    def load(self, path: str | Path) -> KeyReport:
+    def load(self, checkpoint: CheckpointFile | str | Path, trusted: bool = False) -> KeyReport:
         """Load a checkpoint as the original code saves it; the head size, person count, width and
         (when not given) layout follow the file. One-line UserError when it does not fit."""
-        sd, meta = unwrap_state_dict(read_checkpoint(path), path)
+        ckpt = as_checkpoint(checkpoint, trusted)
+        path = ckpt.path
+        sd, meta = unwrap_state_dict(ckpt.contents, path)
         if self.fc_key not in sd or self.joints_key not in sd:
             missing = self.fc_key if self.fc_key not in sd else self.joints_key
             raise UserError(f"{path} is not a {self.what} checkpoint: key '{missing}' is missing "
@@ -219,15 +224,16 @@ class SkeletonBackbone(Backbone):
                             f"{rep.summary()} (pass --layout matching the file)")
         model.load_state_dict(sd, strict=True)
         self.model, self.layout, self.meta = model.to(self.device).eval(), layout, meta
-        self.checkpoint, self.checkpoint_sha256 = Path(path), sha256_file(path)
+        self._loaded(ckpt)
         log.info("loaded %s (%s, layout %s): %s", path, self.name, layout.name, rep.summary())
         return rep
 
 
+@register_backbone("agcn")
 class AGCNBackbone(SkeletonBackbone):
-    """lshiwjx/2s-AGCN. Checkpoint: flat OrderedDict (optionally `module.`-prefixed), or a migfuse file."""
+    """lshiwjx/2s-AGCN; options: layout, num_class, num_person, base_channels. Checkpoint: flat
+    OrderedDict (optionally `module.`-prefixed), or a migfuse file."""
 
-    name = "agcn"
     input_doc = "(N, C=3, T, V, M) float32 (2s-AGCN layout: x, y, confidence or x, y, z)"
     outputs_doc = {"l10_features": "(N*M, 256, ceil(T/4), V) after the 10th unit", "logits": "(N, num_class)"}
     joints_key, fc_key, bn_key, what = "l1.gcn1.PA", "fc.weight", "data_bn.running_mean", "2s-AGCN"
@@ -245,10 +251,4 @@ class AGCNBackbone(SkeletonBackbone):
                             f"got {x.shape} (pass --layout matching the data)")
         feats = self.model.features(torch.from_numpy(x).to(self.device))
         logits = self.model.head(feats, x.shape[-1])
-        return {"l10_features": feats.cpu().numpy(), "logits": logits.cpu().numpy()}
-
-
-@register_backbone("agcn")
-def agcn(**options: Any) -> AGCNBackbone:
-    """2s-AGCN (lshiwjx/2s-AGCN); options: layout, num_class, num_person, base_channels."""
-    return AGCNBackbone(**options)
+        return {"l10_features": feats.float().cpu().numpy(), "logits": logits.float().cpu().numpy()}

@@ -6,36 +6,25 @@ mis-shaped keys in one line.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from migfuse.checkpoint_file import TRUST_FLAG, read_checkpoint, trust_checkpoint  # noqa: F401 - re-exported
+from migfuse.checkpoint_file import (  # noqa: F401 - re-exported
+    TRUST_FLAG, CheckpointFile, as_checkpoint, read_checkpoint, sha256_file,
+)
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def weights_provenance(checkpoint: str | Path | None, random_seed: int) -> dict[str, str]:
+def weights_provenance(checkpoint: CheckpointFile | str | Path | None, random_seed: int) -> dict[str, str]:
     """How a model's weights were obtained, for cache provenance: a checkpoint's sha256, or the seed
     of the random weights used when no checkpoint was given (said plainly, so nobody mistakes them)."""
     if checkpoint is None:
         return {"weights": f"RANDOM (torch.manual_seed({random_seed})): no --checkpoint given"}
-    return {"weights": "checkpoint", "checkpoint_sha256": sha256_file(checkpoint)}
+    return {"weights": "checkpoint", "checkpoint_sha256": as_checkpoint(checkpoint).sha256}
 
 
 def _short(keys: list[str], n: int = 5) -> str:

@@ -24,7 +24,8 @@ import torch
 
 from migfuse.errors import UserError
 from migfuse.backbones._torchvision import import_torchvision
-from migfuse.backbones.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
+from migfuse.backbones.checkpoints import KeyReport, compare_state_dict
+from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
 from migfuse.backbones.registry import Backbone, register_backbone
 
 log = logging.getLogger(__name__)
@@ -219,23 +220,28 @@ def fine_tune_meta(obj: Any) -> dict[str, Any] | None:
     return None
 
 
-def checkpoint_facts(path: str | Path) -> dict[str, Any]:
-    """What an extractor must know of a MViTv2-S checkpoint before building anything.
+def checkpoint_facts(checkpoint: CheckpointFile | str | Path) -> dict[str, Any]:
+    """What a MViTv2-S checkpoint says about the model it fits, before any model is built.
 
     Returns {"width": "full" | "demo", "embed_dim": 768 | 128, "fine_tune": provenance dict or None},
     where the provenance (base checkpoint sha256, run id, epoch, validation top-1) belongs in the
     cache provenance. Raises UserError for a missing or unreadable file.
     """
-    meta = fine_tune_meta(read_checkpoint(path))
+    meta = fine_tune_meta(as_checkpoint(checkpoint).contents)
     width = str(meta.get("width", "full")) if meta else "full"
     check_width(width)
-    provenance = None
-    if meta:
-        provenance = {k: meta.get(k) for k in ("run_id", "run_dir", "epoch", "base_checkpoint",
-                                               "base_checkpoint_sha256", "width", "num_classes", "split")}
-        metrics = meta.get("metrics") if isinstance(meta.get("metrics"), Mapping) else {}
-        provenance["val_top1"] = metrics.get("val_top1")
-    return {"width": width, "embed_dim": embed_dim(width), "fine_tune": provenance}
+    return {"width": width, "embed_dim": embed_dim(width), "fine_tune": fine_tune_provenance(meta)}
+
+
+def fine_tune_provenance(meta: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The part of a fine-tuned run's `meta["migfuse"]` that the cache provenance records."""
+    if not meta:
+        return None
+    provenance = {k: meta.get(k) for k in ("run_id", "run_dir", "epoch", "base_checkpoint",
+                                           "base_checkpoint_sha256", "width", "num_classes", "split")}
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), Mapping) else {}
+    provenance["val_top1"] = metrics.get("val_top1")
+    return provenance
 
 
 def check_hash_in_name(path: Path, sha256: str) -> None:
@@ -265,18 +271,24 @@ def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
     return obj
 
 
+@register_backbone("mvit_v2_s")
 class MViTBackbone(Backbone):
     """torchvision MViTv2-S (34.5M parameters) returning its token sequence and logits."""
 
-    name = "mvit_v2_s"
     input_doc = "(N, 3, 16, 224, 224) float32 (RGB clip, normalised as PREPROCESSING: mean 0.45, std 0.225)"
     outputs_doc = {
         "tokens": "(N, 393, 768) after the final LayerNorm (128 channels at the demo width): class token, then "
                   "8x7x7 patches in (t, h, w) order",
         "logits": "(N, num_classes) head output (400 for Kinetics-400, 174 for SSv2, 32 fine-tuned on iMiGUE)",
     }
+    tracks = ("video", "context")
+    checkpoint_doc = ("MViTv2-S checkpoint (torchvision mvit_v2_s-ae3be167.pth, mmaction2, or a migfuse fine-tuned "
+                      "best.pt)")
+    # SDPA: torchvision's attention maths through the fused kernel (same tokens to float rounding)
+    extract_options = {"attention": "sdpa"}
     #: recorded in the cache provenance by the extraction runner
     preprocessing = PREPROCESSING
+    tokens_doc = "after the final LayerNorm: class token, then 8x7x7 patches in (t, h, w) order"
 
     def __init__(self, num_classes: int = 400, device: str = "cpu", batch_size: int = 4, width: str = "full",
                  drop_path: float = 0.0, attention: str = "torchvision", **options: Any):
@@ -313,23 +325,36 @@ class MViTBackbone(Backbone):
     def num_classes(self) -> int:
         return self.model.head[1].out_features
 
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        return (NUM_TOKENS, self.embed_dim)
+
+    def clip_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 16, 224, 224) normalised clips -> (B, 393, embed_dim) tokens (`forward_tokens`)."""
+        return forward_tokens(self.model, x)[0]
+
+    def provenance(self) -> dict[str, Any]:
+        """The fine-tuning run a migfuse best.pt came from (base checkpoint sha256, run, epoch, top-1)."""
+        facts = fine_tune_provenance(self.fine_tune)
+        return {"fine_tuned": facts} if facts else {}
+
     def _set_num_classes(self, n: int) -> None:
         """Replace the classifier with an n-way one (its weights come from the checkpoint next)."""
         old = self.model.head[1]
         self.model.head[1] = torch.nn.Linear(old.in_features, n).to(self.device)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def load(self, path: str | Path) -> KeyReport:
+    def load(self, checkpoint: CheckpointFile | str | Path, trusted: bool = False) -> KeyReport:
         """Load a torchvision or mmaction2 MViTv2-S checkpoint file (strict: every key must fit).
 
         Returns the KeyReport; raises a one-line UserError naming the missing / unexpected keys.
         """
-        path = Path(path)
+        ckpt = as_checkpoint(checkpoint, trusted)
+        path = ckpt.path
         # hash first: a truncated download then gets the "download it again" message, not an unpickling error
-        sha = sha256_file(path) if path.is_file() else ""
-        if sha:
-            check_hash_in_name(path, sha)
-        obj = read_checkpoint(path)  # reports a missing file
+        sha = ckpt.sha256
+        check_hash_in_name(path, sha)
+        obj = ckpt.contents
         meta = fine_tune_meta(obj)
         sd = _unwrap(obj, path)
         notes: list[str] = []
@@ -362,7 +387,7 @@ class MViTBackbone(Backbone):
         if n_file != self.num_classes:
             self._set_num_classes(n_file)
         self.model.load_state_dict(sd, strict=True)
-        self.checkpoint, self.checkpoint_sha256 = path, sha
+        self._loaded(ckpt)
         self.fine_tune = meta
         log.info("loaded %s checkpoint %s (sha256 %s): %s", what, path, sha[:12], rep.summary())
         return rep
@@ -449,7 +474,3 @@ def mmaction_to_torchvision(sd: Mapping[str, Any]) -> tuple["OrderedDict[str, to
     return out, notes
 
 
-@register_backbone("mvit_v2_s")
-def create_mvit_v2_s(**options: Any) -> MViTBackbone:
-    """MViTv2-S with random weights (load a checkpoint with `.load` or `create_backbone(checkpoint=...)`)."""
-    return MViTBackbone(**options)

@@ -1,35 +1,42 @@
-"""A small registry of frozen backbones, for `migfuse backbone info|run` and the extractors.
+"""The registry of frozen backbones, for `migfuse backbone info|run` and the extract tracks.
 
-Each backbone module defines a `Backbone` subclass and registers a factory with
-`@register_backbone("name")`. `_MODULES` maps a name to the module that registers it, so asking for
-one backbone imports only that module (the skeleton backbones never pull timm or torchvision).
+Each backbone module defines a `Backbone` subclass and registers it with `@register_backbone("name")`.
+`BACKBONES` maps a built-in name to the module that registers it, so asking for one backbone imports
+only that module (the skeleton backbones never pull timm or torchvision); a backbone registered from
+anywhere else (a plug-in, a test file) is found the same way.
 
 A `Backbone` wraps an `nn.Module` in eval mode and knows:
   * how to build it with random weights (`__init__(**options)`),
   * how to read its checkpoint files in their official formats (`load`, returning a `KeyReport`),
-  * how to run it on an array in the original model's input layout (`run`, named float32 outputs).
+  * how to run it on an array in the original model's input layout (`run`, named float32 outputs),
+  * which cache tracks it can extract (`tracks`), and for those the hooks the track calls
+    (video tracks: `preprocessing`, `token_shape`, `clip_tokens`; see docs/contracts.md, "Backbones").
+
+Add a backbone: one module in migfuse/backbones/ with a registered subclass, its name in `BACKBONES`'
+module map (or import it before use), and tests against the original implementation's outputs.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from migfuse.errors import UserError
+from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
+from migfuse.registry import Registry
 
 if TYPE_CHECKING:
+    import torch
+
     from migfuse.backbones.checkpoints import KeyReport
 
-# name -> module that registers it (imported on first use).
-_MODULES: dict[str, str] = {
+#: name -> Backbone subclass; the built-in ones are imported on first use.
+BACKBONES: Registry[type["Backbone"]] = Registry("backbone", modules={
     "mvit_v2_s": "migfuse.backbones.mvit",
     "agcn": "migfuse.backbones.agcn",
     "aagcn": "migfuse.backbones.aagcn",
     "swinface": "migfuse.backbones.swinface",
-}
-_FACTORIES: dict[str, Callable[..., "Backbone"]] = {}
+})
 
 
 class Backbone:
@@ -40,6 +47,17 @@ class Backbone:
     input_doc: ClassVar[str] = ""
     #: the named outputs `run` returns, with shapes, e.g. {"tokens": "(N, 393, 768)"}
     outputs_doc: ClassVar[dict[str, str]] = {}
+    #: the cache tracks it extracts ("video", "context", "face", "joint", ...); () = info / run only
+    tracks: ClassVar[tuple[str, ...]] = ()
+    #: what --checkpoint takes, in a few words (the extract commands' help and errors name it)
+    checkpoint_doc: ClassVar[str] = "a local checkpoint file in the backbone's official format"
+    #: options the extract tracks build it with (e.g. a faster attention with the same maths)
+    extract_options: ClassVar[dict[str, Any]] = {}
+    #: video tracks: the checkpoint's input recipe, recorded in the cache provenance. Keys read by the
+    #: video loaders: clip_len, resize_short_side, crop_size [h, w], mean, std (RGB, on [0, 1]).
+    preprocessing: ClassVar[dict[str, Any]] = {}
+    #: video tracks: what the tokens of `clip_tokens` are, in words (recorded in the cache provenance)
+    tokens_doc: ClassVar[str] = ""
 
     def __init__(self, **options: Any):
         self.options = options
@@ -48,8 +66,11 @@ class Backbone:
         self.checkpoint_sha256: str | None = None
         self.key_report: KeyReport | None = None  # set by create_backbone when a checkpoint is loaded
 
-    def load(self, path: str | Path) -> "KeyReport":
-        """Load a checkpoint file in one of the official formats; raise UserError when it does not fit."""
+    def load(self, checkpoint: CheckpointFile | str | Path, trusted: bool = False) -> "KeyReport":
+        """Load a checkpoint file in one of the official formats; raise UserError when it does not fit.
+
+        `trusted`: the user vouched for the file (`--trust-checkpoint`), used when `checkpoint` is a
+        path; a `CheckpointFile` carries its own."""
         raise NotImplementedError
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -59,28 +80,57 @@ class Backbone:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def _loaded(self, checkpoint: CheckpointFile) -> None:
+        """Record which file the weights came from (subclasses call this at the end of `load`)."""
+        self.checkpoint, self.checkpoint_sha256 = checkpoint.path, checkpoint.sha256
 
-def register_backbone(name: str) -> Callable:
-    """Decorator registering a factory `fn(**options) -> Backbone` under `name`."""
+    # -- hooks of the video tracks (video: per clip, context: per window of a video) ----------------
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        """(tokens, channels) per clip of `clip_tokens`, e.g. (393, 768)."""
+        raise NotImplementedError(f"backbone {self.name} does not extract video tokens")
 
-    def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        _FACTORIES[name] = fn
-        return fn
+    def clip_tokens(self, x: "torch.Tensor") -> "torch.Tensor":
+        """(B, 3, clip_len, crop_h, crop_w) float, normalised by `preprocessing` -> (B, *token_shape)."""
+        raise NotImplementedError(f"backbone {self.name} does not extract video tokens")
+
+    def provenance(self) -> dict[str, Any]:
+        """What the cache records of the weights beyond their sha256 (e.g. the fine-tuning run)."""
+        return {}
+
+
+def register_backbone(name: str):
+    """Class decorator: register a `Backbone` subclass under `name` (which becomes its `name`).
+
+    Raises:
+        ValueError: `name` is registered already.
+    """
+    def wrap(cls: type[Backbone]) -> type[Backbone]:
+        cls.name = name
+        BACKBONES.register(name, cls)
+        return cls
 
     return wrap
 
 
-def list_backbones() -> list[str]:
-    return sorted(_MODULES)
+def backbone_class(name: str) -> type[Backbone]:
+    """The class registered as `name` (UserError naming the known ones)."""
+    return BACKBONES.get(name)
 
 
-def create_backbone(name: str, checkpoint: str | Path | None = None, **options: Any) -> Backbone:
-    """Build a registered backbone with random weights, then load `checkpoint` if given."""
-    if name not in _FACTORIES:
-        if name not in _MODULES:
-            raise UserError(f"unknown backbone '{name}': choose one of {', '.join(list_backbones())}")
-        importlib.import_module(_MODULES[name])
-    bb = _FACTORIES[name](**options)
+def list_backbones(track: str | None = None) -> list[str]:
+    """Registered backbone names; with `track`, those that extract it (imports every module)."""
+    if track is None:
+        return BACKBONES.names()
+    return [n for n, cls in BACKBONES.load_all().items() if track in cls.tracks]
+
+
+def create_backbone(name: str, checkpoint: CheckpointFile | str | Path | None = None, trusted: bool = False,
+                    **options: Any) -> Backbone:
+    """Build a registered backbone with random weights, then load `checkpoint` if given.
+
+    `trusted` applies to a `checkpoint` given as a path (`--trust-checkpoint`)."""
+    bb = backbone_class(name)(**options)
     if checkpoint is not None:
-        bb.key_report = bb.load(checkpoint)
+        bb.key_report = bb.load(as_checkpoint(checkpoint, trusted))
     return bb

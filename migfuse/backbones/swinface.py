@@ -27,7 +27,8 @@ from torch.nn import functional as F
 
 from migfuse.errors import UserError
 from migfuse.backbones._torchvision import import_timm
-from migfuse.backbones.checkpoints import KeyReport, compare_state_dict, read_checkpoint, sha256_file
+from migfuse.backbones.checkpoints import KeyReport, compare_state_dict
+from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
 from migfuse.backbones.registry import Backbone, register_backbone
 
 log = logging.getLogger(__name__)
@@ -225,13 +226,14 @@ def _backbone_state_dict(sd: dict[str, torch.Tensor], model: SwinFace) -> dict[s
     return out
 
 
-def load_swinface_checkpoint(model: SwinFace, path: str | Path) -> KeyReport:
+def load_swinface_checkpoint(model: SwinFace, checkpoint: CheckpointFile | str | Path) -> KeyReport:
     """Load an original SwinFace checkpoint (`torch.save`d dict with `state_dict_backbone/fam/tss/om`).
 
     Other top-level entries (epoch, optimizer, softmax_fc, ...) are ignored. Raises a one-line
     UserError naming the file when it is not a SwinFace checkpoint or its keys do not fit.
     """
-    ckpt = read_checkpoint(path)
+    file = as_checkpoint(checkpoint)
+    path, ckpt = file.path, file.contents
     if not isinstance(ckpt, dict) or not any(f"state_dict_{p}" in ckpt for p in _CKPT_PARTS):
         found = ", ".join(list(ckpt)[:5]) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(
@@ -252,10 +254,12 @@ def load_swinface_checkpoint(model: SwinFace, path: str | Path) -> KeyReport:
     return rep
 
 
+@register_backbone("swinface")
 class SwinFaceBackbone(Backbone):
     """Registered `swinface`: the full original model, run on aligned 112x112 faces."""
 
-    name = "swinface"
+    tracks = ("face", "face_context")
+    checkpoint_doc = "SwinFace .pt (the original file with state_dict_backbone/fam/tss/om)"
     input_doc = "(N, 3, 112, 112) float32 RGB face crops normalised to [-1, 1] ((x/255 - 0.5) / 0.5)"
     outputs_doc = {
         "embedding": "(N, 512) recognition embedding (identity; not stored by migfuse)",
@@ -274,10 +278,10 @@ class SwinFaceBackbone(Backbone):
         self.device = device
         self.model = SwinFace().eval()
 
-    def load(self, path: str | Path) -> KeyReport:
-        rep = load_swinface_checkpoint(self.model, path)
-        self.checkpoint = Path(path)
-        self.checkpoint_sha256 = sha256_file(path)
+    def load(self, checkpoint: CheckpointFile | str | Path, trusted: bool = False) -> KeyReport:
+        ckpt = as_checkpoint(checkpoint, trusted)
+        rep = load_swinface_checkpoint(self.model, ckpt)
+        self._loaded(ckpt)
         return rep
 
     @torch.no_grad()
@@ -289,8 +293,3 @@ class SwinFaceBackbone(Backbone):
         out = self.model(torch.from_numpy(x).to(self.device))
         out["expression_features"] = out["tss_features"][EXPRESSION_BRANCH]
         return {k: v.float().cpu().numpy() for k, v in out.items()}
-
-
-@register_backbone("swinface")
-def _make(**options: Any) -> SwinFaceBackbone:
-    return SwinFaceBackbone(**options)

@@ -199,6 +199,15 @@ class Manifest:
         vid = format_video_id(video_id)
         return sorted((c for c in self.clips if c.video_id == vid), key=lambda c: c.k)
 
+    def clips_by_video(self, clip_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """Video id -> the given clips of that video in frame order (start frame, then k), videos in
+        order of first appearance: how extraction decodes each video once for all its clips."""
+        by_video: dict[str, list[Clip]] = {}
+        for cid in clip_ids:
+            clip = self.clip(cid)
+            by_video.setdefault(clip.video_id, []).append(clip)
+        return {v: tuple(c.clip_id for c in sorted(cs, key=lambda c: (c.start_frame, c.k))) for v, cs in by_video.items()}
+
     def skeleton(self, video_id: str | int) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped skeleton of a video: (T, 137, 3) float32 (x, y, conf in pixels) and (T,) bool
         mask (True where a person was found). UserError when the video has none."""
@@ -260,6 +269,19 @@ class Manifest:
             raise UserError(f"none of the {len(recorded)} video files of {self.root or 'the manifest'} is found "
                             f"(e.g. video {vid}: {missing}); pass --video-root DIR (or set {VIDEO_ROOT_ENV}) "
                             f"to the folder that holds the videos")
+        return paths
+
+    def video_files(self, video_root: str | Path | None = None) -> dict[str, str | None]:
+        """Video id -> video file (str) for every video of the manifest and of its clips (None where
+        `data prepare` found none): `video_paths` plus an entry for clips whose video is missing
+        from videos.csv, so that they fail with a reason instead of being skipped.
+
+        Raises:
+            UserError: as `video_paths` (no video found at all: names ``--video-root``).
+        """
+        paths = {v: (str(p) if p else None) for v, p in self.video_paths(video_root).items()}
+        for c in self.clips:
+            paths.setdefault(c.video_id, None)
         return paths
 
     def _where(self) -> str:

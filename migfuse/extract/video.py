@@ -1,13 +1,13 @@
-"""The video tracks: MViTv2-S tokens per clip (`video/mvit_v2_s`) and per video (`context/mvit_v2_s`).
+"""The video tracks: clip tokens per clip (`video/<backbone>`) and per video (`context/<backbone>`).
 
-Split along the runner's line (docs/contracts.md, "Extraction runner"):
+Any registered backbone whose `tracks` name the track extracts it (MViTv2-S by default; see
+`migfuse.backbones.registry`). Split along the runner's line (docs/contracts.md, "Extraction runner"):
   * loaders (worker processes): decode each video once (`decode.stream_clips`), sample frames
-    (`sampling`), resize + centre-crop each frame to uint8 224x224 exactly as the checkpoint's recipe
-    (`mvit.PREPROCESSING`) does before its float conversion, and stream one sample per row;
-  * forward (main process): uint8 -> float, normalise, MViTv2-S tokens (bf16 autocast on GPU).
+    (`sampling`), resize + centre-crop each frame to uint8 exactly as the backbone's recipe
+    (`Backbone.preprocessing`) does before its float conversion, and stream one sample per row;
+  * forward (main process): uint8 -> float, normalise, backbone tokens (bf16 autocast on GPU).
 
-`extract_track("video" | "context", prepared, cache, ...)` is the library entry point (the CLI and
-`migfuse demo` call it).
+`build_extractor` makes the extractor of both tracks for `migfuse.extract.entry.extract`.
 """
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from migfuse.errors import UserError
 from migfuse.backbones.checkpoints import weights_provenance
+from migfuse.checkpoint_file import CheckpointFile
+from migfuse.data_cache.tracks import get_track, tracks_with_layout
+from migfuse.errors import UserError
 from migfuse.extract.decode import DecodeError, PastEnd, probe
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
-from migfuse.data_cache.tracks import get_track, tracks_with_layout
-from migfuse.extract.runner import (Failure, RunOptions, RunSummary, Sample, TrackExtractor, WorkItem, extract,
-                                    video_files)
+from migfuse.extract.entry import register_track
+from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem
 from migfuse.extract.sampling import ClipSampling, ContextSampling
 
 log = logging.getLogger(__name__)
@@ -180,55 +181,50 @@ class ContextLoader(_VideoLoader):
 # the extractor
 # ------------------------------------------------------------------------------------------------
 class VideoExtractor(TrackExtractor):
-    """MViTv2-S tokens for the `video` (per clip) or `context` (per video) track.
+    """Clip tokens of a video backbone for the `video` (per clip) or `context` (per video) track.
 
-    Subclasses may replace the model (tests use a tiny stand-in) by overriding `backbone_name`,
-    `token_shape`, `model_provenance` and `build_model`.
+    The backbone is built (and its checkpoint read, once) when the extractor is made, on the CPU;
+    `setup` moves it to the runtime's device. Without a checkpoint its weights are random, seeded
+    with `RANDOM_WEIGHTS_SEED` (said loudly, recorded in the provenance).
     """
 
-    backbone_name = "mvit_v2_s"
-    token_shape: tuple[int, int] = (393, 768)
     gpu_batch = 32
 
-    def __init__(self, manifest: Any, track: str = "video", *, checkpoint: str | Path | None = None,
+    def __init__(self, manifest: Any, track: str = "video", *, backbone: str = "mvit_v2_s",
+                 checkpoint: CheckpointFile | str | Path | None = None,
                  clip_sampling: ClipSampling = ClipSampling(), context_sampling: ContextSampling = ContextSampling(),
                  row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu"):
         """
         Args:
             manifest: a `Manifest` (clips, videos with their file paths).
             track: "video" (rows = clips) or "context" (rows = videos).
-            video_root: where the videos are now, if moved since `data prepare` (see `video_files`).
-            decoder: "cpu" (PyAV in the loader workers) or "gpu" (torchcodec on the extraction's GPU,
-                `decode_gpu`; falls back to the CPU with one log line where it cannot run).
-            checkpoint: MViTv2-S checkpoint file; None = seeded random weights (said loudly).
+            backbone: a registered backbone that extracts this track (`backbone info` lists them).
+            checkpoint: its checkpoint file; None = seeded random weights (said loudly).
             clip_sampling / context_sampling: the frame rules (recorded in provenance).
             row_ids: restrict the rows to these clip ids (video) or video ids (context); default: all.
                 The group is created for exactly these rows.
+            video_root: where the videos are now, if moved since `data prepare` (`Manifest.video_files`).
+            decoder: "cpu" (PyAV in the loader workers) or "gpu" (torchcodec on the extraction's GPU,
+                `decode_gpu`; falls back to the CPU with one log line where it cannot run).
+        Raises:
+            UserError: an unknown track or backbone, a backbone that does not extract this track, a
+                checkpoint that is missing or does not fit.
         """
         if track not in TRACKS:
             raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")
         self.manifest, self.track = manifest, get_track(track)
         self.video_root = video_root
         self.decoder = decoder
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        if self.checkpoint is not None and not self.checkpoint.is_file():
-            raise UserError(f"checkpoint not found: {self.checkpoint} (pass the path of a local MViTv2-S .pth file)")
+        self.checkpoint = checkpoint
         self.clip_sampling, self.context_sampling = clip_sampling, context_sampling
-        self.group = self.track.group(self.backbone_name)
+        self.backbone = build_track_backbone(self.track.name, backbone, checkpoint)
+        self.backbone_name = backbone
+        self.token_shape = tuple(self.backbone.token_shape)
+        self.group = self.track.group(backbone)
         self.unit = str(self.track.unit)
         self.cpu_batch = 8 if self.track.per_video else 4  # windows / clips per CPU forward
         self._row_ids = list(row_ids) if row_ids is not None else None
-        self._weights: dict[str, str] | None = None
-        self._fine_tune: dict[str, Any] | None = None
-        if self.checkpoint is not None and self.backbone_name == "mvit_v2_s":
-            # a fine-tuned run (`backbone train video`) may be the demo width: its tokens are narrower
-            from migfuse.backbones.mvit import NUM_TOKENS, checkpoint_facts
-
-            facts = checkpoint_facts(self.checkpoint)
-            self.token_shape = (NUM_TOKENS, facts["embed_dim"])
-            self._fine_tune = facts["fine_tune"]
         self.model = None
-        self.device = "cpu"
 
     # -- rows and work: from the track table (TrackExtractor) -------------------------------------
     def arrays(self) -> dict[str, Any]:
@@ -244,72 +240,48 @@ class VideoExtractor(TrackExtractor):
 
     def provenance(self) -> dict[str, Any]:
         sampling = self.context_sampling.record() if self.track.per_video else self.clip_sampling.record()
-        return {"track": self.track.name, "backbone": self.backbone_name, **self.model_provenance(),
-                "sampling": sampling, "decoder": "PyAV (FFmpeg), nearest frame to index/25 s",
-                "tokens": "after the final LayerNorm: class token, then 8x7x7 patches in (t, h, w) order"}
+        return {"track": self.track.name, "backbone": self.backbone_name,
+                **weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED), **self.backbone.provenance(),
+                "preprocessing": self.preprocessing(), "sampling": sampling,
+                "decoder": "PyAV (FFmpeg), nearest frame to index/25 s",
+                "tokens": self.backbone.tokens_doc}
+
+    def preprocessing(self) -> dict[str, Any]:
+        return dict(self.backbone.preprocessing)
 
     def loader(self):
-        paths = video_files(self.manifest, self.video_root)
+        paths = self.manifest.video_files(self.video_root)
         pre = self.preprocessing()
         common = dict(paths=paths, short_side=int(pre["resize_short_side"]), crop=int(pre["crop_size"][0]),
-                      decoder=choose_decoder(self.decoder, self.compute.device), device=self.compute.device)
+                      decoder=choose_decoder(self.decoder, self.runtime.device), device=self.runtime.device)
         if self.track.per_video:
             return ContextLoader(**common, sampling=self.context_sampling)
         clips = {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips}
         return ClipLoader(**common, clips=clips, sampling=self.clip_sampling)
 
-    # -- the model (override these for another token model) --------------------------------------
-    def preprocessing(self) -> dict[str, Any]:
-        from migfuse.backbones.mvit import PREPROCESSING
-
-        return dict(PREPROCESSING)
-
-    def model_provenance(self) -> dict[str, Any]:
-        if self._weights is None:  # hashing a 130 MB checkpoint once is enough
-            self._weights = weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED)
-            if self._fine_tune is not None:  # base checkpoint sha256 + the fine-tuning run
-                self._weights = {**self._weights, "fine_tuned": self._fine_tune}
-        return {**self._weights, "preprocessing": self.preprocessing()}
-
-    def build_model(self, device: str):
-        """-> callable (B, 3, F, 224, 224) float tensor on `device` -> (B, *token_shape) tensor."""
-        import torch
-
-        from migfuse.backbones.registry import create_backbone
-
-        if self.checkpoint is None:
-            log.warning("NO CHECKPOINT: %s uses RANDOM weights (seed %d); the tokens are meaningless except for "
-                        "testing. Pass --checkpoint mvit_v2_s-ae3be167.pth (or an mmaction2 MViTv2-S file).",
-                        self.group, RANDOM_WEIGHTS_SEED)
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        # SDPA: torchvision's attention maths through the fused kernel (same tokens to float rounding)
-        bb = create_backbone(self.backbone_name, checkpoint=self.checkpoint, device=device, attention="sdpa")
-        from migfuse.backbones.mvit import forward_tokens
-
-        # the caller holds inference mode; compiling the plain function keeps the graph whole
-        return self.compute.maybe_compile(lambda x: forward_tokens(bb.model, x)[0])
-
     # -- main process ------------------------------------------------------------------------------
-    def setup(self, device: str) -> None:
+    def setup(self) -> None:
         import torch
 
-        self.device = device
-        self.model = self.build_model(device)
+        device = self.runtime.device
+        self.backbone.model.to(device).eval()
+        # the caller holds inference mode; compiling the plain function keeps the graph whole
+        self.model = self.runtime.maybe_compile(self.backbone.clip_tokens)
         pre = self.preprocessing()
         self._mean = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1, 1)
         self._std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1, 1)
 
     def _tokens(self, frames: np.ndarray) -> np.ndarray:
         """(B, F, H, W, 3) uint8 -> (B, *token_shape) float32 tokens, in the runner's fixed batches."""
-        return self.compute.in_fixed_batches(self._tokens_batch, frames)
+        return self.in_fixed_batches(self._tokens_batch, frames)
 
     def _tokens_batch(self, frames: np.ndarray) -> np.ndarray:
         import torch
 
-        x = self.compute.to_device(frames)  # uint8 over the bus (4x less than float)
+        x = self.runtime.to_device(frames)  # uint8 over the bus (4x less than float)
         x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, F, H, W) in [0, 1]
         x = (x - self._mean) / self._std
-        with torch.inference_mode(), self.compute.autocast():
+        with torch.inference_mode(), self.runtime.autocast():
             out = self.model(x)
         return out.float().cpu().numpy()
 
@@ -330,55 +302,45 @@ class VideoExtractor(TrackExtractor):
         return out
 
 
-def extract_track(
-    track: str,
-    prepared: str | Path,
-    cache: str | Path,
-    *,
-    checkpoint: str | Path | None = None,
-    device: str = "auto",
-    precision: str | None = None,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    shard: str | None = None,
-    retry_failed: bool = False,
-    frames: int = 16,
-    windows: int = 1,
-    context_windows: int = 8,
-    row_ids: list[str] | None = None,
-    video_root: str | Path | None = None,
-    compile: bool = False,
-    decoder: str = "cpu",
-) -> RunSummary:
-    """Extract the `video` (per clip) or `context` (per video) MViTv2-S tokens of a prepared dataset.
+def build_track_backbone(track: str, name: str, checkpoint: CheckpointFile | str | Path | None) -> Any:
+    """The registered backbone `name` for `track`, built on the CPU with `checkpoint`'s weights, or
+    with random weights seeded by `RANDOM_WEIGHTS_SEED` (a warning says so) when there is none.
+
+    Raises:
+        UserError: an unknown backbone, or one that does not extract `track` (names those that do).
+    """
+    import torch
+
+    from migfuse.backbones.registry import backbone_class, create_backbone, list_backbones
+
+    cls = backbone_class(name)
+    if track not in cls.tracks:
+        raise UserError(f"backbone {name} does not extract the {track} track; choose one of "
+                        f"{', '.join(list_backbones(track)) or 'none'} (`migfuse backbone info NAME`)")
+    if checkpoint is None:
+        log.warning("NO CHECKPOINT: %s/%s uses RANDOM weights (seed %d); its outputs are meaningless except for "
+                    "testing. Pass --checkpoint: %s.", track, name, RANDOM_WEIGHTS_SEED, cls.checkpoint_doc)
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+    return create_backbone(name, checkpoint, **cls.extract_options)
+
+
+@register_track(*TRACKS)
+def build_extractor(manifest: Any, track: str, *, backbone: str = "mvit_v2_s",
+                    checkpoint: CheckpointFile | None = None, frames: int = 16, windows: int = 1,
+                    context_windows: int = 8, row_ids: list[str] | None = None,
+                    video_root: str | Path | None = None, decoder: str = "cpu") -> VideoExtractor:
+    """The `video` (per clip) or `context` (per video) extractor of a manifest.
 
     Args:
-        track: "video" or "context".
-        prepared: the PREPARED folder (`migfuse data prepare` output).
-        cache: CACHE.zarr path (created if absent).
-        checkpoint: MViTv2-S checkpoint; None = seeded random weights (warned, recorded in provenance).
-        device, precision, batch_size, workers, shard, retry_failed, compile: see `runner.RunOptions`
-            (batch_size None: 4 clips / 8 windows per forward on a CPU, 32 on a GPU; workers None: 2 on a
-            CPU, one per core but one on a GPU).
+        backbone, checkpoint: the video backbone and its weights (None: seeded random weights).
         frames: frames per window (MViTv2-S is built for 16).
         windows: video track: up to this many 16-frame windows per long clip (1 = one window).
         context_windows: context track: windows per video (K).
         row_ids: only these clip ids (video) or video ids (context), e.g. a quick demo subset.
         video_root: the folder the videos are in now, when moved since `data prepare`.
         decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC on the extraction's GPU; see `decode_gpu`).
-
-    Returns:
-        RunSummary (this process's rows; `failed` non-empty means the CLI exits non-zero).
     """
-    from migfuse.datasets.manifest import Manifest
-
-    if track not in TRACKS:
-        raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")
-    manifest = Manifest.load(prepared)
-    extractor = VideoExtractor(manifest, track, checkpoint=checkpoint,
-                               clip_sampling=ClipSampling(frames=frames, max_windows=windows),
-                               context_sampling=ContextSampling(windows=context_windows, frames=frames),
-                               row_ids=row_ids, video_root=video_root, decoder=decoder)
-    return extract(extractor, cache, RunOptions(device=device, precision=precision, batch_size=batch_size,
-                                                workers=workers, shard=shard, retry_failed=retry_failed,
-                                                compile=compile))
+    return VideoExtractor(manifest, track, backbone=backbone, checkpoint=checkpoint,
+                          clip_sampling=ClipSampling(frames=frames, max_windows=windows),
+                          context_sampling=ContextSampling(windows=context_windows, frames=frames),
+                          row_ids=row_ids, video_root=video_root, decoder=decoder)

@@ -27,7 +27,7 @@ from torch import nn
 from migfuse.datasets.classes import NUM_CLASSES
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
-from migfuse.extract.runner import resolve_device
+from migfuse.runtime import Runtime, resolve_device
 from migfuse.finetune.skeleton_data import SkeletonClipDataset, choose_split
 from migfuse.backbones.graphs import get_layout
 from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, check_layout
@@ -38,7 +38,7 @@ from migfuse.training.run_folder import RunFolder
 log = logging.getLogger(__name__)
 
 ARCHS = ("agcn", "aagcn")
-BALANCE = ("weights", "sampler", "none")
+BALANCE = ("loss", "sampler", "none")
 
 DEFAULTS: dict[str, Any] = {
     "stream": "joint",        # joint or bone: 2s-AGCN's two streams, each its own backbone
@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "lr": 0.1,                # SGD (Nesterov, momentum 0.9) learning rate: half in epoch 1, then cosine to 0
     "weight_decay": 5e-4,     # SGD weight decay
     "base_channels": 64,      # width of the first units (64 as published; 8 trains on a CPU in minutes)
-    "balance": "weights",     # long tail: "weights" (class-weighted loss), "sampler" (balanced sampling), "none"
+    "balance": "loss",        # long tail: "loss" (class-weighted loss), "sampler" (balanced sampling), "none"
     "seed": 0,                # seeds weights, shuffling and frame sampling
     "device": "auto",         # auto (CUDA when torch has it, else CPU), cpu, cuda or cuda:N
     "workers": 0,             # DataLoader worker processes
@@ -84,6 +84,9 @@ class TrainConfig:
             raise UserError(f"unknown --stream '{self.stream}': choose joint or bone")
         if self.arch not in ARCHS:
             raise UserError(f"unknown --arch '{self.arch}': choose agcn or aagcn")
+        if self.balance == "weights":  # the word of earlier releases
+            log.warning("balance 'weights' is now called 'loss' (class-weighted loss)")
+            self.balance = "loss"
         if self.balance not in BALANCE:
             raise UserError(f"unknown --balance '{self.balance}': choose {', '.join(BALANCE)}")
         check_layout(get_layout(self.layout))
@@ -195,7 +198,8 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | Path | None =
 
 def train_skeleton(prepared: str | Path, out: str | Path,
                    config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *, sets: Iterable[str] = (),
-                   flags: Mapping[str, Any] | None = None, overwrite: bool = False) -> TrainResult:
+                   flags: Mapping[str, Any] | None = None, overwrite: bool = False,
+                   runtime: "Runtime | None" = None) -> TrainResult:
     """Train `config.stream` on the training split of `prepared`, validating every epoch, into `out`.
 
     Settings: DEFAULTS <- `config` <- `sets` <- `flags` (resolve_config). Rerunning into `out` resumes
@@ -232,11 +236,11 @@ def train_skeleton(prepared: str | Path, out: str | Path,
         val_ds = SkeletonClipDataset(manifest, val_ids, config.stream, pre)
         labels = train_ds.labels()
         weights = class_weights(labels)
-        device = resolve_device(config.device)  # auto -> cuda (cuda:LOCAL_RANK under torchrun) or cpu
+        device = runtime.device if runtime is not None else resolve_device(config.device)
         model = build_model(config).to(device)
         if config.init and run.resume_state is None:
             load_init(model, config.init)
-        loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device) if config.balance == "weights"
+        loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device) if config.balance == "loss"
                                       else None)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                     weight_decay=config.weight_decay)

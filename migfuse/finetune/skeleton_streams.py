@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from migfuse.finetune.skeleton import TrainConfig, TrainResult, train_skeleton
+from migfuse.runtime import Runtime
 from migfuse.worker_pool import run_tasks, usable_cpus
 
 log = logging.getLogger(__name__)
@@ -20,12 +21,12 @@ class StreamRun:
 
     stream: str
     train: TrainResult
-    extract: object  # migfuse.extract.runner.RunSummary
+    extract: object  # migfuse.extract.report.RunSummary
 
 
 def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
                       config: TrainConfig | None = None, *, streams: tuple[str, ...] = ("joint", "bone"),
-                      batch_size: int = 64, processes: int = 1) -> dict[str, StreamRun]:
+                      batch_size: int = 64, processes: int = 1, runtime: Runtime | None = None) -> dict[str, StreamRun]:
     """Train each stream into `out/<stream>/` (resumable) and extract it into `cache`.
 
     `config` gives every training setting but the stream (default: TrainConfig(), the published
@@ -36,9 +37,10 @@ def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
     second intra-op thread, a second stream beside it halves the stage. The workers log their
     epoch lines tagged with the stream and show no progress bar (two bars from two processes
     garble one terminal). Extraction stays in this process, one stream after the other (the
-    cache has one writer).
+    cache has one writer), on `runtime` (None: the CPU in fp32).
     """
-    from migfuse.extract.skeleton.extractor import extract_skeleton
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
 
     config = config or TrainConfig()
     configs = {stream: replace(config, stream=stream) for stream in streams}
@@ -56,8 +58,8 @@ def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
         results = {stream: done[stream] for stream in streams}
     runs = {}
     for stream, result in results.items():
-        summary = extract_skeleton(prepared, cache, result.best_checkpoint, stream, device=config.device,
-                                   batch_size=batch_size)
+        summary = extract(stream, prepared, cache, runtime, RunOptions(batch_size=batch_size),
+                          checkpoint=result.best_checkpoint)
         log.info("%s stream: best epoch %d (top-1 %.3f), %d clips extracted, %d failed", stream,
                  result.best_epoch, result.best_top1, summary.done, len(summary.failed))
         runs[stream] = StreamRun(stream, result, summary)

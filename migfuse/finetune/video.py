@@ -48,7 +48,7 @@ from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
 
-BALANCE = ("sampler", "weights", "none")
+BALANCE = ("loss", "sampler", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 TRAINER = "video"
 
@@ -66,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 2.0,  # linear warm-up from ~0 over this many epochs (per optimiser step) ...
     "min_lr_ratio": 0.01,  # ... then cosine down to this fraction of the peak at the last step
     "label_smoothing": 0.1,  # cross-entropy label smoothing
-    "balance": "sampler",  # long tail (class 99 ~ a quarter of clips): sampler (class-balanced draws) | weights
+    "balance": "sampler",  # long tail (class 99 ~ a quarter of clips): sampler (class-balanced draws) | loss
                            # (inverse-sqrt-frequency loss weights) | none
     "drop_path": 0.2,  # stochastic depth of the last block (linear in depth), as torchvision's MViTv2-S
     "head_dropout": 0.5,  # dropout before the classifier, as torchvision's MViTv2-S
@@ -93,6 +93,9 @@ def check_config(cfg: dict[str, Any]) -> None:
     from migfuse.training.config import check_choice, check_positive
 
     check_choice(cfg, "width", WIDTHS)
+    if cfg["balance"] == "weights":  # the word of earlier releases
+        log.warning("balance 'weights' is now called 'loss' (class-weighted loss)")
+        cfg["balance"] = "loss"
     check_choice(cfg, "balance", BALANCE)
     check_choice(cfg, "precision", PRECISIONS)
     check_positive(cfg, ("epochs", "batch_size", "target_batch", "lr", "frames", "layer_decay"))
@@ -124,12 +127,11 @@ def clip_loader(manifest: Manifest, frames: int = 16):
     The one place fine-tuning reaches the decoder: switch here if `video.ClipLoader` changes.
     """
     from migfuse.backbones.mvit import PREPROCESSING
-    from migfuse.extract.runner import video_files
     from migfuse.extract.sampling import ClipSampling
     from migfuse.extract.video import ClipLoader
 
     clips = {c.clip_id: (c.start_frame, c.end_frame) for c in manifest.clips}
-    return ClipLoader(paths=video_files(manifest), short_side=int(PREPROCESSING["resize_short_side"]),
+    return ClipLoader(paths=manifest.video_files(), short_side=int(PREPROCESSING["resize_short_side"]),
                       crop=int(PREPROCESSING["crop_size"][0]), clips=clips, sampling=ClipSampling(frames=frames))
 
 
@@ -150,7 +152,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int] | None:
-        from migfuse.extract.runner import WorkItem
+        from migfuse.extract.interface import WorkItem
 
         for sample in self.loader(WorkItem(self.videos[i], (self.ids[i],))):
             if sample.failure is not None:
@@ -525,7 +527,8 @@ def run_id_of(out: Path) -> str:
 
 def fine_tune_video(prepared: str | Path, out: str | Path, checkpoint: str | Path | None = None, *,
                     config: str | Path | dict | None = None, sets: Sequence[str] = (),
-                    flags: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+                    flags: dict[str, Any] | None = None, overwrite: bool = False,
+                    runtime: Any = None) -> dict[str, Any]:
     """Fine-tune MViTv2-S from `checkpoint` on the training clips of `prepared`; resumable.
 
     Args:
@@ -552,7 +555,7 @@ def fine_tune_video(prepared: str | Path, out: str | Path, checkpoint: str | Pat
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint not found: {checkpoint} (pass a local MViTv2-S file, e.g. "
                         "mvit_v2_s-ae3be167.pth)")
-    dist_info = init_distributed(cfg["device"])
+    dist_info = init_distributed(runtime.device if runtime is not None else cfg["device"])
     device = dist_info.device
     manifest = Manifest.load(prepared)
     train_ids, val_ids, source = choose_video_split(manifest)
@@ -573,7 +576,7 @@ def fine_tune_video(prepared: str | Path, out: str | Path, checkpoint: str | Pat
     train_ds = VideoClipDataset(manifest, train_ids, cfg["frames"])
     val_ds = VideoClipDataset(manifest, val_ids, cfg["frames"])
     weights = class_weights(train_ds.labels)
-    loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device) if cfg["balance"] == "weights" else None,
+    loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device) if cfg["balance"] == "loss" else None,
                                   label_smoothing=cfg["label_smoothing"])
     groups = param_groups(mvit, cfg["lr"], cfg["layer_decay"], cfg["weight_decay"])
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups],
@@ -586,7 +589,10 @@ def fine_tune_video(prepared: str | Path, out: str | Path, checkpoint: str | Pat
     warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, warmup, cfg["min_lr_ratio"]))
-    use_bf16 = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and device.startswith("cuda"))
+    if runtime is not None:
+        use_bf16 = str(runtime.precision) == "bf16"
+    else:
+        use_bf16 = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and device.startswith("cuda"))
     augment = Augment(tuple(cfg["crop_scale"]), tuple(cfg["crop_ratio"]), cfg["color_jitter"], cfg["hflip"])
     model: nn.Module = FineTuneModel(mvit, cfg["activation_checkpointing"])
     if dist_info.world > 1:

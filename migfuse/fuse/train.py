@@ -213,8 +213,8 @@ def fit(run: RunFolder, model: FusionHead, train_set: fdata.TokenSet, val_set: f
 # ----- the command ------------------------------------------------------------------------------------
 def train(cache: str | Path, prepared: str | Path, task: str, out: str | Path, head: str | None = None,
           config: Mapping[str, Any] | str | Path | None = None, allow_missing: bool = False, *,
-          sets: Iterable[str] = (), flags: Mapping[str, Any] | None = None, overwrite: bool = False
-          ) -> dict[str, Any]:
+          sets: Iterable[str] = (), flags: Mapping[str, Any] | None = None, overwrite: bool = False,
+          runtime: Any = None) -> dict[str, Any]:
     """Train a head for `task` ("mg" per clip, "emotion" per video) on the tokens in `cache`, into `out`.
 
     `config` (dict or JSON/TOML file), `sets` ("key=value") and `flags` ({"epochs": 3}) override
@@ -224,6 +224,8 @@ def train(cache: str | Path, prepared: str | Path, task: str, out: str | Path, h
     clips of the manifest (unless `allow_missing`), a group or view is absent, the config is bad, or
     `out` is in use or holds a run of other settings or inputs.
     """
+    if runtime is not None and runtime.threads is not None:
+        flags = {**(flags or {}), "threads": runtime.threads}
     cfg = resolve_config(task, config, head, sets=sets, flags=flags)
     with torch_threads(cfg["threads"]):
         return _train(cfg, TokenCache(cache), Path(prepared), Path(out), allow_missing, overwrite)

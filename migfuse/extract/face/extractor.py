@@ -29,13 +29,14 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from migfuse.errors import UserError
 from migfuse.backbones.checkpoints import weights_provenance
+from migfuse.checkpoint_file import CheckpointFile
+from migfuse.data_cache.tracks import Track, get_track, tracks_with_layout
+from migfuse.errors import UserError
 from migfuse.extract.decode import DecodeError, probe
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
-from migfuse.data_cache.tracks import Track, get_track, tracks_with_layout
-from migfuse.extract.runner import (Failure, RunOptions, RunSummary, Sample, TrackExtractor, WorkItem, extract,
-                                    video_files)
+from migfuse.extract.entry import register_track
+from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem
 from migfuse.extract.sampling import ContextSampling, uniform_indices
 
 log = logging.getLogger(__name__)
@@ -190,21 +191,25 @@ class FaceExtractor(TrackExtractor):
     backbone_name = "swinface"
     cpu_batch, gpu_batch, cpu_workers = 32, 256, 1  # on a CPU the loader's MTCNN competes with SwinFace
 
-    def __init__(self, manifest: Any, scope: str = "clip", *, checkpoint: str | Path | None = None,
+    def __init__(self, manifest: Any, scope: str = "clip", *, checkpoint: CheckpointFile | str | Path | None = None,
                  frames: int = 8, context: ContextSampling = ContextSampling(), global_tokens: bool = False,
                  row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu"):
+        """
+        Raises:
+            UserError: an unknown scope, a checkpoint that is missing or does not fit.
+        """
+        from migfuse.extract.video import build_track_backbone
+
         self.track = scope_track(scope)
         self.video_root = video_root
         self.decoder = decoder
         self.manifest, self.scope, self.frames, self.context = manifest, scope, int(frames), context
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        if self.checkpoint is not None and not self.checkpoint.is_file():
-            raise UserError(f"checkpoint not found: {self.checkpoint} (pass the SwinFace .pt file)")
+        self.checkpoint = checkpoint
         self.global_tokens = global_tokens
         self.group = self.track.group(self.backbone_name)
         self.unit = str(self.track.unit)
         self._row_ids = list(row_ids) if row_ids is not None else None
-        self._weights: dict[str, str] | None = None
+        self.backbone = build_track_backbone(self.track.name, self.backbone_name, checkpoint)
         self.model = None
 
     def _lead(self) -> tuple[int, ...]:
@@ -222,9 +227,7 @@ class FaceExtractor(TrackExtractor):
         return specs
 
     def provenance(self) -> dict[str, Any]:
-        if self._weights is None:  # hash the checkpoint once
-            self._weights = weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED)
-        weights = self._weights
+        weights = weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED)
         sampling = ({"rule": "K frames at uniform segment centres over [start_frame, end_frame]", "frames": self.frames}
                     if not self.track.per_video else
                     {"rule": "K of each context window's frames (uniform)", "frames": self.frames, "windows": self.context.record()})
@@ -235,40 +238,30 @@ class FaceExtractor(TrackExtractor):
                 "stored": "expression-branch 512-d feature (TSS branch 2) + 7 expression logits (RAF-DB order)"}
 
     def loader(self) -> FaceLoader:
-        paths = video_files(self.manifest, self.video_root)
+        paths = self.manifest.video_files(self.video_root)
         clips = {} if self.track.per_video else {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips}
         # On a GPU, MTCNN runs there too (in each loader worker), on the frames of several rows at once.
-        on_gpu = self.compute.on_gpu
+        on_gpu = self.runtime.on_gpu
         return FaceLoader(paths=paths, scope=self.scope, frames=self.frames, clips=clips, context=self.context,
-                          detector_device=self.compute.device if on_gpu else "cpu",
+                          detector_device=self.runtime.device if on_gpu else "cpu",
                           detect_frames=GPU_DETECT_FRAMES if on_gpu else 1,
-                          decoder=choose_decoder(self.decoder, self.compute.device))
+                          decoder=choose_decoder(self.decoder, self.runtime.device))
 
-    def setup(self, device: str) -> None:
-        import torch
-
-        from migfuse.backbones.registry import create_backbone
-
-        if self.checkpoint is None:
-            log.warning("NO CHECKPOINT: %s uses RANDOM SwinFace weights (seed %d); the features are meaningless "
-                        "except for testing. Pass --checkpoint checkpoint_step_79999_gpu_0.pt.", self.group, RANDOM_WEIGHTS_SEED)
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        self.backbone = create_backbone(self.backbone_name, checkpoint=self.checkpoint)
-        self.model = self.backbone.model.to(device).eval()
-        self.device = device
+    def setup(self) -> None:
+        self.model = self.backbone.model.to(self.runtime.device).eval()
 
     def _run(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """(N, 112, 112, 3) uint8 aligned faces -> features (N, 512), logits (N, 7) [, global (N, 49, 768)],
         in the runner's fixed batches."""
-        return self.compute.in_fixed_batches(self._run_batch, crops)
+        return self.in_fixed_batches(self._run_batch, crops)
 
     def _run_batch(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
         from migfuse.extract.face.align import to_model_input
 
-        x = self.compute.to_device(to_model_input(crops))
-        with torch.inference_mode(), self.compute.autocast():
+        x = self.runtime.to_device(to_model_input(crops))
+        with torch.inference_mode(), self.runtime.autocast():
             feat, logits, glob = self.model.expression(x)  # skips the 10 other branches
         res = {"features": feat.float().cpu().numpy(), "logits": logits.float().cpu().numpy()}
         if self.global_tokens:
@@ -295,48 +288,22 @@ class FaceExtractor(TrackExtractor):
         return out
 
 
-def extract_face(
-    prepared: str | Path,
-    cache: str | Path,
-    *,
-    scope: str = "clip",
-    checkpoint: str | Path | None = None,
-    device: str = "auto",
-    precision: str | None = None,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    shard: str | None = None,
-    retry_failed: bool = False,
-    frames: int = 8,
-    context_windows: int = 8,
-    global_tokens: bool = False,
-    row_ids: list[str] | None = None,
-    video_root: str | Path | None = None,
-    compile: bool = False,
-    decoder: str = "cpu",
-) -> RunSummary:
-    """Extract SwinFace expression features of a prepared dataset into `cache`.
+@register_track(*tracks_with_layout("face_frames"))
+def build_extractor(manifest: Any, track: str, *, checkpoint: CheckpointFile | None = None, frames: int = 8,
+                    context_windows: int = 8, global_tokens: bool = False, row_ids: list[str] | None = None,
+                    video_root: str | Path | None = None, decoder: str = "cpu") -> FaceExtractor:
+    """The face extractor of a manifest: `face` (per clip) or `face_context` (per video, one row of K
+    face frames per context window: use the context track's `context_windows` so the windows line up).
 
     Args:
-        scope: "clip" (group face/swinface, per clip) or "context" (face_context/swinface, per video,
-            one row of K face frames per context window: use the same `context_windows` as the
-            context track so the windows line up).
         checkpoint: SwinFace `.pt` (the original four-state-dict file); None = seeded random weights.
         frames: K face frames per clip / per window.
-        batch_size: faces per SwinFace forward (always run full, zero-padded: see `runner.Compute`);
-            None: 32 on a CPU, 256 on a GPU.
-        workers: loader processes (decode + MTCNN); None: 1 on a CPU, one per core but one on a GPU.
-            When the extraction runs on a GPU, MTCNN runs on it too, in each worker, on
-            `GPU_DETECT_FRAMES` frames per call; on a CPU it runs per row, as before.
-        decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC; see `decode_gpu`).
-        Other arguments: see `extract_track` in video.py and `runner.RunOptions`.
+        global_tokens: also store SwinFace's 7x7x768 global tokens per face.
+        row_ids, video_root, decoder: as the video tracks' `build_extractor`.
+    On a GPU runtime MTCNN runs there too, in each loader worker, on `GPU_DETECT_FRAMES` frames per
+    call; on a CPU it runs per row. The batch is faces per SwinFace forward (32 on a CPU, 256 on a GPU).
     """
-    from migfuse.datasets.manifest import Manifest
-
-    manifest = Manifest.load(prepared)
-    extractor = FaceExtractor(manifest, scope, checkpoint=checkpoint, frames=frames,
-                              context=ContextSampling(windows=context_windows), global_tokens=global_tokens,
-                              row_ids=row_ids, video_root=video_root, decoder=decoder)
-    return extract(extractor, cache, RunOptions(device=device, precision=precision, batch_size=batch_size,
-                                                workers=workers, shard=shard, retry_failed=retry_failed,
-                                                compile=compile))
+    scope = "context" if get_track(track).per_video else "clip"
+    return FaceExtractor(manifest, scope, checkpoint=checkpoint, frames=frames,
+                         context=ContextSampling(windows=context_windows), global_tokens=global_tokens,
+                         row_ids=row_ids, video_root=video_root, decoder=decoder)

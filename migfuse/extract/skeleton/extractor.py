@@ -16,9 +16,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
 from migfuse.data_cache.tracks import get_track, tracks_with_layout
 from migfuse.errors import UserError
-from migfuse.extract.runner import Failure, RunOptions, Sample, TrackExtractor, WorkItem, extract
+from migfuse.extract.entry import register_track
+from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem
 from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, clip_frames, clip_input
 
 log = logging.getLogger(__name__)
@@ -76,21 +78,30 @@ class SkeletonExtractor(TrackExtractor):
 
     cpu_batch, gpu_batch, cpu_workers = 64, 256, 0  # loading a clip is a memory-mapped slice: cheap
 
-    def __init__(self, prepared: str | Path, checkpoint: str | Path, stream: str, *, layout: str | None = None,
-                 length: int | None = None, arch: str | None = None):
-        from migfuse.datasets.manifest import Manifest
-        from migfuse.backbones.checkpoints import read_checkpoint
-        from migfuse.backbones.registry import create_backbone
+    def __init__(self, manifest: Any, checkpoint: CheckpointFile | str | Path, stream: str, *,
+                 layout: str | None = None, length: int | None = None, arch: str | None = None):
+        """
+        Args:
+            manifest: a saved `Manifest`, or its PREPARED folder.
+            checkpoint: the stream's checkpoint (read once, for its provenance and its weights).
+            stream: joint or bone (the track written).
+            layout, length, arch: only for checkpoints without migfuse provenance.
+        Raises:
+            UserError: an unknown stream, a checkpoint of another stream, layout or length.
+        """
         from migfuse.backbones.agcn import unwrap_state_dict
+        from migfuse.backbones.registry import create_backbone
+        from migfuse.datasets.manifest import Manifest
 
         if stream not in STREAMS or stream not in tracks_with_layout("pose_features"):
             raise UserError(f"unknown --stream '{stream}': choose joint or bone")
         self.track = get_track(stream)
         self.unit = str(self.track.unit)
         self._row_ids = None
-        self.prepared = str(prepared)
-        self.manifest = Manifest.load(prepared)
-        sd, meta = unwrap_state_dict(read_checkpoint(checkpoint), checkpoint)
+        self.manifest = manifest if isinstance(manifest, Manifest) else Manifest.load(manifest)
+        self.prepared = str(self.manifest.root)
+        checkpoint = as_checkpoint(checkpoint)
+        sd, meta = unwrap_state_dict(checkpoint.contents, checkpoint.path)
         trained = meta.get("migfuse") if isinstance(meta.get("migfuse"), dict) else {}
         if trained.get("stream") and trained["stream"] != stream:
             raise UserError(f"{checkpoint} was trained on the {trained['stream']} stream; pass --stream "
@@ -109,7 +120,6 @@ class SkeletonExtractor(TrackExtractor):
                             f"{self.backbone.layout.name}; drop --layout or pass --layout {self.config.layout}")
         self.stream, self.arch, self.trained = stream, arch, trained
         self.group = self.track.group(arch)
-        self.device = "cpu"
 
     def arrays(self) -> dict[str, Any]:
         from migfuse.data_cache.store import ArraySpec
@@ -130,41 +140,39 @@ class SkeletonExtractor(TrackExtractor):
     def loader(self) -> SkeletonLoader:
         return SkeletonLoader(self.prepared, self.stream, self.config.to_dict())
 
-    def setup(self, device: str) -> None:
-        self.device = device
-        self.backbone.model.to(device).eval()
+    def setup(self) -> None:
+        self.backbone.model.to(self.runtime.device).eval()
 
     def forward(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Failure]:
-        import torch
 
-        feats = self.compute.in_fixed_batches(self._features, np.stack([s["x"] for s in inputs]))
+        feats = self.in_fixed_batches(self._features, np.stack([s["x"] for s in inputs]))
         return [{"features": f} for f in feats]
 
     def _features(self, x: np.ndarray) -> np.ndarray:
         """(B, 3, L, V, 1) -> (B, C, T', V) float32 features of person 0."""
         import torch
 
-        x = self.compute.to_device(x)
+        x = self.runtime.to_device(x)
         persons = self.backbone.num_person
         if persons > 1:  # a published multi-person checkpoint: the others are zero, as FormatGCNInput pads
             x = torch.cat([x, x.new_zeros(x.shape[:-1] + (persons - 1,))], dim=-1)
-        with torch.no_grad(), self.compute.autocast():
+        with torch.no_grad(), self.runtime.autocast():
             feats = self.backbone.model.features(x)[::persons]
         return feats.float().cpu().numpy()
 
 
-def extract_skeleton(prepared: str | Path, cache: str | Path, checkpoint: str | Path, stream: str, *,
-                     layout: str | None = None, length: int | None = None, device: str = "auto",
-                     precision: str | None = None, batch_size: int | None = None, workers: int | None = None,
-                     shard: str | None = None, retry_failed: bool = False, compile: bool = False):
-    """Extract every clip of `prepared` for one stream into `cache` (group `<stream>/<arch>`).
+@register_track(*tracks_with_layout("pose_features"))
+def build_extractor(manifest: Any, track: str, *, checkpoint: CheckpointFile | None = None,
+                    layout: str | None = None, length: int | None = None) -> SkeletonExtractor:
+    """The `joint` or `bone` extractor of a manifest (the track is the stream).
 
-    Resumable and shardable (`shard="I/N"` or torchrun); returns the runner's RunSummary. Loading a
-    clip is cheap (memory-mapped skeletons), so on a CPU `workers=0` (load in the main process) is the
-    default (64 clips per forward; 256 and a worker per core on a GPU). Device, precision, batch,
-    workers and shard handling: `runner.RunOptions`.
+    Loading a clip is cheap (memory-mapped skeletons), so on a CPU `workers=0` (load in the main
+    process) is the default, 64 clips per forward; 256 and a worker per core on a GPU.
+
+    Raises:
+        UserError: no checkpoint (a skeleton backbone has no meaningful random weights).
     """
-    extractor = SkeletonExtractor(prepared, checkpoint, stream, layout=layout, length=length)
-    return extract(extractor, cache, RunOptions(device=device, precision=precision, batch_size=batch_size,
-                                                workers=workers, shard=shard, retry_failed=retry_failed,
-                                                compile=compile))
+    if checkpoint is None:
+        raise UserError(f"extract skeleton needs --checkpoint: a {track}-stream best.pt of `migfuse backbone train "
+                        "skeleton` (or a published 2s-AGCN / mmaction2 file)")
+    return SkeletonExtractor(manifest, checkpoint, track, layout=layout, length=length)

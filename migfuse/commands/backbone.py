@@ -1,0 +1,239 @@
+"""`migfuse backbone`: check a checkpoint, run a backbone on one array, fine-tune the video / skeleton backbones."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from migfuse.commands.app import deprecated, group
+from migfuse.commands.options import (Arch, BatchSizeOpt, ConfigOpt, DataOpt, EpochsOpt, LrOpt, OverwriteOpt,
+                                      RuntimeOptions, SeedOpt, SetOpt, SkeletonLayout, Stream, TrustCheckpointOpt,
+                                      choice, given, with_options)
+from migfuse.errors import UserError
+
+app = group("Inspect, run and train the backbones (check a checkpoint before extracting).")
+train_app = group("Fine-tune a backbone on a prepared dataset (the skeleton track: no public 2s-AGCN checkpoint "
+                  "fits iMiGUE's OpenPose skeleton).")
+app.add_typer(train_app, name="train")
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A registered backbone: mvit_v2_s, agcn, aagcn, swinface "
+                                        "(and any a plug-in registers).")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="Local checkpoint file in the backbone's official format (omit for random weights).")]
+LayoutOpt = Annotated[Optional[str], typer.Option(
+    "--layout", help="Passed to the backbone: for agcn/aagcn the skeleton graph, one of "
+                     f"{', '.join(s.value for s in SkeletonLayout)} (see docs/backbones.md).")]
+#: the balance words of every trainer (docs/finetune.md); the skeleton trainer's old "weights" means loss
+BALANCE = ("loss", "sampler", "none")
+
+
+def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], trusted: bool,
+                   **options: object):
+    """Build a registered backbone (options only when given), load the checkpoint; -> (backbone, KeyReport|None)."""
+    from migfuse.backbones.registry import create_backbone
+
+    if layout is not None:
+        options["layout"] = layout
+    bb = create_backbone(name, **options)
+    if checkpoint is None:
+        typer.secho(f"WARNING: no --checkpoint given: {name} has RANDOM weights, its outputs mean nothing",
+                    err=True, fg=typer.colors.YELLOW, bold=True)
+        return bb, None
+    return bb, bb.load(checkpoint, trusted=trusted)
+
+
+@app.command("info")
+def backbone_info(
+    name: NameArg,
+    checkpoint: CheckpointOpt = None,
+    layout: LayoutOpt = None,
+    trust_checkpoint: TrustCheckpointOpt = False,
+) -> None:
+    """Check a checkpoint against a backbone: parameters, key report, sha256, input layout, outputs.
+
+    Fails with one line naming the missing / unexpected keys when the file does not fit. The file
+    is read without running code from it (weights-only) unless --trust-checkpoint is given.
+    """
+    bb, report = _open_backbone(name, checkpoint, layout, trust_checkpoint)
+    typer.echo(f"backbone:    {name} ({type(bb).__name__})")
+    typer.echo(f"parameters:  {bb.num_parameters():,}")
+    if report is None:
+        typer.echo("checkpoint:  none (random weights)")
+    else:
+        typer.echo(f"checkpoint:  {bb.checkpoint}")
+        typer.echo(f"sha256:      {bb.checkpoint_sha256}")
+        typer.echo(f"keys:        {report.summary()}")
+        for note in report.notes:
+            typer.echo(f"note:        {note}")
+    typer.echo(f"input:       {bb.input_doc}")
+    for out_name, doc in bb.outputs_doc.items():
+        typer.echo(f"output:      {out_name} {doc}")
+    if bb.tracks:
+        typer.echo(f"extracts:    {', '.join(bb.tracks)} (migfuse extract ... --backbone {name})")
+    for key, value in (getattr(bb, "preprocessing", None) or {}).items():
+        typer.echo(f"preprocess:  {key} = {value}")
+
+
+@app.command("run")
+@with_options(RuntimeOptions)
+def backbone_run(
+    name: NameArg,
+    input_path: Annotated[Path, typer.Option("--input", help="Input .npy array in the backbone's input layout "
+                                             "(see `info`).")],
+    runtime: RuntimeOptions,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output .npz file: one array per named output.")]
+    = None,
+    checkpoint: CheckpointOpt = None,
+    layout: LayoutOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", hidden=True, help="Old name of --out.")] = None,
+) -> None:
+    """Run a backbone on one .npy array in the original model's input layout and save its outputs as .npz.
+
+    Use it to compare migfuse with the original code on the same input, before extracting a dataset;
+    pass --precision fp32 to compare with an fp32 original (auto is bf16 on hardware that has it).
+    """
+    import numpy as np
+
+    if output is not None:
+        deprecated("backbone run --output", "--out")
+        out = out or output
+    if out is None:
+        raise UserError("give --out FILE.npz: where to write the outputs")
+    rt = runtime.resolve()
+    bb, _ = _open_backbone(name, checkpoint, layout, rt.trust_checkpoint, device=rt.device)
+    if not input_path.is_file():
+        raise UserError(f"input not found: {input_path} (pass a .npy array shaped {bb.input_doc})")
+    try:
+        x = np.load(input_path, allow_pickle=False)
+    except ValueError as e:
+        raise UserError(f"cannot read {input_path} as a .npy array ({e}); {name} expects {bb.input_doc}") from None
+    expected = _leading_shape(bb.input_doc)
+    # only numeric dimensions are fixed ("3" or "C=3"); named ones (N, T, V) take any size
+    fixed = [(d.split("=")[-1], s) for d, s in zip(expected, x.shape)]
+    if x.ndim != len(expected) or any(int(d) != s for d, s in fixed if d.isdigit()):
+        raise UserError(f"{input_path} has shape {x.shape}; {name} expects {bb.input_doc}")
+    try:
+        with rt.cpu_threads(), rt.autocast():
+            outputs = bb.run(x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x)
+    except (RuntimeError, ValueError) as e:
+        # a size the model was not built for (e.g. persons M vs the checkpoint) surfaces as a torch error
+        logging.getLogger(__name__).debug("backbone run failed", exc_info=True)
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{name} cannot run on {input_path} of shape {x.shape} ({type(e).__name__}: {first}); "
+                        f"it expects {bb.input_doc} (run with -v for the traceback)") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **outputs)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
+    typer.echo(f"wrote {out}: {shapes}")
+
+
+def _leading_shape(input_doc: str) -> list[str]:
+    """The dimension names of an input_doc such as "(N, 3, 16, 224, 224) float32" -> ["N", "3", ...]."""
+    inner = input_doc[input_doc.index("(") + 1:input_doc.index(")")] if "(" in input_doc else ""
+    return [d.strip() for d in inner.split(",") if d.strip()]
+
+
+@train_app.command("skeleton")
+@with_options(RuntimeOptions)
+def backbone_train_skeleton(
+    data: DataOpt,
+    runtime: RuntimeOptions,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder: config.json, metrics.jsonl/.csv, "
+                                                "curves.png, best.pt, last.pt, train.log (default "
+                                                "runs/skeleton-ARCH-STREAM-LAYOUT). Rerunning the same command "
+                                                "resumes.")] = None,
+    stream: Annotated[Optional[Stream], typer.Option("--stream", help="Default: joint.")] = None,
+    layout: Annotated[Optional[SkeletonLayout], typer.Option(
+        "--layout", help="Graph: imigue (55 joints, the default), openpose22 (MiGA baselines), openpose-18 or "
+                         "coco-17.")] = None,
+    arch: Annotated[Optional[Arch], typer.Option("--arch", help="agcn (lshiwjx/2s-AGCN, the default) or aagcn "
+                                                 "(mmaction2).")] = None,
+    length: Annotated[Optional[int], typer.Option("--length", min=4, help="Frames each clip is resampled to. "
+                                                  "Default: 64.")] = None,
+    base_channels: Annotated[Optional[int], typer.Option("--base-channels", min=4, help="Width of the first "
+                                                         "units. Default: 64, as published.")] = None,
+    balance: Annotated[Optional[str], typer.Option(
+        "--balance", help="Long tail: loss (class-weighted loss, the default), sampler (class-balanced draws) or "
+                          "none.", **choice(BALANCE, {"weights": "loss"}, "--balance"))] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from a published checkpoint of the same "
+                                                 "--arch/--layout, e.g. mmaction2 coco 2s-AGCN with --arch "
+                                                 "aagcn --layout coco-17.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes. "
+                                                   "Default: 0.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train one skeleton stream of 2s-AGCN on the training split; keep the best epoch.
+
+    Trains on split_miga 'train' (falling back to split_cs), validates every epoch on split_miga
+    'validation' (top-1 / top-5), writes the best checkpoint with its provenance (layout, preprocessing,
+    split, seed) to OUT/best.pt. Settings: DEFAULTS in docs/skeleton.md, changed by --config FILE,
+    --set KEY=VALUE (e.g. --set weight_decay=1e-4) and the options. Rerun the same command to resume
+    after the last finished epoch. Then: `migfuse extract skeleton --checkpoint OUT/best.pt`.
+    """
+    from migfuse.finetune.skeleton import resolve_config, train_skeleton
+
+    flags = given(stream=stream, layout=layout, arch=arch, length=length, base_channels=base_channels,
+                  balance=balance, init=str(init) if init else None, workers=workers, epochs=epochs, lr=lr,
+                  seed=seed, batch_size=batch_size)
+    cfg = resolve_config(config, set_ or (), flags)
+    rt = runtime.resolve()
+    result = train_skeleton(data, out or Path("runs") / f"skeleton-{cfg.arch}-{cfg.stream}-{cfg.layout}", cfg,
+                            overwrite=overwrite, runtime=rt)
+    typer.echo(f"best epoch {result.best_epoch}: top-1 {result.best_top1:.4f} -> {result.best_checkpoint}")
+
+
+@train_app.command("video")
+@with_options(RuntimeOptions)
+def backbone_train_video(
+    data: DataOpt,
+    runtime: RuntimeOptions,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", help="Base MViTv2-S file: torchvision mvit_v2_s-ae3be167.pth (Kinetics-400), mmaction2 "
+                             "MViTv2-S, or a migfuse best.pt. Without it: RANDOM weights (tests only, warned).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: config.json, metrics.jsonl/.csv, curves.png, "
+                                                    "best.pt, last.pt, train.log. Rerunning resumes.")] = Path("runs/mvit"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
+    overwrite: OverwriteOpt = False,
+    show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved settings as JSON "
+                                              "(DEFAULTS <- --config <- --set <- options) and exit.")] = False,
+) -> None:
+    """Fine-tune MViTv2-S on the micro-gesture clips (32 classes); keep the best epoch.
+
+    Trains on split_miga 'train', validates on split_miga 'validation' (or held-out training videos),
+    with the frame sampling and preprocessing of `migfuse extract video` plus random resized crop and
+    colour jitter (no flip). Recipe: AdamW, layer-wise lr decay, warm-up + cosine, label smoothing,
+    class-balanced sampler, drop path, gradient clipping, bf16 where the device has it (--precision),
+    gradient accumulation to target_batch; every setting and its default is in docs/finetune.md
+    (`--show-config` prints them). Multi-GPU: `torchrun --nproc_per_node N -m migfuse backbone train
+    video ...`. Then: `migfuse extract video --checkpoint OUT/best.pt`.
+    """
+    import json
+
+    from migfuse.finetune.video import fine_tune_video, resolve
+
+    flags = given(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
+    if show_config:
+        typer.echo(json.dumps(resolve(config, set_ or (), flags), indent=1))
+        return
+    rt = runtime.resolve()
+    summary = fine_tune_video(data, out, checkpoint, config=config, sets=set_ or (), flags=flags,
+                              overwrite=overwrite, runtime=rt)
+    if rt.main:  # torchrun: print once
+        best = summary["best"]
+        scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
+        typer.echo(f"best epoch {best['epoch']}: {scores or 'no validation set'} -> {summary['best_checkpoint']}")
+        typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation "
+                   f"({summary['validation_source']}); {summary['epochs_run']} epochs now; run in {out}")

@@ -1,0 +1,103 @@
+"""`migfuse cache`: look at the token cache, derive pooled views, copy the views for a laptop."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from migfuse.commands.app import group
+from migfuse.commands.options import CacheArg
+from migfuse.errors import UserError
+
+app = group("Inspect the token cache and derive small pooled views for training.")
+
+
+@app.command("info")
+def cache_info_cmd(
+    cache: CacheArg,
+    failures: Annotated[int, typer.Option(help="How many failure records to list per group.")] = 5,
+    verify: Annotated[bool, typer.Option("--verify", help="Decode every chunk of every row; exit 2 naming the first "
+                                                          "corrupt chunk (group, row id, file).")] = False,
+    mark_failed: Annotated[bool, typer.Option("--mark-failed", help="With --verify: record the rows of corrupt chunks "
+                                                                    "as failed, so `extract --retry-failed` rewrites them.")] = False,
+    consolidate: Annotated[bool, typer.Option("--consolidate", help="Rewrite the consolidated metadata (zarr/xarray "
+                                                                    "open the cache without crawling it).")] = False,
+) -> None:
+    """Print a table of the cache: groups, arrays, shapes, dtype, clips done / failed / missing,
+    size on disk, and the provenance of each group (backbone, checkpoint sha256, sampling, versions)."""
+    from migfuse.data_cache.info import cache_info, consolidate_cache, verify_cache
+
+    if mark_failed and not verify:
+        raise UserError("--mark-failed needs --verify (it marks the rows of the corrupt chunks that --verify finds)")
+    if consolidate:
+        typer.echo(consolidate_cache(cache))
+    verified = verify_cache(cache, mark_failed=mark_failed) if verify else None  # first: the table reads chunks too
+    typer.echo(cache_info(cache, show_failures=failures))
+    if verified:
+        typer.echo(verified)
+
+
+@app.command("export-views")
+def cache_export_views_cmd(
+    cache: Annotated[Path, typer.Argument(metavar="CACHE", help="The full token cache (CACHE.zarr) holding views (`cache view --defaults`).")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The views-only copy to write, e.g. laptop.zarr (resumed if present).")],
+) -> None:
+    """Copy only the views of a cache (their finished rows) into a new, small cache: what `fuse train`,
+    `fuse eval` and `fuse predict` read on a laptop. The full tokens stay behind."""
+    from migfuse.data_cache.info import human_bytes
+    from migfuse.data_cache.store import TokenCache
+    from migfuse.data_cache.views import export_views
+
+    copied = export_views(cache, out)
+    dst = TokenCache(out)
+    size = sum(dst.group(name).size_on_disk() for name in copied)
+    for name, n in copied.items():
+        typer.echo(f"{name:24s} {n} rows copied")
+    typer.echo(f"wrote {out} ({human_bytes(size)}); train on it with `migfuse fuse train --cache {out} ...`")
+
+
+@app.command("view")
+def cache_view_cmd(
+    cache: CacheArg,
+    name: Annotated[Optional[str], typer.Option(help="View name; written as group views/NAME. Omit with --defaults.")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Source group, e.g. video/mvit_v2_s (see `migfuse cache info`).")] = None,
+    pool: Annotated[Optional[str], typer.Option(help="Pooling: video_time, video_cls, pose_parts, pose_time, face_keep, "
+                                                     "context_cls_mean, raw. Default: the track's default.")] = None,
+    time_steps: Annotated[Optional[int], typer.Option(help="pose_parts/pose_time: time tokens kept (adaptive mean).")] = None,
+    parts: Annotated[Optional[int], typer.Option(help="pose_parts: number of body-part groups (contiguous joint runs).")] = None,
+    defaults: Annotated[bool, typer.Option("--defaults", help="Make the default view of every track in the cache "
+                                                              "(views/video, views/joint, ...), what `fuse train` reads.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete and rebuild a view that exists with other "
+                                                                "settings.")] = False,
+) -> None:
+    """Derive compact pooled token sets ("views") from full cache groups, once, for fast training.
+
+    A view (group views/NAME in the same cache) pools each clip's tokens into a few tokens, e.g. video
+    (393, 768) -> class token + one mean token per time step (9, 768); pose (256, T', V) -> 8 time
+    tokens + 6 body-part tokens. It stores many clips per chunk and records its source group,
+    the source's provenance and the pooling. Re-running adds clips extracted since (resumable).
+    """
+    from migfuse.data_cache.views import default_views, make_view
+
+    if defaults:
+        made = default_views(cache, overwrite=overwrite)
+        for modality, view in made.items():
+            typer.echo(f"{modality:14s} -> {view}")
+        if not made:
+            from migfuse.data_cache.store import TokenCache
+            from migfuse.data_cache.views import VIEW_PREFIX, track_groups
+
+            tc = TokenCache(cache)
+            views = [g for g in tc.group_names() if g.startswith(VIEW_PREFIX)]
+            if views and not track_groups(tc):
+                typer.echo(f"nothing to do: {cache} holds views only ({', '.join(views)}), e.g. a copy made by "
+                           f"`migfuse cache export-views`; it is ready for `migfuse fuse train`")
+                return
+            raise UserError(f"cache {cache} has no finished track groups to derive views from; run `migfuse extract` first")
+        return
+    if not name or not group:
+        raise UserError("give --name NAME and --group GROUP (or --defaults); see `migfuse cache view --help`")
+    params = {k: v for k, v in {"time_steps": time_steps, "parts": parts}.items() if v is not None}
+    view = make_view(cache, name, group, pooling=pool, overwrite=overwrite, **params)
+    typer.echo(f"{view.name}: {len(view.done_ids())}/{len(view.ids)} rows, tokens {view.arrays['tokens'].shape}")

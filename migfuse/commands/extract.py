@@ -1,0 +1,171 @@
+"""`migfuse extract`: write the token tensors of one track into the Zarr cache, through one door.
+
+Each command declares only its track's own options; the runtime options (--device, --precision,
+--compile, --threads, --trust-checkpoint) and the run options (--batch-size, --workers, --shard,
+--retry-failed) are the shared groups of `migfuse.commands.options`, and every command ends in
+`migfuse.extract.entry.extract`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from migfuse.commands.app import group
+from migfuse.commands.options import (CacheOpt, DataOpt, Decoder, ExtractOptions, FaceScope, RuntimeOptions,
+                                      SkeletonLayout, Stream, with_options)
+
+app = group("Turn clips into token tensors in the Zarr cache (resumable, sharded, failures recorded).")
+
+FramesOpt = Annotated[int, typer.Option("--frames", min=1, max=64,
+                                        help="Frames per window (MViTv2-S: 16) / face frames per clip or window.")]
+VideoRootOpt = Annotated[Optional[Path], typer.Option(
+    "--video-root", envvar="MIGFUSE_VIDEO_ROOT", exists=True, file_okay=False,
+    help="Folder the videos are in now, if moved since `data prepare` (env MIGFUSE_VIDEO_ROOT).")]
+ContextWindowsOpt = Annotated[int, typer.Option(
+    "--context-windows", min=1, max=256, help="K windows (16 frames, every 4th) spread over each video; the face "
+                                              "track's --scope context must use the context track's value.")]
+DecoderOpt = Annotated[Decoder, typer.Option(
+    "--decoder", case_sensitive=False,
+    help="cpu: PyAV (FFmpeg) in the loader workers. gpu: NVDEC on the extraction's GPU through torchcodec "
+         "(`pip install torchcodec` for your torch); where it cannot run, the CPU is used and one line says why.")]
+BackboneOpt = Annotated[str, typer.Option(
+    "--backbone", help="A registered video backbone (`migfuse backbone info NAME` says which tracks it extracts); "
+                       "its recipe (frames, size, mean/std) comes with it. The group is TRACK/BACKBONE.")]
+VideoCheckpointOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="The backbone's checkpoint (MViTv2-S: torchvision mvit_v2_s-ae3be167.pth, mmaction2, or a "
+                         "migfuse fine-tuned best.pt). Without it: seeded RANDOM weights, for testing only (warned "
+                         "and recorded).")]
+
+
+def _extract(track: str, data: Path, cache: Path, runtime: RuntimeOptions, run: ExtractOptions,
+             **track_options: Any) -> None:
+    """Resolve the runtime, extract, print the report; exit 1 when any row failed (under torchrun: of
+    any rank, so all ranks exit alike and torchrun does not stop ranks still writing their report)."""
+    from migfuse.extract.entry import extract
+    from migfuse.extract.report import format_summary
+
+    rt = runtime.resolve()
+    with rt.process_group("gloo"):  # torchrun: a CPU group for counting failures and the last barrier
+        summary = extract(track, data, cache, rt, run.run_options(), **track_options)
+        typer.echo(format_summary(summary))
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command("video")
+@with_options(ExtractOptions, "run")
+@with_options(RuntimeOptions)
+def extract_video(
+    data: DataOpt,
+    cache: CacheOpt,
+    runtime: RuntimeOptions,
+    run: ExtractOptions,
+    checkpoint: VideoCheckpointOpt = None,
+    backbone: BackboneOpt = "mvit_v2_s",
+    frames: FramesOpt = 16,
+    windows: Annotated[int, typer.Option(
+        "--windows", min=1, max=64, help="Up to this many 16-frame windows per long clip (one per 64 frames); "
+                                         "stored ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
+    video_root: VideoRootOpt = None,
+    decoder: DecoderOpt = Decoder.cpu,
+) -> None:
+    """Clip tokens per clip -> group video/BACKBONE, (393, 768) fp16 per clip for MViTv2-S.
+
+    Each video is decoded once for all its clips; 16 frames are sampled uniformly over each clip.
+    Resumable (rerun the same command), shardable (--shard I/N or torchrun), and failures
+    (missing/corrupt video, clip past the end) are recorded per clip: the exit code is 1 and a table
+    lists them when any clip failed. On a CPU: 4 clips per forward, 2 loader workers. The report ends
+    with where the time went (waiting for loaders vs forward): see docs/extract.md, "Speed".
+    """
+    _extract("video", data, cache, runtime, run, checkpoint=checkpoint, backbone=backbone, frames=frames,
+             windows=windows, video_root=video_root, decoder=decoder.value)
+
+
+@app.command("context")
+@with_options(ExtractOptions, "run")
+@with_options(RuntimeOptions)
+def extract_context(
+    data: DataOpt,
+    cache: CacheOpt,
+    runtime: RuntimeOptions,
+    run: ExtractOptions,
+    checkpoint: VideoCheckpointOpt = None,
+    backbone: BackboneOpt = "mvit_v2_s",
+    frames: FramesOpt = 16,
+    context_windows: ContextWindowsOpt = 8,
+    video_root: VideoRootOpt = None,
+    decoder: DecoderOpt = Decoder.cpu,
+) -> None:
+    """Clip tokens of K windows per video (emotion context) -> group context/BACKBONE.
+
+    Stores tokens (K, 393, 768) fp16 and valid (K,) per video for MViTv2-S. Same resume, sharding
+    and failure rules as `extract video`. On a CPU: 8 windows per forward, 2 loader workers.
+    """
+    _extract("context", data, cache, runtime, run, checkpoint=checkpoint, backbone=backbone, frames=frames,
+             context_windows=context_windows, video_root=video_root, decoder=decoder.value)
+
+
+@app.command("skeleton")
+@with_options(ExtractOptions, "run")
+@with_options(RuntimeOptions)
+def extract_skeleton(
+    data: DataOpt,
+    cache: CacheOpt,
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="best.pt of `migfuse backbone train skeleton` "
+                                                                  "(or a published 2s-AGCN / mmaction2 file).")],
+    runtime: RuntimeOptions,
+    run: ExtractOptions,
+    stream: Annotated[Stream, typer.Option("--stream", help="Must match the checkpoint.")] = Stream.joint,
+    layout: Annotated[Optional[SkeletonLayout], typer.Option(
+        "--layout", help="Only for checkpoints without migfuse provenance: their graph layout.")] = None,
+    length: Annotated[Optional[int], typer.Option("--length", min=4, max=1024, help="Only for checkpoints without "
+                                                  "migfuse provenance: frames per clip. Default: 64.")] = None,
+) -> None:
+    """2s-AGCN feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
+
+    T' = ceil(length / 4). Layout, clip length and preprocessing come from the checkpoint. Resumable
+    (rerun the same command), shardable, and clips that cannot be extracted (video without skeleton,
+    a clip running past the skeleton file, no person detected) are recorded per clip: the exit code
+    is 1 and a table lists them. Skeletons are cheap to load: on a CPU --workers 0 (64 clips per
+    forward) is the default.
+    """
+    _extract(stream.value, data, cache, runtime, run, checkpoint=checkpoint,
+             layout=layout.value if layout else None, length=length)
+
+
+@app.command("face")
+@with_options(ExtractOptions, "run")
+@with_options(RuntimeOptions)
+def extract_face(
+    data: DataOpt,
+    cache: CacheOpt,
+    runtime: RuntimeOptions,
+    run: ExtractOptions,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", help="SwinFace .pt (the original file with state_dict_backbone/fam/tss/om). Without it: "
+                             "RANDOM weights, for testing only.")] = None,
+    scope: Annotated[FaceScope, typer.Option(
+        "--scope", help="clip: K faces per clip -> face/swinface; context: K faces per context window of each "
+                        "video -> face_context/swinface.")] = FaceScope.clip,
+    frames: FramesOpt = 8,
+    context_windows: ContextWindowsOpt = 8,
+    global_tokens: Annotated[bool, typer.Option("--global-tokens", help="Also store SwinFace's 7x7x768 global "
+                                                "tokens per face.")] = False,
+    video_root: VideoRootOpt = None,
+    decoder: DecoderOpt = Decoder.cpu,
+) -> None:
+    """SwinFace expression features of MTCNN-aligned faces -> face/swinface or face_context/swinface.
+
+    Per face frame: the expression-branch 512-d feature and the 7 expression logits, plus a mask
+    (frames without the main face are masked, never filled). MTCNN runs in the loader workers: on the
+    CPU, or on the GPU (64 frames per call) when the extraction runs on one. On a CPU: 32 faces per
+    SwinFace forward, 1 loader worker. Same resume, sharding and failure rules as `extract video`; a
+    video with no face at all is stored fully masked, not failed.
+    """
+    from migfuse.extract.face.extractor import scope_track
+
+    _extract(scope_track(scope.value).name, data, cache, runtime, run, checkpoint=checkpoint, frames=frames,
+             context_windows=context_windows, global_tokens=global_tokens, video_root=video_root,
+             decoder=decoder.value)

@@ -1,0 +1,265 @@
+"""Options that several commands share, declared once so that their names and help never drift.
+
+Two kinds:
+* option groups: a frozen dataclass whose fields are typer options, added to a command with
+  `@with_options(RuntimeOptions)`; the command receives one object (`runtime: RuntimeOptions`)
+  instead of five parameters. Every command that runs a model takes `RuntimeOptions` (--device,
+  --precision, --compile, --threads, --trust-checkpoint); the extract commands take
+  `ExtractOptions` (--batch-size, --workers, --shard, --retry-failed) too.
+* single options (`DataOpt`, `CacheOpt`, `OutOpt`...) and the closed choices as `StrEnum`s, so
+  `--help` lists the values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from migfuse.runtime import Precision
+
+
+# ---------------------------------------------------------------------------------------------
+# closed choices (the values a user types; `--help` lists them)
+# ---------------------------------------------------------------------------------------------
+class Task(StrEnum):
+    """mg: 32 micro-gesture classes, per clip; emotion: Win/Lose, per video."""
+
+    mg = "mg"
+    emotion = "emotion"
+
+
+class Split(StrEnum):
+    train = "train"
+    validation = "validation"
+    test = "test"
+
+
+class Scheme(StrEnum):
+    """Manifest columns that hold a split."""
+
+    split_miga = "split_miga"
+    split_cs = "split_cs"
+    split_emotion = "split_emotion"
+
+
+class DatasetLayout(StrEnum):
+    """How a dataset download is laid out (`data prepare` detects it with auto)."""
+
+    auto = "auto"
+    oulu = "oulu"
+    miga2025 = "miga2025"
+    miga2023 = "miga2023"
+
+
+class SynthLayout(StrEnum):
+    miga2025 = "miga2025"
+    oulu = "oulu"
+    miga2023 = "miga2023"
+
+
+class SkeletonLayout(StrEnum):
+    """Skeleton graphs (joints kept and their edges); see docs/skeleton.md."""
+
+    imigue = "imigue"
+    openpose22 = "openpose22"
+    openpose_18 = "openpose-18"
+    coco_17 = "coco-17"
+    ntu_25 = "ntu-25"
+    nturgb_d = "nturgb+d"
+
+
+class Stream(StrEnum):
+    joint = "joint"
+    bone = "bone"
+
+
+class Arch(StrEnum):
+    agcn = "agcn"
+    aagcn = "aagcn"
+
+
+class Decoder(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class FaceScope(StrEnum):
+    clip = "clip"
+    context = "context"
+
+
+class LateMode(StrEnum):
+    prob = "prob"
+    log = "log"
+
+
+def choice(values: list[str] | tuple[str, ...], renamed: dict[str, str] | None = None,
+           option: str = "") -> dict[str, Any]:
+    """typer.Option keywords for a closed choice that also accepts old spellings (`renamed`: old ->
+    new) with one deprecation line, e.g. `typer.Option("--balance", **choice(BALANCE, {"weights": "loss"}))`.
+    `--help` lists only the current values."""
+    renamed = renamed or {}
+
+    def parse(text: str) -> str:
+        if text in renamed:
+            from migfuse.commands.app import deprecated
+
+            deprecated(f"{option} {text}".strip(), f"{option} {renamed[text]}".strip())
+            return renamed[text]
+        if text not in values:
+            raise typer.BadParameter(f"{text!r} is not one of {', '.join(values)}")
+        return text
+
+    return {"parser": parse, "metavar": "[" + "|".join(values) + "]"}
+
+
+# ---------------------------------------------------------------------------------------------
+# option groups
+# ---------------------------------------------------------------------------------------------
+def with_options(group: type, name: str | None = None) -> Callable[[Callable], Callable]:
+    """Add the fields of the option-group dataclass `group` to a command's options.
+
+    The command declares one parameter `<name>: <group>` (default: the group's name in snake case,
+    e.g. `runtime: RuntimeOptions`) and receives the group filled from the command line. Typer reads
+    the command's signature, so the wrapper shows it the command's own parameters with the group's
+    fields in place of that one.
+    """
+    fields = dataclasses.fields(group)
+    hints = typing.get_type_hints(group, include_extras=True)
+
+    def wrap(fn: Callable) -> Callable:
+        param = name or _snake(group.__name__).removesuffix("_options") or "options"
+        sig = inspect.signature(fn, eval_str=True)
+        if param not in sig.parameters:
+            raise TypeError(f"{fn.__name__} must take a parameter {param!r} for {group.__name__}")
+        own = [p for n, p in sig.parameters.items() if n != param]
+        clash = {f.name for f in fields} & {p.name for p in own}
+        if clash:
+            raise TypeError(f"{fn.__name__}: parameters {sorted(clash)} clash with {group.__name__}")
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+                 for f in fields]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {f.name: kwargs.pop(f.name) for f in fields if f.name in kwargs}
+            return fn(*args, **kwargs, **{param: group(**values)})
+
+        hints_fn = typing.get_type_hints(fn, include_extras=True)
+        command.__signature__ = sig.replace(parameters=own + added)  # type: ignore[attr-defined]
+        command.__annotations__ = {**{k: v for k, v in hints_fn.items() if k != param},
+                                   **{f.name: hints[f.name] for f in fields}}
+        del command.__wrapped__  # typer must read the new signature, not fn's
+        return command
+
+    return wrap
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
+
+
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (CUDA when torch has it, else the CPU), cpu, cuda or cuda:N. Under torchrun, auto and "
+                     "cuda give each rank cuda:LOCAL_RANK.")]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    "--precision", case_sensitive=False,
+    help="Autocast precision of the models: auto = bf16 where the device does bf16 in hardware (a CUDA GPU with "
+         "bf16, or a CPU with Intel AMX), else fp32. Recorded in the outputs' provenance.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the model: fused kernels for long GPU runs (the first batch takes tens of "
+                      "seconds to compile). Same outputs to float rounding; not recorded.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="Torch CPU threads while the models run. Default: torch's (one per core), except "
+                             "where a command says otherwise.")]
+TrustCheckpointOpt = Annotated[bool, typer.Option(
+    "--trust-checkpoint", help="Unpickle the command's checkpoint files fully, objects included. This runs any code "
+                               "a file names: give it only for files you trust that the safe loader refuses (a "
+                               "whole pickled model, a full training checkpoint).")]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and how a command runs its models (resolved by `migfuse.runtime.Runtime.resolve`)."""
+
+    device: DeviceOpt = "auto"
+    precision: PrecisionOpt = Precision.AUTO
+    compile: CompileOpt = False
+    threads: ThreadsOpt = None
+    trust_checkpoint: TrustCheckpointOpt = False
+
+    def resolve(self, precision: Precision | str | None = None) -> Any:
+        """The `migfuse.runtime.Runtime` of these options (imports torch; UserError on a bad value).
+
+        `precision` replaces the option's value (a config file's setting the option did not override)."""
+        from migfuse.runtime import Runtime
+
+        return Runtime.resolve(device=self.device, precision=precision or self.precision, compile=self.compile,
+                               threads=self.threads, trust_checkpoint=self.trust_checkpoint)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractOptions:
+    """How the rows of an extraction are scheduled (`migfuse.extract.interface.RunOptions`)."""
+
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, max=4096, show_default=False,
+        help="Model inputs per forward pass (windows, clips or faces). Default: the track's CPU value (in the "
+             "command's description), 32 on a GPU (256 for faces and skeletons). The model always runs on exactly "
+             "this many (padded), so it is recorded in the provenance: resume with the same value.")] = None
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=0, max=64, show_default=False,
+        help="Loader processes (decoding) running alongside the model; 0 = load in the main process. Default: "
+             "the track's CPU value, on a GPU one per CPU core but one. FFmpeg threads are shared out among "
+             "them.")] = None
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. Under "
+                        "torchrun RANK/WORLD_SIZE are used instead.")] = None
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Also redo rows that failed in an earlier run.")] = False
+
+    def run_options(self) -> Any:
+        from migfuse.extract.interface import RunOptions
+
+        return RunOptions(batch_size=self.batch_size, workers=self.workers, shard=self.shard,
+                          retry_failed=self.retry_failed)
+
+
+# ---------------------------------------------------------------------------------------------
+# single options
+# ---------------------------------------------------------------------------------------------
+DataOpt = Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")]
+CacheOpt = Annotated[Path, typer.Option("--cache", help="Token cache CACHE.zarr (created if absent, resumed if "
+                                                        "present).")]
+CacheArg = Annotated[Path, typer.Argument(metavar="CACHE", help="The token cache folder (CACHE.zarr).")]
+RunArg = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `migfuse fuse train`.")]
+
+# training: every value option defaults to None ("not given"), so a --config file is not overridden by
+# a default: the order is DEFAULTS <- --config <- --set <- these options.
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="Settings file, JSON or TOML (.toml): keys of the trainer's DEFAULTS (see the docs page); "
+                     "a run folder's config.json works too.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY=VALUE", help="Override one setting (repeatable); VALUE is read as JSON when it parses: "
+                                       "--set lr=3e-4 --set epochs=30 (the settings are listed in the trainer's "
+                                       "docs page).")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs in all (a resumed run goes on "
+                                                  "to this). Default: the trainer's.")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. Default: the trainer's.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of weights, shuffling and sampling. "
+                                                "Default: 0.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Samples per training step. "
+                                                     "Default: the trainer's.")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Delete the run already in --out (of other settings) and train from scratch. Without it "
+                        "such a folder is refused, and the same settings resume from OUT/last.pt.")]
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The options that were given (not None), by setting name, for `resolve_config(flags=...)`."""
+    return {k: (v.value if isinstance(v, StrEnum) else v) for k, v in values.items() if v is not None}

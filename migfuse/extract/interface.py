@@ -1,0 +1,191 @@
+"""The interface between the extraction runner and the tracks: what a track implements, what flows.
+
+A track implements an `Extractor`: which rows its cache group has (`ids`), how they group into
+work items a loader opens once (`work_items`, e.g. one per video), how to load one item on the CPU
+(`loader`: picklable, no model, run in worker processes) and how to run a batch (`forward`, main
+process). Loaders yield one `Sample` per row: model inputs or a `Failure`. `TrackExtractor` fills
+rows and work items from the track table for the tracks over a manifest.
+
+Interface details and rules: docs/contracts.md, "Extraction runner".
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from migfuse.runtime import Runtime
+from migfuse.worker_pool import usable_cpus
+
+if TYPE_CHECKING:
+    from migfuse.data_cache.store import ArraySpec
+    from migfuse.data_cache.tracks import Track
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the rows of one extraction are scheduled (the extract commands' shared options; where the
+    model runs is the `Runtime`).
+
+    batch_size / workers: None = the track's default for the device (`Extractor.default_batch` /
+    `default_workers`: small on a CPU, GPU-sized on CUDA).
+    shard: "I/N" (SLURM arrays); None = torchrun's RANK/WORLD_SIZE, else the whole dataset.
+    retry_failed: also redo rows recorded as failed by an earlier run.
+    prefetch: work items queued per loader worker ahead of the one it is loading.
+    """
+
+    batch_size: int | None = None
+    workers: int | None = None
+    shard: str | None = None
+    retry_failed: bool = False
+    prefetch: int = 2
+
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit a loader opens once (e.g. a video) and the cache rows it yields."""
+
+    key: str
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one row could not be extracted. `stage`: open | decode | load | worker | forward | ..."""
+
+    stage: str
+    message: str
+
+
+@dataclass
+class Sample:
+    """What a loader yields per row: model inputs (compact CPU arrays) or a failure.
+
+    `size` is how many model inputs the sample holds (K windows -> K); batches fill up to
+    `batch_size` in these units.
+    """
+
+    id: str
+    inputs: dict[str, np.ndarray] | None = None
+    failure: Failure | None = None
+    size: int = 1
+
+
+Loader = Callable[[WorkItem], Iterator[Sample]]
+
+
+class LoaderContractError(Exception):
+    """A loader broke the interface (yielded an id it was not asked for): a bug, so the run stops."""
+
+
+class Extractor(ABC):
+    """What a track implements. Construct cheaply; heavy work happens in `setup` and the loader."""
+
+    #: "<track>/<backbone>", the cache group written
+    group: str = ""
+    #: what a row is, for the progress bar ("clip", "video"); tracks take it from the track table
+    unit: str = "row"
+    #: set by the runner before `setup`: where and how the model runs (device, precision, compile)
+    runtime: Runtime = Runtime()
+    #: set by the runner before `setup`: the fixed forward batch (`in_fixed_batches`; 0 = as given)
+    batch: int = 0
+    #: model inputs per forward when --batch-size is not given, on a CPU / on a GPU
+    cpu_batch: int = 8
+    gpu_batch: int = 32
+    #: loader processes when --workers is not given on a CPU (on a GPU: one per core but one)
+    cpu_workers: int = 2
+
+    def default_batch(self, device: str) -> int:
+        """--batch-size when not given: `gpu_batch` on CUDA (the GPU needs large batches to be
+        busy), `cpu_batch` elsewhere."""
+        return self.gpu_batch if str(device).startswith("cuda") else self.cpu_batch
+
+    def default_workers(self, device: str) -> int:
+        """--workers when not given: `cpu_workers` on a CPU (the cores run the model); on CUDA one
+        loader per usable core but one (the main process feeds the GPU), since decoding sets the pace."""
+        if str(device).startswith("cuda"):
+            # torchrun ranks on one node share its cores
+            ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            return max(1, usable_cpus() // max(1, ranks) - 1)
+        return self.cpu_workers
+
+    def in_fixed_batches(self, fn: Callable[[np.ndarray], Any], x: np.ndarray) -> Any:
+        """`fn` over `x` (N, ...) in calls of exactly `batch` rows (the last zero-padded); the outputs
+        (an array or a dict of arrays, N first) concatenated and trimmed to N.
+
+        Why: kernels pick their reduction order by batch shape, so the same row in a batch of 3 and
+        of 4 differs by an fp16 step. With one shape, a row's tokens depend on the row alone, not on
+        which rows share its batch (workers, shards, resume points).
+        """
+        n, b = len(x), self.batch
+        if b <= 0 or n == 0:
+            return fn(x)
+        parts = []
+        for start in range(0, n, b):
+            part = x[start:start + b]
+            if len(part) < b:
+                part = np.concatenate([part, np.zeros((b - len(part),) + part.shape[1:], part.dtype)])
+            parts.append((fn(part), min(b, n - start)))
+        if isinstance(parts[0][0], Mapping):
+            return {k: np.concatenate([np.asarray(p[k])[:m] for p, m in parts]) for k in parts[0][0]}
+        return np.concatenate([np.asarray(p)[:m] for p, m in parts])
+
+    def row_definitions(self, ids: list[str]) -> dict[str, str] | None:
+        """What defines each row (`tracks.row_definition`), stored per row; None: not tracked."""
+        return None
+
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """Every row id of the group, in the group's fixed order."""
+
+    @abstractmethod
+    def work_items(self, ids: list[str]) -> list[WorkItem]:
+        """Group row ids into load units (e.g. one per video, clips in frame order)."""
+
+    @abstractmethod
+    def arrays(self) -> dict[str, "ArraySpec"]:
+        """The named arrays each row stores."""
+
+    @abstractmethod
+    def provenance(self) -> dict[str, Any]:
+        """JSON-able, deterministic description of how rows were made (compared on reopen)."""
+
+    @abstractmethod
+    def loader(self) -> Loader:
+        """A picklable callable run in worker processes: WorkItem -> one Sample per id. No model."""
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Build the model on `self.runtime.device` in the main process (once, before any forward)."""
+
+    @abstractmethod
+    def forward(self, inputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Failure]:
+        """Run one batch; return each sample's arrays (every name of `arrays()`) or a Failure."""
+
+
+class TrackExtractor(Extractor):
+    """An extractor of one track of the table over a manifest: rows, work items and row definitions
+    follow from the track's unit (clips are grouped per video; a video row is its own item)."""
+
+    track: "Track"
+    manifest: Any
+    _row_ids: list[str] | None = None
+
+    def ids(self) -> list[str]:
+        from migfuse.data_cache.tracks import row_ids
+
+        return list(self._row_ids) if self._row_ids is not None else row_ids(self.track, self.manifest)
+
+    def work_items(self, ids: list[str]) -> list[WorkItem]:
+        if self.track.per_video:
+            return [WorkItem(v, (v,)) for v in ids]
+        return [WorkItem(v, clips) for v, clips in self.manifest.clips_by_video(ids).items()]
+
+    def row_definitions(self, ids: list[str]) -> dict[str, str]:
+        from migfuse.data_cache.tracks import row_definition
+
+        return {i: row_definition(self.track, self.manifest, i) for i in ids}
