@@ -58,7 +58,7 @@ def child(path: str, n_frames: int, frames: int) -> None:
     import torch
 
     from migfuse.extract.face.extractor import FaceLoader
-    from migfuse.extract.runner import WorkItem
+    from migfuse.extract.interface import WorkItem
 
     torch.set_num_threads(1)
     clips = {f"v_{j}": (s, s + CLIP_LEN) for j, s in enumerate(range(0, n_frames - CLIP_LEN, CLIP_EVERY))}

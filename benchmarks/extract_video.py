@@ -79,7 +79,7 @@ def bench_decode(extractor) -> tuple[float, list]:
 
 def bench_model(extractor, samples: list, batch_size: int) -> float:
     """clips/s of the forward pass alone (uint8 -> normalise -> MViTv2-S), on already decoded clips."""
-    extractor.setup("cpu")
+    extractor.setup()
     frames = np.concatenate([s.inputs["frames"] for s in samples])
     # No warm-up call: the end-to-end run has none either, so the two time the same model work.
     t = time.perf_counter()

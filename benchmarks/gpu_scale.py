@@ -181,11 +181,11 @@ def _sync(device: str) -> None:
 
 def loader_alone(make: Callable[[], Any], rows: list[str], device: str) -> tuple[float, list]:
     """rows/s of the track's loader in this process, and its samples (inputs kept for the forward)."""
-    from migfuse.extract.runner import Compute, resolve_precision
+    from migfuse.runtime import Runtime
 
     ex = make()
     ex._row_ids = rows
-    ex.compute = Compute(device, resolve_precision(None, device), ex.default_batch(device))
+    ex.runtime, ex.batch = Runtime.resolve(device=device), ex.default_batch(device)
     loader = ex.loader()
     t = time.perf_counter()
     samples = [s for item in ex.work_items(ex.ids()) for s in loader(item)]
@@ -200,12 +200,12 @@ def forward_alone(make: Callable[[], Any], samples: list, device: str, precision
                   compile: bool = False, repeats: int = 2) -> tuple[float, list]:
     """rows/s of the extractor's forward on pre-loaded samples at the device's batch (after a
     warm-up batch), and its outputs."""
-    from migfuse.extract.runner import Compute, resolve_precision
+    from migfuse.runtime import Runtime
 
     ex = make()
     batch = ex.default_batch(device)
-    ex.compute = Compute(device, resolve_precision(precision, device), batch, compile)
-    ex.setup(device)
+    ex.runtime, ex.batch = Runtime.resolve(device=device, precision=precision, compile=compile), batch
+    ex.setup()
     groups, cur, units = [], [], 0
     for s in samples:  # batches as the runner fills them (Sample.size units)
         cur.append(s.inputs)
@@ -241,7 +241,9 @@ def whole_videos(make: Callable[[], Any], at_least: int) -> list[str]:
 
 
 def run_track(name: str, make: Callable[[], Any], work: Path, device: str) -> TrackResult:
-    from migfuse.extract.runner import RunOptions, extract
+    from migfuse.extract.interface import RunOptions
+    from migfuse.extract.runner import run_extractor
+    from migfuse.runtime import Runtime
 
     res = TrackResult(name)
     # the ceilings first, so that both timed runs meet a warm process (CUDA context, kernels chosen)
@@ -257,7 +259,7 @@ def run_track(name: str, make: Callable[[], Any], work: Path, device: str) -> Tr
         ex._row_ids = subset
         cache = work / f"cache_{name}_{k}.zarr"
         shutil.rmtree(cache, ignore_errors=True)
-        summary = extract(ex, cache, RunOptions(device=device))
+        summary = run_extractor(ex, cache, Runtime.resolve(device=device), RunOptions())
         if not summary.ok:
             raise RuntimeError(f"{len(summary.failed)} rows failed, e.g. {summary.failed[0]}")
         secs.append(summary.seconds)
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     from migfuse.datasets.manifest import Manifest
     from migfuse.extract.decode_gpu import gpu_decoding_unavailable
     from migfuse.extract.face.extractor import FaceExtractor
-    from migfuse.extract.runner import resolve_device
+    from migfuse.runtime import resolve_device
     from migfuse.extract.sampling import ContextSampling
     from migfuse.extract.skeleton.extractor import SkeletonExtractor
     from migfuse.extract.video import VideoExtractor

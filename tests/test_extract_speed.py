@@ -82,11 +82,11 @@ def test_the_summary_says_where_the_time_went_when_the_model_sets_the_pace(tmp_p
 # device defaults and threads
 # ------------------------------------------------------------------------------------------------
 def test_batch_and_workers_default_by_device(monkeypatch):
-    from migfuse.extract import runner
+    from migfuse.extract import interface
 
     ex = ArrayExtractor()
     assert (ex.default_batch("cpu"), ex.default_batch("cuda:1")) == (8, 32)
-    monkeypatch.setattr(runner, "usable_cpus", lambda: 16)
+    monkeypatch.setattr(interface, "usable_cpus", lambda: 16)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert (ex.default_workers("cpu"), ex.default_workers("cuda")) == (2, 15)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four torchrun ranks share the node's cores

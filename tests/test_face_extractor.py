@@ -12,7 +12,9 @@ import torch
 from migfuse.datasets.manifest import Manifest
 from migfuse.datasets.prepare import prepare
 from migfuse.data_cache.store import TokenCache
-from migfuse.extract.face.extractor import FaceLoader, extract_face
+from migfuse.extract.entry import extract
+from migfuse.extract.face.extractor import FaceLoader
+from migfuse.extract.interface import RunOptions
 from migfuse.extract.sampling import ContextSampling
 from migfuse.synth import generate_dataset
 
@@ -23,8 +25,8 @@ def demo(tmp_path_factory):
     data = generate_dataset(root / "data", videos=2, clips_per_video=2, progress=False)
     prepare(data, root / "prepared", progress=False)
     torch.set_num_threads(1)
-    clip = extract_face(root / "prepared", root / "cache.zarr", scope="clip", frames=3, workers=0)
-    ctx = extract_face(root / "prepared", root / "cache.zarr", scope="context", frames=3, context_windows=4, workers=0)
+    clip = extract("face", root / "prepared", root / "cache.zarr", options=RunOptions(workers=0), frames=3)
+    ctx = extract("face_context", root / "prepared", root / "cache.zarr", options=RunOptions(workers=0), frames=3, context_windows=4)
     return root, data, clip, ctx
 
 
@@ -84,9 +86,9 @@ def test_missing_video_is_recorded_and_rerun_resumes(demo, tmp_path):
     video = next(data.rglob("0046.mp4"))
     video.rename(tmp_path / "gone.mp4")
     try:
-        again = extract_face(root / "prepared", root / "cache.zarr", scope="clip", frames=3, workers=0)
+        again = extract("face", root / "prepared", root / "cache.zarr", options=RunOptions(workers=0), frames=3)
         assert again.done == 0 and again.skipped == len(m.clips)  # everything was done: nothing redone
-        fresh = extract_face(root / "prepared", tmp_path / "other.zarr", scope="clip", frames=3, workers=0)
+        fresh = extract("face", root / "prepared", tmp_path / "other.zarr", options=RunOptions(workers=0), frames=3)
         failed = {cid: stage for cid, stage, _ in fresh.failed}
         assert failed == {"0046_0": "open", "0046_1": "open"}
         assert fresh.done == 2

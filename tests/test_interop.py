@@ -170,7 +170,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
         pickle.dump([np.zeros(32), Evil()], f)
     ann = tmp_path / "l.txt"
     ann.write_text("0054_0 1\n0054_1 1\n")
-    res = CliRunner().invoke(app, ["scores", "import", str(tmp_path / "evil.pkl"), "--ann", str(ann),
+    res = CliRunner().invoke(app, ["fuse", "import", str(tmp_path / "evil.pkl"), "--ann", str(ann),
                                    "--out", str(tmp_path / "s.npz")])
     assert res.exit_code == 2 and res.stderr.count("\n") == 1
     assert "builtins.exec" in res.stderr and str(tmp_path / "evil.pkl") in res.stderr
@@ -201,9 +201,16 @@ def test_imported_scores_fuse_late_with_migfuse_scores_and_export(tmp_path):
     truth = [m.clip(i).label for i in ALL_TEST_IDS[::-1]]
     with open(tmp_path / "posec3d.pkl", "wb") as f:
         pickle.dump(list(_probs(truth)), f)
-    res = CliRunner().invoke(app, ["scores", "import", str(tmp_path / "posec3d.pkl"), "--ann", str(ann),
-                                   "--out", str(tmp_path / "posec3d.npz"), "--split", "test"])
+    res = CliRunner().invoke(app, ["fuse", "import", str(tmp_path / "posec3d.pkl"), "--ann", str(ann),
+                                   "--out", str(tmp_path / "posec3d.npz"), "--split-name", "test"])
     assert res.exit_code == 0, res.output
+    assert Scores.load(tmp_path / "posec3d.npz").split == "test"
+    # the command's old name and option still work, with a deprecation line each
+    old = CliRunner().invoke(app, ["scores", "import", str(tmp_path / "posec3d.pkl"), "--ann", str(ann),
+                                   "--out", str(tmp_path / "old.npz"), "--split", "test"])
+    assert old.exit_code == 0, old.output
+    assert old.stderr.count("is deprecated: use") == 2 and "`migfuse fuse import`" in old.stderr
+    assert Scores.load(tmp_path / "old.npz").split == "test"
     assert "imported 6 mg score rows (mmaction2 0.x / pyskl, 32 classes)" in res.stdout
     ours = mg_scores(m, ALL_TEST_IDS, wrong={"0009_0": 3})
     fused = fuse_late([Scores.load(tmp_path / "posec3d.npz"), ours], weights=[2, 1]).scores

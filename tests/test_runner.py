@@ -70,7 +70,7 @@ class ArrayExtractor(Extractor):
         return ArrayLoader()
 
     def setup(self):
-        self.device = device
+        self.device = self.runtime.device
 
     def forward(self, inputs):
         self.batches.append(len(inputs))

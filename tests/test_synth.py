@@ -104,5 +104,10 @@ def test_errors_are_one_line(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(UserError, match="is not empty"):
         generate_dataset(tmp_path / "full", videos=1, progress=False)
+    res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "o"), "--dataset-layout", "zip"])
+    assert res.exit_code == 2 and "Invalid value for '--dataset-layout': 'zip' is not one of" in res.output
+    # the old spelling still works, with one deprecation line, and still checks the value
     res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "o"), "--layout", "zip"])
-    assert res.exit_code == 2 and res.output.strip() == "error: unknown layout 'zip': choose one of miga2025, oulu, miga2023"
+    assert res.exit_code == 2 and res.stderr.splitlines() == [
+        "warning: --layout (the dataset layout) is deprecated: use --dataset-layout (the old spelling will be "
+        "removed in a later release)", "error: unknown layout 'zip': choose one of miga2025, oulu, miga2023"]

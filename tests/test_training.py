@@ -268,10 +268,10 @@ def test_missing_matplotlib_skips_the_png_with_one_warning(tmp_path, monkeypatch
     assert len(warnings) == 1 and "matplotlib is not installed" in warnings[0].getMessage()
 
 
-def test_training_imports_neither_extract_nor_fuse_and_its_cli_parts_need_no_torch(tmp_path):
+def test_training_imports_neither_extract_nor_fuse_and_the_cli_options_need_no_torch(tmp_path):
     code = textwrap.dedent("""
         import sys
-        import migfuse.training.cli, migfuse.training.config
+        import migfuse.commands.options, migfuse.training.config
         assert "torch" not in sys.modules
         import migfuse.training.loop, migfuse.training.run_folder, migfuse.training.checkpoint
         leaked = sorted(m for m in sys.modules if m.startswith(("migfuse.extract", "migfuse.fuse")))

@@ -257,4 +257,4 @@ def test_cli_show_config_prints_resolved_settings_and_rejects_bad_ones(tmp_path)
     cfg = json.loads(r.output)
     assert cfg["width"] == "demo" and cfg["epochs"] == 3 and cfg["hflip"] is False and cfg["layer_decay"] == 0.75
     r = CliRunner().invoke(app, ["backbone", "train", "video", "--data", str(tmp_path), "--set", "balance=oops"])
-    assert r.exit_code == 2 and "balance must be one of sampler, weights, none" in r.output
+    assert r.exit_code == 2 and "balance must be one of loss, sampler, none" in r.output
