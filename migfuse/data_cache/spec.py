@@ -12,31 +12,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from migfuse.data_cache.tracks import TRACKS
+from migfuse.data_cache.tracks import axis_names_of_group, track_of_group
 
 #: Row status, written last for each row (store.py): never written / interrupted, done, failed.
 MISSING, DONE, FAILED = 0, 1, 2
 FORMAT_VERSION = 2
 _RESERVED = {"ids", "status", "failure", "clip", "video", "rowdef"}
-
-#: Tracks whose rows are videos (their row dimension and id array are named "video"); from the track table.
-PER_VIDEO_TRACKS = tuple(t.name for t in TRACKS.values() if t.per_video)
-
-#: Names of the trailing per-row axes of each track's arrays (the axes after the row axis). One
-#: more leading axis, when an array has it, is "window" (windowed video, context, face_context,
-#: views of them). Arrays not listed get "<array>_axis<k>". A producer may pass ArraySpec(dims=...).
-AXIS_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
-    "video": {"tokens": ("token", "channel")},
-    "context": {"tokens": ("token", "channel"), "valid": ()},
-    "joint": {"features": ("channel", "time", "joint")},
-    "bone": {"features": ("channel", "time", "joint")},
-    "face": {"features": ("face", "feature"), "logits": ("face", "expression"), "mask": ("face",),
-             "global_tokens": ("face", "token", "channel")},
-    "views": {"tokens": ("token", "channel"), "mask": ("token",)},
-}
-AXIS_NAMES["face_context"] = AXIS_NAMES["face"]
-
-#: How the cache lock is taken: "file" (flock / Windows lock, via filelock) or "soft" (a lock file
 
 
 @dataclass(frozen=True)
@@ -45,7 +26,8 @@ class ArraySpec:
 
     With `ragged=True` the first axis is a maximum; each row stores its own length in `<name>_len`
     and is zero-padded on write (zarr v3 has no ragged arrays). `dims` names the per-row axes
-    (len(dims) == len(shape)); None lets the group pick them from `AXIS_NAMES`.
+    (len(dims) == len(shape)); None lets the group pick them from its track's `axis_names`
+    (data_cache/tracks.py).
     """
 
     shape: tuple[int, ...]
@@ -75,11 +57,14 @@ class ArraySpec:
 
 def default_row_dim(group_name: str) -> str:
     """"video" for groups of per-video tracks (context, face_context), else "clip"."""
-    return "video" if group_name.split("/")[0] in PER_VIDEO_TRACKS else "clip"
+    track = track_of_group(group_name)
+    return "video" if track is not None and track.per_video else "clip"
 
 
-def _default_dims(track: str, name: str, ndim: int) -> tuple[str, ...]:
-    trailing = AXIS_NAMES.get(track, {}).get(name)
+def _default_dims(group_name: str, name: str, ndim: int) -> tuple[str, ...]:
+    """Per-row axis names of array `name` from the track table: its trailing axes, after one leading
+    "window" axis when the array has one more axis than listed; "<name>_axis<k>" when not listed."""
+    trailing = axis_names_of_group(group_name).get(name)
     if trailing is not None and ndim == len(trailing):
         return trailing
     if trailing is not None and ndim == len(trailing) + 1:
@@ -90,13 +75,12 @@ def _default_dims(track: str, name: str, ndim: int) -> tuple[str, ...]:
 def name_dims(group_name: str, row_dim: str, arrays: Mapping[str, ArraySpec]) -> dict[str, ArraySpec]:
     """`arrays` with every `dims` filled in, renamed where needed so that one dimension name has
     one size in the whole group (xarray requires it): a clash becomes "<array>_<dim>"."""
-    track = group_name.split("/")[0]
     sizes: dict[str, int] = {}
     named: dict[str, ArraySpec] = {}
     for name in sorted(arrays):  # sorted: the same names whatever order a producer lists its arrays in
         a = arrays[name]
         dims = []
-        for d, n in zip(a.dims if a.dims is not None else _default_dims(track, name, len(a.shape)), a.shape):
+        for d, n in zip(a.dims if a.dims is not None else _default_dims(group_name, name, len(a.shape)), a.shape):
             if d == row_dim or sizes.get(d, n) != n:
                 d = f"{name}_{d}"
             sizes[d] = n

@@ -7,7 +7,8 @@ Zarr v3 ``dimension_names`` so that ``xarray.open_zarr(CACHE, group=...)`` opens
                                      per-video tracks context / face_context, else "clip"), so it
                                      is xarray's index coordinate: ``ds.sel(clip="0298_3")``
     <name>           (N, *shape)     one array per named output (tokens, features, mask, ...); dims
-                                     e.g. ("clip", "token", "channel"), see AXIS_NAMES
+                                     e.g. ("clip", "token", "channel"): the track's
+                                     axis_names (tracks.py)
     <name>_len       (N,) int32      valid length along axis 0, for ragged arrays only
     failure          (N,) str        JSON {stage, message, time, host, pid} of the last failure
     rowdef           (N,) str        what defined the row when it was written (tracks.row_definition)
@@ -49,9 +50,7 @@ from __future__ import annotations
 from migfuse.data_cache.cache import LOCK_ENV, SOFT_LOCK_TIMEOUT_S, TokenCache
 from migfuse.data_cache.chunks import CorruptChunk
 from migfuse.data_cache.group import TokenGroup
-from migfuse.data_cache.spec import (AXIS_NAMES, DONE, FAILED, FORMAT_VERSION, MISSING, PER_VIDEO_TRACKS, ArraySpec,
-                                     GroupSpec, default_row_dim)
+from migfuse.data_cache.spec import DONE, FAILED, FORMAT_VERSION, MISSING, ArraySpec, GroupSpec, default_row_dim
 
-__all__ = ["AXIS_NAMES", "DONE", "FAILED", "FORMAT_VERSION", "LOCK_ENV", "MISSING", "PER_VIDEO_TRACKS",
-           "SOFT_LOCK_TIMEOUT_S", "ArraySpec", "CorruptChunk", "GroupSpec", "TokenCache", "TokenGroup",
-           "default_row_dim"]
+__all__ = ["DONE", "FAILED", "FORMAT_VERSION", "LOCK_ENV", "MISSING", "SOFT_LOCK_TIMEOUT_S", "ArraySpec",
+           "CorruptChunk", "GroupSpec", "TokenCache", "TokenGroup", "default_row_dim"]

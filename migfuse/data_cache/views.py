@@ -36,12 +36,11 @@ import numpy as np
 from tqdm import tqdm
 
 from migfuse.data_cache.store import ArraySpec, GroupSpec, TokenCache, TokenGroup
-from migfuse.data_cache.tracks import TRACKS, track_of_group, tracks_with_layout
+from migfuse.data_cache.tracks import TRACKS, VIEW_PREFIX, track_of_group, tracks_with_layout
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
 
-VIEW_PREFIX = "views/"
 VIDEO_GRID = 49           # MViTv2-S: 1 class token + 8 time steps x 7 x 7 spatial tokens
 POSE_TIME_STEPS = 8
 POSE_PARTS = 6
