@@ -294,7 +294,8 @@ def train_reads(root: Path, variant: str, n: int, epochs: int) -> dict:
         from migfuse.data_cache.store import TokenCache
         from migfuse.fuse.data import load_tokens
 
-        data = load_tokens(TokenCache(root / "cache.zarr"), {m: f"views/{m}" for m in MODALITIES}, ids, labels)
+        cache = TokenCache(root / "cache.zarr")
+        data = load_tokens({m: cache.group(f"views/{m}") for m in MODALITIES}, ids, labels)
         batch_of = data.batch
     else:
         if variant == "pickle":
