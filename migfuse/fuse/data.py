@@ -102,7 +102,8 @@ def _open(cache: TokenCache, opened: dict[str, TokenGroup], name: str) -> TokenG
     return opened[name]
 
 
-def check_view_is_current(group: TokenGroup, names: list[str], opened: dict[str, TokenGroup] | None = None) -> None:
+def check_view_is_current(group: TokenGroup, names: list[str], opened: dict[str, TokenGroup] | None = None
+                          ) -> None:
     """UserError when view `group` was derived from a source group that has since been re-extracted
     with other settings (its tokens would silently mix two extractions). `names`: the cache's groups;
     `opened`: groups already open by name (the source is opened there when absent)."""
@@ -112,9 +113,11 @@ def check_view_is_current(group: TokenGroup, names: list[str], opened: dict[str,
     source = prov.get("source")
     if source not in names or "source_provenance" not in prov:
         return
-    if _open(group.cache, {} if opened is None else opened, source).provenance != prov["source_provenance"]:
-        raise UserError(f"view '{group.name}' in {group.cache.path} was derived from an earlier '{source}' (its "
-                        f"provenance changed since); rebuild it: the same `migfuse cache view` command plus --overwrite")
+    source_now = _open(group.cache, {} if opened is None else opened, source)
+    if source_now.provenance != prov["source_provenance"]:
+        raise UserError(f"view '{group.name}' in {group.cache.path} was derived from an earlier '{source}' "
+                        f"(its provenance changed since); rebuild it: the same `migfuse cache view` command "
+                        f"plus --overwrite")
 
 
 def _open_one(cache: TokenCache, modality: str, configured: dict[str, str], names: list[str],

@@ -34,7 +34,8 @@ class FusionHead(nn.Module):
         """Names of the inputs (cache modalities) this head reads with these options."""
         raise NotImplementedError
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], num_classes: int, options: Mapping[str, Any]):
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], num_classes: int, options: Mapping[str, Any]
+                 ) -> None:
         super().__init__()
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.num_classes = num_classes
