@@ -1,4 +1,4 @@
-"""migfuse against its peers' patterns, side by side, in one run, on the same inputs (issue #14 §3).
+"""migfuse against its peers' patterns, side by side, in one run, on the same inputs.
 
     python benchmarks/peers.py [--quick] [--clips-per-video 12] [--rounds 2] [--read-clips 13670]
                                [--read-epochs 2] [--skip-fuse] [--root /tmp/migfuse_peers_bench]
@@ -107,7 +107,7 @@ def per_clip_decode(path: Path, indices: np.ndarray, short_side: int, crop: int,
 class DemoModel:
     """MViTv2-S at the demo width on uint8 clips, batch `batch`: the same model work for both decoders."""
 
-    def __init__(self, batch: int = 4):
+    def __init__(self, batch: int = 4) -> None:
         import torch
 
         from migfuse.backbones.mvit import PREPROCESSING, build_mvit, forward_tokens
@@ -294,7 +294,8 @@ def train_reads(root: Path, variant: str, n: int, epochs: int) -> dict:
         from migfuse.data_cache.store import TokenCache
         from migfuse.fuse.data import load_tokens
 
-        data = load_tokens(TokenCache(root / "cache.zarr"), {m: f"views/{m}" for m in MODALITIES}, ids, labels)
+        cache = TokenCache(root / "cache.zarr")
+        data = load_tokens({m: cache.group(f"views/{m}") for m in MODALITIES}, ids, labels)
         batch_of = data.batch
     else:
         if variant == "pickle":

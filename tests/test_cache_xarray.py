@@ -197,7 +197,7 @@ def test_fuse_train_and_eval_accept_a_views_only_copy(tmp_path):
 def test_dimension_names_given_by_a_producer_or_clashing_stay_openable_and_order_does_not_matter(tmp_path):
     arrays = {"a": ArraySpec((2, 3), "float32", dims=("token", "channel")),
               "b": ArraySpec((5,), "int16", dims=("token",)),      # "token" has size 2 in "a": renamed
-              "extra": ArraySpec((4,), "float32")}                   # not in AXIS_NAMES: generic name
+              "extra": ArraySpec((4,), "float32")}                   # not in the track's axis_names: generic name
     cache = TokenCache(tmp_path / "c.zarr")
     g = cache.require_group(GroupSpec("misc/x", ["r0", "r1"], arrays))
     assert {k: v.dims for k, v in g.arrays.items()} == {"a": ("token", "channel"), "b": ("b_token",), "extra": ("extra_axis1",)}

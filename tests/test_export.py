@@ -11,7 +11,7 @@ import pytest
 from migfuse.datasets.classes import CLASS_NAMES, EMOTION_CLASSES
 from migfuse.datasets.manifest import Clip, Manifest
 from migfuse.errors import UserError
-from migfuse.fuse.export import EXPORTERS, export_scores, get_exporter
+from migfuse.fuse.export import EXPORTERS, ExportFormat, export_scores, get_exporter, register_exporter
 from migfuse.fuse.score import score_file
 from migfuse.fuse.scores import Scores
 
@@ -121,7 +121,7 @@ def test_validation_split_and_other_refusals(tmp_path):
     assert read_zip(r.path)[1] == "Id,Target\n0001_0,0\n0001_1,1\n"
     with pytest.raises(UserError, match="must be NAME.zip, NAME.csv"):  # a bare CSV is written beside a zip now
         export_scores(mg_scores(m, TEST_IDS), m, out=tmp_path / "p.txt")
-    with pytest.raises(UserError, match="unknown export format 'kaggle'; use one of miga2025, miga2023, emotion"):
+    with pytest.raises(UserError, match="unknown export format 'kaggle': choose one of emotion, miga2023, miga2025"):
         get_exporter("kaggle")
     with pytest.raises(UserError, match="no split_miga == 'val' ids; use --split test or train or validation"):
         export_scores(mg_scores(m, TEST_IDS), m, split="val", out=tmp_path / "p.zip")
@@ -129,6 +129,15 @@ def test_validation_split_and_other_refusals(tmp_path):
     with pytest.raises(UserError, match="holds emotion scores but miga2025 needs mg; use `migfuse export emotion`"):
         export_scores(emo, m, "miga2025", out=tmp_path / "p.zip")
     assert set(EXPORTERS) == {"miga2025", "miga2023", "emotion"}
+
+
+def test_a_format_name_is_registered_once_and_wrong_scores_name_the_formats_that_fit(tmp_path):
+    m = small_manifest(tmp_path / "prep")
+    with pytest.raises(ValueError, match="export format 'emotion' is registered twice"):
+        register_exporter(ExportFormat("emotion", "emotion", "split_emotion", "p.csv", "p.zip", None, "again"))
+    with pytest.raises(UserError, match="holds mg scores but emotion needs emotion; "
+                                        "use `migfuse export miga2023` or `migfuse export miga2025`"):
+        export_scores(mg_scores(m, TEST_IDS), m, "emotion", out=tmp_path / "e.zip")
 
 
 def test_emotion_export_polarity_header_and_round_trip(tmp_path):

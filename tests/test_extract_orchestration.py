@@ -17,7 +17,8 @@ from test_extract_video_util import HELPER_PATH, bad_ids, make_dataset
 
 from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import DONE, FAILED, TokenCache
-from migfuse.data_cache.tracks import TRACKS, RowUnit, get_track, row_definition, track_of_group
+from migfuse.data_cache.tracks import (TRACKS, RowUnit, axis_names_of_group, get_track, row_definition,
+                                       track_of_group)
 from migfuse.errors import UserError
 from migfuse.extract import runner
 from migfuse.extract.interface import Extractor
@@ -78,6 +79,9 @@ def test_track_table_gives_units_groups_and_default_poolings():
     assert set(PER_VIDEO_TRACKS) == {"context", "face_context"}
     assert DEFAULT_POOLING["joint"] == "pose_parts" and DEFAULT_POOLING["face_context"] == "face_keep"
     assert get_track("bone").group("aagcn") == "bone/aagcn"
+    assert get_track("face_context").axis_names == get_track("face").axis_names
+    assert axis_names_of_group("joint/agcn")["features"] == ("channel", "time", "joint")
+    assert axis_names_of_group("views/joint")["tokens"] == ("token", "channel") and axis_names_of_group("x/y") == {}
     assert track_of_group("face_context/swinface").name == "face_context" and track_of_group("views/video") is None
     with pytest.raises(UserError, match="unknown track 'faces'; the tracks are video, joint"):
         get_track("faces")
@@ -87,8 +91,10 @@ def test_no_track_name_tests_outside_the_table():
     """Which rows a track has, or how it is laid out, is read from the table, never from its name.
     (--scope clip/context and the bone-vector rule of --stream bone are option values, not tracks.)"""
     pattern = re.compile(r'(==|!=|\bin)\s*\(?\s*"(video|context|face_context|joint|bone|face)"')
-    files = [*(ROOT / "migfuse" / "extract").rglob("*.py"), ROOT / "migfuse/fuse/data.py",
-             ROOT / "migfuse/data_cache/views.py", ROOT / "migfuse/demo.py", ROOT / "migfuse/cli.py"]
+    cache_modules = [p for p in (ROOT / "migfuse" / "data_cache").glob("*.py") if p.name != "tracks.py"]
+    files = [*(ROOT / "migfuse" / "extract").rglob("*.py"), ROOT / "migfuse/fuse/data.py", *cache_modules,
+             ROOT / "migfuse/demo.py", ROOT / "migfuse/cli.py"]
+    assert ROOT / "migfuse/data_cache/store.py" in files and ROOT / "migfuse/data_cache/spec.py" in files
     hits = [f"{f.relative_to(ROOT)}:{n}" for f in files for n, line in enumerate(f.read_text().splitlines(), 1)
             if pattern.search(line) and not re.search(r"\b(scope|stream)\b", line)]
     assert hits == []

@@ -34,6 +34,17 @@ def test_every_head_gives_finite_logits(name):
     assert out.shape == (3, 7) and torch.isfinite(out).all()
 
 
+def test_a_head_name_is_registered_once_and_an_unknown_one_names_the_choices():
+    from migfuse.fuse.heads import FusionHead, head_class, register_head
+
+    assert list_heads() == ["cmtf", "context", "face", "interfusion", "pose", "video"]
+    with pytest.raises(ValueError, match="head 'cmtf' is registered twice"):
+        register_head("cmtf")(type("OtherHead", (FusionHead,), {}))
+    assert head_class("cmtf").__name__ == "CMTF" and head_class("cmtf").name == "cmtf"
+    with pytest.raises(UserError, match="unknown head 'nope': choose one of cmtf, context, face, interfusion, pose, video"):
+        head_class("nope")
+
+
 def test_masked_tokens_do_not_change_predictions():
     torch.manual_seed(0)
     model = make_head("cmtf", CLIP_SHAPES, 5).eval()

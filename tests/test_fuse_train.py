@@ -77,6 +77,31 @@ def test_same_seed_same_metrics(mg_data, tmp_path):
     assert other != [r["train_loss"] for r in runs[0]]
 
 
+def test_train_eval_and_predict_each_open_every_cache_group_once(mg_data, tmp_path, monkeypatch):
+    """Opening a group reads its attributes and its id array: each command opens the groups it reads
+    once (the three views, and for train the views' source groups, to check they are current) and
+    passes the handles on."""
+    from migfuse.data_cache.group import TokenGroup
+
+    prepared, cache = mg_data
+    opened: list[str] = []
+    real_init = TokenGroup.__init__
+
+    def counting_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        opened.append(self.name)
+
+    monkeypatch.setattr(TokenGroup, "__init__", counting_init)
+    out = tmp_path / "run"
+    views = ["views/bone", "views/joint", "views/video"]
+    train(cache, prepared, "mg", out, config={**FAST, "epochs": 1})
+    assert sorted(opened) == sorted([*views, "bone/agcn", "joint/agcn", "video/mvit_v2_s"]), opened
+    for command in (evaluate, predict):
+        opened.clear()
+        command(out, "test")
+        assert sorted(opened) == views, (command.__name__, opened)
+
+
 def test_interfusion_learns_emotion_without_faces_in_some_videos(emo_data, tmp_path):
     prepared, cache = emo_data
     summary = train(cache, prepared, "emotion", tmp_path / "emo", config={"epochs": 15, "threads": 1})

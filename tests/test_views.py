@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from migfuse.data_cache.store import MISSING, TokenCache
-from migfuse.data_cache.views import (context_cls_mean, default_views, make_view, part_groups, pose_parts,
-                                      video_time)
+from migfuse.data_cache.views import (context_cls_mean, default_views, list_poolings, make_view, part_groups,
+                                      pose_parts, register_pooling, video_time)
 from migfuse.errors import UserError
 from migfuse.synth.tokens import write_synthetic
 
@@ -81,6 +81,16 @@ def test_view_resumes_and_refuses_other_settings(small_cache):
     assert rebuilt.arrays["tokens"].shape == (2, 256)
     with pytest.raises(UserError, match="does not apply"):
         make_view(path, "bad", "face/swinface", pooling="video_time")
+
+
+def test_a_pooling_name_is_registered_once_and_an_unknown_one_names_the_choices(small_cache):
+    _, path = small_cache
+    with pytest.raises(ValueError, match="pooling 'video_time' is registered twice"):
+        register_pooling("video_time", ("video",))(lambda a: a)
+    with pytest.raises(UserError, match="unknown pooling 'mean': choose one of context_cls_mean, face_keep, pose_parts, "
+                                        "pose_time, raw, video_cls, video_time"):
+        make_view(path, "x", "joint/agcn", pooling="mean")
+    assert list_poolings()["pose_parts"] == ("joint", "bone")
 
 
 def test_view_of_a_re_extracted_source_is_refused(tmp_path):

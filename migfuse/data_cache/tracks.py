@@ -11,15 +11,21 @@ model itself is a column here, so no other module tests track names:
     pooling       the default view pooling (`migfuse cache view --defaults`)
     source_arrays arrays a pooling reads (None: all; face skips its optional global tokens)
     command       the CLI command that writes it
+    axis_names    names of each stored array's per-row axes after the row axis (they become Zarr
+                  dimension names, so xarray sees e.g. (clip, token, channel)); an array with one
+                  more axis than listed has a leading "window" axis; arrays not listed get
+                  "<array>_axis<k>". A producer may still pass ArraySpec(dims=...).
 
 Rows are identified by id; `row_definition` says what defines a row's content (a clip's video id
 and frame range), stored per row so a changed range under the same id is not taken as done.
+
+Views (``views/<name>``) of any track share one layout, `VIEW_AXIS_NAMES`.
 
 No torch, no Zarr: `migfuse cache` and the laptop side import this.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -51,6 +57,7 @@ class Track:
     pooling: str
     command: str
     source_arrays: tuple[str, ...] | None = None
+    axis_names: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     @property
     def per_video(self) -> bool:
@@ -62,16 +69,31 @@ class Track:
 
 
 _FACE_ARRAYS = ("features", "logits", "mask")
+_TOKEN_AXES = {"tokens": ("token", "channel")}
+_POSE_AXES = {"features": ("channel", "time", "joint")}
+_CONTEXT_AXES = {"tokens": ("token", "channel"), "valid": ()}  # per window: (K, 393, 768) and (K,)
+_FACE_AXES = {"features": ("face", "feature"), "logits": ("face", "expression"), "mask": ("face",),
+              "global_tokens": ("face", "token", "channel")}
 
 TRACKS: dict[str, Track] = {t.name: t for t in (
-    Track("video", RowUnit.CLIP, Decodes.VIDEO, "video_tokens", "video_time", "extract video"),
-    Track("joint", RowUnit.CLIP, Decodes.SKELETON, "pose_features", "pose_parts", "extract skeleton --stream joint"),
-    Track("bone", RowUnit.CLIP, Decodes.SKELETON, "pose_features", "pose_parts", "extract skeleton --stream bone"),
-    Track("face", RowUnit.CLIP, Decodes.VIDEO, "face_frames", "face_keep", "extract face --scope clip", _FACE_ARRAYS),
-    Track("context", RowUnit.VIDEO, Decodes.VIDEO, "context_tokens", "context_cls_mean", "extract context"),
+    Track("video", RowUnit.CLIP, Decodes.VIDEO, "video_tokens", "video_time", "extract video",
+          axis_names=_TOKEN_AXES),
+    Track("joint", RowUnit.CLIP, Decodes.SKELETON, "pose_features", "pose_parts", "extract skeleton --stream joint",
+          axis_names=_POSE_AXES),
+    Track("bone", RowUnit.CLIP, Decodes.SKELETON, "pose_features", "pose_parts", "extract skeleton --stream bone",
+          axis_names=_POSE_AXES),
+    Track("face", RowUnit.CLIP, Decodes.VIDEO, "face_frames", "face_keep", "extract face --scope clip", _FACE_ARRAYS,
+          axis_names=_FACE_AXES),
+    Track("context", RowUnit.VIDEO, Decodes.VIDEO, "context_tokens", "context_cls_mean", "extract context",
+          axis_names=_CONTEXT_AXES),
     Track("face_context", RowUnit.VIDEO, Decodes.VIDEO, "face_frames", "face_keep", "extract face --scope context",
-          _FACE_ARRAYS),
+          _FACE_ARRAYS, axis_names=_FACE_AXES),
 )}
+
+#: Groups ``views/<name>`` hold pooled views (data_cache/views.py), whatever their track.
+VIEW_PREFIX = "views/"
+#: Per-row axes of a view's arrays: tokens (n, D) and mask (n,), after a "window" axis when windowed.
+VIEW_AXIS_NAMES: dict[str, tuple[str, ...]] = {"tokens": ("token", "channel"), "mask": ("token",)}
 
 
 def get_track(name: str) -> Track:
@@ -89,6 +111,14 @@ def get_track(name: str) -> Track:
 def track_of_group(group_name: str) -> Track | None:
     """The track of a raw cache group name ('joint/agcn' -> joint), None when it is no track's group."""
     return TRACKS.get(group_name.split("/")[0])
+
+
+def axis_names_of_group(group_name: str) -> dict[str, tuple[str, ...]]:
+    """Per-row axis names of the arrays of a cache group: a view's, its track's, or none ({})."""
+    if group_name.startswith(VIEW_PREFIX):
+        return VIEW_AXIS_NAMES
+    track = track_of_group(group_name)
+    return track.axis_names if track is not None else {}
 
 
 def tracks_with_layout(*layouts: str) -> tuple[str, ...]:

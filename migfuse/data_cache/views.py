@@ -30,18 +30,19 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from migfuse.data_cache.store import ArraySpec, GroupSpec, TokenCache, TokenGroup
-from migfuse.data_cache.tracks import TRACKS, track_of_group, tracks_with_layout
+from migfuse.data_cache.tracks import TRACKS, VIEW_PREFIX, track_of_group, tracks_with_layout
 from migfuse.errors import UserError
+from migfuse.registry import Registry
 
 log = logging.getLogger(__name__)
 
-VIEW_PREFIX = "views/"
 VIDEO_GRID = 49           # MViTv2-S: 1 class token + 8 time steps x 7 x 7 spatial tokens
 POSE_TIME_STEPS = 8
 POSE_PARTS = 6
@@ -53,18 +54,32 @@ PER_VIDEO_TRACKS = tuple(t.name for t in TRACKS.values() if t.per_video)
 DEFAULT_POOLING = {t.name: t.pooling for t in TRACKS.values()}
 
 Pooled = dict[str, np.ndarray]  # {"tokens": (B, [W,] n, D) float, "mask": (B, [W,] n) bool}
-_POOLINGS: dict[str, tuple[tuple[str, ...], Callable[..., Pooled]]] = {}
 
 
-def register_pooling(name: str, tracks: tuple[str, ...]):
+@dataclass(frozen=True)
+class Pooling:
+    """A registered pooling: the tracks it applies to, and `fn(arrays, **params) -> Pooled`."""
+
+    tracks: tuple[str, ...]
+    fn: Callable[..., Pooled]
+
+
+#: Pooling name -> Pooling; `migfuse cache view --pooling` chooses among these.
+POOLINGS: Registry[Pooling] = Registry("pooling")
+
+
+def register_pooling(name: str, tracks: tuple[str, ...]) -> Callable[[Callable[..., Pooled]], Callable[..., Pooled]]:
     """Decorator: a pooling `fn(arrays, **params) -> {"tokens", "mask"}` for the given tracks.
 
     `arrays` are stacked source arrays as `TokenGroup.read_many` returns them (ragged ones padded,
     with ``<name>_len``).
+
+    Raises:
+        ValueError: `name` is registered already.
     """
 
-    def wrap(fn):
-        _POOLINGS[name] = (tracks, fn)
+    def wrap(fn: Callable[..., Pooled]) -> Callable[..., Pooled]:
+        POOLINGS.register(name, Pooling(tuple(tracks), fn))
         return fn
 
     return wrap
@@ -72,7 +87,7 @@ def register_pooling(name: str, tracks: tuple[str, ...]):
 
 def list_poolings() -> dict[str, tuple[str, ...]]:
     """Pooling name -> tracks it applies to."""
-    return {k: v[0] for k, v in _POOLINGS.items()}
+    return {name: p.tracks for name, p in POOLINGS.load_all().items()}
 
 
 # ----- poolings ------------------------------------------------------------------------------------
@@ -239,12 +254,11 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
         raise UserError(f"'{source}' is already a view; derive views from a track group (see `migfuse cache info`)")
     track = track_of(src)
     pooling = pooling or DEFAULT_POOLING.get(track)
-    if pooling not in _POOLINGS:
-        raise UserError(f"unknown pooling {pooling!r}; choose one of {', '.join(_POOLINGS)}")
-    tracks, fn = _POOLINGS[pooling]
-    if track not in tracks:
+    chosen = POOLINGS.get(pooling)  # UserError naming the known poolings
+    fn = chosen.fn
+    if track not in chosen.tracks:
         raise UserError(f"pooling {pooling!r} does not apply to track {track!r} ({source}); "
-                        f"it is for {', '.join(tracks)}")
+                        f"it is for {', '.join(chosen.tracks)}")
     if pooling == "raw":
         params = {**params, "track": track}
     done = src.done_ids()

@@ -1,26 +1,30 @@
 """Token sets in RAM for training: which ids, which cache groups, labels, and the checks against
 the manifest.
 
-    inputs = resolve_inputs(cache, task, needed=["video", "joint", "bone"])   # modality -> group
-    split = task_splits(manifest, task, val_fraction=0.1, seed=0)           # SplitPlan
-    data = load_tokens(cache, inputs, split.train, labels, allow_missing=False)   # TokenSet
+    groups = open_inputs(cache, needed=["video", "joint", "bone"])    # modality -> open TokenGroup
+    split = task_splits(manifest, task, val_fraction=0.1, seed=0)      # SplitPlan
+    ids = check_coverage(groups, split.train, "train", allow_missing=False)
+    data = load_tokens(groups, ids, labels_of(manifest, task, ids))    # TokenSet
     batch = data.batch(index)        # {"video": (B, 9, 768) float32, "video_mask": (B, 9) bool, ...}
 
+Groups travel as open handles (`TokenGroup`), not names: opening one reads its attributes and its
+id array, so a command opens each group once and passes the handle on.
 Micro-gestures are per clip (ids = clip ids), emotion is per video (ids = video ids).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
 
 from migfuse.datasets import classes
 from migfuse.datasets.manifest import Manifest
-from migfuse.data_cache.store import DONE, TokenCache
+from migfuse.data_cache.store import DONE, TokenCache, TokenGroup
 from migfuse.data_cache.tracks import TRACKS, track_of_group
-from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, source_arrays, track_of
+from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, is_view, source_arrays, track_of
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -64,48 +68,75 @@ class TokenSet:
 
 
 # ----- which groups ----------------------------------------------------------------------------------
-def resolve_inputs(cache: TokenCache, needed: list[str], configured: dict[str, str] | None = None) -> dict[str, str]:
-    """Cache group for each needed modality: the configured one, else ``views/<modality>``, else the
-    track's raw group when it is small enough to hold in RAM. UserError naming the fix otherwise."""
+def open_inputs(cache: TokenCache, needed: list[str], configured: Mapping[str, str] | None = None
+                ) -> dict[str, TokenGroup]:
+    """The cache group of each needed modality, opened once: the configured one, else
+    ``views/<modality>``, else the track's raw group when it is small enough to hold in RAM.
+
+    Raises:
+        UserError: no cache, a configured group that is absent, no tokens of a modality, a raw group
+            too big for RAM, or a view derived from a source re-extracted since (names the fix).
+    """
     configured = dict(configured or {})
     names = cache.group_names()
     if not names and not (cache.path / "zarr.json").is_file():
         raise UserError(f"no token cache at {cache.path}; check --cache (create one with `migfuse extract ...`)")
+    opened: dict[str, TokenGroup] = {}  # by name: a group two modalities share is opened once
     out = {}
     for modality in needed:
-        out[modality] = _resolve_one(cache, modality, configured, names)
-        check_view_is_current(cache, out[modality], names)
+        out[modality] = _open_one(cache, modality, configured, names, opened)
+        check_view_is_current(out[modality], names, opened)
     return out
 
 
-def check_view_is_current(cache: TokenCache, name: str, names: list[str]) -> None:
-    """UserError when view `name` was derived from a source group that has since been re-extracted
-    with other settings (its tokens would silently mix two extractions)."""
-    if not name.startswith(VIEW_PREFIX):
+def resolve_inputs(cache: TokenCache, needed: list[str], configured: Mapping[str, str] | None = None
+                   ) -> dict[str, str]:
+    """The name of each needed modality's cache group (`open_inputs`, keeping only the names)."""
+    return {modality: g.name for modality, g in open_inputs(cache, needed, configured).items()}
+
+
+def _open(cache: TokenCache, opened: dict[str, TokenGroup], name: str) -> TokenGroup:
+    """Group `name`, opened on first use and kept in `opened`."""
+    if name not in opened:
+        opened[name] = cache.group(name)
+    return opened[name]
+
+
+def check_view_is_current(group: TokenGroup, names: list[str], opened: dict[str, TokenGroup] | None = None
+                          ) -> None:
+    """UserError when view `group` was derived from a source group that has since been re-extracted
+    with other settings (its tokens would silently mix two extractions). `names`: the cache's groups;
+    `opened`: groups already open by name (the source is opened there when absent)."""
+    if not is_view(group):
         return
-    prov = cache.group(name).provenance
+    prov = group.provenance
     source = prov.get("source")
-    if source in names and "source_provenance" in prov and cache.group(source).provenance != prov["source_provenance"]:
-        raise UserError(f"view '{name}' in {cache.path} was derived from an earlier '{source}' (its provenance "
-                        f"changed since); rebuild it: the same `migfuse cache view` command plus --overwrite")
+    if source not in names or "source_provenance" not in prov:
+        return
+    source_now = _open(group.cache, {} if opened is None else opened, source)
+    if source_now.provenance != prov["source_provenance"]:
+        raise UserError(f"view '{group.name}' in {group.cache.path} was derived from an earlier '{source}' "
+                        f"(its provenance changed since); rebuild it: the same `migfuse cache view` command "
+                        f"plus --overwrite")
 
 
-def _resolve_one(cache: TokenCache, modality: str, configured: dict[str, str], names: list[str]) -> str:
+def _open_one(cache: TokenCache, modality: str, configured: dict[str, str], names: list[str],
+              opened: dict[str, TokenGroup]) -> TokenGroup:
     if modality in configured:
         if configured[modality] not in names:
             raise UserError(f"config input {modality!r} -> '{configured[modality]}' is not in cache {cache.path} "
                             f"(groups: {', '.join(names) or 'none'}); fix \"inputs\" in the config")
-        return configured[modality]
+        return _open(cache, opened, configured[modality])
     if VIEW_PREFIX + modality in names:
-        return VIEW_PREFIX + modality
+        return _open(cache, opened, VIEW_PREFIX + modality)
     track = TRACKS.get(modality)
     raw = sorted(n for n in names if track is not None and track_of_group(n) is track)
     if raw:
-        g = cache.group(raw[0])
+        g = _open(cache, opened, raw[0])
         per_row = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in g.arrays.values())
         if per_row * len(g.ids) <= RAW_GROUP_LIMIT_BYTES:
             log.info("input %s: reading raw group %s (no view %s%s)", modality, raw[0], VIEW_PREFIX, modality)
-            return raw[0]
+            return g
         raise UserError(f"input {modality!r}: raw group '{raw[0]}' in {cache.path} is too big to train on "
                         f"({per_row * len(g.ids) / 2**30:.1f} GB); run `migfuse cache view {cache.path} --defaults`")
     raise UserError(f"cache {cache.path} has no {modality!r} tokens (groups: {', '.join(names) or 'none'}); "
@@ -200,24 +231,23 @@ def class_names(task: str) -> list[str]:
 
 
 # ----- reading ---------------------------------------------------------------------------------------
-def check_coverage(cache: TokenCache, inputs: dict[str, str], ids: list[str], what: str,
-                   allow_missing: bool) -> list[str]:
-    """The ids finished in every input group; UserError on a missing id unless `allow_missing`."""
+def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, allow_missing: bool) -> list[str]:
+    """The ids finished in every input group (modality -> open group); UserError on a missing id
+    unless `allow_missing`."""
     keep = set(ids)
-    for modality, name in inputs.items():
-        g = cache.group(name)
+    for g in inputs.values():
         track = track_of(g)
         known = set(g.ids)
         absent = [i for i in ids if i not in known]
         if len(absent) == len(ids) and ids:
             unit = TRACKS[track].unit if track in TRACKS else "row"
-            raise UserError(f"cache group '{name}' in {cache.path} has none of the {len(ids)} {what} ids "
+            raise UserError(f"cache group '{g.name}' in {g.cache.path} has none of the {len(ids)} {what} ids "
                             f"(e.g. {ids[0]}; it holds {unit} ids like {g.ids[0] if g.ids else '-'}); "
                             f"it was extracted for another manifest or task, point --cache/--data at matching ones")
         status = dict(zip(g.ids, g.status()))
         missing = [i for i in ids if status.get(i) != DONE]
         if missing:
-            msg = (f"cache group '{name}' in {cache.path} lacks {len(missing)} of the {len(ids)} {what} ids "
+            msg = (f"cache group '{g.name}' in {g.cache.path} lacks {len(missing)} of the {len(ids)} {what} ids "
                    f"(e.g. {', '.join(missing[:3])})")
             if not allow_missing:
                 raise UserError(f"{msg}; finish `migfuse extract` / `migfuse cache view`, or pass --allow-missing to skip them")
@@ -226,14 +256,14 @@ def check_coverage(cache: TokenCache, inputs: dict[str, str], ids: list[str], wh
     return [i for i in ids if i in keep]
 
 
-def load_tokens(cache: TokenCache, inputs: dict[str, str], ids: list[str], labels: list[int],
-                read_batch: int = 2048) -> TokenSet:
-    """Read `ids` (all finished in every group: see `check_coverage`) into a TokenSet."""
+def load_tokens(inputs: Mapping[str, TokenGroup], ids: list[str], labels: list[int], read_batch: int = 2048
+                ) -> TokenSet:
+    """Read `ids` (all finished in every group: see `check_coverage`) of each input (modality -> open
+    group) into a TokenSet: tokens (S, [W,] N, D) fp16 and masks (S, [W,] N) bool per modality."""
     tokens: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
-    for modality, name in inputs.items():
-        g = cache.group(name)
-        names = None if name.startswith(VIEW_PREFIX) else source_arrays(track_of(g))
+    for modality, g in inputs.items():
+        names = None if is_view(g) else source_arrays(track_of(g))
         parts_t, parts_m = [], []
         for start in range(0, len(ids), read_batch):
             pooled = as_tokens(g, g.read_many(ids[start : start + read_batch], names))

@@ -6,7 +6,7 @@ exactly the split's: missing ids and ids of other splits are refused; ids the ch
 not list (MiGA: clip 0453_32, videos 218/319/347/348; `split_miga` empty in the manifest) are
 dropped with a note, so scores predicted on the raw annotation export cleanly.
 
-Formats live in `EXPORTERS`, a small registry: add a challenge with `register_exporter`.
+Formats live in `EXPORTERS` (a migfuse.registry.Registry): add a challenge with `register_exporter`.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from migfuse.datasets import classes
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
 from migfuse.fuse.scores import Scores
+from migfuse.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,17 @@ class ExportFormat:
     description: str
 
 
-EXPORTERS: dict[str, ExportFormat] = {}
+#: Format name -> ExportFormat (`migfuse export NAME`).
+EXPORTERS: Registry[ExportFormat] = Registry("export format")
 
 
 def register_exporter(fmt: ExportFormat) -> ExportFormat:
-    """Add a format to `EXPORTERS` (name must be new); returns it."""
-    if fmt.name in EXPORTERS:
-        raise ValueError(f"exporter {fmt.name!r} is already registered")
-    EXPORTERS[fmt.name] = fmt
+    """Add a format to `EXPORTERS`; returns it.
+
+    Raises:
+        ValueError: a format of that name is registered already.
+    """
+    EXPORTERS.register(fmt.name, fmt)
     return fmt
 
 
@@ -90,10 +94,7 @@ class ExportResult:
 
 def get_exporter(name: str) -> ExportFormat:
     """The registered format `name`; UserError listing the known ones otherwise."""
-    try:
-        return EXPORTERS[name]
-    except KeyError:
-        raise UserError(f"unknown export format {name!r}; use one of {', '.join(EXPORTERS)}") from None
+    return EXPORTERS.get(name)
 
 
 def parse_header(text: str | None, default: tuple[str, str] | None) -> tuple[str, str] | None:
@@ -225,8 +226,9 @@ def export_scores(
         scores = Scores.load(scores)
     manifest = prepared if isinstance(prepared, Manifest) else Manifest.load(prepared)
     if scores.task != exporter.task:
-        hint = next((n for n, e in EXPORTERS.items() if e.task == scores.task), "another format")
-        raise UserError(f"{source} holds {scores.task} scores but {fmt} needs {exporter.task}; use `migfuse export {hint}`")
+        fits = [f"`migfuse export {n}`" for n, e in EXPORTERS.load_all().items() if e.task == scores.task]
+        raise UserError(f"{source} holds {scores.task} scores but {fmt} needs {exporter.task}; "
+                        f"use {' or '.join(fits) or 'another format'}")
     if exporter.task == "mg" and scores.scores.shape[1] != classes.NUM_CLASSES:
         raise UserError(f"{source} has {scores.scores.shape[1]} classes, {fmt} needs {classes.NUM_CLASSES}")
     if scores.split and scores.split != split:

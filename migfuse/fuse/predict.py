@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from migfuse.datasets.manifest import Manifest
-from migfuse.data_cache.store import TokenCache
+from migfuse.data_cache.store import TokenCache, TokenGroup
 from migfuse.errors import UserError
 from migfuse.fuse import data as fdata
 from migfuse.fuse.heads import FusionHead, make_head
@@ -38,6 +39,12 @@ class Run:
     @property
     def task(self) -> str:
         return self.config["task"]
+
+    @cached_property
+    def groups(self) -> dict[str, TokenGroup]:
+        """The cache group of each input the run was trained on (modality -> open group), opened on
+        first use and kept for every split this run scores."""
+        return {modality: self.cache.group(name) for modality, name in self.config["inputs"].items()}
 
     def split_ids(self, split: str) -> list[str]:
         """Ids of `split`: train/validation as used in training (splits.json), test from the manifest."""
@@ -90,13 +97,13 @@ def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_on
     if not ids:
         raise UserError(f"split {split!r} of {run.manifest.root} has no {'labelled ' if labelled_only else ''}"
                         f"{'clips' if run.task == 'mg' else 'videos'} for task {run.task}; choose another --split")
-    for modality, group in run.config["inputs"].items():
+    for modality, group in run.groups.items():
         trained_on = run.config.get("input_provenance", {}).get(modality)
-        if trained_on is not None and run.cache.group(group).provenance != trained_on:
-            raise UserError(f"cache group '{group}' in {run.cache.path} was rebuilt with other settings than run "
+        if trained_on is not None and group.provenance != trained_on:
+            raise UserError(f"cache group '{group.name}' in {run.cache.path} was rebuilt with other settings than run "
                             f"{run.path} was trained on; retrain, or point --cache at the cache it was trained with")
-    ids = fdata.check_coverage(run.cache, run.config["inputs"], ids, split, allow_missing)
-    tokens = fdata.load_tokens(run.cache, run.config["inputs"], ids, fdata.labels_of(run.manifest, run.task, ids))
+    ids = fdata.check_coverage(run.groups, ids, split, allow_missing)
+    tokens = fdata.load_tokens(run.groups, ids, fdata.labels_of(run.manifest, run.task, ids))
     shapes = {k: tuple(v) for k, v in run.config["shapes"].items()}
     if tokens.shapes != shapes:
         raise UserError(f"cache {run.cache.path} gives token shapes {tokens.shapes} but run {run.path} was "

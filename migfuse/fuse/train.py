@@ -237,10 +237,11 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
     manifest = Manifest.load(prepared)
     names = fdata.class_names(task)
     needed = head_class(cfg["head"]).required_inputs(cfg["head_options"])
-    inputs = fdata.resolve_inputs(cache, needed, cfg["inputs"])
+    groups = fdata.open_inputs(cache, needed, cfg["inputs"])  # opened once, used by every split below
+    inputs = {m: g.name for m, g in groups.items()}
     # What decides whether a rerun may resume: the same cache groups, built the same way.
     inputs_id = {"cache": str(cache.path.resolve()), "data": str(prepared.resolve()), "inputs": inputs,
-                 "input_provenance": {m: cache.group(g).provenance for m, g in inputs.items()}}
+                 "input_provenance": {m: g.provenance for m, g in groups.items()}}
     with RunFolder.open(out, "fuse", cfg, inputs_id, overwrite=overwrite, resumable=RESUMABLE,
                         extra_files=EXTRA_FILES) as run:
         plan = fdata.task_splits(manifest, task, cfg["val_fraction"], cfg["seed"], cfg["split_scheme"])
@@ -250,8 +251,8 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
             ids = plan.ids(split)
             labels = fdata.labels_of(manifest, task, ids)
             ids = [i for i, y in zip(ids, labels) if y >= 0]  # unlabelled samples cannot be trained or scored
-            ids = fdata.check_coverage(cache, inputs, ids, f"{split}", allow_missing)
-            sets[split] = fdata.load_tokens(cache, inputs, ids, fdata.labels_of(manifest, task, ids))
+            ids = fdata.check_coverage(groups, ids, f"{split}", allow_missing)
+            sets[split] = fdata.load_tokens(groups, ids, fdata.labels_of(manifest, task, ids))
         if not len(sets["train"]):
             raise UserError(f"no labelled training samples for task {task} in {prepared} with cache {cache.path}")
 

@@ -1,4 +1,4 @@
-"""Fusion heads: a small name -> class registry (as in actionformer's ``register_*``/``make_*``).
+"""Fusion heads: a name -> class registry (`HEADS`, a migfuse.registry.Registry) and `make_head`.
 
     from migfuse.fuse.heads import make_head, list_heads, head_defaults
     model = make_head("cmtf", shapes={"video": (9, 768), "joint": (14, 256), "bone": (14, 256)},
@@ -11,13 +11,12 @@ commented ``DEFAULTS`` dict overridden by the run config; an unknown option is r
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from torch import nn
 
 from migfuse.errors import UserError
-
-_HEADS: dict[str, type["FusionHead"]] = {}
+from migfuse.registry import Registry
 
 
 class FusionHead(nn.Module):
@@ -35,21 +34,28 @@ class FusionHead(nn.Module):
         """Names of the inputs (cache modalities) this head reads with these options."""
         raise NotImplementedError
 
-    def __init__(self, shapes: Mapping[str, tuple[int, ...]], num_classes: int, options: Mapping[str, Any]):
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], num_classes: int, options: Mapping[str, Any]
+                 ) -> None:
         super().__init__()
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self.num_classes = num_classes
         self.options = dict(options)
 
 
-def register_head(name: str):
-    """Class decorator: make a `FusionHead` subclass available to `make_head(name, ...)`."""
+#: Head name -> FusionHead subclass; the built-in heads register themselves when their module is imported.
+HEADS: Registry[type[FusionHead]] = Registry("head")
+
+
+def register_head(name: str) -> Callable[[type[FusionHead]], type[FusionHead]]:
+    """Class decorator: make a `FusionHead` subclass available to `make_head(name, ...)`.
+
+    Raises:
+        ValueError: `name` is registered already (two heads of one name are a bug).
+    """
 
     def wrap(cls: type[FusionHead]) -> type[FusionHead]:
-        if name in _HEADS:
-            raise ValueError(f"head {name!r} is registered twice")
+        HEADS.register(name, cls)
         cls.name = name
-        _HEADS[name] = cls
         return cls
 
     return wrap
@@ -61,17 +67,15 @@ def _load_builtin() -> None:
 
 
 def list_heads() -> list[str]:
-    """Registered head names."""
+    """Registered head names, sorted."""
     _load_builtin()
-    return sorted(_HEADS)
+    return HEADS.names()
 
 
 def head_class(name: str) -> type[FusionHead]:
     """The class registered as `name` (UserError naming the choices when unknown)."""
     _load_builtin()
-    if name not in _HEADS:
-        raise UserError(f"unknown head {name!r}; choose one of {', '.join(sorted(_HEADS))} (`migfuse fuse heads`)")
-    return _HEADS[name]
+    return HEADS.get(name)
 
 
 def resolve_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""`TokenCache`: the store on disk (``CACHE.zarr``): opening it, listing, creating and deleting its
+groups under the cache lock, and the consolidated metadata at its root.
+
+Groups are created (and deleted) under a file lock, `CACHE.zarr.lock` next to the store (outside the
+Zarr hierarchy), by whichever process comes first; the consolidated metadata is rewritten under the
+same lock after each such change. migfuse itself always reads the live metadata. store.py explains
+the layout and why many writers are safe.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from migfuse.data_cache.chunks import WRITE_FIXES, compressors, writing
+from migfuse.data_cache.group import TokenGroup
+from migfuse.data_cache.spec import FORMAT_VERSION, MISSING, GroupSpec
+from migfuse.errors import UserError
+
+#: How the cache lock is taken: "file" (flock / Windows lock, via filelock) or "soft" (a lock file
+#: whose existence is the lock, for network filesystems without flock).
+LOCK_ENV = "MIGFUSE_CACHE_LOCK"
+SOFT_LOCK_TIMEOUT_S = 600.0
+#: Distributions whose versions go into every group's "info" (what produced it).
+_VERSION_DISTS = ("numpy", "zarr", "torch", "torchvision", "timm", "av", "facenet-pytorch")
+
+
+class TokenCache:
+    """A token cache on disk (``CACHE.zarr``). Cheap to construct; opens Zarr lazily."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"TokenCache({str(self.path)!r})"
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file, next to the store (``CACHE.zarr.lock``): never inside the Zarr hierarchy."""
+        absolute = self.path.absolute()
+        return absolute.with_name(absolute.name + ".lock")
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _root(self, create: bool) -> Any:
+        import zarr
+
+        if not (self.path / "zarr.json").is_file() and not create:
+            raise UserError(f"no token cache at {self.path} (create it with `migfuse extract ...`, or check the path)")
+        # Never through the consolidated metadata: another process may have added a group since.
+        return zarr.open_group(store=str(self.path), mode="a" if create else "r+", use_consolidated=False)
+
+    def group_names(self) -> list[str]:
+        """Names of the complete groups (those whose creator finished writing the spec)."""
+        names: list[str] = []
+        # Walk group nodes only: array folders hold one chunk file per row and are never entered.
+        stack = [self.path]
+        while stack:
+            folder = stack.pop()
+            meta = _node_meta(folder)
+            if meta is None or meta.get("node_type") != "group":
+                continue
+            if "migfuse" in meta.get("attributes", {}):
+                names.append(folder.relative_to(self.path).as_posix())
+            stack.extend(p for p in folder.iterdir() if p.is_dir())
+        return sorted(names)
+
+    def has_group(self, name: str) -> bool:
+        return name in self.group_names()
+
+    def group(self, name: str) -> TokenGroup:
+        """Open an existing group for reading and writing."""
+        root = self._root(create=False)
+        if name not in self.group_names():
+            have = ", ".join(self.group_names()) or "none"
+            raise UserError(f"cache {self.path} has no group '{name}' (groups: {have}); run the matching `migfuse extract` first")
+        return TokenGroup(self, root[name])
+
+    def require_group(self, spec: GroupSpec) -> TokenGroup:
+        """Create the group described by `spec`, or reopen it if it was made with the same spec.
+
+        Reopening writes nothing (a finished group on a read-only disk opens). Creating happens
+        under the cache lock, so several processes may call this at once, and then refreshes the
+        consolidated metadata.
+        Raises UserError (one line) if the existing group has other ids, arrays or provenance, or
+        the disk is full / read-only.
+        """
+        if (self.path / "zarr.json").is_file() and spec.name in self.group_names():
+            g = self.group(spec.name)
+            g._check_matches(spec)
+            if "rowdef" in g._g.array_keys():
+                return g
+            # a group made before row definitions were stored: add the array below, under the lock
+        with writing(self.path), self._lock():
+            root = self._root(create=True)
+            if spec.name in self.group_names():  # another process created it meanwhile
+                g = TokenGroup(self, root[spec.name])
+                g._check_matches(spec)
+                if "rowdef" not in g._g.array_keys():  # a group made before row definitions were stored
+                    _create_rowdef(g._g, len(g.ids), g.clips_per_chunk, g.row_dim if g.format >= 2 else None)
+                    self._consolidate()
+                return g
+            zg = _create_group(root, spec)
+            self._consolidate()
+            return TokenGroup(self, zg)
+
+    def consolidate(self) -> None:
+        """Rewrite the consolidated metadata at the root (what `cache info --consolidate` does)."""
+        with writing(self.path), self._lock():
+            self._root(create=False)
+            self._consolidate()
+
+    def _consolidate(self) -> None:
+        import zarr
+
+        with warnings.catch_warnings():  # "not part of the v3 specification yet": known, and documented
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(self.path))
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """A cache-wide lock around creating and deleting groups (rare, so one lock is enough)."""
+        from filelock import FileLock, SoftFileLock, Timeout
+
+        kind = os.environ.get(LOCK_ENV, "file")
+        if kind not in ("file", "soft"):
+            raise UserError(f"{LOCK_ENV}={kind!r} is not a lock kind; set it to file (default) or soft")
+        path = self.lock_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = SoftFileLock(str(path), timeout=SOFT_LOCK_TIMEOUT_S) if kind == "soft" else FileLock(str(path))
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UserError(f"the cache lock {path} has been held for over {SOFT_LOCK_TIMEOUT_S:.0f} s; if no other "
+                            f"migfuse process uses this cache, delete {path} and rerun") from None
+        except OSError as e:
+            if e.errno in WRITE_FIXES:
+                raise
+            raise UserError(f"cannot lock {path} ({e.strerror or e}): this filesystem has no working file locks "
+                            f"(e.g. NFS without lockd); set {LOCK_ENV}=soft, or put the cache on a local disk") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def delete_group(self, name: str) -> None:
+        """Remove a group and everything in it (used by `--overwrite` style commands)."""
+        import shutil
+
+        target = self.path / name
+        if target.is_dir():
+            with writing(self.path), self._lock():
+                shutil.rmtree(target)
+                self._consolidate()
+
+
+def _node_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _create_group(root: Any, spec: GroupSpec) -> Any:
+    """Create the arrays of `spec` in `root` (under the lock); the attribute written last marks it complete."""
+    n = len(spec.ids)
+    cpc = max(1, min(int(spec.clips_per_chunk), max(n, 1)))
+    zg = root.require_group(spec.name)
+    for existing in list(zg.array_keys()):  # leftovers of a creator that died half-way
+        del zg[existing]
+
+    def per_row(name: str, dims: tuple[str, ...], shape: tuple[int, ...], chunk_rows: int, dtype: Any,
+                fill: Any) -> Any:
+        return zg.create_array(name, shape=(n, *shape), chunks=(chunk_rows, *shape), dtype=dtype, fill_value=fill,
+                               compressors=compressors(), dimension_names=(spec.row_dim, *dims))
+
+    ids = per_row(spec.row_dim, (), (), max(n, 1), str, "")
+    if n:
+        ids[:] = np.array(spec.ids, dtype=object)
+    for name, a in spec.arrays.items():
+        fill = np.nan if np.dtype(a.dtype).kind == "f" else 0  # NaN: a row not written never reads as zeros
+        per_row(name, a.dims, a.shape, cpc, a.dtype, fill)
+        if a.ragged:
+            per_row(f"{name}_len", (), (), cpc, "int32", 0)
+    per_row("failure", (), (), cpc, str, "")
+    per_row("rowdef", (), (), cpc, str, "")
+    per_row("status", (), (), cpc, "uint8", MISSING)
+    # The attribute is the "group complete" marker: written last.
+    zg.attrs.update({"migfuse": {
+        "format": FORMAT_VERSION,
+        "row_dim": spec.row_dim,
+        "arrays": {k: v.to_json() for k, v in spec.arrays.items()},
+        "clips_per_chunk": cpc,
+        "n": n,
+        "provenance": dict(spec.provenance),
+        "info": _info(),
+    }})
+    return zg
+
+
+def _create_rowdef(zg: Any, n: int, cpc: int, row_dim: str | None = None) -> None:
+    """Add the per-row definition array ("" = not recorded) to a group made before it existed;
+    chunked like `failure` (one writer per chunk). `row_dim`: the group's row dimension (format 2)."""
+    extra = {} if row_dim is None else {"compressors": compressors(), "dimension_names": (row_dim,)}
+    zg.create_array("rowdef", shape=(n,), chunks=(cpc,), dtype=str, fill_value="", **extra)
+
+
+def _info() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import migfuse
+
+    versions = {"migfuse": migfuse.__version__}
+    for dist in _VERSION_DISTS:
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": socket.gethostname(),
+        "versions": versions,
+        "code_version": _code_version(),
+    }
+
+
+def _code_version() -> str:
+    """`git describe` of the migfuse checkout when there is one, else the package version."""
+    import migfuse
+
+    here = Path(migfuse.__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty", "--tags"],
+            capture_output=True, text=True, timeout=5,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return f"{migfuse.__version__}+git.{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return migfuse.__version__
+

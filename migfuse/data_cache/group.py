@@ -1,0 +1,361 @@
+"""`TokenGroup`: one (track, backbone) group or view of the cache, as rows keyed by id.
+
+Row writes (`write`, `write_failure`, `write_many`) set `status` to MISSING first and to DONE (or
+FAILED) last, so a writer killed mid-row leaves the row "not done" (store.py says why that is safe
+with many writers). Row reads check the status first: a row that is not done raises KeyError, a
+chunk that cannot be decoded raises `CorruptChunk` naming its file. `verify` decodes every chunk.
+
+Opening a group reads its attributes and its id array once; keep the handle rather than reopening
+it by name (`TokenCache.group`) for every question.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from migfuse.data_cache.chunks import CorruptChunk, writing
+from migfuse.data_cache.spec import (DONE, FAILED, MISSING, ArraySpec, GroupSpec, default_row_dim, first_difference,
+                                     format_arrays, name_dims, value_at)
+from migfuse.errors import UserError
+
+if TYPE_CHECKING:
+    from migfuse.data_cache.cache import TokenCache
+
+
+class TokenGroup:
+    """One (track, backbone) group or view: per-row arrays keyed by id."""
+
+    def __init__(self, cache: TokenCache, zgroup: Any) -> None:
+        self.cache = cache
+        self._g = zgroup
+        meta = dict(zgroup.attrs)["migfuse"]
+        self.name: str = zgroup.path
+        self.format: int = int(meta.get("format", 1))
+        # format 1 has no row_dim: a view's rows are those of its source track
+        self.row_dim: str = meta.get("row_dim") or default_row_dim(str(meta["provenance"].get("track", self.name)))
+        arrays = {k: ArraySpec.from_json(v) for k, v in meta["arrays"].items()}
+        self.arrays: dict[str, ArraySpec] = name_dims(self.name, self.row_dim, arrays)
+        self.clips_per_chunk: int = meta["clips_per_chunk"]
+        self.provenance: dict = meta["provenance"]
+        self.info: dict = meta["info"]
+        #: the array holding the row ids: "clip"/"video" (format 2), "ids" (format 1)
+        self.id_array: str = self.row_dim if self.format >= 2 else "ids"
+        ids = self._read(self.id_array, slice(None), what="its id list")
+        self.ids: list[str] = [str(i) for i in ids]
+        self._row = {cid: i for i, cid in enumerate(self.ids)}
+
+    def __repr__(self) -> str:
+        return f"TokenGroup({self.name!r}, n={len(self.ids)})"
+
+    @property
+    def spec(self) -> GroupSpec:
+        return GroupSpec(self.name, self.ids, self.arrays, self.provenance, self.clips_per_chunk, self.row_dim)
+
+    @property
+    def path(self) -> Path:
+        return self.cache.path / self.name
+
+    def row(self, clip_id: str) -> int:
+        try:
+            return self._row[clip_id]
+        except KeyError:
+            raise KeyError(f"id {clip_id!r} is not in cache group {self.name}") from None
+
+    def _check_matches(self, spec: GroupSpec) -> None:
+        where = f"cache group '{self.name}' in {self.cache.path}"
+        fix = f"use another --cache, or delete {self.path} to rebuild it"
+        diff = first_difference(self.provenance, dict(spec.provenance))
+        if diff:
+            raise UserError(
+                f"{where} was written with {diff}={value_at(self.provenance, diff)!r} but this run has "
+                f"{diff}={value_at(dict(spec.provenance), diff)!r}; {fix}"
+            )
+        if self.arrays != dict(spec.arrays):
+            raise UserError(f"{where} holds arrays {format_arrays(self.arrays)} but this run writes {format_arrays(spec.arrays)}; {fix}")
+        if self.ids != list(spec.ids):
+            extra = sorted(set(spec.ids) - set(self.ids))[:3]
+            gone = sorted(set(self.ids) - set(spec.ids))[:3]
+            raise UserError(
+                f"{where} was created for {len(self.ids)} ids, this run has {len(spec.ids)} "
+                f"(new: {extra or 'none'}, absent: {gone or 'none'}, or another order); {fix}"
+            )
+
+    # -- writing -----------------------------------------------------------------------------------
+    def _prepare(self, name: str, value: np.ndarray) -> tuple[np.ndarray, int | None]:
+        spec = self.arrays[name]
+        v = np.asarray(value)
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise ValueError(f"{self.name}/{name}: refusing to store NaN or inf")
+        if spec.ragged:
+            n = v.shape[0] if v.ndim else 0
+            if v.shape[1:] != spec.shape[1:] or n > spec.shape[0]:
+                raise ValueError(f"{self.name}/{name}: shape {v.shape} does not fit ragged {spec.shape}")
+            padded = np.zeros(spec.shape, dtype=spec.dtype)
+            padded[:n] = v
+            return padded, n
+        if v.shape != spec.shape:
+            raise ValueError(f"{self.name}/{name}: shape {v.shape} != {spec.shape}")
+        return v.astype(spec.dtype, copy=False), None
+
+    def write(self, clip_id: str, arrays: Mapping[str, np.ndarray], rowdef: str | None = None) -> None:
+        """Write every array of one row (and its row definition), then mark it done. Safe from any
+        worker process.
+
+        Raises ValueError on a wrong array set, shape, NaN or inf (nothing written), UserError on a
+        full disk or read-only cache."""
+        if set(arrays) != set(self.arrays):
+            raise ValueError(f"{self.name}: write() needs arrays {sorted(self.arrays)}, got {sorted(arrays)}")
+        r = self.row(clip_id)
+        prepared = {k: self._prepare(k, v) for k, v in arrays.items()}  # validate before touching disk
+        with writing(self.cache.path):
+            status = self._g["status"]
+            if status[r] != MISSING:
+                status[r] = MISSING  # a rewrite interrupted half-way must not look done
+            for k, (v, n) in prepared.items():
+                self._g[k][r] = v
+                if n is not None:
+                    self._g[f"{k}_len"][r] = n
+            if rowdef is not None:
+                self._write_rowdef(r, rowdef)
+            status[r] = DONE
+
+    def write_failure(self, clip_id: str, stage: str, message: str, rowdef: str | None = None) -> None:
+        """Record why a row could not be produced; it stays retryable. Its arrays are cleared (to
+        the fill value: NaN for floats), so values of an earlier success are not left behind."""
+        r = self.row(clip_id)
+        if rowdef is not None:
+            with writing(self.cache.path):
+                self._write_rowdef(r, rowdef)
+        record = {"stage": stage, "message": str(message)[:2000], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "host": socket.gethostname(), "pid": os.getpid()}
+        with writing(self.cache.path):
+            self._g["status"][r] = MISSING
+            for k in self.arrays:
+                self._g[k][r] = self._g[k].fill_value
+            self._g["failure"][r] = json.dumps(record)
+            self._g["status"][r] = FAILED
+
+    def write_many(self, ids: Sequence[str], arrays: Mapping[str, np.ndarray]) -> None:
+        """Bulk write of stacked arrays for many rows (one writer only: views, tests)."""
+        if set(arrays) != set(self.arrays):
+            raise ValueError(f"{self.name}: write_many() needs arrays {sorted(self.arrays)}, got {sorted(arrays)}")
+        rows = np.array([self.row(i) for i in ids], dtype=np.int64)
+        if len(rows) == 0:
+            return
+        order = np.argsort(rows)
+        rows_sorted = rows[order]
+        contiguous = bool(np.all(np.diff(rows_sorted) == 1))
+        values = {}
+        for k, value in arrays.items():  # validate everything before touching disk
+            spec = self.arrays[k]
+            v = np.asarray(value)
+            if v.shape[0] != len(rows):
+                raise ValueError(f"{self.name}/{k}: {v.shape[0]} rows for {len(rows)} ids")
+            if spec.ragged:
+                raise ValueError(f"{self.name}/{k}: write_many does not take ragged arrays; use write()")
+            if v.shape[1:] != spec.shape:
+                raise ValueError(f"{self.name}/{k}: shape {v.shape[1:]} != {spec.shape}")
+            if v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise ValueError(f"{self.name}/{k}: refusing to store NaN or inf")
+            values[k] = v[order].astype(spec.dtype, copy=False)
+        with writing(self.cache.path):
+            self._g["status"].oindex[rows_sorted] = MISSING
+            for k, v in values.items():
+                if contiguous:
+                    self._g[k][int(rows_sorted[0]) : int(rows_sorted[-1]) + 1] = v
+                else:
+                    self._g[k].oindex[rows_sorted] = v
+            self._g["status"].oindex[rows_sorted] = DONE
+
+    # -- row definitions (what defined each row when it was written) ------------------------------------
+    def _write_rowdef(self, r: int, rowdef: str) -> None:
+        if "rowdef" in self._g.array_keys():
+            self._g["rowdef"][r] = rowdef
+
+    def rowdefs(self, ids: Sequence[str]) -> list[str]:
+        """Stored row definition of each of `ids` ("" where none was recorded); reads only their chunks."""
+        if not ids or "rowdef" not in self._g.array_keys():
+            return [""] * len(ids)
+        rows = np.array([self.row(i) for i in ids], dtype=np.int64)
+        return [str(v) for v in self._g["rowdef"].oindex[rows]]
+
+    def status_of(self, ids: Sequence[str]) -> np.ndarray:
+        """(len(ids),) uint8 status, reading only those rows' chunks (cheap for a few rows of a big group)."""
+        if not ids:
+            return np.zeros(0, np.uint8)
+        rows = np.array([self.row(i) for i in ids], dtype=np.int64)
+        return np.asarray(self._g["status"].oindex[rows])
+
+    # -- reading -----------------------------------------------------------------------------------
+    def chunk_file(self, array: str, row: int) -> Path:
+        """The file holding `row` of `array` (one row per chunk unless clips_per_chunk > 1)."""
+        arr = self._g[array]
+        coords = (row // arr.chunks[0], *([0] * (arr.ndim - 1)))
+        return self.path / array / arr.metadata.encode_chunk_key(coords)
+
+    def _read(self, array: str, rows: slice | np.ndarray, what: str = "") -> np.ndarray:
+        """`array` at `rows` (a slice, or sorted row numbers); CorruptChunk names the first bad chunk."""
+        arr = self._g[array]
+        try:
+            return arr[rows] if isinstance(rows, slice) else arr.oindex[rows]
+        except (KeyError, IndexError, UserError):
+            raise
+        except Exception as e:  # a codec error: find the chunk, then name it (reads are rare enough)
+            numbers = range(*rows.indices(arr.shape[0])) if isinstance(rows, slice) else rows
+            for first in sorted({int(r) // arr.chunks[0] * arr.chunks[0] for r in numbers}):
+                try:
+                    arr[first : first + arr.chunks[0]]
+                except Exception as cause:  # noqa: BLE001 - reported with the chunk's name
+                    raise self._corrupt(array, first, cause, what) from None
+            raise e
+
+    def _corrupt(self, array: str, first_row: int, cause: BaseException, what: str = "") -> CorruptChunk:
+        cpc = self._g[array].chunks[0]
+        ids = getattr(self, "ids", None)
+        rows = ids[first_row : first_row + cpc] if ids else [f"#{first_row}"]
+        if what:
+            hint = f"{what} is damaged, so the group must be rebuilt: delete {self.path} and rerun its command"
+        else:
+            hint = (f"run `migfuse cache info {self.cache.path} --verify --mark-failed`, then the same `migfuse extract` "
+                    f"with --retry-failed (or `migfuse cache view` for a view) to rewrite it")
+        return CorruptChunk(self.name, array, self.chunk_file(array, first_row), rows, cause, hint)
+
+    def status(self, ids: Sequence[str] | None = None) -> np.ndarray:
+        """(N,) uint8 status of `ids` (all ids when None), in the order asked: 0 MISSING (never
+        written, or a write was interrupted), 1 DONE, 2 FAILED (see `failures()`)."""
+        s = self._read("status", slice(None))
+        return s if ids is None else s[[self.row(i) for i in ids]]
+
+    def done_ids(self) -> list[str]:
+        s = self.status()
+        return [i for i, v in zip(self.ids, s) if v == DONE]
+
+    def pending_ids(self, retry_failed: bool = True) -> list[str]:
+        """Ids still to do: missing ones, and failed ones when `retry_failed`."""
+        s = self.status()
+        todo = (s == MISSING) | ((s == FAILED) if retry_failed else False)
+        return [i for i, t in zip(self.ids, todo) if t]
+
+    def failures(self) -> list[dict]:
+        """The failure records of the rows whose status is FAILED: {clip_id, stage, message, time, host, pid}."""
+        s = self.status()
+        rows = np.flatnonzero(s == FAILED)
+        if len(rows) == 0:
+            return []
+        texts = self._read("failure", rows)
+        out = []
+        for r, t in zip(rows, texts):
+            try:
+                rec = json.loads(str(t))
+            except ValueError:
+                rec = {"stage": "?", "message": str(t)}
+            out.append({"clip_id": self.ids[r], **rec})
+        return out
+
+    def _not_done(self, ids: Sequence[str], status: np.ndarray) -> KeyError:
+        bad = np.flatnonzero(status != DONE)
+        first = [ids[i] for i in bad[:3]]
+        missing, failed = int((status == MISSING).sum()), int((status == FAILED).sum())
+        return KeyError(f"{len(bad)} rows are not done in cache group {self.name} ({missing} missing, {failed} failed), "
+                        f"e.g. {first}")
+
+    def read(self, clip_id: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Arrays of one done row (ragged ones trimmed to their length).
+
+        Raises KeyError when the row is not done (missing or failed: its arrays hold no result),
+        CorruptChunk when a chunk cannot be decoded."""
+        r = self.row(clip_id)
+        s = self._read("status", np.array([r]))
+        if s[0] != DONE:
+            raise self._not_done([clip_id], s)
+        out = {}
+        for k in names or self.arrays:
+            v = self._read(k, np.array([r]))[0]
+            if self.arrays[k].ragged:
+                v = v[: int(self._read(f"{k}_len", np.array([r]))[0])]
+            out[k] = v
+        return out
+
+    def read_many(self, ids: Sequence[str], names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Stacked arrays of many done rows in the order of `ids`; ragged ones padded, plus `<name>_len`.
+
+        Raises KeyError when any row is not done, CorruptChunk when a chunk cannot be decoded."""
+        rows = np.array([self.row(i) for i in ids], dtype=np.int64)
+        if len(rows):
+            s = self._read("status", np.sort(rows))[np.argsort(np.argsort(rows))]
+            if (s != DONE).any():
+                raise self._not_done(ids, s)
+        order = np.argsort(rows)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        out = {}
+        for k in names or self.arrays:
+            wanted = [k, f"{k}_len"] if self.arrays[k].ragged else [k]
+            for w in wanted:
+                if len(rows) == 0:
+                    arr = self._g[w]
+                    out[w] = np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
+                    continue
+                out[w] = self._read(w, rows[order])[inverse]
+        return out
+
+    def iter_clips(self, ids: Sequence[str] | None = None, names: Sequence[str] | None = None) -> Iterator[tuple[str, dict]]:
+        """Yield (id, arrays) for done rows (all done rows when `ids` is None)."""
+        for cid in (self.done_ids() if ids is None else ids):
+            yield cid, self.read(cid, names)
+
+    # -- checking ----------------------------------------------------------------------------------
+    def verify(self, batch_rows: int = 256) -> list[CorruptChunk]:
+        """Decode every chunk of every array (all rows, done or not); return the corrupt ones.
+
+        Format-1 groups have no chunk checksums: only chunks that fail to decompress are found."""
+        bad: list[CorruptChunk] = []
+        names = ["status", "failure", *self.arrays, *(f"{k}_len" for k, a in self.arrays.items() if a.ragged)]
+        for name in names:
+            arr = self._g[name]
+            step = max(arr.chunks[0], batch_rows // arr.chunks[0] * arr.chunks[0])
+            for start in range(0, arr.shape[0], step):
+                try:
+                    arr[start : start + step]
+                    continue
+                except Exception:  # noqa: BLE001 - narrowed to single chunks below
+                    pass
+                for first in range(start, min(start + step, arr.shape[0]), arr.chunks[0]):
+                    try:
+                        arr[first : first + arr.chunks[0]]
+                    except Exception as cause:  # noqa: BLE001 - reported with the chunk's name
+                        bad.append(self._corrupt(name, first, cause))
+        return bad
+
+    def mark_failed(self, corrupt: Sequence[CorruptChunk]) -> int:
+        """Record the rows of corrupt chunks as FAILED (stage "verify"), so a rerun with --retry-failed
+        (or `cache view`) rewrites them; returns how many rows. The status chunk itself is rewritten."""
+        rows = sorted({r for c in corrupt if c.group == self.name for r in c.rows if r in self._row})
+        for cid in rows:
+            chunk = next(c for c in corrupt if cid in c.rows)
+            self.write_failure(cid, "verify", f"corrupt chunk {chunk.chunk}")
+        return len(rows)
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def size_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def summary(self) -> dict:
+        s = self.status()
+        return {
+            "group": self.name,
+            "n": len(self.ids),
+            "done": int((s == DONE).sum()),
+            "failed": int((s == FAILED).sum()),
+            "missing": int((s == MISSING).sum()),
+            "arrays": {k: f"{'ragged ' if v.ragged else ''}{tuple(v.shape)} {v.dtype}" for k, v in self.arrays.items()},
+            "bytes": self.size_on_disk(),
+            "provenance": self.provenance,
+            "info": self.info,
+        }
