@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, N_TEST = 12_893, 777, 4_562
 VIDEOS = {"train": 245, "validation": 10, "test": 104}
-# CS-train clip counts per class (research/dataset_challenge.md §1.4): the real long tail.
+# CS-train clip counts per class (iMiGUE labels_20200831.csv, cross-subject protocol): the real long tail.
 CLASS_COUNTS = [11, 421, 39, 218, 80, 23, 65, 871, 87, 3, 315, 163, 101, 42, 28, 27, 322, 85, 2, 961, 174,
                 376, 659, 705, 11, 293, 87, 61, 1247, 6, 2332, 4120]
 WINDOWS, FACES = 8, 16  # context windows per video and face frames per window (extract defaults: k=8, 16 frames)

@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the real iMiGUE sample and the golden files."""
+"""Shared test fixtures: the real iMiGUE sample and the golden files (found by tests/shared_paths.py)."""
 from __future__ import annotations
 
 import sys
@@ -6,26 +6,21 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-IMIGUE = SHARED / "imigue"
-GOLDEN_DIR = SHARED / "golden"
-
 sys.path.insert(0, str(Path(__file__).parent))  # tests/golden.py and other test helpers
+
+from shared_paths import GOLDEN, IMIGUE, require  # noqa: E402 - needs the path line above
 
 
 @pytest.fixture(scope="session")
 def imigue_dir() -> Path:
-    if not IMIGUE.is_dir():
-        pytest.fail(f"the real iMiGUE sample is missing at {IMIGUE}")
-    return IMIGUE
+    """The real iMiGUE sample in the shared folder; tests that use it skip when it is not here."""
+    return require(IMIGUE, "the real iMiGUE sample files")
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    if not GOLDEN_DIR.is_dir():
-        pytest.fail(f"the golden files are missing at {GOLDEN_DIR}")
-    return GOLDEN_DIR
+    """The golden files in the shared folder; tests that use it skip when it is not here."""
+    return require(GOLDEN, "the golden files")
 
 
 @pytest.fixture(scope="module")

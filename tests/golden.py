@@ -1,6 +1,7 @@
-"""Rebuild the golden checkpoints of ../shared/golden from their key lists and the parameter rule.
+"""Rebuild the golden checkpoints of the shared folder's golden/ from their key lists and the parameter rule.
 
-See ../shared/golden/README.md: every key gets its own torch generator seeded with
+The folder is found by tests/shared_paths.py (../shared/golden, or $MIGFUSE_SHARED/golden); see its
+README.md: every key gets its own torch generator seeded with
 crc32(salt + key); the value depends on the key's `kind`. `derived` keys come from the npz.
 """
 from __future__ import annotations
@@ -9,12 +10,11 @@ import json
 import math
 import zlib
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+from shared_paths import GOLDEN, require
 
 
 def rule_tensor(key: str, shape, kind: str, salt: str, fanin: bool) -> torch.Tensor:
@@ -36,10 +36,7 @@ def rule_tensor(key: str, shape, kind: str, salt: str, fanin: bool) -> torch.Ten
 
 def load_golden(name: str) -> tuple[dict, dict[str, np.ndarray]]:
     """(json meta, npz arrays) of golden set `name`, e.g. 'mvit_v2_s' or 'agcn_ntu_fanin'."""
-    if not (GOLDEN / f"{name}.json").is_file():
-        import pytest
-
-        pytest.fail(f"the golden files are missing at {GOLDEN} (the checkout must sit beside ../shared)")
+    require(GOLDEN, "the golden files")
     meta = json.loads((GOLDEN / f"{name}.json").read_text())
     with np.load(GOLDEN / f"{name}.npz") as z:
         arrays = {k: z[k] for k in z.files}

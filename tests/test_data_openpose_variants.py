@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from migfuse.datasets.manifest import Manifest
 from migfuse.datasets.openpose import COCO18_TO_BODY25, read_openpose_folder, read_openpose_json
 from migfuse.datasets.prepare import prepare
+from shared_paths import REALWORLD, missing_reason
 
 HEADER = ("video_id,label_id,start_time,start_frame,end_time,end_frame,class,subject_id,"
           "subject_gender,subject_nationality,win_or_lose\n")
@@ -178,15 +179,15 @@ def test_label_id_0_and_unknown_win_lose_are_reported_problems(tmp_path):
     assert (m.videos["0026"].win_lose, m.videos["0027"].win_lose, m.videos["0028"].win_lose) == ("Win", "", "Lose")
 
 
-REALWORLD = Path(__file__).resolve().parents[1].parent / "shared" / "realworld" / "openpose-old-keys"
+OLD_KEYS_CASE = REALWORLD / "openpose-old-keys"
 
 
-@pytest.mark.skipif(not REALWORLD.is_dir(), reason="shared realworld cases not on this machine")
+@pytest.mark.skipif(not OLD_KEYS_CASE.is_dir(), reason=missing_reason(OLD_KEYS_CASE, "the real-world cases"))
 def test_shared_case_openpose_old_keys(tmp_path):
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, str(REALWORLD / "make_input.py"), str(tmp_path / "root")], check=True,
+    subprocess.run([sys.executable, str(OLD_KEYS_CASE / "make_input.py"), str(tmp_path / "root")], check=True,
                    capture_output=True)
     prepare(tmp_path / "root", tmp_path / "prepared", layout="oulu", progress=False)
     points, mask = Manifest.load(tmp_path / "prepared").skeleton(42)

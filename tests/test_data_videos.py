@@ -19,10 +19,11 @@ from migfuse.datasets.prepare import prepare
 from migfuse.errors import UserError
 from migfuse.extract.decode import read_frames
 from migfuse.datasets.orientation import rotation_degrees, upright, video_rotation
+from shared_paths import REALWORLD, missing_reason
 
 HEADER = ("video_id,label_id,start_time,start_frame,end_time,end_frame,class,subject_id,"
           "subject_gender,subject_nationality,win_or_lose\n")
-REALWORLD = Path(__file__).resolve().parents[1].parent / "shared" / "realworld" / "rotation-metadata-ignored"
+ROTATION_CASE = REALWORLD / "rotation-metadata-ignored"
 
 
 def _portrait() -> np.ndarray:
@@ -105,9 +106,9 @@ def test_rotation_helpers():
     assert (rotation_degrees(Frame()), rotation_degrees(Stream()), rotation_degrees(object())) == (90, 270, 0)
 
 
-@pytest.mark.skipif(not REALWORLD.is_dir(), reason="shared realworld cases not on this machine")
+@pytest.mark.skipif(not ROTATION_CASE.is_dir(), reason=missing_reason(ROTATION_CASE, "the real-world cases"))
 def test_shared_case_rotation_metadata_ignored(tmp_path):
-    subprocess.run([sys.executable, str(REALWORLD / "make_input.py"), str(tmp_path / "root")], check=True,
+    subprocess.run([sys.executable, str(ROTATION_CASE / "make_input.py"), str(tmp_path / "root")], check=True,
                    capture_output=True)
     (index, frame), = read_frames(tmp_path / "root" / "0045.mp4", [0])
     assert frame.shape == (96, 64, 3) and frame[:8].mean() > 200

@@ -165,7 +165,7 @@ def test_cli_view_train_eval_predict(mg_data, tmp_path):
     assert r.exit_code == 2 and "rebuilt with other settings" in r.output, r.output
 
 
-# ----- run-folder safety (/work/shared/realworld/fuse_repro.sh, issue #11 §2) -------------------------------
+# ----- run-folder safety (the shared folder's realworld/fuse_repro.sh, issue #11 §2) -----------------------
 def _metric_rows(run):
     return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
             for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -262,7 +262,7 @@ def test_cli_train_then_extract(tmp_path):
 
 
 def test_a_planted_last_pt_is_refused_in_one_line_and_never_run(tmp_path):
-    """/work/shared/realworld/security_repro.sh, the trainer's part: resuming must not unpickle code."""
+    """The shared folder's realworld/security_repro.sh, the trainer's part: resuming must not unpickle code."""
     import subprocess
     import sys
 

@@ -1,20 +1,32 @@
 """The one place that imports torchvision (and so timm and facenet-pytorch, which import it).
 
-Why this exists: the PyPI torchvision 0.28.0 wheel is a CUDA build. Its compiled ops library
-(`torchvision/_C.so`) links libtorch_cuda, so on a CPU-only torch it cannot load, and
-`import torchvision` then dies in `_meta_registrations` with
+What goes wrong without it: the PyPI torchvision 0.28.0 wheel is a CUDA build. Its compiled ops
+library (`torchvision/_C.so`) links libtorch_cuda, so beside a CPU-only torch it does not load, and
+`import torchvision` then dies in `torchvision/_meta_registrations.py` (which registers fake kernels
+for `torchvision::nms` and `torchvision::qnms`) with
 ``RuntimeError: operator torchvision::nms does not exist``. timm and facenet-pytorch import
 torchvision at import time, so they die too.
 
-`import_torchvision()` tries the plain import first (on a matching CUDA or CPU build it just works
-and nothing is patched). On exactly that failure it declares the `nms`/`qnms` op schemas, gives
-`nms` a pure-torch kernel (MTCNN needs it), marks the extension as present and imports again.
-Everything else in torchvision that needs compiled ops (roi_align, deform_conv, image decoding)
-keeps failing with torchvision's own message; migfuse uses none of it.
+When it acts: `import_torchvision()` tries the plain import first. Where the compiled ops load (a
+CUDA torch with this wheel, or a CPU torchvision with a CPU torch) nothing is patched. Only on that
+exact `torchvision::nms` RuntimeError does it:
 
-Every module in `migfuse.extract` that needs torchvision, timm or facenet-pytorch calls
-`import_torchvision()` (or `import_timm()` / `import_facenet()`) first instead of importing them
-directly.
+1. declare the `torchvision::nms` and `torchvision::qnms` schemas, so `_meta_registrations` can import
+   (it needs both names); only `nms` gets a kernel: `_nms_kernel`, greedy NMS in plain torch, CPU;
+2. import torchvision again;
+3. replace `_assert_has_ops` inside `torchvision.ops.boxes` only, so `torchvision.ops.nms` and
+   `batched_nms` (which MTCNN in facenet-pytorch calls) reach that kernel instead of raising
+   "Couldn't load custom C++ ops".
+
+What it affects: only NMS. `torchvision.extension._has_ops()` stays False, so every other op that
+needs the compiled library (roi_pool, deform_conv, ps_roi_*, image decoding) keeps raising
+torchvision's own message, and roi_align keeps its pure-Python fallback. The one other guarded call
+in `torchvision.ops.boxes`, `box_iou` with a rotated `fmt`, now fails with "no attribute
+'box_iou_rotated'" instead; migfuse uses none of these. `shim_record()` says whether the patch is
+active, for provenance.
+
+Every module that needs torchvision, timm or facenet-pytorch calls `import_torchvision()` (or
+`import_timm()` / `import_facenet()`) instead of importing them directly.
 """
 from __future__ import annotations
 
@@ -24,18 +36,24 @@ from types import ModuleType
 
 from migfuse.errors import UserError
 
-_PATCHED = False
+_PATCHED = False  # True once import_torchvision() has installed the nms fallback in this process
 
 
 def _nms_kernel(boxes, scores, iou_threshold: float):
-    """Greedy NMS in plain torch. boxes (N, 4) xyxy, scores (N,) -> kept indices (K,) int64."""
+    """Greedy NMS in plain torch, the kernel behind `torchvision::nms` when the compiled op is missing.
+
+    boxes (N, 4) float xyxy, scores (N,) -> kept indices (K,) int64, in decreasing score order.
+    Rule (torchvision's documented one): take boxes by decreasing score, keep a box unless it has
+    IoU > iou_threshold with a box already kept. Equal scores are taken in index order (stable sort),
+    so the result is deterministic.
+    """
     import torch
 
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.long, device=boxes.device)
     x1, y1, x2, y2 = boxes.unbind(1)
     areas = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-    order = scores.argsort(descending=True)
+    order = torch.sort(scores, descending=True, stable=True).indices
     keep = []
     suppressed = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     for i in order.tolist():
@@ -47,21 +65,28 @@ def _nms_kernel(boxes, scores, iou_threshold: float):
         xx2 = torch.minimum(x2[i], x2)
         yy2 = torch.minimum(y2[i], y2)
         inter = (xx2 - xx1).clamp(min=0) * (yy2 - yy1).clamp(min=0)
+        # Two zero-area boxes have union 0: count that as IoU 0 (no suppression), not 0/0.
         iou = inter / (areas[i] + areas - inter).clamp(min=1e-12)
         suppressed |= iou > iou_threshold
     return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
 
-def _declare_ops() -> None:
+def _declare_nms() -> None:
+    """Declare torchvision::nms (with `_nms_kernel` on CPU) and torchvision::qnms (schema only)."""
     import torch
 
     global _PATCHED
-    lib = torch.library.Library("torchvision", "DEF")  # noqa: F841 - kept alive on the module
+    lib = torch.library.Library("torchvision", "DEF")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    # No kernel for qnms (quantized boxes): _meta_registrations only needs the name to exist.
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.impl("nms", _nms_kernel, "CPU")
-    globals()["_LIB"] = lib
+    globals()["_LIB"] = lib  # the definitions live as long as the Library object does
     _PATCHED = True
+
+
+def _nms_is_declared() -> None:
+    """Stands in for torchvision's `_assert_has_ops` inside `torchvision.ops.boxes` only: nms is declared."""
 
 
 def _drop_partial_import() -> None:
@@ -70,7 +95,7 @@ def _drop_partial_import() -> None:
 
 
 def import_torchvision() -> ModuleType:
-    """Import torchvision, patching the CPU-torch + CUDA-torchvision mismatch if needed.
+    """Import torchvision; where its compiled ops are missing, install the nms fallback first (module doc).
 
     Raises:
         UserError: torchvision is not installed, or fails for another reason (one line, with the fix).
@@ -89,10 +114,13 @@ def import_torchvision() -> ModuleType:
         if "torchvision::nms" not in str(e):
             raise
     _drop_partial_import()
-    _declare_ops()
+    if not _PATCHED:  # a second call after a failed patched import must not define the ops twice
+        _declare_nms()
     try:
         tv = importlib.import_module("torchvision")
-        tv.extension._has_ops = lambda: True
+        # nms and batched_nms look up this name in torchvision.ops.boxes; torchvision.extension._has_ops
+        # stays False, so no other op is let through.
+        tv.ops.boxes._assert_has_ops = _nms_is_declared
         return tv
     except Exception as e:  # pragma: no cover - depends on the installed wheels
         raise UserError(
@@ -103,8 +131,32 @@ def import_torchvision() -> ModuleType:
 
 
 def torchvision_patched() -> bool:
-    """True when `import_torchvision` had to patch the nms ops (CPU torch with a CUDA torchvision)."""
+    """True when `import_torchvision` had to install the nms fallback (CPU torch with a CUDA torchvision)."""
     return _PATCHED
+
+
+def shim_record() -> dict[str, str] | None:
+    """JSON-able note of the nms fallback for cache provenance; None where torchvision's own op runs.
+
+    MTCNN's face boxes come out of NMS, so a face cache should say which NMS made them: the fallback
+    follows the same greedy rule (checked against a brute-force NMS in tests/test_torchvision_shim.py)
+    but is a different implementation. Imports torchvision through `import_torchvision()` first, so
+    the answer does not depend on whether something imported it earlier.
+
+    Returns:
+        {"torchvision_nms": "python fallback (migfuse.backbones._torchvision): compiled op missing",
+         "torchvision": torchvision.__version__ (e.g. "0.28.0+cu130")} when the fallback is active, else None.
+
+    Raises:
+        UserError: torchvision is not installed or cannot be imported (from `import_torchvision`).
+    """
+    tv = import_torchvision()
+    if not _PATCHED:
+        return None
+    return {
+        "torchvision_nms": "python fallback (migfuse.backbones._torchvision): compiled op missing",
+        "torchvision": str(tv.__version__),
+    }
 
 
 def import_timm() -> ModuleType:

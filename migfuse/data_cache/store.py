@@ -20,7 +20,7 @@ every chunk carries a zstd checksum, so a corrupt chunk fails when read (`Corrup
 giving wrong numbers. Caches of format 1 (before dimension names: ids array ``ids``, zero fill, no
 checksums) are still read and resumed by migfuse; xarray needs format 2 (docs/cache.md).
 
-Why it is safe with many writers (see research/style_ecosystem.md §3.1, §4):
+Why it is safe with many writers (zarr-python docs, performance.md "Thread safety and process safety"):
   * every per-row array has one row per chunk, so two processes never write the same chunk
     (zarr has no locks; a shared chunk loses updates);
   * a row's `status` goes to 0 before its arrays are (re)written and to DONE after them, and the

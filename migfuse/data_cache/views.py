@@ -1,8 +1,9 @@
 """Pooled views: small token sets derived once from the full cache groups, for training on a laptop.
 
 Full iMiGUE tokens are tens of GB (video alone: 393 x 768 fp16 = 0.6 MB per clip), and a fusion
-head's cost grows with the number of tokens (research/fuse_cost.md). A view pools each clip's
-tokens into a few tokens once, and stores them as group ``views/<name>`` in the same cache:
+head's training step costs about tokens x width^2 x depth (measured: fuse/heads/cmtf.py). A view
+pools each clip's tokens into a few tokens once, and stores them as group ``views/<name>`` in the
+same cache:
 
     clip | video       (N,)               the source group's ids (clips, or videos), its row dimension
     tokens             (N, [W,] n, D)     fp16 pooled tokens ([W,] = windows of per-video tracks);

@@ -1,7 +1,11 @@
 """The 32 micro-gesture classes of iMiGUE and the fixed split lists of the protocol and challenges.
 
-Sources: research/dataset_challenge.md §1.3-1.4 and shared/imigue/README.md. Everything here is a
-constant of the dataset; nothing is computed from files.
+Sources: the official iMiGUE repository (github.com/linuxsino/iMiGUE): `labels_20200831.csv` and
+"evaluation protocol.pdf" (cross-subject subjects, emotion videos); the MiGA 2023 Track-1 label text
+(VUT-HFUT/MiGA2023_Track1 `tools/glove/english_label.txt`) for the class names; the MiGA 2023/2025
+Track-1 clip lists (12,893 train / 777 validation / 4,562 test, as in momiji-bit/MM-Gesture
+`dataset/iMiGUE_*_clips_list.txt`) for the MiGA split. Everything here is a constant of the dataset;
+nothing is computed from files.
 
 Class indices: raw annotation classes 1..31 map to index raw-1, raw 99 ("illustrative", non-MG)
 maps to index 31. There is no raw class 32.

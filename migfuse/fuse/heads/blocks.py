@@ -108,5 +108,5 @@ def drop_modality(mask: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 def classifier(in_dim: int, num_classes: int, dropout: float) -> nn.Module:
-    """LN -> Dropout -> Linear, the head shared by every fusion model (architecture.md §1.3)."""
+    """LN -> Dropout -> Linear, the head shared by every fusion model."""
     return nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, num_classes))

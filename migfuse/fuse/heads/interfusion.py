@@ -1,8 +1,9 @@
 """InterFusion: gated bidirectional fusion of face-frame features and scene-context tokens, per
 window, then temporal pooling over a video's windows (binary win/lose emotion head).
 
-The seed paper names the module but publishes no internals (research/architecture.md §1.2); this is
-our reconstruction of "facial and contextual embeddings ... fused by InterFusion":
+The seed paper (arXiv 2512.23291) names the module but publishes no internals (only its abstract is
+public, and no code); this is our reconstruction of "facial and contextual embeddings ... fused by
+InterFusion":
 
     per window w of a video (folded into the batch):
       face    (K, 512+7) masked --embed--> f (K, d)        context (Nc, 768) --embed--> c (Nc, d)
