@@ -148,7 +148,6 @@ def test_bad_settings_are_one_line_errors(toy, tmp_path):
 def test_extraction_records_missing_skeletons_and_absent_people(toy, tmp_path):
     from migfuse.data_cache.store import TokenCache
     from migfuse.extract.entry import extract
-    from migfuse.extract.interface import RunOptions
 
     m = Manifest.load(toy)
     m.videos["9001"].skeleton = ""  # like videos 347/348: an empty skeleton file
