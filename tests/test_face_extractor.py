@@ -44,6 +44,10 @@ def test_clip_faces_are_found_and_features_are_swinface_on_the_aligned_crop(demo
     assert clip.ok and clip.done == 4
     g = TokenCache(root / "cache.zarr").group("face/swinface")
     assert g.arrays["features"].shape == (3, 512) and g.arrays["mask"].shape == (3,)
+    # the NMS MTCNN ran through is recorded where the group was made (not compared on reopen)
+    from migfuse.backbones._torchvision import shim_record
+
+    assert g.info.get("environment", {}).get("mtcnn_nms") == shim_record()
     row = g.read("0026_0")
     assert row["mask"].all()  # the figure is in view during every clip
     # recompute one face frame by hand: detect, align, SwinFace (same seeded random weights)

@@ -200,7 +200,7 @@ def _create_group(root: Any, spec: GroupSpec) -> Any:
         "clips_per_chunk": cpc,
         "n": n,
         "provenance": dict(spec.provenance),
-        "info": _info(),
+        "info": {**_info(), **({"environment": dict(spec.environment)} if spec.environment else {})},
     }})
     return zg
 

@@ -94,7 +94,8 @@ class GroupSpec:
     """What a group holds: its name, row ids, arrays, and the provenance that produced them.
 
     `provenance` (JSON-able) identifies the producer: backbone, checkpoint sha256, preprocessing,
-    frame sampling. Reopening a group with a different one is refused, never mixed. `row_dim` names
+    frame sampling. Reopening a group with a different one is refused, never mixed. `environment`
+    (JSON-able) is recorded in `info` when the group is created and not compared. `row_dim` names
     the row dimension and the id array ("" = `default_row_dim(name)`).
     """
 
@@ -104,6 +105,9 @@ class GroupSpec:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     clips_per_chunk: int = 1
     row_dim: str = ""
+    #: facts about where the group was made that do not change its rows (e.g. a library patched to run
+    #: here): recorded in the group's `info` at creation, never compared on reopen
+    environment: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or self.name.startswith("/") or ".." in self.name.split("/"):

@@ -154,6 +154,11 @@ class Extractor(ABC):
     def provenance(self) -> dict[str, Any]:
         """JSON-able, deterministic description of how rows were made (compared on reopen)."""
 
+    def environment(self) -> dict[str, Any]:
+        """JSON-able facts about where the rows are made that do not change them (recorded in the
+        group's info when it is created, never compared); e.g. a library shim in use."""
+        return {}
+
     @abstractmethod
     def loader(self) -> Loader:
         """A picklable callable run in worker processes: WorkItem -> one Sample per id. No model."""

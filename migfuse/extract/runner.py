@@ -408,5 +408,6 @@ def _open_group(extractor: Extractor, cache: "TokenCache | str | Path") -> "Toke
     return cache.require_group(
         GroupSpec(name=extractor.group, ids=extractor.ids(), arrays=extractor.arrays(),
                   provenance={**extractor.provenance(),
-                              "compute": {**extractor.runtime.record(), "forward_batch": extractor.batch}})
+                              "compute": {**extractor.runtime.record(), "forward_batch": extractor.batch}},
+                  environment=extractor.environment())
     )

@@ -237,6 +237,14 @@ class FaceExtractor(TrackExtractor):
                 "preprocessing": "RGB /255, (x - 0.5) / 0.5",
                 "stored": "expression-branch 512-d feature (TSS branch 2) + 7 expression logits (RAF-DB order)"}
 
+    def environment(self) -> dict[str, Any]:
+        """The torchvision NMS shim MTCNN runs through where torchvision's compiled op cannot load
+        (`backbones._torchvision.shim_record`; same boxes, tested against a brute-force NMS)."""
+        from migfuse.backbones._torchvision import shim_record
+
+        record = shim_record()
+        return {"mtcnn_nms": record} if record else {}
+
     def loader(self) -> FaceLoader:
         paths = self.manifest.video_files(self.video_root)
         clips = {} if self.track.per_video else {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips}
