@@ -238,12 +238,13 @@ def skeleton_accuracy(prepared: Path, checkpoint: Path, config, stream: str, tru
 
     from migfuse.datasets.manifest import Manifest
     from migfuse.backbones.agcn import unwrap_state_dict
+    from migfuse.checkpoint_file import read_checkpoint
     from migfuse.finetune.skeleton_data import VideoSkeletons
     from migfuse.finetune.skeleton import build_model
 
     manifest = Manifest.load(prepared)
     model = build_model(config)
-    state, _ = unwrap_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False), checkpoint)
+    state, _ = unwrap_state_dict(read_checkpoint(checkpoint), checkpoint)  # the demo's own file: weights-only
     model.load_state_dict(state)
     model.eval()
     videos, pre = VideoSkeletons(manifest), config.preprocess()

@@ -71,7 +71,7 @@ def backbone_info(
     for out_name, doc in bb.outputs_doc.items():
         typer.echo(f"output:      {out_name} {doc}")
     if bb.tracks:
-        typer.echo(f"extracts:    {', '.join(bb.tracks)} (migfuse extract ... --backbone {name})")
+        typer.echo(f"extracts:    {', '.join(bb.tracks)}")
     for key, value in (getattr(bb, "preprocessing", None) or {}).items():
         typer.echo(f"preprocess:  {key} = {value}")
 

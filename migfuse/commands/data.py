@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import DatasetLayout, Scheme, SkeletonLayout, SynthLayout
+from migfuse.commands.options import DatasetLayout, PysklLayout, Scheme, SynthLayout
 from migfuse.errors import UserError
 
 app = group("Read an iMiGUE download into one clip manifest and fast skeleton arrays; generate demo data.")
@@ -96,9 +96,9 @@ def data_export_pyskl(
     prepared: Annotated[Path, typer.Argument(metavar="PREPARED", help="PREPARED folder written by "
                                              "`migfuse data prepare`.")],
     out: Annotated[Path, typer.Argument(metavar="OUT", help="The pyskl annotation .pkl to write.")],
-    layout: Annotated[SkeletonLayout, typer.Option(
+    layout: Annotated[PysklLayout, typer.Option(
         help="Joints to keep: coco-17 (pyskl 'coco', PoseC3D / ST-GCN++ 2D), openpose-18 (pyskl 'openpose'), "
-             "openpose22 (MiGA 2023) or imigue (55).")] = SkeletonLayout.coco_17,
+             "openpose22 (MiGA 2023) or imigue (55).")] = PysklLayout.coco_17,
     scheme: Annotated[Scheme, typer.Option(help="Manifest column that names the splits.")] = Scheme.split_miga,
     img_shape: Annotated[str, typer.Option(help="Frame size HEIGHTxWIDTH in pixels, written as img_shape.")]
     = "720x1280",

@@ -74,6 +74,15 @@ class SkeletonLayout(StrEnum):
     nturgb_d = "nturgb+d"
 
 
+class PysklLayout(StrEnum):
+    """The 2-D skeleton graphs `data export-pyskl` writes (pyskl's 'coco' and 'openpose', and migfuse's)."""
+
+    coco_17 = "coco-17"
+    openpose_18 = "openpose-18"
+    openpose22 = "openpose22"
+    imigue = "imigue"
+
+
 class Stream(StrEnum):
     joint = "joint"
     bone = "bone"
@@ -172,8 +181,8 @@ PrecisionOpt = Annotated[Precision, typer.Option(
     help="Autocast precision of the models: auto = bf16 where the device does bf16 in hardware (a CUDA GPU with "
          "bf16, or a CPU with Intel AMX), else fp32. Recorded in the outputs' provenance.")]
 CompileOpt = Annotated[bool, typer.Option(
-    "--compile", help="torch.compile the model: fused kernels for long GPU runs (the first batch takes tens of "
-                      "seconds to compile). Same outputs to float rounding; not recorded.")]
+    "--compile", help="torch.compile the model: fused kernels for long GPU runs (the first batch compiles, about "
+                      "a minute for MViTv2-S). Same outputs to float rounding; not recorded.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="Torch CPU threads while the models run. Default: torch's (one per core), except "
                              "where a command says otherwise.")]
