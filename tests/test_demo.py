@@ -10,6 +10,7 @@ import pytest
 from migfuse import demo as demo_module
 from migfuse.data_cache.store import TokenCache
 from migfuse.errors import UserError
+from migfuse.runtime import Precision, Runtime
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_the_demo_runs_every_stage_and_its_pose_driven_models_beat_twice_chance(
     other = "fp32" if made == "bf16" else "bf16"
     with pytest.raises(UserError, match=rf"holds the demo of --precision {made}: rerun with --precision {made}, or "
                                         rf"choose another --out folder for --precision {other}"):
-        demo_module.run_demo(tmp_path / "demo", precision=other, video_checkpoint=narrow_mvit)
+        demo_module.run_demo(tmp_path / "demo", runtime=Runtime(precision=Precision(other)), video_checkpoint=narrow_mvit)
     with pytest.raises(UserError, match="holds the demo of --seed 0: rerun with --seed 0"):
         demo_module.run_demo(tmp_path / "demo", seed=1, video_checkpoint=narrow_mvit)
 
@@ -82,18 +83,6 @@ def test_accuracy_line_gives_accuracy_chance_interval_and_binomial_p():
     line = demo_module.accuracy_line("CMTF (micro-gestures)", 8, 16, 0.125, "clips")
     # Wilson 95% interval of 8/16 is [28%, 72%]; P(X >= 8 | n=16, p=1/8) = 0.0003
     assert line == "  CMTF (micro-gestures)    50.0% (8/16 clips)  chance 12.5%  95% CI [28%, 72%]  p = 0.0003"
-
-
-def test_demo_precision_auto_follows_the_hardware_and_a_bad_name_is_one_line(monkeypatch):
-    from migfuse.extract import runner
-
-    monkeypatch.setattr(runner, "cpu_has_amx", lambda: True)
-    assert demo_module.demo_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(runner, "cpu_has_amx", lambda: False)
-    assert demo_module.demo_precision("auto", "cpu") == "fp32"
-    assert demo_module.demo_precision("bf16", "cpu") == "bf16"
-    with pytest.raises(UserError, match="--precision 'fp8' is not one of auto, fp32, bf16"):
-        demo_module.demo_precision("fp8", "cpu")
 
 
 def test_demo_refuses_a_folder_that_is_not_a_demo_and_deletes_nothing(tmp_path):
@@ -115,7 +104,7 @@ def test_demo_refuses_a_folder_left_by_an_older_migfuse_or_other_settings(tmp_pa
     with pytest.raises(UserError, match=r"holds no demo made by this migfuse version \(no demo.json\): choose another"):
         demo_module.run_demo(tmp_path / "old")
     (tmp_path / "other").mkdir()
-    record = {"seed": 0, "precision": demo_module.demo_precision("auto", "cpu"), "video_checkpoint": None,
+    record = {"seed": 0, "precision": "fp32", "video_checkpoint": None,  # run_demo's default runtime: CPU, fp32
               "settings": {**demo_module.DEMO, "clips_per_video": 3}}
     (tmp_path / "other" / "demo.json").write_text(json.dumps(record))
     with pytest.raises(UserError, match="holds a demo made with other settings"):
@@ -140,7 +129,8 @@ def test_demo_input_errors_are_one_line_before_anything_is_written(tmp_path):
     for args, message in ((["--out", str(tmp_path / "a_file")], "is a file: choose a folder"),
                           (["--out", str(tmp_path / "a_file" / "sub")], "cannot create the demo folder"),
                           (["--out", str(tmp_path / "d"), "--device", "tpu"], "--device 'tpu' is not auto, cpu"),
-                          (["--out", str(tmp_path / "d"), "--precision", "fp8"], "--precision 'fp8' is not one of"),
+                          (["--out", str(tmp_path / "d"), "--precision", "fp8"],
+                           "Invalid value for '--precision': 'fp8' is not one of 'auto', 'fp32', 'bf16', 'fp16'"),
                           (["--out", str(tmp_path / "d"), "--seed", "-1"], "--seed -1: the seed must be 0 or more"),
                           (["--out", str(tmp_path / "d"), "--device", ""], "--device '' is not auto, cpu")):
         r = CliRunner().invoke(app, ["demo", *args])

@@ -5,16 +5,23 @@
   one line ("finished work is kept") and 130 / 143.
 * `Group`: lists commands with their whole one-line description, the root's in pipeline order, and
   lets the root's flags (-v, --version) be typed after a subcommand too.
-* `deprecated_alias`: an old option spelling that still works, with one warning line.
+* `deprecated`: the one warning line of an old spelling that still works.
+* usage errors (unknown option, bad choice, missing value) are one line too (`OneLineUsageError`).
 """
 from __future__ import annotations
 
 import functools
 import signal
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.25 parses with its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # older typer: click itself
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 from migfuse.errors import UserError
 
@@ -101,7 +108,34 @@ class Group(TyperGroup):
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         if ctx.parent is None:
             args = _hoist_root_flags(args)
-        return super().parse_args(ctx, args)
+        with _one_line_usage_errors():
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        with _one_line_usage_errors():  # a subcommand's options are parsed in here
+            return super().invoke(ctx)
+
+
+class OneLineUsageError(UsageError):
+    """A usage error (unknown option, bad choice, missing value) shown as one line naming the command's
+    help, like every other error a user can cause, instead of click's usage block."""
+
+    def show(self, file: Any = None) -> None:
+        message = self.format_message().replace("Value error, ", "").rstrip(".")
+        where = f"; see `{self.ctx.command_path} -h`" if self.ctx is not None else ""
+        typer.secho(f"error: {message}{where}", err=True, fg=typer.colors.RED)
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except OneLineUsageError:
+        raise
+    except NoArgsIsHelpError:  # a group alone prints its help: keep that
+        raise
+    except UsageError as e:
+        raise OneLineUsageError(e.format_message(), e.ctx) from None
 
 
 def _first_paragraph(text: str) -> str:
