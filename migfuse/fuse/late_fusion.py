@@ -1,7 +1,7 @@
 """Score-level (late) fusion of several prediction runs, e.g. joint + bone + CMTF.
 
 Runs are always joined by id, never by position: two score files of the same clips in different
-row orders must fuse to the same result (2s-AGCN issue #10 fused by position and got 1.7%).
+row orders must fuse to the same result (lshiwjx/2s-AGCN#10 fused by position and got 1.7%).
 Runs whose id sets differ are refused unless the caller asks for their intersection.
 """
 from __future__ import annotations

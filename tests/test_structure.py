@@ -1,0 +1,100 @@
+"""The shape of the house: small modules, a thin command root, one definition of each shared rule,
+one set of runtime options, no marker comments. Read from the source; nothing is run but `--help`."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from migfuse.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "migfuse"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_no_module_is_over_500_lines_and_the_command_root_is_under_200():
+    long = {str(p.relative_to(ROOT)): n for p in MODULES if (n := len(p.read_text().splitlines())) > 500}
+    assert long == {}
+    assert len((PACKAGE / "cli.py").read_text().splitlines()) < 200
+
+
+def _definitions(name: str) -> list[str]:
+    """Where `name` is defined (def or class) at any level of the package."""
+    found = []
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("name", ["Precision", "resolve_device", "resolve_precision", "cpu_has_amx", "class_weights",
+                                  "Runtime", "Registry", "read_checkpoint"])
+def test_each_shared_rule_is_defined_once(name):
+    assert len(_definitions(name)) == 1, _definitions(name)
+
+
+def test_one_learning_rate_schedule():
+    """One warm-up + cosine rule serves every trainer (no second cosine formula in the package)."""
+    cosines = [f"{p.relative_to(ROOT)}:{n}" for p in MODULES for n, line in enumerate(p.read_text().splitlines(), 1)
+               if re.search(r"math\.cos\(math\.pi", line)]
+    assert len(cosines) == 1, cosines
+
+
+RUNTIME_OPTIONS = ["--device", "--precision", "--compile", "--threads", "--trust-checkpoint"]
+MODEL_COMMANDS = [["extract", "video"], ["extract", "context"], ["extract", "skeleton"], ["extract", "face"],
+                  ["backbone", "run"], ["backbone", "train", "video"], ["backbone", "train", "skeleton"],
+                  ["fuse", "train"], ["demo"]]
+
+
+def _option_blocks(help_text: str) -> dict[str, str]:
+    """Option name -> its whole help entry (the lines from the option to the next option)."""
+    blocks, current = {}, None
+    for line in help_text.splitlines():
+        m = re.match(r"\s{2}(--[\w-]+)", line)
+        if m:
+            current = m.group(1)
+            blocks[current] = line.strip()
+        elif current and line.startswith(" " * 10):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return blocks
+
+
+def test_every_command_that_runs_a_model_lists_identical_runtime_options():
+    seen = {}
+    for command in MODEL_COMMANDS:
+        r = CliRunner().invoke(app, [*command, "--help"], terminal_width=100)
+        assert r.exit_code == 0, r.output
+        blocks = _option_blocks(r.stdout)
+        seen[" ".join(command)] = tuple(blocks.get(o) for o in RUNTIME_OPTIONS)
+    first = next(iter(seen.values()))
+    assert all(first), first
+    assert {name: opts for name, opts in seen.items() if opts != first} == {}
+
+
+def test_no_section_markers_or_issue_numbers_in_the_code_and_the_contracts():
+    files = [*MODULES, ROOT / "docs" / "contracts.md"]
+    hits = [f"{p.relative_to(ROOT)}:{n}" for p in files for n, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"\[(end )?section|\bissue #?\d+|\(\w+ issue\)", line, re.I)]
+    assert hits == []
+
+
+def test_no_help_shows_a_bare_type_where_the_values_are_a_closed_set():
+    """Closed choices are StrEnums (or listed choices), so --help shows [a|b|c], never <str>, for them."""
+    closed = {"--task", "--split", "--scheme", "--dataset-layout", "--stream", "--arch", "--mode", "--scope",
+              "--decoder", "--precision", "--balance"}
+    bare = []
+    for command in [*MODEL_COMMANDS, ["data", "prepare"], ["data", "synth"], ["data", "export-pyskl"],
+                    ["fuse", "eval"], ["fuse", "predict"], ["fuse", "late"], ["fuse", "import"], ["score"],
+                    ["export", "miga2025"], ["export", "emotion"]]:
+        text = CliRunner().invoke(app, [*command, "--help"], terminal_width=200).stdout
+        for option, block in _option_blocks(text).items():
+            if option in closed and re.match(rf"{option}\s+<(str|text)>", block):
+                bare.append(f"{' '.join(command)} {option}")
+    assert bare == []
