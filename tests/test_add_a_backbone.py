@@ -142,3 +142,17 @@ def test_a_backbone_for_another_track_is_refused_in_one_line(toy, tmp_path):
     assert "backbone swinface does not extract the video track; choose one of" in r.stderr
     assert "toy_video" in r.stderr and "mvit_v2_s" in r.stderr
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_a_whole_extraction_reads_and_hashes_its_checkpoint_once(toy, tmp_path, monkeypatch):
+    from migfuse import checkpoint_file
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
+
+    prepared, ckpt = toy
+    reads, hashes = [], []
+    read, sha = checkpoint_file.read_checkpoint, checkpoint_file.sha256_file
+    monkeypatch.setattr(checkpoint_file, "read_checkpoint", lambda *a, **k: reads.append(a) or read(*a, **k))
+    monkeypatch.setattr(checkpoint_file, "sha256_file", lambda *a, **k: hashes.append(a) or sha(*a, **k))
+    extract("video", prepared, tmp_path / "c.zarr", options=RunOptions(workers=0), backbone="toy_video", checkpoint=ckpt)
+    assert (len(reads), len(hashes)) == (1, 1)

@@ -354,3 +354,17 @@ def test_the_same_unsharded_run_twice_splits_the_work(videos, tmp_path):
     status = dict(zip(g.ids, g.status().tolist()))
     assert {i for i, s in status.items() if s == FAILED} == bad_ids()
     assert sum(s == DONE for s in status.values()) == good
+
+
+def test_the_skeleton_track_reads_and_hashes_its_checkpoint_once(toy, tmp_path, monkeypatch):
+    from migfuse import checkpoint_file
+    from migfuse.extract.entry import extract
+    from migfuse.extract.interface import RunOptions
+
+    reads, hashes = [], []
+    read, sha = checkpoint_file.read_checkpoint, checkpoint_file.sha256_file
+    monkeypatch.setattr(checkpoint_file, "read_checkpoint", lambda *a, **k: reads.append(a) or read(*a, **k))
+    monkeypatch.setattr(checkpoint_file, "sha256_file", lambda *a, **k: hashes.append(a) or sha(*a, **k))
+    assert extract("joint", toy / "prep", tmp_path / "c.zarr", options=RunOptions(batch_size=4),
+                   checkpoint=toy / "joint.pt").ok
+    assert (len(reads), len(hashes)) == (1, 1)
