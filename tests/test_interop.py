@@ -82,7 +82,9 @@ def test_export_pyskl_cli_names_layout_splits_and_left_out_clips(tmp_path):
         assert pickle.load(f)["annotations"][0]["img_shape"] == (1080, 1920)
     res = CliRunner().invoke(app, ["data", "export-pyskl", str(tmp_path / "prep"), str(tmp_path / "n.pkl"),
                                    "--layout", "ntu-25"])
-    assert res.exit_code == 2 and "is not read from OpenPose points" in res.stderr
+    # the choice lists only the layouts read from OpenPose points, so --help and the refusal agree
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1
+    assert "'ntu-25' is not one of 'coco-17', 'openpose-18', 'openpose22', 'imigue'" in res.stderr
 
 
 # ---------------------------------------------------------------------------------------------
