@@ -77,14 +77,15 @@ def _mem_gib(device: str) -> float | None:
 def bench_train(width: str, device: str, batch: int, steps: int, checkpointing: bool = False) -> dict:
     """clips/s of full optimiser steps (augment, forward, backward, clip, AdamW) on device-resident clips."""
     from migfuse.finetune import video as vt
+    from migfuse.finetune.video_data import Augment
 
-    cfg = vt.resolve(sets=[f"width={width}", "device=cpu"])
+    cfg = vt.resolve(sets=[f"width={width}"])
     mvit, _ = vt.build_model(cfg, None)
     mvit.to(device)
     model = vt.FineTuneModel(mvit, checkpointing)
     groups = vt.param_groups(mvit, 1e-4, 0.75, 0.05)
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups])
-    aug = vt.Augment()
+    aug = Augment()
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch, 16, 224, 224, 3), dtype=torch.uint8, device=device)
     y = torch.randint(0, 32, (batch,), device=device)
@@ -137,7 +138,7 @@ def bench_decode(size: str, clips: int) -> float:
     from extract_video import make_dataset
 
     from migfuse.datasets.manifest import Manifest
-    from migfuse.finetune.video import VideoClipDataset
+    from migfuse.finetune.video_data import VideoClipDataset
 
     w, h = (int(v) for v in size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:

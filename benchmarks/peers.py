@@ -114,8 +114,7 @@ class DemoModel:
 
         torch.manual_seed(0)
         self.model, self.forward_tokens = build_mvit("demo").eval(), forward_tokens
-        self.mean = torch.tensor(PREPROCESSING["mean"]).view(1, 3, 1, 1, 1)
-        self.std = torch.tensor(PREPROCESSING["std"]).view(1, 3, 1, 1, 1)
+        self.mean, self.std = PREPROCESSING["mean"], PREPROCESSING["std"]
         self.batch, self.pending = batch, []
 
     def add(self, frames: np.ndarray) -> None:
@@ -127,11 +126,13 @@ class DemoModel:
     def flush(self) -> None:
         import torch
 
+        from migfuse.backbones.video_input import normalise_clips
+
         if not self.pending:
             return
-        x = torch.from_numpy(np.stack(self.pending)).permute(0, 4, 1, 2, 3).float().div_(255.0)
+        x = normalise_clips(torch.from_numpy(np.stack(self.pending)), self.mean, self.std)  # as extract video
         with torch.inference_mode():
-            self.forward_tokens(self.model, (x - self.mean) / self.std)
+            self.forward_tokens(self.model, x)
         self.pending = []
 
 
@@ -144,7 +145,8 @@ def reencode(path: Path, gop: int) -> None:
     with av.open(str(path)) as src, av.open(str(tmp), "w") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = src.streams.video[0].width, src.streams.video[0].height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "23", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        stream.options = {"preset": "ultrafast", "crf": "23", "g": str(gop), "keyint_min": str(gop),
+                          "sc_threshold": "0"}
         for frame in src.decode(video=0):
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")):
                 out.mux(packet)
@@ -173,7 +175,8 @@ def make_spaced_dataset(root: Path, clips: int, gaps: tuple[int, int], width: in
     n_frames = int(starts[-1] + lengths[-1] + 10)
     path = root / "0001.mp4"
     _bench_module("extract_video").write_video(path, n_frames, width, height, seed=1)
-    all_clips = [Clip.make("0001", k, int(a), int(a + n - 1), raw_class=1) for k, (a, n) in enumerate(zip(starts, lengths))]
+    all_clips = [Clip.make("0001", k, int(a), int(a + n - 1), raw_class=1)
+                 for k, (a, n) in enumerate(zip(starts, lengths))]
     return Manifest(clips=all_clips, videos={"0001": VideoInfo("0001", video_path=path, n_frames=n_frames)}).save(
         root / "prepared")
 
@@ -241,7 +244,8 @@ def extraction(root: Path, clips_per_video: int, rounds: int, width: int, height
 
     for _ in read_frames(video, sorted({i for p in plans.values() for i in p.reshape(-1).tolist()}), stats=stats):
         pass
-    return {"clips": n, "gaps": list(gaps), "keyframes": keyframes(video), "video_frames": manifest.videos["0001"].n_frames, "migfuse_decoded_frames": stats["decoded"],
+    return {"clips": n, "gaps": list(gaps), "keyframes": keyframes(video),
+            "video_frames": manifest.videos["0001"].n_frames, "migfuse_decoded_frames": stats["decoded"],
             "migfuse_seeks": stats["seeks"], "peer_decoded_frames": peer_stats["decoded"],
             "rates": {k: [round(x, 3) for x in v] for k, v in rates.items()}, "load": load()}
 
@@ -358,7 +362,8 @@ def table(ext: dict | None, reads: dict | None, fuse: dict | None) -> list[str]:
         for what, label in (("decode", "decode only"), ("+model", "decode + MViTv2-S demo width, batch 4")):
             m, p = med[f"migfuse {what}"], med[f"peer {what}"]
             gop = np.diff(ext["keyframes"]).max() if len(ext["keyframes"]) > 1 else ext["video_frames"]
-            rows.append(f"| extraction, {label}, clips/s ({ext['clips']} clips, gaps {ext['gaps'][0]}-{ext['gaps'][1]}, keyframes every {gop} frames) | {m:.2f} | {p:.2f} | "
+            rows.append(f"| extraction, {label}, clips/s ({ext['clips']} clips, "
+                        f"gaps {ext['gaps'][0]}-{ext['gaps'][1]}, keyframes every {gop} frames) | {m:.2f} | {p:.2f} | "
                         f"**{m / p:.2f}x** |")
     if reads:
         z = reads["zarr"]
@@ -423,7 +428,8 @@ def main() -> None:
     fuse_bench = _bench_module("fuse")
     args.root.mkdir(parents=True, exist_ok=True)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": load(),
-                     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {version('torch')}, av {version('av')}"}
+                     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {version('torch')}, "
+                                f"av {version('av')}"}
     ext = reads = fuse = None
     if not args.skip_extraction:
         ext = results["extraction"] = child(["--phase", "extraction", "--clips-per-video", str(args.clips_per_video),

@@ -127,7 +127,7 @@ def run_demo(out: str | Path, seed: int = 0, runtime: Runtime | None = None,
     t = _step(f"train 2s-AGCN on the joint and bone streams ({DEMO['skeleton']['epochs']} epochs each, "
               f"{DEMO['skeleton_processes']} at once; -v logs every epoch), then extract their features")
     # a finished run with the same settings is reused, so its features in the cache stay valid
-    skeleton_config = TrainConfig(device=device, **DEMO["skeleton"])
+    skeleton_config = TrainConfig(**DEMO["skeleton"])  # on `fp32`: the demo's device, in fp32
     with _epoch_lines_only_when_verbose():
         skeleton = train_and_extract(prepared, cache, runs / "skeleton", skeleton_config,
                                      processes=DEMO["skeleton_processes"], runtime=fp32)
@@ -152,9 +152,9 @@ def run_demo(out: str | Path, seed: int = 0, runtime: Runtime | None = None,
         if (runs / name).exists():
             shutil.rmtree(runs / name)  # heads train in seconds: always train them again
     with _epoch_lines_only_when_verbose():  # the progress bars show the epochs
-        train(cache, prepared, "mg", runs / "cmtf", head="cmtf", config=dict(DEMO["cmtf"]))
+        train(cache, prepared, "mg", runs / "cmtf", head="cmtf", config=dict(DEMO["cmtf"]), runtime=fp32)
         train(cache, prepared, "emotion", runs / "interfusion", head="interfusion",
-              config=dict(DEMO["interfusion"]))
+              config=dict(DEMO["interfusion"]), runtime=fp32)
     metrics = evaluate(runs / "cmtf", split="validation")
     emotion = evaluate(runs / "interfusion", split="test")
     mg_scores = predict(runs / "cmtf", "test", out=runs / "cmtf" / "test_scores.npz")

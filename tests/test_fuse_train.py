@@ -77,6 +77,33 @@ def test_same_seed_same_metrics(mg_data, tmp_path):
     assert other != [r["train_loss"] for r in runs[0]]
 
 
+def test_the_runtime_decides_where_the_head_trains_and_fp32_on_the_cpu_changes_nothing(mg_data, tmp_path, caplog):
+    from migfuse.runtime import Precision, Runtime
+
+    prepared, cache = mg_data
+    config = {**FAST, "epochs": 2}
+
+    def history(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+    train(cache, prepared, "mg", tmp_path / "default", config=config)
+    # an fp32 runtime on the CPU (what the demo passes) is no autocast: the same numbers to the last bit;
+    # "device" in a settings file of an earlier release is read with one warning and not used
+    train(cache, prepared, "mg", tmp_path / "fp32", config={**config, "device": "cuda"}, runtime=Runtime())
+    assert history("fp32") == history("default")
+    assert sum("device is a command option now" in r.getMessage() for r in caplog.records) == 1
+    prov = json.loads((tmp_path / "fp32" / "config.json").read_text())["run"]["provenance"]
+    assert prov["compute"] == {"device": "cpu", "precision": "fp32"}
+    # bf16 autocast (what --precision auto gives on a GPU or an AMX CPU): trains, recorded
+    summary = train(cache, prepared, "mg", tmp_path / "bf16", config=config, runtime=Runtime(precision=Precision.BF16))
+    assert np.isfinite(summary["best"]["val_loss"]) and history("bf16") != history("default")
+    prov = json.loads((tmp_path / "bf16" / "config.json").read_text())["run"]["provenance"]
+    assert prov["compute"] == {"device": "cpu", "precision": "bf16"}
+    with pytest.raises(UserError, match="--precision fp16: the trainers run in fp32 or bf16"):
+        train(cache, prepared, "mg", tmp_path / "fp16", config=config, runtime=Runtime(precision=Precision.FP16))
+
+
 def test_train_eval_and_predict_each_open_every_cache_group_once(mg_data, tmp_path, monkeypatch):
     """Opening a group reads its attributes and its id array: each command opens the groups it reads
     once (the three views, and for train the views' source groups, to check they are current) and
@@ -131,8 +158,9 @@ def test_bad_config_is_one_line_user_error(tmp_path):
     bad.write_text('{"epochs": 3, "lr_max": 1}')
     with pytest.raises(UserError, match=f"{bad}: unknown setting 'lr_max'"):
         resolve_config("mg", bad)
-    with pytest.raises(UserError, match="balance"):
+    with pytest.raises(UserError, match="the config: balance must be one of loss, sampler, none, not 'oversample'"):
         resolve_config("mg", {"balance": "oversample"})
+    assert resolve_config("mg", {"balance": "weights"})["balance"] == "loss"  # the word of earlier releases
     with pytest.raises(UserError, match="select_metric for task emotion"):
         resolve_config("emotion", {"select_metric": "top1"})
 

@@ -1,6 +1,7 @@
 """Preprocessing rules, training (learning, resume, errors) and extraction failures on generated skeletons."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -13,7 +14,8 @@ from migfuse.errors import UserError
 from migfuse.backbones.graphs import get_layout
 from migfuse.extract.skeleton.preprocess import PreprocessConfig, joints, sample_indices
 from migfuse.synth.skeletons import make_toy_dataset
-from migfuse.finetune.skeleton import TrainConfig, build_model, class_weights, train_skeleton
+from migfuse.finetune.skeleton import DEFAULTS, TrainConfig, build_model, train_skeleton
+from migfuse.training.recipe import class_weights
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,9 +72,14 @@ def test_reference_layout_without_openpose_points_is_refused():
 
 
 def test_class_weights_favour_rare_classes():
-    w = class_weights(np.array([0] * 16 + [1] * 4 + [31] * 1))
+    w = class_weights(np.array([0] * 16 + [1] * 4 + [31] * 1), 32, power=0.5).numpy()  # the skeleton's power
     np.testing.assert_allclose(w[[0, 1, 31]] / w[0], [1.0, 2.0, 4.0])
     assert w[2] == 0 and np.isclose(w[[0, 1, 31]].mean(), 1.0)
+
+
+def test_each_default_is_written_once_in_train_config():
+    assert DEFAULTS == dataclasses.asdict(TrainConfig())
+    assert DEFAULTS["balance"] == "loss" and "device" not in DEFAULTS and "precision" not in DEFAULTS
 
 
 # ----- training ----------------------------------------------------------------------------------------
@@ -133,6 +140,39 @@ def test_resume_continues_exactly_where_it_stopped(toy, tmp_path, monkeypatch):
     assert "\n" not in str(e.value) and "holds a run with other settings (lr=0.02, not 0.1)" in str(e.value)
     assert train_skeleton(toy, tmp_path / "a", TrainConfig(epochs=1, **{**cfg, "lr": 0.1}), overwrite=True
                           ).epochs_run == 1
+
+
+def test_a_run_folder_written_before_device_and_precision_became_options_resumes(toy, tmp_path, caplog):
+    """config.json of an earlier release: "device" and "precision" among the settings, balance "weights"
+    (also in the provenance). The run resumes on the runtime it is given, and records that runtime."""
+    cfg = dict(base_channels=4, length=16, batch_size=16, lr=0.02)
+    train_skeleton(toy, tmp_path / "r", TrainConfig(epochs=1, **cfg))
+    path = tmp_path / "r" / "config.json"
+    doc = json.loads(path.read_text())
+    assert doc["run"]["provenance"]["compute"] == {"device": "cpu", "precision": "fp32"}
+    doc.update(device="auto", precision="auto", balance="weights")
+    doc["run"]["provenance"]["balance"] = "weights"
+    del doc["run"]["provenance"]["compute"]
+    path.write_text(json.dumps(doc))
+    res = train_skeleton(toy, tmp_path / "r", TrainConfig(epochs=2, **cfg))
+    assert res.epochs_run == 1 and [h["epoch"] for h in res.history] == [1, 2]
+    assert sum("earlier release" in r.getMessage() for r in caplog.records if r.levelname == "WARNING") == 1
+    doc = json.loads(path.read_text())
+    assert "device" not in doc and doc["balance"] == "loss"
+    assert doc["run"]["provenance"]["compute"] == {"device": "cpu", "precision": "fp32"}
+
+
+def test_an_old_balance_word_in_a_settings_file_is_read_and_an_unknown_one_refused(tmp_path):
+    from migfuse.finetune.skeleton import resolve_config
+
+    (tmp_path / "sk.json").write_text('{"balance": "weights", "device": "cuda"}')
+    assert resolve_config(tmp_path / "sk.json").balance == "loss"
+    with pytest.raises(UserError, match="balance must be one of loss, sampler, none, not 'oversample'"):
+        resolve_config(sets=["balance=oversample"])
+    with pytest.raises(UserError, match="--precision fp16: the trainers run in fp32 or bf16"):
+        from migfuse.runtime import Precision, Runtime
+
+        train_skeleton(tmp_path, tmp_path / "run", TrainConfig(), runtime=Runtime(precision=Precision.FP16))
 
 
 def test_bad_settings_are_one_line_errors(toy, tmp_path):

@@ -251,7 +251,8 @@ def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path):
         class Evil:
             def __reduce__(self):
                 return (os.system, ("echo pwned > {marker}",))
-        torch.save({{"format": "migfuse-checkpoint/1", "state_dict": {{}}, "meta": Evil()}}, {str(tmp_path / 'r' / 'last.pt')!r})
+        torch.save({{"format": "migfuse-checkpoint/1", "state_dict": {{}}, "meta": Evil()}},
+                   {str(tmp_path / 'r' / 'last.pt')!r})
     """)
     subprocess.run([sys.executable, "-c", evil], check=True)
     with pytest.raises(UserError) as e:
@@ -303,3 +304,131 @@ def test_a_damaged_config_json_or_metrics_is_one_line(tmp_path):
     (tmp_path / "r" / "config.json").write_text("{")
     with pytest.raises(UserError, match=r"config.json is damaged or not a migfuse run file; pass --overwrite"):
         tiny_train(tmp_path / "r", cfg)
+
+
+# ----- the shared recipe (migfuse.training.recipe) ------------------------------------------------------
+WITH_BALANCE = {**DEFAULTS, "balance": "loss"}  # long tail: loss | sampler | none
+
+
+def legacy_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "earlier release" in r.getMessage()]
+
+
+def test_the_old_balance_word_weights_means_loss_with_one_warning_wherever_it_is_read(tmp_path, caplog):
+    (tmp_path / "old.json").write_text(json.dumps({"balance": "weights", "lr": 0.1}))
+    assert resolve_config(WITH_BALANCE, config=tmp_path / "old.json")["balance"] == "loss"
+    assert legacy_warnings(caplog) == [f"settings of an earlier release: {tmp_path / 'old.json'}: balance 'weights' "
+                                       f"is now called 'loss'"]
+    caplog.clear()
+    assert resolve_config(WITH_BALANCE, sets=["balance=weights"])["balance"] == "loss"
+    assert len(legacy_warnings(caplog)) == 1 and "--set: balance 'weights'" in legacy_warnings(caplog)[0]
+    caplog.clear()
+    assert resolve_config(WITH_BALANCE, sets=["balance=sampler"])["balance"] == "sampler"
+    assert legacy_warnings(caplog) == []
+
+
+def test_an_unknown_balance_word_is_one_line_naming_the_choices():
+    from migfuse.training.recipe import check_balance
+
+    with pytest.raises(UserError) as e:
+        check_balance(resolve_config(WITH_BALANCE, sets=["balance=oversample"])["balance"], "--set")
+    assert str(e.value) == "--set: balance must be one of loss, sampler, none, not 'oversample'"
+    for word in ("loss", "sampler", "none"):
+        check_balance(word)
+
+
+def test_device_and_precision_in_a_file_or_set_are_not_used_and_said_in_one_warning(tmp_path, caplog):
+    (tmp_path / "old.toml").write_text('device = "cuda"\nprecision = "bf16"\nepochs = 2\n')
+    cfg = resolve_config(WITH_BALANCE, config=tmp_path / "old.toml", sets=["device=cpu"])
+    assert cfg == {**WITH_BALANCE, "epochs": 2}
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].getMessage() == (
+        f"settings of an earlier release: {tmp_path / 'old.toml'}: device and precision are command options now "
+        "(--device / --precision); the value there is not used; --set: device is a command option now (--device); "
+        "the value there is not used")
+
+
+def test_a_run_folder_of_an_earlier_release_resumes_and_its_config_json_reads_back(tmp_path, caplog):
+    """config.json written the old way: device and precision among the settings, balance "weights"."""
+    cfg = resolve_config(WITH_BALANCE, sets=["epochs=2"])
+    with pytest.raises(KeyboardInterrupt):
+        tiny_train(tmp_path / "r", cfg, die_in_epoch=2)
+    doc = json.loads((tmp_path / "r" / "config.json").read_text())
+    old = {**{k: v for k, v in doc.items() if k != "run"}, "balance": "weights", "device": "auto",
+           "precision": "auto", "run": {**doc["run"], "provenance": {"data": "random 40x5", "balance": "weights"}}}
+    (tmp_path / "r" / "config.json").write_text(json.dumps(old))
+    assert tiny_train(tmp_path / "r", cfg).epochs_run == 1  # resumed after epoch 1, not refused
+    said = [r.getMessage() for r in caplog.records if "earlier release" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'r' / 'config.json'} was written by an earlier "
+                                                 "release: device and precision are command options now")
+    assert said[0].endswith("balance 'weights' is now called 'loss'")
+    new = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert "device" not in new and "precision" not in new and new["balance"] == "loss"
+    (tmp_path / "r" / "config.json").write_text(json.dumps(old))  # read back as --config: today's words
+    assert resolve_config(WITH_BALANCE, config=tmp_path / "r" / "config.json") == cfg
+    with pytest.raises(UserError, match=r"holds a run with other settings \(lr=0.05, not 0.1\)"):
+        tiny_train(tmp_path / "r", {**cfg, "lr": 0.1})  # a real difference is still refused
+
+
+def test_class_weights_are_the_three_trainers_earlier_numbers_exactly():
+    import numpy as np
+
+    from migfuse.training.recipe import class_weights
+
+    def numpy_inverse_sqrt(labels, num_classes):  # finetune/skeleton.py and finetune/video.py before
+        counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+        w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
+        return (w / w[counts > 0].mean()).astype(np.float32)
+
+    def torch_power(labels, num_classes, power):  # fuse/train.py before
+        counts = torch.bincount(labels, minlength=num_classes).double()
+        w = torch.where(counts > 0, counts.clamp(min=1) ** -power, torch.zeros_like(counts))
+        return (w / w[counts > 0].mean()).float()
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        classes = int(rng.choice([2, 7, 32]))
+        p = rng.dirichlet(np.full(classes, rng.uniform(0.1, 3.0)))  # long tails, absent classes too
+        labels = rng.choice(classes, size=int(rng.integers(1, 14000)), p=p)
+        assert np.array_equal(class_weights(labels, classes, power=0.5).numpy(), numpy_inverse_sqrt(labels, classes))
+        for power in (0.5, 1.0, 0.25):
+            assert torch.equal(class_weights(torch.from_numpy(labels), classes, power),
+                               torch_power(torch.from_numpy(labels), classes, power)), (trial, power)
+    w = class_weights(np.array([0] * 16 + [1] * 4 + [3]), 4, power=0.5)
+    assert w.tolist() == pytest.approx([3 / 7, 6 / 7, 0.0, 12 / 7]) and w.dtype == torch.float32
+
+
+def test_warmup_cosine_gives_each_trainer_the_multipliers_of_its_earlier_formula():
+    import math
+
+    from migfuse.training.recipe import warmup_cosine
+
+    def fuse_before(step, total, warmup):  # fuse/train.py cosine_with_warmup
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def video_before(step, total, warmup, min_ratio):  # finetune/video.py lr_factor
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def skeleton_before(epoch, epochs):  # finetune/skeleton.py's lambda, per epoch
+        return min(1.0, (epoch + 1) / 2) * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+    for total in (1, 2, 7, 50, 214 * 15, 1013):
+        for warmup in (1, 2, 3, 214, total // 10 or 1):
+            for step in range(total + 2):
+                assert warmup_cosine(step, total, warmup) == fuse_before(step, total, warmup), (step, total, warmup)
+        for warmup in (0, 1, 5, total // 10):
+            for min_ratio in (0.0, 0.01, 0.1):
+                for step in range(total + 2):
+                    assert warmup_cosine(step, total, warmup, min_ratio) == video_before(step, total, warmup,
+                                                                                         min_ratio)
+    for epochs in (1, 2, 3, 6, 30, 50, 97):
+        for epoch in range(epochs + 1):
+            assert warmup_cosine(epoch, epochs, 2, cosine_from_start=True) == skeleton_before(epoch, epochs)
+    assert [warmup_cosine(s, 10, 2, 0.1) for s in (0, 1, 10)] == [0.5, 1.0, pytest.approx(0.1)]

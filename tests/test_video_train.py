@@ -20,13 +20,15 @@ from test_video_train_util import make_colour_dataset
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
 from migfuse.finetune import video as vt
+from migfuse.finetune import video_data as vd
 from migfuse.backbones.checkpoints import sha256_file
-from migfuse.backbones.mvit import MViTBackbone, build_mvit, checkpoint_facts, forward_tokens
+from migfuse.backbones.mvit import PREPROCESSING, MViTBackbone, build_mvit, checkpoint_facts, forward_tokens
+from migfuse.backbones.video_input import normalise_clips
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["width=demo", "workers=0", "drop_path=0", "head_dropout=0", "label_smoothing=0", "warmup_epochs=0.5",
-        "lr=3e-3", "color_jitter=0.1", "device=cpu"]
+        "lr=3e-3", "color_jitter=0.1"]
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +84,10 @@ def test_the_fine_tuned_checkpoint_extracts_video_and_context_tokens(planted, tm
     manifest = Manifest.load(prepared)
     clips = [c.clip_id for c in manifest.clips if c.video_id == "0005"][:2]
     cache = tmp_path / "c.zarr"
-    assert extract("video", prepared, cache, options=RunOptions(workers=0), checkpoint=run / "best.pt", row_ids=clips).ok
-    assert extract("context", prepared, cache, options=RunOptions(workers=0), checkpoint=run / "best.pt", context_windows=2, row_ids=["0005"]).ok
+    one = RunOptions(workers=0)
+    assert extract("video", prepared, cache, options=one, checkpoint=run / "best.pt", row_ids=clips).ok
+    assert extract("context", prepared, cache, options=one, checkpoint=run / "best.pt", context_windows=2,
+                   row_ids=["0005"]).ok
     video, context = TokenCache(cache).group("video/mvit_v2_s"), TokenCache(cache).group("context/mvit_v2_s")
     tokens = video.read_many(clips)["tokens"]
     assert tokens.shape == (2, 393, 128) and context.read("0005")["tokens"].shape == (2, 393, 128)
@@ -94,9 +98,10 @@ def test_the_fine_tuned_checkpoint_extracts_video_and_context_tokens(planted, tm
     # the same tokens as the fine-tuned model on the training code's validation input
     bb = MViTBackbone()
     bb.load(run / "best.pt")
-    ds = vt.VideoClipDataset(manifest, clips)
+    ds = vd.VideoClipDataset(manifest, clips)
     frames = torch.from_numpy(np.stack([ds[i][0] for i in range(2)]))
-    expected, _ = forward_tokens(bb.model.eval(), vt.normalise(frames))
+    expected, _ = forward_tokens(bb.model.eval(), normalise_clips(frames, PREPROCESSING["mean"],
+                                                                  PREPROCESSING["std"]))
     np.testing.assert_allclose(tokens.astype(np.float32), expected.detach().numpy(), rtol=2e-3, atol=2e-3)
 
 
@@ -115,9 +120,11 @@ def test_validation_input_is_exactly_what_extract_video_feeds_the_model(planted)
     ex.model = lambda x: seen.append(x.clone()) or x[:, :1, :1, :1, :1]
     sample = next(iter(ex.loader()(WorkItem("0002", ("0002_1",)))))
     ex._tokens(sample.inputs["frames"])
-    frames, label = vt.VideoClipDataset(manifest, ["0002_1"])[0]
+    frames, label = vd.VideoClipDataset(manifest, ["0002_1"])[0]
     assert label == manifest.clip("0002_1").label
-    assert torch.equal(vt.normalise(torch.from_numpy(frames)[None]), seen[0])
+    # the validation input of fine-tuning (`evaluate`), bit for bit
+    assert torch.equal(normalise_clips(torch.from_numpy(frames)[None], PREPROCESSING["mean"], PREPROCESSING["std"]),
+                       seen[0])
 
 
 def test_a_run_killed_during_epoch_2_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
@@ -125,7 +132,7 @@ def test_a_run_killed_during_epoch_2_resumes_to_the_uninterrupted_result(tmp_pat
     sets = FAST + ["epochs=2", "batch_size=2", "target_batch=4"]
     whole = vt.fine_tune_video(prepared, tmp_path / "whole", sets=sets)
 
-    original = vt.VideoClipDataset.__getitem__
+    original = vd.VideoClipDataset.__getitem__
     calls = {"n": 0}
 
     def dies_in_epoch_2(self, i):
@@ -134,11 +141,11 @@ def test_a_run_killed_during_epoch_2_resumes_to_the_uninterrupted_result(tmp_pat
             raise KeyboardInterrupt
         return original(self, i)
 
-    monkeypatch.setattr(vt.VideoClipDataset, "__getitem__", dies_in_epoch_2)
+    monkeypatch.setattr(vd.VideoClipDataset, "__getitem__", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         vt.fine_tune_video(prepared, tmp_path / "killed", sets=sets)
     assert [json.loads(x)["epoch"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()] == [1]
-    monkeypatch.setattr(vt.VideoClipDataset, "__getitem__", original)
+    monkeypatch.setattr(vd.VideoClipDataset, "__getitem__", original)
     resumed = vt.fine_tune_video(prepared, tmp_path / "killed", sets=sets)
     assert resumed["epochs_run"] == 1
     keys = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1")
@@ -156,8 +163,8 @@ def test_a_two_process_gloo_torchrun_run_trains_and_writes_one_checkpoint(tmp_pa
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "migfuse.cli", "backbone", "train", "video", "--data", str(prepared), "--out", str(out),
-           "--epochs", "1", "--batch-size", "1", "--device", "cpu"] + [a for s in FAST if not s.startswith("device")
-                                                                       for a in ("--set", s)]
+           "--epochs", "1", "--batch-size", "1", "--device", "cpu", "--precision", "fp32"] + [
+               a for s in FAST for a in ("--set", s)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("best epoch 1") == 1  # printed by rank 0 only
@@ -192,16 +199,18 @@ def test_augmentation_keeps_left_and_right_unless_hflip_is_on():
     def left_minus_right(aug, seed):
         x = aug(frames, torch.Generator().manual_seed(seed))
         return float(x[..., :16].mean() - x[..., 16:].mean())
-    plain = vt.Augment(crop_scale=(0.5, 1.0), color_jitter=0.3)
+    plain = vd.Augment(crop_scale=(0.5, 1.0), color_jitter=0.3)
     assert all(left_minus_right(plain, s) > 0 for s in range(20))
-    flipping = vt.Augment(crop_scale=(0.5, 1.0), color_jitter=0.3, hflip=True)
+    flipping = vd.Augment(crop_scale=(0.5, 1.0), color_jitter=0.3, hflip=True)
     assert any(left_minus_right(flipping, s) < 0 for s in range(20))
     x1, x2 = plain(frames, torch.Generator().manual_seed(3)), plain(frames, torch.Generator().manual_seed(3))
     assert x1.shape == (1, 3, 4, 32, 32) and torch.equal(x1, x2)
 
 
 def test_lr_schedule_warms_up_then_follows_a_cosine_to_its_floor():
-    f = [vt.lr_factor(s, total=10, warmup=2, min_ratio=0.1) for s in range(11)]
+    from migfuse.training.recipe import warmup_cosine
+
+    f = [warmup_cosine(s, total=10, warmup=2, min_ratio=0.1) for s in range(11)]
     assert f[0] == 0.5 and f[1] == 1.0 and f[2] == 1.0
     assert f[6] == pytest.approx(0.1 + 0.9 * 0.5)
     assert f[10] == pytest.approx(0.1)
@@ -210,12 +219,12 @@ def test_lr_schedule_warms_up_then_follows_a_cosine_to_its_floor():
 
 def test_epoch_order_splits_one_order_across_ranks_and_balances_classes():
     labels = np.array([0] * 90 + [1] * 10)
-    r0, r1 = (vt.epoch_order(labels, "none", 0, 1, rank, 2) for rank in (0, 1))
+    r0, r1 = (vd.epoch_order(labels, "none", 0, 1, rank, 2) for rank in (0, 1))
     assert sorted(r0 + r1) == list(range(100)) and len(r0) == len(r1) == 50
-    assert vt.epoch_order(labels, "none", 0, 1) != vt.epoch_order(labels, "none", 0, 2)
-    drawn = labels[vt.epoch_order(labels, "sampler", 0, 1)]
+    assert vd.epoch_order(labels, "none", 0, 1) != vd.epoch_order(labels, "none", 0, 2)
+    drawn = labels[vd.epoch_order(labels, "sampler", 0, 1)]
     assert 30 <= int((drawn == 1).sum()) <= 70  # about half, not a tenth
-    odd = vt.epoch_order(np.arange(5) % 2, "none", 0, 1, 1, 2)
+    odd = vd.epoch_order(np.arange(5) % 2, "none", 0, 1, 1, 2)
     assert len(odd) == 3  # padded so every rank takes the same number of steps
 
 
@@ -229,6 +238,40 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="unknown setting 'hflips'"):
         vt.resolve(sets=["hflips=true"])
     assert vt.resolve(sets=["hflip=true"], flags={"epochs": 3})["hflip"] is True
+    with pytest.raises(UserError, match="balance must be one of loss, sampler, none, not 'oops'"):
+        vt.resolve(sets=["balance=oops"])
+
+
+def test_settings_of_an_earlier_release_are_read_in_todays_words_with_one_warning(caplog):
+    cfg = vt.resolve(sets=["balance=weights", "device=cuda", "precision=bf16"])
+    assert cfg["balance"] == "loss" and "device" not in cfg and "precision" not in cfg
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["settings of an earlier release: --set: device and precision are command options now "
+                        "(--device / --precision); the value there is not used; --set: balance 'weights' is now "
+                        "called 'loss'"]
+
+
+def test_a_run_folder_with_device_and_precision_settings_resumes(planted, tmp_path, base_file):
+    """A run folder of an earlier release (device, precision among its settings) is resumed, not refused."""
+    import shutil
+
+    prepared, run, _ = planted
+    old = tmp_path / "run"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns(".lock"))
+    doc = json.loads((old / "config.json").read_text())
+    assert doc["run"]["provenance"]["compute"] == {"device": "cpu", "precision": "fp32"}
+    doc.update(device="auto", precision="auto")
+    (old / "config.json").write_text(json.dumps(doc))
+    again = vt.fine_tune_video(prepared, old, base_file, sets=FAST + ["epochs=2", "batch_size=4", "target_batch=4"])
+    assert again["epochs_run"] == 0 and [h["epoch"] for h in again["history"]] == [1, 2]  # finished: nothing to do
+    assert "device" not in json.loads((old / "config.json").read_text())
+
+
+def test_fp16_is_refused_in_one_line_before_any_work(tmp_path):
+    from migfuse.runtime import Precision, Runtime
+
+    with pytest.raises(UserError, match="--precision fp16: the trainers run in fp32 or bf16"):
+        vt.fine_tune_video(tmp_path, tmp_path / "run", runtime=Runtime(precision=Precision.FP16))
 
 
 def test_a_ddp_prefixed_fine_tuned_file_loads_and_a_width_mismatch_is_named(tmp_path, base_file):

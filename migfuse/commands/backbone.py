@@ -12,6 +12,7 @@ from migfuse.commands.options import (Arch, BatchSizeOpt, ConfigOpt, DataOpt, Ep
                                       RuntimeOptions, SeedOpt, SetOpt, SkeletonLayout, Stream, TrustCheckpointOpt,
                                       choice, given, with_options)
 from migfuse.errors import UserError
+from migfuse.training.recipe import BALANCE, OLD_WORDS  # the balance words of every trainer (torch-free)
 
 app = group("Inspect, run and train the backbones (check a checkpoint before extracting).")
 train_app = group("Fine-tune a backbone on a prepared dataset (the skeleton track: no public 2s-AGCN checkpoint "
@@ -25,8 +26,6 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
 LayoutOpt = Annotated[Optional[str], typer.Option(
     "--layout", help="Passed to the backbone: for agcn/aagcn the skeleton graph, one of "
                      f"{', '.join(s.value for s in SkeletonLayout)} (see docs/backbones.md).")]
-#: the balance words of every trainer (docs/finetune.md); the skeleton trainer's old "weights" means loss
-BALANCE = ("loss", "sampler", "none")
 
 
 def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], trusted: bool,
@@ -156,7 +155,7 @@ def backbone_train_skeleton(
                                                          "units. Default: 64, as published.")] = None,
     balance: Annotated[Optional[str], typer.Option(
         "--balance", help="Long tail: loss (class-weighted loss, the default), sampler (class-balanced draws) or "
-                          "none.", **choice(BALANCE, {"weights": "loss"}, "--balance"))] = None,
+                          "none.", **choice(BALANCE, OLD_WORDS["balance"], "--balance"))] = None,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from a published checkpoint of the same "
                                                  "--arch/--layout, e.g. mmaction2 coco 2s-AGCN with --arch "
                                                  "aagcn --layout coco-17.")] = None,
@@ -197,9 +196,11 @@ def backbone_train_video(
     runtime: RuntimeOptions,
     checkpoint: Annotated[Optional[Path], typer.Option(
         "--checkpoint", help="Base MViTv2-S file: torchvision mvit_v2_s-ae3be167.pth (Kinetics-400), mmaction2 "
-                             "MViTv2-S, or a migfuse best.pt. Without it: RANDOM weights (tests only, warned).")] = None,
+                             "MViTv2-S, or a migfuse best.pt. Without it: RANDOM weights (tests only, "
+                             "warned).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Run folder: config.json, metrics.jsonl/.csv, curves.png, "
-                                                    "best.pt, last.pt, train.log. Rerunning resumes.")] = Path("runs/mvit"),
+                                                    "best.pt, last.pt, train.log. Rerunning resumes.")
+                   ] = Path("runs/mvit"),
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: EpochsOpt = None,

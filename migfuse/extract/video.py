@@ -104,7 +104,8 @@ class _VideoLoader:
         decoded (on the GPU with --decoder gpu: only the crops come back)."""
         return stream_video(path, requests, decoder=self.decoder, device=self.device,
                             transform=lambda rgb: resize_crop(rgb, self.short_side, self.crop),
-                            gpu_transform=lambda x: resize_crop_tensor(x, self.short_side, self.crop).permute(0, 2, 3, 1))
+                            gpu_transform=lambda x: resize_crop_tensor(x, self.short_side, self.crop)
+                            .permute(0, 2, 3, 1))
 
 
 @dataclass
@@ -278,9 +279,10 @@ class VideoExtractor(TrackExtractor):
     def _tokens_batch(self, frames: np.ndarray) -> np.ndarray:
         import torch
 
+        from migfuse.backbones.video_input import normalise_clips
+
         x = self.runtime.to_device(frames)  # uint8 over the bus (4x less than float)
-        x = x.permute(0, 4, 1, 2, 3).float().div_(255.0)  # (B, 3, F, H, W) in [0, 1]
-        x = (x - self._mean) / self._std
+        x = normalise_clips(x, self._mean, self._std)  # (B, 3, F, H, W), as fine-tuning's input
         with torch.inference_mode(), self.runtime.autocast():
             out = self.model(x)
         return out.float().cpu().numpy()

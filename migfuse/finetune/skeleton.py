@@ -7,96 +7,82 @@ The run folder is migfuse.training's (docs/contracts.md "Training"): config.json
 metrics.csv, curves.png, best.pt, last.pt, train.log. best.pt is the best epoch by validation top-1
 and loads with `create_backbone("agcn"|"aagcn", "best.pt")` and `migfuse extract skeleton` (its
 meta["migfuse"] holds the layout, preprocessing, stream and split). Rerunning with the same settings
-continues after the last finished epoch (more --epochs extend it; --device and --workers may change);
-other settings are refused unless --overwrite. The class imbalance of iMiGUE (class 99 "non-MG" is
-about a quarter of the clips) is handled by inverse-square-root class weights in the loss (default)
-or a class-balanced sampler.
+continues after the last finished epoch (more --epochs extend it; --workers, --device and --precision
+may change); other settings are refused unless --overwrite. The class imbalance of iMiGUE (class 99
+"non-MG" is about a quarter of the clips) is handled by inverse-square-root class weights in the loss
+(default) or a class-balanced sampler. Where it runs (device, bf16 autocast or fp32) is the command's
+`Runtime`, recorded in config.json's provenance ("compute").
 """
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from migfuse.backbones.graphs import get_layout
 from migfuse.datasets.classes import NUM_CLASSES
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
-from migfuse.runtime import Runtime, resolve_device
-from migfuse.finetune.skeleton_data import SkeletonClipDataset, choose_split
-from migfuse.backbones.graphs import get_layout
 from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, check_layout
+from migfuse.finetune.skeleton_data import SkeletonClipDataset, choose_split
+from migfuse.runtime import Runtime
 from migfuse.training.config import resolve_config as resolve_settings
 from migfuse.training.loop import Selection, epoch_generator, fit
+from migfuse.training.recipe import check_balance, class_weights, training_runtime, warmup_cosine
 from migfuse.training.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
 ARCHS = ("agcn", "aagcn")
-BALANCE = ("loss", "sampler", "none")
-
-DEFAULTS: dict[str, Any] = {
-    "stream": "joint",        # joint or bone: 2s-AGCN's two streams, each its own backbone
-    "layout": "imigue",       # graph: imigue (55 joints), openpose22 (MiGA baselines), openpose-18, coco-17
-    "arch": "agcn",           # agcn (lshiwjx/2s-AGCN) or aagcn (mmaction2)
-    "length": 64,             # frames each clip is resampled to
-    "epochs": 30,             # epochs in all (a resumed run goes on to this)
-    "batch_size": 32,         # clips per step
-    "lr": 0.1,                # SGD (Nesterov, momentum 0.9) learning rate: half in epoch 1, then cosine to 0
-    "weight_decay": 5e-4,     # SGD weight decay
-    "base_channels": 64,      # width of the first units (64 as published; 8 trains on a CPU in minutes)
-    "balance": "loss",        # long tail: "loss" (class-weighted loss), "sampler" (balanced sampling), "none"
-    "seed": 0,                # seeds weights, shuffling and frame sampling
-    "device": "auto",         # auto (CUDA when torch has it, else CPU), cpu, cuda or cuda:N
-    "workers": 0,             # DataLoader worker processes
-    "init": None,             # mmaction2 / 2s-AGCN checkpoint to start from (head and data_bn re-initialised)
-}
-#: Settings that may change between a run and its resumption.
-RESUMABLE = ("epochs", "device", "workers")
 
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run, typed (the fields and defaults of DEFAULTS; stored in config.json)."""
+    """The settings of one training run with their defaults (these fields are the documentation;
+    `DEFAULTS` is their dict, docs/skeleton.md copies it; stored in config.json). Where it runs is not
+    a setting: --device / --precision (the command's Runtime)."""
 
-    stream: str = DEFAULTS["stream"]
-    layout: str = DEFAULTS["layout"]
-    arch: str = DEFAULTS["arch"]
-    length: int = DEFAULTS["length"]
-    epochs: int = DEFAULTS["epochs"]
-    batch_size: int = DEFAULTS["batch_size"]
-    lr: float = DEFAULTS["lr"]
-    weight_decay: float = DEFAULTS["weight_decay"]
-    base_channels: int = DEFAULTS["base_channels"]
-    balance: str = DEFAULTS["balance"]
-    seed: int = DEFAULTS["seed"]
-    device: str = DEFAULTS["device"]
-    workers: int = DEFAULTS["workers"]
-    init: str | None = DEFAULTS["init"]
+    stream: str = "joint"        # joint or bone: 2s-AGCN's two streams, each its own backbone
+    layout: str = "imigue"       # graph: imigue (55 joints), openpose22 (MiGA baselines), openpose-18, coco-17
+    arch: str = "agcn"           # agcn (lshiwjx/2s-AGCN) or aagcn (mmaction2)
+    length: int = 64             # frames each clip is resampled to
+    epochs: int = 30             # epochs in all (a resumed run goes on to this)
+    batch_size: int = 32         # clips per step
+    lr: float = 0.1              # SGD (Nesterov, momentum 0.9) learning rate: half in epoch 1, then cosine to 0
+    weight_decay: float = 5e-4   # SGD weight decay
+    base_channels: int = 64      # width of the first units (64 as published; 8 trains on a CPU in minutes)
+    balance: str = "loss"        # long tail: loss (inverse-sqrt class weights in the loss), sampler (balanced
+                                 # sampling) or none
+    seed: int = 0                # seeds weights, shuffling and frame sampling
+    workers: int = 0             # DataLoader worker processes
+    init: str | None = None      # mmaction2 / 2s-AGCN checkpoint to start from (head and data_bn re-initialised)
 
     def check(self) -> None:
         if self.stream not in STREAMS:
             raise UserError(f"unknown --stream '{self.stream}': choose joint or bone")
         if self.arch not in ARCHS:
             raise UserError(f"unknown --arch '{self.arch}': choose agcn or aagcn")
-        if self.balance == "weights":  # the word of earlier releases
-            log.warning("balance 'weights' is now called 'loss' (class-weighted loss)")
-            self.balance = "loss"
-        if self.balance not in BALANCE:
-            raise UserError(f"unknown --balance '{self.balance}': choose {', '.join(BALANCE)}")
+        check_balance(self.balance)
         check_layout(get_layout(self.layout))
         if self.length < 4 or self.epochs < 1 or self.batch_size < 1 or self.base_channels < 4:
             raise UserError("--length must be >= 4, --epochs and --batch-size >= 1, --base-channels >= 4")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {self.device}: this torch has no usable CUDA device; use --device cpu")
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(layout=get_layout(self.layout).name, length=self.length)
+
+
+#: Every setting with its default: TrainConfig's fields (written once, there).
+DEFAULTS: dict[str, Any] = asdict(TrainConfig())
+#: Settings that may change between a run and its resumption.
+RESUMABLE = ("epochs", "workers")
+#: The lr schedule's warm-up, in epochs: half the lr in epoch 1 (the adaptive graphs are unstable at
+#: full lr from scratch), and the cosine spans the whole run (`recipe.warmup_cosine(cosine_from_start)`).
+WARMUP_EPOCHS = 2
 
 
 @dataclass
@@ -125,8 +111,8 @@ def load_init(model: nn.Module, path: str | Path) -> list[str]:
     """Start from a published checkpoint of the same architecture and layout: every tensor whose name
     and shape fit is copied; the classifier and a data_bn of another person count stay fresh.
     Returns the names left at their initial value."""
-    from migfuse.backbones.checkpoints import read_checkpoint
     from migfuse.backbones.agcn import unwrap_state_dict
+    from migfuse.backbones.checkpoints import read_checkpoint
 
     sd, _ = unwrap_state_dict(read_checkpoint(path), path)
     own = model.state_dict()
@@ -151,22 +137,18 @@ def _topk(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
     return int((logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
 
 
-def class_weights(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """Inverse-square-root frequency weights, mean 1 over the classes present (absent classes: 0)."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
-    return (w / w[counts > 0].mean()).astype(np.float32)
-
-
-def _epoch(model: nn.Module, loader, device: str, loss_fn, optimizer=None, bar=None) -> dict:
-    """One pass over `loader` (training when `optimizer` is given): mean loss, top-1, top-5, count."""
+def _epoch(model: nn.Module, loader, runtime: Runtime, loss_fn, optimizer=None, bar=None) -> dict:
+    """One pass over `loader` (training when `optimizer` is given) on the runtime's device, the forward
+    under its autocast (none in fp32): mean loss, top-1, top-5, count."""
     train = optimizer is not None
     model.train(train)
     n = loss_sum = top1 = top5 = 0
     with torch.set_grad_enabled(train):
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            logits = model(x)
+            x, y = x.to(runtime.device), y.to(runtime.device)
+            with runtime.autocast():
+                logits = model(x)
+            logits = logits.float()  # the loss in fp32 (a no-op in fp32)
             loss = loss_fn(logits, y)
             if train:
                 optimizer.zero_grad(set_to_none=True)
@@ -199,15 +181,18 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | Path | None =
 def train_skeleton(prepared: str | Path, out: str | Path,
                    config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *, sets: Iterable[str] = (),
                    flags: Mapping[str, Any] | None = None, overwrite: bool = False,
-                   runtime: "Runtime | None" = None) -> TrainResult:
+                   runtime: Runtime | None = None) -> TrainResult:
     """Train `config.stream` on the training split of `prepared`, validating every epoch, into `out`.
 
-    Settings: DEFAULTS <- `config` <- `sets` <- `flags` (resolve_config). Rerunning into `out` resumes
-    after the last finished epoch; a run of other settings there is refused unless `overwrite`.
+    Settings: DEFAULTS <- `config` <- `sets` <- `flags` (resolve_config). `runtime`: where it runs
+    (device, and bf16 autocast or fp32); None = `Runtime()`, the CPU in fp32. Rerunning into `out`
+    resumes after the last finished epoch; a run of other settings there is refused unless `overwrite`.
     Returns a TrainResult; the best checkpoint is `out/best.pt` (see the module docstring).
-    UserError (one line) on bad settings, a prepared folder without skeletons, or a refused `out`.
+    UserError (one line) on bad settings, fp16, a prepared folder without skeletons, or a refused `out`.
     """
     config = resolve_config(config, sets, flags)
+    runtime = training_runtime(runtime)
+    device = runtime.device
     out = Path(out)
     manifest = Manifest.load(prepared)
     split = choose_split(manifest)
@@ -229,14 +214,14 @@ def train_skeleton(prepared: str | Path, out: str | Path,
     }
     with RunFolder.open(out, "skeleton", asdict(config), provenance, overwrite=overwrite,
                         resumable=RESUMABLE) as run:
-        log.info("training %s/%s on %d clips, validating on %d (%s)", config.stream, config.arch, len(train_ids),
-                 len(val_ids), split.source)
+        run.update_provenance({"compute": runtime.record()})  # not compared on resume: another device may go on
+        log.info("training %s/%s on %d clips, validating on %d (%s), on %s in %s", config.stream, config.arch,
+                 len(train_ids), len(val_ids), split.source, device, runtime.precision)
         torch.manual_seed(config.seed)
         train_ds = SkeletonClipDataset(manifest, train_ids, config.stream, pre, train=True, seed=config.seed)
         val_ds = SkeletonClipDataset(manifest, val_ids, config.stream, pre)
         labels = train_ds.labels()
-        weights = class_weights(labels)
-        device = runtime.device if runtime is not None else resolve_device(config.device)
+        weights = class_weights(labels, NUM_CLASSES, power=0.5).numpy()  # inverse square root of the frequency
         model = build_model(config).to(device)
         if config.init and run.resume_state is None:
             load_init(model, config.init)
@@ -244,10 +229,10 @@ def train_skeleton(prepared: str | Path, out: str | Path,
                                       else None)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                     weight_decay=config.weight_decay)
-        # Half lr in the first epoch (the adaptive graphs are unstable at full lr from scratch), then cosine
-        # over `epochs`; stepped once per epoch. A larger --epochs on resume stretches the cosine.
+        # Half lr in the first epoch (the adaptive graphs are unstable at full lr from scratch), with a cosine
+        # over all `epochs`; stepped once per epoch. A larger --epochs on resume stretches the cosine.
         sched = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: min(1.0, (e + 1) / 2) * 0.5 * (1 + math.cos(math.pi * e / config.epochs)))
+            optimizer, lambda e: warmup_cosine(e, config.epochs, WARMUP_EPOCHS, cosine_from_start=True))
         drop_last = len(train_ds) > config.batch_size
 
         def train_epoch(epoch: int, bar) -> dict[str, float]:
@@ -261,7 +246,7 @@ def train_skeleton(prepared: str | Path, out: str | Path,
             loader = torch.utils.data.DataLoader(train_ds, batch_size=config.batch_size, shuffle=sampler is None,
                                                  sampler=sampler, generator=gen, num_workers=config.workers,
                                                  drop_last=drop_last)
-            tr = _epoch(model, loader, device, loss_fn, optimizer, bar=bar)
+            tr = _epoch(model, loader, runtime, loss_fn, optimizer, bar=bar)
             sched.step()
             return {"train_loss": tr["loss"], "train_top1": tr["top1"], "train_top5": tr["top5"]}
 
@@ -269,7 +254,7 @@ def train_skeleton(prepared: str | Path, out: str | Path,
             if not len(val_ds):  # no validation clips: the columns stay, empty
                 return {"val_loss": None, "val_top1": None, "val_top5": None}
             loader = torch.utils.data.DataLoader(val_ds, batch_size=config.batch_size, num_workers=config.workers)
-            va = _epoch(model, loader, device, nn.CrossEntropyLoss())
+            va = _epoch(model, loader, runtime, nn.CrossEntropyLoss())
             return {"val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"]}
 
         steps = len(train_ds) // config.batch_size if drop_last else 1

@@ -37,22 +37,24 @@ def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
     second intra-op thread, a second stream beside it halves the stage. The workers log their
     epoch lines tagged with the stream and show no progress bar (two bars from two processes
     garble one terminal). Extraction stays in this process, one stream after the other (the
-    cache has one writer), on `runtime` (None: the CPU in fp32).
+    cache has one writer). Training and extraction run on `runtime` (None: the CPU in fp32).
     """
     from migfuse.extract.entry import extract
     from migfuse.extract.interface import RunOptions
 
     config = config or TrainConfig()
+    runtime = runtime or Runtime()
     configs = {stream: replace(config, stream=stream) for stream in streams}
     processes = max(1, min(int(processes), len(streams)))
     if processes == 1:
-        results = {stream: train_skeleton(prepared, Path(out) / stream, c) for stream, c in configs.items()}
+        results = {stream: train_skeleton(prepared, Path(out) / stream, c, runtime=runtime)
+                   for stream, c in configs.items()}
     else:
         threads = max(1, usable_cpus() // processes)
         log.info("training (or reusing finished runs of) the %s streams at once: %d processes, %d torch thread(s) each",
                  " and ".join(streams), processes, threads)
         levels = {name: logging.getLogger(name).getEffectiveLevel() for name in _WORKER_LOGGERS}
-        jobs = [(prepared, Path(out) / stream, c, levels) for stream, c in configs.items()]
+        jobs = [(prepared, Path(out) / stream, c, runtime, levels) for stream, c in configs.items()]
         # as they finish: a failing stream raises here at once, and the other one is stopped
         done = dict(run_tasks(_train_in_worker, jobs, processes, ordered=False, threads=threads))
         results = {stream: done[stream] for stream in streams}
@@ -70,7 +72,7 @@ def train_and_extract(prepared: str | Path, cache: str | Path, out: str | Path,
 _WORKER_LOGGERS = ("", "migfuse", "migfuse.training.loop")
 
 
-def _train_in_worker(prepared: str | Path, out: Path, config: TrainConfig,
+def _train_in_worker(prepared: str | Path, out: Path, config: TrainConfig, runtime: Runtime,
                      levels: dict[str, int]) -> tuple[str, TrainResult]:
     """One stream's training in a worker process: the command's log levels, lines tagged, no bar."""
     from migfuse.training import progress
@@ -79,4 +81,4 @@ def _train_in_worker(prepared: str | Path, out: Path, config: TrainConfig,
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
     progress.SHOW_BARS = False
-    return config.stream, train_skeleton(prepared, out, config)
+    return config.stream, train_skeleton(prepared, out, config, runtime=runtime)

@@ -21,22 +21,26 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import TokenCache
+from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
 from migfuse.fuse import data as fdata
 from migfuse.fuse.heads import FusionHead, head_class, make_head, resolve_options
 from migfuse.fuse.metrics import task_metrics
+from migfuse.runtime import Runtime
 from migfuse.training.checkpoint import atomic_write_text
-from migfuse.training.config import check_choice, resolve_config as resolve_settings
-from migfuse.training.loop import FitResult, Selection, epoch_generator, fit as run_epochs
+from migfuse.training.config import resolve_config as resolve_settings
+from migfuse.training.loop import FitResult, Selection, epoch_generator
+from migfuse.training.loop import fit as run_epochs
+from migfuse.training.recipe import check_balance, class_weights, training_runtime, warmup_cosine
 from migfuse.training.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -70,9 +74,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
                 "balance": "none", "select_metric": "loss", "val_fraction": 0.15},
 }
 
-BALANCE_CHOICES = ("loss", "sampler", "none")
 #: Validation scores an epoch can be selected on, per task ("loss" is minimised, the rest maximised).
-SELECT_METRICS = {"mg": ("top1", "top5", "mean_class_accuracy", "loss"), "emotion": ("accuracy", "f1", "roc_auc", "loss")}
+SELECT_METRICS = {"mg": ("top1", "top5", "mean_class_accuracy", "loss"),
+                  "emotion": ("accuracy", "f1", "roc_auc", "loss")}
 #: Settings a rerun may change and still resume its run folder (more epochs extend the run).
 RESUMABLE = ("epochs", "patience", "threads")
 #: Files of a fuse run besides the common ones (deleted by --overwrite).
@@ -97,7 +101,7 @@ def resolve_config(task: str, config: Mapping[str, Any] | str | Path | None = No
     if head:
         cfg["head"] = head
     cfg["task"] = task
-    check_choice(cfg, "balance", BALANCE_CHOICES, where)
+    check_balance(cfg["balance"], where)
     if cfg["select_metric"] not in SELECT_METRICS[task]:
         raise UserError(f"{where}: select_metric for task {task} must be one of {', '.join(SELECT_METRICS[task])}, "
                         f"not {cfg['select_metric']!r}")
@@ -126,32 +130,31 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 # ----- the loop ----------------------------------------------------------------------------------------
-def class_weights(labels: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
-    """(C,) weights ~ count^-power, mean 1 over the classes present (absent classes get 0)."""
-    counts = torch.bincount(labels, minlength=num_classes).double()
-    w = torch.where(counts > 0, counts.clamp(min=1) ** -power, torch.zeros_like(counts))
-    return (w / w[counts > 0].mean()).float()
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: linear warm-up over `warmup` steps, then cosine from 1 to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def on_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    """A head's batch dict on `device` (the same tensors on the CPU)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, data: fdata.TokenSet, batch_size: int = 256) -> torch.Tensor:
-    """(S, C) logits of every sample, in `data.ids` order (eval mode, no gradient)."""
+def predict_logits(model: torch.nn.Module, data: fdata.TokenSet, batch_size: int = 256,
+                   runtime: Runtime | None = None) -> torch.Tensor:
+    """(S, C) float32 logits of every sample on the CPU, in `data.ids` order (eval mode, no gradient);
+    the model runs on `runtime`'s device under its autocast (None: as it is, in fp32)."""
+    runtime = runtime or Runtime()
     model.eval()
-    out = [model(data.batch(torch.arange(s, min(s + batch_size, len(data))))) for s in range(0, len(data), batch_size)]
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(data), batch_size):
+        batch = on_device(data.batch(torch.arange(s, min(s + batch_size, len(data)))), device)
+        with runtime.autocast():
+            out.append(model(batch).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.num_classes)
 
 
-def validate(model: FusionHead, data: fdata.TokenSet, task: str, class_names: list[str]) -> dict[str, float]:
+def validate(model: FusionHead, data: fdata.TokenSet, task: str, class_names: list[str],
+             runtime: Runtime | None = None) -> dict[str, float]:
     """Loss (plain CE) and the task's scalar metrics on `data` (samples with a known label)."""
-    logits = predict_logits(model, data)
+    logits = predict_logits(model, data, runtime=runtime)
     known = data.labels >= 0
     logits, labels = logits[known], data.labels[known]
     m = task_metrics(task, torch.softmax(logits, 1).numpy(), labels.numpy(), class_names)
@@ -160,22 +163,27 @@ def validate(model: FusionHead, data: fdata.TokenSet, task: str, class_names: li
 
 
 def fit(run: RunFolder, model: FusionHead, train_set: fdata.TokenSet, val_set: fdata.TokenSet | None,
-        cfg: Mapping[str, Any], class_names: list[str]) -> FitResult:
+        cfg: Mapping[str, Any], class_names: list[str], runtime: Runtime | None = None) -> FitResult:
     """Train `model` in `run` (migfuse.training.loop.fit); the best validation epoch goes to best.pt.
 
     AdamW, linear warm-up then cosine per step, label-smoothed (class-weighted) cross-entropy, gradient
     clipping, early stopping on cfg["select_metric"] (ties go to the lower validation loss). Without a
     validation set the last epoch is kept. Deterministic for a given cfg["seed"]: shuffling comes from a
-    per-epoch generator, so a resumed run draws what an uninterrupted one would."""
+    per-epoch generator, so a resumed run draws what an uninterrupted one would. The model and each batch
+    go to `runtime`'s device (None: the CPU), the forward under its autocast (none in fp32); the token
+    sets stay in RAM."""
+    runtime = runtime or Runtime()
+    device = runtime.device
+    model.to(device)
     task, C, bs = cfg["task"], model.num_classes, cfg["batch_size"]
     labels = train_set.labels
-    weights = class_weights(labels, C, cfg["balance_power"]) if cfg["balance"] == "loss" else None
+    weights = class_weights(labels, C, cfg["balance_power"]).to(device) if cfg["balance"] == "loss" else None
     sample_p = class_weights(labels, C, 1.0)[labels] if cfg["balance"] == "sampler" else None
     steps_per_epoch = math.ceil(len(train_set) / bs)
     total = steps_per_epoch * cfg["epochs"]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    warmup = max(1, int(round(cfg["warmup_epochs"] * steps_per_epoch)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup))
+    warmup = max(1, round(cfg["warmup_epochs"] * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
 
     def train_epoch(epoch: int, bar) -> dict[str, float]:
         gen = epoch_generator(cfg["seed"], epoch)
@@ -186,8 +194,10 @@ def fit(run: RunFolder, model: FusionHead, train_set: fdata.TokenSet, val_set: f
         total_loss = 0.0
         for s in range(steps_per_epoch):
             idx = order[s * bs: (s + 1) * bs]
-            logits = model(train_set.batch(idx))
-            loss = F.cross_entropy(logits, labels[idx], weight=weights, label_smoothing=cfg["label_smoothing"])
+            with runtime.autocast():
+                logits = model(on_device(train_set.batch(idx), device))
+            loss = F.cross_entropy(logits.float(), labels[idx].to(device), weight=weights,
+                                   label_smoothing=cfg["label_smoothing"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["grad_clip"] > 0:
@@ -199,7 +209,7 @@ def fit(run: RunFolder, model: FusionHead, train_set: fdata.TokenSet, val_set: f
         return {"train_loss": total_loss / len(train_set)}
 
     def val_epoch(epoch: int) -> dict[str, float]:
-        return {f"val_{k}": v for k, v in validate(model, val_set, task, class_names).items()}
+        return {f"val_{k}": v for k, v in validate(model, val_set, task, class_names, runtime).items()}
 
     metric = cfg["select_metric"]
     has_val = val_set is not None and len(val_set) > 0
@@ -214,25 +224,28 @@ def fit(run: RunFolder, model: FusionHead, train_set: fdata.TokenSet, val_set: f
 def train(cache: str | Path, prepared: str | Path, task: str, out: str | Path, head: str | None = None,
           config: Mapping[str, Any] | str | Path | None = None, allow_missing: bool = False, *,
           sets: Iterable[str] = (), flags: Mapping[str, Any] | None = None, overwrite: bool = False,
-          runtime: Any = None) -> dict[str, Any]:
+          runtime: Runtime | None = None) -> dict[str, Any]:
     """Train a head for `task` ("mg" per clip, "emotion" per video) on the tokens in `cache`, into `out`.
 
     `config` (dict or JSON/TOML file), `sets` ("key=value") and `flags` ({"epochs": 3}) override
-    DEFAULTS in that order (resolve_config). Rerunning into the same `out` resumes from out/last.pt;
+    DEFAULTS in that order (resolve_config). `runtime`: where the head trains (device, and bf16
+    autocast or fp32; its `threads`, when given, override the "threads" setting); None = `Runtime()`,
+    the CPU in fp32. Rerunning into the same `out` resumes from out/last.pt (on any device);
     `overwrite` replaces a run of other settings there. Returns the summary (also out/summary.json):
     the best epoch's record, sample counts, split source. UserError (one line) when the cache lacks
-    clips of the manifest (unless `allow_missing`), a group or view is absent, the config is bad, or
-    `out` is in use or holds a run of other settings or inputs.
+    clips of the manifest (unless `allow_missing`), a group or view is absent, the config is bad,
+    the precision is fp16, or `out` is in use or holds a run of other settings or inputs.
     """
-    if runtime is not None and runtime.threads is not None:
+    runtime = training_runtime(runtime)
+    if runtime.threads is not None:
         flags = {**(flags or {}), "threads": runtime.threads}
     cfg = resolve_config(task, config, head, sets=sets, flags=flags)
     with torch_threads(cfg["threads"]):
-        return _train(cfg, TokenCache(cache), Path(prepared), Path(out), allow_missing, overwrite)
+        return _train(cfg, TokenCache(cache), Path(prepared), Path(out), allow_missing, overwrite, runtime)
 
 
-def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missing: bool, overwrite: bool
-           ) -> dict[str, Any]:
+def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missing: bool, overwrite: bool,
+           runtime: Runtime) -> dict[str, Any]:
     task = cfg["task"]
     manifest = Manifest.load(prepared)
     names = fdata.class_names(task)
@@ -260,13 +273,14 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
         model = make_head(cfg["head"], sets["train"].shapes, len(names), **cfg["head_options"])
         n_params = sum(p.numel() for p in model.parameters())
         run.update_provenance({"split_source": plan.source, "classes": names, "shapes": sets["train"].shapes,
-                               "n_train": len(sets["train"]), "n_validation": len(sets["validation"])})
+                               "n_train": len(sets["train"]), "n_validation": len(sets["validation"]),
+                               "compute": runtime.record()})
         atomic_write_text(out / "splits.json", json.dumps({k: v.ids for k, v in sets.items()}))
         log.info("%d train / %d validation samples, %d parameters", len(sets["train"]), len(sets["validation"]),
                  n_params)
 
         t0 = time.perf_counter()
-        result = fit(run, model, sets["train"], sets["validation"], cfg, names)
+        result = fit(run, model, sets["train"], sets["validation"], cfg, names, runtime)
         summary = {"best": result.best, "n_train": len(sets["train"]), "n_validation": len(sets["validation"]),
                    "validation_source": plan.source, "parameters": n_params, "epochs_run": result.epochs_run,
                    "stopped_early": result.stopped_early, "train_seconds": round(time.perf_counter() - t0, 2)}

@@ -1,11 +1,11 @@
 """One training-loop style for every migfuse trainer (`fuse train`, `backbone train skeleton`, `... video`).
 
 Torch only: imports neither migfuse.extract nor migfuse.fuse (both use it). This file imports nothing,
-so `migfuse.training.config` and `migfuse.training.cli` stay torch-free for the command line.
+so `migfuse.training.config` and `migfuse.training.recipe` stay torch-free for the command line.
 
 Pieces (each one job):
   config.py      DEFAULTS <- --config FILE (JSON/TOML) <- --set k=v <- flags, types checked against DEFAULTS
-  cli.py         the shared typer options (--config --set --epochs --lr --seed --batch-size --device --overwrite)
+  recipe.py      the shared vocabulary: balance words, class_weights, warmup_cosine, earlier releases' words
   run_folder.py  the run folder: lock, resume / refuse / --overwrite, config.json, metrics.jsonl + .csv
   checkpoint.py  the one checkpoint format; atomic save; weights-only load with one-line errors
   loop.py        fit(): seed per epoch, train, validate, best.pt, last.pt, early stop, resume, curves.png
@@ -16,6 +16,7 @@ How a trainer plugs in (the whole contract; fuse/train.py and finetune/skeleton.
 
     from migfuse.training.config import resolve_config, check_choice
     from migfuse.training.loop import Selection, epoch_generator, fit
+    from migfuse.training.recipe import class_weights, training_runtime, warmup_cosine
     from migfuse.training.run_folder import RunFolder
 
     DEFAULTS = {                   # one comment per key: this dict is the documentation
@@ -23,17 +24,17 @@ How a trainer plugs in (the whole contract; fuse/train.py and finetune/skeleton.
         "batch_size": 8,           # clips per step
         "lr": 1e-4,                # peak AdamW learning rate
         "seed": 0,                 # seeds init, dropout and shuffling
-        "device": "cpu",           # cpu, cuda or cuda:N
     }
-    RESUMABLE = ("epochs", "device")   # settings a rerun may change and still resume
+    RESUMABLE = ("epochs",)        # settings a rerun may change and still resume
 
-    def train_video(data, out, config=None, sets=(), flags=None, overwrite=False):
+    def train_video(data, out, config=None, sets=(), flags=None, overwrite=False, runtime=None):
         cfg = resolve_config(DEFAULTS, config=config, sets=sets, flags=flags)   # UserError on "lr": "fast"
+        runtime = training_runtime(runtime)   # where it runs: device, precision, ranks (not settings)
         ...load data, build model / optimizer / scheduler (from cfg)...
         provenance = {"data": str(data), "clips": n, ...}                      # JSON values: the inputs
         with RunFolder.open(out, "video", cfg, provenance, overwrite=overwrite, resumable=RESUMABLE) as run:
             # locked; run.resume_state is last.pt when resuming (fit() restores it); refused runs raised
-            run.update_provenance({"classes": 32})   # facts learned after opening (not compared on rerun)
+            run.update_provenance({"classes": 32, "compute": runtime.record()})   # not compared on rerun
             def train_epoch(epoch, bar):                                       # one epoch, your steps
                 for x, y in loader(epoch_generator(cfg["seed"], epoch)):
                     ...loss.backward(); opt.step(); sched.step()
@@ -46,7 +47,7 @@ How a trainer plugs in (the whole contract; fuse/train.py and finetune/skeleton.
                          steps_per_epoch=len(loader), desc="video")
         return result            # result.best (record of best.pt), result.history, result.epochs_run
 
-    # CLI: reuse migfuse.training.cli's options and common_flags(epochs=..., lr=..., ...)
+    # CLI: reuse migfuse.commands.options' option groups (ConfigOpt, SetOpt, EpochsOpt, RuntimeOptions...)
 
 Every run folder then holds config.json (settings, provenance, versions, git commit, start/end times),
 metrics.jsonl, metrics.csv, curves.png, best.pt, last.pt and train.log; reruns resume or are refused;

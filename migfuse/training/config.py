@@ -13,11 +13,16 @@ Torch-free: the CLI may import it.
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from migfuse.errors import UserError
+from migfuse.training.recipe import upgrade_settings
+
+log = logging.getLogger(__name__)
 
 #: Keys of a run folder's config.json that are not settings: reading one back as --config is allowed.
 _RUN_FILE_KEYS = ("trainer", "provenance", "versions", "git_commit", "started", "ended", "resumed", "command",
@@ -157,25 +162,34 @@ def resolve_config(defaults: Mapping[str, Any], *, base: Mapping[str, Any] | Non
 
     `flags` are CLI options by setting name; None values (option not given) are skipped. Keys in
     `ignore` are dropped from `config` (values a trainer writes into its own run's config, e.g. "task").
+    Settings of earlier releases are put in today's words (`recipe.upgrade_settings`: balance "weights"
+    is "loss"; device and precision are command options now), said in one warning line.
     Returns a new dict with every key of `defaults`. UserError (one line, naming the source) on a bad
     key or type."""
     ignore = set(ignore) | set(_RUN_FILE_KEYS)
+    notes: list[str] = []
+
+    def merge(cfg: dict[str, Any], layer: Mapping[str, Any], where: str) -> dict[str, Any]:
+        layer, said = upgrade_settings(layer, defaults)
+        notes.extend(f"{where}: {note}" for note in said)
+        return merge_layer(cfg, layer, defaults, where, optional)
+
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
     if base:
         cfg = merge_layer(cfg, base, defaults, "the trainer's defaults", optional)
     if isinstance(config, (str, Path)):
-        layer = {k: v for k, v in load_config_file(config).items() if k not in ignore}
-        cfg = merge_layer(cfg, layer, defaults, str(config), optional)
+        cfg = merge(cfg, {k: v for k, v in load_config_file(config).items() if k not in ignore}, str(config))
     elif config:
-        cfg = merge_layer(cfg, {k: v for k, v in config.items() if k not in ignore}, defaults, "the config",
-                          optional)
+        cfg = merge(cfg, {k: v for k, v in config.items() if k not in ignore}, "the config")
     sets = list(sets)
     if sets:
-        cfg = merge_layer(cfg, parse_sets(sets), defaults, "--set", optional)
+        cfg = merge(cfg, parse_sets(sets), "--set")
     if flags:
         for key, value in flags.items():
             if value is not None:
-                cfg = merge_layer(cfg, {key: value}, defaults, f"--{key.replace('_', '-')}", optional)
+                cfg = merge(cfg, {key: value}, f"--{key.replace('_', '-')}")
+    if notes:
+        log.warning("settings of an earlier release: %s", "; ".join(notes))
     return cfg
 
 

@@ -18,7 +18,8 @@ Files (the same for every trainer):
 
 Rules: only one trainer at a time (a second one is refused at once); a folder holding a run of other
 settings or inputs is refused unless `overwrite` (which first deletes that run's files); the same
-settings resume from last.pt (the settings in `resumable`, e.g. epochs or device, may change); every
+settings resume from last.pt (the settings in `resumable`, e.g. epochs or workers, may change; a run of
+an earlier release is read in today's words, `recipe.upgrade_settings`); every
 file is replaced atomically, so a kill leaves the previous consistent state.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ from filelock import FileLock, Timeout
 from migfuse.errors import UserError
 from migfuse.training.checkpoint import (atomic_write_text, load_checkpoint, make_checkpoint, plain,
                                          save_checkpoint, versions)
+from migfuse.training.recipe import upgrade_settings
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +152,18 @@ class RunFolder:
         try:
             old = json.loads(cfg_path.read_text(encoding="utf-8"))
             old_run = old["run"]
-            old_cfg, old_prov = settings_of(old), old_run.get("provenance", {})
+            # a run of an earlier release resumes: its settings in today's words (balance "weights" is "loss";
+            # device and precision are command options now, and a run may resume on another device)
+            old_cfg, notes = upgrade_settings(settings_of(old), config)
+            old_prov, _ = upgrade_settings(old_run.get("provenance", {}), provenance)  # the skeleton's has balance
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise UserError(f"{cfg_path} is damaged or not a migfuse run file; pass --overwrite to start the run "
                             f"again, or choose another --out") from None
         if old_run.get("trainer") != trainer:
             raise UserError(f"{path} holds a {old_run.get('trainer')!r} run, not {trainer!r}; choose another --out, or "
                             f"pass --overwrite to replace it")
+        if notes:
+            log.warning("%s was written by an earlier release: %s", cfg_path, "; ".join(notes))
         strip = lambda c: {k: v for k, v in c.items() if k not in resumable}  # noqa: E731
         diff = _first_difference(strip(old_cfg), strip(config))
         what = "settings"
