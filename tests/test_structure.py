@@ -39,10 +39,10 @@ def test_each_shared_rule_is_defined_once(name):
 
 
 def test_one_learning_rate_schedule():
-    """One warm-up + cosine rule serves every trainer (no second cosine formula in the package)."""
-    cosines = [f"{p.relative_to(ROOT)}:{n}" for p in MODULES for n, line in enumerate(p.read_text().splitlines(), 1)
-               if re.search(r"math\.cos\(math\.pi", line)]
-    assert len(cosines) == 1, cosines
+    """One warm-up + cosine rule serves every trainer: no cosine formula outside `warmup_cosine`."""
+    assert len(_definitions("warmup_cosine")) == 1
+    cosines = {str(p.relative_to(ROOT)) for p in MODULES if re.search(r"math\.cos\(math\.pi", p.read_text())}
+    assert cosines == {"migfuse/training/recipe.py"}
 
 
 RUNTIME_OPTIONS = ["--device", "--precision", "--compile", "--threads", "--trust-checkpoint"]
