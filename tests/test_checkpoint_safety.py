@@ -179,3 +179,21 @@ def test_fuse_and_shared_training_code_can_read_checkpoints_without_extract():
     code = ("import sys; import migfuse.checkpoint_file as c; "
             "assert c.read_checkpoint and not any(m.startswith('migfuse.extract') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_trainers_read_their_start_files_with_the_users_trust_only(tmp_path):
+    """`backbone train skeleton --init` and `backbone train video --checkpoint` pass --trust-checkpoint on."""
+    from migfuse.finetune.skeleton import TrainConfig, build_model, load_init
+    from migfuse.finetune.video import build_model as build_mvit_model
+
+    marker = tmp_path / "MARKER"
+    evil = _planted(tmp_path / "init.pt", marker)
+    model = build_model(TrainConfig(base_channels=4, length=16))
+    with pytest.raises(UserError, match="--trust-checkpoint"):
+        load_init(model, evil)
+    with pytest.raises(UserError, match="--trust-checkpoint"):
+        build_mvit_model({"seed": 0, "width": "demo", "drop_path": 0.0, "head_dropout": 0.5}, evil)
+    assert not marker.exists()
+    with pytest.raises(UserError, match="does not fit"):  # the user vouched for it: unpickled, then checked
+        load_init(model, evil, trusted=True)
+    assert marker.read_text() == "code ran"

@@ -107,14 +107,14 @@ def build_model(config: TrainConfig) -> nn.Module:
     return cls(layout, num_class=NUM_CLASSES, num_person=1, base_channels=config.base_channels)
 
 
-def load_init(model: nn.Module, path: str | Path) -> list[str]:
+def load_init(model: nn.Module, path: str | Path, trusted: bool = False) -> list[str]:
     """Start from a published checkpoint of the same architecture and layout: every tensor whose name
     and shape fit is copied; the classifier and a data_bn of another person count stay fresh.
-    Returns the names left at their initial value."""
+    `trusted`: the user's --trust-checkpoint. Returns the names left at their initial value."""
     from migfuse.backbones.agcn import unwrap_state_dict
     from migfuse.backbones.checkpoints import read_checkpoint
 
-    sd, _ = unwrap_state_dict(read_checkpoint(path), path)
+    sd, _ = unwrap_state_dict(read_checkpoint(path, trusted=trusted), path)
     own = model.state_dict()
     fits = {k: v for k, v in sd.items() if k in own and tuple(v.shape) == tuple(own[k].shape)
             and "fc." not in k}
@@ -224,7 +224,7 @@ def train_skeleton(prepared: str | Path, out: str | Path,
         weights = class_weights(labels, NUM_CLASSES, power=0.5).numpy()  # inverse square root of the frequency
         model = build_model(config).to(device)
         if config.init and run.resume_state is None:
-            load_init(model, config.init)
+            load_init(model, config.init, trusted=runtime.trust_checkpoint)
         loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(weights).to(device) if config.balance == "loss"
                                       else None)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from migfuse.checkpoint_file import CheckpointFile
 from migfuse.datasets.classes import NUM_CLASSES
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
@@ -127,11 +128,12 @@ def resolve(config: str | Path | dict | None = None, sets: Sequence[str] = (),
 # ------------------------------------------------------------------------------------------------
 # the model and its optimiser
 # ------------------------------------------------------------------------------------------------
-def build_model(cfg: dict[str, Any], base: str | Path | None) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(cfg: dict[str, Any], base: CheckpointFile | str | Path | None) -> tuple[nn.Module, dict[str, Any]]:
     """MViTv2-S (`cfg["width"]`) with the base checkpoint's weights and a fresh 32-class head.
 
     Returns (module, base provenance {"base_checkpoint", "base_checkpoint_sha256"}). Without `base`
-    the weights are random (seeded; warned): only for tests.
+    the weights are random (seeded; warned): only for tests. A `base` given as a path is read
+    weights-only; pass a `CheckpointFile(path, trusted=True)` for the user's --trust-checkpoint.
     """
     from migfuse.backbones.mvit import MViTBackbone
 
@@ -322,13 +324,14 @@ def fine_tune_video(prepared: str | Path, out: str | Path, checkpoint: str | Pat
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise UserError(f"checkpoint not found: {checkpoint} (pass a local MViTv2-S file, e.g. "
                         "mvit_v2_s-ae3be167.pth)")
+    # read and hashed once, trusted only on the user's --trust-checkpoint
+    checkpoint = CheckpointFile(checkpoint, trusted=runtime.trust_checkpoint) if checkpoint is not None else None
     with runtime.process_group():  # NCCL on a GPU, gloo on the CPU; a no-op without torchrun
         return _fine_tune(Path(prepared), Path(out), checkpoint, cfg, overwrite, runtime)
 
 
-def _fine_tune(prepared: Path, out: Path, checkpoint: str | Path | None, cfg: dict[str, Any], overwrite: bool,
+def _fine_tune(prepared: Path, out: Path, checkpoint: CheckpointFile | None, cfg: dict[str, Any], overwrite: bool,
                runtime: Runtime) -> dict[str, Any]:
-    from migfuse.backbones.checkpoints import sha256_file
     from migfuse.backbones.mvit import FINETUNE_KIND, PREPROCESSING
     from migfuse.extract.sampling import ClipSampling
     from migfuse.training.loop import Selection, epoch_generator, fit
@@ -342,7 +345,7 @@ def _fine_tune(prepared: Path, out: Path, checkpoint: str | Path | None, cfg: di
     provenance = {
         "kind": FINETUNE_KIND, "width": cfg["width"], "num_classes": NUM_CLASSES, "data": str(prepared.resolve()),
         "base_checkpoint": str(checkpoint) if checkpoint is not None else None,
-        "base_checkpoint_sha256": sha256_file(checkpoint) if checkpoint is not None else None,
+        "base_checkpoint_sha256": checkpoint.sha256 if checkpoint is not None else None,
         "split": source, "train_clips": len(train_ids), "val_clips": len(val_ids),
         "preprocessing": PREPROCESSING, "sampling": ClipSampling(frames=cfg["frames"]).record(),
     }
