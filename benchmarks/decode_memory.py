@@ -98,12 +98,13 @@ def main() -> None:
     import migfuse
 
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, migfuse from {Path(migfuse.__file__).parent}\n")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+          f"migfuse from {Path(migfuse.__file__).parent}\n")
     print("| video (1280x720, 25 fps) | clips | K | peak RSS MB | before the loader MB | growth MB | s |")
     print("|---|---|---|---|---|---|---|")
     for seconds, n, r in rows:
-        print(f"| {seconds} s ({n} frames) | {r['clips']} | {args.frames} | {r['peak_mb']:.0f} | {r['baseline_mb']:.0f} "
-              f"| {r['peak_mb'] - r['baseline_mb']:.0f} | {r['seconds']:.1f} |")
+        print(f"| {seconds} s ({n} frames) | {r['clips']} | {args.frames} | {r['peak_mb']:.0f} "
+              f"| {r['baseline_mb']:.0f} | {r['peak_mb'] - r['baseline_mb']:.0f} | {r['seconds']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def run_once(out: Path, extra: list[str]) -> dict:
 
 
 def table(title: str, results: list[dict]) -> None:
-    print(f"\n{title}\n\n| run | wall s | CPU s | load 1-min before / after | " + " | ".join(results[0]["stages"]) + " |")
+    print(f"\n{title}\n\n| run | wall s | CPU s | load 1-min before / after | "
+          + " | ".join(results[0]["stages"]) + " |")
     print("|---|---|---|---|" + "---|" * len(results[0]["stages"]))
     for k, r in enumerate(results):
         print(f"| {k + 1} | {r['wall']:.0f} | {r['cpu']:.0f} | {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} | "

@@ -62,7 +62,8 @@ def make_dataset(root: Path, videos: int, clips: int, width: int, height: int) -
         path = root / f"{vid}.mp4"
         write_video(path, n_frames, width, height, seed=v)
         infos[vid] = VideoInfo(vid, video_path=path, n_frames=n_frames)
-        all_clips += [Clip.make(vid, k, int(s), int(s + n - 1), raw_class=1) for k, (s, n) in enumerate(zip(starts, lengths))]
+        all_clips += [Clip.make(vid, k, int(s), int(s + n - 1), raw_class=1)
+                      for k, (s, n) in enumerate(zip(starts, lengths))]
     return Manifest(clips=all_clips, videos=infos).save(root / "prepared")
 
 

@@ -74,7 +74,8 @@ def bench_detect(frames: np.ndarray) -> tuple[float, float]:
 
 def bench_swinface(batch: int, device: str) -> tuple[float, float]:
     model = create_backbone("swinface").model.to(device).eval()
-    x = torch.from_numpy(to_model_input(np.random.default_rng(0).integers(0, 255, (batch, 112, 112, 3), np.uint8))).to(device)
+    x = torch.from_numpy(to_model_input(
+        np.random.default_rng(0).integers(0, 255, (batch, 112, 112, 3), np.uint8))).to(device)
 
     def ours():
         with torch.inference_mode():

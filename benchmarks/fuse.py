@@ -76,7 +76,8 @@ def build(root: Path, seed: int = 0) -> dict:
     note = "synthetic benchmark view, written directly (full-resolution tokens would be 0.6 MB/clip = 11 GB)"
 
     def write_view(track, ids, shape, label_of, n_classes, per_window=False):
-        spec = GroupSpec(f"views/{track}", ids, {"tokens": ArraySpec(shape, "float16"), "mask": ArraySpec(shape[:-1], "bool")},
+        spec = GroupSpec(f"views/{track}", ids,
+                         {"tokens": ArraySpec(shape, "float16"), "mask": ArraySpec(shape[:-1], "bool")},
                          {"kind": "view", "track": track, "source": note, "pooling": {"name": "synthetic"}},
                          clips_per_chunk=max(1, (8 << 20) // (int(np.prod(shape)) * 2)))
         g = cache.require_group(spec)
@@ -154,7 +155,8 @@ def fullres(threads: int) -> dict:
     batch = 16
     view = steps(VIEW_SHAPES, batch, 6, threads)
     full = steps(FULL_SHAPES, batch, 3, threads)
-    return {"batch": batch, "view_ms_per_clip": round(1e3 * view / batch, 2), "full_ms_per_clip": round(1e3 * full / batch, 1),
+    return {"batch": batch, "view_ms_per_clip": round(1e3 * view / batch, 2),
+            "full_ms_per_clip": round(1e3 * full / batch, 1),
             "ratio": round(full / view, 1), "full_epoch_seconds": round(full / batch * (N_TRAIN + N_VAL))}
 
 

@@ -126,7 +126,8 @@ def make_skeletons(root: Path, videos: int, clips_per_video: int, quick: bool) -
     checkpoints = {}
     for stream in ("joint", "bone"):
         cfg = TrainConfig(stream=stream, **({"base_channels": 8, "length": 32} if quick else {}))
-        meta = {"migfuse": {"arch": "agcn", "stream": stream, "layout": "imigue", "preprocess": cfg.preprocess().to_dict()}}
+        meta = {"migfuse": {"arch": "agcn", "stream": stream, "layout": "imigue",
+                            "preprocess": cfg.preprocess().to_dict()}}
         torch.manual_seed(0)
         checkpoints[stream] = root / f"{stream}.pt"
         torch.save({"meta": meta, "state_dict": build_model(cfg).state_dict()}, checkpoints[stream])
@@ -285,7 +286,8 @@ def token_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Cosine (lowest over rows) and mean |a - b| / rms(a) of two token sets (N, ...)."""
     a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return {"min_cosine": float(cos.min()), "rel_mean_abs": float(np.abs(a - b).mean() / (np.sqrt((a ** 2).mean()) + 1e-12))}
+    return {"min_cosine": float(cos.min()),
+            "rel_mean_abs": float(np.abs(a - b).mean() / (np.sqrt((a ** 2).mean()) + 1e-12))}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,8 +309,9 @@ def report(results: list[TrackResult], extra: dict[str, Any], header: str) -> st
             continue
         t, s = r.timings, r.settings
         lines.append(
-            f"| {r.track} | {r.rows[0]}, {r.rows[1]} | {fmt(r.seconds[0])}, {fmt(r.seconds[1])} | {fmt(r.marginal, 2)} | "
-            f"{fmt(r.marginal * r.units, 1) if r.units > 1 else '-'} | {fmt(r.fixed_s)} | {100 * r.forward_share:.0f} % | "
+            f"| {r.track} | {r.rows[0]}, {r.rows[1]} | {fmt(r.seconds[0])}, {fmt(r.seconds[1])} | "
+            f"{fmt(r.marginal, 2)} | {fmt(r.marginal * r.units, 1) if r.units > 1 else '-'} | {fmt(r.fixed_s)} | "
+            f"{100 * r.forward_share:.0f} % | "
             f"{fmt(t.get('loaders'))} / {fmt(t.get('forward'))} / {fmt(t.get('writes'))} | "
             f"{s.get('workers')} x {s.get('decode_threads')}, {s.get('batch')} | "
             f"{fmt(r.decode_one, 2)} x {max(1, s.get('workers', 1))} = {fmt(r.decode_ceiling, 2)} | "
@@ -331,7 +334,8 @@ def report(results: list[TrackResult], extra: dict[str, Any], header: str) -> st
     target(f"projected whole iMiGUE cache, {len(ok)} of {len(results)} tracks one after another, s", total,
            TARGET_TOTAL_S, more_is_better=False)
     target("video forward, fraction of the dense bf16 peak", extra.get("peak_fraction"), TARGET_PEAK)
-    target("MTCNN + SwinFace end to end, faces/s (face track)", face.marginal * face.units if face else None, TARGET_FACES)
+    target("MTCNN + SwinFace end to end, faces/s (face track)", face.marginal * face.units if face else None,
+           TARGET_FACES)
     target("largest fixed cost of a run, s", max((r.fixed_s for r in ok), default=None), TARGET_FIXED_S,
            more_is_better=False)
     lines += ["", "| check | result |", "|---|---|"]
@@ -386,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         "video": lambda: VideoExtractor(manifest, "video", checkpoint=ckpt),
         "context": lambda: VideoExtractor(manifest, "context", checkpoint=ckpt),
         "face": lambda: FaceExtractor(manifest, "clip", frames=face_frames),
-        "face_context": lambda: FaceExtractor(manifest, "context", frames=face_frames, context=ContextSampling(windows=8)),
+        "face_context": lambda: FaceExtractor(manifest, "context", frames=face_frames,
+                                              context=ContextSampling(windows=8)),
         "joint": lambda: SkeletonExtractor(skel, skel_ckpt["joint"], "joint"),
         "bone": lambda: SkeletonExtractor(skel, skel_ckpt["bone"], "bone"),
     }
@@ -412,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         agree = token_agreement(np.stack([o["tokens"] for o in out32]), np.stack([o["tokens"] for o in out16]))
         ok = agree["min_cosine"] >= 0.99 and agree["rel_mean_abs"] <= 0.05
         checks["video tokens bf16 vs fp32 (same clips)"] = (f"cosine {agree['min_cosine']:.5f}, mean abs diff / rms "
-                                                            f"{agree['rel_mean_abs']:.4f}: {'within' if ok else '**outside**'} "
+                                                            f"{agree['rel_mean_abs']:.4f}: "
+                                                            f"{'within' if ok else '**outside**'} "
                                                             "the tolerance (0.99, 0.05)")
         if quick:
             checks["--compile vs eager"] = "not run with --quick (compiling takes minutes on a CPU)"
@@ -420,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
             rate_c, out_c = forward_alone(makers["video"], samples, device, None, compile=True, repeats=1)
             _, out_e = forward_alone(makers["video"], samples, device, None, repeats=1)
             agree = token_agreement(np.stack([o["tokens"] for o in out_e]), np.stack([o["tokens"] for o in out_c]))
-            checks["--compile vs eager (default precision)"] = (f"cosine {agree['min_cosine']:.5f}, mean abs diff / rms "
-                                                                f"{agree['rel_mean_abs']:.4f}; forward {rate_c:.1f} clips/s compiled")
+            checks["--compile vs eager (default precision)"] = (
+                f"cosine {agree['min_cosine']:.5f}, mean abs diff / rms "
+                f"{agree['rel_mean_abs']:.4f}; forward {rate_c:.1f} clips/s compiled")
     except Exception as e:  # noqa: BLE001
         checks["video token checks"] = f"**FAIL**: {type(e).__name__}: {e}"
     why = gpu_decoding_unavailable(device)
@@ -435,9 +442,10 @@ def main(argv: list[str] | None = None) -> int:
             _, t_cpu = forward_alone(makers["video"], cpu, device, repeats=1)
             _, t_gpu = forward_alone(makers["video"], gpu, device, repeats=1)
             agree = token_agreement(np.stack([o["tokens"] for o in t_cpu]), np.stack([o["tokens"] for o in t_gpu]))
-            checks["--decoder gpu vs cpu"] = (f"one process: {gpu_rate:.2f} vs {cpu_rate:.2f} clips/s; pixels mean abs diff "
-                                              f"{diff:.2f} / 255; tokens cosine {agree['min_cosine']:.5f}, mean abs diff / rms "
-                                              f"{agree['rel_mean_abs']:.4f}")
+            checks["--decoder gpu vs cpu"] = (
+                f"one process: {gpu_rate:.2f} vs {cpu_rate:.2f} clips/s; pixels mean abs diff "
+                f"{diff:.2f} / 255; tokens cosine {agree['min_cosine']:.5f}, mean abs diff / rms "
+                f"{agree['rel_mean_abs']:.4f}")
         except Exception as e:  # noqa: BLE001
             checks["--decoder gpu vs cpu"] = f"**FAIL**: {type(e).__name__}: {e}"
     else:

@@ -63,7 +63,8 @@ def bench_extract(prepared: Path, tmp: Path, config: TrainConfig, device: str, n
     ckpt = tmp / f"{name}.pt"
     torch.save({"meta": meta, "state_dict": build_model(config).state_dict()}, ckpt)
     t0 = time.perf_counter()
-    summary = extract("joint", prepared, tmp / f"{name}.zarr", Runtime.resolve(device=device), RunOptions(batch_size=32), checkpoint=ckpt)
+    summary = extract("joint", prepared, tmp / f"{name}.zarr", Runtime.resolve(device=device),
+                      RunOptions(batch_size=32), checkpoint=ckpt)
     return summary.done / (time.perf_counter() - t0)
 
 

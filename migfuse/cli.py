@@ -41,7 +41,8 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages (also after a subcommand).")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="Log debug messages (also after a subcommand).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the migfuse version and exit.")] = False,
 ) -> None:

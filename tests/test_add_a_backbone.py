@@ -154,5 +154,6 @@ def test_a_whole_extraction_reads_and_hashes_its_checkpoint_once(toy, tmp_path, 
     read, sha = checkpoint_file.read_checkpoint, checkpoint_file.sha256_file
     monkeypatch.setattr(checkpoint_file, "read_checkpoint", lambda *a, **k: reads.append(a) or read(*a, **k))
     monkeypatch.setattr(checkpoint_file, "sha256_file", lambda *a, **k: hashes.append(a) or sha(*a, **k))
-    extract("video", prepared, tmp_path / "c.zarr", options=RunOptions(workers=0), backbone="toy_video", checkpoint=ckpt)
+    extract("video", prepared, tmp_path / "c.zarr", options=RunOptions(workers=0), backbone="toy_video",
+            checkpoint=ckpt)
     assert (len(reads), len(hashes)) == (1, 1)

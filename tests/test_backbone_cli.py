@@ -37,7 +37,8 @@ def invoke(*args: str):
 def test_run_mvit_writes_the_golden_outputs(golden_files, tmp_path):
     ckpt, x, arrays = golden_files
     out = tmp_path / "sub" / "y.npz"
-    res = invoke("backbone", "run", "mvit_v2_s", "--checkpoint", ckpt, "--input", x, "--out", out, "--precision", "fp32")
+    res = invoke("backbone", "run", "mvit_v2_s", "--checkpoint", ckpt, "--input", x, "--out", out,
+                 "--precision", "fp32")
     assert res.exit_code == 0, res.output
     assert "tokens (1, 393, 768), logits (1, 400)" in res.stdout
     with np.load(out) as z:

@@ -18,7 +18,8 @@ def test_cache_info_table(tmp_path):
     res = CliRunner().invoke(app, ["cache", "info", str(tmp_path / "c.zarr")])
     assert res.exit_code == 0, res.output
     header, _, row = res.output.splitlines()[1:4]
-    assert header.split() == ["group", "array", "per-clip", "shape", "dtype", "clips", "done", "failed", "missing", "size"]
+    assert header.split() == ["group", "array", "per-clip", "shape", "dtype",
+                              "clips", "done", "failed", "missing", "size"]
     assert row.split()[:9] == ["joint/agcn", "features", "(256,", "16,", "55)", "float16", "3", "1", "1"]
     assert "checkpoint_sha256: f00d" in res.output
     assert "FAILED 0001_2 [skeleton] no person in any frame" in res.output

@@ -27,7 +27,8 @@ def synthetic(tmp_path_factory):
     cache = TokenCache(path)
     cache.group("joint/agcn").write_failure("0003_0", "skeleton", "no person in any frame")
     ids = ["0001_0", "0001_1", "0002_0"]
-    windowed = cache.require_group(GroupSpec("video/mvit_windows", ids, {"tokens": ArraySpec((3, 4, 6), "float16", ragged=True)}))
+    windowed = cache.require_group(GroupSpec("video/mvit_windows", ids,
+                                             {"tokens": ArraySpec((3, 4, 6), "float16", ragged=True)}))
     windowed.write("0001_0", {"tokens": np.ones((2, 4, 6))})
     windowed.write("0002_0", {"tokens": np.full((3, 4, 6), 2.0)})
     default_views(cache)
@@ -70,7 +71,8 @@ def test_dimension_names_follow_each_track(synthetic):
     assert (face["features"].dims, face["logits"].dims, face["mask"].dims) == (
         ("clip", "face", "feature"), ("clip", "face", "expression"), ("clip", "face"))
     context = _open(synthetic, "context/mvit_v2_s")
-    assert context["tokens"].dims == ("video", "window", "token", "channel") and context["valid"].dims == ("video", "window")
+    assert context["tokens"].dims == ("video", "window", "token", "channel") and \
+        context["valid"].dims == ("video", "window")
     assert _open(synthetic, "face_context/swinface")["features"].dims == ("video", "window", "face", "feature")
     assert _open(synthetic, "views/video")["tokens"].dims == ("clip", "token", "channel")
     assert _open(synthetic, "views/context")["mask"].dims == ("video", "window", "token")
@@ -90,7 +92,8 @@ def test_a_row_is_selected_by_its_id_and_rows_not_done_read_as_nan_not_zeros(syn
 
 
 def test_a_failure_after_a_success_clears_the_old_values(tmp_path):
-    g = TokenCache(tmp_path / "c.zarr").require_group(GroupSpec("video/x", ["a", "b"], {"tokens": ArraySpec((2,), "float32")}))
+    g = TokenCache(tmp_path / "c.zarr").require_group(GroupSpec("video/x", ["a", "b"],
+                                                                {"tokens": ArraySpec((2,), "float32")}))
     g.write("a", {"tokens": np.ones(2)})
     g.write_failure("a", "decode", "broken")
     with pytest.raises(KeyError, match=r"not done .*\(0 missing, 1 failed\)"):
@@ -129,7 +132,8 @@ def test_soft_lock_is_chosen_by_the_environment_and_a_bad_value_is_one_line(tmp_
     g = TokenCache(tmp_path / "c.zarr").require_group(GroupSpec("video/a", ["x"], {"t": ArraySpec((2,), "float32")}))
     assert g.ids == ["x"] and not (tmp_path / "c.zarr.lock").exists()  # a soft lock is removed on release
     monkeypatch.setenv("MIGFUSE_CACHE_LOCK", "nfs")
-    with pytest.raises(Exception, match=r"MIGFUSE_CACHE_LOCK='nfs' is not a lock kind; set it to file \(default\) or soft"):
+    with pytest.raises(Exception, match=r"MIGFUSE_CACHE_LOCK='nfs' is not a lock kind; "
+                                        r"set it to file \(default\) or soft"):
         TokenCache(tmp_path / "d.zarr").require_group(GroupSpec("video/a", ["x"], {"t": ArraySpec((2,), "float32")}))
 
 
@@ -144,7 +148,8 @@ def test_a_filesystem_without_locks_says_which_option_to_use(tmp_path, monkeypat
     monkeypatch.setattr(filelock.FileLock, "acquire", no_locks)
     from migfuse.errors import UserError
 
-    with pytest.raises(UserError, match=r"cannot lock .*c\.zarr\.lock \(No locks available\).*set MIGFUSE_CACHE_LOCK=soft"):
+    with pytest.raises(UserError, match=r"cannot lock .*c\.zarr\.lock \(No locks available\)"
+                                        r".*set MIGFUSE_CACHE_LOCK=soft"):
         TokenCache(tmp_path / "c.zarr").require_group(GroupSpec("video/a", ["x"], {"t": ArraySpec((2,), "float32")}))
 
 
@@ -174,7 +179,8 @@ def test_export_views_of_a_cache_without_views_is_one_line(tmp_path):
     res = CliRunner().invoke(app, ["cache", "export-views", str(tmp_path / "c.zarr"), str(tmp_path / "l.zarr")])
     assert res.exit_code == 2
     assert res.output.strip().splitlines() == [
-        f"error: cache {tmp_path / 'c.zarr'} has no views to export; make them first: `migfuse cache view {tmp_path / 'c.zarr'} --defaults`"]
+        f"error: cache {tmp_path / 'c.zarr'} has no views to export; "
+        f"make them first: `migfuse cache view {tmp_path / 'c.zarr'} --defaults`"]
 
 
 def test_fuse_train_and_eval_accept_a_views_only_copy(tmp_path):
@@ -200,7 +206,8 @@ def test_dimension_names_given_by_a_producer_or_clashing_stay_openable_and_order
               "extra": ArraySpec((4,), "float32")}                   # not in the track's axis_names: generic name
     cache = TokenCache(tmp_path / "c.zarr")
     g = cache.require_group(GroupSpec("misc/x", ["r0", "r1"], arrays))
-    assert {k: v.dims for k, v in g.arrays.items()} == {"a": ("token", "channel"), "b": ("b_token",), "extra": ("extra_axis1",)}
+    assert {k: v.dims for k, v in g.arrays.items()} == {"a": ("token", "channel"), "b": ("b_token",),
+                                                        "extra": ("extra_axis1",)}
     g.write("r1", {"a": np.ones((2, 3)), "b": np.arange(5), "extra": np.zeros(4)})
     again = cache.require_group(GroupSpec("misc/x", ["r0", "r1"], dict(reversed(list(arrays.items())))))
     assert again.done_ids() == ["r1"]

@@ -30,7 +30,8 @@ def test_round_trip_and_queries(tmp_path):
     c = loaded.clip("0298_1")
     assert (c.label, c.raw_class, c.split_cs, c.split_miga, c.n_frames) == (31, 99, "train", "train", 21)
     unknown = loaded.clip("0009_0")
-    assert (unknown.label, unknown.split_cs, unknown.split_miga, unknown.split_emotion) == (None, "test", "test", "test")
+    assert (unknown.label, unknown.split_cs, unknown.split_miga,
+            unknown.split_emotion) == (None, "test", "test", "test")
     assert loaded.ids() == ["0298_0", "0298_1", "0009_0"]
     assert loaded.ids("test", scheme="split_cs") == ["0009_0"]
     assert loaded.video_ids() == ["0009", "0298"]

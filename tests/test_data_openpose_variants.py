@@ -159,7 +159,8 @@ def test_reuse_notices_a_frame_file_fixed_in_place(tmp_path):
 
 def test_folder_reader_counts_unreadable_files_with_reasons(tmp_path):
     (tmp_path / "7_000000000000_keypoints.json").write_text('{"people": 5}')
-    (tmp_path / "7_000000000001_keypoints.json").write_text(json.dumps({"people": [{"pose_keypoints_2d": _body(25, 0)}]}))
+    (tmp_path / "7_000000000001_keypoints.json").write_text(
+        json.dumps({"people": [{"pose_keypoints_2d": _body(25, 0)}]}))
     points, mask, stats = read_openpose_folder(tmp_path, progress=False)
     assert mask.tolist() == [False, True] and stats.unreadable == ["7_000000000000_keypoints.json"]
     assert stats.reasons == {"7_000000000000_keypoints.json": "'people' is a int, not a list"}

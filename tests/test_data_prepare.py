@@ -143,7 +143,8 @@ def test_challenge_layouts_read_back_video_298(prepared, tmp_path, layout):
     np.testing.assert_array_equal(mask, (points[:, :, 2] > 0).any(axis=1))
     assert (got.videos["0298"].video_path is not None) == (layout == "miga2025")
     test_clip = got.clip("0054_1")
-    assert (test_clip.label, test_clip.raw_class, test_clip.split_miga, test_clip.split_cs) == (None, None, "test", "test")
+    assert (test_clip.label, test_clip.raw_class, test_clip.split_miga,
+            test_clip.split_cs) == (None, None, "test", "test")
     problems = {p["kind"]: p for p in result.report["problems"]}
     assert problems["clip_outside_skeleton"]["clip_ids"] == [f"0298_{k}" for k in range(5, 56)]
     assert problems["unreadable_skeleton"]["video_id"] == "0347"

@@ -16,7 +16,8 @@ from migfuse.errors import UserError
 def _person(x: float, conf: float, hands: bool = True) -> dict:
     body = [v for i in range(25) for v in (x + i, 100.0 + i, conf)]
     return {"pose_keypoints_2d": body, "face_keypoints_2d": [1.0] * 210,
-            "hand_left_keypoints_2d": [2.0] * 63 if hands else [], "hand_right_keypoints_2d": [3.0] * 63 if hands else []}
+            "hand_left_keypoints_2d": [2.0] * 63 if hands else [],
+            "hand_right_keypoints_2d": [3.0] * 63 if hands else []}
 
 
 def test_openpose_json_parts_and_missing_hands(tmp_path):

@@ -166,7 +166,8 @@ def test_prepared_folder_works_after_moving_it_and_the_videos(tmp_path, monkeypa
     shutil.move(laptop / "data", gpu / "videos" / "imigue")
     shutil.move(laptop / "prepared", gpu / "work" / "prepared")
     m = Manifest.load(gpu / "work" / "prepared")
-    with pytest.raises(UserError, match=r"none of the 2 video files of .*is found \(e.g. video 0045: .*rgb/0045\.mp4\); "
+    with pytest.raises(UserError, match=r"none of the 2 video files of .*is found "
+                                        r"\(e.g. video 0045: .*rgb/0045\.mp4\); "
                                         r"pass --video-root DIR \(or set MIGFUSE_VIDEO_ROOT\)"):
         m.video_files()
     paths = m.video_files(video_root=gpu / "videos" / "imigue")
@@ -178,7 +179,8 @@ def test_prepared_folder_works_after_moving_it_and_the_videos(tmp_path, monkeypa
     assert m.video_files() == paths
     monkeypatch.delenv(VIDEO_ROOT_ENV)
     (gpu / "videos" / "imigue" / "rgb" / "0046.mp4").unlink()   # one missing file: that video fails, not all
-    assert m.video_files(video_root=gpu / "videos" / "imigue")["0046"] == str(gpu / "videos" / "imigue" / "rgb" / "0046.mp4")
+    assert m.video_files(video_root=gpu / "videos" / "imigue")["0046"] == \
+        str(gpu / "videos" / "imigue" / "rgb" / "0046.mp4")
 
 
 def test_old_videos_csv_with_absolute_paths_still_loads(tmp_path):
@@ -201,7 +203,8 @@ def test_cli_prepare_says_which_videos_are_rotated(tmp_path):
 
     _labels(tmp_path / "root", [45])
     _phone_mp4(tmp_path / "root" / "0045.mp4")
-    result = CliRunner().invoke(app, ["data", "prepare", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(app, ["data", "prepare", "--root", str(tmp_path / "root"),
+                                      "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert "video 0045 is stored rotated: decoded upright with a 90 degree clockwise turn" in result.output
     assert "1 video files" in result.output

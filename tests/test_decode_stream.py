@@ -153,7 +153,8 @@ def test_face_track_keeps_the_clips_before_the_damage(damaged, caplog):
     for row in ("0001_0", "0001_1"):  # decoded and searched for faces (numbered frames show none)
         assert samples[row].failure is None and samples[row].inputs["mask"].tolist() == [False] * 3
     fail = samples["0001_2"].failure
-    assert fail.stage == "decode" and fail.message.startswith("clip 0001_2 (frames 150..190): 0001.mp4: InvalidDataError")
+    assert fail.stage == "decode" and fail.message.startswith("clip 0001_2 (frames 150..190): "
+                                                              "0001.mp4: InvalidDataError")
 
     # face_context: the windows after the damage stay masked, the row is kept and the loss logged
     ctx = FaceLoader(paths={"0001": str(damaged)}, scope="context", frames=2, context=ContextSampling(windows=4))

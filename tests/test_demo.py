@@ -74,7 +74,8 @@ def test_the_demo_runs_every_stage_and_its_pose_driven_models_beat_twice_chance(
     other = "fp32" if made == "bf16" else "bf16"
     with pytest.raises(UserError, match=rf"holds the demo of --precision {made}: rerun with --precision {made}, or "
                                         rf"choose another --out folder for --precision {other}"):
-        demo_module.run_demo(tmp_path / "demo", runtime=Runtime(precision=Precision(other)), video_checkpoint=narrow_mvit)
+        demo_module.run_demo(tmp_path / "demo", runtime=Runtime(precision=Precision(other)),
+                             video_checkpoint=narrow_mvit)
     with pytest.raises(UserError, match="holds the demo of --seed 0: rerun with --seed 0"):
         demo_module.run_demo(tmp_path / "demo", seed=1, video_checkpoint=narrow_mvit)
 
@@ -87,7 +88,8 @@ def test_accuracy_line_gives_accuracy_chance_interval_and_binomial_p():
 
 def test_demo_refuses_a_folder_that_is_not_a_demo_and_deletes_nothing(tmp_path):
     (tmp_path / "mine.txt").write_text("do not delete")
-    with pytest.raises(UserError, match=r"is not empty and holds no demo \(no demo.json\): choose another --out folder"):
+    with pytest.raises(UserError, match=r"is not empty and holds no demo \(no demo.json\): "
+                                        r"choose another --out folder"):
         demo_module.run_demo(tmp_path)
     # a folder of the user's that happens to have a dataset/ (the demo's own subfolder name)
     (tmp_path / "mine.txt").unlink()

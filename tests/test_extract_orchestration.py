@@ -37,7 +37,8 @@ def toy(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("orch")
     make_toy_dataset(root / "prep", classes=4, videos=3, clips_per_video=4, val_videos=1, seed=0)
     cfg = TrainConfig(stream="joint", base_channels=4, length=16)
-    meta = {"migfuse": {"arch": "agcn", "stream": "joint", "layout": "imigue", "preprocess": cfg.preprocess().to_dict()}}
+    meta = {"migfuse": {"arch": "agcn", "stream": "joint", "layout": "imigue",
+                        "preprocess": cfg.preprocess().to_dict()}}
     torch.manual_seed(0)
     torch.save({"meta": meta, "state_dict": build_model(cfg).state_dict()}, root / "joint.pt")
     return root
@@ -102,7 +103,8 @@ def test_no_track_name_tests_outside_the_table():
 def test_row_definition_of_a_clip_is_its_video_and_frame_range(toy):
     m = Manifest.load(toy / "prep")
     c = m.clips[0]
-    assert row_definition(get_track("joint"), m, c.clip_id) == f"video={c.video_id} frames={c.start_frame}-{c.end_frame}"
+    assert row_definition(get_track("joint"), m, c.clip_id) == \
+        f"video={c.video_id} frames={c.start_frame}-{c.end_frame}"
     assert row_definition(get_track("context"), m, c.video_id) == f"video={c.video_id}"
 
 
@@ -116,7 +118,8 @@ def _entry_points(toy: Path, videos: Path) -> dict:
         return lambda c, device="auto": extract(track, data, c, Runtime.resolve(device=device), **track_options)
 
     return {"video": door("video", videos), "context": door("context", videos), "face": door("face", videos),
-            "face_context": door("face_context", videos), "joint": door("joint", toy / "prep", checkpoint=toy / "joint.pt")}
+            "face_context": door("face_context", videos),
+            "joint": door("joint", toy / "prep", checkpoint=toy / "joint.pt")}
 
 
 @pytest.mark.parametrize("track", ["video", "context", "face", "face_context", "joint"])
@@ -163,7 +166,8 @@ def test_cli_device_cuda_without_cuda_exits_with_one_line(toy, tmp_path, monkeyp
     from migfuse.cli import app
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    r = CliRunner().invoke(app, ["extract", "skeleton", "--data", str(toy / "prep"), "--cache", str(tmp_path / "c.zarr"),
+    r = CliRunner().invoke(app, ["extract", "skeleton", "--data", str(toy / "prep"),
+                                 "--cache", str(tmp_path / "c.zarr"),
                                  "--checkpoint", str(toy / "joint.pt"), "--device", "cuda"])
     assert r.exit_code == 2 and "has no CUDA device" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "c.zarr").exists()
@@ -208,7 +212,8 @@ def test_torchrun_two_ranks_skeleton_equals_one_process(toy, tmp_path):
 
     args = ["-m", "migfuse.cli", "extract", "skeleton", "--data", str(toy / "prep"), "--checkpoint",
             str(toy / "joint.pt"), "--batch-size", "4", "--precision", "fp32"]
-    assert extract("joint", toy / "prep", tmp_path / "one.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt").ok
+    assert extract("joint", toy / "prep", tmp_path / "one.zarr", options=RunOptions(batch_size=4),
+                   checkpoint=toy / "joint.pt").ok
     two = torchrun([*args, "--cache", str(tmp_path / "two.zarr")])
     assert two.returncode == 0, two.stderr[-3000:]
     assert "shard 0/2" in two.stdout and "shard 1/2" in two.stdout
@@ -279,10 +284,13 @@ def test_a_clip_whose_frame_range_changed_is_extracted_again(toy, tmp_path):
     assert g.rowdefs([clip.clip_id]) == [f"video={clip.video_id} frames={clip.start_frame}-{clip.end_frame}"]
     after = g.read(clip.clip_id)["features"]
     assert not np.array_equal(after, before)
-    fresh = extract("joint", prep, tmp_path / "fresh.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt")
+    fresh = extract("joint", prep, tmp_path / "fresh.zarr", options=RunOptions(batch_size=4),
+                    checkpoint=toy / "joint.pt")
     assert fresh.ok
-    np.testing.assert_array_equal(TokenCache(tmp_path / "fresh.zarr").group("joint/agcn").read(clip.clip_id)["features"], after)
-    assert extract("joint", prep, tmp_path / "c.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt").done == 0
+    np.testing.assert_array_equal(
+        TokenCache(tmp_path / "fresh.zarr").group("joint/agcn").read(clip.clip_id)["features"], after)
+    assert extract("joint", prep, tmp_path / "c.zarr", options=RunOptions(batch_size=4),
+                   checkpoint=toy / "joint.pt").done == 0
 
 
 def test_forward_runs_on_fixed_batches_so_rows_do_not_depend_on_their_neighbours():
@@ -316,7 +324,8 @@ def test_skeleton_rows_equal_across_batch_composition_and_other_batch_size_is_re
     assert snapshot(tmp_path / "b.zarr", "joint/agcn") == snapshot(tmp_path / "a.zarr", "joint/agcn")
     g = TokenCache(tmp_path / "a.zarr").group("joint/agcn")
     assert g.provenance["compute"] == {"device": "cpu", "precision": "fp32", "forward_batch": 5}
-    with pytest.raises(UserError, match=r"written with compute.forward_batch=5 but this run has compute.forward_batch=4"):
+    with pytest.raises(UserError, match=r"written with compute.forward_batch=5 "
+                                        r"but this run has compute.forward_batch=4"):
         run_extraction(ex(), tmp_path / "a.zarr", batch_size=4, workers=0)
 
 
@@ -333,7 +342,8 @@ def test_skeleton_clip_running_past_the_skeleton_fails_instead_of_being_clamped(
     s = extract("joint", prep, tmp_path / "c.zarr", options=RunOptions(batch_size=4), checkpoint=toy / "joint.pt")
     assert s.done == 11
     assert s.failed == [(m.clips[0].clip_id, "skeleton",
-                         f"clip {m.clips[0].clip_id} (frames {m.clips[0].start_frame}-{n + 2}) runs past the {n} frames "
+                         f"clip {m.clips[0].clip_id} (frames {m.clips[0].start_frame}-{n + 2}) "
+                         f"runs past the {n} frames "
                          f"of video {m.clips[0].video_id}'s skeleton; check the labels (or the skeleton files) and "
                          "re-run `migfuse data prepare`")]
 

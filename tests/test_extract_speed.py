@@ -112,7 +112,8 @@ def test_each_track_keeps_its_cpu_defaults_and_gets_gpu_sized_batches():
 def test_unset_batch_is_the_device_default_and_recorded(tmp_path):
     from migfuse.data_cache.store import TokenCache
 
-    s = run_extractor(ArrayExtractor(), tmp_path / "c.zarr", Runtime.resolve(device="cpu", precision="fp32"), RunOptions())
+    s = run_extractor(ArrayExtractor(), tmp_path / "c.zarr", Runtime.resolve(device="cpu", precision="fp32"),
+                      RunOptions())
     assert s.settings["batch"] == 8 and s.settings["workers"] == 2
     assert TokenCache(tmp_path / "c.zarr").group("test/array").provenance["compute"]["forward_batch"] == 8
 

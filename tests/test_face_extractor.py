@@ -26,7 +26,8 @@ def demo(tmp_path_factory):
     prepare(data, root / "prepared", progress=False)
     torch.set_num_threads(1)
     clip = extract("face", root / "prepared", root / "cache.zarr", options=RunOptions(workers=0), frames=3)
-    ctx = extract("face_context", root / "prepared", root / "cache.zarr", options=RunOptions(workers=0), frames=3, context_windows=4)
+    ctx = extract("face_context", root / "prepared", root / "cache.zarr", options=RunOptions(workers=0),
+                  frames=3, context_windows=4)
     return root, data, clip, ctx
 
 

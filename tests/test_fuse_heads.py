@@ -41,7 +41,8 @@ def test_a_head_name_is_registered_once_and_an_unknown_one_names_the_choices():
     with pytest.raises(ValueError, match="head 'cmtf' is registered twice"):
         register_head("cmtf")(type("OtherHead", (FusionHead,), {}))
     assert head_class("cmtf").__name__ == "CMTF" and head_class("cmtf").name == "cmtf"
-    with pytest.raises(UserError, match="unknown head 'nope': choose one of cmtf, context, face, interfusion, pose, video"):
+    with pytest.raises(UserError, match="unknown head 'nope': "
+                                        "choose one of cmtf, context, face, interfusion, pose, video"):
         head_class("nope")
 
 

@@ -55,7 +55,8 @@ def _link_torch(site: Path, fake_version: str) -> None:
 def test_fuse_install_keeps_a_local_label_torch_and_adds_no_extraction_packages(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    purelib = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+    purelib = Path(subprocess.run([str(venv / "bin" / "python"),
+                                   "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                   capture_output=True, text=True, check=True).stdout.strip())
     _link_torch(tmp_path / "torchsite", "2.13.0+cu130")
     (purelib / "linked_torch.pth").write_text(str(tmp_path / "torchsite") + "\n")
@@ -123,7 +124,8 @@ def test_an_existing_venv_of_an_old_python_is_refused_and_named(tmp_path):
     run = _install(tmp_path, MIGFUSE_PYTHON="python3.13")
     venv = tmp_path / "venv"
     assert run.returncode == 1
-    assert run.stdout == f"install.sh: {venv} exists, so MIGFUSE_PYTHON=python3.13 is not used (remove {venv} to remake it)\n"
+    assert run.stdout == (f"install.sh: {venv} exists, so MIGFUSE_PYTHON=python3.13 is not used "
+                          f"(remove {venv} to remake it)\n")
     assert run.stderr == (f"install.sh: Python 3.9.18 at {venv}/bin/python is too old: migfuse needs Python >= 3.11; "
                           f"remove {venv} and rerun with a newer Python (e.g. MIGFUSE_PYTHON=python3.11 bash "
                           "scripts/install.sh)\n")
@@ -132,8 +134,9 @@ def test_an_existing_venv_of_an_old_python_is_refused_and_named(tmp_path):
 def test_a_missing_interpreter_is_one_line(tmp_path):
     run = _install(tmp_path, MIGFUSE_PYTHON=str(tmp_path / "no-python"))
     assert run.returncode == 1 and run.stdout == ""
-    assert run.stderr == (f"install.sh: '{tmp_path / 'no-python'}' is not a Python that runs (making {tmp_path / 'venv'}): "
-                          "set MIGFUSE_PYTHON to a Python >= 3.11 (e.g. MIGFUSE_PYTHON=python3.11 bash scripts/install.sh)\n")
+    assert run.stderr == (f"install.sh: '{tmp_path / 'no-python'}' is not a Python that runs "
+                          f"(making {tmp_path / 'venv'}): set MIGFUSE_PYTHON to a Python >= 3.11 "
+                          "(e.g. MIGFUSE_PYTHON=python3.11 bash scripts/install.sh)\n")
     assert not (tmp_path / "venv").exists()
 
 

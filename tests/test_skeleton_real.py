@@ -159,7 +159,8 @@ def test_extract_both_streams_of_the_real_clips(prepared_298, small_checkpoints,
     skel, mask = m.skeleton("0298")
     no_person = {c.clip_id for c in m.clips if not mask[c.start_frame:c.end_frame + 1].any()}
     for stream in ("joint", "bone"):
-        summary = extract(stream, prepared_298, cache, options=RunOptions(batch_size=16), checkpoint=small_checkpoints[stream])
+        summary = extract(stream, prepared_298, cache, options=RunOptions(batch_size=16),
+                          checkpoint=small_checkpoints[stream])
         assert summary.done == 56 - len(no_person)
         assert {f[0] for f in summary.failed} == no_person
         assert all(f[1] == "skeleton" and "no person detected" in f[2] for f in summary.failed)
@@ -179,7 +180,8 @@ def test_extract_both_streams_of_the_real_clips(prepared_298, small_checkpoints,
         assert g.provenance["stream"] == stream and g.provenance["preprocess"]["length"] == LENGTH
     # rerun: everything is done or failed already, nothing is recomputed (the same --batch-size: it is
     # recorded, as the forward always runs on that many clips)
-    again = extract("joint", prepared_298, cache, options=RunOptions(batch_size=16), checkpoint=small_checkpoints["joint"])
+    again = extract("joint", prepared_298, cache, options=RunOptions(batch_size=16),
+                    checkpoint=small_checkpoints["joint"])
     assert again.done == 0 and again.skipped == 56
 
 

@@ -123,7 +123,8 @@ def test_bad_values_never_reach_disk(tmp_path):
 
 def test_views_bulk_write_with_many_clips_per_chunk(tmp_path):
     cache = TokenCache(tmp_path / "c.zarr")
-    v = cache.require_group(GroupSpec("views/small", IDS, {"x": ArraySpec((2,), "float32")}, {"from": "video"}, clips_per_chunk=4))
+    v = cache.require_group(GroupSpec("views/small", IDS, {"x": ArraySpec((2,), "float32")},
+                                      {"from": "video"}, clips_per_chunk=4))
     data = np.arange(12, dtype=np.float32).reshape(6, 2)
     v.write_many(IDS[::-1], {"x": data[::-1]})
     np.testing.assert_array_equal(v.read_many(IDS)["x"], data)
@@ -186,7 +187,8 @@ _KILLED = textwrap.dedent(
 @pytest.mark.parametrize("victim", [3, 1], ids=["new-clip", "rewrite-of-done-clip"])
 def test_writer_killed_mid_clip_leaves_store_readable_and_clip_not_done(tmp_path, victim):
     path = str(tmp_path / "c.zarr")
-    p = subprocess.Popen([sys.executable, "-c", _KILLED, path, str(victim)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", _KILLED, path, str(victim)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     assert line.strip() == "READY", p.stderr.read()
     os.kill(p.pid, signal.SIGKILL)
@@ -206,7 +208,8 @@ _LOOP = textwrap.dedent(
     from migfuse.data_cache.store import TokenCache, GroupSpec, ArraySpec
     path = sys.argv[1]
     ids = [f"0004_{i}" for i in range(400)]
-    g = TokenCache(path).require_group(GroupSpec("video/mvit_v2_s", ids, {"tokens": ArraySpec((393, 768), "float16")}, {"run": 1}))
+    g = TokenCache(path).require_group(GroupSpec("video/mvit_v2_s", ids, {"tokens": ArraySpec((393, 768), "float16")},
+                                                 {"run": 1}))
     print("STARTED", flush=True)
     for i, cid in enumerate(ids):
         g.write(cid, {"tokens": np.full((393, 768), i % 1000, np.float16)})

@@ -55,8 +55,8 @@ def test_a_full_disk_ends_in_one_line_naming_the_chunk_file_and_the_fix(tmp_path
     with pytest.raises(UserError) as e:
         g.write(IDS[1], {"tokens": np.ones((9, 4))})
     msg = str(e.value)
-    assert msg.startswith(f"cannot write {tmp_path / 'c.zarr' / 'video/mvit_v2_s/tokens/c/1/0/0'}: No space left on device; "
-                          "free space on that disk (or pass another --cache) and rerun")
+    assert msg.startswith(f"cannot write {tmp_path / 'c.zarr' / 'video/mvit_v2_s/tokens/c/1/0/0'}: "
+                          "No space left on device; free space on that disk (or pass another --cache) and rerun")
     assert "\n" not in msg
 
 
@@ -68,10 +68,12 @@ def test_a_read_only_cache_resumes_with_nothing_to_do_and_refuses_new_rows_in_on
     g = TokenCache(path).require_group(spec)  # what a resumed extract does first
     assert g.pending_ids() == [IDS[2]] and g.failures() == []
     assert tried == []  # reopening wrote nothing, not even a lock
-    with pytest.raises(UserError, match=r"^cannot write .*tokens/c/2/0/0: Read-only file system; the cache is read-only: "
+    with pytest.raises(UserError, match=r"^cannot write .*tokens/c/2/0/0: Read-only file system; "
+                                        r"the cache is read-only: "
                                          r"reading it needs no writes, but to add rows copy it"):
         g.write(IDS[2], {"tokens": np.ones((9, 4))})
-    with pytest.raises(UserError, match=r"^cannot write .*c\.zarr\.lock: Read-only file system; the cache is read-only"):
+    with pytest.raises(UserError, match=r"^cannot write .*c\.zarr\.lock: Read-only file system; "
+                                        r"the cache is read-only"):
         TokenCache(path).require_group(GroupSpec("joint/agcn", IDS, {"f": ArraySpec((2,), "float16")}))
 
 
@@ -83,7 +85,8 @@ def test_cache_view_on_a_read_only_cache_resumes_when_done_and_fails_in_one_line
     runner = CliRunner()
     res = runner.invoke(app, ["cache", "view", str(path), "--name", "video", "--group", "video/mvit_v2_s"])
     assert res.exit_code == 0, res.output  # nothing new: no writes needed
-    res = runner.invoke(app, ["cache", "view", str(path), "--name", "cls", "--group", "video/mvit_v2_s", "--pool", "video_cls"])
+    res = runner.invoke(app, ["cache", "view", str(path), "--name", "cls", "--group", "video/mvit_v2_s",
+                              "--pool", "video_cls"])
     assert res.exit_code == 2
     (line,) = res.output.strip().splitlines()
     assert line.startswith("error: cannot write ") and "Read-only file system; the cache is read-only" in line
@@ -102,7 +105,8 @@ def test_a_corrupt_chunk_is_named_when_read(tmp_path):
     for read in (lambda: g.read(IDS[1]), lambda: g.read_many(IDS)):
         with pytest.raises(CorruptChunk) as e:
             read()
-        assert str(e.value).startswith(f"corrupt chunk {chunk} in cache group 'video/mvit_v2_s' (array tokens, row 0001_1): ")
+        assert str(e.value).startswith(f"corrupt chunk {chunk} in cache group 'video/mvit_v2_s' "
+                                       "(array tokens, row 0001_1): ")
         assert "--verify --mark-failed" in str(e.value)
 
 
@@ -111,7 +115,8 @@ def test_cache_info_verify_names_the_corrupt_chunk_and_mark_failed_makes_it_retr
     g = _group(path)
     runner = CliRunner()
     res = runner.invoke(app, ["cache", "info", str(path), "--verify"])
-    assert res.exit_code == 0 and res.output.strip().endswith(f"verified: every chunk of the 1 groups in {path} decodes")
+    assert res.exit_code == 0 and res.output.strip().endswith(f"verified: every chunk of the 1 groups in "
+                                                              f"{path} decodes")
 
     chunk = g.chunk_file("tokens", 2)
     chunk.write_bytes(chunk.read_bytes()[:-5])  # truncated
@@ -122,7 +127,8 @@ def test_cache_info_verify_names_the_corrupt_chunk_and_mark_failed_makes_it_retr
                                                f"(array tokens, row 0002_0)")
 
     res = runner.invoke(app, ["cache", "info", str(path), "--verify", "--mark-failed"])
-    assert res.exit_code == 2 and "marked 1 rows failed: rerun the same `migfuse extract` with --retry-failed" in res.output
+    assert res.exit_code == 2 and \
+        "marked 1 rows failed: rerun the same `migfuse extract` with --retry-failed" in res.output
     g = TokenCache(path).group("video/mvit_v2_s")
     assert g.status().tolist() == [DONE, DONE, FAILED] and g.failures()[0]["stage"] == "verify"
     g.write(IDS[2], {"tokens": np.full((9, 4), 3)})  # the retry
@@ -158,21 +164,24 @@ def _format1_group(path):
     status = zg.create_array("status", shape=(2,), chunks=(1,), dtype="uint8", fill_value=0)
     zg["features"][0] = np.array([1, 2, 3])
     status[0] = DONE
-    zg.attrs.update({"migfuse": {"format": 1, "arrays": {"features": {"shape": [3], "dtype": "float16", "ragged": False}},
+    zg.attrs.update({"migfuse": {"format": 1,
+                                 "arrays": {"features": {"shape": [3], "dtype": "float16", "ragged": False}},
                                  "clips_per_chunk": 1, "n": 2, "provenance": {"run": 1}, "info": {"created": "x"}}})
 
 
 def test_a_cache_of_the_previous_format_is_read_and_resumed(tmp_path):
     path = tmp_path / "old.zarr"
     _format1_group(path)
-    g = TokenCache(path).require_group(GroupSpec("joint/agcn", ["0001_0", "0001_1"], {"features": ArraySpec((3,), "float16")},
+    g = TokenCache(path).require_group(GroupSpec("joint/agcn", ["0001_0", "0001_1"],
+                                                 {"features": ArraySpec((3,), "float16")},
                                                  {"run": 1}))
     assert g.format == 1 and g.ids == ["0001_0", "0001_1"] and g.pending_ids() == ["0001_1"]
     np.testing.assert_array_equal(g.read("0001_0")["features"], [1, 2, 3])
     g.write("0001_1", {"features": np.array([4, 5, 6])})
     assert TokenCache(path).group("joint/agcn").done_ids() == ["0001_0", "0001_1"]
     res = CliRunner().invoke(app, ["cache", "info", str(path)])
-    assert res.exit_code == 0 and "format 1: read by migfuse, but without dimension names (xarray cannot open it)" in res.output
+    assert res.exit_code == 0 and \
+        "format 1: read by migfuse, but without dimension names (xarray cannot open it)" in res.output
 
 
 def test_verify_names_a_corrupt_status_chunk_and_mark_failed_repairs_it(tmp_path):

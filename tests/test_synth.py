@@ -28,7 +28,8 @@ def _frames(path) -> np.ndarray:
 
 
 def _digest(root, pattern: str) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob(pattern))}
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob(pattern))}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def test_same_seed_same_dataset_other_seed_other_dataset(miga2025, tmp_path):
 
 @pytest.mark.parametrize("layout", ["miga2025", "miga2023", "oulu"])
 def test_prepare_reads_back_the_ground_truth(layout, miga2025, tmp_path):
-    root = miga2025 if layout == "miga2025" else generate_dataset(tmp_path / layout, layout=layout, progress=False, **SMALL)
+    root = miga2025 if layout == "miga2025" else generate_dataset(tmp_path / layout, layout=layout,
+                                                                  progress=False, **SMALL)
     result = prepare(root, tmp_path / "prepared", progress=False)
     assert result.report["layout"] == layout
     m = Manifest.load(tmp_path / "prepared")

@@ -87,8 +87,8 @@ def test_a_pooling_name_is_registered_once_and_an_unknown_one_names_the_choices(
     _, path = small_cache
     with pytest.raises(ValueError, match="pooling 'video_time' is registered twice"):
         register_pooling("video_time", ("video",))(lambda a: a)
-    with pytest.raises(UserError, match="unknown pooling 'mean': choose one of context_cls_mean, face_keep, pose_parts, "
-                                        "pose_time, raw, video_cls, video_time"):
+    with pytest.raises(UserError, match="unknown pooling 'mean': choose one of context_cls_mean, face_keep, "
+                                        "pose_parts, pose_time, raw, video_cls, video_time"):
         make_view(path, "x", "joint/agcn", pooling="mean")
     assert list_poolings()["pose_parts"] == ("joint", "bone")
 

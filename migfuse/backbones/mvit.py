@@ -164,7 +164,8 @@ def forward_tokens(model: torch.nn.Module, x: torch.Tensor,
     return tokens, model.head(tokens[:, 0])
 
 
-def _sdpa_attention_forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
+def _sdpa_attention_forward(self, x: torch.Tensor,
+                            thw: tuple[int, int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """torchvision's `MultiscaleAttention.forward` with the softmax(q k^T + rel-pos) v product done by
     `scaled_dot_product_attention`, the relative-position term passed as its additive mask.
 
@@ -432,7 +433,8 @@ _MMACTION_RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^backbone\.cls_token$"), "pos_encoding.class_token"),
     (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.proj\.(weight|bias)$"), r"blocks.\1.attn.project.0.\2"),
     (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.pool_([qkv])\.weight$"), r"blocks.\1.attn.pool_\2.pool.weight"),
-    (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.norm_([qkv])\.(weight|bias)$"), r"blocks.\1.attn.pool_\2.norm_act.0.\3"),
+    (re.compile(r"^backbone\.blocks\.(\d+)\.attn\.norm_([qkv])\.(weight|bias)$"),
+     r"blocks.\1.attn.pool_\2.norm_act.0.\3"),
     (re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.fc1\.(weight|bias)$"), r"blocks.\1.mlp.0.\2"),
     (re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.fc2\.(weight|bias)$"), r"blocks.\1.mlp.3.\2"),
     (re.compile(r"^backbone\.blocks\.(\d+)\.proj\.(weight|bias)$"), r"blocks.\1.project.\2"),

@@ -20,7 +20,8 @@ def cache_info_cmd(
     verify: Annotated[bool, typer.Option("--verify", help="Decode every chunk of every row; exit 2 naming the first "
                                                           "corrupt chunk (group, row id, file).")] = False,
     mark_failed: Annotated[bool, typer.Option("--mark-failed", help="With --verify: record the rows of corrupt chunks "
-                                                                    "as failed, so `extract --retry-failed` rewrites them.")] = False,
+                                                                    "as failed, so `extract --retry-failed` "
+                                                                    "rewrites them.")] = False,
     consolidate: Annotated[bool, typer.Option("--consolidate", help="Rewrite the consolidated metadata (zarr/xarray "
                                                                     "open the cache without crawling it).")] = False,
 ) -> None:
@@ -40,8 +41,10 @@ def cache_info_cmd(
 
 @app.command("export-views")
 def cache_export_views_cmd(
-    cache: Annotated[Path, typer.Argument(metavar="CACHE", help="The full token cache (CACHE.zarr) holding views (`cache view --defaults`).")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="The views-only copy to write, e.g. laptop.zarr (resumed if present).")],
+    cache: Annotated[Path, typer.Argument(metavar="CACHE", help="The full token cache (CACHE.zarr) holding views "
+                                                                "(`cache view --defaults`).")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="The views-only copy to write, e.g. laptop.zarr "
+                                                            "(resumed if present).")],
 ) -> None:
     """Copy only the views of a cache (their finished rows) into a new, small cache: what `fuse train`,
     `fuse eval` and `fuse predict` read on a laptop. The full tokens stay behind."""
@@ -60,14 +63,20 @@ def cache_export_views_cmd(
 @app.command("view")
 def cache_view_cmd(
     cache: CacheArg,
-    name: Annotated[Optional[str], typer.Option(help="View name; written as group views/NAME. Omit with --defaults.")] = None,
-    group: Annotated[Optional[str], typer.Option(help="Source group, e.g. video/mvit_v2_s (see `migfuse cache info`).")] = None,
-    pool: Annotated[Optional[str], typer.Option(help="Pooling: video_time, video_cls, pose_parts, pose_time, face_keep, "
-                                                     "context_cls_mean, raw. Default: the track's default.")] = None,
-    time_steps: Annotated[Optional[int], typer.Option(help="pose_parts/pose_time: time tokens kept (adaptive mean).")] = None,
-    parts: Annotated[Optional[int], typer.Option(help="pose_parts: number of body-part groups (contiguous joint runs).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="View name; written as group views/NAME. "
+                                                     "Omit with --defaults.")] = None,
+    group: Annotated[Optional[str], typer.Option(help="Source group, e.g. video/mvit_v2_s "
+                                                      "(see `migfuse cache info`).")] = None,
+    pool: Annotated[Optional[str], typer.Option(help="Pooling: video_time, video_cls, pose_parts, pose_time, "
+                                                     "face_keep, context_cls_mean, raw. "
+                                                     "Default: the track's default.")] = None,
+    time_steps: Annotated[Optional[int], typer.Option(help="pose_parts/pose_time: time tokens kept "
+                                                           "(adaptive mean).")] = None,
+    parts: Annotated[Optional[int], typer.Option(help="pose_parts: number of body-part groups "
+                                                      "(contiguous joint runs).")] = None,
     defaults: Annotated[bool, typer.Option("--defaults", help="Make the default view of every track in the cache "
-                                                              "(views/video, views/joint, ...), what `fuse train` reads.")] = False,
+                                                              "(views/video, views/joint, ...), "
+                                                              "what `fuse train` reads.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete and rebuild a view that exists with other "
                                                                 "settings.")] = False,
 ) -> None:
@@ -94,7 +103,8 @@ def cache_view_cmd(
                 typer.echo(f"nothing to do: {cache} holds views only ({', '.join(views)}), e.g. a copy made by "
                            f"`migfuse cache export-views`; it is ready for `migfuse fuse train`")
                 return
-            raise UserError(f"cache {cache} has no finished track groups to derive views from; run `migfuse extract` first")
+            raise UserError(f"cache {cache} has no finished track groups to derive views from; "
+                            "run `migfuse extract` first")
         return
     if not name or not group:
         raise UserError("give --name NAME and --group GROUP (or --defaults); see `migfuse cache view --help`")

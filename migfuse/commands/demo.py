@@ -36,4 +36,5 @@ def demo(
     for name, path in artifacts.items():
         typer.echo(f"  {name:<{width}}  {path}")
     typer.echo("\n".join(summary))
-    typer.echo(f"next: migfuse cache info {out / 'cache.zarr'}   |   migfuse fuse eval {out / 'runs' / 'cmtf'} --split validation")
+    typer.echo(f"next: migfuse cache info {out / 'cache.zarr'}   |   "
+               f"migfuse fuse eval {out / 'runs' / 'cmtf'} --split validation")

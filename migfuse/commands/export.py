@@ -65,7 +65,8 @@ _register_formats()
 
 
 def score_cmd(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="Prediction file: challenge zip, CSV (header or not) or scores .npz.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Prediction file: challenge zip, CSV (header or not) "
+                                                              "or scores .npz.")],
     data: DataOpt,
     split: Annotated[Optional[Split], typer.Option(
         help="Require exactly this split's ids. Default: score the ids the file has.")] = None,

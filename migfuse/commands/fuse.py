@@ -26,9 +26,11 @@ RunDataOpt = Annotated[Optional[Path], typer.Option(help="PREPARED folder (defau
 @app.command("train")
 @with_options(RuntimeOptions)
 def fuse_train_cmd(
-    cache: Annotated[Path, typer.Option(help="The token cache (CACHE.zarr) with views (`migfuse cache view --defaults`).")],
+    cache: Annotated[Path, typer.Option(help="The token cache (CACHE.zarr) with views "
+                                             "(`migfuse cache view --defaults`).")],
     data: Annotated[Path, typer.Option(help="The PREPARED folder (manifest) the cache was extracted from.")],
-    task: Annotated[Task, typer.Option(help="mg (32 micro-gesture classes, per clip) or emotion (win/lose, per video).")],
+    task: Annotated[Task, typer.Option(help="mg (32 micro-gesture classes, per clip) "
+                                            "or emotion (win/lose, per video).")],
     out: Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, "
                                            "last.pt, train.log. Rerunning the same command resumes.")],
     runtime: RuntimeOptions,
@@ -90,7 +92,8 @@ def fuse_eval_cmd(
             if row["support"]:
                 typer.echo(f"{row['class']:>5} {row['name']:24s} {row['support']:>5} {row['accuracy']:>7.1%}")
     else:
-        typer.echo(f"{split}: {m['n']} videos  accuracy {m['accuracy']:.2%}  F1 {m['f1']:.3f}  ROC-AUC {m['roc_auc']:.3f}")
+        typer.echo(f"{split}: {m['n']} videos  accuracy {m['accuracy']:.2%}  F1 {m['f1']:.3f}  "
+                   f"ROC-AUC {m['roc_auc']:.3f}")
     typer.echo("files: " + ", ".join(m["files"].values()))
 
 
@@ -117,7 +120,8 @@ def fuse_heads_cmd(
 ) -> None:
     """List the fusion heads with their default options, as JSON to paste into `fuse train --config`.
 
-    With NAME, prints that head's block alone; without, one JSON object of every head's block. A block is {"head": NAME, "head_options": {...}}: copy it into a config file, change an
+    With NAME, prints that head's block alone; without, one JSON object of every head's block. A block is
+    {"head": NAME, "head_options": {...}}: copy it into a config file, change an
     option, and pass the file with --config. Descriptions go to stderr, so `migfuse fuse heads cmtf >
     my.json` writes a valid config."""
     import json
@@ -163,7 +167,8 @@ def fuse_late_cmd(
 
 @app.command("import")
 def fuse_import_cmd(
-    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="mmaction2 / pyskl test-result .pkl, or a CSV `Id,score...`.")],
+    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="mmaction2 / pyskl test-result .pkl, "
+                                                                    "or a CSV `Id,score...`.")],
     out: Annotated[Path, typer.Option(help="migfuse scores .npz to write (for `fuse late`, `export`, `score`).")],
     ann: Annotated[Optional[Path], typer.Option(
         help="For a .pkl: the annotation file the test ran on (list file `path label`, or pyskl .pkl).")] = None,
@@ -184,7 +189,8 @@ def fuse_import_cmd(
     r = import_scores(results, annotation=ann, ann_split=ann_split, task=task.value, split=split_name or split)
     path = r.scores.save(out)
     note = "; rows were logits: softmax applied" if r.softmax_applied else ""
-    typer.echo(f"imported {len(r.scores)} {task.value} score rows ({r.source_format}, {r.scores.scores.shape[1]} classes)"
+    typer.echo(f"imported {len(r.scores)} {task.value} score rows "
+               f"({r.source_format}, {r.scores.scores.shape[1]} classes)"
                f"{note} -> {path}")
 
 

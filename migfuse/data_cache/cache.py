@@ -80,7 +80,8 @@ class TokenCache:
         root = self._root(create=False)
         if name not in self.group_names():
             have = ", ".join(self.group_names()) or "none"
-            raise UserError(f"cache {self.path} has no group '{name}' (groups: {have}); run the matching `migfuse extract` first")
+            raise UserError(f"cache {self.path} has no group '{name}' (groups: {have}); "
+                            "run the matching `migfuse extract` first")
         return TokenGroup(self, root[name])
 
     def require_group(self, spec: GroupSpec) -> TokenGroup:
@@ -144,7 +145,8 @@ class TokenCache:
             if e.errno in WRITE_FIXES:
                 raise
             raise UserError(f"cannot lock {path} ({e.strerror or e}): this filesystem has no working file locks "
-                            f"(e.g. NFS without lockd); set {LOCK_ENV}=soft, or put the cache on a local disk") from None
+                            f"(e.g. NFS without lockd); set {LOCK_ENV}=soft, "
+                            "or put the cache on a local disk") from None
         try:
             yield
         finally:

@@ -77,7 +77,8 @@ class TokenGroup:
                 f"{diff}={value_at(dict(spec.provenance), diff)!r}; {fix}"
             )
         if self.arrays != dict(spec.arrays):
-            raise UserError(f"{where} holds arrays {format_arrays(self.arrays)} but this run writes {format_arrays(spec.arrays)}; {fix}")
+            raise UserError(f"{where} holds arrays {format_arrays(self.arrays)} "
+                            f"but this run writes {format_arrays(spec.arrays)}; {fix}")
         if self.ids != list(spec.ids):
             extra = sorted(set(spec.ids) - set(self.ids))[:3]
             gone = sorted(set(self.ids) - set(spec.ids))[:3]
@@ -132,7 +133,8 @@ class TokenGroup:
         if rowdef is not None:
             with writing(self.cache.path):
                 self._write_rowdef(r, rowdef)
-        record = {"stage": stage, "message": str(message)[:2000], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        record = {"stage": stage, "message": str(message)[:2000],
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "host": socket.gethostname(), "pid": os.getpid()}
         with writing(self.cache.path):
             self._g["status"][r] = MISSING
@@ -222,7 +224,8 @@ class TokenGroup:
         if what:
             hint = f"{what} is damaged, so the group must be rebuilt: delete {self.path} and rerun its command"
         else:
-            hint = (f"run `migfuse cache info {self.cache.path} --verify --mark-failed`, then the same `migfuse extract` "
+            hint = (f"run `migfuse cache info {self.cache.path} --verify --mark-failed`, "
+                    "then the same `migfuse extract` "
                     f"with --retry-failed (or `migfuse cache view` for a view) to rewrite it")
         return CorruptChunk(self.name, array, self.chunk_file(array, first_row), rows, cause, hint)
 
@@ -262,8 +265,8 @@ class TokenGroup:
         bad = np.flatnonzero(status != DONE)
         first = [ids[i] for i in bad[:3]]
         missing, failed = int((status == MISSING).sum()), int((status == FAILED).sum())
-        return KeyError(f"{len(bad)} rows are not done in cache group {self.name} ({missing} missing, {failed} failed), "
-                        f"e.g. {first}")
+        return KeyError(f"{len(bad)} rows are not done in cache group {self.name} "
+                        f"({missing} missing, {failed} failed), e.g. {first}")
 
     def read(self, clip_id: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays of one done row (ragged ones trimmed to their length).
@@ -305,7 +308,8 @@ class TokenGroup:
                 out[w] = self._read(w, rows[order])[inverse]
         return out
 
-    def iter_clips(self, ids: Sequence[str] | None = None, names: Sequence[str] | None = None) -> Iterator[tuple[str, dict]]:
+    def iter_clips(self, ids: Sequence[str] | None = None,
+                   names: Sequence[str] | None = None) -> Iterator[tuple[str, dict]]:
         """Yield (id, arrays) for done rows (all done rows when `ids` is None)."""
         for cid in (self.done_ids() if ids is None else ids):
             yield cid, self.read(cid, names)

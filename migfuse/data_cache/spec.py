@@ -43,7 +43,8 @@ class ArraySpec:
         if self.dims is not None:
             object.__setattr__(self, "dims", tuple(str(d) for d in self.dims))
             if len(self.dims) != len(self.shape) or len(set(self.dims)) != len(self.dims):
-                raise ValueError(f"dims {self.dims} do not name the {len(self.shape)} axes of shape {self.shape} once each")
+                raise ValueError(f"dims {self.dims} do not name the {len(self.shape)} "
+                                 f"axes of shape {self.shape} once each")
 
     def to_json(self) -> dict:
         return {"shape": list(self.shape), "dtype": self.dtype, "ragged": self.ragged,
@@ -52,7 +53,8 @@ class ArraySpec:
     @classmethod
     def from_json(cls, d: Mapping) -> "ArraySpec":
         dims = d.get("dims")
-        return cls(tuple(d["shape"]), d["dtype"], bool(d.get("ragged", False)), tuple(dims) if dims is not None else None)
+        return cls(tuple(d["shape"]), d["dtype"], bool(d.get("ragged", False)),
+                   tuple(dims) if dims is not None else None)
 
 
 def default_row_dim(group_name: str) -> str:

@@ -264,7 +264,8 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
         params = {**params, "track": track}
     done = src.done_ids()
     if not done:
-        raise UserError(f"cache group '{source}' in {cache.path} has no finished clips; run its `migfuse extract` first")
+        raise UserError(f"cache group '{source}' in {cache.path} has no finished clips; "
+                        "run its `migfuse extract` first")
     names = source_arrays(track)
     probe = fn(src.read_many(done[:1], names), **params)
     tokens_shape, mask_shape = probe["tokens"].shape[1:], probe["mask"].shape[1:]
@@ -348,7 +349,8 @@ def export_views(cache: TokenCache | str, out: TokenCache | str, batch_rows: int
         raise UserError(f"{out.path} exists and is not a token cache; give a new path for the views-only copy")
     views = [g for g in cache.group_names() if g.startswith(VIEW_PREFIX)]
     if not views:
-        raise UserError(f"cache {cache.path} has no views to export; make them first: `migfuse cache view {cache.path} --defaults`")
+        raise UserError(f"cache {cache.path} has no views to export; "
+                        f"make them first: `migfuse cache view {cache.path} --defaults`")
     copied: dict[str, int] = {}
     for name in views:
         src = cache.group(name)

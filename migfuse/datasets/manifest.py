@@ -206,7 +206,8 @@ class Manifest:
         for cid in clip_ids:
             clip = self.clip(cid)
             by_video.setdefault(clip.video_id, []).append(clip)
-        return {v: tuple(c.clip_id for c in sorted(cs, key=lambda c: (c.start_frame, c.k))) for v, cs in by_video.items()}
+        return {v: tuple(c.clip_id for c in sorted(cs, key=lambda c: (c.start_frame, c.k)))
+                for v, cs in by_video.items()}
 
     def skeleton(self, video_id: str | int) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped skeleton of a video: (T, 137, 3) float32 (x, y, conf in pixels) and (T,) bool

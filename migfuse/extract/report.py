@@ -55,11 +55,13 @@ def format_summary(summary: RunSummary, max_rows: int = 50) -> str:
     """A plain-text report: counts, then one line per failed row (id, stage, reason)."""
     rank, world = summary.shard
     lines = [f"{summary.group} shard {rank}/{world}: {summary.total} rows, {summary.done} written now, "
-             f"{summary.skipped} skipped (done or failed earlier), {len(summary.failed)} failed, {summary.seconds:.1f} s"]
+             f"{summary.skipped} skipped (done or failed earlier), {len(summary.failed)} failed, "
+             f"{summary.seconds:.1f} s"]
     if summary.timings:
         lines.append(format_timings(summary))
     if summary.redone:
-        lines.append(f"{summary.redone} rows were extracted again: their clip changed (frame range) since they were written")
+        lines.append(f"{summary.redone} rows were extracted again: "
+                     "their clip changed (frame range) since they were written")
     if summary.busy:
         lines.append(f"{summary.busy} rows left to another process extracting the same group; rerun after it ends")
     if summary.world_failed:

@@ -234,7 +234,8 @@ def _changed_rows(g: "TokenGroup", rowdefs: Mapping[str, str], written: list[str
 def _deliver(item: WorkItem, samples: Iterable[Sample], writer: "_Writer", seen: set[str]) -> None:
     for s in samples:
         if s.id not in item.ids or s.id in seen:
-            raise LoaderContractError(f"loader yielded row {s.id!r} that is not (or no longer) pending in item {item.key}")
+            raise LoaderContractError(f"loader yielded row {s.id!r} that is not (or no longer) "
+                                      f"pending in item {item.key}")
         seen.add(s.id)
         writer.add(s)
 
@@ -378,7 +379,8 @@ class _Writer:
         results = self.ex.forward([s.inputs for s in batch])
         self.timed("forward", t)
         if len(results) != len(batch):
-            raise RuntimeError(f"{type(self.ex).__name__}.forward returned {len(results)} results for {len(batch)} inputs")
+            raise RuntimeError(f"{type(self.ex).__name__}.forward returned {len(results)} "
+                               f"results for {len(batch)} inputs")
         for s, res in zip(batch, results):
             if isinstance(res, Failure):
                 self.fail(s.id, res)

@@ -250,7 +250,8 @@ def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, 
             msg = (f"cache group '{g.name}' in {g.cache.path} lacks {len(missing)} of the {len(ids)} {what} ids "
                    f"(e.g. {', '.join(missing[:3])})")
             if not allow_missing:
-                raise UserError(f"{msg}; finish `migfuse extract` / `migfuse cache view`, or pass --allow-missing to skip them")
+                raise UserError(f"{msg}; finish `migfuse extract` / `migfuse cache view`, "
+                                "or pass --allow-missing to skip them")
             log.warning("%s; skipped (--allow-missing)", msg)
             keep -= set(missing)
     return [i for i in ids if i in keep]

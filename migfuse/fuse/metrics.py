@@ -52,7 +52,8 @@ def mg_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) ->
         "n": int(len(labels)),
         "top1": topk_accuracy(probs, labels, 1),
         "top5": topk_accuracy(probs, labels, 5),
-        "mean_class_accuracy": float((np.diag(cm)[present] / support[present]).mean()) if present.any() else float("nan"),
+        "mean_class_accuracy": float((np.diag(cm)[present] / support[present]).mean())
+                               if present.any() else float("nan"),
         "per_class": per_class,
         "confusion": cm.tolist(),
     }

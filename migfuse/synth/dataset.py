@@ -108,7 +108,8 @@ def _miga_dirs(root: Path, layout: str, vid4: str, split: str) -> tuple[Path, Pa
         sk = "imigue_skeleton_validate" if split == "validation" else "imigue_skeleton_train"
         rgb = "validation_data" if split == "validation" else "train_data"
         return root / "imigue_data_phase1" / "datasets" / sk / vid4, root / "imigue_rgb_phase1" / rgb / vid4
-    folder = {"validation": "imigue_skeleton_validate", "test": "imigue_skeleton_test"}.get(split, "imigue_skeleton_train")
+    folder = {"validation": "imigue_skeleton_validate",
+              "test": "imigue_skeleton_test"}.get(split, "imigue_skeleton_train")
     return root / folder / vid4, root / folder / vid4
 
 
@@ -182,7 +183,8 @@ def generate_dataset(out: str | Path, layout: str = "miga2025", videos: int = 8,
         raise UserError(f"--clips-per-video must be at least 1 (got {clips_per_video})")
     root = Path(out)
     if root.exists() and any(root.iterdir()):
-        raise UserError(f"{root} is not empty: choose a new --out folder (generated data is never mixed with other files)")
+        raise UserError(f"{root} is not empty: choose a new --out folder "
+                        "(generated data is never mixed with other files)")
     root.mkdir(parents=True, exist_ok=True)
     truth: dict = {"layout": layout, "seed": seed, "fps": FPS, "videos": {}}
     oulu_rows = []

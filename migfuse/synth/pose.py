@@ -104,7 +104,8 @@ def _face(centre: np.ndarray) -> np.ndarray:
     return np.array(pts)
 
 
-def pose_sequence(n_frames: int, actions: list[Action], win: bool, absent: range, rng: np.random.Generator) -> np.ndarray:
+def pose_sequence(n_frames: int, actions: list[Action], win: bool,
+                  absent: range, rng: np.random.Generator) -> np.ndarray:
     """The skeleton of a whole video: (T, 137, 3) float32, zeros where nobody is in the frame."""
     out = np.zeros((n_frames, NUM_POINTS, 3), np.float32)
     conf = (0.75 + 0.2 * rng.random(NUM_POINTS)).astype(np.float32)

@@ -45,7 +45,8 @@ def synthetic_manifest(n_videos: int, clips_per_video: int, num_classes: int, se
             miga = "train"
         win_lose = "Win" if (v // 2) % 2 == 0 else "Lose"
         emotion = "train" if v % 2 == 0 else "test"
-        videos[vid] = VideoInfo(vid, subject=v + 1, win_lose=win_lose, split_emotion=emotion, n_frames=clips_per_video * 50)
+        videos[vid] = VideoInfo(vid, subject=v + 1, win_lose=win_lose, split_emotion=emotion,
+                                n_frames=clips_per_video * 50)
         labels = rng.permutation([(v + k) % num_classes for k in range(clips_per_video)])
         for k in range(clips_per_video):
             raw = classes.index_to_raw(int(labels[k]))
@@ -110,7 +111,8 @@ def write_synthetic(root: str | Path, n_videos: int = 8, clips_per_video: int = 
             g = group(f"{stream}/agcn", clip_ids, {"features": ArraySpec(shape, "float16")})
             for c in m.clips:
                 if c.clip_id not in skip:
-                    g.write(c.clip_id, {"features": mg.add(rng.standard_normal(shape, np.float32), c.label, stream, axis=0)})
+                    g.write(c.clip_id, {"features": mg.add(rng.standard_normal(shape, np.float32),
+                                                           c.label, stream, axis=0)})
     if "face" in tracks:
         g = group("face/swinface", clip_ids, {"features": ArraySpec((faces, FACE_DIM), "float16"),
                                               "logits": ArraySpec((faces, FACE_LOGITS), "float16"),
@@ -119,7 +121,8 @@ def write_synthetic(root: str | Path, n_videos: int = 8, clips_per_video: int = 
             if c.clip_id not in skip:
                 mask = rng.random(faces) < 0.7
                 feats = mg.add(rng.standard_normal((faces, FACE_DIM), np.float32), c.label, "face") * mask[:, None]
-                g.write(c.clip_id, {"features": feats, "logits": rng.standard_normal((faces, FACE_LOGITS)), "mask": mask})
+                g.write(c.clip_id, {"features": feats,
+                                    "logits": rng.standard_normal((faces, FACE_LOGITS)), "mask": mask})
     if "context" in tracks:
         shape = (windows, *VIDEO_SHAPE)
         g = group("context/mvit_v2_s", video_ids, {"tokens": ArraySpec(shape, "float16"),

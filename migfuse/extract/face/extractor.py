@@ -6,7 +6,8 @@ Split along the runner's line (docs/contracts.md, "Extraction runner"):
     released then, so memory does not grow with the video's length), sample K face frames per
     clip (uniform over the clip, the video track's rule) or per context window (K of the window's
     frames, the context track's windows), detect faces with MTCNN (on the CPU, or on the GPU of
-    an extraction that runs on one, several rows per call), keep ONE main face per row (`detect.select_main_face`: anchored on the largest confident face, followed by
+    an extraction that runs on one, several rows per call),
+    keep ONE main face per row (`detect.select_main_face`: anchored on the largest confident face, followed by
     overlap), align it to the ArcFace 112x112 template; frames without it are masked, never filled;
   * forward (main process): SwinFace on the aligned crops; per face frame the expression-branch
     512-d feature and the 7 expression logits (optionally the 7x7x768 global tokens).
@@ -115,7 +116,8 @@ class FaceLoader:
     def __call__(self, item: WorkItem) -> Iterator[Sample]:
         path = self.paths.get(item.key)
         if not path:
-            msg = f"no video file for video {item.key} in videos.csv (put the mp4 next to its labels and re-run `migfuse data prepare`)"
+            msg = (f"no video file for video {item.key} in videos.csv "
+                   "(put the mp4 next to its labels and re-run `migfuse data prepare`)")
             yield from (Sample(row, failure=Failure("open", msg)) for row in item.ids)
             return
         if self.scope == "clip":
@@ -230,7 +232,8 @@ class FaceExtractor(TrackExtractor):
         weights = weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED)
         sampling = ({"rule": "K frames at uniform segment centres over [start_frame, end_frame]", "frames": self.frames}
                     if not self.track.per_video else
-                    {"rule": "K of each context window's frames (uniform)", "frames": self.frames, "windows": self.context.record()})
+                    {"rule": "K of each context window's frames (uniform)", "frames": self.frames,
+                     "windows": self.context.record()})
         return {"track": self.track.name, "backbone": self.backbone_name, **weights, "sampling": sampling,
                 "detector": "facenet-pytorch 2.6.0 MTCNN (bundled weights), min prob 0.9, one main face per row",
                 "alignment": "5-landmark similarity (Umeyama) to the ArcFace 112x112 template",
