@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -24,14 +24,19 @@ from migfuse.data_cache.spec import (DONE, FAILED, MISSING, ArraySpec, GroupSpec
                                      format_arrays, name_dims, value_at)
 from migfuse.errors import UserError
 
-if TYPE_CHECKING:
-    from migfuse.data_cache.cache import TokenCache
+
+class OpenedBy(Protocol):
+    """What a group keeps of the `TokenCache` that opened it (its folder; callers reach the cache's
+    other groups through it). A protocol, so that this module does not import cache.py, which
+    imports it."""
+
+    path: Path
 
 
 class TokenGroup:
     """One (track, backbone) group or view: per-row arrays keyed by id."""
 
-    def __init__(self, cache: TokenCache, zgroup: Any) -> None:
+    def __init__(self, cache: OpenedBy, zgroup: Any) -> None:
         self.cache = cache
         self._g = zgroup
         meta = dict(zgroup.attrs)["migfuse"]
