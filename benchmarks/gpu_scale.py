@@ -11,7 +11,7 @@ here slightly cheaper per clip than on iMiGUE). Skeleton tracks run on generated
 (`migfuse.synth.skeletons`) with a published-size 2s-AGCN (random weights).
 
 Per track (video, context, face, face_context, joint, bone), all through the real `extract` path
-(`runner.extract` with the device's default batch and workers):
+(`runner.run_extractor` with the device's default batch and workers):
   * two runs on N/2 (every other clip of every video) and N rows into fresh caches, after the
     ceilings below so that both meet a warm process: marginal rate = (N - N/2) / (t_N - t_N/2), fixed
     cost = t_N/2 - (N/2) / marginal (model build, CUDA start, worker spawn, cache creation);
