@@ -324,9 +324,14 @@ def test_skeleton_rows_equal_across_batch_composition_and_other_batch_size_is_re
     assert snapshot(tmp_path / "b.zarr", "joint/agcn") == snapshot(tmp_path / "a.zarr", "joint/agcn")
     g = TokenCache(tmp_path / "a.zarr").group("joint/agcn")
     assert g.provenance["compute"] == {"device": "cpu", "precision": "fp32", "forward_batch": 5}
-    with pytest.raises(UserError, match=r"written with compute.forward_batch=5 "
-                                        r"but this run has compute.forward_batch=4"):
+    with pytest.raises(UserError, match=r"was written with forward_batch=5, but this run has forward_batch=4: "
+                                        r"rerun with --batch-size 5 to resume it, or use another --cache"):
         run_extraction(ex(), tmp_path / "a.zarr", batch_size=4, workers=0)
+    # a cache written in fp32 (the CPU default before --precision auto) and a run in bf16: both options named
+    with pytest.raises(UserError, match=r"was written with precision='fp32', forward_batch=5, but this run has "
+                                        r"precision='bf16', forward_batch=4: "
+                                        r"rerun with --precision fp32 --batch-size 5"):
+        run_extraction(ex(), tmp_path / "a.zarr", runtime=Runtime("cpu", Precision.BF16), batch_size=4, workers=0)
 
 
 def test_skeleton_clip_running_past_the_skeleton_fails_instead_of_being_clamped(toy, tmp_path):

@@ -407,9 +407,28 @@ def _open_group(extractor: Extractor, cache: "TokenCache | str | Path") -> "Toke
 
     if not isinstance(cache, TokenCache):
         cache = TokenCache(cache)
+    compute = {**extractor.runtime.record(), "forward_batch": extractor.batch}
+    if cache.has_group(extractor.group):
+        _check_compute(cache.group(extractor.group), compute)
     return cache.require_group(
         GroupSpec(name=extractor.group, ids=extractor.ids(), arrays=extractor.arrays(),
-                  provenance={**extractor.provenance(),
-                              "compute": {**extractor.runtime.record(), "forward_batch": extractor.batch}},
-                  environment=extractor.environment())
+                  provenance={**extractor.provenance(), "compute": compute}, environment=extractor.environment())
     )
+
+
+# the option that sets each key of provenance["compute"]
+_COMPUTE_OPTIONS = {"precision": "--precision", "forward_batch": "--batch-size", "device": "--device"}
+
+
+def _check_compute(group: "TokenGroup", compute: Mapping[str, Any]) -> None:
+    """A group written with another device, precision or forward batch is refused in one line that
+    names the options which resume it (e.g. a cache extracted in fp32 before `--precision auto`
+    chose bf16 on this machine)."""
+    stored = group.provenance.get("compute") or {}
+    differ = [k for k in _COMPUTE_OPTIONS if k in stored and stored[k] != compute.get(k)]
+    if differ:
+        was = ", ".join(f"{k}={stored[k]!r}" for k in differ)
+        now = ", ".join(f"{k}={compute.get(k)!r}" for k in differ)
+        resume = " ".join(f"{_COMPUTE_OPTIONS[k]} {stored[k]}" for k in differ)
+        raise UserError(f"cache group '{group.name}' in {group.cache.path} was written with {was}, but this run has "
+                        f"{now}: rerun with {resume} to resume it, or use another --cache")
