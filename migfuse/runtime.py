@@ -96,9 +96,10 @@ def resolve_device(requested: str | None = "auto", env: Mapping[str, str] | None
         device = f"cuda:{local}"
     else:
         device = "cuda"
-    # said when something was decided (auto, cuda -> cuda:N); an explicit "cpu" only with -v
-    log.log(logging.DEBUG if device == req else logging.INFO, "device: %s (asked for %s%s)", device, req,
-            f", LOCAL_RANK {env['LOCAL_RANK']}" if "LOCAL_RANK" in env else "")
+    # a debug line: the commands say where they run in their own first line, after their cheap checks,
+    # so that an error a user caused stays the only line
+    log.debug("device: %s (asked for %s%s)", device, req,
+              f", LOCAL_RANK {env['LOCAL_RANK']}" if "LOCAL_RANK" in env else "")
     return device
 
 

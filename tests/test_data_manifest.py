@@ -47,6 +47,15 @@ def test_round_trip_and_queries(tmp_path):
 def test_errors(tmp_path):
     with pytest.raises(UserError, match=r"no manifest.csv in .*data prepare"):
         Manifest.load(tmp_path)
+    # the usual mix-ups get their own fix: a file, the cache given as --data, a folder not there
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"afile is a file, not a PREPARED folder"):
+        Manifest.load(tmp_path / "afile")
+    (tmp_path / "c.zarr").mkdir()
+    with pytest.raises(UserError, match=r"c.zarr is a token cache, not a PREPARED folder: did you swap --cache and"):
+        Manifest.load(tmp_path / "c.zarr")
+    with pytest.raises(UserError, match=r"no PREPARED folder at .*nothing: run `migfuse data prepare"):
+        Manifest.load(tmp_path / "nothing")
     _small(tmp_path)
     m = Manifest.load(tmp_path)
     with pytest.raises(UserError, match="video 0009 has no skeleton"):

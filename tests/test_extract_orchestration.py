@@ -156,7 +156,7 @@ def test_cuda_without_cuda_is_one_line_before_the_cache_is_touched(track, toy, v
     with pytest.raises(UserError, match=r"--device cuda but this torch \(.*\) has no CUDA device; use --device cpu"):
         go(tmp_path / "c.zarr", device="cuda")
     assert not (tmp_path / "c.zarr").exists()
-    caplog.set_level("INFO", logger="migfuse.runtime")
+    caplog.set_level("DEBUG", logger="migfuse.runtime")
     assert resolve_device("auto", {}) == "cpu" and "device: cpu (asked for auto)" in caplog.text
 
 

@@ -48,7 +48,7 @@ def test_one_learning_rate_schedule():
 RUNTIME_OPTIONS = ["--device", "--precision", "--compile", "--threads", "--trust-checkpoint"]
 MODEL_COMMANDS = [["extract", "video"], ["extract", "context"], ["extract", "skeleton"], ["extract", "face"],
                   ["backbone", "run"], ["backbone", "train", "video"], ["backbone", "train", "skeleton"],
-                  ["fuse", "train"], ["demo"]]
+                  ["fuse", "train"], ["fuse", "eval"], ["fuse", "predict"], ["demo"]]
 
 
 def _option_blocks(help_text: str) -> dict[str, str]:

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import errno
 import functools
 import signal
 from contextlib import contextmanager
@@ -71,6 +72,12 @@ class App(typer.Typer):
                         raise
                     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
                     raise typer.Exit(2) from None
+                except OSError as e:
+                    message = _path_problem(e)
+                    if message is None:
+                        raise
+                    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+                    raise typer.Exit(2) from None
 
             register(guarded)
             return fn
@@ -82,6 +89,29 @@ class App(typer.Typer):
 _PIPELINE_ORDER = ["data", "backbone", "extract", "cache", "fuse", "scores", "export", "score", "demo"]
 # Flags of the root that a user may also type after the subcommand (`migfuse fuse train ... -v`).
 _ROOT_FLAGS = {"-v": "--verbose", "--verbose": "--verbose", "--version": "--version"}
+
+
+# What a path the user gave can be wrong with, as errno -> the fix (anything else keeps its traceback).
+_PATH_FIXES = {
+    errno.EEXIST: "a file is in the way: choose another path, or move that file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder, not a file: name a file",
+    errno.ENOENT: "it does not exist: check the path",
+    errno.EACCES: "permission denied: choose a path you may write to",
+    errno.EPERM: "operation not permitted: choose a path you may write to",
+    errno.EROFS: "the file system is read-only: choose another path",
+    errno.ENOSPC: "the disk is full: free space or choose another disk",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+}
+
+
+def _path_problem(error: OSError) -> str | None:
+    """One line for an OSError on a path (a file where a folder must go, a full disk...), or None
+    when it is not about a path the user can change (a bug keeps its traceback)."""
+    if error.filename is None or error.errno not in _PATH_FIXES:
+        return None
+    where = f"{error.filename}" + (f" -> {error.filename2}" if getattr(error, "filename2", None) else "")
+    return f"cannot use {where}: {_PATH_FIXES[error.errno]} ({error.strerror})"
 
 
 class Group(TyperGroup):
@@ -121,8 +151,8 @@ class OneLineUsageError(UsageError):
     help, like every other error a user can cause, instead of click's usage block."""
 
     def show(self, file: Any = None) -> None:
-        message = self.format_message().replace("Value error, ", "").rstrip(".")
-        where = f"; see `{self.ctx.command_path} -h`" if self.ctx is not None else ""
+        message = " ".join(self.format_message().replace("Value error, ", "").split()).rstrip(".")
+        where = f" (see `{self.ctx.command_path} -h`)" if self.ctx is not None else ""
         typer.secho(f"error: {message}{where}", err=True, fg=typer.colors.RED)
 
 
@@ -156,9 +186,11 @@ def group(help: str) -> App:
                 pretty_exceptions_show_locals=False, context_settings={"help_option_names": ["-h", "--help"]})
 
 
-def deprecated(old: str, new: str) -> None:
-    """One warning line for an old spelling that still works (an option or a command renamed)."""
-    typer.secho(f"warning: {old} is deprecated: use {new} (the old spelling will be removed in a later release)",
+def deprecated(old: str, new: str | None = None, why: str = "") -> None:
+    """The one warning line of an old spelling that still works: `use NEW` (a renamed option, value or
+    command), or, with `new=None`, `why` it is not needed any more."""
+    instead = f"use {new}" if new is not None else why
+    typer.secho(f"warning: {old} is deprecated: {instead} (the old spelling will be removed in a later release)",
                 err=True, fg=typer.colors.YELLOW)
 
 

@@ -14,6 +14,9 @@ from migfuse.commands.options import (Arch, BatchSizeOpt, ConfigOpt, DataOpt, Ep
 from migfuse.errors import UserError
 from migfuse.training.recipe import BALANCE, OLD_WORDS  # the balance words of every trainer (torch-free)
 
+#: seed of the random weights without --checkpoint (extraction's, so both give the same numbers)
+RANDOM_WEIGHTS_SEED = 0
+
 app = group("Inspect, run and train the backbones (check a checkpoint before extracting).")
 train_app = group("Fine-tune a backbone on a prepared dataset (the skeleton track: no public 2s-AGCN checkpoint "
                   "fits iMiGUE's OpenPose skeleton).")
@@ -35,10 +38,14 @@ def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str],
 
     if layout is not None:
         options["layout"] = layout
+    if checkpoint is None:
+        import torch
+
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)  # the same random weights every run, as extraction's
     bb = create_backbone(name, **options)
     if checkpoint is None:
-        typer.secho(f"WARNING: no --checkpoint given: {name} has RANDOM weights, its outputs mean nothing",
-                    err=True, fg=typer.colors.YELLOW, bold=True)
+        typer.secho(f"WARNING: no --checkpoint given: {name} has RANDOM weights (seed {RANDOM_WEIGHTS_SEED}), its "
+                    "outputs mean nothing", err=True, fg=typer.colors.YELLOW, bold=True)
         return bb, None
     return bb, bb.load(checkpoint, trusted=trusted)
 
@@ -82,8 +89,8 @@ def backbone_run(
     input_path: Annotated[Path, typer.Option("--input", help="Input .npy array in the backbone's input layout "
                                              "(see `info`).")],
     runtime: RuntimeOptions,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output .npz file: one array per named output.")]
-    = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output .npz file: one array per named output "
+                                                "(required).")] = None,
     checkpoint: CheckpointOpt = None,
     layout: LayoutOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", hidden=True, help="Old name of --out.")] = None,
@@ -96,23 +103,28 @@ def backbone_run(
     import numpy as np
 
     if output is not None:
-        deprecated("backbone run --output", "--out")
-        out = out or output
+        if out is not None:
+            raise UserError("give --out only (--output is its old name)")
+        deprecated("--output", "--out")
+        out = output
     if out is None:
         raise UserError("give --out FILE.npz: where to write the outputs")
-    rt = runtime.resolve()
-    bb, _ = _open_backbone(name, checkpoint, layout, rt.trust_checkpoint, device=rt.device)
+    from migfuse.backbones.registry import backbone_class
+
+    input_doc = backbone_class(name).input_doc  # the input is checked before any model is built
     if not input_path.is_file():
-        raise UserError(f"input not found: {input_path} (pass a .npy array shaped {bb.input_doc})")
+        raise UserError(f"input not found: {input_path} (pass a .npy array shaped {input_doc})")
     try:
         x = np.load(input_path, allow_pickle=False)
     except ValueError as e:
-        raise UserError(f"cannot read {input_path} as a .npy array ({e}); {name} expects {bb.input_doc}") from None
-    expected = _leading_shape(bb.input_doc)
+        raise UserError(f"cannot read {input_path} as a .npy array ({e}); {name} expects {input_doc}") from None
+    expected = _leading_shape(input_doc)
     # only numeric dimensions are fixed ("3" or "C=3"); named ones (N, T, V) take any size
     fixed = [(d.split("=")[-1], s) for d, s in zip(expected, x.shape)]
     if x.ndim != len(expected) or any(int(d) != s for d, s in fixed if d.isdigit()):
-        raise UserError(f"{input_path} has shape {x.shape}; {name} expects {bb.input_doc}")
+        raise UserError(f"{input_path} has shape {x.shape}; {name} expects {input_doc}")
+    rt = runtime.resolve()
+    bb, _ = _open_backbone(name, checkpoint, layout, rt.trust_checkpoint, device=rt.device)
     try:
         with rt.cpu_threads(), rt.autocast():
             outputs = bb.run(x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x)
@@ -139,28 +151,32 @@ def _leading_shape(input_doc: str) -> list[str]:
 def backbone_train_skeleton(
     data: DataOpt,
     runtime: RuntimeOptions,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder: config.json, metrics.jsonl/.csv, "
-                                                "curves.png, best.pt, last.pt, train.log (default "
-                                                "runs/skeleton-ARCH-STREAM-LAYOUT). Rerunning the same command "
-                                                "resumes.")] = None,
-    stream: Annotated[Optional[Stream], typer.Option("--stream", help="Default: joint.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", show_default="runs/skeleton-ARCH-STREAM-LAYOUT",
+        help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, last.pt, train.log. Rerunning the "
+             "same command resumes.")] = None,
+    stream: Annotated[Optional[Stream], typer.Option("--stream", show_default="joint",
+                                                     help="The stream to train.")] = None,
     layout: Annotated[Optional[SkeletonLayout], typer.Option(
-        "--layout", help="Graph: imigue (55 joints, the default), openpose22 (MiGA baselines), openpose-18 or "
-                         "coco-17.")] = None,
-    arch: Annotated[Optional[Arch], typer.Option("--arch", help="agcn (lshiwjx/2s-AGCN, the default) or aagcn "
-                                                 "(mmaction2).")] = None,
-    length: Annotated[Optional[int], typer.Option("--length", min=4, help="Frames each clip is resampled to. "
-                                                  "Default: 64.")] = None,
-    base_channels: Annotated[Optional[int], typer.Option("--base-channels", min=4, help="Width of the first "
-                                                         "units. Default: 64, as published.")] = None,
+        "--layout", show_default="imigue",
+        help="Graph: imigue (55 joints), openpose22 (MiGA baselines), openpose-18 or "
+                         "coco-17 (ntu-25 and nturgb+d are NTU's 3-D joints: not read from OpenPose points).")]
+    = None,
+    arch: Annotated[Optional[Arch], typer.Option("--arch", show_default="agcn",
+                                                 help="agcn (lshiwjx/2s-AGCN) or aagcn (mmaction2).")] = None,
+    length: Annotated[Optional[int], typer.Option("--length", min=4, max=1024, show_default="64",
+                                                  help="Frames each clip is resampled to.")] = None,
+    base_channels: Annotated[Optional[int], typer.Option("--base-channels", min=4, show_default="64, as published",
+                                                         help="Width of the first units.")] = None,
     balance: Annotated[Optional[str], typer.Option(
-        "--balance", help="Long tail: loss (class-weighted loss, the default), sampler (class-balanced draws) or "
-                          "none.", **choice(BALANCE, OLD_WORDS["balance"], "--balance"))] = None,
+        "--balance", show_default="loss", help="Long tail: loss (class-weighted loss), sampler (class-balanced "
+                                               "draws) or none.", **choice(BALANCE, OLD_WORDS["balance"], "--balance"))]
+    = None,
     init: Annotated[Optional[Path], typer.Option("--init", help="Start from a published checkpoint of the same "
                                                  "--arch/--layout, e.g. mmaction2 coco 2s-AGCN with --arch "
                                                  "aagcn --layout coco-17.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes. "
-                                                   "Default: 0.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, show_default="0",
+                                                   help="DataLoader worker processes.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: EpochsOpt = None,

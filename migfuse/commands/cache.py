@@ -16,7 +16,7 @@ app = group("Inspect the token cache and derive small pooled views for training.
 @app.command("info")
 def cache_info_cmd(
     cache: CacheArg,
-    failures: Annotated[int, typer.Option(help="How many failure records to list per group.")] = 5,
+    failures: Annotated[int, typer.Option(min=0, help="How many failure records to list per group.")] = 5,
     verify: Annotated[bool, typer.Option("--verify", help="Decode every chunk of every row; exit 2 naming the first "
                                                           "corrupt chunk (group, row id, file).")] = False,
     mark_failed: Annotated[bool, typer.Option("--mark-failed", help="With --verify: record the rows of corrupt chunks "
@@ -68,8 +68,8 @@ def cache_view_cmd(
     group: Annotated[Optional[str], typer.Option(help="Source group, e.g. video/mvit_v2_s "
                                                       "(see `migfuse cache info`).")] = None,
     pool: Annotated[Optional[str], typer.Option(help="Pooling: video_time, video_cls, pose_parts, pose_time, "
-                                                     "face_keep, context_cls_mean, raw. "
-                                                     "Default: the track's default.")] = None,
+                                                     "face_keep, context_cls_mean, raw.",
+                                                show_default="the track's")] = None,
     time_steps: Annotated[Optional[int], typer.Option(help="pose_parts/pose_time: time tokens kept "
                                                            "(adaptive mean).")] = None,
     parts: Annotated[Optional[int], typer.Option(help="pose_parts: number of body-part groups "
@@ -107,7 +107,7 @@ def cache_view_cmd(
                             "run `migfuse extract` first")
         return
     if not name or not group:
-        raise UserError("give --name NAME and --group GROUP (or --defaults); see `migfuse cache view --help`")
+        raise UserError("give --name NAME and --group GROUP (or --defaults); see `migfuse cache view -h`")
     params = {k: v for k, v in {"time_steps": time_steps, "parts": parts}.items() if v is not None}
     view = make_view(cache, name, group, pooling=pool, overwrite=overwrite, **params)
     typer.echo(f"{view.name}: {len(view.done_ids())}/{len(view.ids)} rows, tokens {view.arrays['tokens'].shape}")

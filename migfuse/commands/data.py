@@ -15,9 +15,12 @@ app = group("Read an iMiGUE download into one clip manifest and fast skeleton ar
 _OldLayoutOpt = Annotated[Optional[str], typer.Option("--layout", hidden=True, help="Old name of --dataset-layout.")]
 
 
-def _dataset_layout(new: str, old: Optional[str]) -> str:
+def _dataset_layout(new: Optional[str], old: Optional[str], default: str) -> str:
+    """--dataset-layout, or its old name --layout (one deprecation line); both at once are refused."""
     if old is None:
-        return new
+        return new or default
+    if new is not None:
+        raise UserError("give --dataset-layout only (--layout is its old name here)")
     deprecated("--layout (the dataset layout)", "--dataset-layout")
     return old
 
@@ -27,10 +30,10 @@ def data_prepare(
     root: Annotated[Path, typer.Option(help="Folder of the unpacked dataset download (any supported layout).")],
     out: Annotated[Path, typer.Option(help="PREPARED folder to write: manifest.csv, videos.csv, skeletons/, "
                                       "prepare_report.json.")],
-    dataset_layout: Annotated[DatasetLayout, typer.Option(
-        "--dataset-layout", help="auto | oulu (Label/labels_20200831.csv + OpenPose JSON or xlsx) | miga2025 "
-                                 "(<vid4>_label.csv + _openpose.xlsx) | miga2023 (<vid4>_label.csv + "
-                                 "_light_hand.csv).")] = DatasetLayout.auto,
+    dataset_layout: Annotated[Optional[DatasetLayout], typer.Option(
+        "--dataset-layout", show_default="auto",
+        help="auto | oulu (Label/labels_20200831.csv + OpenPose JSON or xlsx) | miga2025 (<vid4>_label.csv + "
+             "_openpose.xlsx) | miga2023 (<vid4>_label.csv + _light_hand.csv).")] = None,
     frame_base: Annotated[int, typer.Option(help="Frame number of the first frame in MiGA _label.csv files "
                                             "(0 = as labels_20200831.csv; see docs/data.md).")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Processes converting skeletons in parallel.")] = 1,
@@ -53,8 +56,9 @@ def data_prepare(
     from migfuse.datasets.prepare import prepare
 
     if reuse:
-        deprecated("--reuse", "nothing (reusing unchanged skeletons is the default; --no-reuse turns it off)")
-    result = prepare(root, out, layout=_dataset_layout(dataset_layout.value, layout), frame_base=frame_base,
+        deprecated("--reuse", why="reusing unchanged skeletons is the default (--no-reuse turns it off)")
+    chosen = _dataset_layout(dataset_layout.value if dataset_layout else None, layout, DatasetLayout.auto.value)
+    result = prepare(root, out, layout=chosen, frame_base=frame_base,
                      workers=workers, reuse=not no_reuse)
     report = result.report
     typer.echo(f"{report['layout']} layout: {report['clips']} clips, {report['videos']} videos, "
@@ -73,8 +77,8 @@ def data_prepare(
 @app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option(help="Empty folder to write the generated dataset into.")],
-    dataset_layout: Annotated[SynthLayout, typer.Option(
-        "--dataset-layout", help="The real layout to write.")] = SynthLayout.miga2025,
+    dataset_layout: Annotated[Optional[SynthLayout], typer.Option(
+        "--dataset-layout", show_default="miga2025", help="The real layout to write.")] = None,
     videos: Annotated[int, typer.Option(min=1, max=16, help="Number of videos (the first 8 cover every split).")] = 8,
     clips_per_video: Annotated[int, typer.Option(min=1, help="Micro-gesture clips per video.")] = 8,
     seed: Annotated[int, typer.Option(min=0, help="Random seed: the same seed gives the same dataset.")] = 0,
@@ -86,7 +90,7 @@ def data_synth(
     Read it with `migfuse data prepare --root OUT`."""
     from migfuse.synth import generate_dataset
 
-    chosen = _dataset_layout(dataset_layout.value, layout)
+    chosen = _dataset_layout(dataset_layout.value if dataset_layout else None, layout, SynthLayout.miga2025.value)
     root = generate_dataset(out, layout=chosen, videos=videos, seed=seed, clips_per_video=clips_per_video)
     typer.echo(f"wrote a generated {chosen} dataset to {root} (ground truth: {root / 'ground_truth.json'})")
 

@@ -16,16 +16,16 @@ ScoresArg = Annotated[Path, typer.Argument(metavar="SCORES", help="Scores .npz w
                                            "`fuse late`.")]
 SplitOpt = Annotated[Split, typer.Option(help="The split to export (manifest column split_miga / split_emotion).")]
 HeaderOpt = Annotated[Optional[str], typer.Option(
-    help="CSV header as two names, e.g. Id,Target, or 'none' for no header line. Default: the format's.")]
+    show_default="the format's", help="CSV header as two names, e.g. Id,Target, or 'none' for no header line.")]
 WinLabelOpt = Annotated[int, typer.Option(help="Target written for Win (Lose gets the other of 0/1).")]
 
 
 def export_command(fmt) -> Callable[..., None]:
     """The `migfuse export NAME` command of one registered format (`migfuse.fuse.export`)."""
-    out_help = (f"NAME.zip, NAME.csv (a bare CSV + NAME.zip) or a folder, created. Default: ./{fmt.zip_name}.")
+    out_help = "NAME.zip, NAME.csv (a bare CSV + NAME.zip) or a folder, created."
 
     def command(scores: ScoresArg, data: DataOpt,
-                out: Annotated[Optional[Path], typer.Option(help=out_help)] = None,
+                out: Annotated[Optional[Path], typer.Option(help=out_help, show_default=f"./{fmt.zip_name}")] = None,
                 split: SplitOpt = Split.test, header: HeaderOpt = None, win_label: WinLabelOpt = 1) -> None:
         from migfuse.fuse.export import export_scores
 
@@ -69,9 +69,10 @@ def score_cmd(
                                                               "or scores .npz.")],
     data: DataOpt,
     split: Annotated[Optional[Split], typer.Option(
-        help="Require exactly this split's ids. Default: score the ids the file has.")] = None,
-    scheme: Annotated[Optional[Scheme], typer.Option(help="The split column. Default: by task.")] = None,
-    task: Annotated[Optional[Task], typer.Option(help="Default: guessed from the ids.")] = None,
+        help="Require exactly this split's ids.", show_default="the ids the file has")] = None,
+    scheme: Annotated[Optional[Scheme], typer.Option(help="The split column.", show_default="by task")] = None,
+    task: Annotated[Optional[Task], typer.Option(help="The task of the file.", show_default="guessed from the ids")]
+    = None,
     win_label: Annotated[int, typer.Option(help="Emotion files: the target that means Win.")] = 1,
     out: Annotated[Optional[Path], typer.Option(
         help="Folder for metrics.json, per_class.csv and the charts (confusion, per-class, ROC for emotion).")]

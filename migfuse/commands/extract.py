@@ -18,8 +18,10 @@ from migfuse.commands.options import (CacheOpt, DataOpt, Decoder, ExtractOptions
 
 app = group("Turn clips into token tensors in the Zarr cache (resumable, sharded, failures recorded).")
 
-FramesOpt = Annotated[int, typer.Option("--frames", min=1, max=64,
-                                        help="Frames per window (MViTv2-S: 16) / face frames per clip or window.")]
+ClipFramesOpt = Annotated[Optional[int], typer.Option(
+    "--frames", min=1, max=64, show_default="the backbone's recipe: 16 for MViTv2-S",
+    help="Frames per window. A backbone with a recipe takes only its own count.")]
+FaceFramesOpt = Annotated[int, typer.Option("--frames", min=1, max=64, help="Face frames per clip or per window.")]
 VideoRootOpt = Annotated[Optional[Path], typer.Option(
     "--video-root", envvar="MIGFUSE_VIDEO_ROOT", exists=True, file_okay=False,
     help="Folder the videos are in now, if moved since `data prepare` (env MIGFUSE_VIDEO_ROOT).")]
@@ -64,10 +66,10 @@ def extract_video(
     run: ExtractOptions,
     checkpoint: VideoCheckpointOpt = None,
     backbone: BackboneOpt = "mvit_v2_s",
-    frames: FramesOpt = 16,
+    frames: ClipFramesOpt = None,
     windows: Annotated[int, typer.Option(
-        "--windows", min=1, max=64, help="Up to this many 16-frame windows per long clip (one per 64 frames); "
-                                         "stored ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
+        "--windows", min=1, max=64, help="Up to this many windows per long clip (one per 64 frames); stored "
+                                         "ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
     video_root: VideoRootOpt = None,
     decoder: DecoderOpt = Decoder.cpu,
 ) -> None:
@@ -93,7 +95,7 @@ def extract_context(
     run: ExtractOptions,
     checkpoint: VideoCheckpointOpt = None,
     backbone: BackboneOpt = "mvit_v2_s",
-    frames: FramesOpt = 16,
+    frames: ClipFramesOpt = None,
     context_windows: ContextWindowsOpt = 8,
     video_root: VideoRootOpt = None,
     decoder: DecoderOpt = Decoder.cpu,
@@ -120,8 +122,8 @@ def extract_skeleton(
     stream: Annotated[Stream, typer.Option("--stream", help="Must match the checkpoint.")] = Stream.joint,
     layout: Annotated[Optional[SkeletonLayout], typer.Option(
         "--layout", help="Only for checkpoints without migfuse provenance: their graph layout.")] = None,
-    length: Annotated[Optional[int], typer.Option("--length", min=4, max=1024, help="Only for checkpoints without "
-                                                  "migfuse provenance: frames per clip. Default: 64.")] = None,
+    length: Annotated[Optional[int], typer.Option("--length", min=4, max=1024, show_default="64", help="Only for "
+                                                  "checkpoints without migfuse provenance: frames per clip.")] = None,
 ) -> None:
     """2s-AGCN feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
 
@@ -149,7 +151,7 @@ def extract_face(
     scope: Annotated[FaceScope, typer.Option(
         "--scope", help="clip: K faces per clip -> face/swinface; context: K faces per context window of each "
                         "video -> face_context/swinface.")] = FaceScope.clip,
-    frames: FramesOpt = 8,
+    frames: FaceFramesOpt = 8,
     context_windows: ContextWindowsOpt = 8,
     global_tokens: Annotated[bool, typer.Option("--global-tokens", help="Also store SwinFace's 7x7x768 global "
                                                 "tokens per face.")] = False,

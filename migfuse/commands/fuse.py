@@ -19,8 +19,9 @@ scores_app = group("Old name of `migfuse fuse import`.")
 
 AllowMissingOpt = Annotated[bool, typer.Option("--allow-missing", help="Skip clips the cache lacks.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")]
-RunCacheOpt = Annotated[Optional[Path], typer.Option(help="Cache to read (default: the one the run was trained on).")]
-RunDataOpt = Annotated[Optional[Path], typer.Option(help="PREPARED folder (default: the run's).")]
+RunCacheOpt = Annotated[Optional[Path], typer.Option(help="Cache to read.",
+                                                     show_default="the one the run was trained on")]
+RunDataOpt = Annotated[Optional[Path], typer.Option(help="PREPARED folder.", show_default="the run's")]
 
 
 @app.command("train")
@@ -34,8 +35,8 @@ def fuse_train_cmd(
     out: Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, "
                                            "last.pt, train.log. Rerunning the same command resumes.")],
     runtime: RuntimeOptions,
-    head: Annotated[Optional[str], typer.Option(help="Head (`migfuse fuse heads`). Default: cmtf (mg), interfusion "
-                                                     "(emotion).")] = None,
+    head: Annotated[Optional[str], typer.Option(help="Head (`migfuse fuse heads`).",
+                                                show_default="cmtf for mg, interfusion for emotion")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     epochs: EpochsOpt = None,
@@ -65,8 +66,10 @@ def fuse_train_cmd(
 
 
 @app.command("eval")
+@with_options(RuntimeOptions)
 def fuse_eval_cmd(
     run: RunArg,
+    runtime: RuntimeOptions,
     split: Annotated[Split, typer.Option(help="validation = as held out in training.")] = Split.test,
     cache: RunCacheOpt = None,
     data: RunDataOpt = None,
@@ -80,7 +83,7 @@ def fuse_eval_cmd(
     from migfuse.fuse.evaluate import evaluate
     from migfuse.fuse.metrics import to_json
 
-    m = evaluate(run, split.value, cache=cache, data=data, allow_missing=allow_missing)
+    m = evaluate(run, split.value, cache=cache, data=data, allow_missing=allow_missing, runtime=runtime.resolve())
     if json_out:
         typer.echo(to_json(m))
         return
@@ -98,10 +101,12 @@ def fuse_eval_cmd(
 
 
 @app.command("predict")
+@with_options(RuntimeOptions)
 def fuse_predict_cmd(
     run: RunArg,
     split: Annotated[Split, typer.Option(help="The split to predict.")],
     out: Annotated[Path, typer.Option(help="Scores file to write (.npz), read by `migfuse export`.")],
+    runtime: RuntimeOptions,
     cache: RunCacheOpt = None,
     data: RunDataOpt = None,
     allow_missing: AllowMissingOpt = False,
@@ -110,7 +115,8 @@ def fuse_predict_cmd(
     (migfuse.fuse.scores.Scores .npz), for `migfuse export` and late fusion."""
     from migfuse.fuse.predict import predict
 
-    scores = predict(run, split.value, out, cache=cache, data=data, allow_missing=allow_missing)
+    scores = predict(run, split.value, out, cache=cache, data=data, allow_missing=allow_missing,
+                     runtime=runtime.resolve())
     typer.echo(f"wrote {len(scores)} {scores.task} scores ({split}) to {out}")
 
 
@@ -144,7 +150,8 @@ def fuse_late_cmd(
     scores: Annotated[list[Path], typer.Argument(
         metavar="SCORES", help="Two or more scores .npz of one task, e.g. joint bone cmtf.")],
     out: Annotated[Path, typer.Option(help="Fused scores .npz to write.")],
-    weights: Annotated[Optional[str], typer.Option(help="One weight per file, e.g. 1,1,0.5 (default: equal).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="One weight per file, e.g. 1,1,0.5.", show_default="equal")]
+    = None,
     mode: Annotated[LateMode, typer.Option(help="prob: weighted sum of probabilities; log: of log-probabilities.")]
     = LateMode.prob,
     intersect: Annotated[bool, typer.Option("--intersect", help="Fuse only the ids all files share instead of "
@@ -156,6 +163,9 @@ def fuse_late_cmd(
     Files with different id sets are refused unless --intersect is given.
     """
     from migfuse.fuse.late_fusion import fuse_late_files, parse_weights
+
+    if len(scores) < 2:
+        raise UserError(f"give two or more scores files to fuse (got {len(scores)}: {scores[0]})")
 
     result = fuse_late_files(scores, parse_weights(weights, len(scores)), mode=mode.value, intersect=intersect)
     path = result.scores.save(out)
@@ -176,7 +186,7 @@ def fuse_import_cmd(
         help="For a pyskl .pkl annotation: the split the test ran on, e.g. test.")] = None,
     task: Annotated[Task, typer.Option(help="mg (32 classes, per clip) or emotion (Lose, Win, per video).")] = Task.mg,
     split_name: Annotated[Optional[str], typer.Option(
-        "--split-name", help="The split name recorded in the scores file. Default: --ann-split.")] = None,
+        "--split-name", show_default="--ann-split", help="The split name recorded in the scores file.")] = None,
     split: Annotated[Optional[str], typer.Option("--split", hidden=True, help="Old name of --split-name.")] = None,
 ) -> None:
     """Import another tool's test scores, keyed by clip id, so `migfuse fuse late` ensembles e.g. a
@@ -185,6 +195,8 @@ def fuse_import_cmd(
     from migfuse.fuse.importers import import_scores
 
     if split is not None:
+        if split_name is not None:
+            raise UserError("give --split-name only (--split is its old name here)")
         deprecated("--split (the split name recorded)", "--split-name")
     r = import_scores(results, annotation=ann, ann_split=ann_split, task=task.value, split=split_name or split)
     path = r.scores.save(out)

@@ -125,7 +125,7 @@ def choice(values: list[str] | tuple[str, ...], renamed: dict[str, str] | None =
             raise typer.BadParameter(f"{text!r} is not one of {', '.join(values)}")
         return text
 
-    return {"parser": parse, "metavar": "[" + "|".join(values) + "]"}
+    return {"parser": parse, "metavar": "<" + "|".join(values) + ">"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,13 +179,14 @@ DeviceOpt = Annotated[str, typer.Option(
 PrecisionOpt = Annotated[Precision, typer.Option(
     "--precision", case_sensitive=False,
     help="Autocast precision of the models: auto = bf16 where the device does bf16 in hardware (a CUDA GPU with "
-         "bf16, or a CPU with Intel AMX), else fp32. Recorded in the outputs' provenance.")]
+         "bf16, or a CPU with Intel AMX), else fp32. Recorded in the outputs' provenance. The trainers take auto, "
+         "fp32 or bf16 (fp16 would need loss scaling).")]
 CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model: fused kernels for long GPU runs (the first batch compiles, about "
                       "a minute for MViTv2-S). Same outputs to float rounding; not recorded.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, help="Torch CPU threads while the models run. Default: torch's (one per core), except "
-                             "where a command says otherwise.")]
+    "--threads", min=1, show_default="torch's, one per core (fuse train: 1)",
+    help="Torch CPU threads while the models run.")]
 TrustCheckpointOpt = Annotated[bool, typer.Option(
     "--trust-checkpoint", help="Unpickle the command's checkpoint files fully, objects included. This runs any code "
                                "a file names: give it only for files you trust that the safe loader refuses (a "
@@ -217,15 +218,14 @@ class ExtractOptions:
     """How the rows of an extraction are scheduled (`migfuse.extract.interface.RunOptions`)."""
 
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", min=1, max=4096, show_default=False,
-        help="Model inputs per forward pass (windows, clips or faces). Default: the track's CPU value (in the "
-             "command's description), 32 on a GPU (256 for faces and skeletons). The model always runs on exactly "
-             "this many (padded), so it is recorded in the provenance: resume with the same value.")] = None
+        "--batch-size", min=1, max=4096, show_default="the track's: its CPU value (in the description); on a GPU 32, "
+                                                      "256 for faces and skeletons",
+        help="Model inputs per forward pass (windows, clips or faces). The model always runs on exactly this many "
+             "(padded), so it is recorded in the provenance: resume with the same value.")] = None
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, max=64, show_default=False,
-        help="Loader processes (decoding) running alongside the model; 0 = load in the main process. Default: "
-             "the track's CPU value, on a GPU one per CPU core but one. FFmpeg threads are shared out among "
-             "them.")] = None
+        "--workers", min=0, max=64, show_default="the track's CPU value; on a GPU one per CPU core but one",
+        help="Loader processes (decoding) running alongside the model; 0 = load in the main process. FFmpeg "
+             "threads are shared out among them.")] = None
     shard: Annotated[Optional[str], typer.Option(
         "--shard", help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. Under "
                         "torchrun RANK/WORLD_SIZE are used instead.")] = None
@@ -257,13 +257,13 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override one setting (repeatable); VALUE is read as JSON when it parses: "
                                        "--set lr=3e-4 --set epochs=30 (the settings are listed in the trainer's "
                                        "docs page).")]
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs in all (a resumed run goes on "
-                                                  "to this). Default: the trainer's.")]
-LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate. Default: the trainer's.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of weights, shuffling and sampling. "
-                                                "Default: 0.")]
-BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Samples per training step. "
-                                                     "Default: the trainer's.")]
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, show_default="the trainer's",
+                                                  help="Epochs in all (a resumed run goes on to this).")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", show_default="the trainer's", help="Peak learning rate.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, show_default="0",
+                                                help="Seed of weights, shuffling and sampling.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, show_default="the trainer's",
+                                                     help="Samples per training step.")]
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Delete the run already in --out (of other settings) and train from scratch. Without it "
                         "such a folder is refused, and the same settings resume from OUT/last.pt.")]

@@ -361,5 +361,5 @@ def export_views(cache: TokenCache | str, out: TokenCache | str, batch_rows: int
             ids = todo[start : start + batch_rows]
             dst.write_many(ids, src.read_many(ids))
         copied[name] = len(todo)
-        log.info("%s: %d rows copied, %d already there", name, len(todo), len(have))
+        log.debug("%s: %d rows copied, %d already there", name, len(todo), len(have))
     return copied

@@ -312,7 +312,7 @@ class Manifest:
         root = Path(prepared_dir)
         path = root / MANIFEST_FILE
         if not path.is_file():
-            raise UserError(f"no {MANIFEST_FILE} in {root}; run `migfuse data prepare --root DATA --out {root}`")
+            raise UserError(_not_prepared(root))
         clips = [_clip_from_row(row, path, i) for i, row in enumerate(_read_rows(path, CLIP_COLUMNS), 2)]
         videos: dict[str, VideoInfo] = {}
         vpath = root / VIDEOS_FILE
@@ -325,6 +325,18 @@ class Manifest:
             return cls(clips=clips, videos=videos, root=root)
         except ValueError as e:
             raise UserError(f"{path}: {e}; re-run `migfuse data prepare`") from None
+
+
+def _not_prepared(root: Path) -> str:
+    """Why `root` is not a PREPARED folder, and the fix, for the mistakes people make."""
+    if root.is_file():
+        return f"{root} is a file, not a PREPARED folder: pass the folder `migfuse data prepare --out` wrote"
+    if (root / "zarr.json").is_file() or root.suffix == ".zarr":
+        return f"{root} is a token cache, not a PREPARED folder: did you swap --cache and --data?"
+    if not root.exists():
+        return f"no PREPARED folder at {root}: run `migfuse data prepare --root DATA --out {root}` (or fix the path)"
+    return (f"no {MANIFEST_FILE} in {root}: it is not a PREPARED folder; "
+            "run `migfuse data prepare --root DATA --out DIR`")
 
 
 def _check_scheme(scheme: str) -> None:

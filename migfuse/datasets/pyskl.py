@@ -8,7 +8,7 @@ The file is what pyskl's `PoseDataset` (and mmaction2 1.x's) reads (pyskl `tools
 
     split:        {split name: [frame_dir, ...]}   e.g. {"train": [...], "validation": [...], "test": [...]}
     annotations:  one dict per clip, in manifest order:
-        frame_dir       the migfuse clip id, e.g. "0054_0" (what `migfuse scores import` keys scores by)
+        frame_dir       the migfuse clip id, e.g. "0054_0" (what `migfuse fuse import` keys scores by)
         label           the class index 0..31 (-1 for a clip without a label)
         img_shape       (height, width) of the frames, pixels; original_shape the same
         total_frames    T, the clip's frames that the skeleton file holds

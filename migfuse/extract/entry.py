@@ -67,10 +67,11 @@ def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime |
     from migfuse.checkpoint_file import CheckpointFile
     from migfuse.data_cache.tracks import get_track
     from migfuse.datasets.manifest import Manifest
-    from migfuse.extract.runner import run_extractor
+    from migfuse.extract.runner import parse_shard, run_extractor
     from migfuse.runtime import Runtime
 
     runtime = runtime or Runtime()
+    parse_shard(options.shard)  # a bad --shard is one line before anything is read or built
     name = get_track(track).name  # UserError naming the tracks
     build = TRACK_EXTRACTORS.get(name)
     manifest = Manifest.load(data)

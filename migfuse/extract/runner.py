@@ -150,8 +150,9 @@ def run_extraction(
     n_workers = min(workers, len(items))
     summary.settings = {"batch": int(batch_size), "workers": n_workers,
                         "decode_threads": decode_threads(n_workers) if n_workers else 0}
-    log.info("%s shard %d/%d: %d rows, %d already done or failed, %d to extract (%d work items)",
-             extractor.group, rank, world, len(my_ids), summary.skipped, pending, len(items))
+    log.info("%s shard %d/%d: %d rows, %d already done or failed, %d to extract (%d work items) on %s in %s",
+             extractor.group, rank, world, len(my_ids), summary.skipped, pending, len(items),
+             extractor.runtime.device, extractor.runtime.precision)
 
     if items:
         claims = Claims(cache.path, extractor.group)
@@ -213,7 +214,7 @@ def run_extraction(
             summary.failed.append((row, str(f.get("stage", "?")), str(f.get("message", "?"))))
     summary.seconds = time.monotonic() - t0
     log.debug("%s", format_timings(summary))  # the report (`format_summary`) prints it
-    log.info("%s shard %d/%d: %d written, %d skipped, %d failed in %.1f s", extractor.group, rank, world,
+    log.debug("%s shard %d/%d: %d written, %d skipped, %d failed in %.1f s", extractor.group, rank, world,
              summary.done, summary.skipped, len(summary.failed), summary.seconds)
     return summary
 

@@ -218,6 +218,13 @@ class VideoExtractor(TrackExtractor):
         self.decoder = decoder
         self.checkpoint = checkpoint
         self.clip_sampling, self.context_sampling = clip_sampling, context_sampling
+        from migfuse.backbones.registry import backbone_class
+
+        need = backbone_class(backbone).preprocessing.get("clip_len")  # checked before any model is built
+        frames = (context_sampling if self.track.per_video else clip_sampling).frames
+        if need and frames != need:
+            raise UserError(f"{backbone} takes {need} frames per window (its checkpoint's recipe), not {frames}: "
+                            "drop --frames")
         self.backbone = build_track_backbone(self.track.name, backbone, checkpoint)
         self.backbone_name = backbone
         self.token_shape = tuple(self.backbone.token_shape)
@@ -328,20 +335,25 @@ def build_track_backbone(track: str, name: str, checkpoint: CheckpointFile | str
 
 @register_track(*TRACKS)
 def build_extractor(manifest: Any, track: str, *, backbone: str = "mvit_v2_s",
-                    checkpoint: CheckpointFile | None = None, frames: int = 16, windows: int = 1,
+                    checkpoint: CheckpointFile | None = None, frames: int | None = None, windows: int = 1,
                     context_windows: int = 8, row_ids: list[str] | None = None,
                     video_root: str | Path | None = None, decoder: str = "cpu") -> VideoExtractor:
     """The `video` (per clip) or `context` (per video) extractor of a manifest.
 
     Args:
         backbone, checkpoint: the video backbone and its weights (None: seeded random weights).
-        frames: frames per window (MViTv2-S is built for 16).
+        frames: frames per window; None = the backbone's recipe (`preprocessing["clip_len"]`, 16 for
+            MViTv2-S), which is also the only value a backbone with a recipe takes.
         windows: video track: up to this many 16-frame windows per long clip (1 = one window).
         context_windows: context track: windows per video (K).
         row_ids: only these clip ids (video) or video ids (context), e.g. a quick demo subset.
         video_root: the folder the videos are in now, when moved since `data prepare`.
         decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC on the extraction's GPU; see `decode_gpu`).
     """
+    if frames is None:
+        from migfuse.backbones.registry import backbone_class
+
+        frames = int(backbone_class(backbone).preprocessing.get("clip_len", 16))
     return VideoExtractor(manifest, track, backbone=backbone, checkpoint=checkpoint,
                           clip_sampling=ClipSampling(frames=frames, max_windows=windows),
                           context_sampling=ContextSampling(windows=context_windows, frames=frames),

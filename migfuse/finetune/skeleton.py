@@ -122,13 +122,20 @@ def load_init(model: nn.Module, path: str | Path, trusted: bool = False) -> list
     for k, v in sd.items():
         if "data_bn" in k and k in own and v.ndim == 1 and v.shape[0] == 2 * own[k].shape[0]:
             fits[k] = v[: own[k].shape[0]].clone()
-    if not any("gcn" in k for k in fits):
+    # BatchNorm's step counters are not weights: a file of another layout or width still "fits" them all
+    weights = [k for k in fits if not k.endswith("num_batches_tracked")]
+    if not any("gcn" in k for k in weights):
         raise UserError(f"{path} does not fit --arch/--layout (no layer matched); pass a checkpoint of the same "
                         f"architecture and layout, e.g. mmaction2's coco 2s-AGCN with --arch aagcn --layout coco-17")
     own.update(fits)
     model.load_state_dict(own)
     left = [k for k in own if k not in fits and not k.endswith("num_batches_tracked")]
-    log.info("initialised %d tensors from %s; fresh: %s", len(fits), path, ", ".join(left) or "none")
+    n_own = sum(1 for k in own if not k.endswith("num_batches_tracked"))
+    shown = ", ".join(left[:8]) + (f" (+{len(left) - 8} more)" if len(left) > 8 else "")
+    log.info("initialised %d of %d weight tensors from %s; fresh: %s", len(weights), n_own, path, shown or "none")
+    if len(weights) < n_own // 2:
+        log.warning("%s fits only %d of the model's %d weight tensors: most of the model starts from scratch "
+                    "(is it the same --arch, --layout and --base-channels?)", path, len(weights), n_own)
     return left
 
 

@@ -135,7 +135,8 @@ def _open_one(cache: TokenCache, modality: str, configured: dict[str, str], name
         g = _open(cache, opened, raw[0])
         per_row = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in g.arrays.values())
         if per_row * len(g.ids) <= RAW_GROUP_LIMIT_BYTES:
-            log.info("input %s: reading raw group %s (no view %s%s)", modality, raw[0], VIEW_PREFIX, modality)
+            log.warning("input %s: reading raw group %s (no view %s%s; `migfuse cache view --defaults` makes it)",
+                        modality, raw[0], VIEW_PREFIX, modality)
             return g
         raise UserError(f"input {modality!r}: raw group '{raw[0]}' in {cache.path} is too big to train on "
                         f"({per_row * len(g.ids) / 2**30:.1f} GB); run `migfuse cache view {cache.path} --defaults`")
@@ -231,6 +232,23 @@ def class_names(task: str) -> list[str]:
 
 
 # ----- reading ---------------------------------------------------------------------------------------
+#: the rows a task's samples are: micro-gestures per clip, emotion per video
+TASK_ROWS = {"mg": "clip", "emotion": "video"}
+
+
+def check_row_unit(inputs: Mapping[str, TokenGroup], task: str, head: str) -> None:
+    """UserError when an input holds other rows than the task's samples (a per-video group for the
+    per-clip mg task, or the reverse): the head was chosen for the other task."""
+    want = TASK_ROWS[task]
+    for modality, g in inputs.items():
+        if g.row_dim != want:
+            other = next(t for t, unit in TASK_ROWS.items() if unit == g.row_dim) if g.row_dim in TASK_ROWS.values() \
+                else None
+            hint = f"use --task {other}, or a head for {task}" if other else f"choose a head for {task}"
+            raise UserError(f"head {head} reads '{modality}' from '{g.name}', which has one row per {g.row_dim}, "
+                            f"but task {task} needs one per {want}: {hint} (`migfuse fuse heads`)")
+
+
 def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, allow_missing: bool) -> list[str]:
     """The ids finished in every input group (modality -> open group); UserError on a missing id
     unless `allow_missing`."""

@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(run: str | Path, split: str = "test", cache: str | Path | None = None, data: str | Path | None = None,
-             allow_missing: bool = False) -> dict[str, Any]:
+             allow_missing: bool = False, runtime: Any = None) -> dict[str, Any]:
     """Metrics of the run's best checkpoint on the labelled samples of `split`; files in RUN/eval_<split>/.
 
     Returns the metrics dict, plus "files" (paths written). UserError when the split has no labels.
+    `runtime`: where the head runs (`migfuse.runtime.Runtime`; None: the CPU in fp32).
     """
     r = load_run(run, cache, data)
-    tokens, probs = predict_split(r, split, allow_missing, labelled_only=True)
+    tokens, probs = predict_split(r, split, allow_missing, labelled_only=True, runtime=runtime)
     names = r.config["classes"]
     m = task_metrics(r.task, probs.numpy(), tokens.labels.numpy(), names)
     out = Path(run) / f"eval_{split}"
@@ -45,7 +46,7 @@ def evaluate(run: str | Path, split: str = "test", cache: str | Path | None = No
     files.update(write_plots(m, names, out, title, roc=roc))
     m = {"split": split, "task": r.task, **m, "files": {k: str(v) for k, v in files.items()}}
     files["metrics"].write_text(to_json(m))
-    log.info("%s", title)
+    log.debug("%s", title)
     return m
 
 

@@ -21,6 +21,7 @@ from migfuse.fuse import data as fdata
 from migfuse.fuse.heads import FusionHead, make_head
 from migfuse.fuse.scores import Scores
 from migfuse.fuse.train import predict_logits, torch_threads
+from migfuse.runtime import Runtime
 from migfuse.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,10 @@ def load_run(run: str | Path, cache: str | Path | None = None, data: str | Path 
     return Run(run, cfg, model, TokenCache(cache or cfg["cache"]), Manifest.load(data or cfg["data"]))
 
 
-def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_only: bool = False
-                  ) -> tuple[fdata.TokenSet, torch.Tensor]:
-    """Token set of `split` and its (S, C) probabilities."""
+def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_only: bool = False,
+                  runtime: Runtime | None = None) -> tuple[fdata.TokenSet, torch.Tensor]:
+    """Token set of `split` and its (S, C) probabilities, the head run on `runtime` (None: the CPU
+    in fp32, with the run's `threads`)."""
     ids = run.split_ids(split)
     if labelled_only:
         ids = [i for i, y in zip(ids, fdata.labels_of(run.manifest, run.task, ids)) if y >= 0]
@@ -108,17 +110,20 @@ def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_on
     if tokens.shapes != shapes:
         raise UserError(f"cache {run.cache.path} gives token shapes {tokens.shapes} but run {run.path} was "
                         f"trained on {shapes}; use the cache/views the run was trained with")
-    with torch_threads(run.config.get("threads", 1)):
-        return tokens, torch.softmax(predict_logits(run.model, tokens), dim=1)
+    runtime = runtime or Runtime()
+    run.model.to(runtime.device)
+    threads = runtime.threads if runtime.threads is not None else run.config.get("threads", 1)
+    with torch_threads(threads):
+        return tokens, torch.softmax(predict_logits(run.model, tokens, runtime=runtime), dim=1)
 
 
 def predict(run: str | Path, split: str, out: str | Path | None = None, cache: str | Path | None = None,
-            data: str | Path | None = None, allow_missing: bool = False) -> Scores:
+            data: str | Path | None = None, allow_missing: bool = False, runtime: Runtime | None = None) -> Scores:
     """Scores of the run's best checkpoint on `split`, saved to `out` (.npz) when given."""
     r = load_run(run, cache, data)
-    tokens, probs = predict_split(r, split, allow_missing)
+    tokens, probs = predict_split(r, split, allow_missing, runtime=runtime)
     scores = Scores(ids=tokens.ids, scores=probs.numpy(), task=r.task, split=split, classes=r.config["classes"])
     if out is not None:
         scores.save(out)
-        log.info("wrote %d %s scores of split %s to %s", len(scores), r.task, split, out)
+        log.debug("wrote %d %s scores of split %s to %s", len(scores), r.task, split, out)
     return scores

@@ -88,7 +88,7 @@ class Scores:
         if not self.classes:
             raise UserError(f"{source} has {self.scores.shape[1]} score columns but no class names, so its "
                             f"predictions cannot be read as classes; write it with `migfuse fuse predict` or "
-                            f"import it with `migfuse scores import` (which names the columns)")
+                            f"import it with `migfuse fuse import` (which names the columns)")
         if self.classes == list(names):
             return self.scores
         missing = [n for n in names if n not in self.classes]

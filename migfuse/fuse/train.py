@@ -251,6 +251,7 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
     names = fdata.class_names(task)
     needed = head_class(cfg["head"]).required_inputs(cfg["head_options"])
     groups = fdata.open_inputs(cache, needed, cfg["inputs"])  # opened once, used by every split below
+    fdata.check_row_unit(groups, task, cfg["head"])
     inputs = {m: g.name for m, g in groups.items()}
     # What decides whether a rerun may resume: the same cache groups, built the same way.
     inputs_id = {"cache": str(cache.path.resolve()), "data": str(prepared.resolve()), "inputs": inputs,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import platform
 import zipfile
 from pathlib import Path
@@ -107,8 +108,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} holds objects other than tensors and plain values ({first[:160]}); "
+        named = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the object its safe loader refused
+        what = f"({named.group(1)})" if named else "(an object torch's safe loader refuses)"
+        raise UserError(f"checkpoint {path} holds objects other than tensors and plain values {what}; "
                         f"refused: loading it could run code. Delete it, or rerun the training with --overwrite"
                         ) from None
     except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError) as e:

@@ -106,6 +106,9 @@ class SkeletonExtractor(TrackExtractor):
         if trained.get("stream") and trained["stream"] != stream:
             raise UserError(f"{checkpoint} was trained on the {trained['stream']} stream; pass --stream "
                             f"{trained['stream']} or a {stream} checkpoint")
+        if layout and trained.get("layout") and layout != trained["layout"]:
+            raise UserError(f"{checkpoint} was trained with layout {trained['layout']}: drop --layout (it is only for "
+                            "checkpoints without migfuse provenance)")
         arch = arch or trained.get("arch") or ("aagcn" if any(k.startswith("backbone.") for k in sd) else "agcn")
         self.backbone = create_backbone(arch, checkpoint, **({"layout": layout} if layout else {}))
         pre = dict(trained.get("preprocess") or {})
