@@ -99,3 +99,37 @@ def test_missing_video_is_recorded_and_rerun_resumes(demo, tmp_path):
         assert fresh.done == 2
     finally:
         (tmp_path / "gone.mp4").rename(video)
+
+
+@pytest.mark.parametrize("size", [1, 8, 16])
+def test_frames_too_small_for_any_face_have_no_face_instead_of_crashing(size):
+    """MTCNN builds no image pyramid for a picture smaller than its minimum face (20 px) and fails
+    inside (torch.cat of nothing); such frames simply have no face."""
+    from migfuse.extract.face.detect import FaceDetector
+
+    faces = FaceDetector().detect(np.full((3, size, size, 3), 128, np.uint8))
+    assert len(faces) == 3 and all(len(f) == 0 for f in faces)
+
+
+def test_a_tiny_video_is_stored_fully_masked_not_failed(tmp_path):
+    """../shared/realworld/face-track-tiny-frames-crash: a 16x16 video without a face, both scopes."""
+    from migfuse.datasets.manifest import Clip, VideoInfo
+
+    path = tmp_path / "0071.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 16, 16, "yuv420p"
+        for _ in range(30):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((16, 16, 3), 128, np.uint8), format="rgb24")):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    Manifest(clips=[Clip.make("0071", 0, 0, 20, raw_class=5)],
+             videos={"0071": VideoInfo("0071", video_path=path, n_frames=30)}).save(tmp_path / "prep")
+    for track in ("face", "face_context"):
+        s = extract(track, tmp_path / "prep", tmp_path / "c.zarr", options=RunOptions(workers=0), frames=2,
+                    context_windows=1)
+        assert s.ok and s.done == 1, s.failed
+        row_id = "0071_0" if track == "face" else "0071"
+        row = TokenCache(tmp_path / "c.zarr").group(f"{track}/swinface").read(row_id)
+        assert not row["mask"].any()

@@ -152,3 +152,44 @@ def test_backbone_cli_run_and_info(tmp_path):
     assert "363 keys matched" in res.output and "nturgb+d (25 joints)" in res.output
     res = runner.invoke(app, ["backbone", "info", "agcn", "--checkpoint", str(ckpt)])
     assert res.exit_code == 2 and "is not a 2s-AGCN checkpoint" in res.output
+
+
+def _older_release_file(path: Path, drop_counters: bool = True, renames: tuple = ()) -> Path:
+    """The golden 2s-AGCN NTU weights as an older file: without BatchNorm counters (PyTorch < 0.4.1)
+    and/or with older key names."""
+    sd = golden_state_dict("agcn_ntu_fanin")
+    out = {}
+    for k, v in sd.items():
+        if drop_counters and k.endswith("num_batches_tracked"):
+            continue
+        for old, new in renames:
+            k = k.replace(old, new)
+        out[k] = v
+    torch.save(out, path)
+    return path
+
+
+@pytest.mark.parametrize("renames", [(), ((".down.", ".conv_res."),), (("l1.", "l1a."),)],
+                         ids=["no-counters", "conv_res", "l1a"])
+def test_files_of_older_2s_agcn_releases_load_and_give_the_golden_outputs(tmp_path, renames):
+    """Counters missing (saved before PyTorch 0.4.1) are filled; the older names are mapped; the model
+    then computes exactly what the original code computes on the golden input."""
+    path = _older_release_file(tmp_path / "old-1-1.pt", renames=renames)
+    bb = create_backbone("agcn", path, layout="ntu-25")
+    notes = " ".join(bb.key_report.notes)
+    assert "filled 26 BatchNorm num_batches_tracked counters" in notes
+    assert ("renamed" in notes) == bool(renames)
+    _, arrays = load_golden("agcn_ntu_fanin")
+    out = bb.run(arrays["input"])
+    np.testing.assert_allclose(out["logits"], arrays["logits"], atol=ATOL, rtol=RTOL)
+
+
+def test_a_file_whose_names_differ_otherwise_is_not_blamed_on_the_layout(tmp_path):
+    sd = golden_state_dict("agcn_ntu_fanin")
+    sd = {k.replace("tcn1.conv.", "tcn1.convolution."): v for k, v in sd.items()}
+    torch.save(sd, tmp_path / "odd-1-1.pt")
+    with pytest.raises(UserError) as e:
+        create_backbone("agcn", tmp_path / "odd-1-1.pt", layout="ntu-25")
+    msg = str(e.value)
+    assert "does not fit 2s-AGCN (lshiwjx/2s-AGCN model/agcn.py) for layout 'ntu-25'" in msg
+    assert "tcn1.convolution" in msg and "--layout" not in msg

@@ -137,6 +137,7 @@ class AAGCNBackbone(SkeletonBackbone):
                    "cls_scores": "(N*num_clips, num_class) raw logits"}
     joints_key, fc_key, bn_key, what = "backbone.gcn.0.gcn.A", "cls_head.fc.weight", \
         "backbone.data_bn.running_mean", "mmaction2 2s-AGCN"
+    source = "open-mmlab/mmaction2 models/backbones/aagcn.py"
 
     def build(self, layout: Layout, num_class: int, num_person: int | None, base_channels: int) -> nn.Module:
         return RecognizerGCN(layout, num_class=num_class, num_person=num_person or 1, base_channels=base_channels)

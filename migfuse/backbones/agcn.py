@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from migfuse.errors import UserError
-from migfuse.backbones.checkpoints import KeyReport, compare_state_dict
+from migfuse.backbones.checkpoints import KeyReport, apply_renames, compare_state_dict, fill_batchnorm_counters
 from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
 from migfuse.backbones.registry import Backbone, register_backbone
 from migfuse.backbones.graphs import LAYOUT_BY_JOINTS, Layout, get_layout, spatial_adjacency
@@ -170,6 +170,10 @@ class SkeletonBackbone(Backbone):
     fc_key: str = ""
     bn_key: str = ""  # data_bn running mean: its size gives the person count
     what: str = ""
+    #: the original code (named in errors)
+    source: str = ""
+    #: renamings of older releases of the same model: (regex on a file key, replacement)
+    renames: tuple[tuple[str, str], ...] = ()
     tracks = ("joint", "bone")
     checkpoint_doc = ("best.pt of `migfuse backbone train skeleton` (or a published 2s-AGCN / mmaction2 file)")
 
@@ -202,12 +206,18 @@ class SkeletonBackbone(Backbone):
     def build(self, layout: Layout, num_class: int, num_person: int | None, base_channels: int) -> nn.Module:
         raise NotImplementedError
 
+    def expected_keys(self) -> list[str]:
+        """The key names of the model as built now (the targets a renaming may produce)."""
+        return list(self.model.state_dict())
+
     def load(self, checkpoint: CheckpointFile | str | Path, trusted: bool = False) -> KeyReport:
         """Load a checkpoint as the original code saves it; the head size, person count, width and
         (when not given) layout follow the file. One-line UserError when it does not fit."""
         ckpt = as_checkpoint(checkpoint, trusted)
         path = ckpt.path
         sd, meta = unwrap_state_dict(ckpt.contents, path)
+        sd, renamed = apply_renames({self.joints_key: None, **{k: None for k in self.expected_keys()}}, sd,
+                                    self.renames)
         if self.fc_key not in sd or self.joints_key not in sd:
             missing = self.fc_key if self.fc_key not in sd else self.joints_key
             raise UserError(f"{path} is not a {self.what} checkpoint: key '{missing}' is missing "
@@ -217,11 +227,24 @@ class SkeletonBackbone(Backbone):
         num_person = int(sd[self.bn_key].shape[0]) // (3 * layout.num_node) if self.bn_key in sd else 1
         num_person = max(num_person, 1)
         model = self.build(layout, int(num_class), num_person, int(width) // 4)
+        sd, filled = fill_batchnorm_counters(model.state_dict(), sd)
         rep = compare_state_dict(model.state_dict(), sd)
+        if renamed:
+            rep.notes.append(f"renamed {len(renamed)} keys of an older {self.what} release (e.g. {renamed[0][0]} -> "
+                             f"{renamed[0][1]})")
+        if filled:
+            rep.notes.append(f"filled {filled} BatchNorm num_batches_tracked counters the file lacks (saved by "
+                             "PyTorch before 0.4.1; not weights)")
         if not rep.ok:
-            raise UserError(f"{path} is not a {self.what} checkpoint for layout '{layout.name}' "
-                            f"({layout.num_node} joints; the file has {sd[self.joints_key].shape[-1]}): "
-                            f"{rep.summary()} (pass --layout matching the file)")
+            file_joints = sd[self.joints_key].shape[-1]
+            if file_joints != layout.num_node:
+                raise UserError(f"{path} is not a {self.what} checkpoint for layout '{layout.name}' "
+                                f"({layout.num_node} joints; the file has {file_joints}): {rep.summary()} "
+                                "(pass --layout matching the file)")
+            raise UserError(f"{path} does not fit {self.what} ({self.source}) for layout '{layout.name}': "
+                            f"{rep.summary()}; the file's names or shapes differ from that code's")
+        for note in rep.notes:
+            log.info("%s: %s", path, note)
         model.load_state_dict(sd, strict=True)
         self.model, self.layout, self.meta = model.to(self.device).eval(), layout, meta
         self._loaded(ckpt)
@@ -237,6 +260,11 @@ class AGCNBackbone(SkeletonBackbone):
     input_doc = "(N, C=3, T, V, M) float32 (2s-AGCN layout: x, y, confidence or x, y, z)"
     outputs_doc = {"l10_features": "(N*M, 256, ceil(T/4), V) after the 10th unit", "logits": "(N, num_class)"}
     joints_key, fc_key, bn_key, what = "l1.gcn1.PA", "fc.weight", "data_bn.running_mean", "2s-AGCN"
+    source = "lshiwjx/2s-AGCN model/agcn.py"
+    # Older releases of lshiwjx/2s-AGCN name the residual branch of unit_gcn `conv_res` (today `down`;
+    # the unexpected keys reported for the published NTU bone weights list l1.gcn1.conv_res.1.*) and
+    # the first unit `l1a`.
+    renames = ((r"(^|\.)conv_res\.", r"\1down."), (r"^l(\d+)a\.", r"l\1."))
 
     def build(self, layout: Layout, num_class: int, num_person: int | None, base_channels: int) -> nn.Module:
         return AGCN(layout, num_class=num_class, num_person=num_person or 1, base_channels=base_channels)

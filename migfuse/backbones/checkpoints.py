@@ -7,9 +7,10 @@ mis-shaped keys in one line.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from migfuse.checkpoint_file import (  # noqa: F401 - re-exported
     TRUST_FLAG, CheckpointFile, as_checkpoint, read_checkpoint, sha256_file,
@@ -84,3 +85,45 @@ def load_state_dict_checked(module, state_dict: Mapping[str, Any], path: str | P
     rep.raise_if_bad(path, what)
     module.load_state_dict(state_dict, strict=True)
     return rep
+
+
+def fill_batchnorm_counters(model_sd: Mapping[str, Any], file_sd: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """Add the BatchNorm `num_batches_tracked` counters a file lacks (PyTorch before 0.4.1 did not save
+    them; the published 2s-AGCN weights are such files). A counter is not a weight: it plays no part
+    in an eval forward, and torch's own strict `load_state_dict` of those days accepted such files.
+    Only counters of BatchNorm layers whose statistics the file has are filled.
+
+    Returns (the state dict with the counters, how many were filled)."""
+    import torch
+
+    out = dict(file_sd)
+    filled = 0
+    for key in model_sd:
+        if key.endswith(".num_batches_tracked") and key not in out:
+            layer = key[: -len("num_batches_tracked")]
+            if f"{layer}running_mean" in out:
+                out[key] = torch.tensor(0, dtype=torch.long)
+                filled += 1
+    return out, filled
+
+
+def apply_renames(model_sd: Mapping[str, Any], file_sd: Mapping[str, Any],
+                  renames: Sequence[tuple[str, str]]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Rename keys of an older release of the same model (`renames`: regex -> replacement) where the
+    model has the new name and the file has only the old one; shapes are checked afterwards by
+    `compare_state_dict`, so a wrong guess is reported, never loaded.
+
+    Returns (the state dict, the (old, new) pairs renamed)."""
+    out: dict[str, Any] = {}
+    done: list[tuple[str, str]] = []
+    for key, value in file_sd.items():
+        new = key
+        if key not in model_sd:
+            for pattern, repl in renames:
+                candidate = re.sub(pattern, repl, new)
+                if candidate != new and candidate in model_sd and candidate not in file_sd:
+                    new = candidate
+        if new != key:
+            done.append((key, new))
+        out[new] = value
+    return out, done

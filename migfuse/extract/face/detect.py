@@ -76,6 +76,7 @@ class FaceDetector:
         facenet = import_facenet()
         self.mtcnn = facenet.MTCNN(keep_all=True, device=device, min_face_size=min_face_size)
         self.max_side = max_side
+        self.min_face_size = min_face_size
 
     def detect(self, frames: np.ndarray) -> list[FrameFaces]:
         """Faces of each frame. frames (T, H, W, 3) uint8 RGB -> T FrameFaces (full-frame coordinates)."""
@@ -83,6 +84,10 @@ class FaceDetector:
         if len(frames) == 0:
             return []
         h, w = frames.shape[1:3]
+        if min(h, w) < self.min_face_size:
+            # No face of the minimum size fits the picture: MTCNN builds no image pyramid for it (its
+            # first scale is min_face_size) and fails inside; the frames simply have no face.
+            return [FrameFaces.empty() for _ in range(len(frames))]
         scale = min(1.0, self.max_side / max(h, w))
         if scale < 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
