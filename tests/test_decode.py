@@ -86,3 +86,20 @@ def test_truncated_file_fails_cleanly(tmp_path, video):
     cut.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
     with pytest.raises(DecodeError):
         list(read_frames(cut, [0, 100]))
+
+
+def test_a_container_with_a_stream_but_no_frame_says_so(tmp_path):
+    """An AVI whose header declares a video stream but which holds no frame: FFmpeg's seek fails with
+    EPERM, which must not read as a file-permission problem."""
+    import av
+
+    path = tmp_path / "empty.avi"
+    out = av.open(str(path), "w", format="avi")
+    s = out.add_stream("mpeg4", rate=25)
+    s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+    out.start_encoding()  # writes the header, then no frame at all
+    out.close()
+    with pytest.raises(DecodeError) as e:
+        list(read_frames(path, [0, 5]))
+    assert e.value.stage == "decode" and "holds no video frame" in str(e.value)
+    assert "Permission" not in str(e.value)

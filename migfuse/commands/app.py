@@ -110,6 +110,8 @@ def _path_problem(error: OSError) -> str | None:
     when it is not about a path the user can change (a bug keeps its traceback)."""
     if error.filename is None or error.errno not in _PATH_FIXES:
         return None
+    if type(error).__module__.split(".")[0] == "av":  # FFmpeg's errors about a video's content, not its path
+        return None
     where = f"{error.filename}" + (f" -> {error.filename2}" if getattr(error, "filename2", None) else "")
     return f"cannot use {where}: {_PATH_FIXES[error.errno]} ({error.strerror})"
 

@@ -186,12 +186,38 @@ def read_frames(
     container, stream = _open(path)
     if header is not None:
         header["n_frames"] = _header_frames(container, stream)
+    served = False
     try:
-        yield from _decode_targets(container, stream, targets, seek_gap, {} if stats is None else stats, skip_nonref)
+        for item in _decode_targets(container, stream, targets, seek_gap, {} if stats is None else stats,
+                                    skip_nonref):
+            served = True
+            yield item
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - FFmpeg errors on corrupt data come in many types
+        if not served and not _has_a_frame(path):
+            # e.g. an AVI whose header declares a stream but holds no frame: FFmpeg's seek then fails
+            # with EPERM, which would read as a file-permission problem
+            raise DecodeError("decode", f"{Path(path).name} holds no video frame (a video stream is declared, "
+                                        "none decodes): record the video again or leave it out") from None
         raise DecodeError("decode", f"{Path(path).name}: {type(e).__name__}: {e}") from None
+    finally:
+        container.close()
+
+
+def _has_a_frame(path: str | Path) -> bool:
+    """Does the file decode at least one video frame, read from its start without seeking? Cheap: it
+    stops at the first frame."""
+    try:
+        container, stream = _open(path)
+    except DecodeError:
+        return False
+    try:
+        for _ in container.decode(stream):
+            return True
+        return False
+    except Exception:  # noqa: BLE001 - damage before the first frame: none decodes either
+        return False
     finally:
         container.close()
 
