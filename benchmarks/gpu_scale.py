@@ -356,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # every run here builds random-weight MViTv2-S / SwinFace on purpose (said in the header): not once per run
-    logging.getLogger("migfuse.extract.video").setLevel(logging.ERROR)
-    logging.getLogger("migfuse.extract.face.extractor").setLevel(logging.ERROR)
+    logging.getLogger("migfuse.backbones.registry").setLevel(logging.ERROR)
 
     import torch
 

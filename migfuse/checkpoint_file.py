@@ -157,6 +157,11 @@ class CheckpointFile:
     def sha256(self) -> str:
         return sha256_file(self.path)
 
+    def release(self) -> None:
+        """Forget the unpickled contents once a model holds the weights (a SwinFace or MViTv2-S file
+        would otherwise stay in memory a second time for the whole run); the sha256 is kept."""
+        self.__dict__.pop("contents", None)
+
     def __repr__(self) -> str:
         return f"CheckpointFile({str(self.path)!r}{', trusted' if self.trusted else ''})"
 

@@ -17,18 +17,26 @@ module map (or import it before use), and tests against the original implementat
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
+from migfuse.errors import UserError
 from migfuse.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
     from migfuse.backbones.checkpoints import KeyReport
+
+log = logging.getLogger(__name__)
+
+#: Seed of the random weights a backbone gets without a checkpoint (extraction, `backbone run`): the
+#: same weights every run, so a resumed random-weight extraction writes the same values.
+RANDOM_WEIGHTS_SEED = 0
 
 #: name -> Backbone subclass; the built-in ones are imported on first use.
 BACKBONES: Registry[type["Backbone"]] = Registry("backbone", modules={
@@ -81,8 +89,10 @@ class Backbone:
         return sum(p.numel() for p in self.model.parameters())
 
     def _loaded(self, checkpoint: CheckpointFile) -> None:
-        """Record which file the weights came from (subclasses call this at the end of `load`)."""
+        """Record which file the weights came from (subclasses call this at the end of `load`) and let
+        the file's unpickled contents go: the model holds the weights now."""
         self.checkpoint, self.checkpoint_sha256 = checkpoint.path, checkpoint.sha256
+        checkpoint.release()
 
     # -- hooks of the video tracks (video: per clip, context: per window of a video) ----------------
     @property
@@ -134,3 +144,32 @@ def create_backbone(name: str, checkpoint: CheckpointFile | str | Path | None = 
     if checkpoint is not None:
         bb.key_report = bb.load(as_checkpoint(checkpoint, trusted))
     return bb
+
+
+def create_seeded(name: str, checkpoint: CheckpointFile | str | Path | None = None, trusted: bool = False,
+                  warn: bool = True, **options: Any) -> Backbone:
+    """`create_backbone`, with the random weights seeded by RANDOM_WEIGHTS_SEED when there is no
+    checkpoint, and (`warn`) a log warning that says so: such outputs are for testing only."""
+    if checkpoint is None:
+        import torch
+
+        if warn:
+            log.warning("NO CHECKPOINT: %s has RANDOM weights (seed %d); its outputs are meaningless except for "
+                        "testing. Pass --checkpoint: %s.", name, RANDOM_WEIGHTS_SEED,
+                        backbone_class(name).checkpoint_doc)
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+    return create_backbone(name, checkpoint, trusted, **options)
+
+
+def create_for_track(track: str, name: str, checkpoint: CheckpointFile | str | Path | None = None) -> Backbone:
+    """The registered backbone `name` built to extract `track` (its `extract_options`, on the CPU), with
+    `checkpoint`'s weights or seeded random ones (`create_seeded`).
+
+    Raises:
+        UserError: an unknown backbone, or one that does not extract `track` (names those that do).
+    """
+    cls = backbone_class(name)
+    if track not in cls.tracks:
+        raise UserError(f"backbone {name} does not extract the {track} track; choose one of "
+                        f"{', '.join(list_backbones(track)) or 'none'} (`migfuse backbone info NAME`)")
+    return create_seeded(name, checkpoint, **cls.extract_options)

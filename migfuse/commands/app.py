@@ -59,22 +59,13 @@ class App(typer.Typer):
             def guarded(*a, **k):
                 try:
                     return fn(*a, **k)
-                except UserError as e:
-                    typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
-                    raise typer.Exit(2) from None
                 except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through `_terminated`
                     typer.secho("\ninterrupted: finished work is kept; rerun the same command to go on",
                                 err=True, fg=typer.colors.YELLOW)
                     raise typer.Exit(getattr(e, "exit_code", 130)) from None
-                except ModuleNotFoundError as e:
-                    message = _missing_extra(e)
-                    if message is None:
-                        raise
-                    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-                    raise typer.Exit(2) from None
-                except OSError as e:
-                    message = _path_problem(e)
-                    if message is None:
+                except (UserError, ModuleNotFoundError, OSError) as e:
+                    message = _user_message(e)
+                    if message is None:  # a bug: keep its traceback
                         raise
                     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
                     raise typer.Exit(2) from None
@@ -103,6 +94,17 @@ _PATH_FIXES = {
     errno.ENOSPC: "the disk is full: free space or choose another disk",
     errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
 }
+
+
+def _user_message(error: Exception) -> str | None:
+    """The one line for an error the user can fix (their input, an extra to install, a path), or None."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, ModuleNotFoundError):
+        return _missing_extra(error)
+    if isinstance(error, OSError):
+        return _path_problem(error)
+    return None
 
 
 def _path_problem(error: OSError) -> str | None:

@@ -8,14 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import (Arch, BatchSizeOpt, ConfigOpt, DataOpt, EpochsOpt, LrOpt, OverwriteOpt,
-                                      RuntimeOptions, SeedOpt, SetOpt, SkeletonLayout, Stream, TrustCheckpointOpt,
-                                      choice, given, with_options)
+from migfuse.commands.options import (Arch, DataOpt, RuntimeOptions, SkeletonLayout, Stream, TrainOptions,
+                                      TrustCheckpointOpt, choice, with_options)
 from migfuse.errors import UserError
 from migfuse.training.recipe import BALANCE, OLD_WORDS  # the balance words of every trainer (torch-free)
-
-#: seed of the random weights without --checkpoint (extraction's, so both give the same numbers)
-RANDOM_WEIGHTS_SEED = 0
 
 app = group("Inspect, run and train the backbones (check a checkpoint before extracting).")
 train_app = group("Fine-tune a backbone on a prepared dataset (the skeleton track: no public 2s-AGCN checkpoint "
@@ -34,20 +30,15 @@ LayoutOpt = Annotated[Optional[str], typer.Option(
 def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], trusted: bool,
                    **options: object):
     """Build a registered backbone (options only when given), load the checkpoint; -> (backbone, KeyReport|None)."""
-    from migfuse.backbones.registry import create_backbone
+    from migfuse.backbones.registry import RANDOM_WEIGHTS_SEED, create_seeded
 
     if layout is not None:
         options["layout"] = layout
-    if checkpoint is None:
-        import torch
-
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)  # the same random weights every run, as extraction's
-    bb = create_backbone(name, **options)
+    bb = create_seeded(name, checkpoint, trusted, warn=False, **options)  # said below, on the command's terms
     if checkpoint is None:
         typer.secho(f"WARNING: no --checkpoint given: {name} has RANDOM weights (seed {RANDOM_WEIGHTS_SEED}), its "
                     "outputs mean nothing", err=True, fg=typer.colors.YELLOW, bold=True)
-        return bb, None
-    return bb, bb.load(checkpoint, trusted=trusted)
+    return bb, bb.key_report
 
 
 @app.command("info")
@@ -147,10 +138,12 @@ def _leading_shape(input_doc: str) -> list[str]:
 
 
 @train_app.command("skeleton")
+@with_options(TrainOptions)
 @with_options(RuntimeOptions)
 def backbone_train_skeleton(
     data: DataOpt,
     runtime: RuntimeOptions,
+    train: TrainOptions,
     out: Annotated[Optional[Path], typer.Option(
         "--out", show_default="runs/skeleton-ARCH-STREAM-LAYOUT",
         help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, last.pt, train.log. Rerunning the "
@@ -177,13 +170,6 @@ def backbone_train_skeleton(
                                                  "aagcn --layout coco-17.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=0, show_default="0",
                                                    help="DataLoader worker processes.")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    epochs: EpochsOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    batch_size: BatchSizeOpt = None,
-    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train one skeleton stream of 2s-AGCN on the training split; keep the best epoch.
 
@@ -195,21 +181,22 @@ def backbone_train_skeleton(
     """
     from migfuse.finetune.skeleton import resolve_config, train_skeleton
 
-    flags = given(stream=stream, layout=layout, arch=arch, length=length, base_channels=base_channels,
-                  balance=balance, init=str(init) if init else None, workers=workers, epochs=epochs, lr=lr,
-                  seed=seed, batch_size=batch_size)
-    cfg = resolve_config(config, set_ or (), flags)
+    flags = train.flags(stream=stream, layout=layout, arch=arch, length=length, base_channels=base_channels,
+                        balance=balance, init=str(init) if init else None, workers=workers)
+    cfg = resolve_config(train.config, train.sets, flags)
     rt = runtime.resolve()
     result = train_skeleton(data, out or Path("runs") / f"skeleton-{cfg.arch}-{cfg.stream}-{cfg.layout}", cfg,
-                            overwrite=overwrite, runtime=rt)
+                            overwrite=train.overwrite, runtime=rt)
     typer.echo(f"best epoch {result.best_epoch}: top-1 {result.best_top1:.4f} -> {result.best_checkpoint}")
 
 
 @train_app.command("video")
+@with_options(TrainOptions)
 @with_options(RuntimeOptions)
 def backbone_train_video(
     data: DataOpt,
     runtime: RuntimeOptions,
+    train: TrainOptions,
     checkpoint: Annotated[Optional[Path], typer.Option(
         "--checkpoint", help="Base MViTv2-S file: torchvision mvit_v2_s-ae3be167.pth (Kinetics-400), mmaction2 "
                              "MViTv2-S, or a migfuse best.pt. Without it: RANDOM weights (tests only, "
@@ -217,13 +204,6 @@ def backbone_train_video(
     out: Annotated[Path, typer.Option("--out", help="Run folder: config.json, metrics.jsonl/.csv, curves.png, "
                                                     "best.pt, last.pt, train.log. Rerunning resumes.")
                    ] = Path("runs/mvit"),
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    epochs: EpochsOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    batch_size: BatchSizeOpt = None,
-    overwrite: OverwriteOpt = False,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved settings as JSON "
                                               "(DEFAULTS <- --config <- --set <- options) and exit.")] = False,
 ) -> None:
@@ -241,13 +221,13 @@ def backbone_train_video(
 
     from migfuse.finetune.video import fine_tune_video, resolve
 
-    flags = given(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
+    flags = train.flags()
     if show_config:
-        typer.echo(json.dumps(resolve(config, set_ or (), flags), indent=1))
+        typer.echo(json.dumps(resolve(train.config, train.sets, flags), indent=1))
         return
     rt = runtime.resolve()
-    summary = fine_tune_video(data, out, checkpoint, config=config, sets=set_ or (), flags=flags,
-                              overwrite=overwrite, runtime=rt)
+    summary = fine_tune_video(data, out, checkpoint, config=train.config, sets=train.sets, flags=flags,
+                              overwrite=train.overwrite, runtime=rt)
     if rt.main:  # torchrun: print once
         best = summary["best"]
         scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))

@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import (BatchSizeOpt, ConfigOpt, EpochsOpt, LateMode, LrOpt, OverwriteOpt, RunArg,
-                                      RuntimeOptions, SeedOpt, SetOpt, Split, Task, given, with_options)
+from migfuse.commands.options import (LateMode, RunArg, RuntimeOptions, Split, Task, TrainOptions, with_options)
 from migfuse.errors import UserError
 
 app = group("Train, evaluate and predict with fusion heads on cached tokens (laptop-sized); fuse and import scores.")
@@ -25,6 +24,7 @@ RunDataOpt = Annotated[Optional[Path], typer.Option(help="PREPARED folder.", sho
 
 
 @app.command("train")
+@with_options(TrainOptions)
 @with_options(RuntimeOptions)
 def fuse_train_cmd(
     cache: Annotated[Path, typer.Option(help="The token cache (CACHE.zarr) with views "
@@ -35,15 +35,9 @@ def fuse_train_cmd(
     out: Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, "
                                            "last.pt, train.log. Rerunning the same command resumes.")],
     runtime: RuntimeOptions,
+    train: TrainOptions,
     head: Annotated[Optional[str], typer.Option(help="Head (`migfuse fuse heads`).",
                                                 show_default="cmtf for mg, interfusion for emotion")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    epochs: EpochsOpt = None,
-    lr: LrOpt = None,
-    seed: SeedOpt = None,
-    batch_size: BatchSizeOpt = None,
-    overwrite: OverwriteOpt = False,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Train without clips the cache lacks "
                                                 "(reports how many).")] = False,
 ) -> None:
@@ -53,11 +47,10 @@ def fuse_train_cmd(
     videos. Settings: DEFAULTS in docs/fuse.md, changed by --config FILE, --set KEY=VALUE and the
     options; --threads defaults to 1 here (tiny heads: more threads cost more than they gain).
     Refuses a cache that lacks clips of the manifest unless --allow-missing."""
-    from migfuse.fuse.train import train
+    from migfuse.fuse.train import train as train_head
 
-    summary = train(cache, data, task.value, out, head=head, config=config, allow_missing=allow_missing,
-                    sets=set_ or (), flags=given(epochs=epochs, lr=lr, seed=seed, batch_size=batch_size),
-                    overwrite=overwrite, runtime=runtime.resolve())
+    summary = train_head(cache, data, task.value, out, head=head, config=train.config, allow_missing=allow_missing,
+                         sets=train.sets, flags=train.flags(), overwrite=train.overwrite, runtime=runtime.resolve())
     best = summary["best"]
     scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
     typer.echo(f"best epoch {best['epoch']}: {scores or 'no validation set'}")

@@ -269,6 +269,29 @@ OverwriteOpt = Annotated[bool, typer.Option(
                         "such a folder is refused, and the same settings resume from OUT/last.pt.")]
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """What every trainer takes: its settings (DEFAULTS <- --config <- --set <- the options) and
+    --overwrite. Value options default to None, "not given", so a --config file is not overridden."""
+
+    config: ConfigOpt = None
+    set_: SetOpt = None
+    epochs: EpochsOpt = None
+    lr: LrOpt = None
+    seed: SeedOpt = None
+    batch_size: BatchSizeOpt = None
+    overwrite: OverwriteOpt = False
+
+    @property
+    def sets(self) -> list[str]:
+        """The --set KEY=VALUE strings."""
+        return list(self.set_ or ())
+
+    def flags(self, **more: Any) -> dict[str, Any]:
+        """The options given (these and a trainer's own `more`), by setting name, for `flags=`."""
+        return given(epochs=self.epochs, lr=self.lr, seed=self.seed, batch_size=self.batch_size, **more)
+
+
 def given(**values: Any) -> dict[str, Any]:
     """The options that were given (not None), by setting name, for `resolve_config(flags=...)`."""
     return {k: (v.value if isinstance(v, StrEnum) else v) for k, v in values.items() if v is not None}

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from migfuse.backbones.checkpoints import weights_provenance
+from migfuse.backbones.registry import RANDOM_WEIGHTS_SEED, backbone_class, create_for_track
 from migfuse.checkpoint_file import CheckpointFile
 from migfuse.data_cache.tracks import get_track, tracks_with_layout
 from migfuse.errors import UserError
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: The tracks of the track table this module extracts (MViTv2-S tokens of clips / of whole videos).
 TRACKS = tracks_with_layout("video_tokens", "context_tokens")
-#: Seed of the random weights used without --checkpoint, so a resumed run writes the same values.
-RANDOM_WEIGHTS_SEED = 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,7 +185,7 @@ class VideoExtractor(TrackExtractor):
 
     The backbone is built (and its checkpoint read, once) when the extractor is made, on the CPU;
     `setup` moves it to the runtime's device. Without a checkpoint its weights are random, seeded
-    with `RANDOM_WEIGHTS_SEED` (said loudly, recorded in the provenance).
+    with `backbones.registry.RANDOM_WEIGHTS_SEED` (said loudly, recorded in the provenance).
     """
 
     gpu_batch = 32
@@ -218,14 +217,12 @@ class VideoExtractor(TrackExtractor):
         self.decoder = decoder
         self.checkpoint = checkpoint
         self.clip_sampling, self.context_sampling = clip_sampling, context_sampling
-        from migfuse.backbones.registry import backbone_class
-
         need = backbone_class(backbone).preprocessing.get("clip_len")  # checked before any model is built
         frames = (context_sampling if self.track.per_video else clip_sampling).frames
         if need and frames != need:
             raise UserError(f"{backbone} takes {need} frames per window (its checkpoint's recipe), not {frames}: "
                             "drop --frames")
-        self.backbone = build_track_backbone(self.track.name, backbone, checkpoint)
+        self.backbone = create_for_track(self.track.name, backbone, checkpoint)
         self.backbone_name = backbone
         self.token_shape = tuple(self.backbone.token_shape)
         self.group = self.track.group(backbone)
@@ -311,28 +308,6 @@ class VideoExtractor(TrackExtractor):
         return out
 
 
-def build_track_backbone(track: str, name: str, checkpoint: CheckpointFile | str | Path | None) -> Any:
-    """The registered backbone `name` for `track`, built on the CPU with `checkpoint`'s weights, or
-    with random weights seeded by `RANDOM_WEIGHTS_SEED` (a warning says so) when there is none.
-
-    Raises:
-        UserError: an unknown backbone, or one that does not extract `track` (names those that do).
-    """
-    import torch
-
-    from migfuse.backbones.registry import backbone_class, create_backbone, list_backbones
-
-    cls = backbone_class(name)
-    if track not in cls.tracks:
-        raise UserError(f"backbone {name} does not extract the {track} track; choose one of "
-                        f"{', '.join(list_backbones(track)) or 'none'} (`migfuse backbone info NAME`)")
-    if checkpoint is None:
-        log.warning("NO CHECKPOINT: %s/%s uses RANDOM weights (seed %d); its outputs are meaningless except for "
-                    "testing. Pass --checkpoint: %s.", track, name, RANDOM_WEIGHTS_SEED, cls.checkpoint_doc)
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
-    return create_backbone(name, checkpoint, **cls.extract_options)
-
-
 @register_track(*TRACKS)
 def build_extractor(manifest: Any, track: str, *, backbone: str = "mvit_v2_s",
                     checkpoint: CheckpointFile | None = None, frames: int | None = None, windows: int = 1,
@@ -351,8 +326,6 @@ def build_extractor(manifest: Any, track: str, *, backbone: str = "mvit_v2_s",
         decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC on the extraction's GPU; see `decode_gpu`).
     """
     if frames is None:
-        from migfuse.backbones.registry import backbone_class
-
         frames = int(backbone_class(backbone).preprocessing.get("clip_len", 16))
     return VideoExtractor(manifest, track, backbone=backbone, checkpoint=checkpoint,
                           clip_sampling=ClipSampling(frames=frames, max_windows=windows),

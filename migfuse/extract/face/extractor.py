@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from migfuse.backbones.checkpoints import weights_provenance
+from migfuse.backbones.registry import RANDOM_WEIGHTS_SEED, create_for_track
 from migfuse.checkpoint_file import CheckpointFile
 from migfuse.data_cache.tracks import Track, get_track, tracks_with_layout
 from migfuse.errors import UserError
@@ -52,7 +53,6 @@ def scope_track(scope: str) -> Track:
     if scope not in SCOPES:
         raise UserError(f"unknown --scope '{scope}': choose clip or context")
     return get_track(_FACE_TRACKS["clip" if scope == "clip" else "video"])
-RANDOM_WEIGHTS_SEED = 0
 FEATURE_DIM, NUM_EXPRESSIONS = 512, 7
 #: frames per MTCNN call when detection runs on a GPU (rows of a video gathered until this many)
 GPU_DETECT_FRAMES = 64
@@ -200,8 +200,6 @@ class FaceExtractor(TrackExtractor):
         Raises:
             UserError: an unknown scope, a checkpoint that is missing or does not fit.
         """
-        from migfuse.extract.video import build_track_backbone
-
         self.track = scope_track(scope)
         self.video_root = video_root
         self.decoder = decoder
@@ -211,7 +209,7 @@ class FaceExtractor(TrackExtractor):
         self.group = self.track.group(self.backbone_name)
         self.unit = str(self.track.unit)
         self._row_ids = list(row_ids) if row_ids is not None else None
-        self.backbone = build_track_backbone(self.track.name, self.backbone_name, checkpoint)
+        self.backbone = create_for_track(self.track.name, self.backbone_name, checkpoint)
         self.model = None
 
     def _lead(self) -> tuple[int, ...]:
