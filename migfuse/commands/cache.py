@@ -111,3 +111,29 @@ def cache_view_cmd(
     params = {k: v for k, v in {"time_steps": time_steps, "parts": parts}.items() if v is not None}
     view = make_view(cache, name, group, pooling=pool, overwrite=overwrite, **params)
     typer.echo(f"{view.name}: {len(view.done_ids())}/{len(view.ids)} rows, tokens {view.arrays['tokens'].shape}")
+
+
+@app.command("drop")
+def cache_drop_cmd(
+    cache: CacheArg,
+    group: Annotated[str, typer.Argument(metavar="GROUP", help="The group to remove, e.g. video/mvit_v2_s or "
+                                                               "views/video (see `migfuse cache info`).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove one group (a track's tokens or a view) from the cache, e.g. after its extraction failed
+    entirely, or when it is damaged. The group is renamed out of the store first and the consolidated
+    metadata rewritten, so an interrupted drop never leaves half a group listed; views derived from
+    it are kept (`fuse train` refuses them once the group is extracted again with other settings)."""
+    from migfuse.data_cache.info import human_bytes
+    from migfuse.data_cache.store import TokenCache
+
+    tc = TokenCache(cache)
+    if group.strip("/") not in tc.droppable():
+        tc.drop_group(group)  # raises the one-line error listing the groups
+    target = tc.path / group.strip("/")
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    if not yes and not typer.confirm(f"drop group '{group}' ({human_bytes(size)}) from {cache}?", default=False):
+        typer.echo("nothing dropped")
+        raise typer.Exit(1)
+    tc.drop_group(group)
+    typer.echo(f"dropped {group} from {cache} ({human_bytes(size)} freed)")

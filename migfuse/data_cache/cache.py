@@ -59,6 +59,7 @@ class TokenCache:
 
     def group_names(self) -> list[str]:
         """Names of the complete groups (those whose creator finished writing the spec)."""
+        self._check_root()
         names: list[str] = []
         # Walk group nodes only: array folders hold one chunk file per row and are never entered.
         stack = [self.path]
@@ -71,6 +72,17 @@ class TokenCache:
                 names.append(folder.relative_to(self.path).as_posix())
             stack.extend(p for p in folder.iterdir() if p.is_dir())
         return sorted(names)
+
+    def _check_root(self) -> None:
+        """UserError when the root metadata (CACHE/zarr.json) is missing or unreadable but groups are there:
+        nothing would be listed, and the cache would look empty."""
+        root_meta = self.path / "zarr.json"
+        if _node_meta(self.path) is not None or not self.path.is_dir():
+            return
+        if root_meta.exists() or any((p / "zarr.json").is_file() for p in self.path.iterdir() if p.is_dir()):
+            state = "cannot be read" if root_meta.exists() else "is missing"
+            raise UserError(f"{root_meta}, the root metadata of cache {self.path}, {state} while its groups are there; "
+                            f"restore it with `migfuse cache info {self.path} --consolidate`")
 
     def has_group(self, name: str) -> bool:
         return name in self.group_names()
@@ -113,8 +125,13 @@ class TokenCache:
             return TokenGroup(self, zg)
 
     def consolidate(self) -> None:
-        """Rewrite the consolidated metadata at the root (what `cache info --consolidate` does)."""
+        """Rewrite the consolidated metadata at the root (what `cache info --consolidate` does); a root
+        zarr.json that is missing or unreadable while groups are there is written afresh first."""
         with writing(self.path), self._lock():
+            if _node_meta(self.path) is None and self.path.is_dir():
+                fresh = self.path / "zarr.json.tmp"
+                fresh.write_text(json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}))
+                os.replace(fresh, self.path / "zarr.json")
             self._root(create=False)
             self._consolidate()
 
@@ -154,13 +171,66 @@ class TokenCache:
 
     def delete_group(self, name: str) -> None:
         """Remove a group and everything in it (used by `--overwrite` style commands)."""
+        if (self.path / name).is_dir():
+            self.drop_group(name)
+
+    def drop_group(self, name: str) -> None:
+        """Remove group `name` (complete, or left half-made or damaged) so that nothing lists it any more.
+
+        Under the cache lock: the folder is first renamed out of the store (one atomic rename, next
+        to the store: ``CACHE.zarr.dropped-*``), then the consolidated metadata is rewritten, then
+        the renamed folder is deleted; a drop interrupted anywhere leaves either the whole group or
+        none of it in the store, and the next drop deletes the leftover folder.
+        Raises UserError when `name` is no group of the cache (lists the groups), or an extraction
+        holds a claim on its rows right now.
+        """
         import shutil
 
+        self._root(create=False)
+        name = name.strip("/")
         target = self.path / name
-        if target.is_dir():
-            with writing(self.path), self._lock():
-                shutil.rmtree(target)
-                self._consolidate()
+        if name not in self.droppable():
+            have = ", ".join(self.droppable()) or "none"
+            raise UserError(f"cache {self.path} has no group '{name}' to drop (groups: {have})")
+        claims = self.path / ".claims" / name.replace("/", "__")
+        with writing(self.path), self._lock():
+            _refuse_if_claimed(claims, name)
+            trash = self.path.absolute().with_name(f"{self.path.name}.dropped-{name.replace('/', '__')}-{os.getpid()}")
+            os.replace(target, trash)
+            parent = target.parent
+            if parent != self.path and not [p for p in parent.iterdir() if p.name != "zarr.json"]:
+                shutil.rmtree(parent)  # a track folder (e.g. video/) left with no group
+            self._consolidate()
+            for leftover in self.path.absolute().parent.glob(f"{self.path.name}.dropped-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            shutil.rmtree(claims, ignore_errors=True)
+
+    def droppable(self) -> list[str]:
+        """Names `drop_group` accepts: the complete groups, and folders of groups whose creator died before
+        finishing them or whose own zarr.json is gone (two levels deep, e.g. video/mvit_v2_s)."""
+        names = set(self.group_names())
+        for folder in self.path.glob("*/*"):
+            rel = folder.relative_to(self.path).as_posix()
+            if folder.is_dir() and not rel.startswith(".") and not any(n.startswith(rel + "/") for n in names):
+                meta = _node_meta(folder)
+                if meta is None or (meta.get("node_type") == "group" and "migfuse" not in meta.get("attributes", {})):
+                    if rel.split("/")[0] not in names:
+                        names.add(rel)
+        return sorted(names)
+
+
+def _refuse_if_claimed(claims: Path, name: str) -> None:
+    """UserError when a process holds a claim on rows of group `name` (an extraction writing it now)."""
+    from filelock import FileLock, Timeout
+
+    for path in sorted(claims.glob("*.lock")) if claims.is_dir() else []:
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise UserError(f"an extraction is writing group '{name}' right now (it holds {path}); "
+                            f"stop it or wait for it to end, then drop the group") from None
+        lock.release()
 
 
 def _node_meta(folder: Path) -> dict | None:

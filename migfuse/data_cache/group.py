@@ -22,7 +22,36 @@ import numpy as np
 from migfuse.data_cache.chunks import CorruptChunk, writing
 from migfuse.data_cache.spec import (DONE, FAILED, MISSING, ArraySpec, GroupSpec, default_row_dim, first_difference,
                                      format_arrays, name_dims, value_at)
+from migfuse.data_cache.tracks import VIEW_PREFIX, track_of_group
 from migfuse.errors import UserError
+
+
+def drop_command(group: "TokenGroup | str", cache_path: Path | None = None) -> str:
+    """The command that removes a group safely, e.g. `migfuse cache drop CACHE video/mvit_v2_s`."""
+    name = group if isinstance(group, str) else group.name
+    path = cache_path if cache_path is not None else group.cache.path  # type: ignore[union-attr]
+    return f"`migfuse cache drop {path} {name}`"
+
+
+def rebuild_command(group: "TokenGroup | str", cache_path: Path | None = None) -> str:
+    """The command that writes a group again: its `migfuse extract`, or `migfuse cache view` for a view."""
+    name = group if isinstance(group, str) else group.name
+    path = cache_path if cache_path is not None else group.cache.path  # type: ignore[union-attr]
+    if name.startswith(VIEW_PREFIX):
+        return f"`migfuse cache view {path} --defaults` (or the `cache view` command that made {name})"
+    track = track_of_group(name)
+    command = track.command if track is not None else "extract ..."
+    return f"`migfuse {command} --data PREPARED --cache {path}`"
+
+
+class DamagedGroup(UserError):
+    """A group whose arrays do not match its recorded spec (an array's metadata deleted or damaged):
+    names the group, the damage and the fix (drop it, then write it again)."""
+
+    def __init__(self, group: "TokenGroup", why: str) -> None:
+        self.group, self.why = group.name, why
+        super().__init__(f"cache group '{group.name}' in {group.cache.path} is damaged ({why}); rebuild it: "
+                         f"{drop_command(group)}, then {rebuild_command(group)}")
 
 
 class OpenedBy(Protocol):
@@ -51,12 +80,37 @@ class TokenGroup:
         self.info: dict = meta["info"]
         #: the array holding the row ids: "clip"/"video" (format 2), "ids" (format 1)
         self.id_array: str = self.row_dim if self.format >= 2 else "ids"
+        self._check_arrays(meta.get("n"))
         ids = self._read(self.id_array, slice(None), what="its id list")
         self.ids: list[str] = [str(i) for i in ids]
         self._row = {cid: i for i, cid in enumerate(self.ids)}
 
     def __repr__(self) -> str:
         return f"TokenGroup({self.name!r}, n={len(self.ids)})"
+
+    def _check_arrays(self, n: int | None) -> None:
+        """DamagedGroup unless every array the group's spec names opens with its recorded shape and dtype
+        (a deleted or damaged ``zarr.json`` of one array would otherwise read as "done" rows of fill
+        values, or fail later with a KeyError)."""
+        expected: dict[str, tuple[tuple[int, ...], str | None]] = {self.id_array: ((), None), "status": ((), "uint8"),
+                                                                    "failure": ((), None)}
+        for k, a in self.arrays.items():
+            expected[k] = (a.shape, a.dtype)
+            if a.ragged:
+                expected[f"{k}_len"] = ((), "int32")
+        for name, (shape, dtype) in expected.items():
+            try:
+                arr = self._g[name]
+            except Exception as e:  # noqa: BLE001 - a missing or unreadable zarr.json: named below
+                meta = self.path / name / "zarr.json"
+                why = f"{meta} is missing" if not meta.is_file() else f"{meta} cannot be read ({type(e).__name__})"
+                raise DamagedGroup(self, f"array '{name}' has no usable metadata: {why}") from None
+            if n is None:
+                n = arr.shape[0] if arr.shape else 0
+            want = (n, *shape)
+            if tuple(arr.shape) != want or (dtype is not None and np.dtype(arr.dtype).name != dtype):
+                raise DamagedGroup(self, f"array '{name}' is {tuple(arr.shape)} {arr.dtype}, but the group records "
+                                         f"{want} {dtype or 'str'}")
 
     @property
     def spec(self) -> GroupSpec:
@@ -74,7 +128,7 @@ class TokenGroup:
 
     def _check_matches(self, spec: GroupSpec) -> None:
         where = f"cache group '{self.name}' in {self.cache.path}"
-        fix = f"use another --cache, or delete {self.path} to rebuild it"
+        fix = f"use another --cache, or drop the group to rebuild it: {drop_command(self)}"
         diff = first_difference(self.provenance, dict(spec.provenance))
         if diff:
             raise UserError(
@@ -227,7 +281,8 @@ class TokenGroup:
         ids = getattr(self, "ids", None)
         rows = ids[first_row : first_row + cpc] if ids else [f"#{first_row}"]
         if what:
-            hint = f"{what} is damaged, so the group must be rebuilt: delete {self.path} and rerun its command"
+            hint = (f"{what} is damaged, so the group must be rebuilt: {drop_command(self)}, "
+                    f"then {rebuild_command(self)}")
         else:
             hint = (f"run `migfuse cache info {self.cache.path} --verify --mark-failed`, "
                     "then the same `migfuse extract` "

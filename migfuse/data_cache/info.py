@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 
+from migfuse.data_cache.group import DamagedGroup
 from migfuse.data_cache.store import FORMAT_VERSION, CorruptChunk, TokenCache
 from migfuse.errors import UserError
 
@@ -31,7 +32,14 @@ def cache_info(path, show_failures: int = 5) -> str:
         if not (cache.path / "zarr.json").is_file():
             raise UserError(f"no token cache at {cache.path} (create it with `migfuse extract ...`, or check the path)")
         return f"{cache.path}: empty cache (no complete groups)"
-    groups = [cache.group(n) for n in names]
+    groups, damaged = [], []
+    for n in names:
+        try:
+            groups.append(cache.group(n))
+        except DamagedGroup as e:  # listed below with its fix; the other groups are still worth a table
+            damaged.append(str(e))
+    if not groups:
+        raise UserError(damaged[0] + (f" (and {len(damaged) - 1} more damaged groups)" if len(damaged) > 1 else ""))
     summaries = [{**g.summary(), "format": g.format} for g in groups]
     rows = [["group", "array", "per-clip shape", "dtype", "clips", "done", "failed", "missing", "size"]]
     for s in summaries:
@@ -59,6 +67,10 @@ def cache_info(path, show_failures: int = 5) -> str:
             out.append(f"  FAILED {rec['clip_id']} [{rec.get('stage', '?')}] {rec.get('message', '')}")
         if len(failures) > show_failures:
             out.append(f"  ... and {len(failures) - show_failures} more failures")
+    out += [f"DAMAGED: {d}" for d in damaged]
+    out += [f"INCOMPLETE: {n} has no group metadata (its creator stopped, or its zarr.json was deleted): nothing reads "
+            f"it; its extract rebuilds it, or `migfuse cache drop {cache.path} {n}` removes it"
+            for n in cache.droppable() if n not in names]
     total = sum(s["bytes"] for s in summaries)
     out.append(f"total size on disk: {human_bytes(total)}")
     return "\n".join(out)
@@ -97,7 +109,8 @@ def verify_cache(path, mark_failed: bool = False) -> str:
 def consolidate_cache(path) -> str:
     """Rewrite the cache's consolidated metadata (zarr / xarray then open it without a crawl)."""
     cache = TokenCache(path)
-    if not (cache.path / "zarr.json").is_file():
+    if not (cache.path / "zarr.json").exists() and not (
+            cache.path.is_dir() and any((p / "zarr.json").is_file() for p in cache.path.iterdir() if p.is_dir())):
         raise UserError(f"no token cache at {cache.path} (create it with `migfuse extract ...`, or check the path)")
     cache.consolidate()
     return f"consolidated the metadata of {len(cache.group_names())} groups in {cache.path / 'zarr.json'}"
