@@ -202,8 +202,10 @@ class TokenGroup:
             self._g["failure"][r] = json.dumps(record)
             self._g["status"][r] = FAILED
 
-    def write_many(self, ids: Sequence[str], arrays: Mapping[str, np.ndarray]) -> None:
-        """Bulk write of stacked arrays for many rows (one writer only: views, tests)."""
+    def write_many(self, ids: Sequence[str], arrays: Mapping[str, np.ndarray],
+                   rowdefs: Sequence[str] | None = None) -> None:
+        """Bulk write of stacked arrays for many rows (one writer only: views, tests), with their row
+        definitions when given (a view records those of the source rows it pooled)."""
         if set(arrays) != set(self.arrays):
             raise ValueError(f"{self.name}: write_many() needs arrays {sorted(self.arrays)}, got {sorted(arrays)}")
         rows = np.array([self.row(i) for i in ids], dtype=np.int64)
@@ -227,12 +229,24 @@ class TokenGroup:
             values[k] = v[order].astype(spec.dtype, copy=False)
         with writing(self.cache.path):
             self._g["status"].oindex[rows_sorted] = MISSING
+            if rowdefs is not None and "rowdef" in self._g.array_keys():
+                values["rowdef"] = np.array([str(d) for d in rowdefs], dtype=object)[order]
             for k, v in values.items():
                 if contiguous:
                     self._g[k][int(rows_sorted[0]) : int(rows_sorted[-1]) + 1] = v
                 else:
                     self._g[k].oindex[rows_sorted] = v
             self._g["status"].oindex[rows_sorted] = DONE
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Mark rows not done (MISSING) and clear their row definitions, e.g. view rows pooled from source
+        rows extracted again since."""
+        if ids:
+            rows = np.sort([self.row(i) for i in ids])
+            with writing(self.cache.path):
+                self._g["status"].oindex[rows] = MISSING
+                if "rowdef" in self._g.array_keys():
+                    self._g["rowdef"].oindex[rows] = np.array([""] * len(rows), dtype=object)
 
     # -- row definitions (what defined each row when it was written) ------------------------------------
     def _write_rowdef(self, r: int, rowdef: str) -> None:
@@ -340,6 +354,7 @@ class TokenGroup:
         out = {}
         for k in names or self.arrays:
             v = self._read(k, np.array([r]))[0]
+            self._check_filled(k, v[None], [r])
             if self.arrays[k].ragged:
                 v = v[: int(self._read(f"{k}_len", np.array([r]))[0])]
             out[k] = v
@@ -366,7 +381,18 @@ class TokenGroup:
                     out[w] = np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
                     continue
                 out[w] = self._read(w, rows[order])[inverse]
+                self._check_filled(w, out[w], rows)
         return out
+
+    def _check_filled(self, array: str, values: np.ndarray, rows: Sequence[int]) -> None:
+        """CorruptChunk when a done row of a float array reads NaN: rows are never stored with NaN (writes
+        refuse it), so its chunk file is gone and the fill value shows through."""
+        if values.dtype.kind != "f" or not len(values):
+            return
+        bad = np.flatnonzero(np.isnan(values.reshape(len(values), -1)).any(1))
+        if len(bad):
+            first = int(rows[bad[0]]) // self._g[array].chunks[0] * self._g[array].chunks[0]
+            raise self._corrupt(array, first, FileNotFoundError("chunk file missing (reads as NaN)"))
 
     def iter_clips(self, ids: Sequence[str] | None = None,
                    names: Sequence[str] | None = None) -> Iterator[tuple[str, dict]]:
@@ -395,6 +421,23 @@ class TokenGroup:
                         arr[first : first + arr.chunks[0]]
                     except Exception as cause:  # noqa: BLE001 - reported with the chunk's name
                         bad.append(self._corrupt(name, first, cause))
+        bad += self._missing_chunks()
+        return bad
+
+    def _missing_chunks(self) -> list[CorruptChunk]:
+        """Chunks of float arrays that read NaN in done rows (their file is gone: see `_check_filled`)."""
+        bad: list[CorruptChunk] = []
+        done = np.flatnonzero(self.status() == DONE)
+        for name, spec in self.arrays.items():
+            if np.dtype(spec.dtype).kind != "f":
+                continue
+            cpc = self._g[name].chunks[0]
+            for first in sorted({int(r) // cpc * cpc for r in done}):
+                rows = done[(done >= first) & (done < first + cpc)]
+                try:
+                    self._check_filled(name, self._g[name][first : first + cpc][rows - first], rows)
+                except CorruptChunk as c:
+                    bad.append(c)
         return bad
 
     def mark_failed(self, corrupt: Sequence[CorruptChunk]) -> int:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from migfuse.data_cache.store import ArraySpec, GroupSpec, TokenCache, TokenGroup
+from migfuse.data_cache.store import DONE, ArraySpec, GroupSpec, TokenCache, TokenGroup
 from migfuse.data_cache.tracks import TRACKS, VIEW_PREFIX, track_of_group, tracks_with_layout
 from migfuse.errors import UserError
 from migfuse.registry import Registry
@@ -283,15 +283,31 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
         cache.delete_group(spec.name)
     view = cache.require_group(spec)
     have = set(view.done_ids())
+    stale = stale_rows(view, src)
+    if stale:
+        log.warning("%s: %d rows were pooled from rows of %s extracted since (e.g. %s); pooling them again",
+                    spec.name, len(stale), source, stale[0])
+        view.forget(stale)
+        have -= set(stale)
     todo = [i for i in done if i not in have]
     batch_size = batch_size or max(1, min(len(todo), (256 << 20) // max(_source_bytes(src), 1)))
     for start in tqdm(range(0, len(todo), batch_size), desc=f"view {name}", unit="batch", disable=None):
         ids = todo[start : start + batch_size]
         pooled = fn(src.read_many(ids, names), **params)
-        view.write_many(ids, {"tokens": pooled["tokens"].astype(np.float16), "mask": pooled["mask"]})
+        view.write_many(ids, {"tokens": pooled["tokens"].astype(np.float16), "mask": pooled["mask"]},
+                        rowdefs=src.rowdefs(ids))
     log.info("view %s: %d new, %d total of %d ids, %s tokens per row", spec.name, len(todo),
              len(have) + len(todo), len(src.ids), tuple(tokens_shape))
     return view
+
+
+def stale_rows(view: TokenGroup, source: TokenGroup, ids: Sequence[str] | None = None) -> list[str]:
+    """Done rows of `view` (of `ids`, default all) pooled from another row definition than the one
+    `source` holds now: rows extracted again since (a changed frame range), or rows pooled by a
+    release that did not record row definitions while the source records them."""
+    have = view.done_ids() if ids is None else [i for i, s in zip(ids, view.status(ids)) if s == DONE]
+    now = dict(zip(have, source.rowdefs(have)))
+    return [i for i, pooled in zip(have, view.rowdefs(have)) if pooled != now[i]]
 
 
 def _source_bytes(group: TokenGroup) -> int:
@@ -356,10 +372,13 @@ def export_views(cache: TokenCache | str, out: TokenCache | str, batch_rows: int
         src = cache.group(name)
         dst = out.require_group(src.spec)
         have = set(dst.done_ids())
+        stale = stale_rows(dst, src)  # rows pooled again in `cache` since the last export
+        dst.forget(stale)
+        have -= set(stale)
         todo = [i for i in src.done_ids() if i not in have]
         for start in tqdm(range(0, len(todo), batch_rows), desc=f"export {name}", unit="batch", disable=None):
             ids = todo[start : start + batch_rows]
-            dst.write_many(ids, src.read_many(ids))
+            dst.write_many(ids, src.read_many(ids), rowdefs=src.rowdefs(ids))
         copied[name] = len(todo)
         log.debug("%s: %d rows copied, %d already there", name, len(todo), len(have))
     return copied

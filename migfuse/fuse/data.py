@@ -13,8 +13,10 @@ Micro-gestures are per clip (ids = clip ids), emotion is per video (ids = video 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -23,8 +25,8 @@ import torch
 from migfuse.datasets import classes
 from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import DONE, TokenCache, TokenGroup
-from migfuse.data_cache.tracks import TRACKS, track_of_group
-from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, is_view, source_arrays, track_of
+from migfuse.data_cache.tracks import TRACKS, row_definition, track_of_group
+from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, is_view, source_arrays, stale_rows, track_of
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -273,6 +275,66 @@ def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, 
             log.warning("%s; skipped (--allow-missing)", msg)
             keep -= set(missing)
     return [i for i in ids if i in keep]
+
+
+def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[str], what: str) -> None:
+    """UserError unless the rows of `ids` (done in every input: `check_coverage`) hold what `manifest`
+    defines now: each row's stored definition (video and frame range, `tracks.row_definition`) must be
+    the manifest's, and a view's rows must be pooled from the rows its source group holds now. Rows
+    stored without a definition (caches of earlier releases) are not compared. Labels are not part
+    of a row: tokens do not depend on them, and training takes the manifest's."""
+    if not ids:
+        return
+    data = manifest.root or "the prepared data"
+    for g in inputs.values():
+        cache = g.cache.path
+        track = TRACKS.get(track_of(g))
+        if is_view(g):
+            source = g.provenance.get("source")
+            if source in g.cache.group_names():
+                stale = stale_rows(g, g.cache.group(source), ids)
+                if stale:
+                    raise UserError(f"view '{g.name}' in {cache} was pooled from rows of '{source}' that were "
+                                    f"extracted again since ({len(stale)} of the {len(ids)} {what} rows, e.g. "
+                                    f"{stale[0]}); run `migfuse cache view {cache} --defaults` again (or the "
+                                    f"`cache view` command that made it) to pool them anew")
+        if track is None:
+            continue
+        want = [row_definition(track, manifest, i) for i in ids]
+        differ = [(i, have, now) for i, have, now in zip(ids, g.rowdefs(ids), want) if have and have != now]
+        if differ:
+            i, have, now = differ[0]
+            raise UserError(
+                f"cache group '{g.name}' in {cache} holds {len(differ)} of the {len(ids)} {what} rows as other data "
+                f"than {data} defines (e.g. {i}: cached '{have}', {data} has '{now}'): it was extracted from "
+                f"another prepared dataset; point --data at that one, or extract again for this one: "
+                f"`migfuse {track.command} --data {data} --cache {cache}`, "
+                f"then `migfuse cache view {cache} --defaults`")
+
+
+def split_fingerprint(manifest: Manifest, task: str, ids: list[str]) -> dict[str, object]:
+    """What a split of `manifest` is, in short: sha256 of its rows (ids, videos, frame ranges) and of its
+    labels, and how many are labelled. Recorded by `fuse train`, compared by `fuse eval --data`."""
+    if task == "mg":
+        rows = [f"{i} {row_definition(TRACKS['video'], manifest, i)}" for i in ids]
+    else:
+        rows = list(ids)
+    labels = labels_of(manifest, task, ids)
+
+    def sha(items: list) -> str:
+        return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
+
+    return {"rows": sha(rows), "labels": sha(labels), "labelled": sum(y >= 0 for y in labels)}
+
+
+def check_known_ids(manifest: Manifest, task: str, ids: list[str], where: str | Path) -> None:
+    """UserError when `manifest` lacks ids a run recorded (its train/validation split, splits.json)."""
+    known = set(manifest.videos) if task == "emotion" else {c.clip_id for c in manifest.clips}
+    absent = [i for i in ids if i not in known]
+    if absent:
+        raise UserError(f"{manifest.root} lacks {len(absent)} of the {len(ids)} ids recorded in {where} "
+                        f"(e.g. {absent[0]}): it is not the prepared data the run was trained on; "
+                        f"pass that one as --data, or leave --data out")
 
 
 def load_tokens(inputs: Mapping[str, TokenGroup], ids: list[str], labels: list[int], read_batch: int = 2048

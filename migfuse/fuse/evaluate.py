@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from migfuse.errors import UserError
 from migfuse.fuse.metrics import per_class_rows, roc_curve, task_metrics, to_json
 from migfuse.fuse.plots import write_plots
 from migfuse.fuse.predict import load_run, predict_split
@@ -31,6 +32,12 @@ def evaluate(run: str | Path, split: str = "test", cache: str | Path | None = No
     `runtime`: where the head runs (`migfuse.runtime.Runtime`; None: the CPU in fp32).
     """
     r = load_run(run, cache, data)
+    differs = r.data_differs(split) if data is not None else None
+    if differs:
+        raise UserError(f"--data {data} has {differs} in split {split} than {r.config['data']}, the data run {run} "
+                        f"was trained with, so its evaluation in {Path(run) / f'eval_{split}'} is kept: leave out "
+                        f"--data, or score that data with `migfuse fuse predict {run} --data {data} --split {split} "
+                        f"--out SCORES.npz`, then `migfuse score SCORES.npz --data {data} --split {split}`")
     tokens, probs = predict_split(r, split, allow_missing, labelled_only=True, runtime=runtime)
     names = r.config["classes"]
     m = task_metrics(r.task, probs.numpy(), tokens.labels.numpy(), names)

@@ -50,10 +50,33 @@ class Run:
     def split_ids(self, split: str) -> list[str]:
         """Ids of `split`: train/validation as used in training (splits.json), test from the manifest."""
         if split in ("train", "validation"):
-            return json.loads((self.path / "splits.json").read_text())[split]
+            ids = json.loads((self.path / "splits.json").read_text())[split]
+            fdata.check_known_ids(self.manifest, self.task, ids, self.path / "splits.json")
+            return ids
+        return self.plan().ids(split)
+
+    def plan(self, manifest: Manifest | None = None) -> fdata.SplitPlan:
+        """The run's split plan over `manifest` (default: the run's data, or the --data given)."""
         c = self.config
-        plan = fdata.task_splits(self.manifest, self.task, c["val_fraction"], c["seed"], c["split_scheme"])
-        return plan.ids(split)
+        return fdata.task_splits(manifest or self.manifest, self.task, c["val_fraction"], c["seed"], c["split_scheme"])
+
+    def data_differs(self, split: str) -> str | None:
+        """How the data's `split` differs from the one the run was trained with ("other clips or frame
+        ranges", "other labels"), None when it is the same: a re-prepared copy with identical clips
+        passes, and so do labels added to a split that had none."""
+        recorded = self.config.get("data_fingerprint", {}).get(split)
+        if recorded is None:  # a run of an earlier release: its own data, when still there, tells
+            try:
+                trained = Manifest.load(self.config["data"])
+            except (UserError, OSError, KeyError):
+                return None
+            recorded = fdata.split_fingerprint(trained, self.task, self.plan(trained).ids(split))
+        now = fdata.split_fingerprint(self.manifest, self.task, self.plan().ids(split))
+        if now["rows"] != recorded["rows"]:
+            return "other clips or frame ranges"
+        if recorded["labelled"] and now["labels"] != recorded["labels"]:
+            return "other labels"
+        return None
 
 
 def load_run(run: str | Path, cache: str | Path | None = None, data: str | Path | None = None) -> Run:
@@ -105,6 +128,7 @@ def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_on
             raise UserError(f"cache group '{group.name}' in {run.cache.path} was rebuilt with other settings than run "
                             f"{run.path} was trained on; retrain, or point --cache at the cache it was trained with")
     ids = fdata.check_coverage(run.groups, ids, split, allow_missing)
+    fdata.check_rows(run.groups, run.manifest, ids, split)
     tokens = fdata.load_tokens(run.groups, ids, fdata.labels_of(run.manifest, run.task, ids))
     shapes = {k: tuple(v) for k, v in run.config["shapes"].items()}
     if tokens.shapes != shapes:

@@ -95,7 +95,8 @@ def resolve_config(task: str, config: Mapping[str, Any] | str | Path | None = No
         raise UserError(f"unknown task {task!r}; choose mg or emotion")
     where = str(config) if isinstance(config, (str, Path)) else "the config"
     # "task" and the rest are written by a previous run's config.json (old layout): reusing one is fine
-    ignore = ("task", "cache", "data", "split_source", "classes", "shapes", "input_provenance")
+    ignore = ("task", "cache", "data", "split_source", "classes", "shapes", "input_provenance",
+              "data_fingerprint")
     cfg = resolve_settings(DEFAULTS, base=TASK_DEFAULTS[task], config=config, sets=sets, flags=flags,
                            optional={"head": ""}, ignore=ignore)
     if head:
@@ -256,17 +257,19 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
     # What decides whether a rerun may resume: the same cache groups, built the same way.
     inputs_id = {"cache": str(cache.path.resolve()), "data": str(prepared.resolve()), "inputs": inputs,
                  "input_provenance": {m: g.provenance for m, g in groups.items()}}
+    plan = fdata.task_splits(manifest, task, cfg["val_fraction"], cfg["seed"], cfg["split_scheme"])
+    ids_of: dict[str, list[str]] = {}
+    for split in ("train", "validation"):  # checked before the run folder is touched
+        ids = plan.ids(split)
+        labels = fdata.labels_of(manifest, task, ids)
+        ids = [i for i, y in zip(ids, labels) if y >= 0]  # unlabelled samples cannot be trained or scored
+        ids_of[split] = fdata.check_coverage(groups, ids, f"{split}", allow_missing)
+        fdata.check_rows(groups, manifest, ids_of[split], split)
     with RunFolder.open(out, "fuse", cfg, inputs_id, overwrite=overwrite, resumable=RESUMABLE,
                         extra_files=EXTRA_FILES) as run:
-        plan = fdata.task_splits(manifest, task, cfg["val_fraction"], cfg["seed"], cfg["split_scheme"])
         log.info("task %s, head %s, inputs %s; validation = %s", task, cfg["head"], inputs, plan.source)
-        sets: dict[str, fdata.TokenSet] = {}
-        for split in ("train", "validation"):
-            ids = plan.ids(split)
-            labels = fdata.labels_of(manifest, task, ids)
-            ids = [i for i, y in zip(ids, labels) if y >= 0]  # unlabelled samples cannot be trained or scored
-            ids = fdata.check_coverage(groups, ids, f"{split}", allow_missing)
-            sets[split] = fdata.load_tokens(groups, ids, fdata.labels_of(manifest, task, ids))
+        sets = {split: fdata.load_tokens(groups, ids, fdata.labels_of(manifest, task, ids))
+                for split, ids in ids_of.items()}
         if not len(sets["train"]):
             raise UserError(f"no labelled training samples for task {task} in {prepared} with cache {cache.path}")
 
@@ -275,7 +278,9 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
         n_params = sum(p.numel() for p in model.parameters())
         run.update_provenance({"split_source": plan.source, "classes": names, "shapes": sets["train"].shapes,
                                "n_train": len(sets["train"]), "n_validation": len(sets["validation"]),
-                               "compute": runtime.record()})
+                               "compute": runtime.record(),
+                               "data_fingerprint": {split: fdata.split_fingerprint(manifest, task, plan.ids(split))
+                                                    for split in ("train", "validation", "test")}})
         atomic_write_text(out / "splits.json", json.dumps({k: v.ids for k, v in sets.items()}))
         log.info("%d train / %d validation samples, %d parameters", len(sets["train"]), len(sets["validation"]),
                  n_params)

@@ -18,6 +18,7 @@ import numpy as np
 from migfuse.datasets import classes
 from migfuse.datasets.manifest import Clip, Manifest, VideoInfo
 from migfuse.data_cache.store import ArraySpec, GroupSpec, TokenCache
+from migfuse.data_cache.tracks import TRACKS, row_definition
 
 VIDEO_SHAPE = (393, 768)
 FACE_DIM, FACE_LOGITS = 512, 7
@@ -100,11 +101,15 @@ def write_synthetic(root: str | Path, n_videos: int = 8, clips_per_video: int = 
     def group(name: str, ids: list[str], arrays: dict[str, ArraySpec]):
         return cache.require_group(GroupSpec(name, ids, arrays, prov))
 
+    def rowdef(track: str, row_id: str) -> str:  # stored per row, as extraction does
+        return row_definition(TRACKS[track], m, row_id)
+
     if "video" in tracks:
         g = group("video/mvit_v2_s", clip_ids, {"tokens": ArraySpec(VIDEO_SHAPE, "float16")})
         for c in m.clips:
             if c.clip_id not in skip:
-                g.write(c.clip_id, {"tokens": mg.add(rng.standard_normal(VIDEO_SHAPE, np.float32), c.label, "video")})
+                g.write(c.clip_id, {"tokens": mg.add(rng.standard_normal(VIDEO_SHAPE, np.float32), c.label, "video")},
+                        rowdef=rowdef("video", c.clip_id))
     for stream in ("joint", "bone"):
         if stream in tracks:
             shape = (256, pose_steps, joints)
@@ -112,7 +117,7 @@ def write_synthetic(root: str | Path, n_videos: int = 8, clips_per_video: int = 
             for c in m.clips:
                 if c.clip_id not in skip:
                     g.write(c.clip_id, {"features": mg.add(rng.standard_normal(shape, np.float32),
-                                                           c.label, stream, axis=0)})
+                                                           c.label, stream, axis=0)}, rowdef=rowdef(stream, c.clip_id))
     if "face" in tracks:
         g = group("face/swinface", clip_ids, {"features": ArraySpec((faces, FACE_DIM), "float16"),
                                               "logits": ArraySpec((faces, FACE_LOGITS), "float16"),
@@ -122,7 +127,8 @@ def write_synthetic(root: str | Path, n_videos: int = 8, clips_per_video: int = 
                 mask = rng.random(faces) < 0.7
                 feats = mg.add(rng.standard_normal((faces, FACE_DIM), np.float32), c.label, "face") * mask[:, None]
                 g.write(c.clip_id, {"features": feats,
-                                    "logits": rng.standard_normal((faces, FACE_LOGITS)), "mask": mask})
+                                    "logits": rng.standard_normal((faces, FACE_LOGITS)), "mask": mask},
+                        rowdef=rowdef("face", c.clip_id))
     if "context" in tracks:
         shape = (windows, *VIDEO_SHAPE)
         g = group("context/mvit_v2_s", video_ids, {"tokens": ArraySpec(shape, "float16"),
@@ -133,7 +139,7 @@ def write_synthetic(root: str | Path, n_videos: int = 8, clips_per_video: int = 
             valid = np.arange(windows) < windows - (i % 2)  # every other video has a padded last window
             y = classes.emotion_label(m.videos[v].win_lose)
             tokens = emo.add(rng.standard_normal(shape, np.float32) * 2.0, y, "context") * valid[:, None, None]
-            g.write(v, {"tokens": tokens, "valid": valid})
+            g.write(v, {"tokens": tokens, "valid": valid}, rowdef=rowdef("context", v))
     if "face_context" in tracks:
         g = group("face_context/swinface", video_ids, {"features": ArraySpec((windows, faces, FACE_DIM), "float16"),
                                                        "logits": ArraySpec((windows, faces, FACE_LOGITS), "float16"),
@@ -145,5 +151,6 @@ def write_synthetic(root: str | Path, n_videos: int = 8, clips_per_video: int = 
             mask = (rng.random((windows, faces)) < 0.6) & (i % 3 != 2)
             y = classes.emotion_label(m.videos[v].win_lose)
             feats = emo.add(rng.standard_normal((windows, faces, FACE_DIM), np.float32), y, "face") * mask[..., None]
-            g.write(v, {"features": feats, "logits": rng.standard_normal((windows, faces, FACE_LOGITS)), "mask": mask})
+            g.write(v, {"features": feats, "logits": rng.standard_normal((windows, faces, FACE_LOGITS)), "mask": mask},
+                    rowdef=rowdef("face_context", v))
     return prepared, cache.path
