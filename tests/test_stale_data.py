@@ -1,0 +1,247 @@
+"""Tokens, views and runs are tied to the prepared data they came from, where the data is consumed:
+another --data, rows extracted again under a view, a run evaluated on other data, a damaged group,
+and `migfuse cache drop`."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from migfuse.cli import app
+from migfuse.data_cache.group import DamagedGroup
+from migfuse.data_cache.store import TokenCache
+from migfuse.data_cache.tracks import TRACKS, row_definition
+from migfuse.data_cache.views import default_views
+from migfuse.datasets.manifest import Manifest
+from migfuse.errors import UserError
+from migfuse.synth.tokens import write_synthetic
+
+torch = pytest.importorskip("torch")
+
+from migfuse.fuse.evaluate import evaluate  # noqa: E402
+from migfuse.fuse.predict import predict  # noqa: E402
+from migfuse.fuse.train import train  # noqa: E402
+
+FAST = {"epochs": 1, "batch_size": 16, "threads": 1}
+
+
+def _data(root):
+    """A: 4 videos x 4 clips with views; B: the same ids, frames shifted by 5 and other labels;
+    LB: A's rows with other labels; COPY: A prepared again."""
+    prepared, cache = write_synthetic(root / "a", n_videos=4, clips_per_video=4, num_classes=4,
+                                      tracks=("video", "joint", "bone"), joints=10)
+    default_views(cache)
+    b, lb = Manifest.load(prepared), Manifest.load(prepared)
+    for c in b.clips:
+        c.start_frame, c.end_frame, c.label = c.start_frame + 5, c.end_frame + 5, (c.label + 1) % 4
+    for c in lb.clips:
+        c.label = (c.label + 1) % 4
+    return prepared, cache, b.save(root / "b"), lb.save(root / "lb"), Manifest.load(prepared).save(root / "copy")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stale")
+    prepared, cache, b, lb, copy = _data(root)
+    train(cache, prepared, "mg", root / "run", config=FAST)
+    evaluate(root / "run", "test")
+    return prepared, cache, b, lb, copy, root / "run"
+
+
+def _one_line_error(args):
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    return r.output
+
+
+def test_train_with_data_of_other_frame_ranges_is_refused_before_the_run_folder_is_made(data, tmp_path):
+    prepared, cache, b, *_ = data
+    out = _one_line_error(["fuse", "train", "--cache", str(cache), "--data", str(b), "--task", "mg",
+                           "--out", str(tmp_path / "rb"), "--set", "epochs=1"])
+    assert (f"cache group 'views/video' in {cache} holds 8 of the 8 train rows as other data than {b} defines "
+            f"(e.g. 0001_0: cached 'video=0001 frames=0-39', {b} has 'video=0001 frames=5-44')") in " ".join(out.split())
+    assert f"`migfuse extract video --data {b} --cache {cache}`" in " ".join(out.split())
+    assert not (tmp_path / "rb").exists()
+
+
+def test_only_other_labels_train_with_the_labels_of_data(data, tmp_path):
+    prepared, cache, _, lb, *_ = data
+    summary = train(cache, lb, "mg", tmp_path / "r", config=FAST)
+    assert summary["n_train"] == 8
+    doc = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert doc["run"]["provenance"]["data_fingerprint"]["train"]["labelled"] == 8
+
+
+def test_predict_with_data_of_other_frame_ranges_writes_nothing(data, tmp_path):
+    _, cache, b, _, _, run = data
+    with pytest.raises(UserError, match=r"holds 4 of the 4 test rows as other data than .*0004_0: cached "
+                                        r"'video=0004 frames=0-39'"):
+        predict(run, "test", tmp_path / "s.npz", data=b)
+    assert not (tmp_path / "s.npz").exists()
+
+
+@pytest.mark.parametrize("which, why", [("b", "other clips or frame ranges"), ("lb", "other labels")])
+def test_eval_on_other_data_keeps_the_run_s_evaluation(data, which, why):
+    prepared, _, b, lb, _, run = data
+    other = {"b": b, "lb": lb}[which]
+    before = (run / "eval_test" / "metrics.json").read_bytes()
+    out = _one_line_error(["fuse", "eval", str(run), "--data", str(other)])
+    assert f"--data {other} has {why} in split test than {prepared}" in " ".join(out.split())
+    assert (run / "eval_test" / "metrics.json").read_bytes() == before
+
+
+def test_eval_on_the_same_data_prepared_again_passes(data):
+    prepared, _, _, _, copy, run = data
+    assert evaluate(run, "test", data=copy)["n"] == evaluate(run, "test")["n"] == 4
+
+
+def test_a_view_of_rows_extracted_again_is_refused_until_cache_view_pools_them_again(tmp_path):
+    prepared, cache, b, _, _ = _data(tmp_path)
+    # `extract video --data B`: every row's frame range changed, so the runner writes them again
+    tc = TokenCache(cache)
+    g = tc.group("video/mvit_v2_s")
+    m = Manifest.load(b)
+    new = {i: np.full((393, 768), 0.5, np.float32) for i in g.ids}
+    for i in g.ids:
+        g.write(i, {"tokens": new[i]}, rowdef=row_definition(TRACKS["video"], m, i))
+    for stream in ("joint", "bone"):
+        s = tc.group(f"{stream}/agcn")
+        for i in s.ids:
+            s.write(i, s.read(i), rowdef=row_definition(TRACKS[stream], m, i))
+    with pytest.raises(UserError, match=r"view 'views/video' in .* was pooled from rows of 'video/mvit_v2_s' that "
+                                        r"were extracted again since \(8 of the 8 train rows, e.g. 0001_0\); run "
+                                        r"`migfuse cache view .* --defaults` again"):
+        train(cache, b, "mg", tmp_path / "r", config=FAST)
+    assert not (tmp_path / "r").exists()
+    default_views(cache)
+    view = tc.group("views/video")
+    assert view.rowdefs(["0001_0"]) == ["video=0001 frames=5-44"]
+    assert np.allclose(view.read("0001_0")["tokens"].astype(np.float32), 0.5)
+    assert train(cache, b, "mg", tmp_path / "r", config=FAST)["n_train"] == 8
+
+
+def test_a_deleted_array_metadata_file_names_the_group_and_the_fix_everywhere(tmp_path):
+    prepared, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2,
+                                      tracks=("joint", "bone"), joints=5)
+    (cache / "joint" / "agcn" / "features" / "zarr.json").unlink()
+    want = (f"cache group 'joint/agcn' in {cache} is damaged (array 'features' has no usable metadata: "
+            f"{cache}/joint/agcn/features/zarr.json is missing); rebuild it: `migfuse cache drop {cache} joint/agcn`, "
+            f"then `migfuse extract skeleton --stream joint --data PREPARED --cache {cache}`")
+    with pytest.raises(DamagedGroup) as e:
+        TokenCache(cache).group("joint/agcn")
+    assert str(e.value) == want
+    r = CliRunner().invoke(app, ["cache", "info", str(cache)])  # the sound group's table, and the damage
+    assert r.exit_code == 0 and f"DAMAGED: {want}" in " ".join(r.output.split()), r.output
+    for args in (["cache", "view", str(cache), "--defaults"],
+                 ["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg", "--out",
+                  str(tmp_path / "r"), "--head", "pose"]):
+        assert " ".join(_one_line_error(args).split()) == f"error: {want}"
+
+
+def test_a_deleted_status_array_metadata_is_damage_and_cache_info_lists_it_beside_sound_groups(tmp_path):
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint", "bone"),
+                               joints=5)
+    (cache / "bone" / "agcn" / "status" / "zarr.json").unlink()
+    r = CliRunner().invoke(app, ["cache", "info", str(cache)])
+    assert r.exit_code == 0, r.output
+    assert f"DAMAGED: cache group 'bone/agcn' in {cache} is damaged (array 'status'" in r.output
+    assert any(line.startswith("joint/agcn") for line in r.output.splitlines())
+
+
+def test_a_deleted_group_metadata_is_listed_as_incomplete_and_rebuilt_or_dropped(tmp_path):
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint", "bone"),
+                               joints=5)
+    (cache / "bone" / "agcn" / "zarr.json").unlink()
+    r = CliRunner().invoke(app, ["cache", "info", str(cache)])
+    assert r.exit_code == 0 and "INCOMPLETE: bone/agcn has no group metadata" in r.output, r.output
+    r = CliRunner().invoke(app, ["cache", "drop", str(cache), "bone/agcn", "--yes"])
+    assert r.exit_code == 0, r.output
+    assert not (cache / "bone").exists() and TokenCache(cache).group_names() == ["joint/agcn"]
+
+
+def test_a_deleted_root_metadata_is_named_and_consolidate_restores_it(tmp_path):
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint",), joints=5)
+    (cache / "zarr.json").unlink()
+    out = _one_line_error(["cache", "view", str(cache), "--defaults"])
+    assert f"{cache}/zarr.json, the root metadata of cache {cache}, is missing while its groups are there; restore " \
+           f"it with `migfuse cache info {cache} --consolidate`" in " ".join(out.split())
+    r = CliRunner().invoke(app, ["cache", "info", str(cache), "--consolidate"])
+    assert r.exit_code == 0 and "joint/agcn" in r.output, r.output
+    assert "joint/agcn" in json.loads((cache / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+
+
+def test_a_deleted_chunk_file_of_a_done_row_is_named_and_verify_mark_failed_makes_it_retryable(tmp_path):
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint",), joints=5)
+    g = TokenCache(cache).group("joint/agcn")
+    chunk = g.chunk_file("features", g.row("0001_1"))
+    chunk.unlink()
+    with pytest.raises(UserError, match=rf"corrupt chunk {chunk} in cache group 'joint/agcn' \(array features, "
+                                        r"row 0001_1\): FileNotFoundError: chunk file missing"):
+        g.read_many(["0001_0", "0001_1"])
+    out = _one_line_error(["cache", "info", str(cache), "--verify", "--mark-failed"])
+    assert "marked 1 rows failed" in out
+    assert g.status(["0001_0", "0001_1"]).tolist() == [1, 2]
+
+
+def test_cache_drop_asks_refuses_unknown_names_and_unlists_the_group(tmp_path):
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint", "bone"),
+                               joints=5)
+    out = _one_line_error(["cache", "drop", str(cache), "video/x"])
+    assert f"cache {cache} has no group 'video/x' to drop (groups: bone/agcn, joint/agcn)" in out
+    r = CliRunner().invoke(app, ["cache", "drop", str(cache), "bone/agcn"], input="n\n")
+    assert r.exit_code == 1 and "nothing dropped" in r.output and (cache / "bone" / "agcn").is_dir()
+    r = CliRunner().invoke(app, ["cache", "drop", str(cache), "bone/agcn"], input="y\n")
+    assert r.exit_code == 0 and f"dropped bone/agcn from {cache}" in r.output, r.output
+    assert TokenCache(cache).group_names() == ["joint/agcn"] and not (cache / "bone").exists()
+    listed = json.loads((cache / "zarr.json").read_text())["consolidated_metadata"]["metadata"]
+    assert not [k for k in listed if k.startswith("bone")] and "joint/agcn" in listed
+
+
+def test_an_interrupted_drop_leaves_no_half_group_and_the_next_drop_clears_the_rest(tmp_path, monkeypatch):
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint", "bone"),
+                               joints=5)
+    tc = TokenCache(cache)
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TokenCache, "_consolidate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tc.drop_group("bone/agcn")
+    monkeypatch.undo()
+    assert tc.group_names() == ["joint/agcn"]
+    leftovers = list(cache.parent.glob("cache.zarr.dropped-*"))
+    assert len(leftovers) == 1
+    tc.drop_group("joint/agcn")
+    assert tc.group_names() == [] and not list(cache.parent.glob("cache.zarr.dropped-*"))
+
+
+def test_drop_is_refused_while_an_extraction_holds_a_claim_on_the_group(tmp_path):
+    from migfuse.extract.claims import Claims
+
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint",), joints=5)
+    claims = Claims(cache, "joint/agcn")
+    assert claims.take("0001")
+    try:
+        with pytest.raises(UserError, match="an extraction is writing group 'joint/agcn' right now"):
+            TokenCache(cache).drop_group("joint/agcn")
+    finally:
+        claims.close()
+    TokenCache(cache).drop_group("joint/agcn")
+    assert not (cache / ".claims" / "joint__agcn").exists()
+
+
+def test_export_views_copies_row_definitions_and_replaces_rows_pooled_again(tmp_path):
+    from migfuse.data_cache.views import export_views
+
+    prepared, cache, b, _, _ = _data(tmp_path)
+    export_views(cache, tmp_path / "laptop.zarr")
+    laptop = TokenCache(tmp_path / "laptop.zarr")
+    assert laptop.group("views/joint").rowdefs(["0002_3"]) == ["video=0002 frames=150-189"]
+    with pytest.raises(UserError, match="holds 8 of the 8 train rows as other data"):
+        train(laptop.path, b, "mg", tmp_path / "r", config=FAST)
+    shutil.rmtree(tmp_path / "r", ignore_errors=True)
