@@ -62,9 +62,10 @@ def test_train_with_data_of_other_frame_ranges_is_refused_before_the_run_folder_
     prepared, cache, b, *_ = data
     out = _one_line_error(["fuse", "train", "--cache", str(cache), "--data", str(b), "--task", "mg",
                            "--out", str(tmp_path / "rb"), "--set", "epochs=1"])
+    out = " ".join(out.split())
     assert (f"cache group 'views/video' in {cache} holds 8 of the 8 train rows as other data than {b} defines "
-            f"(e.g. 0001_0: cached 'video=0001 frames=0-39', {b} has 'video=0001 frames=5-44')") in " ".join(out.split())
-    assert f"`migfuse extract video --data {b} --cache {cache}`" in " ".join(out.split())
+            f"(e.g. 0001_0: cached 'video=0001 frames=0-39', {b} has 'video=0001 frames=5-44')") in out
+    assert f"`migfuse extract video --data {b} --cache {cache}`" in out
     assert not (tmp_path / "rb").exists()
 
 
@@ -245,3 +246,10 @@ def test_export_views_copies_row_definitions_and_replaces_rows_pooled_again(tmp_
     with pytest.raises(UserError, match="holds 8 of the 8 train rows as other data"):
         train(laptop.path, b, "mg", tmp_path / "r", config=FAST)
     shutil.rmtree(tmp_path / "r", ignore_errors=True)
+
+
+def test_a_deleted_id_array_chunk_is_damage_named_on_open(tmp_path):
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint",), joints=5)
+    (cache / "joint" / "agcn" / "clip" / "c" / "0").unlink()
+    with pytest.raises(DamagedGroup, match=r"damaged \(its id array 'clip' reads empty or repeated ids"):
+        TokenCache(cache).group("joint/agcn")

@@ -83,6 +83,9 @@ class TokenGroup:
         self._check_arrays(meta.get("n"))
         ids = self._read(self.id_array, slice(None), what="its id list")
         self.ids: list[str] = [str(i) for i in ids]
+        if len(self.ids) and (not all(self.ids) or len(set(self.ids)) != len(self.ids)):
+            raise DamagedGroup(self, f"its id array '{self.id_array}' reads empty or repeated ids: its chunk file "
+                                     f"under {self.path / self.id_array} is gone or damaged")
         self._row = {cid: i for i, cid in enumerate(self.ids)}
 
     def __repr__(self) -> str:
@@ -435,7 +438,11 @@ class TokenGroup:
             for first in sorted({int(r) // cpc * cpc for r in done}):
                 rows = done[(done >= first) & (done < first + cpc)]
                 try:
-                    self._check_filled(name, self._g[name][first : first + cpc][rows - first], rows)
+                    values = self._g[name][first : first + cpc][rows - first]
+                except Exception:  # noqa: BLE001 - a chunk that does not decode is reported by the pass above
+                    continue
+                try:
+                    self._check_filled(name, values, rows)
                 except CorruptChunk as c:
                     bad.append(c)
         return bad
