@@ -113,8 +113,9 @@ def test_a_view_of_rows_extracted_again_is_refused_until_cache_view_pools_them_a
         s = tc.group(f"{stream}/agcn")
         for i in s.ids:
             s.write(i, s.read(i), rowdef=row_definition(TRACKS[stream], m, i))
-    with pytest.raises(UserError, match=r"view 'views/video' in .* was pooled from rows of 'video/mvit_v2_s' that "
-                                        r"were extracted again since \(8 of the 8 train rows, e.g. 0001_0\); run "
+    with pytest.raises(UserError, match=r"view 'views/video' in .* was pooled from other rows than 'video/mvit_v2_s' "
+                                        r"holds now \(8 of the 8 train rows, e.g. 0001_0: pooled from 'video=0001 "
+                                        r"frames=0-39', now 'video=0001 frames=5-44'\); run "
                                         r"`migfuse cache view .* --defaults` again"):
         train(cache, b, "mg", tmp_path / "r", config=FAST)
     assert not (tmp_path / "r").exists()
@@ -253,3 +254,18 @@ def test_a_deleted_id_array_chunk_is_damage_named_on_open(tmp_path):
     (cache / "joint" / "agcn" / "clip" / "c" / "0").unlink()
     with pytest.raises(DamagedGroup, match=r"damaged \(its id array 'clip' reads empty or repeated ids"):
         TokenCache(cache).group("joint/agcn")
+
+
+def test_a_view_pooled_before_row_definitions_were_recorded_is_pooled_again_once(tmp_path):
+    prepared, cache = write_synthetic(tmp_path, n_videos=4, clips_per_video=4, num_classes=4,
+                                      tracks=("joint", "bone"), joints=10)
+    default_views(cache)
+    tc = TokenCache(cache)
+    for name in ("views/joint", "views/bone"):  # as an earlier release wrote them: no row definitions
+        view = tc.group(name)
+        view._g["rowdef"][:] = np.array([""] * len(view.ids), dtype=object)
+    with pytest.raises(UserError, match=r"view 'views/(bone|joint)' .* pooled from 'a row of an earlier release'"):
+        train(cache, prepared, "mg", tmp_path / "r", head="pose", config=FAST)
+    default_views(cache)
+    assert tc.group("views/joint").rowdefs(["0001_0"]) == ["video=0001 frames=0-39"]
+    assert train(cache, prepared, "mg", tmp_path / "r", head="pose", config=FAST)["n_train"] == 8

@@ -189,11 +189,11 @@ class TokenCache:
         self._root(create=False)
         name = name.strip("/")
         target = self.path / name
-        if name not in self.droppable():
-            have = ", ".join(self.droppable()) or "none"
-            raise UserError(f"cache {self.path} has no group '{name}' to drop (groups: {have})")
         claims = self.path / ".claims" / name.replace("/", "__")
         with writing(self.path), self._lock():
+            if name not in self.droppable():  # under the lock: a drop running beside this one has finished
+                have = ", ".join(self.droppable()) or "none"
+                raise UserError(f"cache {self.path} has no group '{name}' to drop (groups: {have})")
             _refuse_if_claimed(claims, name)
             trash = self.path.absolute().with_name(f"{self.path.name}.dropped-{name.replace('/', '__')}-{os.getpid()}")
             os.replace(target, trash)

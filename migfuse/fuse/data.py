@@ -26,7 +26,7 @@ from migfuse.datasets import classes
 from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import DONE, TokenCache, TokenGroup
 from migfuse.data_cache.tracks import TRACKS, row_definition, track_of_group
-from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, is_view, source_arrays, stale_rows, track_of
+from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, is_view, source_arrays, track_of
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -251,9 +251,10 @@ def check_row_unit(inputs: Mapping[str, TokenGroup], task: str, head: str) -> No
                             f"but task {task} needs one per {want}: {hint} (`migfuse fuse heads`)")
 
 
-def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, allow_missing: bool) -> list[str]:
+def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, allow_missing: bool,
+                   quiet: bool = False) -> list[str]:
     """The ids finished in every input group (modality -> open group); UserError on a missing id
-    unless `allow_missing`."""
+    unless `allow_missing` (then a warning names them, unless `quiet`)."""
     keep = set(ids)
     for g in inputs.values():
         track = track_of(g)
@@ -272,7 +273,8 @@ def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, 
             if not allow_missing:
                 raise UserError(f"{msg}; finish `migfuse extract` / `migfuse cache view`, "
                                 "or pass --allow-missing to skip them")
-            log.warning("%s; skipped (--allow-missing)", msg)
+            if not quiet:
+                log.warning("%s; skipped (--allow-missing)", msg)
             keep -= set(missing)
     return [i for i in ids if i in keep]
 
@@ -280,35 +282,42 @@ def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, 
 def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[str], what: str) -> None:
     """UserError unless the rows of `ids` (done in every input: `check_coverage`) hold what `manifest`
     defines now: each row's stored definition (video and frame range, `tracks.row_definition`) must be
-    the manifest's, and a view's rows must be pooled from the rows its source group holds now. Rows
-    stored without a definition (caches of earlier releases) are not compared. Labels are not part
-    of a row: tokens do not depend on them, and training takes the manifest's."""
+    the manifest's. A view row that differs while its source group holds the manifest's row was pooled
+    before that row was extracted again (the fix is `cache view`, not `extract`). Rows stored without a
+    definition (earlier releases) are compared only through a view's source. Labels are not part of
+    a row: tokens do not depend on them, and training takes the manifest's."""
     if not ids:
         return
     data = manifest.root or "the prepared data"
     for g in inputs.values():
-        cache = g.cache.path
         track = TRACKS.get(track_of(g))
-        if is_view(g):
-            source = g.provenance.get("source")
-            if source in g.cache.group_names():
-                stale = stale_rows(g, g.cache.group(source), ids)
-                if stale:
-                    raise UserError(f"view '{g.name}' in {cache} was pooled from rows of '{source}' that were "
-                                    f"extracted again since ({len(stale)} of the {len(ids)} {what} rows, e.g. "
-                                    f"{stale[0]}); run `migfuse cache view {cache} --defaults` again (or the "
-                                    f"`cache view` command that made it) to pool them anew")
         if track is None:
             continue
         want = [row_definition(track, manifest, i) for i in ids]
-        differ = [(i, have, now) for i, have, now in zip(ids, g.rowdefs(ids), want) if have and have != now]
+        stored = g.rowdefs(ids)
+        differ = [k for k, (have, now) in enumerate(zip(stored, want)) if have != now]
+        if not differ:
+            continue
+        cache = g.cache.path
+        source = g.provenance.get("source") if is_view(g) else None
+        if source is not None and source in g.cache.group_names():
+            held = g.cache.group(source).rowdefs([ids[k] for k in differ])
+            repool = [k for k, now in zip(differ, held) if now and now == want[k]]
+            if repool:
+                k = repool[0]
+                raise UserError(f"view '{g.name}' in {cache} was pooled from other rows than '{source}' holds now "
+                                f"({len(repool)} of the {len(ids)} {what} rows, e.g. {ids[k]}: pooled from "
+                                f"'{stored[k] or 'a row of an earlier release'}', now '{want[k]}'); run "
+                                f"`migfuse cache view {cache} --defaults` again (or the `cache view` command that "
+                                f"made it) to pool them anew")
+        differ = [k for k in differ if stored[k]]
         if differ:
-            i, have, now = differ[0]
+            k = differ[0]
             raise UserError(
                 f"cache group '{g.name}' in {cache} holds {len(differ)} of the {len(ids)} {what} rows as other data "
-                f"than {data} defines (e.g. {i}: cached '{have}', {data} has '{now}'): it was extracted from "
-                f"another prepared dataset; point --data at that one, or extract again for this one: "
-                f"`migfuse {track.command} --data {data} --cache {cache}`, "
+                f"than {data} defines (e.g. {ids[k]}: cached '{stored[k]}', {data} has '{want[k]}'): it was "
+                f"extracted from another prepared dataset; point --data at that one, or extract again for this "
+                f"one: `migfuse {track.command} --data {data} --cache {cache}`, "
                 f"then `migfuse cache view {cache} --defaults`")
 
 

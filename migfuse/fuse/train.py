@@ -258,16 +258,20 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
     inputs_id = {"cache": str(cache.path.resolve()), "data": str(prepared.resolve()), "inputs": inputs,
                  "input_provenance": {m: g.provenance for m, g in groups.items()}}
     plan = fdata.task_splits(manifest, task, cfg["val_fraction"], cfg["seed"], cfg["split_scheme"])
+    labelled: dict[str, list[str]] = {}
     ids_of: dict[str, list[str]] = {}
     for split in ("train", "validation"):  # checked before the run folder is touched
         ids = plan.ids(split)
         labels = fdata.labels_of(manifest, task, ids)
-        ids = [i for i, y in zip(ids, labels) if y >= 0]  # unlabelled samples cannot be trained or scored
-        ids_of[split] = fdata.check_coverage(groups, ids, f"{split}", allow_missing)
+        labelled[split] = [i for i, y in zip(ids, labels) if y >= 0]  # unlabelled samples cannot be trained or scored
+        ids_of[split] = fdata.check_coverage(groups, labelled[split], split, allow_missing, quiet=True)
         fdata.check_rows(groups, manifest, ids_of[split], split)
     with RunFolder.open(out, "fuse", cfg, inputs_id, overwrite=overwrite, resumable=RESUMABLE,
                         extra_files=EXTRA_FILES) as run:
         log.info("task %s, head %s, inputs %s; validation = %s", task, cfg["head"], inputs, plan.source)
+        for split, ids in labelled.items():
+            if len(ids_of[split]) < len(ids):  # said here, so that train.log has it too
+                fdata.check_coverage(groups, ids, split, allow_missing)
         sets = {split: fdata.load_tokens(groups, ids, fdata.labels_of(manifest, task, ids))
                 for split, ids in ids_of.items()}
         if not len(sets["train"]):
