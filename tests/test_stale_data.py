@@ -269,3 +269,21 @@ def test_a_view_pooled_before_row_definitions_were_recorded_is_pooled_again_once
     default_views(cache)
     assert tc.group("views/joint").rowdefs(["0001_0"]) == ["video=0001 frames=0-39"]
     assert train(cache, prepared, "mg", tmp_path / "r", head="pose", config=FAST)["n_train"] == 8
+
+
+def test_a_track_that_failed_entirely_points_to_cache_drop(tmp_path, caplog):
+    prepared, cache = write_synthetic(tmp_path, n_videos=4, clips_per_video=4, num_classes=4,
+                                      tracks=("joint", "bone"), joints=10)
+    bone = TokenCache(cache).group("bone/agcn")
+    for i in bone.ids:
+        bone.write_failure(i, "load", "no skeleton")
+    assert default_views(cache) == {"joint": "views/joint"}
+    assert f"or remove it: `migfuse cache drop {cache} bone/agcn`" in caplog.text
+    out = " ".join(_one_line_error(["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
+                                    "--out", str(tmp_path / "r"), "--head", "pose"]).split())
+    assert (f"input 'bone': group 'bone/agcn' in {cache} has no finished rows (`migfuse cache info {cache}` says "
+            f"why); rerun its extract, or remove it with `migfuse cache drop {cache} bone/agcn`") in out
+    assert CliRunner().invoke(app, ["cache", "drop", str(cache), "bone/agcn", "--yes"]).exit_code == 0
+    out = _one_line_error(["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
+                           "--out", str(tmp_path / "r"), "--head", "pose"])
+    assert f"cache {cache} has no 'bone' tokens (groups: joint/agcn, views/joint)" in " ".join(out.split())

@@ -340,7 +340,8 @@ def default_views(cache: TokenCache | str, overwrite: bool = False) -> dict[str,
             log.info("track %s has groups %s; the default view uses %s", track, groups, groups[0])
         source = groups[0]
         if not cache.group(source).done_ids():
-            log.warning("skipping %s: no finished clips", source)
+            log.warning("skipping %s: no finished rows (`migfuse cache info %s` says why); rerun its extract, "
+                        "or remove it: `migfuse cache drop %s %s`", source, cache.path, cache.path, source)
             continue
         out[track] = make_view(cache, track, source, overwrite=overwrite).name
     return out

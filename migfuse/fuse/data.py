@@ -135,6 +135,11 @@ def _open_one(cache: TokenCache, modality: str, configured: dict[str, str], name
     raw = sorted(n for n in names if track is not None and track_of_group(n) is track)
     if raw:
         g = _open(cache, opened, raw[0])
+        if not g.done_ids():  # e.g. a track whose extraction failed for every row: no view can be made of it
+            raise UserError(f"input {modality!r}: group '{raw[0]}' in {cache.path} has no finished rows "
+                            f"(`migfuse cache info {cache.path}` says why); rerun its extract, or remove it with "
+                            f"`migfuse cache drop {cache.path} {raw[0]}` and choose a head that does not need "
+                            f"{modality} (`migfuse fuse heads`)")
         per_row = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in g.arrays.values())
         if per_row * len(g.ids) <= RAW_GROUP_LIMIT_BYTES:
             log.warning("input %s: reading raw group %s (no view %s%s; `migfuse cache view --defaults` makes it)",
