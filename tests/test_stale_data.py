@@ -287,3 +287,23 @@ def test_a_track_that_failed_entirely_points_to_cache_drop(tmp_path, caplog):
     out = _one_line_error(["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
                            "--out", str(tmp_path / "r"), "--head", "pose"])
     assert f"cache {cache} has no 'bone' tokens (groups: joint/agcn, views/joint)" in " ".join(out.split())
+
+
+def test_eval_after_the_run_s_own_data_was_prepared_again_with_other_labels_is_refused(tmp_path):
+    prepared, cache, _, lb, copy = _data(tmp_path)
+    train(cache, copy, "mg", tmp_path / "run", config=FAST)
+    Manifest.load(lb).save(copy)  # the same folder, prepared again with other labels
+    with pytest.raises(UserError, match=rf"{copy} has other labels in split test than when run .* was trained, so "
+                                        r"its evaluation in .*eval_test is kept"):
+        evaluate(tmp_path / "run", "test")
+    assert not (tmp_path / "run" / "eval_test").exists()
+
+
+def test_eval_with_labels_added_to_a_split_that_had_none_passes(tmp_path):
+    prepared, cache, _, _, copy = _data(tmp_path)
+    unlabelled = Manifest.load(copy)
+    for c in unlabelled.clips:
+        if c.split_miga == "test":
+            c.label = None
+    train(cache, unlabelled.save(tmp_path / "nolabels"), "mg", tmp_path / "run", config=FAST)
+    assert evaluate(tmp_path / "run", "test", data=copy)["n"] == 4

@@ -32,10 +32,15 @@ def evaluate(run: str | Path, split: str = "test", cache: str | Path | None = No
     `runtime`: where the head runs (`migfuse.runtime.Runtime`; None: the CPU in fp32).
     """
     r = load_run(run, cache, data)
-    differs = r.data_differs(split) if data is not None else None
+    differs = r.data_differs(split)
+    kept = Path(run) / f"eval_{split}"
+    if differs and data is None:  # the run's own PREPARED folder was prepared again with other clips or labels
+        raise UserError(f"{r.config['data']} has {differs} in split {split} than when run {run} was trained, so its "
+                        f"evaluation in {kept} is kept: train the run again on this data (`migfuse fuse train ... "
+                        f"--out {run} --overwrite`), or pass the data it was trained with as --data")
     if differs:
         raise UserError(f"--data {data} has {differs} in split {split} than {r.config['data']}, the data run {run} "
-                        f"was trained with, so its evaluation in {Path(run) / f'eval_{split}'} is kept: leave out "
+                        f"was trained with, so its evaluation in {kept} is kept: leave out "
                         f"--data, or score that data with `migfuse fuse predict {run} --data {data} --split {split} "
                         f"--out SCORES.npz`, then `migfuse score SCORES.npz --data {data} --split {split}`")
     tokens, probs = predict_split(r, split, allow_missing, labelled_only=True, runtime=runtime)
