@@ -84,7 +84,8 @@ def test_fuse_eval_writes_charts_and_prints_json(tmp_path, monkeypatch, task):
     labels = np.array([4, 31, 4, 11]) if task == "mg" else np.array([1, 0, 0, 1])
     probs = np.eye(len(names), dtype=np.float32)[[4, 31, 2, 11] if task == "mg"
                                                  else [1, 0, 1, 1]] * 0.9 + 0.1 / len(names)
-    monkeypatch.setattr(ev, "load_run", lambda run, cache, data: SimpleNamespace(task=task, config={"classes": names}))
+    monkeypatch.setattr(ev, "load_run", lambda run, cache, data: SimpleNamespace(
+        task=task, config={"classes": names}, data_differs=lambda split: None))
     monkeypatch.setattr(ev, "predict_split", lambda r, split, allow_missing, labelled_only, runtime=None: (
         SimpleNamespace(labels=torch.from_numpy(labels)), torch.from_numpy(probs)))
     run = tmp_path / "run"
