@@ -26,22 +26,19 @@ from migfuse.data_cache.tracks import VIEW_PREFIX, track_of_group
 from migfuse.errors import UserError
 
 
-def drop_command(group: "TokenGroup | str", cache_path: Path | None = None) -> str:
+def drop_command(group: "TokenGroup") -> str:
     """The command that removes a group safely, e.g. `migfuse cache drop CACHE video/mvit_v2_s`."""
-    name = group if isinstance(group, str) else group.name
-    path = cache_path if cache_path is not None else group.cache.path  # type: ignore[union-attr]
-    return f"`migfuse cache drop {path} {name}`"
+    return f"`migfuse cache drop {group.cache.path} {group.name}`"
 
 
-def rebuild_command(group: "TokenGroup | str", cache_path: Path | None = None) -> str:
+def rebuild_command(group: "TokenGroup") -> str:
     """The command that writes a group again: its `migfuse extract`, or `migfuse cache view` for a view."""
-    name = group if isinstance(group, str) else group.name
-    path = cache_path if cache_path is not None else group.cache.path  # type: ignore[union-attr]
-    if name.startswith(VIEW_PREFIX):
-        return f"`migfuse cache view {path} --defaults` (or the `cache view` command that made {name})"
-    track = track_of_group(name)
+    if group.name.startswith(VIEW_PREFIX):
+        return (f"`migfuse cache view {group.cache.path} --defaults` "
+                f"(or the `cache view` command that made {group.name})")
+    track = track_of_group(group.name)
     command = track.command if track is not None else "extract ..."
-    return f"`migfuse {command} --data PREPARED --cache {path}`"
+    return f"`migfuse {command} --data PREPARED --cache {group.cache.path}`"
 
 
 class DamagedGroup(UserError):
