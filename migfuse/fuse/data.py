@@ -305,7 +305,8 @@ def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[s
             continue
         cache = g.cache.path
         source = g.provenance.get("source") if is_view(g) else None
-        if source is not None and source in g.cache.group_names():
+        copy = source is not None and source not in g.cache.group_names()  # a views-only copy (export-views)
+        if source is not None and not copy:
             held = g.cache.group(source).rowdefs([ids[k] for k in differ])
             repool = [k for k, now in zip(differ, held) if now and now == want[k]]
             if repool:
@@ -322,8 +323,9 @@ def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[s
                 f"cache group '{g.name}' in {cache} holds {len(differ)} of the {len(ids)} {what} rows as other data "
                 f"than {data} defines (e.g. {ids[k]}: cached '{stored[k]}', {data} has '{want[k]}'): it was "
                 f"extracted from another prepared dataset; point --data at that one, or extract again for this "
-                f"one: `migfuse {track.command} --data {data} --cache {cache}`, "
-                f"then `migfuse cache view {cache} --defaults`")
+                f"one: `migfuse {track.command} --data {data} --cache {'FULL_CACHE' if copy else cache}`, "
+                f"then `migfuse cache view {'FULL_CACHE' if copy else cache} --defaults`"
+                + (f" and `migfuse cache export-views FULL_CACHE {cache}`" if copy else ""))
 
 
 def split_fingerprint(manifest: Manifest, task: str, ids: list[str]) -> dict[str, object]:
