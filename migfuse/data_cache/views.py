@@ -285,8 +285,8 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
     have = set(view.done_ids())
     stale = stale_rows(view, src)
     if stale:
-        log.warning("%s: %d rows were pooled from rows of %s extracted since (e.g. %s); pooling them again",
-                    spec.name, len(stale), source, stale[0])
+        log.warning("%s: %d rows were pooled from other rows than %s holds now (extracted again since, or pooled "
+                    "by an earlier release; e.g. %s); pooling them again", spec.name, len(stale), source, stale[0])
         view.forget(stale)
         have -= set(stale)
     todo = [i for i in done if i not in have]
