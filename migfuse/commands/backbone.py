@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import (Arch, DataOpt, RuntimeOptions, SkeletonLayout, Stream, TrainOptions,
-                                      TrustCheckpointOpt, choice, with_options)
+from migfuse.commands.options import (WORKERS_MAX, Arch, DataOpt, RuntimeOptions, SkeletonLayout, Stream,
+                                      TrainOptions, TrustCheckpointOpt, choice, path_option, with_options)
 from migfuse.errors import UserError
 from migfuse.training.recipe import BALANCE, OLD_WORDS  # the balance words of every trainer (torch-free)
 
@@ -20,7 +20,7 @@ app.add_typer(train_app, name="train")
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A registered backbone: mvit_v2_s, agcn, aagcn, swinface "
                                         "(and any a plug-in registers).")]
-CheckpointOpt = Annotated[Optional[Path], typer.Option(
+CheckpointOpt = Annotated[Optional[Path], path_option(
     "--checkpoint", help="Local checkpoint file in the backbone's official format (omit for random weights).")]
 LayoutOpt = Annotated[Optional[str], typer.Option(
     "--layout", help="Passed to the backbone: for agcn/aagcn the skeleton graph, one of "
@@ -77,14 +77,15 @@ def backbone_info(
 @with_options(RuntimeOptions)
 def backbone_run(
     name: NameArg,
-    input_path: Annotated[Path, typer.Option("--input", help="Input .npy array in the backbone's input layout "
+    input_path: Annotated[Path, path_option("--input", help="Input .npy array in the backbone's input layout "
                                              "(see `info`).")],
     runtime: RuntimeOptions,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output .npz file: one array per named output "
+    out: Annotated[Optional[Path], path_option("--out", use="file", help="Output .npz file: one array per named output "
                                                 "(required).")] = None,
     checkpoint: CheckpointOpt = None,
     layout: LayoutOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", hidden=True, help="Old name of --out.")] = None,
+    output: Annotated[Optional[Path], path_option("--output", use="file", hidden=True,
+                                                  help="Old name of --out.")] = None,
 ) -> None:
     """Run a backbone on one .npy array in the original model's input layout and save its outputs as .npz.
 
@@ -144,8 +145,8 @@ def backbone_train_skeleton(
     data: DataOpt,
     runtime: RuntimeOptions,
     train: TrainOptions,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", show_default="runs/skeleton-ARCH-STREAM-LAYOUT",
+    out: Annotated[Optional[Path], path_option(
+        "--out", use="folder", show_default="runs/skeleton-ARCH-STREAM-LAYOUT",
         help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, last.pt, train.log. Rerunning the "
              "same command resumes.")] = None,
     stream: Annotated[Optional[Stream], typer.Option("--stream", show_default="joint",
@@ -159,16 +160,16 @@ def backbone_train_skeleton(
                                                  help="agcn (lshiwjx/2s-AGCN) or aagcn (mmaction2).")] = None,
     length: Annotated[Optional[int], typer.Option("--length", min=4, max=1024, show_default="64",
                                                   help="Frames each clip is resampled to.")] = None,
-    base_channels: Annotated[Optional[int], typer.Option("--base-channels", min=4, show_default="64, as published",
-                                                         help="Width of the first units.")] = None,
+    base_channels: Annotated[Optional[int], typer.Option(
+        "--base-channels", min=4, max=1024, show_default="64, as published", help="Width of the first units.")] = None,
     balance: Annotated[Optional[str], typer.Option(
         "--balance", show_default="loss", help="Long tail: loss (class-weighted loss), sampler (class-balanced "
                                                "draws) or none.", **choice(BALANCE, OLD_WORDS["balance"], "--balance"))]
     = None,
-    init: Annotated[Optional[Path], typer.Option("--init", help="Start from a published checkpoint of the same "
+    init: Annotated[Optional[Path], path_option("--init", help="Start from a published checkpoint of the same "
                                                  "--arch/--layout, e.g. mmaction2 coco 2s-AGCN with --arch "
                                                  "aagcn --layout coco-17.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, show_default="0",
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, max=WORKERS_MAX, show_default="0",
                                                    help="DataLoader worker processes.")] = None,
 ) -> None:
     """Train one skeleton stream of 2s-AGCN on the training split; keep the best epoch.
@@ -197,13 +198,13 @@ def backbone_train_video(
     data: DataOpt,
     runtime: RuntimeOptions,
     train: TrainOptions,
-    checkpoint: Annotated[Optional[Path], typer.Option(
+    checkpoint: Annotated[Optional[Path], path_option(
         "--checkpoint", help="Base MViTv2-S file: torchvision mvit_v2_s-ae3be167.pth (Kinetics-400), mmaction2 "
                              "MViTv2-S, or a migfuse best.pt. Without it: RANDOM weights (tests only, "
                              "warned).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Run folder: config.json, metrics.jsonl/.csv, curves.png, "
-                                                    "best.pt, last.pt, train.log. Rerunning resumes.")
-                   ] = Path("runs/mvit"),
+    out: Annotated[Path, path_option("--out", use="folder", help="Run folder: config.json, metrics.jsonl/.csv, "
+                                                                 "curves.png, best.pt, last.pt, train.log. Rerunning "
+                                                                 "resumes.")] = Path("runs/mvit"),
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved settings as JSON "
                                               "(DEFAULTS <- --config <- --set <- options) and exit.")] = False,
 ) -> None:
