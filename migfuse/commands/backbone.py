@@ -232,6 +232,8 @@ def backbone_train_video(
     if rt.main:  # torchrun: print once
         best = summary["best"]
         scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
-        typer.echo(f"best epoch {best['epoch']}: {scores or 'no validation set'} -> {summary['best_checkpoint']}")
+        typer.echo(f"best epoch {best['epoch']}: {scores} -> {summary['best_checkpoint']}" if scores else
+                   f"no validation set, so no best epoch: {summary['best_checkpoint']} holds the last one, "
+                   f"epoch {best['epoch']}")
         typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation "
                    f"({summary['validation_source']}); {summary['epochs_run']} epochs now; run in {out}")

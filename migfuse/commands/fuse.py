@@ -55,7 +55,8 @@ def fuse_train_cmd(
                          sets=train.sets, flags=train.flags(), overwrite=train.overwrite, runtime=runtime.resolve())
     best = summary["best"]
     scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
-    typer.echo(f"best epoch {best['epoch']}: {scores or 'no validation set'}")
+    typer.echo(f"best epoch {best['epoch']}: {scores}" if scores else
+               f"no validation set, so no best epoch: best.pt holds the last one, epoch {best['epoch']}")
     typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation ({summary['validation_source']}); "
                f"{summary['epochs_run']} epochs now, {summary['train_seconds']:.0f} s; run in {out}")
 

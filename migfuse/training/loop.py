@@ -38,7 +38,8 @@ class Selection:
     """How the best epoch is chosen: `metric` (a key of the epoch record) is maximised or minimised.
 
     Ties go to the lower `tie_break` column when it is set (e.g. "val_loss"), else to the earlier epoch.
-    An epoch whose record lacks `metric` (no validation set) always counts as better: the last one is kept."""
+    An epoch whose record lacks `metric` (no validation set) always counts as better: the last one is kept
+    (`fit` then says once that there is no best epoch, and marks none "(best)")."""
 
     metric: str = "val_loss"
     mode: str = "min"  # "min" or "max"
@@ -101,7 +102,9 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     per step or per epoch) and returns e.g. {"train_loss": 0.7}; validate(epoch) returns e.g.
     {"val_loss": .., "val_top1": ..}. The record also gets "epoch", "lr" (at the epoch's start) and
     "seconds". `patience` > 0 stops after that many epochs without a better `select.metric`.
-    Returns the best record (kept in best.pt) and the whole history (metrics.jsonl)."""
+    Without `validate` there is no best epoch: best.pt holds the last finished one (said once).
+    Returns the best record (kept in best.pt) and the whole history (metrics.jsonl).
+    Raises NonFiniteLoss (one line) when a step's loss is NaN/inf: that epoch is not saved."""
     best: dict[str, Any] | None = None
     stale, stopped, start = 0, False, 1
     state = run.resume_state
@@ -119,6 +122,8 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
         log.info("%s: nothing to do (%s after epoch %d)", run.path,
                  "stopped early" if stopped else "finished", start - 1)
     ran = 0
+    if validate is None and start <= epochs and not stopped:
+        log.info("no validation set: no epoch is 'best'; best.pt holds the last finished epoch, like last.pt")
     try:
         with progress(desc, epochs, start, steps_per_epoch) as bar:
             for epoch in range(start, epochs + 1):
@@ -127,6 +132,7 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                 t0 = time.perf_counter()
                 seed_epoch(seed, epoch)
                 record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+                bar.epoch_started(epoch, max(g["lr"] for g in optimizer.param_groups))
                 model.train()
                 record.update(train_epoch(epoch, bar))
                 if validate is not None:
@@ -139,7 +145,7 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                 log.info("epoch %d/%d: %s%s", epoch, epochs,
                          ", ".join(f"{k}={v:.4g}" for k, v in record.items()
                                    if isinstance(v, float) and k != "seconds"),
-                         " (best)" if improved else "")
+                         " (best)" if improved and validate is not None else "")
                 if improved:
                     best, stale = record, 0
                     run.save_best(model, epoch, record)
