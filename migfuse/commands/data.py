@@ -120,8 +120,8 @@ def data_export_pyskl(
         shape = tuple(int(v) for v in img_shape.lower().split("x"))
     except ValueError:
         shape = ()
-    if len(shape) != 2 or min(shape) <= 0:
-        raise UserError(f"--img-shape {img_shape!r} must be HEIGHTxWIDTH in pixels, e.g. 720x1280")
+    if len(shape) != 2 or min(shape) <= 0 or max(shape) > 65_535:  # 65,535: the largest frame H.264/HEVC code
+        raise UserError(f"--img-shape {img_shape!r} must be HEIGHTxWIDTH in pixels (1 to 65535), e.g. 720x1280")
     r = export_pyskl(prepared, out, layout=layout.value, scheme=scheme.value, img_shape=shape)  # type: ignore[arg-type]
     splits = ", ".join(f"{name} {n}" for name, n in r.splits.items()) or "none"
     typer.echo(f"wrote {r.path}: {r.clips} clips, layout {r.layout} ({r.num_joints} joints); splits: {splits}")

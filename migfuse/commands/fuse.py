@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import (LateMode, RunArg, RuntimeOptions, Split, Task, TrainOptions, path_argument,
-                                      path_option, with_options)
+from migfuse.commands.options import (LateMode, RunArg, RuntimeOptions, Split, Task, TrainOptions, parse_name,
+                                      path_argument, path_option, with_options)
 from migfuse.errors import UserError
 
 app = group("Train, evaluate and predict with fusion heads on cached tokens (laptop-sized); fuse and import scores.")
@@ -38,7 +38,8 @@ def fuse_train_cmd(
                                                         "resumes.")],
     runtime: RuntimeOptions,
     train: TrainOptions,
-    head: Annotated[Optional[str], typer.Option(help="Head (`migfuse fuse heads`).",
+    head: Annotated[Optional[str], typer.Option(parser=parse_name, metavar="<name>",
+                                                help="Head (`migfuse fuse heads`).",
                                                 show_default="cmtf for mg, interfusion for emotion")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Train without clips the cache lacks "
                                                 "(reports how many).")] = False,

@@ -47,12 +47,14 @@ BATCH_MAX = 65_536
 PathUse = Literal["read", "dir", "folder", "file"]
 
 
-def parse_path(use: PathUse, text: str) -> Path:
+def parse_path(use: PathUse, text: str | Path) -> Path:
     """The typed path, checked for `use` (typer.BadParameter: one usage line naming the option).
 
     Refused for every use: an empty path ("" would be the current folder) and a NUL byte. An output
     folder ("folder") must not be an existing file; an output file ("file") not an existing folder; an
     input folder ("dir") must exist."""
+    if isinstance(text, Path):  # a default, not typed
+        return text
     if not text.strip():
         raise typer.BadParameter("the path is empty: name a file or folder (\".\" for the current folder)")
     if "\x00" in text:
@@ -88,6 +90,19 @@ def parse_positive(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise typer.BadParameter(f"{text} must be a finite number greater than 0")
     return value
+
+
+#: Shards of one extraction: more than 10,000 parts of a dataset of a few hundred videos is a typo.
+SHARDS_MAX = 10_000
+
+
+def parse_shard(text: str) -> str:
+    """--shard I/N with 0 <= I < N <= SHARDS_MAX (digits only), kept as typed."""
+    i, sep, n = text.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and int(i) < int(n) <= SHARDS_MAX):
+        raise typer.BadParameter(f"{text!r} is not I/N with 0 <= I < N <= {SHARDS_MAX} (e.g. --shard 0/4 for the "
+                                 "first of four, --shard $SLURM_ARRAY_TASK_ID/N)")
+    return text
 
 
 def parse_name(text: str) -> str:
@@ -301,8 +316,9 @@ class ExtractOptions:
         help="Loader processes (decoding) running alongside the model; 0 = load in the main process. FFmpeg "
              "threads are shared out among them.")] = None
     shard: Annotated[Optional[str], typer.Option(
-        "--shard", help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. Under "
-                        "torchrun RANK/WORLD_SIZE are used instead.")] = None
+        "--shard", parser=parse_shard, metavar="<I/N>",
+        help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. Under "
+             "torchrun RANK/WORLD_SIZE are used instead.")] = None
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Also redo rows that failed in an earlier run.")] = False
 

@@ -103,6 +103,9 @@ def resolve_options(name: str, options: Mapping[str, Any] | None = None) -> dict
                         f"(fix the \"head_options\" of the config)")
     where = f"head_options of {name}"
     options = {k: check_value(k, v, cls.DEFAULTS[k], where) for k, v in options.items()}
+    for key, value in options.items():  # list options name cache inputs
+        if isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
+            raise UserError(f"{where}: {key} must be a list of input names, e.g. {cls.DEFAULTS[key]!r}, not {value!r}")
     resolved = {**cls.DEFAULTS, **options}
     ranges = {**OPTION_RANGES, **{k: DROPOUT_RANGE for k in resolved if k.endswith("dropout")}}
     for key, value in resolved.items():
