@@ -73,7 +73,7 @@ class ProgressLines(tqdm):
         """Nothing to clear: a written line stays (tqdm.write calls this before a log line)."""
 
     def _write_line(self) -> None:
-        line = self.format_meter(**self.format_dict).replace("|", "").strip()
+        line = " ".join(self.format_meter(**self.format_dict).replace("|", " ").split())
         self.fp.write(line + "\n")
         self.fp.flush()
         self._last_time, self._last_n, self._printed = time.monotonic(), self.n, True
