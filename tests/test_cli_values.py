@@ -181,6 +181,8 @@ CASES: list[tuple[str, str]] = [
     ("data export-pyskl {P} {T}/x.pkl --img-shape 0x5", "--img-shape '0x5' must be HEIGHTxWIDTH"),
     ("data export-pyskl {P} {T}/x.pkl --img-shape 99999999x9", "--img-shape '99999999x9' must be HEIGHTxWIDTH"),
     (f"{EXTRACT} --device nonsense", "--device 'nonsense' is not auto, cpu, cuda or cuda:N"),
+    ("backbone info agcn --layout ''", "Invalid value for '--layout': the value is empty"),
+    ("backbone run agcn --input {A} --out {T}/o.npz", "{A} is an .npz archive, not one .npy array"),
     (f"{TRAIN_FUSE} --precision fp16", "--precision fp16: the trainers run in fp32 or bf16"),
 ]
 

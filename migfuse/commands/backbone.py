@@ -9,7 +9,8 @@ import typer
 
 from migfuse.commands.app import deprecated, group
 from migfuse.commands.options import (WORKERS_MAX, Arch, DataOpt, RuntimeOptions, SkeletonLayout, Stream,
-                                      TrainOptions, TrustCheckpointOpt, choice, path_option, with_options)
+                                      TrainOptions, TrustCheckpointOpt, choice, parse_word, path_option,
+                                      with_options)
 from migfuse.errors import UserError
 from migfuse.training.recipe import BALANCE, OLD_WORDS  # the balance words of every trainer (torch-free)
 
@@ -23,8 +24,9 @@ NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A registered backb
 CheckpointOpt = Annotated[Optional[Path], path_option(
     "--checkpoint", help="Local checkpoint file in the backbone's official format (omit for random weights).")]
 LayoutOpt = Annotated[Optional[str], typer.Option(
-    "--layout", help="Passed to the backbone: for agcn/aagcn the skeleton graph, one of "
-                     f"{', '.join(s.value for s in SkeletonLayout)} (see docs/backbones.md).")]
+    "--layout", parser=parse_word, metavar="<layout>",
+    help="Passed to the backbone: for agcn/aagcn the skeleton graph, one of "
+         f"{', '.join(s.value for s in SkeletonLayout)} (see docs/backbones.md).")]
 
 
 def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], trusted: bool,
@@ -108,8 +110,12 @@ def backbone_run(
         raise UserError(f"input not found: {input_path} (pass a .npy array shaped {input_doc})")
     try:
         x = np.load(input_path, allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, EOFError) as e:
         raise UserError(f"cannot read {input_path} as a .npy array ({e}); {name} expects {input_doc}") from None
+    if not isinstance(x, np.ndarray):  # an .npz archive loads as a mapping of arrays
+        x.close()
+        raise UserError(f"{input_path} is an .npz archive, not one .npy array; save the input with np.save "
+                        f"({name} expects {input_doc})")
     expected = _leading_shape(input_doc)
     # only numeric dimensions are fixed ("3" or "C=3"); named ones (N, T, V) take any size
     fixed = [(d.split("=")[-1], s) for d, s in zip(expected, x.shape)]

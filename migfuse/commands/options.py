@@ -105,6 +105,13 @@ def parse_shard(text: str) -> str:
     return text
 
 
+def parse_word(text: str) -> str:
+    """A free-text value that must not be empty (e.g. a backbone's --layout): "" is refused, not a default."""
+    if not text.strip():
+        raise typer.BadParameter("the value is empty")
+    return text
+
+
 def parse_name(text: str) -> str:
     """A name that becomes one folder (a view, a run): letters, digits, '_', '-', '.'; no path, no '..'."""
     if not text or text in (".", "..") or not all(c.isalnum() or c in "_-." for c in text) or len(text) > 100:
