@@ -27,20 +27,12 @@ from typing import Annotated, Any, Callable, Literal, Optional
 import typer
 
 from migfuse.runtime import Precision
+# the limits the trainers' settings have too (one definition, torch-free; reasons given there)
+from migfuse.training.config import BATCH_MAX, EPOCHS_MAX, SEED_MAX, THREADS_MAX, WORKERS_MAX
 
 # ---------------------------------------------------------------------------------------------
-# value rules (limits shared with the trainers' settings: migfuse.training.config.RANGES)
+# value rules
 # ---------------------------------------------------------------------------------------------
-#: Seeds go to numpy (0 <= seed < 2**32) and torch; one range for every --seed.
-SEED_MAX = 2**32 - 1
-#: Processes: more than 64 loader/converter processes only cost memory on any machine migfuse targets.
-WORKERS_MAX = 64
-#: Torch CPU threads: beyond 1024 torch refuses or thrashes; no machine here has more cores.
-THREADS_MAX = 1024
-#: Epochs: a typo guard (1e9); the longest published recipes run a few hundred.
-EPOCHS_MAX = 10_000
-#: Samples per step: a typo guard; 65,536 tokens sets already fill a GPU's memory.
-BATCH_MAX = 65_536
 
 #: What a path option names: an input to read (its reader checks it), an existing folder to read, an
 #: output folder, or an output file.
@@ -99,7 +91,7 @@ SHARDS_MAX = 10_000
 def parse_shard(text: str) -> str:
     """--shard I/N with 0 <= I < N <= SHARDS_MAX (digits only), kept as typed."""
     i, sep, n = text.partition("/")
-    if not (sep and i.isdigit() and n.isdigit() and int(i) < int(n) <= SHARDS_MAX):
+    if not (sep and i.isascii() and i.isdigit() and n.isascii() and n.isdigit() and int(i) < int(n) <= SHARDS_MAX):
         raise typer.BadParameter(f"{text!r} is not I/N with 0 <= I < N <= {SHARDS_MAX} (e.g. --shard 0/4 for the "
                                  "first of four, --shard $SLURM_ARRAY_TASK_ID/N)")
     return text

@@ -134,25 +134,36 @@ def check_value(key: str, value: Any, default: Any, where: str) -> Any:
     return value
 
 
+#: Seeds go to numpy (0 <= seed < 2**32) and torch: one range for every seed.
+SEED_MAX = 2**32 - 1
+#: Processes: more than 64 loader/converter processes only cost memory on any machine migfuse targets.
+WORKERS_MAX = 64
+#: Torch CPU threads: beyond 1024 torch refuses or thrashes; no machine here has more cores.
+THREADS_MAX = 1024
+#: Epochs: a typo guard (1e9); the longest published recipes run a few hundred.
+EPOCHS_MAX = 10_000
+#: Samples per step: a typo guard; 65,536 token sets already fill a GPU's memory.
+BATCH_MAX = 65_536
+
 #: Ranges of the settings the trainers share, by name: (low, high, low included, high included); a
 #: trainer checks the ones it has, in every layer, so a bad value names its source before any work.
 #: Counts are bounded to catch typos (1e9 epochs); probabilities and shares stay below 1.
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "lr": (0, math.inf, False, False),
-    "epochs": (1, 10_000, True, True),
-    "batch_size": (1, 65_536, True, True),
-    "target_batch": (1, 65_536, True, True),
-    "seed": (0, 2**32 - 1, True, True),
+    "epochs": (1, EPOCHS_MAX, True, True),
+    "batch_size": (1, BATCH_MAX, True, True),
+    "target_batch": (1, BATCH_MAX, True, True),
+    "seed": (0, SEED_MAX, True, True),
     "weight_decay": (0, math.inf, True, False),
     "warmup_epochs": (0, math.inf, True, False),
     "label_smoothing": (0, 1, True, False),
     "balance_power": (0, math.inf, True, False),
     "grad_clip": (0, math.inf, True, False),
     "clip_grad": (0, math.inf, True, False),
-    "patience": (0, 10_000, True, True),
+    "patience": (0, EPOCHS_MAX, True, True),
     "val_fraction": (0, 1, True, False),
-    "threads": (0, 1024, True, True),
-    "workers": (0, 64, True, True),
+    "threads": (0, THREADS_MAX, True, True),
+    "workers": (0, WORKERS_MAX, True, True),
     "drop_path": (0, 1, True, False),
     "head_dropout": (0, 1, True, False),
     "color_jitter": (0, 1, True, True),
