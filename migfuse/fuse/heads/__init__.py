@@ -78,13 +78,14 @@ def head_class(name: str) -> type[FusionHead]:
     return HEADS.get(name)
 
 
-#: Ranges of the options the built-in heads share (as migfuse.training.config.RANGES): sizes are bounded
-#: to catch typos (a width of 1e6 is a 10^12-weight layer); every "*dropout" option is a probability < 1.
+#: Ranges of the options the built-in heads share (as migfuse.training.config.RANGES). Sizes are bounded
+#: to catch typos: at the bounds a head has ~0.3 G weights (~5 GB with AdamW's state), far above any head
+#: on cached tokens needs; every "*dropout" option is a probability < 1.
 OPTION_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "width": (1, 4096, True, True),
-    "depth": (0, 64, True, True),
-    "heads": (1, 256, True, True),
-    "ffn_mult": (1, 16, True, True),
+    "width": (1, 1024, True, True),
+    "depth": (0, 8, True, True),
+    "heads": (1, 64, True, True),
+    "ffn_mult": (1, 8, True, True),
 }
 DROPOUT_RANGE = (0, 1, True, False)
 
@@ -103,8 +104,8 @@ def resolve_options(name: str, options: Mapping[str, Any] | None = None) -> dict
                         f"(fix the \"head_options\" of the config)")
     where = f"head_options of {name}"
     options = {k: check_value(k, v, cls.DEFAULTS[k], where) for k, v in options.items()}
-    for key, value in options.items():  # list options name cache inputs
-        if isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
+    for key, value in options.items():  # list options name cache inputs: a head without inputs cannot run
+        if isinstance(value, list) and not (value and all(isinstance(v, str) and v for v in value)):
             raise UserError(f"{where}: {key} must be a list of input names, e.g. {cls.DEFAULTS[key]!r}, not {value!r}")
     resolved = {**cls.DEFAULTS, **options}
     ranges = {**OPTION_RANGES, **{k: DROPOUT_RANGE for k in resolved if k.endswith("dropout")}}
