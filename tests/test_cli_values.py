@@ -171,6 +171,7 @@ CASES: list[tuple[str, str]] = [
         ("seed=-1", "--set: seed must be"),
         ("threads=-1", "--set: threads must be"),
         ("warmup_epochs=-1", "--set: warmup_epochs must be"),
+        ("split_scheme=zzz", "the config: split_scheme must be one of auto, split_miga, split_cs, not 'zzz'"),
     ]],
     (f"{TRAIN_SKEL} --set weight_decay=-1", "--set: weight_decay must be"),
     (f"{TRAIN_VIDEO} --set drop_path=1.5", "--set: drop_path must be"),
