@@ -185,8 +185,8 @@ def check_range(key: str, value: Any, where: str, ranges: Mapping[str, tuple] | 
     inside = (math.isfinite(value) and (low <= value if low_in else low < value)
               and (value <= high if high_in else value < high))
     if not inside:
-        lo = f"{'>=' if low_in else '>'} {low:g}"
-        hi = "" if high == math.inf else f" and {'<=' if high_in else '<'} {high:g}"
+        lo = f"{'>=' if low_in else '>'} {low}"
+        hi = "" if high == math.inf else f" and {'<=' if high_in else '<'} {high}"
         raise UserError(f"{where}: {key} must be a finite number {lo}{hi}, not {value!r}")
 
 
