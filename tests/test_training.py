@@ -459,7 +459,7 @@ def test_a_loss_that_becomes_nan_or_inf_stops_the_run_in_one_line_and_saves_noth
         _fit_steps(tmp_path / "r", lambda epoch: [0.5, 0.4, bad] if epoch == 2 else [0.5, 0.4, 0.3])
     assert str(e.value) == (
         f"training stopped: the loss became {bad} at epoch 2, step 3; likely causes: a learning rate too high "
-        "(lr was 0.05) or NaN/inf values in the inputs. Nothing of this epoch was saved; lower the lr (--lr or "
+        "(peak lr 0.05) or NaN/inf values in the inputs. Nothing of this epoch was saved; lower the lr (--lr or "
         "--set lr=...) and rerun with --overwrite")
     assert isinstance(e.value, UserError) and "\n" not in str(e.value)
     assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == 1
@@ -472,9 +472,44 @@ def test_a_learning_rate_that_blows_up_stops_with_the_nan_line(tmp_path):
 
     cfg = resolve_config(DEFAULTS, sets=["lr=1e30", "epochs=3"])
     with pytest.raises(NonFiniteLoss, match=r"^training stopped: the loss became (nan|inf) at epoch 1, step \d; "
-                                            r"likely causes: a learning rate too high \(lr was 1e\+30\)"):
+                                            r"likely causes: a learning rate too high \(peak lr 1e\+30\)"):
         tiny_train(tmp_path / "r", cfg)
     assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_weights_broken_by_the_last_step_of_an_epoch_are_never_saved(tmp_path):
+    from migfuse.training.progress import NonFiniteLoss
+
+    cfg = {**resolve_config(DEFAULTS), "epochs": 3}
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def train_epoch(epoch, bar):
+        bar.step(loss=0.5)  # a finite loss, then an update that breaks the weights
+        if epoch == 2:
+            with torch.no_grad():
+                model.weight.fill_(float("nan"))
+        return {"train_loss": 0.5}
+
+    with pytest.raises(NonFiniteLoss) as e:
+        with RunFolder.open(tmp_path / "r", "tiny", cfg, {}) as run:
+            fit(run, model, opt, epochs=3, train_epoch=train_epoch, validate=lambda e: {"val_loss": 1.0 / e})
+    assert str(e.value).startswith("training stopped: the weights became NaN or infinite at epoch 2; likely causes")
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == 1
+    assert [r["epoch"] for r in rows(tmp_path / "r")] == [1]
+
+
+def test_a_model_whose_outputs_overflow_is_never_saved_as_best(tmp_path):
+    from migfuse.training.progress import NonFiniteLoss
+
+    with pytest.raises(NonFiniteLoss) as e:
+        with RunFolder.open(tmp_path / "r", "tiny", {**resolve_config(DEFAULTS), "epochs": 2}, {}) as run:
+            fit(run, torch.nn.Linear(1, 1), torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.05), epochs=2,
+                train_epoch=lambda epoch, bar: {"train_loss": 0.5},
+                validate=lambda epoch: {"val_loss": float("nan"), "val_top1": 0.25})
+    assert str(e.value).startswith("training stopped: the validation loss became nan (the model's outputs "
+                                   "overflow) at epoch 1; likely causes: a learning rate too high (peak lr 0.05)")
+    assert not (tmp_path / "r" / "best.pt").exists() and rows(tmp_path / "r") == []
 
 
 def test_without_a_validation_set_no_epoch_is_best_and_the_last_is_kept(tmp_path, caplog):

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from migfuse.training.curves import plot_curves
-from migfuse.training.progress import Progress, progress
+from migfuse.training.progress import NonFiniteLoss, Progress, progress
 from migfuse.training.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,14 @@ class Selection:
                 return False
             return _num(record.get(self.tie_break)) < _num(best.get(self.tie_break))
         return new < old if self.mode == "min" else new > old
+
+
+def _outputs_overflow(record: Mapping[str, Any]) -> bool:
+    """A NaN/inf val_loss beside validation metrics that were computed: the model's outputs are not finite.
+    (Every val_* NaN is a trainer's way of saying nothing was validated, not a broken model.)"""
+    loss = record.get("val_loss")
+    scored = [v for k, v in record.items() if k.startswith("val_") and k != "val_loss" and isinstance(v, float)]
+    return isinstance(loss, float) and not math.isfinite(loss) and any(math.isfinite(v) for v in scored)
 
 
 def _num(v: Any) -> float:
@@ -132,11 +140,18 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                 t0 = time.perf_counter()
                 seed_epoch(seed, epoch)
                 record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-                bar.epoch_started(epoch, max(g["lr"] for g in optimizer.param_groups))
+                # the peak lr as configured (schedulers keep it as "initial_lr"), for the NaN message
+                bar.epoch_started(epoch, max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups))
                 model.train()
                 record.update(train_epoch(epoch, bar))
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    # the last step's update can break the weights after a finite loss: never save them
+                    raise NonFiniteLoss.at("the weights became NaN or infinite", epoch, bar.lr)
                 if validate is not None:
                     record.update(validate(epoch))
+                    if _outputs_overflow(record):
+                        raise NonFiniteLoss.at(f"the validation loss became {record['val_loss']} (the model's "
+                                               "outputs overflow)", epoch, bar.lr)
                 record["seconds"] = round(time.perf_counter() - t0, 3)
                 run.log_metrics(record)
                 bar.epoch_done(epoch)

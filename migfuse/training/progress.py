@@ -27,7 +27,15 @@ SHOW_BARS = True
 
 
 class NonFiniteLoss(UserError):
-    """A training loss became NaN or infinite: the run stops, keeping what earlier epochs saved."""
+    """A training loss (or the weights) became NaN or infinite: the run stops, keeping what earlier epochs
+    saved."""
+
+    @classmethod
+    def at(cls, what: str, epoch: int | str, lr: float) -> "NonFiniteLoss":
+        """The one line: `what` happened (e.g. "the loss became nan") in `epoch`, trained at peak `lr`."""
+        return cls(f"training stopped: {what} at epoch {epoch}; likely causes: a learning rate too high (peak lr "
+                   f"{lr:.3g}) or NaN/inf values in the inputs. Nothing of this epoch was saved; lower the lr "
+                   "(--lr or --set lr=...) and rerun with --overwrite")
 
 
 class Progress:
@@ -39,7 +47,7 @@ class Progress:
         self.epoch, self.lr, self.epoch_steps = 0, float("nan"), 0
 
     def epoch_started(self, epoch: int, lr: float) -> None:
-        """Count the steps of `epoch` (trained at peak lr `lr`) from here, for the NaN message."""
+        """Count the steps of `epoch` from here; `lr`: the run's peak learning rate (both for the NaN message)."""
         self.epoch, self.lr, self.epoch_steps = epoch, lr, 0
 
     def step(self, n: int = 1, **postfix: Any) -> None:
@@ -49,10 +57,8 @@ class Progress:
         self.epoch_steps += n
         loss = postfix.get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteLoss(
-                f"training stopped: the loss became {float(loss)} at epoch {self.epoch}, step {self.epoch_steps}; "
-                f"likely causes: a learning rate too high (lr was {self.lr:.3g}) or NaN/inf values in the inputs. "
-                "Nothing of this epoch was saved; lower the lr (--lr or --set lr=...) and rerun with --overwrite")
+            raise NonFiniteLoss.at(f"the loss became {float(loss)}", f"{self.epoch}, step {self.epoch_steps}",
+                                   self.lr)
         if self.steps_per_epoch:
             self.bar.update(n)
         if postfix:
