@@ -54,7 +54,13 @@ def _root(
 def main() -> None:
     """Console-script entry point: SIGTERM is taken like Ctrl-C (workers stopped, one line, status 143)."""
     signal.signal(signal.SIGTERM, terminated)
-    app()
+    try:
+        app()
+    finally:  # Zarr's I/O thread, stopped while the interpreter still runs (see close_zarr_io)
+        if "zarr" in sys.modules:
+            from migfuse.data_cache.cache import close_zarr_io
+
+            close_zarr_io()
 
 
 if __name__ == "__main__":

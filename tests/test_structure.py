@@ -98,3 +98,9 @@ def test_no_help_shows_a_bare_type_where_the_values_are_a_closed_set():
             if option in closed and re.match(rf"{option}\s+<(str|text)>", block):
                 bare.append(f"{' '.join(command)} {option}")
     assert bare == []
+
+
+def test_one_progress_rule_every_long_loop_goes_through_progress_bar():
+    """A bar on a terminal, lines at intervals elsewhere: no loop builds its own tqdm."""
+    builders = {str(p.relative_to(ROOT)) for p in MODULES if re.search(r"\btqdm\(", p.read_text())}
+    assert builders == {"migfuse/progress_bar.py"}

@@ -165,7 +165,7 @@ def test_killed_run_resumes_from_last_pt_with_the_metrics_of_an_uninterrupted_ru
 
 
 def test_early_stop_is_remembered_by_a_rerun(tmp_path):
-    cfg = resolve_config(DEFAULTS, sets=["epochs=30", "lr=0.0"])  # lr 0: the metric never improves
+    cfg = resolve_config(DEFAULTS, sets=["epochs=30"])  # the optimizer's lr 0 below: the metric never improves
     cfg_path = tmp_path / "r"
     with RunFolder.open(cfg_path, "tiny", cfg, {}) as run:
         model = torch.nn.Linear(2, 2)
@@ -432,3 +432,110 @@ def test_warmup_cosine_gives_each_trainer_the_multipliers_of_its_earlier_formula
         for epoch in range(epochs + 1):
             assert warmup_cosine(epoch, epochs, 2, cosine_from_start=True) == skeleton_before(epoch, epochs)
     assert [warmup_cosine(s, 10, 2, 0.1) for s in (0, 1, 10)] == [0.5, 1.0, pytest.approx(0.1)]
+
+
+# ----- a loss that is not a number, no validation set, fewer epochs on resume -----------------------------------
+def _fit_steps(out, losses_of_epoch, epochs=3, validate=True):
+    """fit() over a 1-weight model whose steps report `losses_of_epoch(epoch)` as their losses."""
+    cfg = {**resolve_config(DEFAULTS), "epochs": epochs}
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def train_epoch(epoch, bar):
+        for loss in losses_of_epoch(epoch):
+            bar.step(loss=loss)
+        return {"train_loss": 1.0}
+
+    with RunFolder.open(out, "tiny", cfg, {}) as run:
+        return fit(run, model, opt, epochs=epochs, train_epoch=train_epoch,
+                   validate=(lambda e: {"val_loss": 1.0 / e}) if validate else None, steps_per_epoch=3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_loss_that_becomes_nan_or_inf_stops_the_run_in_one_line_and_saves_nothing_of_it(tmp_path, bad):
+    from migfuse.training.progress import NonFiniteLoss
+
+    with pytest.raises(NonFiniteLoss) as e:
+        _fit_steps(tmp_path / "r", lambda epoch: [0.5, 0.4, bad] if epoch == 2 else [0.5, 0.4, 0.3])
+    assert str(e.value) == (
+        f"training stopped: the loss became {bad} at epoch 2, step 3; likely causes: a learning rate too high "
+        "(peak lr 0.05) or NaN/inf values in the inputs. Nothing of this epoch was saved; lower the lr (--lr or "
+        "--set lr=...) and rerun with --overwrite")
+    assert isinstance(e.value, UserError) and "\n" not in str(e.value)
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 1
+    assert [r["epoch"] for r in rows(tmp_path / "r")] == [1]
+
+
+def test_a_learning_rate_that_blows_up_stops_with_the_nan_line(tmp_path):
+    from migfuse.training.progress import NonFiniteLoss
+
+    cfg = resolve_config(DEFAULTS, sets=["lr=1e30", "epochs=3"])
+    with pytest.raises(NonFiniteLoss, match=r"^training stopped: the loss became (nan|inf) at epoch 1, step \d; "
+                                            r"likely causes: a learning rate too high \(peak lr 1e\+30\)"):
+        tiny_train(tmp_path / "r", cfg)
+    assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_weights_broken_by_the_last_step_of_an_epoch_are_never_saved(tmp_path):
+    from migfuse.training.progress import NonFiniteLoss
+
+    cfg = {**resolve_config(DEFAULTS), "epochs": 3}
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def train_epoch(epoch, bar):
+        bar.step(loss=0.5)  # a finite loss, then an update that breaks the weights
+        if epoch == 2:
+            with torch.no_grad():
+                model.weight.fill_(float("nan"))
+        return {"train_loss": 0.5}
+
+    with pytest.raises(NonFiniteLoss) as e:
+        with RunFolder.open(tmp_path / "r", "tiny", cfg, {}) as run:
+            fit(run, model, opt, epochs=3, train_epoch=train_epoch, validate=lambda e: {"val_loss": 1.0 / e})
+    assert str(e.value).startswith("training stopped: the weights became NaN or infinite at epoch 2; likely causes")
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == 1
+    assert [r["epoch"] for r in rows(tmp_path / "r")] == [1]
+
+
+def test_a_model_whose_outputs_overflow_is_never_saved_as_best(tmp_path):
+    from migfuse.training.progress import NonFiniteLoss
+
+    with pytest.raises(NonFiniteLoss) as e:
+        with RunFolder.open(tmp_path / "r", "tiny", {**resolve_config(DEFAULTS), "epochs": 2}, {}) as run:
+            fit(run, torch.nn.Linear(1, 1), torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.05), epochs=2,
+                train_epoch=lambda epoch, bar: {"train_loss": 0.5},
+                validate=lambda epoch: {"val_loss": float("nan"), "val_top1": 0.25})
+    assert str(e.value).startswith("training stopped: the validation loss became nan (the model's outputs "
+                                   "overflow) at epoch 1; likely causes: a learning rate too high (peak lr 0.05)")
+    assert not (tmp_path / "r" / "best.pt").exists() and rows(tmp_path / "r") == []
+
+
+def test_without_a_validation_set_no_epoch_is_best_and_the_last_is_kept(tmp_path, caplog):
+    caplog.set_level("INFO", logger="migfuse")
+    res = _fit_steps(tmp_path / "r", lambda epoch: [0.5], epochs=3, validate=False)
+    assert res.best_epoch == 3 and load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == 3
+    lines = [r.getMessage() for r in caplog.records]
+    assert not [m for m in lines if "(best)" in m]
+    assert [m for m in lines if m.startswith("no validation set")] == [
+        "no validation set: no epoch is 'best'; best.pt holds the last finished epoch, like last.pt"]
+    caplog.clear()
+    _fit_steps(tmp_path / "v", lambda epoch: [0.5], epochs=2)  # with one: the better epochs are marked
+    assert [m.split(":")[0] for m in (r.getMessage() for r in caplog.records) if m.endswith("(best)")] == [
+        "epoch 1/2", "epoch 2/2"]
+
+
+def test_resuming_with_fewer_epochs_than_the_run_was_started_with_is_refused(tmp_path):
+    cfg = resolve_config(DEFAULTS, sets=["epochs=4"])
+    with pytest.raises(KeyboardInterrupt):
+        tiny_train(tmp_path / "r", cfg, die_in_epoch=3)
+    with pytest.raises(UserError) as e:
+        tiny_train(tmp_path / "r", {**cfg, "epochs": 2})
+    assert str(e.value) == (f"{tmp_path / 'r'} holds a run of epochs=4; resuming it with fewer (--epochs 2) would "
+                            "change its learning-rate schedule: rerun with --epochs 4 or more, or pass --overwrite "
+                            "to train 2 epochs from scratch")
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 2  # untouched
+    assert tiny_train(tmp_path / "r", cfg).epochs_run == 2  # the same epochs resume
+    assert tiny_train(tmp_path / "r", {**cfg, "epochs": 5}).epochs_run == 1  # more extend the run
+    assert tiny_train(tmp_path / "r", {**cfg, "epochs": 2}, overwrite=True).epochs_run == 2

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import (Arch, DataOpt, RuntimeOptions, SkeletonLayout, Stream, TrainOptions,
-                                      TrustCheckpointOpt, choice, with_options)
+from migfuse.commands.options import (WORKERS_MAX, Arch, DataOpt, RuntimeOptions, SkeletonLayout, Stream,
+                                      TrainOptions, TrustCheckpointOpt, choice, parse_word, path_option,
+                                      with_options)
 from migfuse.errors import UserError
 from migfuse.training.recipe import BALANCE, OLD_WORDS  # the balance words of every trainer (torch-free)
 
@@ -20,11 +21,12 @@ app.add_typer(train_app, name="train")
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A registered backbone: mvit_v2_s, agcn, aagcn, swinface "
                                         "(and any a plug-in registers).")]
-CheckpointOpt = Annotated[Optional[Path], typer.Option(
+CheckpointOpt = Annotated[Optional[Path], path_option(
     "--checkpoint", help="Local checkpoint file in the backbone's official format (omit for random weights).")]
 LayoutOpt = Annotated[Optional[str], typer.Option(
-    "--layout", help="Passed to the backbone: for agcn/aagcn the skeleton graph, one of "
-                     f"{', '.join(s.value for s in SkeletonLayout)} (see docs/backbones.md).")]
+    "--layout", parser=parse_word, metavar="<layout>",
+    help="Passed to the backbone: for agcn/aagcn the skeleton graph, one of "
+         f"{', '.join(s.value for s in SkeletonLayout)} (see docs/backbones.md).")]
 
 
 def _open_backbone(name: str, checkpoint: Optional[Path], layout: Optional[str], trusted: bool,
@@ -77,14 +79,15 @@ def backbone_info(
 @with_options(RuntimeOptions)
 def backbone_run(
     name: NameArg,
-    input_path: Annotated[Path, typer.Option("--input", help="Input .npy array in the backbone's input layout "
+    input_path: Annotated[Path, path_option("--input", help="Input .npy array in the backbone's input layout "
                                              "(see `info`).")],
     runtime: RuntimeOptions,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output .npz file: one array per named output "
+    out: Annotated[Optional[Path], path_option("--out", use="file", help="Output .npz file: one array per named output "
                                                 "(required).")] = None,
     checkpoint: CheckpointOpt = None,
     layout: LayoutOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", hidden=True, help="Old name of --out.")] = None,
+    output: Annotated[Optional[Path], path_option("--output", use="file", hidden=True,
+                                                  help="Old name of --out.")] = None,
 ) -> None:
     """Run a backbone on one .npy array in the original model's input layout and save its outputs as .npz.
 
@@ -107,8 +110,12 @@ def backbone_run(
         raise UserError(f"input not found: {input_path} (pass a .npy array shaped {input_doc})")
     try:
         x = np.load(input_path, allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, EOFError) as e:
         raise UserError(f"cannot read {input_path} as a .npy array ({e}); {name} expects {input_doc}") from None
+    if not isinstance(x, np.ndarray):  # an .npz archive loads as a mapping of arrays
+        x.close()
+        raise UserError(f"{input_path} is an .npz archive, not one .npy array; save the input with np.save "
+                        f"({name} expects {input_doc})")
     expected = _leading_shape(input_doc)
     # only numeric dimensions are fixed ("3" or "C=3"); named ones (N, T, V) take any size
     fixed = [(d.split("=")[-1], s) for d, s in zip(expected, x.shape)]
@@ -144,8 +151,8 @@ def backbone_train_skeleton(
     data: DataOpt,
     runtime: RuntimeOptions,
     train: TrainOptions,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", show_default="runs/skeleton-ARCH-STREAM-LAYOUT",
+    out: Annotated[Optional[Path], path_option(
+        "--out", use="folder", show_default="runs/skeleton-ARCH-STREAM-LAYOUT",
         help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, last.pt, train.log. Rerunning the "
              "same command resumes.")] = None,
     stream: Annotated[Optional[Stream], typer.Option("--stream", show_default="joint",
@@ -159,16 +166,16 @@ def backbone_train_skeleton(
                                                  help="agcn (lshiwjx/2s-AGCN) or aagcn (mmaction2).")] = None,
     length: Annotated[Optional[int], typer.Option("--length", min=4, max=1024, show_default="64",
                                                   help="Frames each clip is resampled to.")] = None,
-    base_channels: Annotated[Optional[int], typer.Option("--base-channels", min=4, show_default="64, as published",
-                                                         help="Width of the first units.")] = None,
+    base_channels: Annotated[Optional[int], typer.Option(
+        "--base-channels", min=4, max=1024, show_default="64, as published", help="Width of the first units.")] = None,
     balance: Annotated[Optional[str], typer.Option(
         "--balance", show_default="loss", help="Long tail: loss (class-weighted loss), sampler (class-balanced "
                                                "draws) or none.", **choice(BALANCE, OLD_WORDS["balance"], "--balance"))]
     = None,
-    init: Annotated[Optional[Path], typer.Option("--init", help="Start from a published checkpoint of the same "
+    init: Annotated[Optional[Path], path_option("--init", help="Start from a published checkpoint of the same "
                                                  "--arch/--layout, e.g. mmaction2 coco 2s-AGCN with --arch "
                                                  "aagcn --layout coco-17.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, show_default="0",
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, max=WORKERS_MAX, show_default="0",
                                                    help="DataLoader worker processes.")] = None,
 ) -> None:
     """Train one skeleton stream of 2s-AGCN on the training split; keep the best epoch.
@@ -197,13 +204,13 @@ def backbone_train_video(
     data: DataOpt,
     runtime: RuntimeOptions,
     train: TrainOptions,
-    checkpoint: Annotated[Optional[Path], typer.Option(
+    checkpoint: Annotated[Optional[Path], path_option(
         "--checkpoint", help="Base MViTv2-S file: torchvision mvit_v2_s-ae3be167.pth (Kinetics-400), mmaction2 "
                              "MViTv2-S, or a migfuse best.pt. Without it: RANDOM weights (tests only, "
                              "warned).")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Run folder: config.json, metrics.jsonl/.csv, curves.png, "
-                                                    "best.pt, last.pt, train.log. Rerunning resumes.")
-                   ] = Path("runs/mvit"),
+    out: Annotated[Path, path_option("--out", use="folder", help="Run folder: config.json, metrics.jsonl/.csv, "
+                                                                 "curves.png, best.pt, last.pt, train.log. Rerunning "
+                                                                 "resumes.")] = Path("runs/mvit"),
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved settings as JSON "
                                               "(DEFAULTS <- --config <- --set <- options) and exit.")] = False,
 ) -> None:
@@ -231,6 +238,8 @@ def backbone_train_video(
     if rt.main:  # torchrun: print once
         best = summary["best"]
         scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
-        typer.echo(f"best epoch {best['epoch']}: {scores or 'no validation set'} -> {summary['best_checkpoint']}")
+        typer.echo(f"best epoch {best['epoch']}: {scores} -> {summary['best_checkpoint']}" if scores else
+                   f"no validation set, so no best epoch: {summary['best_checkpoint']} holds the last one, "
+                   f"epoch {best['epoch']}")
         typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation "
                    f"({summary['validation_source']}); {summary['epochs_run']} epochs now; run in {out}")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import group
-from migfuse.commands.options import CacheArg
+from migfuse.commands.options import CacheArg, parse_name, path_argument
 from migfuse.errors import UserError
 
 app = group("Inspect the token cache and derive small pooled views for training.")
@@ -41,10 +41,10 @@ def cache_info_cmd(
 
 @app.command("export-views")
 def cache_export_views_cmd(
-    cache: Annotated[Path, typer.Argument(metavar="CACHE", help="The full token cache (CACHE.zarr) holding views "
+    cache: Annotated[Path, path_argument(metavar="CACHE", help="The full token cache (CACHE.zarr) holding views "
                                                                 "(`cache view --defaults`).")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="The views-only copy to write, e.g. laptop.zarr "
-                                                            "(resumed if present).")],
+    out: Annotated[Path, path_argument(use="folder", metavar="OUT", help="The views-only copy to write, e.g. "
+                                                                         "laptop.zarr (resumed if present).")],
 ) -> None:
     """Copy only the views of a cache (their finished rows) into a new, small cache: what `fuse train`,
     `fuse eval` and `fuse predict` read on a laptop. The full tokens stay behind."""
@@ -63,16 +63,17 @@ def cache_export_views_cmd(
 @app.command("view")
 def cache_view_cmd(
     cache: CacheArg,
-    name: Annotated[Optional[str], typer.Option(help="View name; written as group views/NAME. "
+    name: Annotated[Optional[str], typer.Option(parser=parse_name, metavar="<name>",
+                                                help="View name; written as group views/NAME. "
                                                      "Omit with --defaults.")] = None,
     group: Annotated[Optional[str], typer.Option(help="Source group, e.g. video/mvit_v2_s "
                                                       "(see `migfuse cache info`).")] = None,
     pool: Annotated[Optional[str], typer.Option(help="Pooling: video_time, video_cls, pose_parts, pose_time, "
                                                      "face_keep, context_cls_mean, raw.",
                                                 show_default="the track's")] = None,
-    time_steps: Annotated[Optional[int], typer.Option(help="pose_parts/pose_time: time tokens kept "
+    time_steps: Annotated[Optional[int], typer.Option(min=1, max=1024, help="pose_parts/pose_time: time tokens kept "
                                                            "(adaptive mean).")] = None,
-    parts: Annotated[Optional[int], typer.Option(help="pose_parts: number of body-part groups "
+    parts: Annotated[Optional[int], typer.Option(min=1, max=137, help="pose_parts: number of body-part groups "
                                                       "(contiguous joint runs).")] = None,
     defaults: Annotated[bool, typer.Option("--defaults", help="Make the default view of every track in the cache "
                                                               "(views/video, views/joint, ...), "

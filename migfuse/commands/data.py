@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import DatasetLayout, PysklLayout, Scheme, SynthLayout
+from migfuse.commands.options import (SEED_MAX, WORKERS_MAX, DatasetLayout, PysklLayout, Scheme, SynthLayout,
+                                      path_argument, path_option)
 from migfuse.errors import UserError
 
 app = group("Read an iMiGUE download into one clip manifest and fast skeleton arrays; generate demo data.")
@@ -27,16 +28,17 @@ def _dataset_layout(new: Optional[str], old: Optional[str], default: str) -> str
 
 @app.command("prepare")
 def data_prepare(
-    root: Annotated[Path, typer.Option(help="Folder of the unpacked dataset download (any supported layout).")],
-    out: Annotated[Path, typer.Option(help="PREPARED folder to write: manifest.csv, videos.csv, skeletons/, "
-                                      "prepare_report.json.")],
+    root: Annotated[Path, path_option(help="Folder of the unpacked dataset download (any supported layout).")],
+    out: Annotated[Path, path_option(use="folder", help="PREPARED folder to write: manifest.csv, videos.csv, "
+                                                        "skeletons/, prepare_report.json.")],
     dataset_layout: Annotated[Optional[DatasetLayout], typer.Option(
         "--dataset-layout", show_default="auto",
         help="auto | oulu (Label/labels_20200831.csv + OpenPose JSON or xlsx) | miga2025 (<vid4>_label.csv + "
              "_openpose.xlsx) | miga2023 (<vid4>_label.csv + _light_hand.csv).")] = None,
-    frame_base: Annotated[int, typer.Option(help="Frame number of the first frame in MiGA _label.csv files "
-                                            "(0 = as labels_20200831.csv; see docs/data.md).")] = 0,
-    workers: Annotated[int, typer.Option(min=1, help="Processes converting skeletons in parallel.")] = 1,
+    frame_base: Annotated[int, typer.Option(min=0, max=1, help="Frame number of the first frame in MiGA _label.csv "
+                                            "files (0 = as labels_20200831.csv; see docs/data.md).")] = 0,
+    workers: Annotated[int, typer.Option(min=1, max=WORKERS_MAX,
+                                         help="Processes converting skeletons in parallel.")] = 1,
     no_reuse: Annotated[bool, typer.Option("--no-reuse", help="Convert every skeleton again, instead of keeping "
                                            "the arrays of an earlier run into --out whose source is unchanged "
                                            "(which resumes an interrupted run).")] = False,
@@ -76,12 +78,14 @@ def data_prepare(
 
 @app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Option(help="Empty folder to write the generated dataset into.")],
+    out: Annotated[Path, path_option(use="folder", help="Empty folder to write the generated dataset into.")],
     dataset_layout: Annotated[Optional[SynthLayout], typer.Option(
         "--dataset-layout", show_default="miga2025", help="The real layout to write.")] = None,
     videos: Annotated[int, typer.Option(min=1, max=16, help="Number of videos (the first 8 cover every split).")] = 8,
-    clips_per_video: Annotated[int, typer.Option(min=1, help="Micro-gesture clips per video.")] = 8,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed: the same seed gives the same dataset.")] = 0,
+    # 100: every frame of a video is rendered in memory (~15 MB per clip), and real iMiGUE videos hold ~52
+    clips_per_video: Annotated[int, typer.Option(min=1, max=100, help="Micro-gesture clips per video.")] = 8,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX,
+                                      help="Random seed: the same seed gives the same dataset.")] = 0,
     layout: _OldLayoutOpt = None,
 ) -> None:
     """Generate a small demo dataset in a real iMiGUE layout: mp4 videos of a seated figure with a real
@@ -97,9 +101,9 @@ def data_synth(
 
 @app.command("export-pyskl")
 def data_export_pyskl(
-    prepared: Annotated[Path, typer.Argument(metavar="PREPARED", help="PREPARED folder written by "
+    prepared: Annotated[Path, path_argument(metavar="PREPARED", help="PREPARED folder written by "
                                              "`migfuse data prepare`.")],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="The pyskl annotation .pkl to write.")],
+    out: Annotated[Path, path_argument(use="file", metavar="OUT", help="The pyskl annotation .pkl to write.")],
     layout: Annotated[PysklLayout, typer.Option(
         help="Joints to keep: coco-17 (pyskl 'coco', PoseC3D / ST-GCN++ 2D), openpose-18 (pyskl 'openpose'), "
              "openpose22 (MiGA 2023) or imigue (55).")] = PysklLayout.coco_17,
@@ -116,8 +120,8 @@ def data_export_pyskl(
         shape = tuple(int(v) for v in img_shape.lower().split("x"))
     except ValueError:
         shape = ()
-    if len(shape) != 2 or min(shape) <= 0:
-        raise UserError(f"--img-shape {img_shape!r} must be HEIGHTxWIDTH in pixels, e.g. 720x1280")
+    if len(shape) != 2 or min(shape) <= 0 or max(shape) > 65_535:  # 65,535: the largest frame H.264/HEVC code
+        raise UserError(f"--img-shape {img_shape!r} must be HEIGHTxWIDTH in pixels (1 to 65535), e.g. 720x1280")
     r = export_pyskl(prepared, out, layout=layout.value, scheme=scheme.value, img_shape=shape)  # type: ignore[arg-type]
     splits = ", ".join(f"{name} {n}" for name, n in r.splits.items()) or "none"
     typer.echo(f"wrote {r.path}: {r.clips} clips, layout {r.layout} ({r.num_joints} joints); splits: {splits}")

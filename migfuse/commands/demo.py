@@ -7,15 +7,16 @@ from typing import Annotated
 
 import typer
 
-from migfuse.commands.options import RuntimeOptions, with_options
+from migfuse.commands.options import SEED_MAX, RuntimeOptions, path_option, with_options
 
 
 @with_options(RuntimeOptions)
 def demo(
     runtime: RuntimeOptions,
-    out: Annotated[Path, typer.Option(help="Folder for the generated dataset and every artifact (reused by a rerun "
-                                           "with the same --seed and --precision).")] = Path("demo_out"),
-    seed: Annotated[int, typer.Option(help="Seed of the generated dataset (0 or more).")] = 0,
+    out: Annotated[Path, path_option(use="folder", help="Folder for the generated dataset and every artifact "
+                                                        "(reused by a rerun with the same --seed and --precision).")
+                   ] = Path("demo_out"),
+    seed: Annotated[int, typer.Option(max=SEED_MAX, help="Seed of the generated dataset (0 or more).")] = 0,
 ) -> None:
     """Run the whole pipeline on a generated dataset (5 videos, 40 clips; 74 s on 2 idle cores of an
     Intel Xeon with AMX, ~3.5 min on older 2-core CPUs, longer on a busy machine: see

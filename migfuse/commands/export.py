@@ -8,16 +8,16 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from migfuse.commands.app import group
-from migfuse.commands.options import DataOpt, Scheme, Split, Task
+from migfuse.commands.options import DataOpt, Scheme, Split, Task, path_argument, path_option
 
 app = group("Write challenge submission files from prediction scores, validated against the manifest.")
 
-ScoresArg = Annotated[Path, typer.Argument(metavar="SCORES", help="Scores .npz written by `migfuse fuse predict` or "
+ScoresArg = Annotated[Path, path_argument(metavar="SCORES", help="Scores .npz written by `migfuse fuse predict` or "
                                            "`fuse late`.")]
 SplitOpt = Annotated[Split, typer.Option(help="The split to export (manifest column split_miga / split_emotion).")]
 HeaderOpt = Annotated[Optional[str], typer.Option(
     show_default="the format's", help="CSV header as two names, e.g. Id,Target, or 'none' for no header line.")]
-WinLabelOpt = Annotated[int, typer.Option(help="Target written for Win (Lose gets the other of 0/1).")]
+WinLabelOpt = Annotated[int, typer.Option(min=0, max=1, help="Target written for Win (Lose gets the other of 0/1).")]
 
 
 def export_command(fmt) -> Callable[..., None]:
@@ -25,7 +25,7 @@ def export_command(fmt) -> Callable[..., None]:
     out_help = "NAME.zip, NAME.csv (a bare CSV + NAME.zip) or a folder, created."
 
     def command(scores: ScoresArg, data: DataOpt,
-                out: Annotated[Optional[Path], typer.Option(help=out_help, show_default=f"./{fmt.zip_name}")] = None,
+                out: Annotated[Optional[Path], path_option(help=out_help, show_default=f"./{fmt.zip_name}")] = None,
                 split: SplitOpt = Split.test, header: HeaderOpt = None, win_label: WinLabelOpt = 1) -> None:
         from migfuse.fuse.export import export_scores
 
@@ -65,7 +65,7 @@ _register_formats()
 
 
 def score_cmd(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="Prediction file: challenge zip, CSV (header or not) "
+    file: Annotated[Path, path_argument(metavar="FILE", help="Prediction file: challenge zip, CSV (header or not) "
                                                               "or scores .npz.")],
     data: DataOpt,
     split: Annotated[Optional[Split], typer.Option(
@@ -73,9 +73,10 @@ def score_cmd(
     scheme: Annotated[Optional[Scheme], typer.Option(help="The split column.", show_default="by task")] = None,
     task: Annotated[Optional[Task], typer.Option(help="The task of the file.", show_default="guessed from the ids")]
     = None,
-    win_label: Annotated[int, typer.Option(help="Emotion files: the target that means Win.")] = 1,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Folder for metrics.json, per_class.csv and the charts (confusion, per-class, ROC for emotion).")]
+    win_label: Annotated[int, typer.Option(min=0, max=1, help="Emotion files: the target that means Win.")] = 1,
+    out: Annotated[Optional[Path], path_option(
+        use="folder", help="Folder for metrics.json, per_class.csv and the charts (confusion, per-class, ROC for "
+                           "emotion).")]
     = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")] = False,
 ) -> None:

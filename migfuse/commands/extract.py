@@ -14,7 +14,7 @@ import typer
 
 from migfuse.commands.app import group
 from migfuse.commands.options import (CacheOpt, DataOpt, Decoder, ExtractOptions, FaceScope, RuntimeOptions,
-                                      SkeletonLayout, Stream, with_options)
+                                      SkeletonLayout, Stream, path_option, with_options)
 
 app = group("Turn clips into token tensors in the Zarr cache (resumable, sharded, failures recorded).")
 
@@ -22,8 +22,8 @@ ClipFramesOpt = Annotated[Optional[int], typer.Option(
     "--frames", min=1, max=64, show_default="the backbone's recipe: 16 for MViTv2-S",
     help="Frames per window. A backbone with a recipe takes only its own count.")]
 FaceFramesOpt = Annotated[int, typer.Option("--frames", min=1, max=64, help="Face frames per clip or per window.")]
-VideoRootOpt = Annotated[Optional[Path], typer.Option(
-    "--video-root", envvar="MIGFUSE_VIDEO_ROOT", exists=True, file_okay=False,
+VideoRootOpt = Annotated[Optional[Path], path_option(
+    "--video-root", use="dir", envvar="MIGFUSE_VIDEO_ROOT",
     help="Folder the videos are in now, if moved since `data prepare` (env MIGFUSE_VIDEO_ROOT).")]
 ContextWindowsOpt = Annotated[int, typer.Option(
     "--context-windows", min=1, max=256, help="K windows (16 frames, every 4th) spread over each video; the face "
@@ -35,7 +35,7 @@ DecoderOpt = Annotated[Decoder, typer.Option(
 BackboneOpt = Annotated[str, typer.Option(
     "--backbone", help="A registered video backbone (`migfuse backbone info NAME` says which tracks it extracts); "
                        "its recipe (frames, size, mean/std) comes with it. The group is TRACK/BACKBONE.")]
-VideoCheckpointOpt = Annotated[Optional[Path], typer.Option(
+VideoCheckpointOpt = Annotated[Optional[Path], path_option(
     "--checkpoint", help="The backbone's checkpoint (MViTv2-S: torchvision mvit_v2_s-ae3be167.pth, mmaction2, or a "
                          "migfuse fine-tuned best.pt). Without it: seeded RANDOM weights, for testing only (warned "
                          "and recorded).")]
@@ -115,7 +115,7 @@ def extract_context(
 def extract_skeleton(
     data: DataOpt,
     cache: CacheOpt,
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="best.pt of `migfuse backbone train skeleton` "
+    checkpoint: Annotated[Path, path_option("--checkpoint", help="best.pt of `migfuse backbone train skeleton` "
                                                                   "(or a published 2s-AGCN / mmaction2 file).")],
     runtime: RuntimeOptions,
     run: ExtractOptions,
@@ -145,7 +145,7 @@ def extract_face(
     cache: CacheOpt,
     runtime: RuntimeOptions,
     run: ExtractOptions,
-    checkpoint: Annotated[Optional[Path], typer.Option(
+    checkpoint: Annotated[Optional[Path], path_option(
         "--checkpoint", help="SwinFace .pt (the original file with state_dict_backbone/fam/tss/om). Without it: "
                              "RANDOM weights, for testing only.")] = None,
     scope: Annotated[FaceScope, typer.Option(

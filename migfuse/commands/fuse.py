@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import (LateMode, RunArg, RuntimeOptions, Split, Task, TrainOptions, with_options)
+from migfuse.commands.options import (LateMode, RunArg, RuntimeOptions, Split, Task, TrainOptions, parse_name,
+                                      path_argument, path_option, with_options)
 from migfuse.errors import UserError
 
 app = group("Train, evaluate and predict with fusion heads on cached tokens (laptop-sized); fuse and import scores.")
@@ -18,25 +19,27 @@ scores_app = group("Old name of `migfuse fuse import`.")
 
 AllowMissingOpt = Annotated[bool, typer.Option("--allow-missing", help="Skip clips the cache lacks.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (for scripts).")]
-RunCacheOpt = Annotated[Optional[Path], typer.Option(help="Cache to read.",
+RunCacheOpt = Annotated[Optional[Path], path_option(help="Cache to read.",
                                                      show_default="the one the run was trained on")]
-RunDataOpt = Annotated[Optional[Path], typer.Option(help="PREPARED folder.", show_default="the run's")]
+RunDataOpt = Annotated[Optional[Path], path_option(help="PREPARED folder.", show_default="the run's")]
 
 
 @app.command("train")
 @with_options(TrainOptions)
 @with_options(RuntimeOptions)
 def fuse_train_cmd(
-    cache: Annotated[Path, typer.Option(help="The token cache (CACHE.zarr) with views "
+    cache: Annotated[Path, path_option(help="The token cache (CACHE.zarr) with views "
                                              "(`migfuse cache view --defaults`).")],
-    data: Annotated[Path, typer.Option(help="The PREPARED folder (manifest) the cache was extracted from.")],
+    data: Annotated[Path, path_option(help="The PREPARED folder (manifest) the cache was extracted from.")],
     task: Annotated[Task, typer.Option(help="mg (32 micro-gesture classes, per clip) "
                                             "or emotion (win/lose, per video).")],
-    out: Annotated[Path, typer.Option(help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, "
-                                           "last.pt, train.log. Rerunning the same command resumes.")],
+    out: Annotated[Path, path_option(use="folder", help="Run folder: config.json, metrics.jsonl/.csv, curves.png, "
+                                                        "best.pt, last.pt, train.log. Rerunning the same command "
+                                                        "resumes.")],
     runtime: RuntimeOptions,
     train: TrainOptions,
-    head: Annotated[Optional[str], typer.Option(help="Head (`migfuse fuse heads`).",
+    head: Annotated[Optional[str], typer.Option(parser=parse_name, metavar="<name>",
+                                                help="Head (`migfuse fuse heads`).",
                                                 show_default="cmtf for mg, interfusion for emotion")] = None,
     allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Train without clips the cache lacks "
                                                 "(reports how many).")] = False,
@@ -53,7 +56,8 @@ def fuse_train_cmd(
                          sets=train.sets, flags=train.flags(), overwrite=train.overwrite, runtime=runtime.resolve())
     best = summary["best"]
     scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
-    typer.echo(f"best epoch {best['epoch']}: {scores or 'no validation set'}")
+    typer.echo(f"best epoch {best['epoch']}: {scores}" if scores else
+               f"no validation set, so no best epoch: best.pt holds the last one, epoch {best['epoch']}")
     typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation ({summary['validation_source']}); "
                f"{summary['epochs_run']} epochs now, {summary['train_seconds']:.0f} s; run in {out}")
 
@@ -98,7 +102,7 @@ def fuse_eval_cmd(
 def fuse_predict_cmd(
     run: RunArg,
     split: Annotated[Split, typer.Option(help="The split to predict.")],
-    out: Annotated[Path, typer.Option(help="Scores file to write (.npz), read by `migfuse export`.")],
+    out: Annotated[Path, path_option(use="file", help="Scores file to write (.npz), read by `migfuse export`.")],
     runtime: RuntimeOptions,
     cache: RunCacheOpt = None,
     data: RunDataOpt = None,
@@ -140,9 +144,9 @@ def fuse_heads_cmd(
 
 @app.command("late")
 def fuse_late_cmd(
-    scores: Annotated[list[Path], typer.Argument(
+    scores: Annotated[list[Path], path_argument(
         metavar="SCORES", help="Two or more scores .npz of one task, e.g. joint bone cmtf.")],
-    out: Annotated[Path, typer.Option(help="Fused scores .npz to write.")],
+    out: Annotated[Path, path_option(use="file", help="Fused scores .npz to write.")],
     weights: Annotated[Optional[str], typer.Option(help="One weight per file, e.g. 1,1,0.5.", show_default="equal")]
     = None,
     mode: Annotated[LateMode, typer.Option(help="prob: weighted sum of probabilities; log: of log-probabilities.")]
@@ -170,10 +174,11 @@ def fuse_late_cmd(
 
 @app.command("import")
 def fuse_import_cmd(
-    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="mmaction2 / pyskl test-result .pkl, "
+    results: Annotated[Path, path_argument(metavar="RESULTS", help="mmaction2 / pyskl test-result .pkl, "
                                                                     "or a CSV `Id,score...`.")],
-    out: Annotated[Path, typer.Option(help="migfuse scores .npz to write (for `fuse late`, `export`, `score`).")],
-    ann: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path, path_option(use="file", help="migfuse scores .npz to write (for `fuse late`, `export`, "
+                                                      "`score`).")],
+    ann: Annotated[Optional[Path], path_option(
         help="For a .pkl: the annotation file the test ran on (list file `path label`, or pyskl .pkl).")] = None,
     ann_split: Annotated[Optional[str], typer.Option(
         help="For a pyskl .pkl annotation: the split the test ran on, e.g. test.")] = None,

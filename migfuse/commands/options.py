@@ -8,20 +8,108 @@ Two kinds:
   `ExtractOptions` (--batch-size, --workers, --shard, --retry-failed) too.
 * single options (`DataOpt`, `CacheOpt`, `OutOpt`...) and the closed choices as `StrEnum`s, so
   `--help` lists the values.
+* value rules: every path option is declared with `path_option` / `path_argument` (an empty path is
+  refused, and an output folder that is a file or an output file that is a folder), numbers carry
+  typer ranges whose bounds are the limits below, and `--lr` and names have their own parsers. A bad
+  value is one usage line naming the option, before any work starts.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
+import math
 import typing
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
 import typer
 
 from migfuse.runtime import Precision
+# the limits the trainers' settings have too (one definition, torch-free; reasons given there)
+from migfuse.training.config import BATCH_MAX, EPOCHS_MAX, SEED_MAX, THREADS_MAX, WORKERS_MAX
+
+# ---------------------------------------------------------------------------------------------
+# value rules
+# ---------------------------------------------------------------------------------------------
+
+#: What a path option names: an input to read (its reader checks it), an existing folder to read, an
+#: output folder, or an output file.
+PathUse = Literal["read", "dir", "folder", "file"]
+
+
+def parse_path(use: PathUse, text: str | Path) -> Path:
+    """The typed path, checked for `use` (typer.BadParameter: one usage line naming the option).
+
+    Refused for every use: an empty path ("" would be the current folder) and a NUL byte. An output
+    folder ("folder") must not be an existing file; an output file ("file") not an existing folder; an
+    input folder ("dir") must exist."""
+    if isinstance(text, Path):  # a default, not typed
+        return text
+    if not text.strip():
+        raise typer.BadParameter("the path is empty: name a file or folder (\".\" for the current folder)")
+    if "\x00" in text:
+        raise typer.BadParameter(f"{text!r} holds a NUL character, which no path can")
+    path = Path(text)
+    if use == "folder" and path.exists() and not path.is_dir():
+        raise typer.BadParameter(f"cannot use {path}: a file is in the way: name a folder, or move that file")
+    if use == "dir" and not path.is_dir():
+        raise typer.BadParameter(f"{path} is not a folder" + (" (it is a file)" if path.exists() else
+                                                              " (it does not exist): check the path"))
+    if use == "file" and path.is_dir():
+        raise typer.BadParameter(f"cannot use {path}: it is a folder, not a file: name a file")
+    return path
+
+
+def path_option(*decls: str, use: PathUse = "read", **kwargs: Any) -> Any:
+    """`typer.Option` for a path, checked by `parse_path(use)`: the one rule of every path option."""
+    return typer.Option(*decls, parser=functools.partial(parse_path, use), metavar=kwargs.pop("metavar", "<path>"),
+                        **kwargs)
+
+
+def path_argument(use: PathUse = "read", **kwargs: Any) -> Any:
+    """`typer.Argument` for a path, checked by `parse_path(use)`."""
+    return typer.Argument(parser=functools.partial(parse_path, use), **kwargs)
+
+
+def parse_positive(text: str) -> float:
+    """A float option that must be finite and > 0 (e.g. --lr): nan, inf, 0 and negatives are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{text} must be a finite number greater than 0")
+    return value
+
+
+#: Shards of one extraction: more than 10,000 parts of a dataset of a few hundred videos is a typo.
+SHARDS_MAX = 10_000
+
+
+def parse_shard(text: str) -> str:
+    """--shard I/N with 0 <= I < N <= SHARDS_MAX (digits only), kept as typed."""
+    i, sep, n = text.partition("/")
+    if not (sep and i.isascii() and i.isdigit() and n.isascii() and n.isdigit() and int(i) < int(n) <= SHARDS_MAX):
+        raise typer.BadParameter(f"{text!r} is not I/N with 0 <= I < N <= {SHARDS_MAX} (e.g. --shard 0/4 for the "
+                                 "first of four, --shard $SLURM_ARRAY_TASK_ID/N)")
+    return text
+
+
+def parse_word(text: str) -> str:
+    """A free-text value that must not be empty (e.g. a backbone's --layout): "" is refused, not a default."""
+    if not text.strip():
+        raise typer.BadParameter("the value is empty")
+    return text
+
+
+def parse_name(text: str) -> str:
+    """A name that becomes one folder (a view, a run): letters, digits, '_', '-', '.'; no path, no '..'."""
+    if not text or text in (".", "..") or not all(c.isalnum() or c in "_-." for c in text) or len(text) > 100:
+        raise typer.BadParameter(f"{text!r} is not a name: use up to 100 letters, digits, '_', '-' or '.', "
+                                 "without '/' or '..'")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +273,7 @@ CompileOpt = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the model: fused kernels for long GPU runs (the first batch compiles, about "
                       "a minute for MViTv2-S). Same outputs to float rounding; not recorded.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    "--threads", min=1, show_default="torch's, one per core (fuse train: 1)",
+    "--threads", min=1, max=THREADS_MAX, show_default="torch's, one per core (fuse train: 1)",
     help="Torch CPU threads while the models run.")]
 TrustCheckpointOpt = Annotated[bool, typer.Option(
     "--trust-checkpoint", help="Unpickle the command's checkpoint files fully, objects included. This runs any code "
@@ -223,12 +311,13 @@ class ExtractOptions:
         help="Model inputs per forward pass (windows, clips or faces). The model always runs on exactly this many "
              "(padded), so it is recorded in the provenance: resume with the same value.")] = None
     workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=0, max=64, show_default="the track's CPU value; on a GPU one per CPU core but one",
+        "--workers", min=0, max=WORKERS_MAX, show_default="the track's CPU value; on a GPU one per CPU core but one",
         help="Loader processes (decoding) running alongside the model; 0 = load in the main process. FFmpeg "
              "threads are shared out among them.")] = None
     shard: Annotated[Optional[str], typer.Option(
-        "--shard", help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. Under "
-                        "torchrun RANK/WORLD_SIZE are used instead.")] = None
+        "--shard", parser=parse_shard, metavar="<I/N>",
+        help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N. Under "
+             "torchrun RANK/WORLD_SIZE are used instead.")] = None
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Also redo rows that failed in an earlier run.")] = False
 
@@ -242,28 +331,31 @@ class ExtractOptions:
 # ---------------------------------------------------------------------------------------------
 # single options
 # ---------------------------------------------------------------------------------------------
-DataOpt = Annotated[Path, typer.Option("--data", help="PREPARED folder written by `migfuse data prepare`.")]
-CacheOpt = Annotated[Path, typer.Option("--cache", help="Token cache CACHE.zarr (created if absent, resumed if "
-                                                        "present).")]
-CacheArg = Annotated[Path, typer.Argument(metavar="CACHE", help="The token cache folder (CACHE.zarr).")]
-RunArg = Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `migfuse fuse train`.")]
+DataOpt = Annotated[Path, path_option("--data", help="PREPARED folder written by `migfuse data prepare`.")]
+CacheOpt = Annotated[Path, path_option("--cache", use="folder", help="Token cache CACHE.zarr (created if absent, "
+                                                                     "resumed if present).")]
+CacheArg = Annotated[Path, path_argument(metavar="CACHE", help="The token cache folder (CACHE.zarr).")]
+RunArg = Annotated[Path, path_argument(metavar="RUN", help="Run folder written by `migfuse fuse train`.")]
 
 # training: every value option defaults to None ("not given"), so a --config file is not overridden by
 # a default: the order is DEFAULTS <- --config <- --set <- these options.
-ConfigOpt = Annotated[Optional[Path], typer.Option(
+ConfigOpt = Annotated[Optional[Path], path_option(
     "--config", help="Settings file, JSON or TOML (.toml): keys of the trainer's DEFAULTS (see the docs page); "
                      "a run folder's config.json works too.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY=VALUE", help="Override one setting (repeatable); VALUE is read as JSON when it parses: "
                                        "--set lr=3e-4 --set epochs=30 (the settings are listed in the trainer's "
                                        "docs page).")]
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, show_default="the trainer's",
-                                                  help="Epochs in all (a resumed run goes on to this).")]
-LrOpt = Annotated[Optional[float], typer.Option("--lr", show_default="the trainer's", help="Peak learning rate.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, show_default="0",
+EpochsOpt = Annotated[Optional[int], typer.Option(
+    "--epochs", min=1, max=EPOCHS_MAX, show_default="the trainer's",
+    help="Epochs in all; the learning-rate schedule spans them. A resumed run goes on to this: more extends "
+         "it, fewer than the run was started with is refused (use --overwrite to start again).")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", parser=parse_positive, metavar="<float>",
+                                                show_default="the trainer's", help="Peak learning rate (> 0).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, max=SEED_MAX, show_default="0",
                                                 help="Seed of weights, shuffling and sampling.")]
-BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, show_default="the trainer's",
-                                                     help="Samples per training step.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, max=BATCH_MAX,
+                                                     show_default="the trainer's", help="Samples per training step.")]
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Delete the run already in --out (of other settings) and train from scratch. Without it "
                         "such a folder is refused, and the same settings resume from OUT/last.pt.")]

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from migfuse.data_cache.store import DONE, ArraySpec, GroupSpec, TokenCache, TokenGroup
 from migfuse.data_cache.tracks import TRACKS, VIEW_PREFIX, track_of_group, tracks_with_layout
 from migfuse.errors import UserError
+from migfuse.progress_bar import progress_bar
 from migfuse.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
         have -= set(stale)
     todo = [i for i in done if i not in have]
     batch_size = batch_size or max(1, min(len(todo), (256 << 20) // max(_source_bytes(src), 1)))
-    for start in tqdm(range(0, len(todo), batch_size), desc=f"view {name}", unit="batch", disable=None):
+    for start in progress_bar(range(0, len(todo), batch_size), desc=f"view {name}", unit="batch"):
         ids = todo[start : start + batch_size]
         pooled = fn(src.read_many(ids, names), **params)
         view.write_many(ids, {"tokens": pooled["tokens"].astype(np.float16), "mask": pooled["mask"]},
@@ -377,7 +377,7 @@ def export_views(cache: TokenCache | str, out: TokenCache | str, batch_rows: int
         dst.forget(stale)
         have -= set(stale)
         todo = [i for i in src.done_ids() if i not in have]
-        for start in tqdm(range(0, len(todo), batch_rows), desc=f"export {name}", unit="batch", disable=None):
+        for start in progress_bar(range(0, len(todo), batch_rows), desc=f"export {name}", unit="batch"):
             ids = todo[start : start + batch_rows]
             dst.write_many(ids, src.read_many(ids), rowdefs=src.rowdefs(ids))
         copied[name] = len(todo)

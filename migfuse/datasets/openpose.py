@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from migfuse.errors import UserError
+from migfuse.progress_bar import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +259,8 @@ def read_openpose_folder(folder: str | Path, *, progress: bool = True) -> tuple[
     array = np.zeros((n_frames, NUM_KEYPOINTS, 3), dtype=np.float32)
     mask = np.zeros(n_frames, dtype=bool)
     tracker = PersonTracker()
-    for frame in tqdm(range(n_frames), desc=f"openpose {folder.name}", unit="frame",
-                      disable=None if progress else True, leave=False):
+    for frame in progress_bar(range(n_frames), desc=f"openpose {folder.name}", unit="frame",
+                              disable=not progress, leave=False):
         path = files.get(frame)
         if path is None:
             stats.missing_frames.append(frame)

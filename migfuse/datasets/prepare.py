@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from tqdm import tqdm
 
 from migfuse.datasets import classes
 from migfuse.datasets.layouts import LayoutScan, read_layout
@@ -23,6 +22,7 @@ from migfuse.datasets.layouts.base import SkeletonSource
 from migfuse.datasets.manifest import REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, write_skeleton
 from migfuse.datasets.openpose import UnsupportedBodyModel
 from migfuse.errors import UserError
+from migfuse.progress_bar import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def _convert(vid: str, source: SkeletonSource, out: Path, progress: bool) -> dic
 
 def _convert_all(jobs: list[tuple[str, SkeletonSource]], out: Path, *, workers: int,
                  progress: bool) -> Iterator[tuple[str, dict]]:
-    bar = tqdm(total=len(jobs), desc="skeletons", unit="video", disable=None if progress else True)
+    bar = progress_bar(total=len(jobs), desc="skeletons", unit="video", disable=not progress)
     with bar:
         if workers <= 1 or len(jobs) <= 1:
             for vid, source in jobs:

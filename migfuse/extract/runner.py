@@ -17,7 +17,7 @@ to run a batch); the runner owns everything else, once, for all tracks:
   bounded queue while the main process runs the batched forward;
 * failures: bad input becomes a per-row failure record in the store (never a crash, never lost);
   a worker process that dies fails only the item it was loading and is replaced;
-* progress: one tqdm bar per process over rows (rate and ETA), quiet when not on a terminal.
+* progress: one bar per process over rows (rate and ETA); off a terminal a line at intervals (progress_bar).
 
 Interface details and rules: docs/contracts.md, "Extraction runner".
 """
@@ -125,8 +125,9 @@ def run_extraction(
     Returns:
         RunSummary of this process's rows (failures include those of earlier runs).
     """
-    from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from migfuse.progress_bar import progress_bar
 
     from migfuse.data_cache.store import DONE, FAILED, MISSING, TokenCache
 
@@ -172,8 +173,8 @@ def run_extraction(
             summary.skipped += len(item.ids) - len(keep)
             return WorkItem(item.key, keep)
 
-        bar = tqdm(total=pending, desc=f"{extractor.group} [{rank}/{world}]", unit=extractor.unit, disable=None,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=pending, desc=f"{extractor.group} [{rank}/{world}]", unit=extractor.unit,
+                           dynamic_ncols=True)
         writer = _Writer(extractor, g, batch_size, bar, summary, rowdefs, claims)
         pool = None
         try:

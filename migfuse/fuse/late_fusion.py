@@ -7,6 +7,7 @@ Runs whose id sets differ are refused unless the caller asks for their intersect
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -37,7 +38,8 @@ class LateFusion:
 
 
 def parse_weights(text: str | None, n: int) -> list[float]:
-    """Parse "1,1,0.5" into n floats; None or "" -> equal weights. UserError on a bad list."""
+    """Parse "1,1,0.5" into n floats; None or "" -> equal weights. UserError on a bad list (not numbers,
+    another count than n, a negative, NaN or infinite weight, all zero)."""
     if not text:
         return [1.0] * n
     try:
@@ -46,6 +48,8 @@ def parse_weights(text: str | None, n: int) -> list[float]:
         raise UserError(f"--weights {text!r} is not a comma-separated list of numbers, e.g. 1,1,0.5") from None
     if len(weights) != n:
         raise UserError(f"--weights has {len(weights)} values for {n} score files; give one weight per file")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
+        raise UserError(f"--weights {text!r}: each weight must be a finite number >= 0, and one at least > 0")
     return weights
 
 

@@ -37,6 +37,7 @@ from migfuse.fuse.heads import FusionHead, head_class, make_head, resolve_option
 from migfuse.fuse.metrics import task_metrics
 from migfuse.runtime import Runtime
 from migfuse.training.checkpoint import atomic_write_text
+from migfuse.training.config import check_choice
 from migfuse.training.config import resolve_config as resolve_settings
 from migfuse.training.loop import FitResult, Selection, epoch_generator
 from migfuse.training.loop import fit as run_epochs
@@ -103,6 +104,7 @@ def resolve_config(task: str, config: Mapping[str, Any] | str | Path | None = No
         cfg["head"] = head
     cfg["task"] = task
     check_balance(cfg["balance"], where)
+    check_choice(cfg, "split_scheme", ("auto", "split_miga", "split_cs"), where)
     if cfg["select_metric"] not in SELECT_METRICS[task]:
         raise UserError(f"{where}: select_metric for task {task} must be one of {', '.join(SELECT_METRICS[task])}, "
                         f"not {cfg['select_metric']!r}")

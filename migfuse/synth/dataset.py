@@ -17,11 +17,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from migfuse.datasets import classes
 from migfuse.datasets.video_facts import video_facts
 from migfuse.errors import UserError
+from migfuse.progress_bar import progress_bar
 from migfuse.synth.pose import FPS, MOTIONS, Action, pose_sequence
 from migfuse.synth.render import render_frame
 
@@ -189,7 +189,7 @@ def generate_dataset(out: str | Path, layout: str = "miga2025", videos: int = 8,
     truth: dict = {"layout": layout, "seed": seed, "fps": FPS, "videos": {}}
     oulu_rows = []
     jobs = [(root, layout, int(v), seed, clips_per_video) for v in video_ids]
-    bar = tqdm(total=len(jobs), desc="generating videos", unit="video", disable=None if progress else True)
+    bar = progress_bar(total=len(jobs), desc="generating videos", unit="video", disable=not progress)
     if workers > 1 and len(jobs) > 1:
         from migfuse.worker_pool import run_tasks
 

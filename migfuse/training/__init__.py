@@ -9,7 +9,7 @@ Pieces (each one job):
   run_folder.py  the run folder: lock, resume / refuse / --overwrite, config.json, metrics.jsonl + .csv
   checkpoint.py  the one checkpoint format; atomic save; weights-only load with one-line errors
   loop.py        fit(): seed per epoch, train, validate, best.pt, last.pt, early stop, resume, curves.png
-  progress.py    one bar per run, log lines above it, quiet off a terminal
+  progress.py    one bar per run, log lines above it, lines at intervals off a terminal; NaN loss stops
   curves.py      curves.png (matplotlib, lazy; skipped with a warning when missing)
 
 How a trainer plugs in (the whole contract; fuse/train.py and finetune/skeleton.py are examples):

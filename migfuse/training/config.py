@@ -6,7 +6,8 @@
 
 Every layer is checked against DEFAULTS: an unknown key or a value of the wrong type is a one-line
 `UserError` naming where it came from (the file, `--set`, or the option), the key and the type the
-default has (`my.json: lr must be a number (float like the default 0.001), not 'fast'`). A dict-valued
+default has (`my.json: lr must be a number (float like the default 0.001), not 'fast'`); a shared
+setting out of its range (`RANGES`: lr finite and > 0, 0 <= label_smoothing < 1...) too. A dict-valued
 setting (e.g. "head_options") is merged key by key; its inner keys are the trainer's to check.
 Torch-free: the CLI may import it.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -132,6 +134,62 @@ def check_value(key: str, value: Any, default: Any, where: str) -> Any:
     return value
 
 
+#: Seeds go to numpy (0 <= seed < 2**32) and torch: one range for every seed.
+SEED_MAX = 2**32 - 1
+#: Processes: more than 64 loader/converter processes only cost memory on any machine migfuse targets.
+WORKERS_MAX = 64
+#: Torch CPU threads: beyond 1024 torch refuses or thrashes; no machine here has more cores.
+THREADS_MAX = 1024
+#: Epochs: a typo guard (1e9); the longest published recipes run a few hundred.
+EPOCHS_MAX = 10_000
+#: Samples per step: a typo guard; 65,536 token sets already fill a GPU's memory.
+BATCH_MAX = 65_536
+
+#: Ranges of the settings the trainers share, by name: (low, high, low included, high included); a
+#: trainer checks the ones it has, in every layer, so a bad value names its source before any work.
+#: Counts are bounded to catch typos (1e9 epochs); probabilities and shares stay below 1.
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "lr": (0, math.inf, False, False),
+    "epochs": (1, EPOCHS_MAX, True, True),
+    "batch_size": (1, BATCH_MAX, True, True),
+    "target_batch": (1, BATCH_MAX, True, True),
+    "seed": (0, SEED_MAX, True, True),
+    "weight_decay": (0, math.inf, True, False),
+    "warmup_epochs": (0, math.inf, True, False),
+    "label_smoothing": (0, 1, True, False),
+    "balance_power": (0, math.inf, True, False),
+    "grad_clip": (0, math.inf, True, False),
+    "clip_grad": (0, math.inf, True, False),
+    "patience": (0, EPOCHS_MAX, True, True),
+    "val_fraction": (0, 1, True, False),
+    "threads": (0, THREADS_MAX, True, True),
+    "workers": (0, WORKERS_MAX, True, True),
+    "drop_path": (0, 1, True, False),
+    "head_dropout": (0, 1, True, False),
+    "color_jitter": (0, 1, True, True),
+    "min_lr_ratio": (0, 1, True, True),
+    "layer_decay": (0, 1, False, True),
+    "length": (4, 1024, True, True),
+    "base_channels": (4, 1024, True, True),
+    "frames": (1, 64, True, True),
+}
+
+
+def check_range(key: str, value: Any, where: str, ranges: Mapping[str, tuple] | None = None) -> None:
+    """UserError naming `where` unless the number `value` of setting `key` is finite and inside its range
+    (`ranges`, default RANGES; keys without a range and non-numbers pass)."""
+    rule = (RANGES if ranges is None else ranges).get(key)
+    if rule is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, high, low_in, high_in = rule
+    inside = (math.isfinite(value) and (low <= value if low_in else low < value)
+              and (value <= high if high_in else value < high))
+    if not inside:
+        lo = f"{'>=' if low_in else '>'} {low}"
+        hi = "" if high == math.inf else f" and {'<=' if high_in else '<'} {high}"
+        raise UserError(f"{where}: {key} must be a finite number {lo}{hi}, not {value!r}")
+
+
 def merge_layer(cfg: dict[str, Any], layer: Mapping[str, Any], defaults: Mapping[str, Any], where: str,
                 optional: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`cfg` updated with `layer`, every key and type checked against `defaults`; dicts merge key by key.
@@ -148,6 +206,7 @@ def merge_layer(cfg: dict[str, Any], layer: Mapping[str, Any], defaults: Mapping
             value = check_value(key, value, optional[key], where)
         else:
             value = check_value(key, value, default, where)
+        check_range(key, value, where)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             value = {**out[key], **value}
         out[key] = value

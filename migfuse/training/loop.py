@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from migfuse.training.curves import plot_curves
-from migfuse.training.progress import Progress, progress
+from migfuse.training.progress import NonFiniteLoss, Progress, progress
 from migfuse.training.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ class Selection:
     """How the best epoch is chosen: `metric` (a key of the epoch record) is maximised or minimised.
 
     Ties go to the lower `tie_break` column when it is set (e.g. "val_loss"), else to the earlier epoch.
-    An epoch whose record lacks `metric` (no validation set) always counts as better: the last one is kept."""
+    An epoch whose record lacks `metric` (no validation set) always counts as better: the last one is kept
+    (`fit` then says once that there is no best epoch, and marks none "(best)")."""
 
     metric: str = "val_loss"
     mode: str = "min"  # "min" or "max"
@@ -58,6 +59,14 @@ class Selection:
                 return False
             return _num(record.get(self.tie_break)) < _num(best.get(self.tie_break))
         return new < old if self.mode == "min" else new > old
+
+
+def _outputs_overflow(record: Mapping[str, Any]) -> bool:
+    """A NaN/inf val_loss beside validation metrics that were computed: the model's outputs are not finite.
+    (Every val_* NaN is a trainer's way of saying nothing was validated, not a broken model.)"""
+    loss = record.get("val_loss")
+    scored = [v for k, v in record.items() if k.startswith("val_") and k != "val_loss" and isinstance(v, float)]
+    return isinstance(loss, float) and not math.isfinite(loss) and any(math.isfinite(v) for v in scored)
 
 
 def _num(v: Any) -> float:
@@ -101,7 +110,9 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     per step or per epoch) and returns e.g. {"train_loss": 0.7}; validate(epoch) returns e.g.
     {"val_loss": .., "val_top1": ..}. The record also gets "epoch", "lr" (at the epoch's start) and
     "seconds". `patience` > 0 stops after that many epochs without a better `select.metric`.
-    Returns the best record (kept in best.pt) and the whole history (metrics.jsonl)."""
+    Without `validate` there is no best epoch: best.pt holds the last finished one (said once).
+    Returns the best record (kept in best.pt) and the whole history (metrics.jsonl).
+    Raises NonFiniteLoss (one line) when a step's loss is NaN/inf: that epoch is not saved."""
     best: dict[str, Any] | None = None
     stale, stopped, start = 0, False, 1
     state = run.resume_state
@@ -119,6 +130,8 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
         log.info("%s: nothing to do (%s after epoch %d)", run.path,
                  "stopped early" if stopped else "finished", start - 1)
     ran = 0
+    if validate is None and start <= epochs and not stopped:
+        log.info("no validation set: no epoch is 'best'; best.pt holds the last finished epoch, like last.pt")
     try:
         with progress(desc, epochs, start, steps_per_epoch) as bar:
             for epoch in range(start, epochs + 1):
@@ -127,10 +140,18 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                 t0 = time.perf_counter()
                 seed_epoch(seed, epoch)
                 record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+                # the peak lr as configured (schedulers keep it as "initial_lr"), for the NaN message
+                bar.epoch_started(epoch, max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups))
                 model.train()
                 record.update(train_epoch(epoch, bar))
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    # the last step's update can break the weights after a finite loss: never save them
+                    raise NonFiniteLoss.at("the weights became NaN or infinite", epoch, bar.lr)
                 if validate is not None:
                     record.update(validate(epoch))
+                    if _outputs_overflow(record):
+                        raise NonFiniteLoss.at(f"the validation loss became {record['val_loss']} (the model's "
+                                               "outputs overflow)", epoch, bar.lr)
                 record["seconds"] = round(time.perf_counter() - t0, 3)
                 run.log_metrics(record)
                 bar.epoch_done(epoch)
@@ -139,7 +160,7 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                 log.info("epoch %d/%d: %s%s", epoch, epochs,
                          ", ".join(f"{k}={v:.4g}" for k, v in record.items()
                                    if isinstance(v, float) and k != "seconds"),
-                         " (best)" if improved else "")
+                         " (best)" if improved and validate is not None else "")
                 if improved:
                     best, stale = record, 0
                     run.save_best(model, epoch, record)

@@ -18,7 +18,8 @@ Files (the same for every trainer):
 
 Rules: only one trainer at a time (a second one is refused at once); a folder holding a run of other
 settings or inputs is refused unless `overwrite` (which first deletes that run's files); the same
-settings resume from last.pt (the settings in `resumable`, e.g. epochs or workers, may change; a run of
+settings resume from last.pt (the settings in `resumable`, e.g. epochs or workers, may change, but not to
+fewer epochs than the run was started with, which would bend its lr schedule; a run of
 an earlier release is read in today's words, `recipe.upgrade_settings`); every
 file is replaced atomically, so a kill leaves the previous consistent state.
 """
@@ -174,6 +175,12 @@ class RunFolder:
                             f"choose another --out, or pass --overwrite to replace it")
         if not last.exists():
             return None  # the earlier attempt stopped before its first epoch ended: start again
+        before, now = old_cfg.get("epochs"), config.get("epochs")
+        if isinstance(before, int) and isinstance(now, int) and now < before:
+            # the lr schedule spans the epochs the run was started with: fewer would bend it mid-run
+            raise UserError(f"{path} holds a run of epochs={before}; resuming it with fewer (--epochs {now}) would "
+                            f"change its learning-rate schedule: rerun with --epochs {before} or more, or pass "
+                            f"--overwrite to train {now} epochs from scratch")
         state = load_checkpoint(last)
         log.info("resuming %s after epoch %d", path, state["epoch"])
         return state

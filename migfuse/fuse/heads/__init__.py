@@ -78,15 +78,43 @@ def head_class(name: str) -> type[FusionHead]:
     return HEADS.get(name)
 
 
+#: Ranges of the options the built-in heads share (as migfuse.training.config.RANGES). Sizes are bounded
+#: to catch typos: at the bounds a head has ~0.3 G weights (~5 GB with AdamW's state), far above any head
+#: on cached tokens needs; every "*dropout" option is a probability < 1.
+OPTION_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "width": (1, 1024, True, True),
+    "depth": (0, 8, True, True),
+    "heads": (1, 64, True, True),
+    "ffn_mult": (1, 8, True, True),
+}
+DROPOUT_RANGE = (0, 1, True, False)
+
+
 def resolve_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The head's DEFAULTS overridden by `options`; UserError on a key the head does not know."""
+    """The head's DEFAULTS overridden by `options`, checked: UserError (one line) on a key the head does
+    not know, a value of another type than its default, a size or dropout out of range, or a width
+    that its attention heads do not divide."""
+    from migfuse.training.config import check_range, check_value
+
     cls = head_class(name)
     options = dict(options or {})
     unknown = sorted(set(options) - set(cls.DEFAULTS))
     if unknown:
         raise UserError(f"head {name!r} has no option {unknown[0]!r}; its options are {', '.join(cls.DEFAULTS)} "
                         f"(fix the \"head_options\" of the config)")
-    return {**cls.DEFAULTS, **options}
+    where = f"head_options of {name}"
+    options = {k: check_value(k, v, cls.DEFAULTS[k], where) for k, v in options.items()}
+    for key, value in options.items():  # list options name cache inputs: a head without inputs cannot run
+        if isinstance(value, list) and not (value and all(isinstance(v, str) and v for v in value)):
+            raise UserError(f"{where}: {key} must be a list of input names, e.g. {cls.DEFAULTS[key]!r}, not {value!r}")
+    resolved = {**cls.DEFAULTS, **options}
+    ranges = {**OPTION_RANGES, **{k: DROPOUT_RANGE for k in resolved if k.endswith("dropout")}}
+    for key, value in resolved.items():
+        check_range(key, value, where, ranges)
+    if "width" in resolved and "heads" in resolved and resolved["width"] % resolved["heads"]:
+        raise UserError(f"{where}: width {resolved['width']} must be a multiple of heads {resolved['heads']} "
+                        "(each attention head takes width / heads channels)")
+    return resolved
 
 
 def head_defaults(name: str) -> dict[str, Any]:
