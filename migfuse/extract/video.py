@@ -26,7 +26,7 @@ from migfuse.errors import UserError
 from migfuse.extract.decode import DecodeError, PastEnd, probe
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.extract.entry import register_track
-from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem
+from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem, videos_with_files
 from migfuse.extract.sampling import ClipSampling, ContextSampling
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,12 @@ class VideoExtractor(TrackExtractor):
 
     def preprocessing(self) -> dict[str, Any]:
         return dict(self.backbone.preprocessing)
+
+    def check_inputs(self) -> None:
+        self.videos_with_input()
+
+    def videos_with_input(self) -> set[str]:
+        return videos_with_files(self.manifest, self.video_root)
 
     def loader(self):
         paths = self.manifest.video_files(self.video_root)

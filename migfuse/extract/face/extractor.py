@@ -38,7 +38,7 @@ from migfuse.errors import UserError
 from migfuse.extract.decode import DecodeError, probe
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.extract.entry import register_track
-from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem
+from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem, videos_with_files
 from migfuse.extract.sampling import ContextSampling, uniform_indices
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,12 @@ class FaceExtractor(TrackExtractor):
 
         record = shim_record()
         return {"mtcnn_nms": record} if record else {}
+
+    def check_inputs(self) -> None:
+        self.videos_with_input()
+
+    def videos_with_input(self) -> set[str]:
+        return videos_with_files(self.manifest, self.video_root)
 
     def loader(self) -> FaceLoader:
         paths = self.manifest.video_files(self.video_root)
