@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from migfuse.extract.interface import RunOptions
+from migfuse.extract.interface import RunOptions, videos_with_files
 from migfuse.registry import Registry
 
 if TYPE_CHECKING:
@@ -61,11 +61,12 @@ def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime |
     Returns:
         RunSummary of this process's rows (`ok` is False when any row failed).
     Raises:
-        UserError: an unknown track, a bad prepared folder, checkpoint or option; raised before the
-            cache is touched.
+        UserError: an unknown track, a bad prepared folder, checkpoint or option, a video track
+            where not one video file is found (before a model is built); raised before the cache is
+            touched.
     """
     from migfuse.checkpoint_file import CheckpointFile
-    from migfuse.data_cache.tracks import get_track
+    from migfuse.data_cache.tracks import Decodes, get_track
     from migfuse.datasets.manifest import Manifest
     from migfuse.extract.runner import parse_shard, run_extractor
     from migfuse.runtime import Runtime
@@ -75,6 +76,8 @@ def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime |
     name = get_track(track).name  # UserError naming the tracks
     build = TRACK_EXTRACTORS.get(name)
     manifest = Manifest.load(data)
+    if get_track(name).decodes == Decodes.VIDEO:  # not one video file: one line before a model is built
+        videos_with_files(manifest, track_options.get("video_root"))
     file = CheckpointFile(checkpoint, trusted=runtime.trust_checkpoint) if checkpoint is not None else None
     extractor = build(manifest, name, checkpoint=file, **track_options)
     return run_extractor(extractor, cache, runtime, options)
