@@ -11,10 +11,12 @@ command line calls this door for all four extract commands, and `migfuse demo` d
 """
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from migfuse.extract.interface import RunOptions, videos_with_files
+from migfuse.extract.interface import RunOptions
 from migfuse.registry import Registry
 
 if TYPE_CHECKING:
@@ -62,11 +64,12 @@ def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime |
         RunSummary of this process's rows (`ok` is False when any row failed).
     Raises:
         UserError: an unknown track, a bad prepared folder, checkpoint or option, a video track
-            where not one video file is found (before a model is built); raised before the cache is
-            touched.
+            where not one video file is found (the extractor checks it before building its model);
+            raised before the cache is touched.
+        FileExistsError: `cache` is a file (one line in the CLI).
     """
     from migfuse.checkpoint_file import CheckpointFile
-    from migfuse.data_cache.tracks import Decodes, get_track
+    from migfuse.data_cache.tracks import get_track
     from migfuse.datasets.manifest import Manifest
     from migfuse.extract.runner import parse_shard, run_extractor
     from migfuse.runtime import Runtime
@@ -76,8 +79,8 @@ def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime |
     name = get_track(track).name  # UserError naming the tracks
     build = TRACK_EXTRACTORS.get(name)
     manifest = Manifest.load(data)
-    if get_track(name).decodes == Decodes.VIDEO:  # not one video file: one line before a model is built
-        videos_with_files(manifest, track_options.get("video_root"))
+    if Path(cache).exists() and not Path(cache).is_dir():  # as zarr would say, but before any check of the data
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(cache))
     file = CheckpointFile(checkpoint, trusted=runtime.trust_checkpoint) if checkpoint is not None else None
     extractor = build(manifest, name, checkpoint=file, **track_options)
     return run_extractor(extractor, cache, runtime, options)

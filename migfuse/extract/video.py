@@ -208,7 +208,7 @@ class VideoExtractor(TrackExtractor):
                 `decode_gpu`; falls back to the CPU with one log line where it cannot run).
         Raises:
             UserError: an unknown track or backbone, a backbone that does not extract this track, a
-                checkpoint that is missing or does not fit.
+                checkpoint that is missing or does not fit, not one video file (`videos_with_files`).
         """
         if track not in TRACKS:
             raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")
@@ -222,6 +222,8 @@ class VideoExtractor(TrackExtractor):
         if need and frames != need:
             raise UserError(f"{backbone} takes {need} frames per window (its checkpoint's recipe), not {frames}: "
                             "drop --frames")
+        if getattr(manifest, "clips", None):  # not one video file: one line before the model is built
+            videos_with_files(manifest, video_root)
         self.backbone = create_for_track(self.track.name, backbone, checkpoint)
         self.backbone_name = backbone
         self.token_shape = tuple(self.backbone.token_shape)

@@ -198,7 +198,8 @@ class FaceExtractor(TrackExtractor):
                  row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu"):
         """
         Raises:
-            UserError: an unknown scope, a checkpoint that is missing or does not fit.
+            UserError: an unknown scope, a checkpoint that is missing or does not fit, not one
+                video file (`videos_with_files`).
         """
         self.track = scope_track(scope)
         self.video_root = video_root
@@ -209,6 +210,8 @@ class FaceExtractor(TrackExtractor):
         self.group = self.track.group(self.backbone_name)
         self.unit = str(self.track.unit)
         self._row_ids = list(row_ids) if row_ids is not None else None
+        if getattr(manifest, "clips", None):  # not one video file: one line before the model is built
+            videos_with_files(manifest, video_root)
         self.backbone = create_for_track(self.track.name, self.backbone_name, checkpoint)
         self.model = None
 
