@@ -118,6 +118,7 @@ def main() -> None:
         table = ["| run | rows done | rows failed (recorded) | s | rows/s | files in cache | console lines | exit |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         rates: dict[str, float] = {}
+        outputs: dict[str, str] = {}
         for k, (name, code, cmd, group) in enumerate(runs):
             cache = tmp / f"cache{k}.zarr"
             secs, rc, out = cli(code, *cmd, "--cache", str(cache), cwd=tmp)
@@ -126,6 +127,7 @@ def main() -> None:
             counts = re.search(r": (\d+) rows, (\d+) written now", out)
             rows, done = (int(counts[1]), int(counts[2])) if counts else (0, 0)
             rates[name] = rows / secs
+            outputs[name] = out
             lines = len(out.strip().splitlines())
             table.append(f"| {name} | {done:,} | {failed:,} | {secs:.1f} | {rows / secs:,.0f} | {files_in(cache):,} "
                          f"| {lines:,} | {rc} |")
@@ -137,6 +139,8 @@ def main() -> None:
               f"{os.cpu_count()} cores, Python {platform.python_version()}\n")
         print("\n".join(table))
         print(f"\nrows/s on shard {args.baseline_shard}: this / baseline {args.baseline_ref} = {same / baseline:.1f}x")
+        for name in (runs[2][0], runs[5][0]):
+            print(f"\nconsole of `{name}`:\n```\n{outputs[name].strip()}\n```")
 
 
 if __name__ == "__main__":
