@@ -4,7 +4,8 @@
 #   bash scripts/install.sh                  # extras extract,fuse,test: the demo, extraction and the tests
 #   bash scripts/install.sh fuse             # a laptop that only trains heads on a copied cache: torch,
 #                                            # no torchvision / timm / av
-#   bash scripts/install.sh --cpu [EXTRAS]   # take torch from the PyTorch CPU wheel index (see below)
+#   bash scripts/install.sh --cpu [EXTRAS]   # torch from the PyTorch CPU wheel index (see below)
+#   bash scripts/install.sh --cuda [EXTRAS]  # torch from the default index (on Linux: the CUDA build)
 #   MIGFUSE_VENV=/path/venv bash scripts/install.sh ...   # another venv folder
 #   MIGFUSE_PYTHON=/usr/bin/python3.12 bash scripts/install.sh ...   # the Python that makes the venv
 #                                            # (default: python3; an existing venv keeps its own)
@@ -17,24 +18,43 @@
 # `python3 -m venv --system-site-packages .venv` to reuse your CUDA torch) and pinned, by its installed
 # distribution's version, while the rest installs, so nothing replaces it. Otherwise torch==2.13.0 is
 # installed, pinned exactly: a bare `torch` could pull a newer release.
-# On a CPU-only machine the default index's torch==2.13.0 for Linux is the CUDA build (several GB of
-# nvidia packages). `--cpu` (or MIGFUSE_TORCH_INDEX=cpu) takes the CPU-only wheel from PyTorch's own
-# index instead; when that index cannot be reached the default index is used, said in one line.
+# The default index's torch==2.13.0 for Linux is the CUDA build (several GB of nvidia packages), useless
+# without an NVIDIA GPU. So on Linux with no NVIDIA driver (no nvidia-smi on PATH and no
+# /proc/driver/nvidia) the CPU-only wheel is taken from PyTorch's own index; with a driver, the default
+# index. One line says which and why. `--cpu` / `--cuda` (or MIGFUSE_TORCH_INDEX=cpu / default / URL)
+# decide instead. When the CPU index cannot be reached the default index is used, said in one line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXTRAS="extract,fuse,test"
 TORCH_INDEX="${MIGFUSE_TORCH_INDEX:-}"
+INDEX_WHY="MIGFUSE_TORCH_INDEX"
+NVIDIA_PROC="${MIGFUSE_NVIDIA_PROC:-/proc/driver/nvidia}"   # tests point it elsewhere
 for arg in "$@"; do
   case "$arg" in
-    --cpu) TORCH_INDEX=cpu ;;
+    --cpu) TORCH_INDEX=cpu; INDEX_WHY="--cpu" ;;
+    --cuda) TORCH_INDEX=default; INDEX_WHY="--cuda" ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     -*) echo "install.sh: unknown option $arg (see bash scripts/install.sh --help)" >&2; exit 2 ;;
     *) EXTRAS="$arg" ;;
   esac
 done
+if [ -z "$TORCH_INDEX" ]; then  # neither --cpu nor --cuda: ask the machine
+  if [ "$(uname -s)" != Linux ]; then
+    TORCH_INDEX=default; INDEX_WHY="not Linux: the default index's torch has no CUDA build to avoid"
+  elif command -v nvidia-smi > /dev/null 2>&1 || [ -e "$NVIDIA_PROC" ]; then
+    TORCH_INDEX=default; INDEX_WHY="an NVIDIA driver is here; --cpu takes the CPU-only wheels"
+  else
+    TORCH_INDEX=cpu; INDEX_WHY="no NVIDIA driver here: no nvidia-smi, no $NVIDIA_PROC; --cuda takes the CUDA build"
+  fi
+fi
 case "$TORCH_INDEX" in
-  ""|default) TORCH_INDEX_URL="" ;;
+  cpu) echo "install.sh: a torch to install comes from the CPU wheel index ($INDEX_WHY)" ;;
+  default) echo "install.sh: a torch to install comes from the default index ($INDEX_WHY)" ;;
+  *) echo "install.sh: a torch to install comes from $TORCH_INDEX ($INDEX_WHY)" ;;
+esac
+case "$TORCH_INDEX" in
+  default) TORCH_INDEX_URL="" ;;
   cpu) TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu" ;;
   http*) TORCH_INDEX_URL="$TORCH_INDEX" ;;
   *) echo "install.sh: MIGFUSE_TORCH_INDEX must be cpu, default or an index URL, not '$TORCH_INDEX'" >&2; exit 2 ;;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -383,3 +384,64 @@ def test_the_skeleton_track_reads_and_hashes_its_checkpoint_once(toy, tmp_path, 
     assert extract("joint", toy / "prep", tmp_path / "c.zarr", options=RunOptions(batch_size=4),
                    checkpoint=toy / "joint.pt").ok
     assert (len(reads), len(hashes)) == (1, 1)
+
+
+# ----- choosing rows: --only-available, --split; no input at all ---------------------------------------
+def test_cli_only_available_and_split_choose_the_rows_and_the_group_keeps_every_row(toy, tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    prep = tmp_path / "prep"
+    shutil.copytree(toy / "prep", prep)
+    m = Manifest.load(prep)
+    gone = m.videos[m.clips[0].video_id].skeleton
+    (prep / gone).unlink()  # the first video's skeleton is missing
+    cache = tmp_path / "c.zarr"
+    base = ["extract", "skeleton", "--data", str(prep), "--cache", str(cache), "--checkpoint", str(toy / "joint.pt"),
+            "--batch-size", "4"]
+    r = CliRunner().invoke(app, [*base, "--only-available", "--split", "validation"])
+    assert r.exit_code == 0, r.output
+    validation = set(m.ids("validation"))
+    wanted = {c.clip_id for c in m.clips if c.clip_id in validation and c.video_id != m.clips[0].video_id}
+    assert wanted and len(wanted) < len(m.clips)
+    g = TokenCache(cache).group("joint/agcn")
+    assert set(g.done_ids()) == wanted and g.failures() == [] and len(g.ids) == len(m.clips)
+    assert f"{len(m.clips) - len(validation)} clips outside --split were left alone" in r.output
+
+    r = CliRunner().invoke(app, [*base, "--only-available"])
+    assert r.exit_code == 0, r.output
+    left_out = [c.clip_id for c in m.clips if c.video_id == m.clips[0].video_id]
+    assert f"{len(left_out)} clips have no input file and were left out (--only-available)" in r.output
+    g = TokenCache(cache).group("joint/agcn")
+    assert set(g.pending_ids()) == set(left_out) and g.failures() == []
+
+    r = CliRunner().invoke(app, [*base, "--scheme", "split_cs"])
+    assert r.exit_code == 2 and r.output.strip() == "error: --scheme split_cs needs --split (e.g. --split test)"
+
+
+def test_cli_extract_video_without_a_single_video_file_is_one_line_before_a_model_or_a_cache(toy, tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    cache = tmp_path / "c.zarr"
+    for track in ("video", "context", "face"):
+        r = CliRunner().invoke(app, ["extract", track, "--data", str(toy / "prep"), "--cache", str(cache)])
+        assert r.exit_code == 2, r.output
+        assert r.output.strip() == (f"error: not one of the 3 videos of {toy / 'prep'} has a video file: put the "
+                                    "videos under the dataset root and rerun `migfuse data prepare`, or pass "
+                                    "--video-root DIR (or set MIGFUSE_VIDEO_ROOT) to the folder that holds them")
+    assert not cache.exists()
+
+
+def test_skeleton_track_without_a_single_skeleton_is_one_line(toy, tmp_path):
+    from migfuse.extract.entry import extract
+
+    prep = tmp_path / "prep"
+    shutil.copytree(toy / "prep", prep)
+    shutil.rmtree(prep / "skeletons")
+    with pytest.raises(UserError, match=rf"^not one of the 3 videos of {prep} has a skeleton \(prepare_report.json "
+                                        r"says why\): check the skeleton files"):
+        extract("joint", prep, tmp_path / "c.zarr", checkpoint=toy / "joint.pt")
+    assert not (tmp_path / "c.zarr").exists()

@@ -1,10 +1,12 @@
-"""scripts/install.sh: a fuse-only install, a second run over a torch with a local version label, and the
-Python it uses (named with its version; one older than python_requires refused in one line)."""
+"""scripts/install.sh: a fuse-only install, a second run over a torch with a local version label, the
+Python it uses (named with its version; one older than python_requires refused in one line), and the
+torch index it picks (CPU wheels where no NVIDIA driver is found; --cpu / --cuda decide instead)."""
 from __future__ import annotations
 
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,15 +95,71 @@ exec(sys.argv[1])' "$2" "$3"
     return path
 
 
-def _install(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "fuse"], capture_output=True, text=True,
-                          env={**os.environ, "MIGFUSE_VENV": str(tmp_path / "venv"), **env}, timeout=60)
+def _install(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([shutil.which("bash") or "bash", str(ROOT / "scripts" / "install.sh"), *args, "fuse"],
+                          capture_output=True,
+                          text=True, env={**os.environ, "MIGFUSE_VENV": str(tmp_path / "venv"), **env}, timeout=60)
+
+
+_NO_DRIVER = ("install.sh: a torch to install comes from the CPU wheel index (no NVIDIA driver here: no "
+              "nvidia-smi, no {proc}; --cuda takes the CUDA build)")
+
+
+def _machine(tmp_path: Path, nvidia_smi: bool) -> dict[str, str]:
+    """The environment of a Linux machine with or without an NVIDIA driver: PATH holds only the tools
+    install.sh calls (and a stand-in `nvidia-smi` when asked), the driver folder is one that does not exist."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "sed", "awk", "uname", "mktemp", "rm", "head", "tr"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    if nvidia_smi:
+        (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    fake = _fake_python(tmp_path / "python3", (3, 11, 0), "/opt/py/bin/python3.11")  # ends the run: no venv
+    return {"PATH": str(bin_dir), "MIGFUSE_NVIDIA_PROC": str(tmp_path / "no-driver"), "MIGFUSE_PYTHON": str(fake)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the driver check is for Linux")
+def test_a_linux_machine_without_an_nvidia_driver_gets_the_cpu_wheels(tmp_path):
+    run = _install(tmp_path, **_machine(tmp_path, nvidia_smi=False))
+    assert run.stdout.splitlines()[0] == _NO_DRIVER.format(proc=tmp_path / "no-driver")
+    assert run.returncode == 1  # the stand-in Python makes no venv: nothing was installed
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the driver check is for Linux")
+@pytest.mark.parametrize("how", ["nvidia-smi", "driver folder"])
+def test_a_linux_machine_with_an_nvidia_driver_gets_the_default_index(tmp_path, how):
+    env = _machine(tmp_path, nvidia_smi=how == "nvidia-smi")
+    if how == "driver folder":
+        (tmp_path / "no-driver").mkdir()  # /proc/driver/nvidia exists
+    run = _install(tmp_path, **env)
+    assert run.stdout.splitlines()[0] == ("install.sh: a torch to install comes from the default index (an NVIDIA "
+                                          "driver is here; --cpu takes the CPU-only wheels)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the driver check is for Linux")
+def test_cpu_and_cuda_override_what_the_machine_says(tmp_path):
+    with_driver = tmp_path / "gpu"
+    with_driver.mkdir()
+    run = _install(with_driver, "--cpu", **_machine(with_driver, nvidia_smi=True))
+    assert run.stdout.splitlines()[0] == "install.sh: a torch to install comes from the CPU wheel index (--cpu)"
+    without = tmp_path / "cpu"
+    without.mkdir()
+    run = _install(without, "--cuda", **_machine(without, nvidia_smi=False))
+    assert run.stdout.splitlines()[0] == "install.sh: a torch to install comes from the default index (--cuda)"
+    by_env = tmp_path / "env"
+    by_env.mkdir()
+    run = _install(by_env, **_machine(by_env, nvidia_smi=False), MIGFUSE_TORCH_INDEX="default")
+    assert run.stdout.splitlines()[0] == ("install.sh: a torch to install comes from the default index "
+                                          "(MIGFUSE_TORCH_INDEX)")
 
 
 def test_a_python_older_than_the_floor_is_refused_in_one_line_before_a_venv_is_made(tmp_path):
     fake = _fake_python(tmp_path / "python3", (3, 10, 12), "/usr/bin/python3.10")
     run = _install(tmp_path, MIGFUSE_PYTHON=str(fake))
-    assert run.returncode == 1 and run.stdout == ""
+    assert run.returncode == 1 and run.stdout.splitlines()[1:] == []  # only the torch index line
     assert run.stderr == ("install.sh: Python 3.10.12 at /usr/bin/python3.10 is too old: migfuse needs "
                           "Python >= 3.11; set MIGFUSE_PYTHON to a Python >= 3.11 (e.g. MIGFUSE_PYTHON=python3.11 "
                           "bash scripts/install.sh)\n")
@@ -112,7 +170,8 @@ def test_the_oldest_supported_python_is_accepted_and_named_with_its_version(tmp_
     # 3.11.0 passes the check; the stand-in cannot make a venv, which ends the run in one line.
     fake = _fake_python(tmp_path / "python3", (3, 11, 0), "/opt/py/bin/python3.11")
     run = _install(tmp_path, MIGFUSE_PYTHON=str(fake))
-    assert run.stdout == f"install.sh: python /opt/py/bin/python3.11 (3.11.0), making {tmp_path / 'venv'}\n"
+    assert run.stdout.splitlines()[1:] == [f"install.sh: python /opt/py/bin/python3.11 (3.11.0), making "
+                                           f"{tmp_path / 'venv'}"]
     assert run.returncode == 1
     assert run.stderr.splitlines()[-1] == (f"install.sh: '{fake} -m venv {tmp_path / 'venv'}' failed "
                                            "(on Debian/Ubuntu: apt install python3-venv)")
@@ -124,7 +183,7 @@ def test_an_existing_venv_of_an_old_python_is_refused_and_named(tmp_path):
     run = _install(tmp_path, MIGFUSE_PYTHON="python3.13")
     venv = tmp_path / "venv"
     assert run.returncode == 1
-    assert run.stdout == (f"install.sh: {venv} exists, so MIGFUSE_PYTHON=python3.13 is not used "
+    assert run.stdout.split("\n", 1)[1] == (f"install.sh: {venv} exists, so MIGFUSE_PYTHON=python3.13 is not used "
                           f"(remove {venv} to remake it)\n")
     assert run.stderr == (f"install.sh: Python 3.9.18 at {venv}/bin/python is too old: migfuse needs Python >= 3.11; "
                           f"remove {venv} and rerun with a newer Python (e.g. MIGFUSE_PYTHON=python3.11 bash "
@@ -133,7 +192,7 @@ def test_an_existing_venv_of_an_old_python_is_refused_and_named(tmp_path):
 
 def test_a_missing_interpreter_is_one_line(tmp_path):
     run = _install(tmp_path, MIGFUSE_PYTHON=str(tmp_path / "no-python"))
-    assert run.returncode == 1 and run.stdout == ""
+    assert run.returncode == 1 and run.stdout.splitlines()[1:] == []
     assert run.stderr == (f"install.sh: '{tmp_path / 'no-python'}' is not a Python that runs "
                           f"(making {tmp_path / 'venv'}): set MIGFUSE_PYTHON to a Python >= 3.11 "
                           "(e.g. MIGFUSE_PYTHON=python3.11 bash scripts/install.sh)\n")

@@ -171,3 +171,88 @@ def test_failed_status_value_is_the_store_constant(tmp_path):
     run_extraction(ArrayExtractor(), tmp_path / "c.zarr", workers=0)
     g = TokenCache(tmp_path / "c.zarr").group("test/array")
     assert g.status(["bad_1"])[0] == FAILED
+
+
+# ----- failures at scale: batched, summarised, and a file count that does not follow the rows ------------
+class NoInputLoader:
+    """Video 0000 has its input; every other video has none (as 358 of iMiGUE's 359 skeletons)."""
+
+    def __call__(self, item: WorkItem):
+        for row in item.ids:
+            if item.key == "0000":
+                yield Sample(row, inputs={"x": np.arange(3, dtype=np.float32)})
+            else:
+                yield Sample(row, failure=Failure("skeleton", f"video {item.key} has no skeleton; "
+                                                              "see prepare_report.json for why"))
+
+
+class NoInputExtractor(ArrayExtractor):
+    def __init__(self, videos: int):
+        super().__init__({f"{v:04d}": [f"{v:04d}_{k}" for k in range(10)] for v in range(videos)})
+
+    def loader(self):
+        return NoInputLoader()
+
+    def rows_with_input(self, ids):
+        return {i for i in ids if i.startswith("0000_")}
+
+    def rows_in_split(self, split, scheme=None):
+        return {i for i in self.ids() if int(i[:4]) % 2 == (split == "test")}
+
+
+def _files(folder) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+def test_failures_are_written_in_batches_and_the_file_count_does_not_grow_with_the_rows(tmp_path, monkeypatch,
+                                                                                         caplog):
+    from migfuse.data_cache.group import TokenGroup
+
+    calls = {"write_failures": 0, "write_failure": 0}
+    for name in calls:
+        original = getattr(TokenGroup, name)
+
+        def counted(self, *a, _name=name, _original=original, **k):
+            calls[_name] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(TokenGroup, name, counted)
+    files = {}
+    for videos in (10, 200):  # 100 and 2,000 rows
+        cache = tmp_path / f"{videos}.zarr"
+        calls["write_failures"] = 0
+        with caplog.at_level("WARNING"):
+            s = run_extraction(NoInputExtractor(videos), cache, workers=0, batch_size=4)
+        g = TokenCache(cache).group("test/array")
+        assert (s.done, len(s.failed)) == (10, 10 * (videos - 1))
+        assert g.status().tolist() == [DONE] * 10 + [FAILED] * (10 * (videos - 1))
+        assert g.failures()[-1]["message"] == f"video {videos - 1:04d} has no skeleton; see prepare_report.json for why"
+        files[videos] = _files(cache)
+        assert calls["write_failures"] <= len(s.failed) // 512 + 4 and calls["write_failure"] == 0
+    assert files[10] == files[200]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # no line per failed row
+
+    lines = format_summary(s).splitlines()
+    assert lines[-4:] == [
+        "1,990 rows of 199 videos failed, 1 cause:",
+        "  1,990 rows (199 videos) at skeleton, e.g. 0001_0: video 0001 has no skeleton; see prepare_report.json "
+        "for why",
+        f"every failure is recorded in the cache: `migfuse cache info {cache} --failures 1990` lists them",
+        "rerun with --retry-failed after fixing the inputs to redo failed rows"]
+    assert len(lines) == 6  # the counts, where the time went, and the four above
+
+
+def test_only_available_and_split_leave_the_other_rows_missing_not_failed(tmp_path):
+    cache = tmp_path / "c.zarr"
+    s = run_extraction(NoInputExtractor(4), cache, workers=0, batch_size=4, only_available=True)
+    g = TokenCache(cache).group("test/array")
+    assert (s.total, s.done, s.failed, s.unavailable) == (10, 10, [], 30) and s.ok
+    assert g.status().tolist() == [DONE] * 10 + [MISSING] * 30 and len(g.ids) == 40
+    assert "30 rows have no input file and were left out (--only-available): they stay missing in the cache, " \
+           "not failed" in format_summary(s)
+
+    s = run_extraction(NoInputExtractor(4), cache, workers=0, batch_size=4, split="test")  # videos 1 and 3
+    assert (s.total, s.done, len(s.failed), s.outside_split) == (20, 0, 20, 20)
+    g = TokenCache(cache).group("test/array")
+    assert g.status().tolist() == [DONE] * 10 + [FAILED] * 10 + [MISSING] * 10 + [FAILED] * 10
+    assert "20 rows outside --split were left alone" in format_summary(s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -27,9 +28,10 @@ def _group(path, n_done: int = 3):
     return g
 
 
-def _fail_writes(monkeypatch, code: int) -> list[str]:
+def _fail_writes(monkeypatch, code: int, locks: bool = True) -> list[str]:
     """Every write of the Zarr store and every lock attempt raises OSError(code), as on a full or
-    read-only disk (tests run as root, which ignores permission bits). Returns the files tried."""
+    read-only disk (tests run as root, which ignores permission bits); `locks=False`: lock files that
+    exist still open, as on a full disk. Returns the files tried."""
     import filelock
     from zarr.storage import LocalStore
 
@@ -45,17 +47,25 @@ def _fail_writes(monkeypatch, code: int) -> list[str]:
 
     for name in ("set", "set_if_not_exists", "delete"):
         monkeypatch.setattr(LocalStore, name, refuse)
-    monkeypatch.setattr(filelock.FileLock, "acquire", refuse_lock)
+    if locks:
+        monkeypatch.setattr(filelock.FileLock, "acquire", refuse_lock)
     return tried
+
+
+def _inner_chunk(shard, k: int, chunks_per_shard: int) -> tuple[int, int]:
+    """(offset, nbytes) of inner chunk k in a shard file: zarr's shard index sits at the end, 16 bytes
+    (offset, nbytes as little-endian uint64) per chunk, then a crc32c."""
+    data = shard.read_bytes()
+    return struct.unpack_from("<QQ", data, len(data) - 16 * chunks_per_shard - 4 + 16 * k)
 
 
 def test_a_full_disk_ends_in_one_line_naming_the_chunk_file_and_the_fix(tmp_path, monkeypatch):
     g = _group(tmp_path / "c.zarr", n_done=1)
-    _fail_writes(monkeypatch, errno.ENOSPC)
+    _fail_writes(monkeypatch, errno.ENOSPC, locks=False)
     with pytest.raises(UserError) as e:
         g.write(IDS[1], {"tokens": np.ones((9, 4))})
     msg = str(e.value)
-    assert msg.startswith(f"cannot write {tmp_path / 'c.zarr' / 'video/mvit_v2_s/tokens/c/1/0/0'}: "
+    assert msg.startswith(f"cannot write {tmp_path / 'c.zarr' / 'video/mvit_v2_s/tokens/c/0/0/0'}: "
                           "No space left on device; free space on that disk (or pass another --cache) and rerun")
     assert "\n" not in msg
 
@@ -68,7 +78,8 @@ def test_a_read_only_cache_resumes_with_nothing_to_do_and_refuses_new_rows_in_on
     g = TokenCache(path).require_group(spec)  # what a resumed extract does first
     assert g.pending_ids() == [IDS[2]] and g.failures() == []
     assert tried == []  # reopening wrote nothing, not even a lock
-    with pytest.raises(UserError, match=r"^cannot write .*tokens/c/2/0/0: Read-only file system; "
+    with pytest.raises(UserError, match=r"^cannot write .*c\.zarr/\.locks/video__mvit_v2_s\.lock: Read-only file "
+                                        r"system; "
                                         r"the cache is read-only: "
                                          r"reading it needs no writes, but to add rows copy it"):
         g.write(IDS[2], {"tokens": np.ones((9, 4))})
@@ -97,11 +108,13 @@ def test_cache_view_on_a_read_only_cache_resumes_when_done_and_fails_in_one_line
 def test_a_corrupt_chunk_is_named_when_read(tmp_path):
     g = _group(tmp_path / "c.zarr")
     chunk = g.chunk_file("tokens", 1)
-    assert chunk == tmp_path / "c.zarr/video/mvit_v2_s/tokens/c/1/0/0"
+    assert chunk == tmp_path / "c.zarr/video/mvit_v2_s/tokens/c/0/0/0"  # one shard file holds the 3 rows
+    offset, nbytes = _inner_chunk(chunk, 1, 3)
     data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[offset + nbytes // 2] ^= 0xFF  # row 1's own chunk inside the shard
     chunk.write_bytes(bytes(data))
     np.testing.assert_array_equal(g.read(IDS[0])["tokens"], np.full((9, 4), 1))
+    np.testing.assert_array_equal(g.read(IDS[2])["tokens"], np.full((9, 4), 3))
     for read in (lambda: g.read(IDS[1]), lambda: g.read_many(IDS)):
         with pytest.raises(CorruptChunk) as e:
             read()
@@ -119,21 +132,41 @@ def test_cache_info_verify_names_the_corrupt_chunk_and_mark_failed_makes_it_retr
                                                               f"{path} decodes")
 
     chunk = g.chunk_file("tokens", 2)
-    chunk.write_bytes(chunk.read_bytes()[:-5])  # truncated
+    offset, nbytes = _inner_chunk(chunk, 2, 3)
+    data = bytearray(chunk.read_bytes())
+    data[offset + nbytes - 1] ^= 0xFF  # row 2's chunk: its checksum no longer matches
+    chunk.write_bytes(bytes(data))
     res = runner.invoke(app, ["cache", "info", str(path), "--verify"])
     assert res.exit_code == 2
     err = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and err[0].startswith(f"error: corrupt chunk {chunk} in cache group 'video/mvit_v2_s' "
                                                f"(array tokens, row 0002_0)")
 
+    # a damaged shard is deleted: every row it held is failed and redone, none reads as done
     res = runner.invoke(app, ["cache", "info", str(path), "--verify", "--mark-failed"])
     assert res.exit_code == 2 and \
-        "marked 1 rows failed: rerun the same `migfuse extract` with --retry-failed" in res.output
+        "marked 3 rows failed: rerun the same `migfuse extract` with --retry-failed" in res.output
     g = TokenCache(path).group("video/mvit_v2_s")
-    assert g.status().tolist() == [DONE, DONE, FAILED] and g.failures()[0]["stage"] == "verify"
-    g.write(IDS[2], {"tokens": np.full((9, 4), 3)})  # the retry
+    assert g.status().tolist() == [FAILED, FAILED, FAILED] and g.failures()[2]["stage"] == "verify"
+    assert not chunk.exists()
+    for i, cid in enumerate(IDS):  # the retry
+        g.write(cid, {"tokens": np.full((9, 4), i + 1)})
     res = runner.invoke(app, ["cache", "info", str(path), "--verify"])
     assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(g.read_many(IDS)["tokens"][:, 0, 0], [1, 2, 3])
+
+
+def test_a_truncated_shard_names_its_first_row_and_mark_failed_fails_all_its_rows(tmp_path):
+    path = tmp_path / "c.zarr"
+    g = _group(path)
+    chunk = g.chunk_file("tokens", 0)
+    chunk.write_bytes(chunk.read_bytes()[:-5])  # the shard index is cut
+    res = CliRunner().invoke(app, ["cache", "info", str(path), "--verify", "--mark-failed"])
+    assert res.exit_code == 2
+    err = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert err[0].startswith(f"error: corrupt chunk {chunk} in cache group 'video/mvit_v2_s' (array tokens, "
+                             "row 0001_0)") and "marked 3 rows failed" in err[0]
+    assert TokenCache(path).group("video/mvit_v2_s").status().tolist() == [FAILED] * 3
 
 
 def test_mark_failed_without_verify_is_refused(tmp_path):
@@ -192,7 +225,42 @@ def test_verify_names_a_corrupt_status_chunk_and_mark_failed_repairs_it(tmp_path
     res = CliRunner().invoke(app, ["cache", "info", str(path), "--verify"])
     assert res.exit_code == 2
     assert res.output.strip().splitlines()[-1].startswith(
-        f"error: corrupt chunk {chunk} in cache group 'video/mvit_v2_s' (array status, row 0001_0)")
+        f"error: corrupt chunk {chunk} in cache group 'video/mvit_v2_s' (array status, row 0001_0, 0001_1, 0002_0)")
     res = CliRunner().invoke(app, ["cache", "info", str(path), "--verify", "--mark-failed"])
-    assert res.exit_code == 2 and "marked 1 rows failed" in res.output
-    assert TokenCache(path).group("video/mvit_v2_s").status().tolist() == [FAILED, DONE, DONE]
+    assert res.exit_code == 2 and "marked 3 rows failed" in res.output  # the rows whose status was lost
+    assert TokenCache(path).group("video/mvit_v2_s").status().tolist() == [FAILED, FAILED, FAILED]
+
+
+def _format2_group(path):
+    """A group as migfuse wrote it before shards (format 2): one file per row and array."""
+    root = zarr.open_group(str(path), mode="a")
+    zg = root.require_group("joint/agcn")
+    ids = zg.create_array("clip", shape=(2,), chunks=(2,), dtype=str, fill_value="", dimension_names=("clip",))
+    ids[:] = np.array(["0001_0", "0001_1"], dtype=object)
+    zg.create_array("features", shape=(2, 3), chunks=(1, 3), dtype="float16", fill_value=np.nan,
+                    dimension_names=("clip", "channel"))
+    for name, dtype, fill in (("failure", str, ""), ("rowdef", str, ""), ("status", "uint8", 0)):
+        zg.create_array(name, shape=(2,), chunks=(1,), dtype=dtype, fill_value=fill, dimension_names=("clip",))
+    zg["features"][0] = np.array([1, 2, 3])
+    zg["status"][0] = DONE
+    zg.attrs.update({"migfuse": {"format": 2, "row_dim": "clip",
+                                 "arrays": {"features": {"shape": [3], "dtype": "float16", "ragged": False,
+                                                         "dims": ["channel"]}},
+                                 "clips_per_chunk": 1, "n": 2, "provenance": {"run": 1}, "info": {"created": "x"}}})
+
+
+def test_a_cache_of_format_2_is_read_and_resumed_without_a_write_lock(tmp_path):
+    path = tmp_path / "old.zarr"
+    _format2_group(path)
+    g = TokenCache(path).require_group(GroupSpec("joint/agcn", ["0001_0", "0001_1"],
+                                                 {"features": ArraySpec((3,), "float16", dims=("channel",))},
+                                                 {"run": 1}))
+    assert g.format == 2 and g.pending_ids() == ["0001_1"]
+    g.write("0001_1", {"features": np.array([4, 5, 6])})
+    g.write_failure("0001_0", "load", "gone")
+    g = TokenCache(path).group("joint/agcn")
+    assert g.status().tolist() == [FAILED, DONE] and g.failures()[0]["message"] == "gone"
+    np.testing.assert_array_equal(g.read("0001_1")["features"], [4, 5, 6])
+    assert (path / "joint/agcn/features/c/1/0").is_file() and not (path / ".locks").exists()
+    res = CliRunner().invoke(app, ["cache", "info", str(path)])
+    assert res.exit_code == 0 and "format 2: read and resumed by migfuse, with one file per row" in res.output

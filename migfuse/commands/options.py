@@ -5,7 +5,8 @@ Two kinds:
   `@with_options(RuntimeOptions)`; the command receives one object (`runtime: RuntimeOptions`)
   instead of five parameters. Every command that runs a model takes `RuntimeOptions` (--device,
   --precision, --compile, --threads, --trust-checkpoint); the extract commands take
-  `ExtractOptions` (--batch-size, --workers, --shard, --retry-failed) too.
+  `ExtractOptions` (--batch-size, --workers, --shard, --retry-failed, --only-available, --split,
+  --scheme) too.
 * single options (`DataOpt`, `CacheOpt`, `OutOpt`...) and the closed choices as `StrEnum`s, so
   `--help` lists the values.
 * value rules: every path option is declared with `path_option` / `path_argument` (an empty path is
@@ -320,12 +321,27 @@ class ExtractOptions:
              "torchrun RANK/WORLD_SIZE are used instead.")] = None
     retry_failed: Annotated[bool, typer.Option(
         "--retry-failed", help="Also redo rows that failed in an earlier run.")] = False
+    only_available: Annotated[bool, typer.Option(
+        "--only-available", help="Leave out rows whose input file (video, skeleton) is missing: they are not "
+                                 "extracted and not recorded as failed (they stay 'missing' in `cache info`). "
+                                 "Without it, each such row is recorded as failed.")] = False
+    split: Annotated[Optional[Split], typer.Option(
+        "--split", case_sensitive=False, help="Extract only the rows of this split (the manifest column --scheme). "
+                                              "The group still holds every row: other splits can follow.")] = None
+    scheme: Annotated[Optional[Scheme], typer.Option(
+        "--scheme", case_sensitive=False, show_default="split_miga for clips, split_emotion for videos",
+        help="The manifest column --split reads.")] = None
 
     def run_options(self) -> Any:
+        from migfuse.errors import UserError
         from migfuse.extract.interface import RunOptions
 
+        if self.scheme and not self.split:
+            raise UserError(f"--scheme {self.scheme.value} needs --split (e.g. --split test)")
         return RunOptions(batch_size=self.batch_size, workers=self.workers, shard=self.shard,
-                          retry_failed=self.retry_failed)
+                          retry_failed=self.retry_failed, only_available=self.only_available,
+                          split=self.split.value if self.split else None,
+                          scheme=self.scheme.value if self.scheme else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from migfuse.data_cache.chunks import WRITE_FIXES, compressors, writing
+from migfuse.data_cache.chunks import WRITE_FIXES, compressors, shard_rows, writing
 from migfuse.data_cache.group import TokenGroup
 from migfuse.data_cache.spec import FORMAT_VERSION, MISSING, GroupSpec
 from migfuse.errors import UserError
@@ -143,15 +143,21 @@ class TokenCache:
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(self.path))
 
+    def write_lock(self, group: str) -> Any:
+        """The lock every row write of `group` holds (format 3: a shard holds many rows), a file
+        under ``CACHE.zarr/.locks/``: held for the write of one batch, never across a forward."""
+        return self._lock(self.path / ".locks" / (group.replace("/", "__") + ".lock"))
+
     @contextmanager
-    def _lock(self) -> Iterator[None]:
-        """A cache-wide lock around creating and deleting groups (rare, so one lock is enough)."""
+    def _lock(self, path: Path | None = None) -> Iterator[None]:
+        """A cache-wide lock around creating and deleting groups (rare, so one lock is enough), or
+        the lock at `path` (a group's write lock)."""
         from filelock import FileLock, SoftFileLock, Timeout
 
         kind = os.environ.get(LOCK_ENV, "file")
         if kind not in ("file", "soft"):
             raise UserError(f"{LOCK_ENV}={kind!r} is not a lock kind; set it to file (default) or soft")
-        path = self.lock_path
+        path = path or self.lock_path
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = SoftFileLock(str(path), timeout=SOFT_LOCK_TIMEOUT_S) if kind == "soft" else FileLock(str(path))
         try:
@@ -250,16 +256,19 @@ def _create_group(root: Any, spec: GroupSpec) -> Any:
         del zg[existing]
 
     def per_row(name: str, dims: tuple[str, ...], shape: tuple[int, ...], chunk_rows: int, dtype: Any,
-                fill: Any) -> Any:
-        return zg.create_array(name, shape=(n, *shape), chunks=(chunk_rows, *shape), dtype=dtype, fill_value=fill,
-                               compressors=compressors(), dimension_names=(spec.row_dim, *dims))
+                fill: Any, data: bool = False) -> Any:
+        row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize if data else None
+        chunk, shard = shard_rows(n, chunk_rows, row_bytes)
+        return zg.create_array(name, shape=(n, *shape), chunks=(chunk, *shape), shards=(shard, *shape), dtype=dtype,
+                               fill_value=fill, compressors=compressors(), dimension_names=(spec.row_dim, *dims))
 
-    ids = per_row(spec.row_dim, (), (), max(n, 1), str, "")
+    ids = zg.create_array(spec.row_dim, shape=(n,), chunks=(max(n, 1),), dtype=str, fill_value="",
+                          compressors=compressors(), dimension_names=(spec.row_dim,))
     if n:
         ids[:] = np.array(spec.ids, dtype=object)
     for name, a in spec.arrays.items():
         fill = np.nan if np.dtype(a.dtype).kind == "f" else 0  # NaN: a row not written never reads as zeros
-        per_row(name, a.dims, a.shape, cpc, a.dtype, fill)
+        per_row(name, a.dims, a.shape, cpc, a.dtype, fill, data=True)
         if a.ragged:
             per_row(f"{name}_len", (), (), cpc, "int32", 0)
     per_row("failure", (), (), cpc, str, "")

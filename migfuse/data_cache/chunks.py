@@ -42,6 +42,32 @@ def compressors() -> tuple[Any, ...]:
     return (ZstdCodec(level=0, checksum=True),)  # the checksum makes a corrupt chunk fail when read
 
 
+#: Format 3 layout: a data array's shard (one file) holds about this many bytes of rows, so the
+#: file count follows the data's size, not rows x arrays; each row stays its own inner chunk (read alone).
+SHARD_BYTES = 8 << 20
+#: rows per inner chunk of the small per-row arrays (status, failure, rowdef, lengths); their shard
+#: holds up to SMALL_SHARD_ROWS rows (one file for the 18,498 iMiGUE clips)
+SMALL_CHUNK_ROWS = 1024
+SMALL_SHARD_ROWS = 64 * SMALL_CHUNK_ROWS
+
+
+def shard_rows(n: int, chunk_rows: int, row_bytes: int | None) -> tuple[int, int]:
+    """(rows per inner chunk, rows per shard) of an array of `n` rows in format 3.
+
+    Data arrays (`row_bytes` given) keep `chunk_rows` rows per inner chunk and about SHARD_BYTES per
+    shard; small arrays (`row_bytes` None) take SMALL_CHUNK_ROWS per chunk and up to
+    SMALL_SHARD_ROWS per shard. A shard is a whole number of chunks and never larger than needed.
+    """
+    if row_bytes is None:
+        chunk = max(1, min(SMALL_CHUNK_ROWS, n))
+        per_shard = SMALL_SHARD_ROWS
+    else:
+        chunk = max(1, chunk_rows)
+        per_shard = max(chunk, SHARD_BYTES // max(1, row_bytes))
+    per_shard = min(per_shard, max(n, 1))
+    return chunk, -(-per_shard // chunk) * chunk
+
+
 class CorruptChunk(UserError):
     """A chunk file that cannot be decoded (bad checksum, truncated): names group, row ids and file."""
 

@@ -14,8 +14,9 @@ import json
 import os
 import socket
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, ContextManager, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -57,6 +58,9 @@ class OpenedBy(Protocol):
     imports it."""
 
     path: Path
+
+    def write_lock(self, group: str) -> ContextManager[None]:
+        """The lock every row write of `group` holds (format 3 groups)."""
 
 
 class TokenGroup:
@@ -169,43 +173,72 @@ class TokenGroup:
 
         Raises ValueError on a wrong array set, shape, NaN or inf (nothing written), UserError on a
         full disk or read-only cache."""
-        if set(arrays) != set(self.arrays):
-            raise ValueError(f"{self.name}: write() needs arrays {sorted(self.arrays)}, got {sorted(arrays)}")
-        r = self.row(clip_id)
-        prepared = {k: self._prepare(k, v) for k, v in arrays.items()}  # validate before touching disk
-        with writing(self.cache.path):
-            status = self._g["status"]
-            if status[r] != MISSING:
-                status[r] = MISSING  # a rewrite interrupted half-way must not look done
-            for k, (v, n) in prepared.items():
-                self._g[k][r] = v
-                if n is not None:
-                    self._g[f"{k}_len"][r] = n
+        self.write_rows([(clip_id, arrays, rowdef)])
+
+    def write_rows(self, rows: Sequence[tuple[str, Mapping[str, np.ndarray], str | None]]) -> None:
+        """Write many rows at once: (id, arrays, row definition or None) each; their status goes to
+        MISSING first (where it was not), then the arrays, then DONE. One write per array and run of
+        consecutive rows, under the group's write lock: how a batch of the extraction is stored.
+
+        Raises ValueError on a wrong array set, shape, NaN or inf (nothing written), UserError on a
+        full disk or read-only cache."""
+        if not rows:
+            return
+        prepared: dict[int, dict[str, tuple[np.ndarray, int | None]]] = {}
+        rowdefs: dict[int, str] = {}
+        for clip_id, arrays, rowdef in rows:  # validate everything before touching disk
+            if set(arrays) != set(self.arrays):
+                raise ValueError(f"{self.name}: write() needs arrays {sorted(self.arrays)}, got {sorted(arrays)}")
+            r = self.row(clip_id)
+            prepared[r] = {k: self._prepare(k, v) for k, v in arrays.items()}
             if rowdef is not None:
-                self._write_rowdef(r, rowdef)
-            status[r] = DONE
+                rowdefs[r] = rowdef
+        order = np.array(sorted(prepared), dtype=np.int64)
+        with writing(self.cache.path), self._write_lock():
+            self._reset_status(order)
+            for k in self.arrays:
+                self._set(k, order, np.stack([prepared[int(r)][k][0] for r in order]))
+                if self.arrays[k].ragged:
+                    self._set(f"{k}_len", order, np.array([prepared[int(r)][k][1] for r in order], np.int32))
+            self._set_rowdefs(rowdefs)
+            self._set("status", order, np.full(len(order), DONE, np.uint8))
 
     def write_failure(self, clip_id: str, stage: str, message: str, rowdef: str | None = None) -> None:
-        """Record why a row could not be produced; it stays retryable. Its arrays are cleared (to
-        the fill value: NaN for floats), so values of an earlier success are not left behind."""
-        r = self.row(clip_id)
-        if rowdef is not None:
-            with writing(self.cache.path):
-                self._write_rowdef(r, rowdef)
-        record = {"stage": stage, "message": str(message)[:2000],
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "host": socket.gethostname(), "pid": os.getpid()}
-        with writing(self.cache.path):
-            self._g["status"][r] = MISSING
+        """Record why a row could not be produced; it stays retryable (`write_failures` for many)."""
+        self.write_failures([(clip_id, stage, message, rowdef)])
+
+    def write_failures(self, records: Sequence[tuple[str, str, str, str | None]]) -> None:
+        """Record why rows could not be produced: (id, stage, message, row definition or None)
+        each, in one write per array and run of consecutive rows. They stay retryable. The arrays
+        of rows written before are cleared (to the fill value: NaN for floats), so values of an
+        earlier success are not left behind."""
+        if not records:
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        host, pid = socket.gethostname(), os.getpid()
+        texts: dict[int, str] = {}
+        rowdefs: dict[int, str] = {}
+        for clip_id, stage, message, rowdef in records:
+            r = self.row(clip_id)
+            texts[r] = json.dumps({"stage": stage, "message": str(message)[:2000], "time": now, "host": host,
+                                   "pid": pid})
+            if rowdef is not None:
+                rowdefs[r] = rowdef
+        order = np.array(sorted(texts), dtype=np.int64)
+        with writing(self.cache.path), self._write_lock():
+            written = self._reset_status(order)  # rows never written hold the fill value already
             for k in self.arrays:
-                self._g[k][r] = self._g[k].fill_value
-            self._g["failure"][r] = json.dumps(record)
-            self._g["status"][r] = FAILED
+                if len(written):
+                    fill = self._g[k].fill_value
+                    self._set(k, written, np.full((len(written), *self._g[k].shape[1:]), fill, self._g[k].dtype))
+            self._set_rowdefs(rowdefs)
+            self._set("failure", order, np.array([texts[int(r)] for r in order], dtype=object))
+            self._set("status", order, np.full(len(order), FAILED, np.uint8))
 
     def write_many(self, ids: Sequence[str], arrays: Mapping[str, np.ndarray],
                    rowdefs: Sequence[str] | None = None) -> None:
-        """Bulk write of stacked arrays for many rows (one writer only: views, tests), with their row
-        definitions when given (a view records those of the source rows it pooled)."""
+        """Bulk write of stacked arrays for many rows (views, tests), with their row definitions when
+        given (a view records those of the source rows it pooled)."""
         if set(arrays) != set(self.arrays):
             raise ValueError(f"{self.name}: write_many() needs arrays {sorted(self.arrays)}, got {sorted(arrays)}")
         rows = np.array([self.row(i) for i in ids], dtype=np.int64)
@@ -213,7 +246,6 @@ class TokenGroup:
             return
         order = np.argsort(rows)
         rows_sorted = rows[order]
-        contiguous = bool(np.all(np.diff(rows_sorted) == 1))
         values = {}
         for k, value in arrays.items():  # validate everything before touching disk
             spec = self.arrays[k]
@@ -227,31 +259,52 @@ class TokenGroup:
             if v.dtype.kind == "f" and not np.isfinite(v).all():
                 raise ValueError(f"{self.name}/{k}: refusing to store NaN or inf")
             values[k] = v[order].astype(spec.dtype, copy=False)
-        with writing(self.cache.path):
-            self._g["status"].oindex[rows_sorted] = MISSING
-            if rowdefs is not None and "rowdef" in self._g.array_keys():
-                values["rowdef"] = np.array([str(d) for d in rowdefs], dtype=object)[order]
+        if rowdefs is not None and "rowdef" in self._g.array_keys():
+            values["rowdef"] = np.array([str(d) for d in rowdefs], dtype=object)[order]
+        with writing(self.cache.path), self._write_lock():
+            self._set("status", rows_sorted, np.full(len(rows_sorted), MISSING, np.uint8))
             for k, v in values.items():
-                if contiguous:
-                    self._g[k][int(rows_sorted[0]) : int(rows_sorted[-1]) + 1] = v
-                else:
-                    self._g[k].oindex[rows_sorted] = v
-            self._g["status"].oindex[rows_sorted] = DONE
+                self._set(k, rows_sorted, v)
+            self._set("status", rows_sorted, np.full(len(rows_sorted), DONE, np.uint8))
+
+    def _write_lock(self) -> Any:
+        """The group's write lock. A shard file (format 3) holds many rows and its rewrite is a
+        read-modify-write, so two writers of rows of one shard must take turns or lose each other's
+        rows; groups of older formats (one row per chunk) need none."""
+        return self.cache.write_lock(self.name) if self.format >= 3 else nullcontext()
+
+    def _reset_status(self, rows: np.ndarray) -> np.ndarray:
+        """Set `rows` (sorted) that are not MISSING to MISSING, before their arrays are rewritten (a
+        rewrite interrupted half-way must not look done); returns those rows."""
+        written = rows[np.asarray(self._g["status"].oindex[rows]) != MISSING]
+        if len(written):
+            self._set("status", written, np.full(len(written), MISSING, np.uint8))
+        return written
+
+    def _set(self, name: str, rows: np.ndarray, values: np.ndarray) -> None:
+        """`values` into array `name` at sorted `rows`: one slice write per run of consecutive rows
+        (zarr writes each touched chunk or shard once per call; its orthogonal writes into sharded
+        arrays fail, so runs of slices it is)."""
+        arr = self._g[name]
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for lo, hi in zip([0, *breaks.tolist()], [*breaks.tolist(), len(rows)]):
+            arr[int(rows[lo]) : int(rows[hi - 1]) + 1] = values[lo:hi]
 
     def forget(self, ids: Sequence[str]) -> None:
         """Mark rows not done (MISSING) and clear their row definitions, e.g. view rows pooled from source
         rows extracted again since."""
         if ids:
-            rows = np.sort([self.row(i) for i in ids])
-            with writing(self.cache.path):
-                self._g["status"].oindex[rows] = MISSING
+            rows = np.sort(np.array([self.row(i) for i in ids], dtype=np.int64))
+            with writing(self.cache.path), self._write_lock():
+                self._set("status", rows, np.full(len(rows), MISSING, np.uint8))
                 if "rowdef" in self._g.array_keys():
-                    self._g["rowdef"].oindex[rows] = np.array([""] * len(rows), dtype=object)
+                    self._set("rowdef", rows, np.array([""] * len(rows), dtype=object))
 
     # -- row definitions (what defined each row when it was written) ------------------------------------
-    def _write_rowdef(self, r: int, rowdef: str) -> None:
-        if "rowdef" in self._g.array_keys():
-            self._g["rowdef"][r] = rowdef
+    def _set_rowdefs(self, rowdefs: Mapping[int, str]) -> None:
+        if rowdefs and "rowdef" in self._g.array_keys():
+            rows = np.array(sorted(rowdefs), dtype=np.int64)
+            self._set("rowdef", rows, np.array([rowdefs[int(r)] for r in rows], dtype=object))
 
     def rowdefs(self, ids: Sequence[str]) -> list[str]:
         """Stored row definition of each of `ids` ("" where none was recorded); reads only their chunks."""
@@ -269,9 +322,11 @@ class TokenGroup:
 
     # -- reading -----------------------------------------------------------------------------------
     def chunk_file(self, array: str, row: int) -> Path:
-        """The file holding `row` of `array` (one row per chunk unless clips_per_chunk > 1)."""
+        """The file holding `row` of `array`: its shard (format 3: many rows per file), else its
+        chunk (one row per chunk unless clips_per_chunk > 1)."""
         arr = self._g[array]
-        coords = (row // arr.chunks[0], *([0] * (arr.ndim - 1)))
+        rows_per_file = (arr.shards or arr.chunks)[0]
+        coords = (row // rows_per_file, *([0] * (arr.ndim - 1)))
         return self.path / array / arr.metadata.encode_chunk_key(coords)
 
     def _read(self, array: str, rows: slice | np.ndarray, what: str = "") -> np.ndarray:
@@ -450,11 +505,19 @@ class TokenGroup:
     def mark_failed(self, corrupt: Sequence[CorruptChunk]) -> int:
         """Record the rows of corrupt chunks as FAILED (stage "verify"), so a rerun with --retry-failed
         (or `cache view`) rewrites them; returns how many rows. The status chunk itself is rewritten."""
-        rows = sorted({r for c in corrupt if c.group == self.name for r in c.rows if r in self._row})
-        for cid in rows:
-            chunk = next(c for c in corrupt if cid in c.rows)
-            self.write_failure(cid, "verify", f"corrupt chunk {chunk.chunk}")
-        return len(rows)
+        mine = [c for c in corrupt if c.group == self.name]
+        why = {cid: f"corrupt chunk {c.chunk}" for c in reversed(mine) for cid in c.rows if cid in self._row}
+        if self.format >= 3:
+            # A damaged shard cannot be partly rewritten: it is deleted, and every row it held is failed.
+            with writing(self.cache.path), self._write_lock():
+                for c in mine:
+                    per_file = (self._g[c.array].shards or self._g[c.array].chunks)[0]
+                    first = self._row[c.rows[0]] // per_file * per_file if c.rows and c.rows[0] in self._row else 0
+                    for cid in self.ids[first : first + per_file]:
+                        why.setdefault(cid, f"corrupt chunk {c.chunk}")
+                    c.chunk.unlink(missing_ok=True)
+        self.write_failures([(cid, "verify", reason, None) for cid, reason in why.items()])
+        return len(why)
 
     # -- reporting ---------------------------------------------------------------------------------
     def size_on_disk(self) -> int:

@@ -56,9 +56,12 @@ def cache_info(path, show_failures: int = 5) -> str:
     for s in summaries:
         info = s["info"]
         out.append(f"[{s['group']}] created {info.get('created', '?')} by migfuse {info.get('code_version', '?')}")
-        if s["format"] < FORMAT_VERSION:
+        if s["format"] < 2:
             out.append(f"  format {s['format']}: read by migfuse, but without dimension names (xarray cannot open it) "
                        f"and chunk checksums; rebuild it to get them")
+        elif s["format"] < FORMAT_VERSION:
+            out.append(f"  format {s['format']}: read and resumed by migfuse, with one file per row and array; "
+                       f"rebuild it (another --cache) to get format {FORMAT_VERSION}'s few files")
         for key, value in s["provenance"].items():
             text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
             out.append(f"  {key}: {text}")

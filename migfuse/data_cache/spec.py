@@ -16,7 +16,7 @@ from migfuse.data_cache.tracks import axis_names_of_group, track_of_group
 
 #: Row status, written last for each row (store.py): never written / interrupted, done, failed.
 MISSING, DONE, FAILED = 0, 1, 2
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _RESERVED = {"ids", "status", "failure", "clip", "video", "rowdef"}
 
 

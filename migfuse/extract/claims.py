@@ -1,6 +1,6 @@
 """Claims: two processes extracting the same rows split them item by item instead of both doing all.
 
-One OS file lock (filelock) per work item under CACHE/.claims/<group>/.
+One OS file lock (filelock) per work item under CACHE/.claims/<group>/, deleted when released.
 """
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ class Claims:
     def release(self, key: str) -> None:
         lock = self.held.pop(key, None)
         if lock is not None:
+            # The lock file goes with the claim, so the cache does not keep one file per work item.
+            # A process that opened it just before may then lock the unlinked file while a third
+            # locks a new one: both load the item, and both write the same values (the runner
+            # rechecks each row's status when it takes an item), so the cost is repeated work only.
+            Path(lock.lock_file).unlink(missing_ok=True)
             lock.release()
 
     def release_when_written(self, key: str) -> None:

@@ -11,6 +11,8 @@ command line calls this door for all four extract commands, and `migfuse demo` d
 """
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -61,8 +63,10 @@ def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime |
     Returns:
         RunSummary of this process's rows (`ok` is False when any row failed).
     Raises:
-        UserError: an unknown track, a bad prepared folder, checkpoint or option; raised before the
-            cache is touched.
+        UserError: an unknown track, a bad prepared folder, checkpoint or option, a video track
+            where not one video file is found (the extractor checks it before building its model);
+            raised before the cache is touched.
+        FileExistsError: `cache` is a file (one line in the CLI).
     """
     from migfuse.checkpoint_file import CheckpointFile
     from migfuse.data_cache.tracks import get_track
@@ -75,6 +79,8 @@ def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime |
     name = get_track(track).name  # UserError naming the tracks
     build = TRACK_EXTRACTORS.get(name)
     manifest = Manifest.load(data)
+    if Path(cache).exists() and not Path(cache).is_dir():  # as zarr would say, but before any check of the data
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(cache))
     file = CheckpointFile(checkpoint, trusted=runtime.trust_checkpoint) if checkpoint is not None else None
     extractor = build(manifest, name, checkpoint=file, **track_options)
     return run_extractor(extractor, cache, runtime, options)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from migfuse.errors import UserError
 from migfuse.runtime import Runtime
 from migfuse.worker_pool import usable_cpus
 
@@ -35,6 +37,8 @@ class RunOptions:
     shard: "I/N" (SLURM arrays); None = torchrun's RANK/WORLD_SIZE, else the whole dataset.
     retry_failed: also redo rows recorded as failed by an earlier run.
     prefetch: work items queued per loader worker ahead of the one it is loading.
+    only_available / split / scheme: which rows this run takes (`Extractor.rows_with_input`,
+    `Extractor.rows_in_split`); the group is still made for every row, so runs add up.
     """
 
     batch_size: int | None = None
@@ -42,6 +46,12 @@ class RunOptions:
     shard: str | None = None
     retry_failed: bool = False
     prefetch: int = 2
+    #: leave out rows whose input file (video, skeleton) is missing: not extracted, not failed
+    only_available: bool = False
+    #: extract only the rows of this split (`scheme`: the manifest column; None = the track's:
+    #: split_miga for clips, split_emotion for videos)
+    split: str | None = None
+    scheme: str | None = None
 
 
 
@@ -138,6 +148,18 @@ class Extractor(ABC):
         """What defines each row (`tracks.row_definition`), stored per row; None: not tracked."""
         return None
 
+    def check_inputs(self) -> None:
+        """Raise UserError when not one row can have its input (no video file at all, no skeleton
+        at all): one line before the cache is touched, instead of a failure record per row."""
+
+    def rows_with_input(self, ids: list[str]) -> set[str]:
+        """The rows of `ids` whose input file is here (--only-available); default: all."""
+        return set(ids)
+
+    def rows_in_split(self, split: str, scheme: str | None = None) -> set[str]:
+        """The rows of one split (--split); UserError for a track without splits."""
+        raise UserError(f"{self.group}: this extractor has no splits; drop --split")
+
     @abstractmethod
     def ids(self) -> list[str]:
         """Every row id of the group, in the group's fixed order."""
@@ -194,3 +216,44 @@ class TrackExtractor(Extractor):
         from migfuse.data_cache.tracks import row_definition
 
         return {i: row_definition(self.track, self.manifest, i) for i in ids}
+
+    def videos_with_input(self) -> set[str] | None:
+        """Videos whose input file is here (None: not known, every row counts as present)."""
+        return None
+
+    def rows_with_input(self, ids: list[str]) -> set[str]:
+        have = self.videos_with_input()
+        if have is None:
+            return set(ids)
+        if self.track.per_video:
+            return {i for i in ids if i in have}
+        return {i for i in ids if self.manifest.clip(i).video_id in have}
+
+    def rows_in_split(self, split: str, scheme: str | None = None) -> set[str]:
+        from migfuse.datasets.manifest import SCHEMES
+
+        scheme = scheme or ("split_emotion" if self.track.per_video else "split_miga")
+        if scheme not in SCHEMES:
+            raise UserError(f"--scheme {scheme!r} is not a split column; use one of {', '.join(SCHEMES)}")
+        rows = self.manifest.video_ids(split, scheme) if self.track.per_video else self.manifest.ids(split, scheme)
+        if not rows:
+            values = sorted({getattr(c, scheme) for c in self.manifest.clips} - {""})
+            raise UserError(f"no {self.unit} of {self.manifest.root or 'the manifest'} is in split {split!r} of "
+                            f"{scheme}; its splits are: {', '.join(values) or 'none'}")
+        return set(rows)
+
+
+def videos_with_files(manifest: Any, video_root: str | Path | None, ids: list[str] | None = None) -> set[str]:
+    """The videos whose file is found on this machine (`Manifest.video_files`).
+
+    Raises:
+        UserError: not one video has a file (`data prepare` found none, or they live elsewhere):
+            one line naming the fix, instead of one failure record per clip.
+    """
+    paths = manifest.video_files(video_root)  # names --video-root when recorded files are all elsewhere
+    have = {v for v, p in paths.items() if p is not None and Path(p).is_file()}
+    if not have:
+        raise UserError(f"not one of the {len(paths)} videos of {manifest.root or 'the manifest'} has a video file: "
+                        f"put the videos under the dataset root and rerun `migfuse data prepare`, or pass "
+                        f"--video-root DIR (or set MIGFUSE_VIDEO_ROOT) to the folder that holds them")
+    return have

@@ -1,6 +1,13 @@
-"""What an extraction run did: the per-process `RunSummary` and its plain-text report."""
+"""What an extraction run did: the per-process `RunSummary` and its plain-text report.
+
+Failures are summarised, never listed one line per row: up to `TABLE_ROWS` failed rows are shown as
+a table; beyond that, one line per cause (the message with its numbers blanked, e.g. "video #### has
+no skeleton") with its count, how many videos, and an example, then where every record is
+(`migfuse cache info CACHE --failures N`).
+"""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +32,13 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     #: the resolved settings of the run: batch, workers, decode threads per worker
     settings: dict[str, Any] = field(default_factory=dict)
+    #: rows left out by --only-available (their input file is missing: not extracted, not failed)
+    unavailable: int = 0
+    #: rows outside --split (not extracted by this run)
+    outside_split: int = 0
+    #: what a row is ("clip", "video") and the cache written, for the report
+    unit: str = "row"
+    cache: str = ""
 
     @property
     def ok(self) -> bool:
@@ -51,14 +65,25 @@ def format_timings(summary: RunSummary) -> str:
     return "time: " + ", ".join(parts) + where
 
 
-def format_summary(summary: RunSummary, max_rows: int = 50) -> str:
-    """A plain-text report: counts, then one line per failed row (id, stage, reason)."""
+TABLE_ROWS = 10
+#: causes listed when failures are summarised
+CAUSES_SHOWN = 5
+
+
+def format_summary(summary: RunSummary, max_rows: int = TABLE_ROWS) -> str:
+    """A plain-text report: counts, then the failures (a table of up to `max_rows` rows, else one
+    line per cause)."""
     rank, world = summary.shard
     lines = [f"{summary.group} shard {rank}/{world}: {summary.total} rows, {summary.done} written now, "
              f"{summary.skipped} skipped (done or failed earlier), {len(summary.failed)} failed, "
              f"{summary.seconds:.1f} s"]
     if summary.timings:
         lines.append(format_timings(summary))
+    if summary.outside_split:
+        lines.append(f"{summary.outside_split} {summary.unit}s outside --split were left alone")
+    if summary.unavailable:
+        lines.append(f"{summary.unavailable} {summary.unit}s have no input file and were left out (--only-available): "
+                     "they stay missing in the cache, not failed")
     if summary.redone:
         lines.append(f"{summary.redone} rows were extracted again: "
                      "their clip changed (frame range) since they were written")
@@ -67,12 +92,39 @@ def format_summary(summary: RunSummary, max_rows: int = 50) -> str:
     if summary.world_failed:
         lines.append(f"all torchrun ranks: {summary.world_failed} rows failed")
     if summary.failed:
-        w_id = max(len("id"), *(len(f[0]) for f in summary.failed))
-        w_st = max(len("stage"), *(len(f[1]) for f in summary.failed))
-        lines.append(f"{'id':<{w_id}}  {'stage':<{w_st}}  reason")
-        for row, stage, message in summary.failed[:max_rows]:
-            lines.append(f"{row:<{w_id}}  {stage:<{w_st}}  {message}")
-        if len(summary.failed) > max_rows:
-            lines.append(f"... and {len(summary.failed) - max_rows} more (see `failure` in the cache group)")
+        lines += _failure_table(summary.failed) if len(summary.failed) <= max_rows else _failure_causes(summary)
         lines.append("rerun with --retry-failed after fixing the inputs to redo failed rows")
     return "\n".join(lines)
+
+
+def _failure_table(failed: list[tuple[str, str, str]]) -> list[str]:
+    w_id = max(len("id"), *(len(f[0]) for f in failed))
+    w_st = max(len("stage"), *(len(f[1]) for f in failed))
+    return [f"{'id':<{w_id}}  {'stage':<{w_st}}  reason",
+            *(f"{row:<{w_id}}  {stage:<{w_st}}  {message}" for row, stage, message in failed)]
+
+
+def failure_cause(stage: str, message: str) -> str:
+    """What failures of one kind share: the stage and the message with its numbers blanked."""
+    return f"[{stage}] " + re.sub(r"\d+", "#", message)
+
+
+def _failure_causes(summary: RunSummary) -> list[str]:
+    by_cause: dict[str, list[tuple[str, str, str]]] = {}
+    for f in summary.failed:
+        by_cause.setdefault(failure_cause(f[1], f[2]), []).append(f)
+    videos = {row.split("_")[0] for row, _, _ in summary.failed}
+    unit = summary.unit
+    lines = [f"{len(summary.failed):,} {unit}s of {len(videos):,} videos failed, {len(by_cause)} "
+             f"cause{'s' if len(by_cause) != 1 else ''}:"]
+    for _cause, rows in sorted(by_cause.items(), key=lambda kv: -len(kv[1]))[:CAUSES_SHOWN]:
+        n_videos = len({row.split("_")[0] for row, _, _ in rows})
+        row, stage, message = rows[0]
+        lines.append(f"  {len(rows):,} {unit}s ({n_videos:,} videos) at {stage}, e.g. {row}: {message}")
+    if len(by_cause) > CAUSES_SHOWN:
+        rest = sum(len(r) for r in sorted(by_cause.values(), key=len, reverse=True)[CAUSES_SHOWN:])
+        lines.append(f"  ... and {len(by_cause) - CAUSES_SHOWN} more causes ({rest:,} {unit}s)")
+    where = summary.cache or "CACHE"
+    lines.append(f"every failure is recorded in the cache: `migfuse cache info {where} --failures "
+                 f"{len(summary.failed)}` lists them")
+    return lines

@@ -15,8 +15,13 @@ to run a batch); the runner owns everything else, once, for all tracks:
   its batch (workers, shards, resume points);
 * overlap: loaders run in spawned worker processes (`loader_pool.py`) and stream samples through a
   bounded queue while the main process runs the batched forward;
-* failures: bad input becomes a per-row failure record in the store (never a crash, never lost);
-  a worker process that dies fails only the item it was loading and is replaced;
+* failures: bad input becomes a per-row failure record in the store (never a crash, never lost),
+  written in batches (one write per array, not per row) and summarised by cause in the report, not
+  logged row by row; a worker process that dies fails only the item it was loading and is
+  replaced; a track whose input is missing for every row stops in one line before the cache is
+  touched (`Extractor.check_inputs`);
+* row selection: `--split` and `--only-available` narrow this run's rows; the group is still made
+  for every row of the manifest, so later runs add the rest;
 * progress: one bar per process over rows (rate and ETA); off a terminal a line at intervals (progress_bar).
 
 Interface details and rules: docs/contracts.md, "Extraction runner".
@@ -91,7 +96,8 @@ def run_extractor(extractor: Extractor, cache: "TokenCache | str | Path", runtim
     batch = options.batch_size if options.batch_size is not None else extractor.default_batch(runtime.device)
     workers = options.workers if options.workers is not None else extractor.default_workers(runtime.device)
     summary = run_extraction(extractor, cache, runtime=runtime, batch_size=batch, workers=workers, shard=shard,
-                             retry_failed=options.retry_failed, prefetch=options.prefetch)
+                             retry_failed=options.retry_failed, prefetch=options.prefetch,
+                             only_available=options.only_available, split=options.split, scheme=options.scheme)
     if options.shard is None and runtime.world > 1:
         summary.world_failed = int(runtime.all_sum([float(len(summary.failed))])[0])
     return summary
@@ -107,6 +113,9 @@ def run_extraction(
     shard: tuple[int, int] = (0, 1),
     retry_failed: bool = False,
     prefetch: int = 2,
+    only_available: bool = False,
+    split: str | None = None,
+    scheme: str | None = None,
 ) -> RunSummary:
     """Extract this process's pending rows of `extractor.group` into `cache`; resumable and sharded.
 
@@ -121,6 +130,9 @@ def run_extraction(
         shard: (rank, world) from `parse_shard`; this process takes work items `[rank::world]`.
         retry_failed: also redo rows recorded as failed by an earlier run.
         prefetch: work items queued per worker ahead of the one it is loading.
+        only_available: leave out rows whose input file is missing (`Extractor.rows_with_input`):
+            they are neither extracted nor failed, and stay missing in the cache.
+        split / scheme: only the rows of this split (`Extractor.rows_in_split`).
 
     Returns:
         RunSummary of this process's rows (failures include those of earlier runs).
@@ -135,9 +147,16 @@ def run_extraction(
     rank, world = shard
     extractor.runtime, extractor.batch = runtime or Runtime(), int(batch_size)
     cache = cache if isinstance(cache, TokenCache) else TokenCache(cache)
+    extractor.check_inputs()  # no input at all: one line, before the cache is touched
+    in_split = extractor.rows_in_split(split, scheme) if split else None
     g = _open_group(extractor, cache)
     all_ids = list(g.ids)
     mine = shard_items(extractor.work_items(all_ids), rank, world)
+    outside = unavailable = 0
+    if in_split is not None:
+        mine, outside = _narrow(mine, in_split)
+    if only_available:
+        mine, unavailable = _narrow(mine, extractor.rows_with_input([i for it in mine for i in it.ids]))
     my_ids = [i for it in mine for i in it.ids]
     status = dict(zip(all_ids, g.status().tolist()))
     rowdefs = extractor.row_definitions(my_ids) or {}
@@ -147,7 +166,8 @@ def run_extraction(
     items = [it for it in items if it.ids]
     pending = sum(len(it.ids) for it in items)
     summary = RunSummary(group=extractor.group, shard=shard, total=len(my_ids), skipped=len(my_ids) - pending,
-                         redone=len(changed))
+                         redone=len(changed), unavailable=unavailable, outside_split=outside,
+                         unit=str(extractor.unit), cache=str(cache.path))
     n_workers = min(workers, len(items))
     summary.settings = {"batch": int(batch_size), "workers": n_workers,
                         "decode_threads": decode_threads(n_workers) if n_workers else 0}
@@ -218,6 +238,13 @@ def run_extraction(
     log.debug("%s shard %d/%d: %d written, %d skipped, %d failed in %.1f s", extractor.group, rank, world,
              summary.done, summary.skipped, len(summary.failed), summary.seconds)
     return summary
+
+
+def _narrow(items: list[WorkItem], keep: set[str]) -> tuple[list[WorkItem], int]:
+    """`items` with only the rows in `keep` (items left empty dropped), and how many rows went."""
+    narrowed = [WorkItem(it.key, tuple(i for i in it.ids if i in keep)) for it in items]
+    dropped = sum(len(it.ids) for it in items) - sum(len(it.ids) for it in narrowed)
+    return [it for it in narrowed if it.ids], dropped
 
 
 def _changed_rows(g: "TokenGroup", rowdefs: Mapping[str, str], written: list[str]) -> set[str]:
@@ -329,8 +356,14 @@ def _run_pool(pool: LoaderPool, items: list[WorkItem], writer: "_Writer",
             pool.feed(todo, items, take_n)
 
 
+#: failure records held before they are written in one go (they are also written at each flush)
+_FAILURE_BATCH = 512
+
+
 class _Writer:
-    """Batches samples, runs the forward, writes rows and failures, counts, updates the bar."""
+    """Batches samples, runs the forward, writes rows and failures (each in batches), counts,
+    updates the bar. Rows held in memory when the process dies are simply not done: a rerun does
+    them, and claims are released only once an item's rows are written."""
 
     def __init__(self, extractor: Extractor, group: "TokenGroup", batch_size: int, bar: Any, summary: RunSummary,
                  rowdefs: Mapping[str, str] | None = None, claims: Claims | None = None):
@@ -339,6 +372,7 @@ class _Writer:
         self.claims = claims
         self.specs = extractor.arrays()
         self.batch: list[Sample] = []
+        self.failures: list[tuple[str, str, str, str | None]] = []
         self.batch_units = 0
         self.batch_since = 0.0
         self.t0 = time.monotonic()
@@ -364,18 +398,31 @@ class _Writer:
             self.flush()
 
     def fail(self, row: str, failure: Failure) -> None:
-        log.warning("%s %s failed at %s: %s", self.ex.group, row, failure.stage, failure.message)
-        t = time.monotonic()
-        self.g.write_failure(row, failure.stage, failure.message, rowdef=self.rowdefs.get(row))
-        self.timed("writes", t)
+        # the report summarises failures by cause; one log line per row would flood the console
+        log.debug("%s %s failed at %s: %s", self.ex.group, row, failure.stage, failure.message)
+        self.failures.append((row, failure.stage, failure.message, self.rowdefs.get(row)))
         self.summary.failed.append((row, failure.stage, failure.message))
         self._tick()
+        if len(self.failures) >= _FAILURE_BATCH:
+            self._write_failures()
+
+    def _write_failures(self) -> None:
+        if self.failures:
+            t = time.monotonic()
+            self.g.write_failures(self.failures)
+            self.failures = []
+            self.timed("writes", t)
 
     def flush(self) -> None:
-        if not self.batch:
-            if self.claims is not None:
-                self.claims.flushed()
-            return
+        """Run the forward on the held batch, write its rows and every held failure, then release
+        the claims of the items now written."""
+        if self.batch:
+            self._forward()
+        self._write_failures()
+        if self.claims is not None:
+            self.claims.flushed()
+
+    def _forward(self) -> None:
         batch, self.batch, self.batch_units = self.batch, [], 0
         t = time.monotonic()
         results = self.ex.forward([s.inputs for s in batch])
@@ -383,20 +430,19 @@ class _Writer:
         if len(results) != len(batch):
             raise RuntimeError(f"{type(self.ex).__name__}.forward returned {len(results)} "
                                f"results for {len(batch)} inputs")
+        rows = []
         for s, res in zip(batch, results):
             if isinstance(res, Failure):
                 self.fail(s.id, res)
                 continue
-            arrays = {}
-            for name, spec in self.specs.items():
-                arrays[name] = np.asarray(res[name]).astype(spec.dtype, copy=False)
-            t = time.monotonic()
-            self.g.write(s.id, arrays, rowdef=self.rowdefs.get(s.id))
-            self.timed("writes", t)
+            arrays = {name: np.asarray(res[name]).astype(spec.dtype, copy=False) for name, spec in self.specs.items()}
+            rows.append((s.id, arrays, self.rowdefs.get(s.id)))
+        t = time.monotonic()
+        self.g.write_rows(rows)
+        self.timed("writes", t)
+        for _ in rows:
             self.summary.done += 1
             self._tick()
-        if self.claims is not None:
-            self.claims.flushed()
 
     def _tick(self) -> None:
         self.bar.update(1)

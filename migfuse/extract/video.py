@@ -26,7 +26,7 @@ from migfuse.errors import UserError
 from migfuse.extract.decode import DecodeError, PastEnd, probe
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.extract.entry import register_track
-from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem
+from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem, videos_with_files
 from migfuse.extract.sampling import ClipSampling, ContextSampling
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class VideoExtractor(TrackExtractor):
                 `decode_gpu`; falls back to the CPU with one log line where it cannot run).
         Raises:
             UserError: an unknown track or backbone, a backbone that does not extract this track, a
-                checkpoint that is missing or does not fit.
+                checkpoint that is missing or does not fit, not one video file (`videos_with_files`).
         """
         if track not in TRACKS:
             raise UserError(f"unknown video track '{track}': choose one of {', '.join(TRACKS)}")
@@ -222,6 +222,8 @@ class VideoExtractor(TrackExtractor):
         if need and frames != need:
             raise UserError(f"{backbone} takes {need} frames per window (its checkpoint's recipe), not {frames}: "
                             "drop --frames")
+        if getattr(manifest, "clips", None):  # not one video file: one line before the model is built
+            videos_with_files(manifest, video_root)
         self.backbone = create_for_track(self.track.name, backbone, checkpoint)
         self.backbone_name = backbone
         self.token_shape = tuple(self.backbone.token_shape)
@@ -253,6 +255,12 @@ class VideoExtractor(TrackExtractor):
 
     def preprocessing(self) -> dict[str, Any]:
         return dict(self.backbone.preprocessing)
+
+    def check_inputs(self) -> None:
+        self.videos_with_input()
+
+    def videos_with_input(self) -> set[str]:
+        return videos_with_files(self.manifest, self.video_root)
 
     def loader(self):
         paths = self.manifest.video_files(self.video_root)

@@ -38,7 +38,7 @@ from migfuse.errors import UserError
 from migfuse.extract.decode import DecodeError, probe
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.extract.entry import register_track
-from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem
+from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem, videos_with_files
 from migfuse.extract.sampling import ContextSampling, uniform_indices
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,8 @@ class FaceExtractor(TrackExtractor):
                  row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu"):
         """
         Raises:
-            UserError: an unknown scope, a checkpoint that is missing or does not fit.
+            UserError: an unknown scope, a checkpoint that is missing or does not fit, not one
+                video file (`videos_with_files`).
         """
         self.track = scope_track(scope)
         self.video_root = video_root
@@ -209,6 +210,8 @@ class FaceExtractor(TrackExtractor):
         self.group = self.track.group(self.backbone_name)
         self.unit = str(self.track.unit)
         self._row_ids = list(row_ids) if row_ids is not None else None
+        if getattr(manifest, "clips", None):  # not one video file: one line before the model is built
+            videos_with_files(manifest, video_root)
         self.backbone = create_for_track(self.track.name, self.backbone_name, checkpoint)
         self.model = None
 
@@ -245,6 +248,12 @@ class FaceExtractor(TrackExtractor):
 
         record = shim_record()
         return {"mtcnn_nms": record} if record else {}
+
+    def check_inputs(self) -> None:
+        self.videos_with_input()
+
+    def videos_with_input(self) -> set[str]:
+        return videos_with_files(self.manifest, self.video_root)
 
     def loader(self) -> FaceLoader:
         paths = self.manifest.video_files(self.video_root)

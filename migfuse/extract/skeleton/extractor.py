@@ -140,6 +140,18 @@ class SkeletonExtractor(TrackExtractor):
             "trained": {k: self.trained[k] for k in keep if k in self.trained},
         }
 
+    def videos_with_input(self) -> set[str]:
+        """Videos whose skeleton file `data prepare` wrote is here."""
+        root = self.manifest.root
+        return {v for v, info in self.manifest.videos.items()
+                if info.skeleton and root is not None and (root / info.skeleton).is_file()}
+
+    def check_inputs(self) -> None:
+        if not self.videos_with_input():
+            raise UserError(f"not one of the {len(self.manifest.videos)} videos of {self.prepared} has a skeleton "
+                            "(prepare_report.json says why): check the skeleton files under the dataset root and "
+                            "rerun `migfuse data prepare`")
+
     def loader(self) -> SkeletonLoader:
         return SkeletonLoader(self.prepared, self.stream, self.config.to_dict())
 
