@@ -177,12 +177,14 @@ def test_a_deleted_chunk_file_of_a_done_row_is_named_and_verify_mark_failed_make
     g = TokenCache(cache).group("joint/agcn")
     chunk = g.chunk_file("features", g.row("0001_1"))
     chunk.unlink()
+    # one shard file holds the features of all 4 rows (cache format 3): the first row read is named,
+    # and --mark-failed fails every row the file held
     with pytest.raises(UserError, match=rf"corrupt chunk {chunk} in cache group 'joint/agcn' \(array features, "
-                                        r"row 0001_1\): FileNotFoundError: chunk file missing"):
+                                        r"row 0001_0\): FileNotFoundError: chunk file missing"):
         g.read_many(["0001_0", "0001_1"])
     out = _one_line_error(["cache", "info", str(cache), "--verify", "--mark-failed"])
-    assert "marked 1 rows failed" in out
-    assert g.status(["0001_0", "0001_1"]).tolist() == [1, 2]
+    assert "marked 4 rows failed" in out
+    assert g.status(["0001_0", "0001_1"]).tolist() == [2, 2]
 
 
 def test_cache_drop_asks_refuses_unknown_names_and_unlists_the_group(tmp_path):

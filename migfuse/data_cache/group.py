@@ -345,6 +345,11 @@ class TokenGroup:
                     raise self._corrupt(array, first, cause, what) from None
             raise e
 
+    def _rows_per_file(self, array: str) -> int:
+        """Rows one file of `array` holds: a shard's (format 3), else a chunk's."""
+        arr = self._g[array]
+        return (arr.shards or arr.chunks)[0]
+
     def _corrupt(self, array: str, first_row: int, cause: BaseException, what: str = "") -> CorruptChunk:
         cpc = self._g[array].chunks[0]
         ids = getattr(self, "ids", None)
@@ -489,7 +494,7 @@ class TokenGroup:
         for name, spec in self.arrays.items():
             if np.dtype(spec.dtype).kind != "f":
                 continue
-            cpc = self._g[name].chunks[0]
+            cpc = self._rows_per_file(name)
             for first in sorted({int(r) // cpc * cpc for r in done}):
                 rows = done[(done >= first) & (done < first + cpc)]
                 try:
