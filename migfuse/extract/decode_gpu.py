@@ -26,6 +26,7 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from migfuse.datasets.video_measure import VideoMeasure
 from migfuse.extract.decode import ANNOTATION_FPS, DecodeError, PastEnd
 from migfuse.datasets.orientation import video_rotation
 
@@ -170,15 +171,16 @@ def stream_video(
     device: str = "cpu",
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     gpu_transform: Callable[[Any], Any] | None = None,
+    facts: VideoMeasure | None = None,
 ) -> Iterator[tuple[Hashable, np.ndarray | DecodeError]]:
     """What every RGB loader calls: `decode.stream_clips` (decoder "cpu", `transform` per frame) or
     `stream_clips_gpu` (decoder "gpu" on `device`, `gpu_transform` per batch). A video that exists
     but torchcodec cannot open is decoded with PyAV instead (said at debug level: NVDEC lacks some
-    codecs and profiles)."""
+    codecs and profiles). `facts`: the video's measured facts for PyAV (`decode.stream_clips`)."""
     from migfuse.extract.decode import stream_clips
 
     if decoder != "gpu":
-        yield from stream_clips(path, requests, transform=transform)
+        yield from stream_clips(path, requests, transform=transform, facts=facts)
         return
     results = stream_clips_gpu(path, requests, device=device, transform=gpu_transform)
     first = next(results, None)
@@ -186,7 +188,7 @@ def stream_video(
         return
     if isinstance(first[1], DecodeError) and first[1].stage == "open" and Path(path).is_file():
         log.debug("%s; decoding it with PyAV", first[1])
-        yield from stream_clips(path, requests, transform=transform)
+        yield from stream_clips(path, requests, transform=transform, facts=facts)
         return
     yield first
     yield from results

@@ -1,0 +1,237 @@
+"""What a video file really holds, measured by demuxing and decoding, not read from its header.
+
+Container headers lie: a webm written by a browser's MediaRecorder has no duration, a fragmented
+MP4 can claim 3,900 s for 3 s of pictures, a cut-short download keeps the header of the whole
+file, and an open-GOP stream's `start_time` can be the time of its first *coded* picture, 24
+pictures after the first *displayed* one. `measure_video` reads what decodes, once per video at
+`data prepare` (stored in videos.csv), or on the spot at extraction for folders prepared before:
+
+* it opens the file and decodes its first pictures (else `VideoUnreadable`, with the reason);
+* the time origin is the presentation time of the first displayed picture (the smallest pts among
+  the first decoded pictures), so annotation frame 0 is that picture whatever `start_time` says;
+* the length comes from demuxing every packet (no decoding) for the last presentation time, then
+  decoding from the last keyframe to the end to confirm the last picture; the last picture covers
+  its own duration (a 1 fps video's last frame keeps its whole second);
+* it also records the native frame rate, the size after the display rotation, the header's claim,
+  and how far the decoder's output order can run behind display order (`reorder`, see below).
+
+PyAV is imported lazily: `migfuse.datasets` imports without the ``extract`` extra.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from migfuse.datasets.orientation import rotation_degrees
+
+#: The frame rate of the annotation's frame numbering (labels_20200831.csv: start_frame = round(t * 25)).
+ANNOTATION_FPS = 25.0
+#: Packets compared when measuring `reorder` (the decoder's output delay never exceeds this here).
+MAX_REORDER = 64
+
+
+class VideoUnreadable(Exception):
+    """The file is not a decodable video; the message is the reason (0-byte file, no video stream,
+    the decoder's error, no picture decodes)."""
+
+
+@dataclass(frozen=True)
+class VideoMeasure:
+    """What decodes from one video (`measure_video`).
+
+    Attributes:
+        frames: decoded length in annotation (25 fps) frames: indices 0..frames-1 have a picture.
+        origin: stream time in seconds of the first displayed picture (annotation frame 0).
+        fps: native frame rate (pictures per second).
+        width, height: picture size in pixels after the display rotation.
+        header_frames: the container header's length in 25 fps frames; None when it gives none.
+        reorder: the most pictures that can come out of the decoder before one displayed earlier
+            (0 for most files; an intra-only stream muxed out of display order has more): decoding
+            keeps this many pictures back to serve them in display order.
+        rotation: clockwise display turn in degrees (0, 90, 180, 270).
+    """
+
+    frames: int
+    origin: float
+    fps: float
+    width: int
+    height: int
+    header_frames: int | None = None
+    reorder: int = 0
+    rotation: int = 0
+
+    @property
+    def header_disagrees(self) -> bool:
+        """Does the header claim a length more than one frame off what decodes?"""
+        return self.header_frames is not None and abs(self.header_frames - self.frames) > 1
+
+    @property
+    def not_25_fps(self) -> bool:
+        return abs(self.fps - ANNOTATION_FPS) > 0.01
+
+
+def native_fps(stream) -> float:
+    """The stream's frame rate from its header (average, else guessed, else base rate; 25 if none)."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else ANNOTATION_FPS
+
+
+def header_frames(container, stream) -> int | None:
+    """The container header's length in annotation (25 fps) frames; None when it states none."""
+    fps = native_fps(stream)
+    if stream.duration is not None and stream.time_base is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000
+    elif stream.frames:
+        seconds = stream.frames / fps
+    else:
+        return None
+    if stream.frames and abs(fps - ANNOTATION_FPS) < 1e-3:
+        return int(stream.frames)  # exact when the header has it
+    return int(round(seconds * ANNOTATION_FPS))
+
+
+def frames_covered(last_time: float, last_duration: float) -> int:
+    """Annotation frames served by pictures up to one shown at `last_time` s (from the origin) for
+    `last_duration` s: the indices f with f / 25 < last_time + last_duration (`decode` serves the same)."""
+    return max(0, math.ceil((last_time + last_duration) * ANNOTATION_FPS - 1e-6))
+
+
+def measure_video(path: str | Path) -> VideoMeasure:
+    """Measure a video file (see the module doc). Cost: one pass over the packets (no decoding) plus
+    the decoding of the first few pictures and of the last group of pictures.
+
+    Raises:
+        VideoUnreadable: 0-byte or missing file, not a media file, no video stream, no picture
+            decodes, or the decoder fails on the first pictures (the message quotes its error).
+    """
+    import av
+
+    p = Path(path)
+    if not p.is_file():
+        raise VideoUnreadable(f"{p} does not exist")
+    if p.stat().st_size == 0:
+        raise VideoUnreadable("the file is empty (0 bytes)")
+    container = _open(av, p)
+    try:
+        if not container.streams.video:
+            raise VideoUnreadable("the file has no video stream")
+        pts, durations, last_key = _packets(container, container.streams.video[0])
+    finally:
+        container.close()
+    container = _open(av, p)  # read again from the start: seeking back fails on some damaged files
+    try:
+        stream = container.streams.video[0]
+        time_base = stream.time_base or Fraction(1, 1000)
+        claimed = header_frames(container, stream)
+        reorder = _reorder_depth(pts)
+        first = _first_pictures(container, stream, reorder + 1)
+        if not first:
+            raise VideoUnreadable("the file holds no video frame (a video stream is declared, none decodes)")
+        origin_pts = min(_pts(f) for f in first)
+        shown = min(first, key=_pts)
+        degrees = rotation_degrees(shown) or rotation_degrees(stream)
+        w, h = shown.width, shown.height
+        if degrees in (90, 270):
+            w, h = h, w
+        fps = native_fps(stream)
+        last_pts, last_dur = _last_picture(container, stream, last_key, first)
+        last_dur = last_dur or durations.get(last_pts, 0)
+        if last_dur <= 0:
+            last_dur = int(round(1.0 / fps / float(time_base))) or 1
+        last_time = float((last_pts - origin_pts) * time_base)
+        frames = frames_covered(last_time, float(last_dur * time_base))
+        if stream.average_rate is None and len(pts) > 1 and last_time > 0:
+            fps = (len(pts) - 1) / last_time  # no rate in the header: measured from the pictures
+        return VideoMeasure(frames=frames, origin=float(origin_pts * time_base), fps=round(fps, 6),
+                            width=int(w), height=int(h), header_frames=claimed, reorder=reorder, rotation=degrees)
+    finally:
+        container.close()
+
+
+def _open(av, path: Path):
+    try:
+        return av.open(str(path))
+    except Exception as e:  # noqa: BLE001 - any open failure is a bad input, reported with its reason
+        raise VideoUnreadable(f"cannot open the file, it is not a readable media file ({_reason(e)})") from None
+
+
+def _reason(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+def _pts(frame) -> int:
+    return frame.pts if frame.pts is not None else 0
+
+
+def _packets(container, stream) -> tuple[np.ndarray, dict[int, int], int | None]:
+    """Every packet's pts in file order, packet durations by pts, and the last keyframe's pts."""
+    pts: list[int] = []
+    durations: dict[int, int] = {}
+    last_key = None
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            pts.append(packet.pts)
+            if packet.duration:
+                durations[packet.pts] = packet.duration
+            if packet.is_keyframe:
+                last_key = packet.pts
+    except Exception:  # noqa: BLE001 - a damaged tail: the packets before it are what the file holds
+        pass
+    return np.asarray(pts, dtype=np.int64), durations, last_key
+
+
+def _reorder_depth(pts: np.ndarray) -> int:
+    """The most earlier packets (within `MAX_REORDER`) with a later pts than one packet: a decoder
+    that emits pictures in file order needs this many held back to emit them in display order."""
+    if len(pts) < 2:
+        return 0
+    w = min(MAX_REORDER, len(pts) - 1)
+    padded = np.concatenate([np.full(w, np.iinfo(np.int64).min), pts])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, w + 1)  # (n, w + 1): w before, then self
+    return int((windows[:, :w] > windows[:, w:]).sum(axis=1).max())
+
+
+def _first_pictures(container, stream, n: int) -> list:
+    """The first `n` pictures decoded from the start of the file (fewer when the file has fewer)."""
+    frames = []
+    try:
+        for frame in container.decode(stream):
+            frames.append(frame)
+            if len(frames) >= n:
+                break
+    except Exception as e:  # noqa: BLE001 - FFmpeg errors on corrupt data come in many types
+        if not frames:
+            raise VideoUnreadable(f"the decoder fails on the first picture "
+                                  f"({type(e).__name__}: {_reason(e)})") from None
+    return frames
+
+
+def _last_picture(container, stream, last_key: int | None, first: list) -> tuple[int, int]:
+    """(pts, duration) of the last picture that decodes: decoded from the last keyframe to the end,
+    else (no keyframe to seek to, or nothing decodes after it) from the start."""
+    best: tuple[int, int] | None = None
+    for start in ([last_key, None] if last_key is not None else [None]):
+        try:
+            if start is None:
+                container.seek(0)
+            else:
+                container.seek(start, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if best is None or _pts(frame) >= best[0]:
+                    best = (_pts(frame), int(frame.duration or 0))
+        except Exception:  # noqa: BLE001 - damage at the end: the pictures before it count
+            pass
+        if best is not None:
+            break
+    if best is None:
+        f = max(first, key=_pts)
+        best = (_pts(f), int(f.duration or 0))
+    return best
