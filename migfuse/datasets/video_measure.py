@@ -235,3 +235,80 @@ def _last_picture(container, stream, last_key: int | None, first: list) -> tuple
         f = max(first, key=_pts)
         best = (_pts(f), int(f.duration or 0))
     return best
+
+
+@dataclass
+class MeasuredVideos:
+    """What `measure_videos` found, for the prepare report and the console (the same counts)."""
+
+    per_video: dict[str, dict]  # video id -> {"decoded_frames", "header_frames" (where it differs), "fps" (where
+    # not 25), "width", "height"} or {"unreadable": reason}
+    problems: list[dict]
+    rotated: dict[str, int]
+
+    def totals(self) -> dict[str, int]:
+        """Counts of the report's ``video_files`` section: measured (decodable), unreadable, header
+        length differs, not at 25 fps."""
+        rows = self.per_video.values()
+        return {"measured": sum("decoded_frames" in r for r in rows),
+                "unreadable": sum("unreadable" in r for r in rows),
+                "header_differs": sum("header_frames" in r for r in rows),
+                "not_25_fps": sum("fps" in r for r in rows)}
+
+
+def measure_videos(videos: dict, *, progress: bool = True) -> MeasuredVideos:
+    """Measure every video of a manifest that has a file (`measure_video`), once, with a progress bar;
+    fill each `VideoInfo`'s ``measured``, ``unreadable`` and ``rotation``.
+
+    Args:
+        videos: video id -> `manifest.VideoInfo` (the file is ``dataset_root / video_path``).
+    Returns:
+        the per-video report rows, the problems (``unreadable_video``, ``header_length_differs``,
+        ``not_25_fps``) and the rotated videos (id -> clockwise degrees).
+    Raises:
+        ImportError: PyAV (the ``extract`` extra) is not installed.
+    """
+    import logging
+
+    import av  # noqa: F401 - fails here, before the bar, when PyAV is missing
+    from tqdm import tqdm
+
+    log = logging.getLogger("migfuse.datasets.prepare")
+    result = MeasuredVideos({}, [], {})
+    todo = {vid: info for vid, info in sorted(videos.items()) if info.video_path is not None}
+    for vid, info in tqdm(todo.items(), desc="videos", unit="video", disable=None if progress else True):
+        path = info.dataset_root / info.video_path if info.dataset_root else info.video_path  # not $MIGFUSE_VIDEO_ROOT
+        try:
+            facts = measure_video(path)
+        except VideoUnreadable as e:
+            info.measured, info.unreadable = None, str(e)
+            result.per_video[vid] = {"unreadable": str(e)}
+            result.problems.append({"kind": "unreadable_video", "video_id": vid, "path": str(path),
+                                    "detail": f"{path.name}: {e}; its clips cannot be extracted (re-download or "
+                                              "re-encode it)"})
+            log.warning("video %s (%s) is unreadable: %s", vid, path.name, e)
+            continue
+        info.measured, info.unreadable, info.rotation = facts, "", facts.rotation
+        row: dict = {"decoded_frames": facts.frames, "width": facts.width, "height": facts.height}
+        if facts.header_disagrees:
+            row["header_frames"] = facts.header_frames
+            result.problems.append({"kind": "header_length_differs", "video_id": vid, "path": str(path),
+                                    "detail": f"{path.name} decodes {facts.frames} frames at 25 fps, its header "
+                                              f"claims {facts.header_frames}; frames are placed by what decodes"})
+        elif facts.header_frames is None:
+            row["header_frames"] = None
+            result.problems.append({"kind": "header_length_differs", "video_id": vid, "path": str(path),
+                                    "detail": f"{path.name} decodes {facts.frames} frames at 25 fps, its header "
+                                              "states no length; frames are placed by what decodes"})
+        if facts.not_25_fps:
+            row["fps"] = facts.fps
+            detail = (f"{path.name} runs at {facts.fps:g} fps, not 25: annotation frames and skeleton rows assume "
+                      "25 fps (frames are mapped by time: check that its labels and skeleton use 25 fps)")
+            result.problems.append({"kind": "not_25_fps", "video_id": vid, "path": str(path), "detail": detail})
+            log.warning("video %s: %s", vid, detail)
+        if facts.rotation:
+            result.rotated[vid] = facts.rotation
+            log.info("video %s (%s) is stored rotated: its track asks for a %d degree clockwise turn to "
+                     "display; extraction decodes it upright", vid, path.name, facts.rotation)
+        result.per_video[vid] = row
+    return result
