@@ -32,6 +32,10 @@ from migfuse.datasets.orientation import rotation_degrees
 ANNOTATION_FPS = 25.0
 #: Packets compared when measuring `reorder` (the decoder's output delay never exceeds this here).
 MAX_REORDER = 64
+#: Pictures decoded from the start to find the first displayed one (the smallest pts among them).
+FIRST_PICTURES = 4
+#: FFmpeg's AV_CODEC_PROP_REORDER: the codec's decoder emits pictures in display order itself.
+_CODEC_REORDERS = 8
 
 
 class VideoUnreadable(Exception):
@@ -49,9 +53,10 @@ class VideoMeasure:
         fps: native frame rate (pictures per second).
         width, height: picture size in pixels after the display rotation.
         header_frames: the container header's length in 25 fps frames; None when it gives none.
-        reorder: the most pictures that can come out of the decoder before one displayed earlier
-            (0 for most files; an intra-only stream muxed out of display order has more): decoding
-            keeps this many pictures back to serve them in display order.
+        reorder: the most pictures that can come out of the decoder before one displayed earlier:
+            0 where the decoder reorders itself (H.264, HEVC, MPEG-2/4...) or the packets are in
+            display order; more for an intra-only stream (MJPEG, ProRes...) muxed out of display
+            order. Decoding keeps this many pictures back to serve them in display order.
         rotation: clockwise display turn in degrees (0, 90, 180, 270).
     """
 
@@ -129,8 +134,9 @@ def measure_video(path: str | Path) -> VideoMeasure:
         stream = container.streams.video[0]
         time_base = stream.time_base or Fraction(1, 1000)
         claimed = header_frames(container, stream)
-        reorder = _reorder_depth(pts)
-        first = _first_pictures(container, stream, reorder + 1)
+        # a decoder that reorders (B-frames, open GOPs) emits display order; others emit file order
+        reorder = 0 if stream.codec_context.codec.properties & _CODEC_REORDERS else _reorder_depth(pts)
+        first = _first_pictures(container, stream, max(reorder + 1, FIRST_PICTURES))
         if not first:
             raise VideoUnreadable("the file holds no video frame (a video stream is declared, none decodes)")
         origin_pts = min(_pts(f) for f in first)

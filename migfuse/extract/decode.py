@@ -291,13 +291,16 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
     restart = False  # a seek landed past its target (bad index): decode from the start instead
     redo = False  # frames near a target were skipped: seek again and decode it all
     seeked_for = -1  # the target the last seek was for: never seek twice for one target (no loops)
+    # pictures muxed out of display order (`VideoMeasure.reorder`) can lie before a seek's landing
+    # point in the file although they are shown after it: decode from the start once where a gap shows it
+    rewind_for_gaps = facts.reorder > 0
     while i < len(targets):
         tau = targets[i] / ANNOTATION_FPS
         restarted = restart
         seeked_for = i
         stats["seeks"] += 1
         if restart:
-            container.seek(start, stream=stream, backward=True, any_frame=False)
+            _rewind(container, stream, start)
             restart = False
             skipped_since_seek = False
         elif position is None or tau - position > gap_s or redo:
@@ -321,6 +324,12 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
                 continue
             # `prev` is the nearest frame for every target before the midpoint of prev and this one.
             mid = (prev_t + t) / 2
+            if (rewind_for_gaps and not restarted and t - prev_t > 1.5 * step
+                    and targets[i] / ANNOTATION_FPS < t + half):
+                log.debug("pictures %.3f-%.3f s are not adjacent near target %.3f s in a stream muxed out of display "
+                          "order; decoding from the start", prev_t, t, targets[i] / ANNOTATION_FPS)
+                rewind_for_gaps, restart = False, True
+                break
             if skipped_since_seek and t - prev_t > 1.5 * step and targets[i] / ANNOTATION_FPS < t + half:
                 # a skipped frame may lie between prev and this one, nearer to the next target than
                 # either: decode this stretch again without skipping (a video with real gaps ends
@@ -348,6 +357,10 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
                     yield targets[i], rgb(prev)
                     i += 1
                 raise damage[0]
+            if prev is None and not restarted:
+                log.debug("seek to %.2f s gave no picture; decoding from the start", tau)
+                restart = True  # some demuxers (MPEG-TS) seek past the last whole picture near the end
+                continue
             # End of stream: the last picture covers its own duration (`video_measure.frames_covered`).
             if prev is not None:
                 shown = float(prev.duration * time_base) if prev.duration else step
@@ -355,6 +368,16 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
                     yield targets[i], rgb(prev)
                     i += 1
             return
+
+
+def _rewind(container, stream, start: int) -> None:
+    """Back to the file's first packet. Seeking to the first picture's time is not enough: the
+    first packets can carry later times (open GOPs, a demuxer's imprecise index)."""
+    try:
+        container.seek(0, backward=True)  # time 0 in microseconds: before any stream's first packet
+    except Exception:  # noqa: BLE001 - a demuxer that cannot seek there: the stream's own start
+        container.seek(min(start, stream.start_time if stream.start_time is not None else start), stream=stream,
+                       backward=True, any_frame=False)
 
 
 def _until_error(frames: Iterator, error: list[Exception]) -> Iterator:
