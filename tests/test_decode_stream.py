@@ -97,7 +97,8 @@ def test_requests_past_the_end_fail_with_the_frames_that_never_came(video):
     err = got["out"]
     assert isinstance(err, PastEnd) and err.stage == "decode"
     assert err.missing == [200, 230] and err.n_frames == 200
-    assert str(err) == "frames [200, 230] are past the end of numbered.mp4 (it decodes 200 frames at 25 fps); check the labels"
+    assert str(err) == ("frames [200, 230] are past the end of numbered.mp4 (it decodes 200 frames at 25 fps); "
+                        "check the labels")
 
 
 def test_an_unreadable_file_fails_every_request_at_open(tmp_path):

@@ -325,3 +325,19 @@ def test_export_pyskl_writes_each_videos_measured_size(tmp_path):
     export_pyskl(tmp_path, tmp_path / "given.pkl", img_shape=(480, 640))
     with open(tmp_path / "given.pkl", "rb") as f:
         assert {a["img_shape"] for a in pickle.load(f)["annotations"]} == {(480, 640)}
+
+
+def test_past_end_messages_name_the_true_cause():
+    from migfuse.extract.decode import past_end_message
+
+    sound = VideoMeasure(frames=75, origin=0.0, fps=25.0, width=64, height=48, header_frames=75)
+    assert past_end_message("a.mp4", [75, 76, 77, 78], sound) == (
+        "frames [75, 76, 77]... are past the end of a.mp4 (it decodes 75 frames at 25 fps); check the labels")
+    short = VideoMeasure(frames=75, origin=0.0, fps=25.0, width=64, height=48, header_frames=500)
+    assert past_end_message("a.mp4", [80], short) == (
+        "a.mp4 decodes 75 frames at 25 fps, its header claims 500: the file is cut short or damaged; "
+        "re-download or re-encode it")
+    assert past_end_message("a.mp4", [600], short).endswith("(it decodes 75 frames at 25 fps); check the labels")
+    assert past_end_message("a.mp4", [40, 41], sound) == (
+        "a.mp4 stops decoding before frame 40 although its packets reach frame 74: the file is damaged; "
+        "re-download or re-encode it")
