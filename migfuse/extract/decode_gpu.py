@@ -27,7 +27,7 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
 import numpy as np
 
 from migfuse.datasets.video_measure import VideoMeasure
-from migfuse.extract.decode import ANNOTATION_FPS, DecodeError, PastEnd
+from migfuse.extract.decode import ANNOTATION_FPS, DecodeError, PastEnd, past_end_message
 from migfuse.datasets.orientation import video_rotation
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ def stream_clips_gpu(
     device: str,
     transform: Callable[[Any], Any] | None = None,
     chunk: int = CHUNK_REQUESTS,
+    facts: VideoMeasure | None = None,
 ) -> Iterator[tuple[Hashable, np.ndarray | DecodeError]]:
     """`decode.stream_clips` with torchcodec's decoder on `device`; the same requests and yields.
 
@@ -90,6 +91,8 @@ def stream_clips_gpu(
             before the copy back (e.g. resize + crop, permuted to (N, h, w, 3)); None: the full
             frames as (N, H, W, 3).
         chunk: requests decoded per call (bounds the device memory held).
+        facts: the video's measured facts (`data prepare`): past-the-end failures then name the true
+            cause as `decode.past_end_message` does.
 
     Yields:
         (request id, uint8 array shaped `indices.shape + frame.shape`) or (request id, DecodeError):
@@ -159,8 +162,11 @@ def stream_clips_gpu(
             yield key, rows.reshape(*idx.shape, *rows.shape[1:])
     for key in past:
         missing = sorted(int(i) for i in np.unique(plans[key]) if played_at(int(i)) >= end)
+        if facts is not None:
+            yield key, PastEnd(past_end_message(name, missing, facts), missing, facts.frames)
+            continue
         yield key, PastEnd(f"frames {missing[:3]}{'...' if len(missing) > 3 else ''} are past the end of "
-                           f"{name} ({n_frames} frames at 25 fps); check the labels", missing, n_frames)
+                           f"{name} (it decodes {n_frames} frames at 25 fps); check the labels", missing, n_frames)
 
 
 def stream_video(
@@ -182,7 +188,7 @@ def stream_video(
     if decoder != "gpu":
         yield from stream_clips(path, requests, transform=transform, facts=facts)
         return
-    results = stream_clips_gpu(path, requests, device=device, transform=gpu_transform)
+    results = stream_clips_gpu(path, requests, device=device, transform=gpu_transform, facts=facts)
     first = next(results, None)
     if first is None:
         return
