@@ -341,3 +341,28 @@ def test_past_end_messages_name_the_true_cause():
     assert past_end_message("a.mp4", [40, 41], sound) == (
         "a.mp4 stops decoding before frame 40 although its packets reach frame 74: the file is damaged; "
         "re-download or re-encode it")
+
+
+def test_a_picture_size_change_fails_only_the_requests_that_span_it(tmp_path):
+    """Two MPEG-TS recordings of different sizes joined byte by byte (as `cat` joins them)."""
+    def segment(path: Path, w: int, h: int, first: int) -> bytes:
+        out = av.open(str(path), "w", format="mpegts")
+        s = out.add_stream("mpeg2video", rate=25)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), 6 * i, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = first + i
+            for p in s.encode(frame):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+        out.close()
+        return path.read_bytes()
+
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(segment(tmp_path / "a.ts", 64, 48, 0) + segment(tmp_path / "b.ts", 32, 32, 20))
+    got = dict(stream_clips(joined, {"before": [0, 5], "across": [15, 25], "after": [30, 35]}))
+    assert got["before"].shape == (2, 48, 64, 3) and got["after"].shape == (2, 32, 32, 3)
+    assert str(got["across"]) == "joined.ts: the picture size changes within the video (64x48 -> 32x32 pixels); " \
+                                 "re-encode it"

@@ -122,6 +122,15 @@ def measure_video(path: str | Path) -> VideoMeasure:
         raise VideoUnreadable(f"{p} does not exist")
     if p.stat().st_size == 0:
         raise VideoUnreadable("the file is empty (0 bytes)")
+    try:
+        return _measure(av, p)
+    except (VideoUnreadable, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - FFmpeg fails on hostile files in many ways: a reason, not a crash
+        raise VideoUnreadable(f"FFmpeg fails on it ({type(e).__name__}: {_reason(e)})") from None
+
+
+def _measure(av, p: Path) -> VideoMeasure:
     container = _open(av, p)
     try:
         if not container.streams.video:
@@ -135,7 +144,7 @@ def measure_video(path: str | Path) -> VideoMeasure:
         time_base = stream.time_base or Fraction(1, 1000)
         claimed = header_frames(container, stream)
         # a decoder that reorders (B-frames, open GOPs) emits display order; others emit file order
-        reorder = 0 if stream.codec_context.codec.properties & _CODEC_REORDERS else _reorder_depth(pts)
+        reorder = 0 if _decoder_reorders(stream) else _reorder_depth(pts)
         first = _first_pictures(container, stream, max(reorder + 1, FIRST_PICTURES))
         if not first:
             raise VideoUnreadable("the file holds no video frame (a video stream is declared, none decodes)")
@@ -158,6 +167,13 @@ def measure_video(path: str | Path) -> VideoMeasure:
                             width=int(w), height=int(h), header_frames=claimed, reorder=reorder, rotation=degrees)
     finally:
         container.close()
+
+
+def _decoder_reorders(stream) -> bool:
+    try:
+        return bool(stream.codec_context.codec.properties & _CODEC_REORDERS)
+    except Exception:  # noqa: BLE001 - no decoder for this codec: the first pictures say why
+        return False
 
 
 def _open(av, path: Path):
@@ -214,6 +230,9 @@ def _first_pictures(container, stream, n: int) -> list:
             if len(frames) >= n:
                 break
     except Exception as e:  # noqa: BLE001 - FFmpeg errors on corrupt data come in many types
+        if not frames and type(e).__name__ == "DecoderNotFoundError":
+            raise VideoUnreadable(f"this FFmpeg build has no decoder for its codec "
+                                  f"({stream.codec_context.name}); re-encode it (e.g. H.264)") from None
         if not frames:
             raise VideoUnreadable(f"the decoder fails on the first picture "
                                   f"({type(e).__name__}: {_reason(e)})") from None

@@ -217,6 +217,10 @@ def read_frames(
             # with EPERM, which would read as a file-permission problem
             raise DecodeError("decode", f"{Path(path).name} holds no video frame (a video stream is declared, "
                                         "none decodes): record the video again or leave it out") from None
+        if isinstance(e, PermissionError):  # FFmpeg's EPERM: a seek it refuses, not a file permission
+            raise DecodeError("decode", f"{Path(path).name}: FFmpeg cannot seek in it (\"{e.strerror}\" from "
+                                        "FFmpeg, not a file permission): the file is damaged; re-download or "
+                                        "re-encode it") from None
         raise DecodeError("decode", f"{Path(path).name}: {type(e).__name__}: {e}") from None
     finally:
         container.close()
@@ -435,13 +439,19 @@ def stream_clips(
     kept: dict[int, np.ndarray] = {}
     served = 0
 
-    def take(key: Hashable) -> np.ndarray:
+    def take(key: Hashable) -> np.ndarray | DecodeError:
         idx = plans[key]
-        frames = np.stack([kept[i] for i in idx.reshape(-1).tolist()])
+        pictures = [kept[i] for i in idx.reshape(-1).tolist()]
         for i in np.unique(idx).tolist():
             waiting[i] -= 1
             if waiting[i] == 0:
                 del kept[i]  # no request left needs it: release the memory now
+        shapes = list(dict.fromkeys(p.shape for p in pictures))  # in the order they are shown
+        if len(shapes) > 1:  # a damaged or spliced stream: no array holds both
+            return DecodeError("decode", f"{Path(path).name}: the picture size changes within the video "
+                                         f"({' -> '.join(f'{s[1]}x{s[0]}' for s in shapes)} pixels); "
+                                         "re-encode it")
+        frames = np.stack(pictures)
         return frames.reshape(*idx.shape, *frames.shape[1:])
 
     try:
