@@ -9,9 +9,11 @@ pictures after the first *displayed* one. `measure_video` reads what decodes, on
 * it opens the file and decodes its first pictures (else `VideoUnreadable`, with the reason);
 * the time origin is the presentation time of the first displayed picture (the smallest pts among
   the first decoded pictures), so annotation frame 0 is that picture whatever `start_time` says;
-* the length comes from demuxing every packet (no decoding) for the last presentation time, then
-  decoding from the last keyframe to the end to confirm the last picture; the last picture covers
-  its own duration (a 1 fps video's last frame keeps its whole second);
+* the length is the last picture's time: decoded from the last keyframe the container's index
+  knows to the end, or where that is not sure (no index, a seek that lands inside a group of
+  pictures, a file cut short after its index, pictures muxed out of display order) from the last
+  keyframe found by demuxing every packet (no decoding); the last picture covers its own duration
+  (a 1 fps video's last frame keeps its whole second);
 * it also records the native frame rate, the size after the display rotation, the header's claim,
   and how far the decoder's output order can run behind display order (`reorder`, see below).
 
@@ -34,6 +36,11 @@ ANNOTATION_FPS = 25.0
 MAX_REORDER = 64
 #: Pictures decoded from the start to find the first displayed one (the smallest pts among them).
 FIRST_PICTURES = 4
+#: Packets read from the start to measure `reorder` where the decoder emits file order.
+HEAD_PACKETS = 4 * MAX_REORDER
+#: A time past the end of any video, in microseconds (about 30 years): a backward seek there lands
+#: on the last keyframe the container's index knows.
+FAR_AHEAD_US = 10**15
 #: FFmpeg's AV_CODEC_PROP_REORDER: the codec's decoder emits pictures in display order itself.
 _CODEC_REORDERS = 8
 
@@ -135,7 +142,9 @@ def _measure(av, p: Path) -> VideoMeasure:
     try:
         if not container.streams.video:
             raise VideoUnreadable("the file has no video stream")
-        pts, durations, last_key = _packets(container, container.streams.video[0])
+        stream = container.streams.video[0]
+        # a decoder that reorders (B-frames, open GOPs) emits display order; others emit file order
+        reorder = 0 if _decoder_reorders(stream) else _reorder_depth(_packets(container, stream, HEAD_PACKETS)[0])
     finally:
         container.close()
     container = _open(av, p)  # read again from the start: seeking back fails on some damaged files
@@ -143,8 +152,6 @@ def _measure(av, p: Path) -> VideoMeasure:
         stream = container.streams.video[0]
         time_base = stream.time_base or Fraction(1, 1000)
         claimed = header_frames(container, stream)
-        # a decoder that reorders (B-frames, open GOPs) emits display order; others emit file order
-        reorder = 0 if _decoder_reorders(stream) else _reorder_depth(pts)
         first = _first_pictures(container, stream, max(reorder + 1, FIRST_PICTURES))
         if not first:
             raise VideoUnreadable("the file holds no video frame (a video stream is declared, none decodes)")
@@ -155,18 +162,19 @@ def _measure(av, p: Path) -> VideoMeasure:
         if degrees in (90, 270):
             w, h = h, w
         fps = native_fps(stream)
-        last_pts, last_dur = _last_picture(container, stream, last_key, first)
-        last_dur = last_dur or durations.get(last_pts, 0)
-        if last_dur <= 0:
-            last_dur = int(round(1.0 / fps / float(time_base))) or 1
-        last_time = float((last_pts - origin_pts) * time_base)
-        frames = frames_covered(last_time, float(last_dur * time_base))
-        if stream.average_rate is None and len(pts) > 1 and last_time > 0:
-            fps = (len(pts) - 1) / last_time  # no rate in the header: measured from the pictures
-        return VideoMeasure(frames=frames, origin=float(origin_pts * time_base), fps=round(fps, 6),
-                            width=int(w), height=int(h), header_frames=claimed, reorder=reorder, rotation=degrees)
+        # pictures muxed out of display order: the last packets need not hold the last picture
+        last = _last_group_of_pictures(container, stream) if reorder == 0 else None
     finally:
         container.close()
+    if last is None:
+        last = _last_picture_by_demuxing(av, p, first)
+    last_pts, last_dur = last
+    if last_dur <= 0:
+        last_dur = int(round(1.0 / fps / float(time_base))) or 1
+    last_time = float((last_pts - origin_pts) * time_base)
+    frames = frames_covered(last_time, float(last_dur * time_base))
+    return VideoMeasure(frames=frames, origin=float(origin_pts * time_base), fps=round(fps, 6),
+                        width=int(w), height=int(h), header_frames=claimed, reorder=reorder, rotation=degrees)
 
 
 def _decoder_reorders(stream) -> bool:
@@ -191,8 +199,9 @@ def _pts(frame) -> int:
     return frame.pts if frame.pts is not None else 0
 
 
-def _packets(container, stream) -> tuple[np.ndarray, dict[int, int], int | None]:
-    """Every packet's pts in file order, packet durations by pts, and the last keyframe's pts."""
+def _packets(container, stream, limit: int | None = None) -> tuple[np.ndarray, dict[int, int], int | None]:
+    """Every packet's pts in file order (the first `limit`), packet durations by pts, and the last
+    keyframe's pts."""
     pts: list[int] = []
     durations: dict[int, int] = {}
     last_key = None
@@ -205,6 +214,8 @@ def _packets(container, stream) -> tuple[np.ndarray, dict[int, int], int | None]
                 durations[packet.pts] = packet.duration
             if packet.is_keyframe:
                 last_key = packet.pts
+            if limit is not None and len(pts) >= limit:
+                break
     except Exception:  # noqa: BLE001 - a damaged tail: the packets before it are what the file holds
         pass
     return np.asarray(pts, dtype=np.int64), durations, last_key
@@ -237,6 +248,39 @@ def _first_pictures(container, stream, n: int) -> list:
             raise VideoUnreadable(f"the decoder fails on the first picture "
                                   f"({type(e).__name__}: {_reason(e)})") from None
     return frames
+
+
+def _last_group_of_pictures(container, stream) -> tuple[int, int] | None:
+    """(pts, duration) of the last picture, decoded from the last keyframe the container's index
+    knows to the end; None where that is not sure (the seek fails, lands on no keyframe, or nothing
+    decodes after it: a file cut short after its index was written), so the packets are read."""
+    best: tuple[int, int] | None = None
+    try:
+        container.seek(FAR_AHEAD_US, backward=True)  # the last keyframe before the end
+        for frame in container.decode(stream):
+            if best is None and not frame.key_frame:
+                return None  # landed inside a group of pictures: the ones before it are unknown
+            if best is None or _pts(frame) >= best[0]:
+                best = (_pts(frame), int(frame.duration or 0))
+    except Exception:  # noqa: BLE001 - damage at the end: read the packets instead
+        return None
+    return best
+
+
+def _last_picture_by_demuxing(av, p: Path, first: list) -> tuple[int, int]:
+    """(pts, duration) of the last picture: every packet is read (no decoding) for the last keyframe,
+    then decoded from there to the end."""
+    container = _open(av, p)
+    try:
+        _, durations, last_key = _packets(container, container.streams.video[0])
+    finally:
+        container.close()
+    container = _open(av, p)
+    try:
+        pts, duration = _last_picture(container, container.streams.video[0], last_key, first)
+    finally:
+        container.close()
+    return pts, duration or durations.get(pts, 0)
 
 
 def _last_picture(container, stream, last_key: int | None, first: list) -> tuple[int, int]:
