@@ -339,8 +339,8 @@ def test_past_end_messages_name_the_true_cause():
         "re-download or re-encode it")
     assert past_end_message("a.mp4", [600], short).endswith("(it decodes 75 frames at 25 fps); check the labels")
     assert past_end_message("a.mp4", [40, 41], sound) == (
-        "a.mp4 stops decoding before frame 40 although its packets reach frame 74: the file is damaged; "
-        "re-download or re-encode it")
+        "a.mp4 stops decoding before frame 40 although it was measured to reach frame 74: the file is damaged "
+        "or was changed since `data prepare`; re-download or re-encode it and run `migfuse data prepare` again")
 
 
 def test_a_picture_size_change_fails_only_the_requests_that_span_it(tmp_path):

@@ -149,8 +149,9 @@ def past_end_message(name: str, missing: list[int], facts: VideoMeasure) -> str:
     """Why frames `missing` were not served, naming the true cause and the fix."""
     shown = f"frames {missing[:3]}{'...' if len(missing) > 3 else ''}"
     if missing[0] < facts.frames:
-        return (f"{name} stops decoding before frame {missing[0]} although its packets reach frame "
-                f"{facts.frames - 1}: the file is damaged; re-download or re-encode it")
+        return (f"{name} stops decoding before frame {missing[0]} although it was measured to reach frame "
+                f"{facts.frames - 1}: the file is damaged or was changed since `data prepare`; re-download or "
+                "re-encode it and run `migfuse data prepare` again")
     if facts.header_frames is not None and facts.header_frames > facts.frames + 1 and missing[0] < facts.header_frames:
         return (f"{name} decodes {facts.frames} frames at 25 fps, its header claims {facts.header_frames}: "
                 f"the file is cut short or damaged; re-download or re-encode it")
