@@ -142,6 +142,12 @@ def test_a_video_of_only_unreadable_frames_keeps_the_readers_reason(tmp_path):
     assert problem["kind"] == "empty_skeleton"
     assert "2 of 2 frame files unreadable (first: 0042_000000000000_keypoints.json: the file is a JSON list" \
         in problem["detail"]
+    assert result.report["unreadable_frames"] == 2  # counted although no skeleton array was written
+    from migfuse.cli import app
+
+    cli = CliRunner().invoke(app, ["data", "prepare", "--root", str(root), "--out", str(tmp_path / "o2")])
+    assert cli.exit_code == 0, cli.output
+    assert "2 unreadable skeleton frame files" in cli.output
 
 
 def test_reuse_notices_a_frame_file_fixed_in_place(tmp_path):

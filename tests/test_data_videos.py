@@ -115,6 +115,8 @@ def test_shared_case_rotation_metadata_ignored(tmp_path):
     assert not (frame[:, :8].mean() > 200 or frame[:, -8:].mean() > 200)
     result = prepare(tmp_path / "root", tmp_path / "out", layout="oulu", progress=False)
     assert result.report["rotated_videos"] == {"0045": 90}
+    facts = result.report["video_files"]["0045"]
+    assert (facts["width"], facts["height"]) == (64, 96)  # the measured size is the upright one
 
 
 def _labels(root: Path, vids: list[int]) -> None:

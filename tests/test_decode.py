@@ -101,5 +101,5 @@ def test_a_container_with_a_stream_but_no_frame_says_so(tmp_path):
     out.close()
     with pytest.raises(DecodeError) as e:
         list(read_frames(path, [0, 5]))
-    assert e.value.stage == "decode" and "holds no video frame" in str(e.value)
+    assert e.value.stage == "open" and "holds no video frame" in str(e.value)
     assert "Permission" not in str(e.value)

@@ -97,7 +97,8 @@ def test_requests_past_the_end_fail_with_the_frames_that_never_came(video):
     err = got["out"]
     assert isinstance(err, PastEnd) and err.stage == "decode"
     assert err.missing == [200, 230] and err.n_frames == 200
-    assert str(err) == "frames [200, 230] are past the end of numbered.mp4 (200 frames at 25 fps); check the labels"
+    assert str(err) == ("frames [200, 230] are past the end of numbered.mp4 (it decodes 200 frames at 25 fps); "
+                        "check the labels")
 
 
 def test_an_unreadable_file_fails_every_request_at_open(tmp_path):
@@ -170,4 +171,4 @@ def test_face_clip_past_the_end_names_its_frames_and_the_video_length(video):
     assert samples["v_0"].failure is None
     assert samples["v_1"].failure.stage == "decode"
     assert samples["v_1"].failure.message == ("clip v_1 (frames 180..230): frames [218] are past the end of "
-                                              "numbered.mp4 (200 frames at 25 fps); check the labels")
+                                              "numbered.mp4 (it decodes 200 frames at 25 fps); check the labels")

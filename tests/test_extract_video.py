@@ -83,7 +83,8 @@ def test_bad_inputs_are_recorded_with_reasons_and_the_rest_is_done(reference):
     assert {i for i, s in snap["status"].items() if s == FAILED} == bad_ids()
     assert all(s == DONE for i, s in snap["status"].items() if i not in bad_ids())
     f = snap["failures"]
-    assert f[PAST_END][0] == "decode" and "ends before frame 260" in f[PAST_END][1] and "200 frames" in f[PAST_END][1]
+    assert f[PAST_END] == ("decode", "clip 0003_2 (frames 180..260): frames [202, 207, 212]... are past the end of "
+                                     "0003.mp4 (it decodes 200 frames at 25 fps); check the labels")
     assert f[f"{CORRUPT}_0"][0] == "open" and "cannot open" in f[f"{CORRUPT}_0"][1]
     assert f[f"{MISSING}_0"][0] == "open" and "not found" in f[f"{MISSING}_0"][1]
     assert not summary.ok and len(summary.failed) == 4

@@ -51,9 +51,11 @@ def data_prepare(
     folder of any OpenPose version, BODY_25 or COCO-18; 411-column xlsx; light_hand csv) once into
     skeletons/<vid4>.npy (T, 137, 3), and derives the cross-subject, MiGA and emotion splits.
     Videos (mp4, avi, mkv, mov, webm) are found anywhere under the root and stored relative to it;
-    a phone video's display rotation is recorded. Problems (empty or refused skeletons, unreadable
-    frames, clips outside the skeleton, missing videos) are listed in prepare_report.json and
-    here; the run goes on. See docs/data.md for every accepted variant.
+    each video file is measured once (whether it decodes and why not, its decoded length, frame
+    rate, size and display rotation; the header's length where it differs). Problems (empty or
+    refused skeletons, unreadable frames or videos, clips outside the skeleton or past the decoded
+    end, missing videos, videos not at 25 fps) are listed in prepare_report.json and here; the run
+    goes on. See docs/data.md for every accepted variant.
     """
     from migfuse.datasets.prepare import prepare
 
@@ -66,6 +68,10 @@ def data_prepare(
     typer.echo(f"{report['layout']} layout: {report['clips']} clips, {report['videos']} videos, "
                f"{report['videos_with_skeleton']} skeletons, {report['videos_with_file']} video files, "
                f"{report['unreadable_frames']} unreadable skeleton frame files")
+    if totals := report["video_file_totals"]:
+        typer.echo(f"  video files: {totals['measured']} decode, {totals['unreadable']} unreadable, "
+                   f"{totals['header_differs']} with a header length that differs from what decodes, "
+                   f"{totals['not_25_fps']} not at 25 fps (per video: video_files in the report)")
     for vid, degrees in report["rotated_videos"].items():
         typer.echo(f"  video {vid} is stored rotated: decoded upright with a {degrees} degree clockwise turn")
     for scheme, counts in report["splits"].items():
@@ -108,20 +114,23 @@ def data_export_pyskl(
         help="Joints to keep: coco-17 (pyskl 'coco', PoseC3D / ST-GCN++ 2D), openpose-18 (pyskl 'openpose'), "
              "openpose22 (MiGA 2023) or imigue (55).")] = PysklLayout.coco_17,
     scheme: Annotated[Scheme, typer.Option(help="Manifest column that names the splits.")] = Scheme.split_miga,
-    img_shape: Annotated[str, typer.Option(help="Frame size HEIGHTxWIDTH in pixels, written as img_shape.")]
-    = "720x1280",
+    img_shape: Annotated[Optional[str], typer.Option(
+        help="Frame size HEIGHTxWIDTH in pixels, written as img_shape for every clip.",
+        show_default="each video's size as `data prepare` measured it, else 720x1280")] = None,
 ) -> None:
     """Write the prepared skeletons in pyskl's 2D annotation format (`split` + `annotations` with
     keypoint (1, T, V, 2) and keypoint_score (1, T, V) float32, frame_dir = clip id), so ST-GCN++ or
     PoseC3D train on migfuse's manifest. Bring their test results back with `migfuse fuse import`."""
     from migfuse.datasets.pyskl import export_pyskl
 
-    try:
-        shape = tuple(int(v) for v in img_shape.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 2 or min(shape) <= 0 or max(shape) > 65_535:  # 65,535: the largest frame H.264/HEVC code
-        raise UserError(f"--img-shape {img_shape!r} must be HEIGHTxWIDTH in pixels (1 to 65535), e.g. 720x1280")
+    shape = None
+    if img_shape is not None:
+        try:
+            shape = tuple(int(v) for v in img_shape.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if len(shape) != 2 or min(shape) <= 0 or max(shape) > 65_535:  # 65,535: the largest frame H.264/HEVC code
+            raise UserError(f"--img-shape {img_shape!r} must be HEIGHTxWIDTH in pixels (1 to 65535), e.g. 720x1280")
     r = export_pyskl(prepared, out, layout=layout.value, scheme=scheme.value, img_shape=shape)  # type: ignore[arg-type]
     splits = ", ".join(f"{name} {n}" for name, n in r.splits.items()) or "none"
     typer.echo(f"wrote {r.path}: {r.clips} clips, layout {r.layout} ({r.num_joints} joints); splits: {splits}")

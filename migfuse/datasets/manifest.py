@@ -6,7 +6,10 @@ A PREPARED/ folder holds (see docs/contracts.md):
   subject, win_lose, split_cs, split_miga, split_emotion
 - ``videos.csv``    one row per video: video_id, subject, win_lose, split_emotion, video_path,
   skeleton, n_frames, rotation, dataset_root (``video_path`` relative to ``dataset_root``; files
-  written before these two columns existed hold absolute paths and still load)
+  written before these two columns existed hold absolute paths and still load), then what decodes
+  from the video file (`video_measure.VideoMeasure`: decoded_frames, origin_s, fps, width, height,
+  header_frames, reorder) or why it does not (``unreadable``); older files without them still load
+  and extraction measures the videos itself
 - ``skeletons/<video_id>.npy`` (T, 137, 3) float32 and ``skeletons/<video_id>.mask.npy`` (T,) bool
 - ``prepare_report.json`` (written by the layout readers, not by this module)
 
@@ -32,6 +35,7 @@ from typing import Iterable
 import numpy as np
 
 from migfuse.datasets import classes
+from migfuse.datasets.video_measure import VideoMeasure
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -108,7 +112,8 @@ class VideoInfo:
     ``skeleton`` is the .npy path relative to the prepared folder ("" when the video has no usable
     skeleton); ``n_frames`` is the skeleton length. ``rotation`` is the clockwise turn in degrees
     (0, 90, 180, 270) the video's track asks for at display and that decoding applies (None when
-    not probed).
+    not probed). ``measured`` is what decodes from the file (`VideoMeasure`, None when not
+    measured); ``unreadable`` is why the file is not a decodable video ("" when it is or unknown).
     """
 
     video_id: str
@@ -120,6 +125,8 @@ class VideoInfo:
     n_frames: int | None = None
     rotation: int | None = None
     dataset_root: Path | None = None
+    measured: VideoMeasure | None = None
+    unreadable: str = ""
 
     def __post_init__(self) -> None:
         self.video_id = format_video_id(self.video_id)
@@ -132,9 +139,12 @@ class VideoInfo:
 
 
 CLIP_COLUMNS = [f.name for f in fields(Clip)]
-VIDEO_COLUMNS = [f.name for f in fields(VideoInfo)]
+#: videos.csv columns of `VideoInfo.measured` (column -> `VideoMeasure` field)
+MEASURE_COLUMNS = {"decoded_frames": "frames", "origin_s": "origin", "fps": "fps", "width": "width",
+                   "height": "height", "header_frames": "header_frames", "reorder": "reorder"}
+VIDEO_COLUMNS = [f.name for f in fields(VideoInfo) if f.name != "measured"] + list(MEASURE_COLUMNS)
 #: videos.csv columns added later: files without them still load
-OPTIONAL_VIDEO_COLUMNS = ("rotation", "dataset_root")
+OPTIONAL_VIDEO_COLUMNS = ("rotation", "dataset_root", "unreadable", *MEASURE_COLUMNS)
 #: environment variable naming the folder that holds the videos (as ``--video-root``)
 VIDEO_ROOT_ENV = "MIGFUSE_VIDEO_ROOT"
 
@@ -285,6 +295,11 @@ class Manifest:
             paths.setdefault(c.video_id, None)
         return paths
 
+    def video_measures(self) -> dict[str, VideoMeasure | None]:
+        """Video id -> what `data prepare` measured of its file (None: not measured, e.g. a folder
+        prepared by an older version; extraction then measures it itself, never trusting the header)."""
+        return {vid: info.measured for vid, info in self.videos.items()}
+
     def _where(self) -> str:
         return f" {self.root}" if self.root is not None else ""
 
@@ -302,7 +317,7 @@ class Manifest:
             w = csv.writer(f)
             w.writerow(VIDEO_COLUMNS)
             for vid in sorted(self.videos):
-                w.writerow([_cell(getattr(self.videos[vid], name)) for name in VIDEO_COLUMNS])
+                w.writerow(_video_row(self.videos[vid]))
         self.root = out
         return out
 
@@ -373,9 +388,26 @@ def _video_from_row(row: dict[str, str], path: Path, line: int, root: Path) -> V
         return VideoInfo(video_id=row["video_id"], subject=_opt_int(row["subject"]), win_lose=row["win_lose"],
                          split_emotion=row["split_emotion"], video_path=video_path,
                          skeleton=row["skeleton"], n_frames=_opt_int(row["n_frames"]),
-                         rotation=_opt_int(row.get("rotation") or ""), dataset_root=dataset_root)
-    except (ValueError, TypeError) as e:
+                         rotation=_opt_int(row.get("rotation") or ""), dataset_root=dataset_root,
+                         measured=_measured_from_row(row), unreadable=row.get("unreadable") or "")
+    except (ValueError, TypeError, KeyError) as e:
         raise UserError(f"{path} line {line} is invalid ({e}); re-run `migfuse data prepare`") from None
+
+
+def _video_row(info: VideoInfo) -> list[str]:
+    facts = info.measured
+    return [_cell(getattr(facts, MEASURE_COLUMNS[name], None) if name in MEASURE_COLUMNS else getattr(info, name))
+            for name in VIDEO_COLUMNS]
+
+
+def _measured_from_row(row: dict[str, str]) -> VideoMeasure | None:
+    """The `VideoMeasure` of a videos.csv row; None when the row has none (not measured, unreadable)."""
+    if not (row.get("decoded_frames") or "").strip():
+        return None
+    header = _opt_int(row.get("header_frames") or "")
+    return VideoMeasure(frames=int(row["decoded_frames"]), origin=float(row["origin_s"]), fps=float(row["fps"]),
+                        width=int(row["width"]), height=int(row["height"]), header_frames=header,
+                        reorder=int(row.get("reorder") or 0), rotation=_opt_int(row.get("rotation") or "") or 0)
 
 
 def _given_roots(video_root: str | Path | None) -> list[Path]:

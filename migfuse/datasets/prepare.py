@@ -21,6 +21,7 @@ from migfuse.datasets.layouts import LayoutScan, read_layout
 from migfuse.datasets.layouts.base import SkeletonSource
 from migfuse.datasets.manifest import REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, write_skeleton
 from migfuse.datasets.openpose import UnsupportedBodyModel
+from migfuse.datasets.video_measure import measure_videos
 from migfuse.errors import UserError
 from migfuse.progress_bar import progress_bar
 
@@ -62,35 +63,27 @@ def _relative(path: Path, root: Path) -> Path:
         return Path(os.path.relpath(path.resolve(), root.resolve()))
 
 
-def probe_rotations(manifest: Manifest) -> dict[str, int]:
-    """Fill ``VideoInfo.rotation`` (clockwise display turn, degrees) of every video with a file.
+#: `measure_files` when nothing is measured (no PyAV, or not asked)
+_NOT_MEASURED: dict = {"video_files": {}, "totals": {}, "problems": [], "rotated": {}}
 
-    Needs PyAV (the ``extract`` extra); without it rotations stay unknown (None). Returns the
-    rotated videos (id -> degrees). A file that cannot be opened keeps None (extraction reports it).
-    """
+
+def measure_files(manifest: Manifest, progress: bool) -> dict:
+    """Measure every video file (`video_measure.measure_videos`): the report's ``video_files`` section,
+    its totals, the problems and the rotated videos. Without PyAV nothing is measured (said once);
+    extraction then measures each video itself."""
     try:
-        from migfuse.datasets.orientation import video_rotation
-        import av  # noqa: F401 - only to know whether probing is possible
+        measured = measure_videos(manifest.videos, progress=progress)
     except ImportError:
-        log.info("PyAV is not installed: video rotation is not recorded (install the extract extra)")
-        return {}
-    rotated: dict[str, int] = {}
-    for vid, info in sorted(manifest.videos.items()):
-        if info.video_path is None:
-            continue
-        path = info.dataset_root / info.video_path if info.dataset_root else info.video_path  # not $MIGFUSE_VIDEO_ROOT
-        if not path.is_file():
-            continue
-        try:
-            info.rotation = video_rotation(path)
-        except Exception as e:  # noqa: BLE001 - a damaged file: extraction reports it with its reason
-            log.debug("cannot probe rotation of %s: %s", path, e)
-            continue
-        if info.rotation:
-            rotated[vid] = info.rotation
-            log.info("video %s (%s) is stored rotated: its track asks for a %d degree clockwise turn to "
-                        "display; extraction decodes it upright", vid, path.name, info.rotation)
-    return rotated
+        log.info("PyAV is not installed: video files are not measured (install the extract extra)")
+        return _NOT_MEASURED
+    past = [c.clip_id for c in manifest.clips if (facts := manifest.videos[c.video_id].measured) is not None
+            and c.end_frame >= facts.frames]
+    problems = list(measured.problems)
+    if past:
+        problems.append({"kind": "clip_past_video_end", "detail": f"{len(past)} clips end after the last frame "
+                         "their video decodes (at 25 fps); check the labels", "clip_ids": past})
+    return {"video_files": measured.per_video, "totals": measured.totals(), "problems": problems,
+            "rotated": measured.rotated}
 
 
 def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_base: int = 0,
@@ -106,8 +99,9 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
 
     videos.csv stores each video file relative to the dataset root and records the root, so a
     PREPARED folder works where the videos live elsewhere (`Manifest.video_path`). With
-    ``probe_videos`` (and PyAV installed) each video's display rotation is read from its track
-    header (one frame decoded per video) and recorded in videos.csv's ``rotation`` column.
+    ``probe_videos`` (and PyAV installed) each video file is measured once (`video_measure`: whether
+    it decodes, its decoded length, time origin, fps, size, display rotation, the header's claim),
+    recorded in videos.csv and, per video, in the report's ``video_files``.
     """
     out = Path(out)
     scan = read_layout(root, layout, frame_base=frame_base)
@@ -159,14 +153,16 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
         problems.append({"kind": "no_video_file", "detail": f"{len(no_video)} videos have no video file "
                          f"(<vid4>.mp4/.avi/.mkv/.mov/.webm) under the root (RGB tracks will skip them)",
                          "video_ids": no_video})
-    rotated = probe_rotations(manifest) if probe_videos else {}
+    files = measure_files(manifest, progress) if probe_videos else _NOT_MEASURED
+    problems.extend(files["problems"])
     manifest.save(out)
     report = {
         "layout": scan.layout, "root": str(Path(root).resolve()), "frame_base": frame_base,
         "clips": len(manifest.clips), "videos": len(manifest.videos),
         "videos_with_skeleton": len(skeleton_info), "videos_with_file": len(manifest.videos) - len(no_video),
-        "rotated_videos": rotated,
-        "unreadable_frames": sum(info.get("n_unreadable_files", 0) for info in skeleton_info.values()),
+        "rotated_videos": files["rotated"], "video_file_totals": files["totals"], "video_files": files["video_files"],
+        "unreadable_frames": sum(info.get("n_unreadable_files", 0) for info in skeleton_info.values())
+        + sum(p.get("n_unreadable_files", 0) for p in problems if p["kind"] == "empty_skeleton"),
         "splits": {scheme: _counts(manifest, scheme) for scheme in ("split_cs", "split_miga", "split_emotion")},
         "problems": problems, "skeletons": dict(sorted(skeleton_info.items())),
     }
@@ -247,7 +243,8 @@ def _convert(vid: str, source: SkeletonSource, out: Path, progress: bool) -> dic
             why = (f"{read.info['n_unreadable_files']} of {read.info['files']} frame files unreadable "
                    f"(first: {name}: {reason}), none of the others with a person")
         return {"problem": {"kind": "empty_skeleton", "video_id": vid, "path": str(source.path),
-                            "detail": f"{source.path}: {len(read.points)} frames, {why}"}}
+                            "detail": f"{source.path}: {len(read.points)} frames, {why}",
+                            "n_unreadable_files": int(read.info.get("n_unreadable_files", 0))}}
     array = write_skeleton(out, vid, read.points, read.mask)
     record = {"source": str(source.path), "kind": source.kind, "signature": _signature(source), "array": array,
               "frames": int(len(read.points)), "frames_with_person": int(read.mask.sum()), **read.info}

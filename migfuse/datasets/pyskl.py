@@ -10,7 +10,8 @@ The file is what pyskl's `PoseDataset` (and mmaction2 1.x's) reads (pyskl `tools
     annotations:  one dict per clip, in manifest order:
         frame_dir       the migfuse clip id, e.g. "0054_0" (what `migfuse fuse import` keys scores by)
         label           the class index 0..31 (-1 for a clip without a label)
-        img_shape       (height, width) of the frames, pixels; original_shape the same
+        img_shape       (height, width) of the frames, pixels (the video's measured size, displayed
+                        upright); original_shape the same
         total_frames    T, the clip's frames that the skeleton file holds
         keypoint        (M=1, T, V, 2) float32, x, y in pixels of the layout's V joints
         keypoint_score  (M=1, T, V) float32, OpenPose confidence (0 where no person was found)
@@ -33,7 +34,8 @@ from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
 
-#: iMiGUE's press-conference videos are 1280x720 (MM-Gesture's pyskl configs assume the same).
+#: iMiGUE's press-conference videos are 1280x720 (MM-Gesture's pyskl configs assume the same): the
+#: size of a video `data prepare` did not measure (no file, or an older PREPARED folder).
 DEFAULT_IMG_SHAPE = (720, 1280)
 
 
@@ -59,7 +61,7 @@ def export_pyskl(
     out: str | Path,
     layout: str = "coco-17",
     scheme: str = "split_miga",
-    img_shape: tuple[int, int] = DEFAULT_IMG_SHAPE,
+    img_shape: tuple[int, int] | None = None,
 ) -> PysklExport:
     """Write the prepared skeletons of every clip as a pyskl 2D annotation pickle.
 
@@ -69,7 +71,8 @@ def export_pyskl(
         PoseC3D's flip and ST-GCN++'s 2D configs expect), "openpose-18" (pyskl `openpose`),
         "openpose22" (the MiGA 2023 baselines) or "imigue" (55 joints; needs a custom pyskl graph).
     scheme: the manifest column whose values name the splits (split_miga, split_cs, split_emotion).
-    img_shape: (height, width) of the videos in pixels, written as img_shape / original_shape.
+    img_shape: (height, width) in pixels written as img_shape / original_shape for every clip;
+        None: each video's size as `data prepare` measured it (upright), else `DEFAULT_IMG_SHAPE`.
     Clips without skeleton frames (video without a skeleton, clip past its end) are left out and
     listed in `skipped`. UserError for an unknown layout or scheme, or when no clip has a skeleton.
     """
@@ -81,7 +84,12 @@ def export_pyskl(
         raise UserError(f"layout {lay.name} is not read from OpenPose points; use one of "
                         f"{', '.join(layouts_for_export())}")
     source = np.asarray(lay.source)
-    height, width = (int(v) for v in img_shape)
+
+    def shape_of(video_id: str) -> tuple[int, int]:
+        if img_shape is not None:
+            return int(img_shape[0]), int(img_shape[1])
+        facts = manifest.videos[video_id].measured
+        return (facts.height, facts.width) if facts is not None else DEFAULT_IMG_SHAPE
 
     annotations: list[dict] = []
     splits: dict[str, list[str]] = {}
@@ -104,6 +112,7 @@ def export_pyskl(
                                      f"{skeleton.shape[0]} frames")
             continue
         points = np.asarray(skeleton[lo:hi][:, source], dtype=np.float32)  # (T, V, 3)
+        height, width = shape_of(clip.video_id)
         annotations.append({
             "frame_dir": clip.clip_id,
             "label": -1 if clip.label is None else int(clip.label),

@@ -13,13 +13,18 @@ frames that requests still waiting need, so memory follows the clips' overlap, n
 length. A decode error fails only the requests not yet served; the ones before the damage keep
 their frames.
 
-Annotation index -> video frame: index f means time f / 25 s; the decoded frame whose presentation
-time is nearest wins (exact for 25 fps videos; a 30 fps video maps by time).
+Annotation index -> video frame: index f means time f / 25 s after the first displayed picture
+(`VideoMeasure.origin`, whatever the stream's `start_time` says); the decoded frame whose
+presentation time is nearest wins (exact for 25 fps videos; a 30 fps video maps by time); the last
+picture covers its own duration. The video's measured facts (`datasets.video_measure`, stored by
+`data prepare`) are passed in, or measured here when a prepared folder has none.
 
 No torch here: this runs in the runner's loader worker processes.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,11 +34,12 @@ from typing import Callable, Hashable, Iterable, Iterator, Mapping
 import numpy as np
 
 from migfuse.datasets.orientation import rotation_degrees, upright
+from migfuse.datasets.video_measure import (ANNOTATION_FPS, VideoMeasure, VideoUnreadable, frames_covered,
+                                            header_frames, measure_video)
+from migfuse.datasets.video_measure import native_fps as _fps
 
 log = logging.getLogger(__name__)
 
-#: The frame rate of the annotation's frame numbering (labels_20200831.csv: start_frame = round(t * 25)).
-ANNOTATION_FPS = 25.0
 #: Decode through gaps up to this many annotation frames instead of seeking (a seek re-decodes
 #: from the previous keyframe, typically 1-10 s back, so short gaps are cheaper to decode).
 DEFAULT_SEEK_GAP = 100
@@ -63,10 +69,12 @@ class DecodeError(Exception):
 
 
 class PastEnd(DecodeError):
-    """A request needs frames after the video's last frame (the labels run past the file).
+    """A request needs frames the decoder never served: after the video's decoded end (the labels
+    run past the file), or before it where the file stops decoding early (damage). The message
+    names which (`past_end_message`).
 
-    `missing`: the request's indices that never came, sorted; `n_frames`: the container header's
-    frame count at 25 fps (`probe`), for the message the caller writes.
+    `missing`: the request's indices that never came, sorted; `n_frames`: the decoded length in
+    25 fps frames (`VideoMeasure.frames`).
     """
 
     def __init__(self, message: str, missing: list[int], n_frames: int):
@@ -105,38 +113,49 @@ def _open(path: str | Path):
     return container, stream
 
 
-def _fps(stream) -> float:
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    return float(rate) if rate else ANNOTATION_FPS
-
-
 def probe(path: str | Path) -> VideoProbe:
-    """Frame count (at 25 fps), native fps and size, from the container header (no decoding).
+    """Frame count (at 25 fps; 0 when the header states none), native fps and size, from the
+    container header only (no decoding). Headers can be wrong: place frames with `measure` instead.
 
     Raises:
         DecodeError: missing or unreadable file, or no video stream.
     """
     container, stream = _open(path)
     try:
-        return VideoProbe(n_frames=_header_frames(container, stream), fps=_fps(stream),
+        return VideoProbe(n_frames=header_frames(container, stream) or 0, fps=_fps(stream),
                           width=stream.codec_context.width, height=stream.codec_context.height)
     finally:
         container.close()
 
 
-def _header_frames(container, stream) -> int:
-    """The container header's length in annotation (25 fps) frames."""
-    fps = _fps(stream)
-    if stream.duration is not None and stream.time_base is not None:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        seconds = container.duration / 1_000_000
-    else:
-        seconds = stream.frames / fps
-    n = int(round(seconds * ANNOTATION_FPS))
-    if stream.frames and abs(fps - ANNOTATION_FPS) < 1e-3:
-        n = stream.frames  # exact when the header has it
-    return n
+def measure(path: str | Path, known: VideoMeasure | None = None) -> VideoMeasure:
+    """The video's measured facts: `known` (stored by `data prepare`) when given, else measured now.
+
+    Raises:
+        DecodeError: stage "open": missing file, not a video, no picture decodes (the reason).
+    """
+    if known is not None:
+        return known
+    p = Path(path)
+    if not p.is_file():
+        raise DecodeError("open", f"video file not found: {p}")
+    try:
+        return measure_video(p)
+    except VideoUnreadable as e:
+        raise DecodeError("open", f"{p.name}: {e}") from None
+
+
+def past_end_message(name: str, missing: list[int], facts: VideoMeasure) -> str:
+    """Why frames `missing` were not served, naming the true cause and the fix."""
+    shown = f"frames {missing[:3]}{'...' if len(missing) > 3 else ''}"
+    if missing[0] < facts.frames:
+        return (f"{name} stops decoding before frame {missing[0]} although it was measured to reach frame "
+                f"{facts.frames - 1}: the file is damaged or was changed since `data prepare`; re-download or "
+                "re-encode it and run `migfuse data prepare` again")
+    if facts.header_frames is not None and facts.header_frames > facts.frames + 1 and missing[0] < facts.header_frames:
+        return (f"{name} decodes {facts.frames} frames at 25 fps, its header claims {facts.header_frames}: "
+                f"the file is cut short or damaged; re-download or re-encode it")
+    return f"{shown} are past the end of {name} (it decodes {facts.frames} frames at 25 fps); check the labels"
 
 
 def _to_rgb(frame, stream) -> np.ndarray:
@@ -152,7 +171,7 @@ def read_frames(
     *,
     seek_gap: int = DEFAULT_SEEK_GAP,
     stats: dict[str, int] | None = None,
-    header: dict[str, int] | None = None,
+    facts: VideoMeasure | None = None,
     skip_nonref: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(index, frame)` for each needed annotation frame index, in increasing index order.
@@ -168,7 +187,7 @@ def read_frames(
             decoding of an x264 stream with B-frames). Where a needed frame's neighbours then turn
             out not to be adjacent frames, that stretch is decoded again without skipping, so the
             frames served are the same as with False.
-        header: if given, filled with "n_frames" (the header's length at 25 fps) once the file is open.
+        facts: the video's measured facts (time origin, decoder reorder depth); None: measured now.
 
     Yields:
         (index, RGB uint8 array (H, W, 3)). Indices past the end of the video are not yielded:
@@ -183,13 +202,12 @@ def read_frames(
         return
     if targets[0] < 0:
         raise ValueError(f"negative frame index {targets[0]}")
+    facts = measure(path, facts)
     container, stream = _open(path)
-    if header is not None:
-        header["n_frames"] = _header_frames(container, stream)
     served = False
     try:
         for item in _decode_targets(container, stream, targets, seek_gap, {} if stats is None else stats,
-                                    skip_nonref):
+                                    skip_nonref, facts):
             served = True
             yield item
     except DecodeError:
@@ -200,6 +218,10 @@ def read_frames(
             # with EPERM, which would read as a file-permission problem
             raise DecodeError("decode", f"{Path(path).name} holds no video frame (a video stream is declared, "
                                         "none decodes): record the video again or leave it out") from None
+        if isinstance(e, PermissionError):  # FFmpeg's EPERM: a seek it refuses, not a file permission
+            raise DecodeError("decode", f"{Path(path).name}: FFmpeg cannot seek in it (\"{e.strerror}\" from "
+                                        "FFmpeg, not a file permission): the file is damaged; re-download or "
+                                        "re-encode it") from None
         raise DecodeError("decode", f"{Path(path).name}: {type(e).__name__}: {e}") from None
     finally:
         container.close()
@@ -222,10 +244,26 @@ def _has_a_frame(path: str | Path) -> bool:
         container.close()
 
 
+def _in_display_order(frames: Iterator, depth: int, time_of: Callable) -> Iterator:
+    """`frames` in presentation order, holding back `depth` of them: exact when no frame comes after
+    more than `depth` frames displayed later (`VideoMeasure.reorder`)."""
+    if depth <= 0:
+        yield from frames
+        return
+    held: list = []
+    count = itertools.count()  # ties keep the decoder's order
+    for frame in frames:
+        heapq.heappush(held, (time_of(frame), next(count), frame))
+        if len(held) > depth:
+            yield heapq.heappop(held)[2]
+    while held:
+        yield heapq.heappop(held)[2]
+
+
 def _decode_targets(container, stream, targets: list[int], seek_gap: int,
-                    stats: dict[str, int], skip_nonref: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+                    stats: dict[str, int], skip_nonref: bool, facts: VideoMeasure) -> Iterator[tuple[int, np.ndarray]]:
     time_base = stream.time_base or Fraction(1, 1000)
-    start = stream.start_time or 0
+    start = int(round(facts.origin / time_base))  # the first displayed picture, not stream.start_time
     step = 1.0 / _fps(stream)  # one native frame
     half = 0.5 * step  # half a native frame: the nearest-frame boundary
     gap_s = seek_gap / ANNOTATION_FPS
@@ -258,13 +296,16 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
     restart = False  # a seek landed past its target (bad index): decode from the start instead
     redo = False  # frames near a target were skipped: seek again and decode it all
     seeked_for = -1  # the target the last seek was for: never seek twice for one target (no loops)
+    # pictures muxed out of display order (`VideoMeasure.reorder`) can lie before a seek's landing
+    # point in the file although they are shown after it: decode from the start once where a gap shows it
+    rewind_for_gaps = facts.reorder > 0
     while i < len(targets):
         tau = targets[i] / ANNOTATION_FPS
         restarted = restart
         seeked_for = i
         stats["seeks"] += 1
         if restart:
-            container.seek(start, stream=stream, backward=True, any_frame=False)
+            _rewind(container, stream, start)
             restart = False
             skipped_since_seek = False
         elif position is None or tau - position > gap_s or redo:
@@ -275,7 +316,7 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
         skip(False)  # until the first frame says how far the seek landed from the target
         prev_t, prev = 0.0, None
         damage: list[Exception] = []
-        for frame in _until_error(container.decode(stream), damage):
+        for frame in _in_display_order(_until_error(container.decode(stream), damage), facts.reorder, frame_time):
             stats["decoded"] += 1
             t = frame_time(frame)
             if prev is None:
@@ -288,6 +329,12 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
                 continue
             # `prev` is the nearest frame for every target before the midpoint of prev and this one.
             mid = (prev_t + t) / 2
+            if (rewind_for_gaps and not restarted and t - prev_t > 1.5 * step
+                    and targets[i] / ANNOTATION_FPS < t + half):
+                log.debug("pictures %.3f-%.3f s are not adjacent near target %.3f s in a stream muxed out of display "
+                          "order; decoding from the start", prev_t, t, targets[i] / ANNOTATION_FPS)
+                rewind_for_gaps, restart = False, True
+                break
             if skipped_since_seek and t - prev_t > 1.5 * step and targets[i] / ANNOTATION_FPS < t + half:
                 # a skipped frame may lie between prev and this one, nearer to the next target than
                 # either: decode this stretch again without skipping (a video with real gaps ends
@@ -315,12 +362,27 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
                     yield targets[i], rgb(prev)
                     i += 1
                 raise damage[0]
-            # End of stream: the last frame covers targets up to half a frame after it.
+            if prev is None and not restarted:
+                log.debug("seek to %.2f s gave no picture; decoding from the start", tau)
+                restart = True  # some demuxers (MPEG-TS) seek past the last whole picture near the end
+                continue
+            # End of stream: the last picture covers its own duration (`video_measure.frames_covered`).
             if prev is not None:
-                while i < len(targets) and targets[i] / ANNOTATION_FPS < prev_t + half + 1e-6:
+                shown = float(prev.duration * time_base) if prev.duration else step
+                while i < len(targets) and targets[i] < frames_covered(prev_t, shown):
                     yield targets[i], rgb(prev)
                     i += 1
             return
+
+
+def _rewind(container, stream, start: int) -> None:
+    """Back to the file's first packet. Seeking to the first picture's time is not enough: the
+    first packets can carry later times (open GOPs, a demuxer's imprecise index)."""
+    try:
+        container.seek(0, backward=True)  # time 0 in microseconds: before any stream's first packet
+    except Exception:  # noqa: BLE001 - a demuxer that cannot seek there: the stream's own start
+        container.seek(min(start, stream.start_time if stream.start_time is not None else start), stream=stream,
+                       backward=True, any_frame=False)
 
 
 def _until_error(frames: Iterator, error: list[Exception]) -> Iterator:
@@ -339,6 +401,7 @@ def stream_clips(
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     seek_gap: int = DEFAULT_SEEK_GAP,
     stats: dict[str, int] | None = None,
+    facts: VideoMeasure | None = None,
 ) -> Iterator[tuple[Hashable, np.ndarray | DecodeError]]:
     """Decode a video once for all its requests; yield each request's frames as soon as they are complete.
 
@@ -352,6 +415,7 @@ def stream_clips(
         transform: applied once per decoded frame, (H, W, 3) uint8 -> any array (e.g. resize + crop),
             before it is kept; None keeps the full frame.
         seek_gap, stats: see `read_frames`.
+        facts: the video's measured facts (`data prepare` stores them); None: measured here.
 
     Yields:
         (request id, frames) with frames shaped `indices.shape + frame.shape`, in the order the
@@ -375,19 +439,25 @@ def stream_clips(
     by_last = sorted(plans, key=lambda k: int(plans[k].max()))  # stable: ties keep the given order
     kept: dict[int, np.ndarray] = {}
     served = 0
-    header: dict[str, int] = {}
 
-    def take(key: Hashable) -> np.ndarray:
+    def take(key: Hashable) -> np.ndarray | DecodeError:
         idx = plans[key]
-        frames = np.stack([kept[i] for i in idx.reshape(-1).tolist()])
+        pictures = [kept[i] for i in idx.reshape(-1).tolist()]
         for i in np.unique(idx).tolist():
             waiting[i] -= 1
             if waiting[i] == 0:
                 del kept[i]  # no request left needs it: release the memory now
+        shapes = list(dict.fromkeys(p.shape for p in pictures))  # in the order they are shown
+        if len(shapes) > 1:  # a damaged or spliced stream: no array holds both
+            return DecodeError("decode", f"{Path(path).name}: the picture size changes within the video "
+                                         f"({' -> '.join(f'{s[1]}x{s[0]}' for s in shapes)} pixels); "
+                                         "re-encode it")
+        frames = np.stack(pictures)
         return frames.reshape(*idx.shape, *frames.shape[1:])
 
     try:
-        for index, rgb in read_frames(path, waiting.keys(), seek_gap=seek_gap, stats=stats, header=header):
+        facts = measure(path, facts)
+        for index, rgb in read_frames(path, waiting.keys(), seek_gap=seek_gap, stats=stats, facts=facts):
             kept[index] = rgb if transform is None else transform(rgb)
             # read_frames yields every index in increasing order until the end or an error, so a
             # request whose last index has come has all its frames.
@@ -404,6 +474,4 @@ def stream_clips(
     # The video ended before the remaining requests' last frames.
     for key in by_last[served:]:
         missing = sorted(i for i in np.unique(plans[key]).tolist() if i not in kept)
-        n = header.get("n_frames", 0)
-        yield key, PastEnd(f"frames {missing[:3]}{'...' if len(missing) > 3 else ''} are past the end of "
-                           f"{Path(path).name} ({n} frames at 25 fps); check the labels", missing, n)
+        yield key, PastEnd(past_end_message(Path(path).name, missing, facts), missing, facts.frames)

@@ -26,7 +26,8 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from migfuse.extract.decode import ANNOTATION_FPS, DecodeError, PastEnd
+from migfuse.datasets.video_measure import VideoMeasure
+from migfuse.extract.decode import ANNOTATION_FPS, DecodeError, PastEnd, past_end_message
 from migfuse.datasets.orientation import video_rotation
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def stream_clips_gpu(
     device: str,
     transform: Callable[[Any], Any] | None = None,
     chunk: int = CHUNK_REQUESTS,
+    facts: VideoMeasure | None = None,
 ) -> Iterator[tuple[Hashable, np.ndarray | DecodeError]]:
     """`decode.stream_clips` with torchcodec's decoder on `device`; the same requests and yields.
 
@@ -89,6 +91,8 @@ def stream_clips_gpu(
             before the copy back (e.g. resize + crop, permuted to (N, h, w, 3)); None: the full
             frames as (N, H, W, 3).
         chunk: requests decoded per call (bounds the device memory held).
+        facts: the video's measured facts (`data prepare`): past-the-end failures then name the true
+            cause as `decode.past_end_message` does.
 
     Yields:
         (request id, uint8 array shaped `indices.shape + frame.shape`) or (request id, DecodeError):
@@ -158,8 +162,11 @@ def stream_clips_gpu(
             yield key, rows.reshape(*idx.shape, *rows.shape[1:])
     for key in past:
         missing = sorted(int(i) for i in np.unique(plans[key]) if played_at(int(i)) >= end)
+        if facts is not None:
+            yield key, PastEnd(past_end_message(name, missing, facts), missing, facts.frames)
+            continue
         yield key, PastEnd(f"frames {missing[:3]}{'...' if len(missing) > 3 else ''} are past the end of "
-                           f"{name} ({n_frames} frames at 25 fps); check the labels", missing, n_frames)
+                           f"{name} (it decodes {n_frames} frames at 25 fps); check the labels", missing, n_frames)
 
 
 def stream_video(
@@ -170,23 +177,24 @@ def stream_video(
     device: str = "cpu",
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     gpu_transform: Callable[[Any], Any] | None = None,
+    facts: VideoMeasure | None = None,
 ) -> Iterator[tuple[Hashable, np.ndarray | DecodeError]]:
     """What every RGB loader calls: `decode.stream_clips` (decoder "cpu", `transform` per frame) or
     `stream_clips_gpu` (decoder "gpu" on `device`, `gpu_transform` per batch). A video that exists
     but torchcodec cannot open is decoded with PyAV instead (said at debug level: NVDEC lacks some
-    codecs and profiles)."""
+    codecs and profiles). `facts`: the video's measured facts for PyAV (`decode.stream_clips`)."""
     from migfuse.extract.decode import stream_clips
 
     if decoder != "gpu":
-        yield from stream_clips(path, requests, transform=transform)
+        yield from stream_clips(path, requests, transform=transform, facts=facts)
         return
-    results = stream_clips_gpu(path, requests, device=device, transform=gpu_transform)
+    results = stream_clips_gpu(path, requests, device=device, transform=gpu_transform, facts=facts)
     first = next(results, None)
     if first is None:
         return
     if isinstance(first[1], DecodeError) and first[1].stage == "open" and Path(path).is_file():
         log.debug("%s; decoding it with PyAV", first[1])
-        yield from stream_clips(path, requests, transform=transform)
+        yield from stream_clips(path, requests, transform=transform, facts=facts)
         return
     yield first
     yield from results

@@ -12,7 +12,7 @@ Any registered backbone whose `tracks` name the track extracts it (MViTv2-S by d
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -23,7 +23,8 @@ from migfuse.backbones.registry import RANDOM_WEIGHTS_SEED, backbone_class, crea
 from migfuse.checkpoint_file import CheckpointFile
 from migfuse.data_cache.tracks import get_track, tracks_with_layout
 from migfuse.errors import UserError
-from migfuse.extract.decode import DecodeError, PastEnd, probe
+from migfuse.datasets.video_measure import VideoMeasure
+from migfuse.extract.decode import DecodeError, measure
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.extract.entry import register_track
 from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem, videos_with_files
@@ -86,6 +87,8 @@ class _VideoLoader:
     """Shared decode-once-per-video logic. Picklable: paths and rules only, no model."""
 
     paths: Mapping[str, str | None]  # video id -> file (None: not found by `data prepare`)
+    #: video id -> what `data prepare` measured (None / absent: measured when the video is decoded)
+    facts: Mapping[str, VideoMeasure | None] = field(default_factory=dict)
     short_side: int = 256
     crop: int = 224
     decoder: str = "cpu"  # "gpu": torchcodec on `device` (`decode_gpu.choose_decoder` decided it)
@@ -98,10 +101,11 @@ class _VideoLoader:
                                       "labels and re-run `migfuse data prepare`)")
         return Path(p)
 
-    def _stream(self, path: Path, requests: Mapping[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray | DecodeError]]:
+    def _stream(self, path: Path, requests: Mapping[str, np.ndarray],
+                facts: VideoMeasure | None) -> Iterator[tuple[str, np.ndarray | DecodeError]]:
         """The video decoded once for all `requests`, each frame resized + centre-cropped once, as it is
         decoded (on the GPU with --decoder gpu: only the crops come back)."""
-        return stream_video(path, requests, decoder=self.decoder, device=self.device,
+        return stream_video(path, requests, decoder=self.decoder, device=self.device, facts=facts,
                             transform=lambda rgb: resize_crop(rgb, self.short_side, self.crop),
                             gpu_transform=lambda x: resize_crop_tensor(x, self.short_side, self.crop)
                             .permute(0, 2, 3, 1))
@@ -121,27 +125,23 @@ class ClipLoader(_VideoLoader):
             yield from (Sample(row, failure=Failure(e.stage, str(e))) for row in item.ids)
             return
         plans = {row: self.sampling.windows(*self.clips[row]) for row in item.ids}
-        for row, frames in self._stream(path, plans):
+        for row, frames in self._stream(path, plans, self.facts.get(item.key)):
             if not isinstance(frames, DecodeError):
                 yield Sample(row, inputs={"frames": frames}, size=len(plans[row]))
             elif frames.stage == "open":
                 yield Sample(row, failure=Failure("open", str(frames)))
             else:
                 start, end = self.clips[row]
-                why = _past_end(path, end, frames.n_frames) if isinstance(frames, PastEnd) else str(frames)
-                yield Sample(row, failure=Failure("decode", f"clip {row} (frames {start}..{end}): {why}"))
-
-
-def _past_end(path: Path, end: int, n_frames: int) -> str:
-    return f"the video ends before frame {end} ({path.name} has {n_frames} frames at 25 fps); check the labels"
+                yield Sample(row, failure=Failure("decode", f"clip {row} (frames {start}..{end}): {frames}"))
 
 
 @dataclass
 class ContextLoader(_VideoLoader):
     """Context track: per video, the frames of its valid windows (V, F, 224, 224, 3) + valid (K,).
 
-    Windows the decoder could not serve (damage after them, or past the end) are invalid; the row
-    fails only when no window is valid.
+    Windows are placed over the decoded length (`VideoMeasure.frames`, never the header's claim).
+    Windows the decoder could not serve (damage after them) are invalid; the row fails only when no
+    window is valid.
     """
 
     sampling: ContextSampling = ContextSampling()
@@ -150,18 +150,18 @@ class ContextLoader(_VideoLoader):
         for row in item.ids:  # a context row is the video itself
             try:
                 path = self._path(row)
-                n_frames = probe(path).n_frames
+                facts = measure(path, self.facts.get(row))
             except DecodeError as e:
                 yield Sample(row, failure=Failure(e.stage, str(e)))
                 continue
-            if n_frames < 1:
-                yield Sample(row, failure=Failure("open", f"{path.name} has no frames"))
+            if facts.frames < 1:
+                yield Sample(row, failure=Failure("open", f"{path.name} decodes no picture"))
                 continue
-            plan = self.sampling.indices(n_frames)  # (K, F)
+            plan = self.sampling.indices(facts.frames)  # (K, F)
             valid = np.zeros(len(plan), bool)
             kept: dict[int, np.ndarray] = {}
             error: DecodeError | None = None
-            for j, frames in self._stream(path, {j: plan[j] for j in range(len(plan))}):
+            for j, frames in self._stream(path, {j: plan[j] for j in range(len(plan))}, facts):
                 if isinstance(frames, DecodeError):
                     error = frames
                 else:
@@ -265,7 +265,8 @@ class VideoExtractor(TrackExtractor):
     def loader(self):
         paths = self.manifest.video_files(self.video_root)
         pre = self.preprocessing()
-        common = dict(paths=paths, short_side=int(pre["resize_short_side"]), crop=int(pre["crop_size"][0]),
+        common = dict(paths=paths, facts=self.manifest.video_measures(), short_side=int(pre["resize_short_side"]),
+                      crop=int(pre["crop_size"][0]),
                       decoder=choose_decoder(self.decoder, self.runtime.device), device=self.runtime.device)
         if self.track.per_video:
             return ContextLoader(**common, sampling=self.context_sampling)

@@ -35,7 +35,8 @@ from migfuse.backbones.registry import RANDOM_WEIGHTS_SEED, create_for_track
 from migfuse.checkpoint_file import CheckpointFile
 from migfuse.data_cache.tracks import Track, get_track, tracks_with_layout
 from migfuse.errors import UserError
-from migfuse.extract.decode import DecodeError, probe
+from migfuse.datasets.video_measure import VideoMeasure
+from migfuse.extract.decode import DecodeError, measure
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.extract.entry import register_track
 from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem, videos_with_files
@@ -74,6 +75,8 @@ class FaceLoader:
     #: the CPU behaviour; on a GPU larger batches keep it busy)
     detect_frames: int = 1
     decoder: str = "cpu"  # "gpu": torchcodec on `detector_device` (see `decode_gpu`)
+    #: video id -> what `data prepare` measured (None / absent: measured when the video is decoded)
+    facts: Mapping[str, VideoMeasure | None] = field(default_factory=dict)
     _detector: Any = field(default=None, init=False, repr=False, compare=False)  # built in the worker
 
     def plan(self, row: str, n_frames: int | None) -> np.ndarray:
@@ -110,8 +113,8 @@ class FaceLoader:
             out.append((crops, mask))
         return out
 
-    def _stream(self, path: str, requests: Mapping[Any, np.ndarray]):
-        return stream_video(path, requests, decoder=self.decoder, device=self.detector_device)
+    def _stream(self, path: str, requests: Mapping[Any, np.ndarray], facts: VideoMeasure | None):
+        return stream_video(path, requests, decoder=self.decoder, device=self.detector_device, facts=facts)
 
     def __call__(self, item: WorkItem) -> Iterator[Sample]:
         path = self.paths.get(item.key)
@@ -120,13 +123,14 @@ class FaceLoader:
                    "(put the mp4 next to its labels and re-run `migfuse data prepare`)")
             yield from (Sample(row, failure=Failure("open", msg)) for row in item.ids)
             return
+        facts = self.facts.get(item.key)
         if self.scope == "clip":
-            yield from self._clips(path, item.ids)
+            yield from self._clips(path, item.ids, facts)
         else:
             for row in item.ids:  # a context row is the video itself
-                yield self._context(path, row)
+                yield self._context(path, row, facts)
 
-    def _clips(self, path: str, rows: tuple[str, ...]) -> Iterator[Sample]:
+    def _clips(self, path: str, rows: tuple[str, ...], facts: VideoMeasure | None) -> Iterator[Sample]:
         """One sample per clip, as soon as its K frames are decoded and detected (only waiting clips'
         frames are held; with `detect_frames` > 1, clips wait until that many frames are gathered)."""
         plans = {row: self.plan(row, None) for row in rows}
@@ -137,7 +141,7 @@ class FaceLoader:
                 yield Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
             gathered.clear()
 
-        for row, frames in self._stream(path, plans):
+        for row, frames in self._stream(path, plans, facts):
             if isinstance(frames, DecodeError):
                 start, end = self.clips[row]
                 yield Sample(row, failure=Failure(frames.stage, f"clip {row} (frames {start}..{end}): {frames}"))
@@ -148,16 +152,19 @@ class FaceLoader:
         if gathered:
             yield from detect()
 
-    def _context(self, path: str, row: str) -> Sample:
-        """One video's context windows, each detected as soon as it is decoded. Windows the decoder
-        could not serve (damage after them) stay masked, like the context track's invalid windows;
-        the row fails only when no window could be decoded."""
+    def _context(self, path: str, row: str, facts: VideoMeasure | None) -> Sample:
+        """One video's context windows over its decoded length, each detected as soon as it is
+        decoded. Windows the decoder could not serve (damage after them) stay masked, like the
+        context track's invalid windows; the row fails only when no window could be decoded."""
         from migfuse.extract.face.align import CROP_SIZE
 
         try:
-            plan = self.plan(row, probe(path).n_frames)  # (Wc, K)
+            facts = measure(path, facts)
         except DecodeError as e:
             return Sample(row, failure=Failure(e.stage, f"video {row}: {e}"))
+        if facts.frames < 1:
+            return Sample(row, failure=Failure("open", f"video {row}: {Path(path).name} decodes no picture"))
+        plan = self.plan(row, facts.frames)  # (Wc, K)
         crops = np.zeros((*plan.shape, CROP_SIZE, CROP_SIZE, 3), np.uint8)
         mask = np.zeros(plan.shape, bool)
         served, error = 0, None
@@ -169,7 +176,7 @@ class FaceLoader:
             gathered.clear()
 
         # the main face is chosen per window: windows lie far apart in the video
-        for j, frames in self._stream(path, {j: plan[j] for j in range(len(plan))}):
+        for j, frames in self._stream(path, {j: plan[j] for j in range(len(plan))}, facts):
             if isinstance(frames, DecodeError):
                 error = frames
                 continue
@@ -260,7 +267,8 @@ class FaceExtractor(TrackExtractor):
         clips = {} if self.track.per_video else {c.clip_id: (c.start_frame, c.end_frame) for c in self.manifest.clips}
         # On a GPU, MTCNN runs there too (in each loader worker), on the frames of several rows at once.
         on_gpu = self.runtime.on_gpu
-        return FaceLoader(paths=paths, scope=self.scope, frames=self.frames, clips=clips, context=self.context,
+        return FaceLoader(paths=paths, facts=self.manifest.video_measures(), scope=self.scope, frames=self.frames,
+                          clips=clips, context=self.context,
                           detector_device=self.runtime.device if on_gpu else "cpu",
                           detect_frames=GPU_DETECT_FRAMES if on_gpu else 1,
                           decoder=choose_decoder(self.decoder, self.runtime.device))
