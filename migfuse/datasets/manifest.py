@@ -31,6 +31,7 @@ from typing import Iterable
 
 import numpy as np
 
+from migfuse.atomic_write import open_atomic
 from migfuse.datasets import classes
 from migfuse.errors import UserError
 
@@ -292,13 +293,12 @@ class Manifest:
     def save(self, prepared_dir: str | Path) -> Path:
         """Write manifest.csv and videos.csv into ``prepared_dir`` (skeletons via `write_skeleton`)."""
         out = Path(prepared_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / MANIFEST_FILE, "w", newline="", encoding="utf-8") as f:
+        with open_atomic(out / MANIFEST_FILE, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(CLIP_COLUMNS)
             for c in self.clips:
                 w.writerow([_cell(v) for v in asdict(c).values()])
-        with open(out / VIDEOS_FILE, "w", newline="", encoding="utf-8") as f:
+        with open_atomic(out / VIDEOS_FILE, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(VIDEO_COLUMNS)
             for vid in sorted(self.videos):
@@ -407,7 +407,7 @@ def write_skeleton(prepared_dir: str | Path, video_id: str | int, array: np.ndar
         raise ValueError(f"mask must be ({array.shape[0]},), got {mask.shape}")
     rel = f"{SKELETON_DIR}/{format_video_id(video_id)}.npy"
     path = Path(prepared_dir) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, array)
-    np.save(_mask_path(path), mask)
+    for where, values in ((path, array), (_mask_path(path), mask)):
+        with open_atomic(where, "wb") as f:
+            np.save(f, values)
     return rel

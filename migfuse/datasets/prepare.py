@@ -17,6 +17,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from migfuse.atomic_write import write_text
 from migfuse.datasets import classes
 from migfuse.datasets.layouts import LayoutScan, read_layout
 from migfuse.datasets.layouts.base import SkeletonSource
@@ -170,7 +171,7 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
         "splits": {scheme: _counts(manifest, scheme) for scheme in ("split_cs", "split_miga", "split_emotion")},
         "problems": problems, "skeletons": dict(sorted(skeleton_info.items())),
     }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_text(out / REPORT_FILE, json.dumps(report, indent=1))
     log.info("prepared %d clips of %d videos (%d skeletons, %d problems) in %s", len(manifest.clips),
              len(manifest.videos), len(skeleton_info), len(problems), out)
     return PrepareResult(manifest, report)
@@ -252,7 +253,7 @@ def _convert(vid: str, source: SkeletonSource, out: Path, progress: bool) -> dic
     record = {"source": str(source.path), "kind": source.kind, "signature": _signature(source), "array": array,
               "frames": int(len(read.points)), "frames_with_person": int(read.mask.sum()), **read.info}
     # written after the arrays, so a record always describes complete arrays (resume after a crash)
-    (out / SKELETON_DIR / f"{vid}.json").write_text(json.dumps(record), encoding="utf-8")
+    write_text(out / SKELETON_DIR / f"{vid}.json", json.dumps(record))
     return record
 
 

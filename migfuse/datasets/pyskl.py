@@ -20,13 +20,13 @@ No torch, no pyskl: numpy arrays and builtins only, so the file also opens with 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from migfuse.atomic_write import open_atomic
 from migfuse.datasets.manifest import SCHEMES, Manifest
 from migfuse.datasets.skeleton_layouts import get_layout, list_layouts
 from migfuse.errors import UserError
@@ -120,11 +120,8 @@ def export_pyskl(
         where = manifest.root or "the manifest"
         raise UserError(f"no clip of {where} has skeleton frames; prepare the dataset with its skeleton files")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open_atomic(out, "wb") as f:
         pickle.dump({"split": splits, "annotations": annotations}, f, protocol=4)
-    os.replace(tmp, out)
     if skipped:
         log.warning("%d clips have no skeleton frames and were left out, e.g. %s", len(skipped),
                     ", ".join(list(skipped)[:3]))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from migfuse.atomic_write import atomic_path
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,12 @@ def write_xlsx(path: str | Path, array: np.ndarray, *, sheet_name: str = "Sheet1
     if array.ndim != 2:
         raise ValueError(f"write_xlsx needs a 2-D array, got shape {array.shape}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    workbook = xlsxwriter.Workbook(str(path), {"constant_memory": True})
-    workbook.set_properties({"created": datetime.datetime(2000, 1, 1)})  # same array -> same bytes
-    sheet = workbook.add_worksheet(sheet_name)
-    for i, row in enumerate(array.tolist()):
-        # NaN / infinite as an empty cell (XlsxWriter refuses them as numbers)
-        sheet.write_row(i, 0, [v if math.isfinite(v) else None for v in row])
-    workbook.close()
+    with atomic_path(path) as tmp:
+        workbook = xlsxwriter.Workbook(str(tmp), {"constant_memory": True})
+        workbook.set_properties({"created": datetime.datetime(2000, 1, 1)})  # same array -> same bytes
+        sheet = workbook.add_worksheet(sheet_name)
+        for i, row in enumerate(array.tolist()):
+            # NaN / infinite as an empty cell (XlsxWriter refuses them as numbers)
+            sheet.write_row(i, 0, [v if math.isfinite(v) else None for v in row])
+        workbook.close()
     return path
