@@ -50,10 +50,13 @@ PATH_FIXES = {
 }
 
 
-def write_error(error: OSError, path: str | Path) -> UserError:
-    """The one-line UserError for `error` met while writing `path`: names the file, the cause, the fix."""
+def write_error(error: OSError, path: str | Path, *, folder: bool = False) -> UserError:
+    """The one-line UserError for `error` met while writing the file `path` (or creating the `folder`):
+    names it, the cause and the fix."""
     fix = PATH_FIXES.get(error.errno or 0, "check the disk and the path, or write elsewhere")
     cause = error.strerror or str(error) or type(error).__name__
+    if folder:
+        return UserError(f"cannot create the folder {path}: {fix} ({cause})")
     return UserError(f"cannot write {path}: {fix} ({cause}); nothing was written under that name")
 
 
@@ -115,7 +118,7 @@ def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise write_error(e, e.filename or path.parent) from None
+        raise write_error(e, e.filename or path.parent, folder=True) from None
 
 
 @contextmanager

@@ -212,7 +212,8 @@ class Manifest:
 
     def skeleton(self, video_id: str | int) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped skeleton of a video: (T, 137, 3) float32 (x, y, conf in pixels) and (T,) bool
-        mask (True where a person was found). UserError when the video has none."""
+        mask (True where a person was found). UserError when the video has none, or its files are
+        missing, unreadable or of another dtype or shape."""
         vid = format_video_id(video_id)
         info = self.videos.get(vid)
         if info is None:
@@ -224,10 +225,13 @@ class Manifest:
             raise UserError(f"manifest is not saved, so skeleton of {vid} cannot be read; call save() first")
         path = self.root / info.skeleton
         try:
-            array = np.load(path, mmap_mode="r")
-            mask = np.load(_mask_path(path), mmap_mode="r")
-        except (OSError, ValueError) as e:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            mask = np.load(_mask_path(path), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:  # a .npy of Python objects: "Array can't be memory-mapped"
             raise UserError(f"cannot read skeleton {path} ({e}); re-run `migfuse data prepare`") from None
+        if array.dtype != np.float32 or mask.dtype != bool:
+            raise UserError(f"skeleton {path} holds {array.dtype} / mask {mask.dtype}, not float32 / bool; re-run "
+                            f"`migfuse data prepare`")
         if array.ndim != 3 or array.shape[1:] != (NUM_KEYPOINTS, 3) or mask.shape != array.shape[:1]:
             raise UserError(f"skeleton {path} has shape {array.shape} / mask {mask.shape}, expected "
                             f"(T, 137, 3) / (T,); re-run `migfuse data prepare`")

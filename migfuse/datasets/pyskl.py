@@ -71,7 +71,8 @@ def export_pyskl(
     scheme: the manifest column whose values name the splits (split_miga, split_cs, split_emotion).
     img_shape: (height, width) of the videos in pixels, written as img_shape / original_shape.
     Clips without skeleton frames (video without a skeleton, clip past its end) are left out and
-    listed in `skipped`. UserError for an unknown layout or scheme, or when no clip has a skeleton.
+    listed in `skipped`. UserError for an unknown layout or scheme, when no clip has a skeleton, or when
+    a skeleton file of the manifest is missing or unreadable (e.g. a .npy of Python objects).
     """
     manifest = prepared if isinstance(prepared, Manifest) else Manifest.load(prepared)
     if scheme not in SCHEMES:
@@ -92,6 +93,9 @@ def export_pyskl(
             try:
                 opened[clip.video_id] = manifest.skeleton(clip.video_id)
             except UserError as e:
+                info = manifest.videos.get(clip.video_id)
+                if info is not None and info.skeleton:  # there but unreadable: refused, its clips never dropped
+                    raise
                 opened[clip.video_id] = str(e)
         video = opened[clip.video_id]
         if isinstance(video, str):
