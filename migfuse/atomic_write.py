@@ -55,8 +55,8 @@ def write_error(error: OSError, path: str | Path, *, folder: bool = False) -> Us
     names it, the cause and the fix."""
     fix = PATH_FIXES.get(error.errno or 0, "check the disk and the path, or write elsewhere")
     cause = error.strerror or str(error) or type(error).__name__
-    if folder:
-        return UserError(f"cannot create the folder {path}: {fix} ({cause})")
+    if folder:  # worded as the CLI words any path it cannot use
+        return UserError(f"cannot use {path}: {fix} ({cause})")
     return UserError(f"cannot write {path}: {fix} ({cause}); nothing was written under that name")
 
 

@@ -147,7 +147,8 @@ def test_each_errno_names_its_fix(code, fix):
 
 def test_a_parent_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(UserError, match=re.escape(f"cannot create the folder {tmp_path / 'f'}")):
+    with pytest.raises(UserError, match=re.escape(f"cannot use {tmp_path / 'f' / 'sub'}: a part of the path is a file, "
+                                                  f"not a folder: choose another path (Not a directory)")):
         write_text(tmp_path / "f" / "sub" / "a.json", "{}")
 
 
