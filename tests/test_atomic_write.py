@@ -305,6 +305,45 @@ def test_data_synth_on_a_full_disk_is_one_line(tmp_path, disk_full, name):
     assert leftovers(tmp_path) == []
 
 
+def test_backbone_train_skeleton_on_a_full_disk_keeps_no_half_checkpoint(tmp_path, disk_full):
+    pytest.importorskip("torch")
+    from migfuse.synth.skeletons import make_toy_dataset
+
+    small = make_toy_dataset(tmp_path / "toy", videos=2, clips_per_video=3, val_videos=1).root
+    run = tmp_path / "run"
+    disk_full("best.pt", after=1000)
+    r = invoke("backbone", "train", "skeleton", "--data", small, "--out", run, "--stream", "bone", "--epochs", "1",
+               "--base-channels", "4", "--length", "16")
+    one_line_error(r, str(run / "best.pt"))
+    assert not (run / "best.pt").exists() and leftovers(run) == []
+
+
+def test_backbone_run_on_a_full_disk_leaves_no_npz(tmp_path, disk_full):
+    pytest.importorskip("torch")
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).standard_normal((1, 3, 8, 25, 1)).astype(np.float32))
+    disk_full("o.npz", after=100)
+    r = invoke("backbone", "run", "agcn", "--layout", "ntu-25", "--input", x, "--out", tmp_path / "o.npz",
+               "--precision", "fp32", "--device", "cpu")
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and "Traceback" not in r.stderr and len(errors) == 1, r.stderr
+    assert errors[0] == f"error: cannot write {tmp_path / 'o.npz'}: {FULL}; nothing was written under that name"
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+def test_the_demo_folder_record_on_a_full_disk_is_one_line_and_the_rerun_starts_clean(tmp_path, disk_full,
+                                                                                       monkeypatch):
+    from migfuse.demo import open_out_folder
+
+    disk_full("demo.json", after=5)
+    with pytest.raises(UserError, match=re.escape(f"cannot write {tmp_path / 'demo' / 'demo.json'}: {FULL}")):
+        open_out_folder(tmp_path / "demo", {"seed": 0, "precision": "fp32"})
+    assert os.listdir(tmp_path / "demo") == []
+    monkeypatch.undo()
+    open_out_folder(tmp_path / "demo", {"seed": 0, "precision": "fp32"})
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text()) == {"seed": 0, "precision": "fp32"}
+
+
 # ----- real runs under a file-size limit (ulimit -f): the kernel answers EFBIG -------------------------------
 def _limited(limit: int, *args) -> subprocess.CompletedProcess:
     def preexec() -> None:
