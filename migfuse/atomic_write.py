@@ -90,7 +90,7 @@ class _Guarded(io.RawIOBase):
         except OSError as e:
             self.failure = self.failure or e
             raise
-        return len(memoryview(data)) if written is None else written
+        return memoryview(data).nbytes if written is None else written
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._file.seek(offset, whence)
@@ -103,7 +103,12 @@ class _Guarded(io.RawIOBase):
 
 
 def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    """``.NAME.PID.tmp.SUFFIX`` beside `path` (hidden; the suffix kept for libraries that pick the format
+    by it); a shorter name where that would pass the 255-byte limit of a file name that itself fits."""
+    name = f".{path.stem}.{os.getpid()}.tmp{path.suffix}"
+    if len(name.encode()) > 255:
+        name = f".migfuse.{os.getpid()}.tmp{path.suffix[:32]}"
+    return path.with_name(name)
 
 
 _LEFTOVER = re.compile(r"\..+\.\d+\.tmp(\.[^.]*)?")

@@ -152,6 +152,12 @@ def test_a_parent_that_is_a_file_is_one_line(tmp_path):
         write_text(tmp_path / "f" / "sub" / "a.json", "{}")
 
 
+def test_a_name_near_the_length_limit_is_written_through_a_shorter_temporary_name(tmp_path):
+    path = tmp_path / ("a" * 250 + ".json")
+    write_text(path, "{}")
+    assert os.listdir(tmp_path) == [path.name] and path.read_text() == "{}"
+
+
 def test_leftover_names_are_only_temporary_files():
     assert is_leftover(".best.123.tmp.pt") and is_leftover(".metrics.9.tmp")
     assert not is_leftover("best.pt") and not is_leftover(".lock") and not is_leftover("demo.json")
