@@ -1,6 +1,7 @@
-"""Hostile and absurd dataset files end in a counted problem or one line, never a crash: an OpenPose
-frame nested 200,000 deep, an xlsx sheet with a cell at XFD1048576, a skeleton .npy of Python objects,
-a label row that starts after it ends, `--out` naming a file. The inputs are built here, small."""
+"""Hostile and absurd files end in a counted problem or one line, never a crash: an OpenPose frame
+nested 200,000 deep, an xlsx sheet with a cell at XFD1048576, a skeleton .npy of Python objects, a
+label row that starts after it ends, `--out` naming a file, a settings file nested too deep. The
+inputs are built here, small."""
 from __future__ import annotations
 
 import json
@@ -197,3 +198,17 @@ def test_prepare_out_naming_a_file_is_one_line_before_any_work(tmp_path):
              f"--out {afile} is a file, not a folder: name a folder for the PREPARED files (it is created), or move "
              f"that file")
     assert afile.read_text() == "x"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_a_settings_file_nested_too_deep_is_one_line(tmp_path, suffix):
+    from migfuse.training.config import load_config_file, parse_value
+
+    path = tmp_path / f"c{suffix}"
+    path.write_text('{"lr": ' + "[" * 200_000 + "]" * 200_000 + "}" if suffix == ".json" else
+                    "lr = " + "[" * 200_000 + "]" * 200_000 + "\n")
+    with pytest.raises(UserError) as e:
+        load_config_file(path)
+    assert str(e.value) == f"config file {path} is nested too deeply to be a settings file; fix it"
+    deep = "[" * 5000 + "]" * 5000
+    assert parse_value(deep) == deep  # a --set value that is not a setting stays text (refused by its check)
