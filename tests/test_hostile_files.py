@@ -191,6 +191,27 @@ def test_a_label_row_that_starts_after_it_ends_is_left_out_and_named(tmp_path):
     assert not [p for p in report["problems"] if p["kind"] == "clip_outside_skeleton"]
 
 
+@pytest.mark.parametrize("content, why", [
+    (b"1,2,3\n4," + b"x" * 200_000 + b",5\n", "is not a readable CSV file (field larger than field limit (131072))"),
+    (b"\xff\xfe1,2,3\n", "is not UTF-8 text (invalid start byte at byte 0)"),
+])
+def test_a_label_file_that_is_not_a_text_table_is_one_line(tmp_path, content, why):
+    pytest.importorskip("av")
+    root = tmp_path / "ds"
+    assert invoke("data", "synth", "--out", root, "--videos", "1", "--clips-per-video", "1").exit_code == 0
+    labels = next(root.rglob("0026_label.csv"))
+    labels.write_bytes(content)
+    one_line(invoke("data", "prepare", "--root", root, "--out", tmp_path / "prep"), f"{labels} {why}; fix or re-download it")
+
+
+def test_a_manifest_that_is_not_a_text_table_is_one_line(tmp_path):
+    prep = _prepared(tmp_path / "prep")
+    (prep / "manifest.csv").write_bytes(b"clip_id\n" + b"\x80" * 10)
+    with pytest.raises(UserError, match=re.escape(f"{prep / 'manifest.csv'} is not UTF-8 text (invalid start byte at "
+                                                  f"byte 8); re-run `migfuse data prepare`")):
+        Manifest.load(prep)
+
+
 def test_prepare_out_naming_a_file_is_one_line_before_any_work(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")

@@ -33,6 +33,7 @@ import numpy as np
 
 from migfuse.atomic_write import open_atomic
 from migfuse.datasets import classes
+from migfuse.datasets.csv_files import reading_csv
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -349,7 +350,7 @@ def _check_scheme(scheme: str) -> None:
 
 
 def _read_rows(path: Path, columns: list[str]) -> Iterable[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with reading_csv(path, "re-run `migfuse data prepare`"), open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from migfuse.atomic_write import open_atomic
+from migfuse.datasets.csv_files import reading_csv
 from migfuse.datasets.layouts.base import SkeletonRead
 from migfuse.datasets.openpose import LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, clean_points, read_openpose_folder
 from migfuse.datasets.xlsx import read_xlsx, write_xlsx
@@ -108,7 +109,7 @@ class LightHandCsv:
 
     def read(self, progress: bool = True) -> SkeletonRead:
         info: dict = {}
-        with open(self.path, newline="", encoding="utf-8-sig") as f:
+        with reading_csv(self.path, "re-export it"), open(self.path, newline="", encoding="utf-8-sig") as f:
             rows = [row for row in csv.reader(f) if row]
         if not rows:
             raise UserError(f"{self.path} has no rows")
