@@ -201,7 +201,8 @@ def test_a_label_file_that_is_not_a_text_table_is_one_line(tmp_path, content, wh
     assert invoke("data", "synth", "--out", root, "--videos", "1", "--clips-per-video", "1").exit_code == 0
     labels = next(root.rglob("0026_label.csv"))
     labels.write_bytes(content)
-    one_line(invoke("data", "prepare", "--root", root, "--out", tmp_path / "prep"), f"{labels} {why}; fix or re-download it")
+    one_line(invoke("data", "prepare", "--root", root, "--out", tmp_path / "prep"),
+             f"{labels} {why}; fix or re-download it")
 
 
 def test_a_manifest_that_is_not_a_text_table_is_one_line(tmp_path):
