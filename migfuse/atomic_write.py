@@ -3,7 +3,7 @@ disk fault ends in one line naming the file and the fix.
 
 * `write_text`, `write_bytes`, `open_atomic` (a file object for csv, json, np.save, torch.save,
   pickle, zipfile, savefig): the bytes go to a hidden temporary file in the same folder
-  (``.NAME.PID.tmp``), which is flushed, fsynced and renamed over NAME (`os.replace`, atomic on
+  (``.STEM.PID.tmp.SUFFIX``), which is flushed, fsynced and renamed over NAME (`os.replace`, atomic on
   POSIX and Windows). On any failure the temporary file is removed, so NAME is either the complete
   new file or, untouched, whatever was there before (a previous good checkpoint stays good).
 * `atomic_path`: the same for libraries that want a file name (PyAV, XlsxWriter): they write the
@@ -13,7 +13,9 @@ disk fault ends in one line naming the file and the fix.
   reader parses (metrics.jsonl) are rewritten whole with `write_text` instead: a crash between two
   epochs never leaves a torn row.
 * `write_error`: an OSError met while writing -> `UserError` (``cannot write X: <why>; <fix>``)
-  with the fix of `PATH_FIXES` (the CLI uses the same table for paths it cannot use).
+  with the fix of `PATH_FIXES` (the CLI uses the same table for paths it cannot use). The writers
+  above map only the errors of that table; any other OSError (EINVAL from an encoder...) is a bug
+  and keeps its traceback, with nothing left on the disk either.
 
 Standard library only: numpy-only `datasets/` and torch-free `data_cache/` import it too. The Zarr
 cache keeps its own writer (`data_cache/chunks.py`): a row there is made whole by its status flag.
@@ -58,6 +60,12 @@ def write_error(error: OSError, path: str | Path, *, folder: bool = False) -> Us
     if folder:  # worded as the CLI words any path it cannot use
         return UserError(f"cannot use {path}: {fix} ({cause})")
     return UserError(f"cannot write {path}: {fix} ({cause}); nothing was written under that name")
+
+
+def _raise_for(error: OSError, path: Path) -> None:
+    """Raise the one-line UserError of `error` when it is a fault of the disk or the path (PATH_FIXES)."""
+    if error.errno in PATH_FIXES:
+        raise write_error(error, path) from None
 
 
 def _raw_write(file: IO[bytes], data: Any) -> int:
@@ -139,7 +147,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise write_error(e, path) from None
+        _raise_for(e, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -174,10 +183,11 @@ def open_atomic(path: str | Path, mode: str = "w", *, encoding: str = "utf-8", n
                 os.fsync(real.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise write_error(e, path) from None
+        _raise_for(e, path)
+        raise
     except Exception:
         if guarded is not None and guarded.failure is not None:
-            raise write_error(guarded.failure, path) from None
+            _raise_for(guarded.failure, path)
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -211,4 +221,5 @@ def append_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
                 f.truncate(end)  # shrinking needs no space
                 raise
     except OSError as e:
-        raise write_error(e, path) from None
+        _raise_for(e, path)
+        raise

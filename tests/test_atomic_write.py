@@ -110,6 +110,16 @@ def test_a_failure_that_is_not_the_disk_keeps_its_type_and_leaves_nothing(tmp_pa
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["a.csv"]
 
 
+def test_an_os_error_that_is_not_about_the_disk_keeps_its_traceback_and_leaves_nothing(tmp_path, monkeypatch):
+    def encoder_bug(file, data):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(atomic_write, "_raw_write", encoder_bug)
+    with pytest.raises(OSError, match="Invalid argument") as e:
+        write_text(tmp_path / "a.json", "{}")
+    assert not isinstance(e.value, UserError) and os.listdir(tmp_path) == []
+
+
 def test_text_binary_and_numpy_writes_round_trip(tmp_path):
     with open_atomic(tmp_path / "t.csv", "w", newline="") as f:
         f.write("é,1\r\n")
