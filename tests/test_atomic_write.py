@@ -273,6 +273,15 @@ def test_export_on_a_full_disk_leaves_no_zip_and_no_csv(tokens, mg_scores, tmp_p
     assert not (tmp_path / name).exists() and leftovers(tmp_path) == []
 
 
+def test_fuse_late_on_a_full_disk_keeps_the_earlier_fused_file(mg_scores, tmp_path, disk_full):
+    out = tmp_path / "fused.npz"
+    assert invoke("fuse", "late", mg_scores, mg_scores, "--out", out).exit_code == 0
+    before = out.read_bytes()
+    disk_full("fused.npz", after=100)
+    one_line_error(invoke("fuse", "late", mg_scores, mg_scores, "--weights", "1,2", "--out", out), str(out))
+    assert out.read_bytes() == before and os.listdir(tmp_path) == ["fused.npz"]
+
+
 @pytest.mark.parametrize("name", ["metrics.json", "per_class.csv", "confusion.png"])
 def test_score_on_a_full_disk_is_one_line(tokens, mg_scores, tmp_path, disk_full, name):
     if name.endswith(".png"):
