@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
+from migfuse.atomic_write import is_leftover, write_text
 from migfuse.errors import UserError
 from migfuse.runtime import Precision, Runtime
 from migfuse.synth.pose import MOTIONS
@@ -312,14 +312,12 @@ def open_out_folder(out: Path, record: dict) -> None:
             raise UserError(f"{out} holds a demo made with other settings (another migfuse version): choose another "
                             f"--out folder or delete {out}")
         return
-    if out.exists() and any(p.name != f"{DEMO_RECORD}.part" for p in out.iterdir()):
+    if out.exists() and any(not is_leftover(p.name) for p in out.iterdir()):
         older = (out / "dataset" / "ground_truth.json").is_file()  # what a demo before demo.json left
         raise UserError(f"{out} is not empty and holds no demo{' made by this migfuse version' if older else ''} "
                         f"(no {DEMO_RECORD}): choose another --out folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        part = out / f"{DEMO_RECORD}.part"  # written whole, then renamed: never a half file
-        part.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(part, marker)
     except OSError as e:
         raise UserError(f"cannot create the demo folder {out} ({e.strerror}): choose another --out folder") from None
+    write_text(marker, json.dumps(record, indent=1) + "\n")

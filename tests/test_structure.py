@@ -104,3 +104,53 @@ def test_one_progress_rule_every_long_loop_goes_through_progress_bar():
     """A bar on a terminal, lines at intervals elsewhere: no loop builds its own tqdm."""
     builders = {str(p.relative_to(ROOT)) for p in MODULES if re.search(r"\btqdm\(", p.read_text())}
     assert builders == {"migfuse/progress_bar.py"}
+
+
+# Calls that write a file by themselves; anywhere in the package they must sit inside
+# `with open_atomic(...)` / `with atomic_path(...)` (migfuse/atomic_write.py). Allowed raw writers: the
+# helper itself and the Zarr cache (rows made whole by their status flag, `data_cache/chunks.py`).
+_WRITES_WITH = {"np": {"save", "savez", "savez_compressed", "savetxt"}, "numpy": {"save", "savez", "savetxt"},
+                "torch": {"save"}, "pickle": {"dump"}, "json": {"dump"}, "os": {"replace", "rename"},
+                "shutil": {"copy", "copy2", "copyfile", "move"}}
+_WRITING_METHODS = {"write_text", "write_bytes", "savefig", "tofile", "Workbook", "FileHandler"}
+_RAW_WRITER_ALLOWED = {"migfuse/atomic_write.py", "migfuse/data_cache"}
+
+
+def _writes_a_file(call: ast.Call) -> bool:
+    """True for a call that writes a file: open()/av.open()/ZipFile() in a writing mode, np.save & co.,
+    Path.write_text/write_bytes, savefig, os.replace. (The helper's own `write_text(path, ...)` is a plain
+    name, not a method, so it is not matched.)"""
+    func = call.func
+    if isinstance(func, ast.Name):
+        name, owner = func.id, None
+    elif isinstance(func, ast.Attribute):
+        name, owner = func.attr, func.value.id if isinstance(func.value, ast.Name) else None
+    else:
+        return False
+    modes = [a.value for a in [*call.args[1:2], *(k.value for k in call.keywords if k.arg == "mode")]
+             if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    if name in ("open", "ZipFile"):
+        return any(set(m) & set("wax+") for m in modes)
+    if owner in _WRITES_WITH:
+        return name in _WRITES_WITH[owner]
+    return isinstance(func, ast.Attribute) and name in _WRITING_METHODS or name in ("Workbook", "FileHandler")
+
+
+def test_every_file_is_written_through_the_atomic_writer():
+    """No raw write outside `with open_atomic(...)`/`with atomic_path(...)`: a full disk would leave a half
+    file under the final name and end in a traceback."""
+    raw = []
+    for path in MODULES:
+        rel = str(path.relative_to(ROOT))
+        if any(rel == a or rel.startswith(a + "/") for a in _RAW_WRITER_ALLOWED):
+            continue
+        tree = ast.parse(path.read_text())
+        guarded: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.With) and any(
+                    isinstance(i.context_expr, ast.Call) and getattr(i.context_expr.func, "id", "") in
+                    ("open_atomic", "atomic_path") for i in node.items):
+                guarded |= {id(n) for n in ast.walk(node)}
+        raw += [f"{rel}:{n.lineno}" for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and id(n) not in guarded and _writes_a_file(n)]
+    assert raw == [], raw

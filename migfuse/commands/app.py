@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import errno
 import functools
 import signal
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ try:  # typer >= 0.25 parses with its own copy of click
 except ImportError:  # older typer: click itself
     from click.exceptions import NoArgsIsHelpError, UsageError
 
+from migfuse.atomic_write import PATH_FIXES
 from migfuse.errors import UserError
 
 
@@ -82,18 +82,6 @@ _PIPELINE_ORDER = ["data", "backbone", "extract", "cache", "fuse", "scores", "ex
 _ROOT_FLAGS = {"-v": "--verbose", "--verbose": "--verbose", "--version": "--version"}
 
 
-# What a path the user gave can be wrong with, as errno -> the fix (anything else keeps its traceback).
-_PATH_FIXES = {
-    errno.EEXIST: "a file is in the way: choose another path, or move that file",
-    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
-    errno.EISDIR: "it is a folder, not a file: name a file",
-    errno.ENOENT: "it does not exist: check the path",
-    errno.EACCES: "permission denied: choose a path you may write to",
-    errno.EPERM: "operation not permitted: choose a path you may write to",
-    errno.EROFS: "the file system is read-only: choose another path",
-    errno.ENOSPC: "the disk is full: free space or choose another disk",
-    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
-}
 
 
 def _user_message(error: Exception) -> str | None:
@@ -110,12 +98,13 @@ def _user_message(error: Exception) -> str | None:
 def _path_problem(error: OSError) -> str | None:
     """One line for an OSError on a path (a file where a folder must go, a full disk...), or None
     when it is not about a path the user can change (a bug keeps its traceback)."""
-    if error.filename is None or error.errno not in _PATH_FIXES:
+    # what a path the user gave can be wrong with, errno -> the fix (anything else keeps its traceback)
+    if error.filename is None or error.errno not in PATH_FIXES:
         return None
     if type(error).__module__.split(".")[0] == "av":  # FFmpeg's errors about a video's content, not its path
         return None
     where = f"{error.filename}" + (f" -> {error.filename2}" if getattr(error, "filename2", None) else "")
-    return f"cannot use {where}: {_PATH_FIXES[error.errno]} ({error.strerror})"
+    return f"cannot use {where}: {PATH_FIXES[error.errno]} ({error.strerror})"
 
 
 class Group(TyperGroup):

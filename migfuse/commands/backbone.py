@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from migfuse.atomic_write import open_atomic
 from migfuse.commands.app import deprecated, group
 from migfuse.commands.options import (WORKERS_MAX, Arch, DataOpt, RuntimeOptions, SkeletonLayout, Stream,
                                       TrainOptions, TrustCheckpointOpt, choice, parse_word, path_option,
@@ -132,8 +133,8 @@ def backbone_run(
         first = (str(e).splitlines() or [""])[0][:200]
         raise UserError(f"{name} cannot run on {input_path} of shape {x.shape} ({type(e).__name__}: {first}); "
                         f"it expects {bb.input_doc} (run with -v for the traceback)") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **outputs)
+    with open_atomic(out, "wb") as f:
+        np.savez(f, **outputs)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
     typer.echo(f"wrote {out}: {shapes}")
 

@@ -34,8 +34,10 @@ from typing import Iterable
 
 import numpy as np
 
+from migfuse.atomic_write import open_atomic
 from migfuse.datasets import classes
 from migfuse.datasets.video_measure import VideoMeasure
+from migfuse.datasets.csv_files import reading_csv
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -221,7 +223,8 @@ class Manifest:
 
     def skeleton(self, video_id: str | int) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped skeleton of a video: (T, 137, 3) float32 (x, y, conf in pixels) and (T,) bool
-        mask (True where a person was found). UserError when the video has none."""
+        mask (True where a person was found). UserError when the video has none, or its files are
+        missing, unreadable or of another dtype or shape."""
         vid = format_video_id(video_id)
         info = self.videos.get(vid)
         if info is None:
@@ -233,10 +236,13 @@ class Manifest:
             raise UserError(f"manifest is not saved, so skeleton of {vid} cannot be read; call save() first")
         path = self.root / info.skeleton
         try:
-            array = np.load(path, mmap_mode="r")
-            mask = np.load(_mask_path(path), mmap_mode="r")
-        except (OSError, ValueError) as e:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            mask = np.load(_mask_path(path), mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:  # a .npy of Python objects: "Array can't be memory-mapped"
             raise UserError(f"cannot read skeleton {path} ({e}); re-run `migfuse data prepare`") from None
+        if array.dtype != np.float32 or mask.dtype != bool:
+            raise UserError(f"skeleton {path} holds {array.dtype} / mask {mask.dtype}, not float32 / bool; re-run "
+                            f"`migfuse data prepare`")
         if array.ndim != 3 or array.shape[1:] != (NUM_KEYPOINTS, 3) or mask.shape != array.shape[:1]:
             raise UserError(f"skeleton {path} has shape {array.shape} / mask {mask.shape}, expected "
                             f"(T, 137, 3) / (T,); re-run `migfuse data prepare`")
@@ -307,13 +313,12 @@ class Manifest:
     def save(self, prepared_dir: str | Path) -> Path:
         """Write manifest.csv and videos.csv into ``prepared_dir`` (skeletons via `write_skeleton`)."""
         out = Path(prepared_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / MANIFEST_FILE, "w", newline="", encoding="utf-8") as f:
+        with open_atomic(out / MANIFEST_FILE, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(CLIP_COLUMNS)
             for c in self.clips:
                 w.writerow([_cell(v) for v in asdict(c).values()])
-        with open(out / VIDEOS_FILE, "w", newline="", encoding="utf-8") as f:
+        with open_atomic(out / VIDEOS_FILE, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(VIDEO_COLUMNS)
             for vid in sorted(self.videos):
@@ -360,7 +365,7 @@ def _check_scheme(scheme: str) -> None:
 
 
 def _read_rows(path: Path, columns: list[str]) -> Iterable[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with reading_csv(path, "re-run `migfuse data prepare`"), open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
@@ -439,7 +444,7 @@ def write_skeleton(prepared_dir: str | Path, video_id: str | int, array: np.ndar
         raise ValueError(f"mask must be ({array.shape[0]},), got {mask.shape}")
     rel = f"{SKELETON_DIR}/{format_video_id(video_id)}.npy"
     path = Path(prepared_dir) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, array)
-    np.save(_mask_path(path), mask)
+    for where, values in ((path, array), (_mask_path(path), mask)):
+        with open_atomic(where, "wb") as f:
+            np.save(f, values)
     return rel

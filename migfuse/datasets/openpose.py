@@ -150,10 +150,14 @@ def read_openpose_json(path: str | Path) -> np.ndarray:
     """All people of one OpenPose frame file as a (P, 137, 3) float32 array (P may be 0).
 
     Non-finite values are returned as they are (see `clean_points`). Raises ValueError (with the
-    reason) for invalid JSON or a valid JSON of another structure, `UnsupportedBodyModel` for MPI-15.
+    reason) for invalid JSON, a valid JSON of another structure, a file too large or nested too deep
+    to be a frame, and `UnsupportedBodyModel` for MPI-15.
     """
     with open(path, "rb") as f:
-        data = json.loads(f.read())
+        raw = f.read(MAX_FRAME_BYTES + 1)
+    if len(raw) > MAX_FRAME_BYTES:
+        raise ValueError(f"the file is over {MAX_FRAME_BYTES >> 20} MiB, too large for one frame's keypoints")
+    data = _parse(raw)
     if not isinstance(data, dict):
         raise ValueError(f"the file is a JSON {type(data).__name__}, not an object with a 'people' list")
     people = data.get("people", [])
@@ -164,6 +168,21 @@ def read_openpose_json(path: str | Path) -> np.ndarray:
     if not people:
         return np.zeros((0, NUM_KEYPOINTS, 3), dtype=np.float32)
     return np.stack([person_array(p) for p in people])
+
+
+#: One person is 137 x 3 numbers (~4 KB of JSON): 64 MiB is thousands of people in one frame.
+MAX_FRAME_BYTES = 64 << 20
+
+
+def _parse(raw: bytes) -> object:
+    """json.loads, with a hostile file's RecursionError (arrays nested 200,000 deep) or MemoryError
+    turned into the ValueError of any other unreadable frame."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply to be an OpenPose frame") from None
+    except MemoryError:
+        raise ValueError("the JSON needs more memory than this machine has: not an OpenPose frame") from None
 
 
 def body_centre(points: np.ndarray) -> np.ndarray | None:
@@ -230,7 +249,7 @@ def frame_files(folder: str | Path) -> dict[int, Path]:
 def _note_variant(path: Path, stats: OpenPoseStats) -> None:
     """Record key spelling and body model of the first person of one file (for the report)."""
     try:
-        person = json.loads(path.read_bytes())["people"][0]
+        person = _parse(path.read_bytes())["people"][0]  # type: ignore[index]
         body = person.get("pose_keypoints_2d", person.get("pose_keypoints")) or []
     except (OSError, ValueError, LookupError, TypeError, AttributeError):
         return

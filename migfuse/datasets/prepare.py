@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 
+from migfuse.atomic_write import write_error, write_text
 from migfuse.datasets import classes
 from migfuse.datasets.layouts import LayoutScan, read_layout
 from migfuse.datasets.layouts.base import SkeletonSource
@@ -37,7 +38,9 @@ class PrepareResult:
 
 
 def build_manifest(scan: LayoutScan) -> Manifest:
-    """Clips and videos of a layout scan with labels and the three split columns (no skeletons)."""
+    """Clips and videos of a layout scan with labels and the three split columns (no skeletons).
+
+    A label row whose start frame is after its end frame is left out (`backward_label_rows` names them)."""
     clips: list[Clip] = []
     videos: dict[str, VideoInfo] = {}
     root = scan.root.resolve()
@@ -47,12 +50,21 @@ def build_manifest(scan: LayoutScan) -> Manifest:
                                 video_path=_relative(src.video_path, scan.root) if src.video_path else None,
                                 dataset_root=root)
         for c in sorted(src.clips, key=lambda c: c.k):
+            if c.start_frame > c.end_frame:
+                continue
             split_miga = src.split_miga
             if split_miga is not None and clip_id_of(vid, c.k) in classes.MIGA_EXCLUDED_CLIPS:
                 split_miga = ""
             clips.append(Clip.make(vid, c.k, c.start_frame, c.end_frame, raw_class=c.raw_class,
                                    subject=src.subject, win_lose=src.win_lose, split_miga=split_miga))
     return Manifest(clips=clips, videos=videos)
+
+
+def backward_label_rows(scan: LayoutScan) -> dict[str, str]:
+    """Clip id -> "start S > end E" of every label row that starts after it ends (left out of the manifest)."""
+    return {clip_id_of(vid, c.k): f"start {c.start_frame} > end {c.end_frame}"
+            for vid in sorted(scan.videos) for c in sorted(scan.videos[vid].clips, key=lambda c: c.k)
+            if c.start_frame > c.end_frame}
 
 
 def _relative(path: Path, root: Path) -> Path:
@@ -104,13 +116,26 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
     recorded in videos.csv and, per video, in the report's ``video_files``.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():  # before any work: reading a big dataset takes minutes
+        raise UserError(f"--out {out} is a file, not a folder: name a folder for the PREPARED files (it is created), "
+                        f"or move that file")
     scan = read_layout(root, layout, frame_base=frame_base)
     try:
         manifest = build_manifest(scan)
     except ValueError as e:  # duplicate clip ids, unknown raw class
         raise UserError(f"labels under {scan.root} are inconsistent ({e}); fix the label file") from None
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, e.filename or out, folder=True) from None
     problems = list(scan.problems)
+    backward = backward_label_rows(scan)
+    if backward:
+        shown = "; ".join(f"{cid} ({why})" for cid, why in list(backward.items())[:3])
+        problems.append({"kind": "start_after_end", "detail": f"{len(backward)} label rows start after they end "
+                         f"and were left out: {shown}{' ...' if len(backward) > 3 else ''}; fix the label file",
+                         "clip_ids": list(backward)})
+        log.warning("%s", problems[-1]["detail"])
     previous = _previous_skeletons(out) if reuse else {}
     skeleton_info: dict[str, dict] = {}
     jobs: list[tuple[str, SkeletonSource]] = []
@@ -143,8 +168,7 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
                          "video_ids": no_skeleton})
     outside = [c.clip_id for c in manifest.clips
                if manifest.videos[c.video_id].n_frames is not None
-               and (c.start_frame < 0 or c.end_frame >= manifest.videos[c.video_id].n_frames
-                    or c.end_frame < c.start_frame)]
+               and (c.start_frame < 0 or c.end_frame >= manifest.videos[c.video_id].n_frames)]
     if outside:
         problems.append({"kind": "clip_outside_skeleton", "detail": f"{len(outside)} clips reach past their "
                          f"skeleton's frames (kept as they are; readers must pad)", "clip_ids": outside})
@@ -166,7 +190,7 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
         "splits": {scheme: _counts(manifest, scheme) for scheme in ("split_cs", "split_miga", "split_emotion")},
         "problems": problems, "skeletons": dict(sorted(skeleton_info.items())),
     }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_text(out / REPORT_FILE, json.dumps(report, indent=1))
     log.info("prepared %d clips of %d videos (%d skeletons, %d problems) in %s", len(manifest.clips),
              len(manifest.videos), len(skeleton_info), len(problems), out)
     return PrepareResult(manifest, report)
@@ -219,7 +243,7 @@ def _previous_skeletons(out: Path) -> dict[str, dict]:
     for path in sorted((out / SKELETON_DIR).glob("*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(record, dict) and "array" in record and (out / record["array"]).is_file():
             records[path.stem] = record
@@ -249,7 +273,7 @@ def _convert(vid: str, source: SkeletonSource, out: Path, progress: bool) -> dic
     record = {"source": str(source.path), "kind": source.kind, "signature": _signature(source), "array": array,
               "frames": int(len(read.points)), "frames_with_person": int(read.mask.sum()), **read.info}
     # written after the arrays, so a record always describes complete arrays (resume after a crash)
-    (out / SKELETON_DIR / f"{vid}.json").write_text(json.dumps(record), encoding="utf-8")
+    write_text(out / SKELETON_DIR / f"{vid}.json", json.dumps(record))
     return record
 
 

@@ -21,13 +21,13 @@ No torch, no pyskl: numpy arrays and builtins only, so the file also opens with 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from migfuse.atomic_write import open_atomic
 from migfuse.datasets.manifest import SCHEMES, Manifest
 from migfuse.datasets.skeleton_layouts import get_layout, list_layouts
 from migfuse.errors import UserError
@@ -74,7 +74,8 @@ def export_pyskl(
     img_shape: (height, width) in pixels written as img_shape / original_shape for every clip;
         None: each video's size as `data prepare` measured it (upright), else `DEFAULT_IMG_SHAPE`.
     Clips without skeleton frames (video without a skeleton, clip past its end) are left out and
-    listed in `skipped`. UserError for an unknown layout or scheme, or when no clip has a skeleton.
+    listed in `skipped`. UserError for an unknown layout or scheme, when no clip has a skeleton, or when
+    a skeleton file of the manifest is missing or unreadable (e.g. a .npy of Python objects).
     """
     manifest = prepared if isinstance(prepared, Manifest) else Manifest.load(prepared)
     if scheme not in SCHEMES:
@@ -100,6 +101,9 @@ def export_pyskl(
             try:
                 opened[clip.video_id] = manifest.skeleton(clip.video_id)
             except UserError as e:
+                info = manifest.videos.get(clip.video_id)
+                if info is not None and info.skeleton:  # there but unreadable: refused, its clips never dropped
+                    raise
                 opened[clip.video_id] = str(e)
         video = opened[clip.video_id]
         if isinstance(video, str):
@@ -129,11 +133,8 @@ def export_pyskl(
         where = manifest.root or "the manifest"
         raise UserError(f"no clip of {where} has skeleton frames; prepare the dataset with its skeleton files")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with open_atomic(out, "wb") as f:
         pickle.dump({"split": splits, "annotations": annotations}, f, protocol=4)
-    os.replace(tmp, out)
     if skipped:
         log.warning("%d clips have no skeleton frames and were left out, e.g. %s", len(skipped),
                     ", ".join(list(skipped)[:3]))

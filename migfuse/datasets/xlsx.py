@@ -16,10 +16,13 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from migfuse.atomic_write import atomic_path
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ def read_xlsx(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"xlsx file {path} does not exist; check the path")
+    _refuse_absurd_sheet(path)
     try:
         with CalamineWorkbook.from_path(str(path)) as workbook:
             if not workbook.sheet_names:
@@ -78,6 +82,76 @@ def read_xlsx(path: str | Path) -> np.ndarray:
     return out
 
 
+#: The most cells (rows x columns, counted from A1) a sheet may span. calamine allocates a dense grid
+#: of that size (about 32 bytes a cell, plus ~35 bytes of Python object while converting), so one stray
+#: cell at XFD1048576 asks for 512 GB and aborts the process. A real MiGA skeleton sheet has 411 columns
+#: and one row per frame: 64 million cells is 155,000 frames (1.7 hours at 25 fps), about 4 GB at peak.
+MAX_CELLS = 64_000_000
+_REF = re.compile(rb'\br="([A-Z]{1,3})?(\d{1,7})"')  # a row's r="12" or a cell's r="AB12"
+
+
+def _column_number(letters: bytes) -> int:
+    """A -> 1, Z -> 26, AA -> 27, XFD -> 16384."""
+    number = 0
+    for ch in letters:
+        number = number * 26 + ch - 64
+    return number
+
+
+def _first_sheet(zf: zipfile.ZipFile) -> str | None:
+    """The zip member of the first worksheet, as calamine opens it (workbook order, then its rels)."""
+    try:
+        book = zf.read("xl/workbook.xml")[:1 << 20]
+        rels = zf.read("xl/_rels/workbook.xml.rels")[:1 << 20]
+        rid = re.search(rb'<(?:\w+:)?sheet\b[^>]*?\br:id="([^"]+)"', book)
+        target = rid and re.search(rb'<Relationship\b[^>]*?\bId="' + re.escape(rid.group(1)) + rb'"[^>]*?'
+                                   rb'\bTarget="([^"]+)"', rels)
+        if target:
+            name = target.group(1).decode("utf-8", "replace").lstrip("/")
+            return name if name.startswith("xl/") else f"xl/{name}"
+    except (KeyError, zipfile.BadZipFile, OSError):
+        pass
+    sheets = sorted(n for n in zf.namelist() if n.startswith("xl/worksheets/") and n.endswith(".xml"))
+    return sheets[0] if sheets else None
+
+
+def sheet_extent(path: Path) -> tuple[int, int] | None:
+    """(rows, columns) from A1 that the first sheet spans, read without loading it: its declared
+    ``<dimension ref="A1:OU3000"/>``, or without one, the largest row and cell references found
+    streaming the sheet XML. None when the file is not a zip of a sheet (calamine then says why)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            member = _first_sheet(zf)
+            if member is None or member not in zf.namelist():
+                return None
+            with zf.open(member) as f:
+                head = f.read(1 << 16)
+                declared = re.search(rb'<(?:\w+:)?dimension\b[^>]*?\bref="[A-Z]*\d*:?([A-Z]{1,3})(\d{1,7})"', head)
+                if declared:
+                    return int(declared.group(2)), _column_number(declared.group(1))
+                rows = columns = 0
+                chunk, tail = head, b""
+                while chunk:
+                    text = tail + chunk
+                    for letters, row in _REF.findall(text):
+                        rows = max(rows, int(row))
+                        if letters:
+                            columns = max(columns, _column_number(letters))
+                    tail, chunk = text[-32:], f.read(1 << 22)  # a reference cut at the chunk's end
+                return rows, columns
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):  # RuntimeError: an encrypted member
+        return None
+
+
+def _refuse_absurd_sheet(path: Path) -> None:
+    extent = sheet_extent(path)
+    if extent is not None and extent[0] * extent[1] > MAX_CELLS:
+        rows, columns = extent
+        raise UserError(f"{path} spans {rows:,} rows x {columns:,} columns ({rows * columns:,} cells from A1), more "
+                        f"than a skeleton sheet (411 columns, a row per frame; at most {MAX_CELLS:,} cells are "
+                        f"read): delete the stray cells far from the data and save it again, or re-export it")
+
+
 def write_xlsx(path: str | Path, array: np.ndarray, *, sheet_name: str = "Sheet1") -> Path:
     """Write a (rows, columns) numeric array as a one-sheet xlsx file (XlsxWriter, streamed).
 
@@ -93,12 +167,12 @@ def write_xlsx(path: str | Path, array: np.ndarray, *, sheet_name: str = "Sheet1
     if array.ndim != 2:
         raise ValueError(f"write_xlsx needs a 2-D array, got shape {array.shape}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    workbook = xlsxwriter.Workbook(str(path), {"constant_memory": True})
-    workbook.set_properties({"created": datetime.datetime(2000, 1, 1)})  # same array -> same bytes
-    sheet = workbook.add_worksheet(sheet_name)
-    for i, row in enumerate(array.tolist()):
-        # NaN / infinite as an empty cell (XlsxWriter refuses them as numbers)
-        sheet.write_row(i, 0, [v if math.isfinite(v) else None for v in row])
-    workbook.close()
+    with atomic_path(path) as tmp:
+        workbook = xlsxwriter.Workbook(str(tmp), {"constant_memory": True})
+        workbook.set_properties({"created": datetime.datetime(2000, 1, 1)})  # same array -> same bytes
+        sheet = workbook.add_worksheet(sheet_name)
+        for i, row in enumerate(array.tolist()):
+            # NaN / infinite as an empty cell (XlsxWriter refuses them as numbers)
+            sheet.write_row(i, 0, [v if math.isfinite(v) else None for v in row])
+        workbook.close()
     return path

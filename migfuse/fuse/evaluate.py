@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from migfuse.errors import UserError
+from migfuse.atomic_write import open_atomic, write_text
 from migfuse.fuse.metrics import per_class_rows, roc_curve, task_metrics, to_json
 from migfuse.fuse.plots import write_plots
 from migfuse.fuse.predict import load_run, predict_split
@@ -57,14 +58,14 @@ def evaluate(run: str | Path, split: str = "test", cache: str | Path | None = No
     roc = roc_curve(probs.numpy()[:, 1], tokens.labels.numpy()) if r.task == "emotion" else None
     files.update(write_plots(m, names, out, title, roc=roc))
     m = {"split": split, "task": r.task, **m, "files": {k: str(v) for k, v in files.items()}}
-    files["metrics"].write_text(to_json(m))
+    write_text(files["metrics"], to_json(m))
     log.debug("%s", title)
     return m
 
 
 def write_per_class_csv(rows: list[dict], path: Path) -> Path:
     """per_class.csv: class, name, support, correct, accuracy, precision (empty when undefined)."""
-    with open(path, "w", newline="") as f:
+    with open_atomic(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["class", "name", "support", "correct", "accuracy", "precision"])
         w.writeheader()
         w.writerows(rows)

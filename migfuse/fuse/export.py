@@ -14,13 +14,13 @@ import csv
 import hashlib
 import io
 import logging
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from migfuse.atomic_write import open_atomic, write_bytes
 from migfuse.datasets import classes
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
@@ -188,14 +188,11 @@ def csv_text(ids: list[str], values: np.ndarray, header: tuple[str, str] | None)
 
 def write_zip(path: Path, member: str, text: str) -> str:
     """Write `text` as `member` at the root of the zip `path` (atomically); returns the zip's sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = zipfile.ZipInfo(member, date_time=_ZIP_DATE)
     info.compress_type = zipfile.ZIP_DEFLATED
     info.external_attr = 0o644 << 16
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w") as zf:
+    with open_atomic(path, "wb") as f, zipfile.ZipFile(f, "w") as zf:
         zf.writestr(info, text.encode("utf-8"))
-    os.replace(tmp, path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -240,9 +237,7 @@ def export_scores(
     text = csv_text(ids, targets(scores, ids, exporter.task, win_label, source), columns)
     digest = write_zip(path, exporter.csv_name, text)
     if bare_csv is not None:
-        tmp = bare_csv.with_name(bare_csv.name + ".tmp")
-        tmp.write_bytes(text.encode("utf-8"))  # the zip member's exact bytes
-        os.replace(tmp, bare_csv)
+        write_bytes(bare_csv, text.encode("utf-8"))  # the zip member's exact bytes
     log.debug("wrote %s: %s with %d rows, sha256 %s", path, exporter.csv_name, len(ids), digest)
     return ExportResult(path, exporter.csv_name, fmt, split, len(ids), digest, dropped, bare_csv)
 

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from migfuse.atomic_write import open_atomic
+
 log = logging.getLogger(__name__)
 
 PLOTS_EXTRA_HINT = "pip install 'migfuse[plots]'"
@@ -38,8 +40,8 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with open_atomic(path, "wb") as f:
+        fig.savefig(f, format=path.suffix.lstrip(".") or "png")
     return path
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from migfuse.atomic_write import open_atomic, write_text
 from migfuse.datasets import classes
 from migfuse.datasets.manifest import SCHEMES, Manifest
 from migfuse.errors import UserError
@@ -211,14 +212,14 @@ def write_score_files(report: ScoreReport, out: str | Path) -> dict[str, Path]:
     names = classes.EMOTION_CLASSES if report.task == "emotion" else classes.CLASS_NAMES
     rows = metrics.per_class_rows(np.asarray(report.confusion), list(names))
     files = {"metrics": out / "metrics.json", "per_class": out / "per_class.csv"}
-    with open(files["per_class"], "w", newline="") as f:
+    with open_atomic(files["per_class"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     title = f"{Path(report.source).name}: {report.n} {'videos' if report.task == 'emotion' else 'clips'}" + (
         f" of {report.split}" if report.split else "") + f", top-1 {100 * report.accuracy:.1f}%"
     files.update(write_plots({**data, "per_class": rows}, names, out, title, roc=report.roc_curve))
-    files["metrics"].write_text(metrics.to_json({**data, "files": {k: str(v) for k, v in files.items()}}))
+    write_text(files["metrics"], metrics.to_json({**data, "files": {k: str(v) for k, v in files.items()}}))
     return files
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from migfuse.atomic_write import open_atomic
 from migfuse.errors import UserError
 
 TASKS = ("mg", "emotion")
@@ -113,17 +114,18 @@ class Scores:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # np.str_ arrays of a fixed width: loadable with allow_pickle=False.
-        np.savez(
-            path,
-            ids=np.array(self.ids, dtype=np.str_),
-            scores=self.scores,
-            task=np.array(self.task, dtype=np.str_),
-            split=np.array(self.split, dtype=np.str_),
-            classes=np.array(self.classes, dtype=np.str_),
-            format_version=np.array(FORMAT_VERSION, dtype=np.int32),
-        )
+        # np.str_ arrays of a fixed width: loadable with allow_pickle=False. Whole or not at all: a full
+        # disk is one line naming the file, and an earlier file at `path` stays readable.
+        with open_atomic(path, "wb") as f:
+            np.savez(
+                f,
+                ids=np.array(self.ids, dtype=np.str_),
+                scores=self.scores,
+                task=np.array(self.task, dtype=np.str_),
+                split=np.array(self.split, dtype=np.str_),
+                classes=np.array(self.classes, dtype=np.str_),
+                format_version=np.array(FORMAT_VERSION, dtype=np.int32),
+            )
         return path
 
     @classmethod

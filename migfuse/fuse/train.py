@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from migfuse.atomic_write import write_text
 from migfuse.data_cache.store import TokenCache
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
@@ -36,7 +37,6 @@ from migfuse.fuse import data as fdata
 from migfuse.fuse.heads import FusionHead, head_class, make_head, resolve_options
 from migfuse.fuse.metrics import task_metrics
 from migfuse.runtime import Runtime
-from migfuse.training.checkpoint import atomic_write_text
 from migfuse.training.config import check_choice
 from migfuse.training.config import resolve_config as resolve_settings
 from migfuse.training.loop import FitResult, Selection, epoch_generator
@@ -287,7 +287,7 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
                                "compute": runtime.record(),
                                "data_fingerprint": {split: fdata.split_fingerprint(manifest, task, plan.ids(split))
                                                     for split in ("train", "validation", "test")}})
-        atomic_write_text(out / "splits.json", json.dumps({k: v.ids for k, v in sets.items()}))
+        write_text(out / "splits.json", json.dumps({k: v.ids for k, v in sets.items()}))
         log.info("%d train / %d validation samples, %d parameters", len(sets["train"]), len(sets["validation"]),
                  n_params)
 
@@ -296,6 +296,6 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
         summary = {"best": result.best, "n_train": len(sets["train"]), "n_validation": len(sets["validation"]),
                    "validation_source": plan.source, "parameters": n_params, "epochs_run": result.epochs_run,
                    "stopped_early": result.stopped_early, "train_seconds": round(time.perf_counter() - t0, 2)}
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        write_text(out / "summary.json", json.dumps(summary, indent=2))
         log.info("best epoch %d (%s); run in %s", result.best_epoch, plan.source, out)
     return summary

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from migfuse.atomic_write import atomic_path, open_atomic, write_text
 from migfuse.datasets import classes
 from migfuse.datasets.video_facts import video_facts
 from migfuse.errors import UserError
@@ -61,8 +62,7 @@ def _schedule(rng: np.random.Generator, clips: int) -> tuple[list[Action], range
 def _write_mp4(path: Path, frames: np.ndarray) -> None:
     import av
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
@@ -92,8 +92,7 @@ def _openpose_json(points: np.ndarray) -> dict:
 
 
 def _write_label_csv(path: Path, actions: list[Action], known: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open_atomic(path, "w", newline="") as f:
         w = csv.writer(f)
         for a in actions:
             # test label files of the challenge carry a placeholder class
@@ -139,9 +138,8 @@ def _write_video(root: Path, layout: str, video_id: int, seed: int, clips_per_vi
     if layout == "oulu":
         _write_mp4(root / "videos" / f"{video_id}.mp4", frames)
         folder = root / "Data" / "skeleton" / "raw" / str(video_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        for t, p in enumerate(points):
-            (folder / f"{video_id}_{t:012d}_keypoints.json").write_text(json.dumps(_openpose_json(p)))
+        for t, p in enumerate(points):  # hundreds of small files: renamed whole, not synced one by one
+            write_text(folder / f"{video_id}_{t:012d}_keypoints.json", json.dumps(_openpose_json(p)), sync=False)
         for k, a in enumerate(actions):
             oulu_rows.append([video_id, k + 1, f"{a.start / FPS:.2f}", a.start, f"{a.end / FPS:.2f}", a.end,
                               classes.index_to_raw(a.label), subject, "M", "synthetic", win_lose])
@@ -208,12 +206,11 @@ def generate_dataset(out: str | Path, layout: str = "miga2025", videos: int = 8,
         oulu_rows += rows
     if layout == "oulu":
         labels = root / "Label" / "labels_20200831.csv"
-        labels.parent.mkdir(parents=True, exist_ok=True)
-        with open(labels, "w", newline="") as f:
+        with open_atomic(labels, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["video_id", "label_id", "start_time", "start_frame", "end_time", "end_frame", "class",
                         "subject_id", "subject_gender", "subject_nationality", "win_or_lose"])
             w.writerows(oulu_rows)
-    (root / "ground_truth.json").write_text(json.dumps(truth, indent=1))
+    write_text(root / "ground_truth.json", json.dumps(truth, indent=1))
     log.info("generated %d videos (%s layout) in %s", len(jobs), layout, root)
     return root

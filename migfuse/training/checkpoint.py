@@ -16,7 +16,6 @@ and nothing in it can run code):
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import platform
@@ -26,6 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
+from migfuse.atomic_write import open_atomic
 from migfuse.errors import UserError
 
 FORMAT = "migfuse-checkpoint/1"
@@ -67,31 +67,11 @@ def make_checkpoint(trainer: str, model: torch.nn.Module, epoch: int, config: Ma
     }
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call `write(file)` on a temporary file next to `path`, fsync it, then rename it over `path`.
-
-    A kill at any moment leaves either the old `path` or the new one, never a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` atomically (see atomic_write_bytes)."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def save_checkpoint(checkpoint: Mapping[str, Any], path: str | Path) -> None:
-    """torch.save `checkpoint` to `path` atomically (temporary file, fsync, rename)."""
-    atomic_write_bytes(Path(path), lambda f: torch.save(dict(checkpoint), f))
+    """torch.save `checkpoint` to `path` whole or not at all (`atomic_write`: a full disk or a file-size
+    limit is a one-line UserError, and an earlier checkpoint at `path` stays intact)."""
+    with open_atomic(path, "wb") as f:
+        torch.save(dict(checkpoint), f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

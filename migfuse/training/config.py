@@ -47,11 +47,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             data: Any = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"config file {path} is not valid TOML ({e}); fix it") from None
+        except RecursionError:  # arrays nested thousands deep: no settings file is like that
+            raise UserError(f"config file {path} is nested too deeply to be a settings file; fix it") from None
     else:
         try:
             data = json.loads(text)
         except ValueError as e:
             raise UserError(f"config file {path} is not valid JSON ({e}); fix it (or name it .toml)") from None
+        except RecursionError:
+            raise UserError(f"config file {path} is nested too deeply to be a settings file; fix it") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a JSON object / TOML table of settings")
     if isinstance(data.get("run"), dict) and "trainer" in data["run"]:  # a run folder's config.json
@@ -63,7 +67,7 @@ def parse_value(text: str) -> Any:
     """A `--set` value: JSON when it parses (1, 0.5, true, null, [1,2], {"a":1}, "x"), else the text itself."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to be a setting: the text itself
         return text
 
 

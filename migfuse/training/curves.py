@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from migfuse.atomic_write import open_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -53,8 +55,9 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], path: str | Path, metric: str
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with open_atomic(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=80)
+    finally:
+        plt.close(fig)
     return path

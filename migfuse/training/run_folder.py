@@ -13,7 +13,7 @@ Files (the same for every trainer):
   curves.png     loss, validation metric and learning rate per epoch (when matplotlib is installed)
   best.pt        the best epoch (checkpoint.py format, without optimizer state)
   last.pt        the last finished epoch, with optimizer and scheduler: what a rerun resumes from
-  train.log      the log of every attempt (appended)
+  train.log      the log of every attempt (appended line by line, `atomic_write.append_text`)
   .lock          held while a trainer works in the folder (filelock)
 
 Rules: only one trainer at a time (a second one is refused at once); a folder holding a run of other
@@ -21,7 +21,8 @@ settings or inputs is refused unless `overwrite` (which first deletes that run's
 settings resume from last.pt (the settings in `resumable`, e.g. epochs or workers, may change, but not to
 fewer epochs than the run was started with, which would bend its lr schedule; a run of
 an earlier release is read in today's words, `recipe.upgrade_settings`); every
-file is replaced atomically, so a kill leaves the previous consistent state.
+file is replaced atomically (`atomic_write`; metrics.jsonl too, rewritten whole each epoch), so a kill
+leaves the previous consistent state, and a full disk ends in one line naming the file.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ from typing import Any, Iterable, Mapping
 
 from filelock import FileLock, Timeout
 
+from migfuse.atomic_write import append_text, write_text
 from migfuse.errors import UserError
-from migfuse.training.checkpoint import (atomic_write_text, load_checkpoint, make_checkpoint, plain,
+from migfuse.training.checkpoint import (load_checkpoint, make_checkpoint, plain,
                                          save_checkpoint, versions)
 from migfuse.training.recipe import upgrade_settings
 
@@ -201,7 +203,7 @@ class RunFolder:
             run["resumed"] = [*run["resumed"], _now()]
         doc = {**self.config, "run": run}
         self._config_doc = doc
-        atomic_write_text(self.path / "config.json", json.dumps(doc, indent=2) + "\n")
+        write_text(self.path / "config.json", json.dumps(doc, indent=2) + "\n")
 
     def update_provenance(self, extra: Mapping[str, Any]) -> None:
         """Add what the trainer learned after opening (shapes, sample counts...) to config.json and to the
@@ -209,12 +211,12 @@ class RunFolder:
         whether a rerun resumes."""
         self.provenance = {**self.provenance, **plain(dict(extra))}
         self._config_doc["run"]["provenance"] = self.provenance
-        atomic_write_text(self.path / "config.json", json.dumps(self._config_doc, indent=2) + "\n")
+        write_text(self.path / "config.json", json.dumps(self._config_doc, indent=2) + "\n")
 
     def finish(self) -> None:
         """Record the end time in config.json."""
         self._config_doc["run"]["ended"] = _now()
-        atomic_write_text(self.path / "config.json", json.dumps(self._config_doc, indent=2) + "\n")
+        write_text(self.path / "config.json", json.dumps(self._config_doc, indent=2) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
         """The rows of metrics.jsonl (one per finished epoch)."""
@@ -238,7 +240,7 @@ class RunFolder:
         self._write_metrics([*self.metrics(), plain(dict(record))])
 
     def _write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         columns: list[str] = []
         for r in rows:
             columns += [k for k in r if k not in columns]
@@ -246,7 +248,7 @@ class RunFolder:
         w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-        atomic_write_text(self.path / "metrics.csv", buf.getvalue())
+        write_text(self.path / "metrics.csv", buf.getvalue())
 
     def save_last(self, model: Any, epoch: int, optimizer: Any, scheduler: Any, loop: Mapping[str, Any]) -> None:
         """last.pt: everything a rerun needs to go on after `epoch`."""
@@ -264,7 +266,7 @@ class RunFolder:
     # ----- train.log and closing -----------------------------------------------------------------------
     def __enter__(self) -> "RunFolder":
         """Start appending the `migfuse` log (INFO and up) to train.log."""
-        handler = logging.FileHandler(self.path / "train.log", mode="a", encoding="utf-8")
+        handler = _AppendHandler(self.path / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
         pkg = logging.getLogger("migfuse")
@@ -289,3 +291,24 @@ class RunFolder:
         if self.lock.is_locked:
             self.lock.release()
 
+
+
+class _AppendHandler(logging.Handler):
+    """Appends each record to train.log as one whole line (`append_text`). A failed append (full disk)
+    raises its one-line UserError at the logging call, once: logging's own FileHandler would print a
+    "--- Logging error ---" traceback instead and go on writing half lines."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        line = self.format(record) + "\n"
+        try:
+            append_text(self.path, line)
+        except UserError:
+            self.failed = True
+            raise

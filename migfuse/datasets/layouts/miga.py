@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 
 from migfuse.datasets import classes
+from migfuse.datasets.csv_files import reading_csv
 from migfuse.datasets.layouts.base import LayoutScan, SourceClip, SourceVideo
 from migfuse.datasets.layouts.oulu import pick_labels_csv, read_labels_csv
 from migfuse.datasets.layouts.skeletons import LightHandCsv, OpenPoseXlsx
@@ -52,7 +53,7 @@ def read_label_csv(path: Path, *, frame_base: int = 0, known_classes: bool = Tru
     ``known_classes`` False keeps raw_class None (test files carry a placeholder class).
     """
     clips: list[SourceClip] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with reading_csv(path, "fix or re-download it"), open(path, newline="", encoding="utf-8-sig") as f:
         rows = [r for r in csv.reader(f) if r and any(x.strip() for x in r)]
     for k, row in enumerate(rows):
         try:

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from migfuse.datasets import classes
+from migfuse.datasets.csv_files import reading_csv
 from migfuse.datasets.layouts.base import LayoutScan, SourceClip, SourceVideo
 from migfuse.datasets.layouts.skeletons import LightHandCsv, OpenPoseFolder, OpenPoseXlsx
 from migfuse.datasets.layouts.tree import DatasetTree
@@ -47,7 +48,7 @@ def read_labels_csv(path: Path, problems: list[dict] | None = None) -> dict[str,
     videos: dict[str, SourceVideo] = {}
     bad_ids: list[str] = []
     bad_win_lose: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with reading_csv(path, "fix or re-download it"), open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:

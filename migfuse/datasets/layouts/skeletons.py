@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from migfuse.atomic_write import open_atomic
+from migfuse.datasets.csv_files import reading_csv
 from migfuse.datasets.layouts.base import SkeletonRead
 from migfuse.datasets.openpose import LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND, clean_points, read_openpose_folder
 from migfuse.datasets.xlsx import read_xlsx, write_xlsx
@@ -107,7 +109,7 @@ class LightHandCsv:
 
     def read(self, progress: bool = True) -> SkeletonRead:
         info: dict = {}
-        with open(self.path, newline="", encoding="utf-8-sig") as f:
+        with reading_csv(self.path, "re-export it"), open(self.path, newline="", encoding="utf-8-sig") as f:
             rows = [row for row in csv.reader(f) if row]
         if not rows:
             raise UserError(f"{self.path} has no rows")
@@ -143,9 +145,8 @@ def write_light_hand_csv(path: str | Path, points: np.ndarray) -> Path:
     the frame number; only the 35 points of `LIGHT_HAND_POINTS` are kept)."""
     points = np.asarray(points, dtype=np.float32)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     joints = points[:, list(LIGHT_HAND_POINTS)].reshape(len(points), -1).astype(np.float64)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with open_atomic(path, "w", newline="") as f:
         w = csv.writer(f)
         for t, row in enumerate(joints.tolist()):
             w.writerow([t] + [repr(v) if not v.is_integer() else str(int(v)) for v in row])
