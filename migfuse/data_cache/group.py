@@ -460,69 +460,16 @@ class TokenGroup:
         for cid in (self.done_ids() if ids is None else ids):
             yield cid, self.read(cid, names)
 
-    # -- checking ----------------------------------------------------------------------------------
+    # -- checking (data_cache/group_check.py) ------------------------------------------------------
     def verify(self, batch_rows: int = 256) -> list[CorruptChunk]:
-        """Decode every chunk of every array (all rows, done or not); return the corrupt ones.
-
-        Format-1 groups have no chunk checksums: only chunks that fail to decompress are found."""
-        bad: list[CorruptChunk] = []
-        names = ["status", "failure", *self.arrays, *(f"{k}_len" for k, a in self.arrays.items() if a.ragged)]
-        for name in names:
-            arr = self._g[name]
-            step = max(arr.chunks[0], batch_rows // arr.chunks[0] * arr.chunks[0])
-            for start in range(0, arr.shape[0], step):
-                try:
-                    arr[start : start + step]
-                    continue
-                except Exception:  # noqa: BLE001 - narrowed to single chunks below
-                    pass
-                for first in range(start, min(start + step, arr.shape[0]), arr.chunks[0]):
-                    try:
-                        arr[first : first + arr.chunks[0]]
-                    except Exception as cause:  # noqa: BLE001 - reported with the chunk's name
-                        bad.append(self._corrupt(name, first, cause))
-        bad += self._missing_chunks()
-        return bad
-
-    def _missing_chunks(self) -> list[CorruptChunk]:
-        """Chunks of float arrays that read NaN in done rows (their file is gone: see `_check_filled`)."""
-        bad: list[CorruptChunk] = []
-        try:
-            done = np.flatnonzero(self.status() == DONE)
-        except CorruptChunk:  # a status chunk that does not decode is reported by the decoding pass
-            return bad
-        for name, spec in self.arrays.items():
-            if np.dtype(spec.dtype).kind != "f":
-                continue
-            cpc = self._rows_per_file(name)
-            for first in sorted({int(r) // cpc * cpc for r in done}):
-                rows = done[(done >= first) & (done < first + cpc)]
-                try:
-                    values = self._g[name][first : first + cpc][rows - first]
-                except Exception:  # noqa: BLE001 - a chunk that does not decode is reported by the pass above
-                    continue
-                try:
-                    self._check_filled(name, values, rows)
-                except CorruptChunk as c:
-                    bad.append(c)
-        return bad
+        """Decode every chunk of every array (all rows, done or not); return the corrupt ones."""
+        from migfuse.data_cache.group_check import verify_group
+        return verify_group(self, batch_rows)
 
     def mark_failed(self, corrupt: Sequence[CorruptChunk]) -> int:
-        """Record the rows of corrupt chunks as FAILED (stage "verify"), so a rerun with --retry-failed
-        (or `cache view`) rewrites them; returns how many rows. The status chunk itself is rewritten."""
-        mine = [c for c in corrupt if c.group == self.name]
-        why = {cid: f"corrupt chunk {c.chunk}" for c in reversed(mine) for cid in c.rows if cid in self._row}
-        if self.format >= 3:
-            # A damaged shard cannot be partly rewritten: it is deleted, and every row it held is failed.
-            with writing(self.cache.path), self._write_lock():
-                for c in mine:
-                    per_file = (self._g[c.array].shards or self._g[c.array].chunks)[0]
-                    first = self._row[c.rows[0]] // per_file * per_file if c.rows and c.rows[0] in self._row else 0
-                    for cid in self.ids[first : first + per_file]:
-                        why.setdefault(cid, f"corrupt chunk {c.chunk}")
-                    c.chunk.unlink(missing_ok=True)
-        self.write_failures([(cid, "verify", reason, None) for cid, reason in why.items()])
-        return len(why)
+        """Record the rows of corrupt chunks as FAILED (stage "verify"); returns how many rows."""
+        from migfuse.data_cache.group_check import mark_failed
+        return mark_failed(self, corrupt)
 
     # -- reporting ---------------------------------------------------------------------------------
     def size_on_disk(self) -> int:
