@@ -128,7 +128,7 @@ def test_demo_input_errors_are_one_line_before_anything_is_written(tmp_path):
     from migfuse.cli import app
 
     (tmp_path / "a_file").write_text("x")
-    for args, message in ((["--out", str(tmp_path / "a_file")], "is a file: choose a folder"),
+    for args, message in ((["--out", str(tmp_path / "a_file")], "a file is in the way: name a folder"),
                           (["--out", str(tmp_path / "a_file" / "sub")], "cannot create the demo folder"),
                           (["--out", str(tmp_path / "d"), "--device", "tpu"], "--device 'tpu' is not auto, cpu"),
                           (["--out", str(tmp_path / "d"), "--precision", "fp8"],

@@ -296,6 +296,9 @@ def test_the_video_track_asks_for_the_decoder_it_was_given(monkeypatch):
         def video_files(self, root=None):
             return {}
 
+        def video_measures(self):
+            return {}
+
     ex = video.VideoExtractor(Clips(), "video", backbone="tiny", decoder="gpu")
     ex.runtime = Runtime("cuda:2")
     loader = ex.loader()

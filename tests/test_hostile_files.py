@@ -217,9 +217,12 @@ def test_prepare_out_naming_a_file_is_one_line_before_any_work(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     one_line(invoke("data", "prepare", "--root", tmp_path / "nowhere", "--out", afile),
-             f"--out {afile} is a file, not a folder: name a folder for the PREPARED files (it is created), or move "
-             f"that file")
+             f"Invalid value for '--out': cannot use {afile}: a file is in the way: name a folder, or move that file")
     assert afile.read_text() == "x"
+    from migfuse.datasets.prepare import prepare  # the library call says it too, before reading the dataset
+
+    with pytest.raises(UserError, match=r"--out .*afile is a file, not a folder: name a folder for the PREPARED files"):
+        prepare(tmp_path / "nowhere", afile)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".toml"])

@@ -136,11 +136,31 @@ def row_ids(track: Track, manifest: Any) -> list[str]:
 def row_definition(track: Track, manifest: Any, row_id: str) -> str:
     """What defines a row's content besides the group's provenance (which holds the sampling).
 
-    A clip: its video and inclusive frame range, e.g. 'video=0001 frames=10-40'. A video row: its
-    video id (its frames follow from the video itself). Stored per row by the extraction runner;
-    a stored row whose definition differs is extracted again.
+    A clip: its video and inclusive frame range, e.g. 'video=0001 frames=10-40'. A video row (its
+    windows are spread over the whole video): its video id and the frames that decode, as `data
+    prepare` measured them, e.g. 'video=0001 frames=0-74', with the header's claim where it differs
+    ('video=0001 frames=0-74 header=97500'); just the id when the video was not measured. Stored per
+    row by the extraction runner; a stored row that is not `same_row` as this is extracted again.
     """
     if track.per_video:
-        return f"video={row_id}"
+        info = manifest.videos.get(row_id) if hasattr(manifest, "videos") else None
+        measured = getattr(info, "measured", None)
+        if measured is None:
+            return f"video={row_id}"
+        header = f" header={measured.header_frames}" if measured.header_disagrees else ""
+        return f"video={row_id} frames=0-{measured.frames - 1}{header}"
     clip = manifest.clip(row_id)
     return f"video={clip.video_id} frames={clip.start_frame}-{clip.end_frame}"
+
+
+def same_row(stored: str, now: str) -> bool:
+    """Does a stored row definition still describe the row `now` defines?
+
+    Video rows stored before videos were measured ('video=0001') had their windows placed with the
+    header's length: they are the same rows as long as the header agrees with what decodes (no
+    'header=' in `now`), so an upgrade does not extract every video again; where the header was
+    wrong, their windows were misplaced and the row is not the same."""
+    if stored == now:
+        return True
+    return (stored.startswith("video=") and " " not in stored and now.startswith(stored + " frames=")
+            and " header=" not in now)

@@ -340,12 +340,12 @@ def measure_videos(videos: dict, *, progress: bool = True) -> MeasuredVideos:
     import logging
 
     import av  # noqa: F401 - fails here, before the bar, when PyAV is missing
-    from tqdm import tqdm
+    from migfuse.progress_bar import progress_bar
 
     log = logging.getLogger("migfuse.datasets.prepare")
     result = MeasuredVideos({}, [], {})
     todo = {vid: info for vid, info in sorted(videos.items()) if info.video_path is not None}
-    for vid, info in tqdm(todo.items(), desc="videos", unit="video", disable=None if progress else True):
+    for vid, info in progress_bar(todo.items(), total=len(todo), desc="videos", unit="video", disable=not progress):
         path = info.dataset_root / info.video_path if info.dataset_root else info.video_path  # not $MIGFUSE_VIDEO_ROOT
         try:
             facts = measure_video(path)

@@ -142,6 +142,7 @@ def run_extraction(
     from migfuse.progress_bar import progress_bar
 
     from migfuse.data_cache.store import DONE, FAILED, MISSING, TokenCache
+    from migfuse.data_cache.tracks import same_row
 
     t0 = time.monotonic()
     rank, world = shard
@@ -185,7 +186,8 @@ def run_extraction(
                 return None
             now = dict(zip(item.ids, g.status_of(item.ids).tolist()))
             stored = dict(zip(item.ids, g.rowdefs(item.ids))) if changed else {}
-            keep = tuple(i for i in item.ids if now[i] == status[i] and (i not in changed or stored[i] != rowdefs[i]))
+            keep = tuple(i for i in item.ids
+                         if now[i] == status[i] and (i not in changed or not same_row(stored[i], rowdefs[i])))
             if not keep:
                 claims.release(item.key)
                 summary.skipped += len(item.ids)
@@ -250,9 +252,11 @@ def _narrow(items: list[WorkItem], keep: set[str]) -> tuple[list[WorkItem], int]
 def _changed_rows(g: "TokenGroup", rowdefs: Mapping[str, str], written: list[str]) -> set[str]:
     """Rows written (done or failed) under another definition than the manifest's now, e.g. a clip
     whose frame range was corrected under the same id. Rows stored without one are kept as they are."""
+    from migfuse.data_cache.tracks import same_row
+
     if not rowdefs or not written:
         return set()
-    changed = {i: old for i, old in zip(written, g.rowdefs(written)) if old and old != rowdefs.get(i, old)}
+    changed = {i: old for i, old in zip(written, g.rowdefs(written)) if old and not same_row(old, rowdefs.get(i, old))}
     if changed:
         first = next(iter(changed))
         log.warning("%s: %d rows were written for another definition than the manifest's now (e.g. %s: %s, now %s); "

@@ -25,7 +25,7 @@ import torch
 from migfuse.datasets import classes
 from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import DONE, TokenCache, TokenGroup
-from migfuse.data_cache.tracks import TRACKS, row_definition, track_of_group
+from migfuse.data_cache.tracks import TRACKS, row_definition, same_row, track_of_group
 from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, is_view, source_arrays, track_of
 from migfuse.errors import UserError
 
@@ -300,7 +300,7 @@ def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[s
             continue
         want = [row_definition(track, manifest, i) for i in ids]
         stored = g.rowdefs(ids)
-        differ = [k for k, (have, now) in enumerate(zip(stored, want)) if have != now]
+        differ = [k for k, (have, now) in enumerate(zip(stored, want)) if not same_row(have, now)]
         if not differ:
             continue
         cache = g.cache.path
@@ -308,7 +308,7 @@ def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[s
         copy = source is not None and source not in g.cache.group_names()  # a views-only copy (export-views)
         if source is not None and not copy:
             held = g.cache.group(source).rowdefs([ids[k] for k in differ])
-            repool = [k for k, now in zip(differ, held) if now and now == want[k]]
+            repool = [k for k, now in zip(differ, held) if now and same_row(now, want[k])]
             if repool:
                 k = repool[0]
                 raise UserError(f"view '{g.name}' in {cache} was pooled from other rows than '{source}' holds now "
