@@ -103,10 +103,22 @@ def _without_dimension(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _declaring(src: Path, dst: Path, ref: bytes) -> Path:
+    """The same workbook whose sheet declares `ref` as its dimension (whatever cells it holds)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name.startswith("xl/worksheets/"):
+                data = re.sub(rb'<dimension ref="[^"]*"', b'<dimension ref="' + ref + b'"', data)
+            zout.writestr(name, data)
+    return dst
+
+
 def test_a_sheet_with_a_cell_at_xfd1048576_is_refused_before_it_is_loaded(tmp_path):
     declared = _far_cell_openpyxl(tmp_path / "0001_openpose.xlsx")
     undeclared = _without_dimension(declared, tmp_path / "0002_openpose.xlsx")
-    for path in (declared, undeclared):
+    lying = _declaring(declared, tmp_path / "0003_openpose.xlsx", b"A1:OU2")  # declares 2 x 411, holds the far cell
+    for path in (declared, undeclared, lying):
         assert sheet_extent(path) == (1_048_576, 16_384)
         with pytest.raises(UserError) as e:
             read_xlsx(path)
@@ -123,6 +135,7 @@ def test_a_real_sized_sheet_passes_the_size_check_and_reads(tmp_path):
     path = write_xlsx(tmp_path / "a.xlsx", array)
     assert sheet_extent(path) == (30, 411)
     assert sheet_extent(_without_dimension(path, tmp_path / "b.xlsx")) == (30, 411)
+    assert sheet_extent(_declaring(path, tmp_path / "c.xlsx", b"A1:OU30")) == (30, 411)  # declared, nothing past it
     np.testing.assert_array_equal(read_xlsx(tmp_path / "b.xlsx"), array)
 
 

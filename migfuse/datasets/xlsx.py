@@ -19,6 +19,7 @@ import math
 import re
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -117,8 +118,9 @@ def _first_sheet(zf: zipfile.ZipFile) -> str | None:
 
 def sheet_extent(path: Path) -> tuple[int, int] | None:
     """(rows, columns) from A1 that the first sheet spans, read without loading it: its declared
-    ``<dimension ref="A1:OU3000"/>``, or without one, the largest row and cell references found
-    streaming the sheet XML. None when the file is not a zip of a sheet (calamine then says why)."""
+    ``<dimension ref="A1:OU3000"/>`` when no cell lies past it, else the largest row and cell
+    references found streaming the sheet XML. None when the file is not a zip of a sheet (calamine
+    then says why)."""
     try:
         with zipfile.ZipFile(path) as zf:
             member = _first_sheet(zf)
@@ -126,21 +128,35 @@ def sheet_extent(path: Path) -> tuple[int, int] | None:
                 return None
             with zf.open(member) as f:
                 head = f.read(1 << 16)
-                declared = re.search(rb'<(?:\w+:)?dimension\b[^>]*?\bref="[A-Z]*\d*:?([A-Z]{1,3})(\d{1,7})"', head)
-                if declared:
-                    return int(declared.group(2)), _column_number(declared.group(1))
-                rows = columns = 0
-                chunk, tail = head, b""
-                while chunk:
-                    text = tail + chunk
-                    for letters, row in _REF.findall(text):
-                        rows = max(rows, int(row))
-                        if letters:
-                            columns = max(columns, _column_number(letters))
-                    tail, chunk = text[-32:], f.read(1 << 22)  # a reference cut at the chunk's end
-                return rows, columns
+            declared = re.search(rb'<(?:\w+:)?dimension\b[^>]*?\bref="[A-Z]*\d*:?([A-Z]{1,3})(\d{1,7})"', head)
+            if declared:
+                letters, digits = declared.groups()
+                # calamine sizes its grid from the cells, not from this declaration: a file may declare
+                # a small sheet and hold a far cell. A reference with more letters or digits than the
+                # declared corner lies past it (one regex search per block, no per-cell work); within
+                # the same lengths the grid stays near the declared one (ZZ x 99,999 for OU30000).
+                past = re.compile(rb'\br="(?:[A-Z]{%d,}|[A-Z]*\d{%d,})"' % (len(letters) + 1, len(digits) + 1))
+                if not any(past.search(block) for block in _blocks(zf, member)):
+                    return int(digits), _column_number(letters)
+            rows = columns = 0
+            for block in _blocks(zf, member):
+                for letters, row in _REF.findall(block):
+                    rows = max(rows, int(row))
+                    if letters:
+                        columns = max(columns, _column_number(letters))
+            return rows, columns
     except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):  # RuntimeError: an encrypted member
         return None
+
+
+def _blocks(zf: zipfile.ZipFile, member: str) -> Iterator[bytes]:
+    """The sheet XML in 4 MB blocks, each starting with the last 32 bytes of the one before (so a
+    reference cut at a block's end is whole in the next)."""
+    tail = b""
+    with zf.open(member) as f:
+        while chunk := f.read(1 << 22):
+            yield tail + chunk
+            tail = chunk[-32:]
 
 
 def _refuse_absurd_sheet(path: Path) -> None:
