@@ -230,7 +230,7 @@ class Manifest:
         if info is None:
             raise UserError(f"video {vid} is not in the manifest{self._where()}; check the video id")
         if not info.skeleton:
-            raise UserError(f"video {vid} has no skeleton in {self._where() or 'the manifest'}; "
+            raise UserError(f"video {vid} has no skeleton in {self._where().strip() or 'the manifest'}; "
                             f"see prepare_report.json for why")
         if self.root is None:
             raise UserError(f"manifest is not saved, so skeleton of {vid} cannot be read; call save() first")

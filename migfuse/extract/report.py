@@ -74,8 +74,8 @@ def format_summary(summary: RunSummary, max_rows: int = TABLE_ROWS) -> str:
     """A plain-text report: counts, then the failures (a table of up to `max_rows` rows, else one
     line per cause)."""
     rank, world = summary.shard
-    lines = [f"{summary.group} shard {rank}/{world}: {summary.total} rows, {summary.done} written now, "
-             f"{summary.skipped} skipped (done or failed earlier), {len(summary.failed)} failed, "
+    lines = [f"{summary.group} shard {rank}/{world}: {summary.total:,} rows, {summary.done:,} written now, "
+             f"{summary.skipped:,} skipped (done or failed earlier), {len(summary.failed):,} failed, "
              f"{summary.seconds:.1f} s"]
     if summary.timings:
         lines.append(format_timings(summary))
