@@ -3,7 +3,8 @@
 Row writes (`write`, `write_failure`, `write_many`) set `status` to MISSING first and to DONE (or
 FAILED) last, so a writer killed mid-row leaves the row "not done" (store.py says why that is safe
 with many writers). Row reads check the status first: a row that is not done raises KeyError, a
-chunk that cannot be decoded raises `CorruptChunk` naming its file. `verify` decodes every chunk.
+chunk that cannot be decoded raises `CorruptChunk` naming its file. `group_check.verify_group`
+decodes every chunk.
 
 Opening a group reads its attributes and its id array once; keep the handle rather than reopening
 it by name (`TokenCache.group`) for every question.
@@ -459,17 +460,6 @@ class TokenGroup:
         """Yield (id, arrays) for done rows (all done rows when `ids` is None)."""
         for cid in (self.done_ids() if ids is None else ids):
             yield cid, self.read(cid, names)
-
-    # -- checking (data_cache/group_check.py) ------------------------------------------------------
-    def verify(self, batch_rows: int = 256) -> list[CorruptChunk]:
-        """Decode every chunk of every array (all rows, done or not); return the corrupt ones."""
-        from migfuse.data_cache.group_check import verify_group
-        return verify_group(self, batch_rows)
-
-    def mark_failed(self, corrupt: Sequence[CorruptChunk]) -> int:
-        """Record the rows of corrupt chunks as FAILED (stage "verify"); returns how many rows."""
-        from migfuse.data_cache.group_check import mark_failed
-        return mark_failed(self, corrupt)
 
     # -- reporting ---------------------------------------------------------------------------------
     def size_on_disk(self) -> int:

@@ -1,6 +1,6 @@
 """Checking a cache group's files: decode every chunk (`verify_group`), find the chunk files of done
 rows that are gone, and record the rows of damaged ones as failed so a rerun rewrites them
-(`mark_failed`). What `migfuse cache info --verify [--mark-failed]` runs, through `TokenGroup`.
+(`mark_rows_failed`). What `migfuse cache info --verify [--mark-failed]` runs, through `TokenGroup`.
 
 Format-1 groups have no chunk checksums: only chunks that fail to decompress are found there.
 """
@@ -63,7 +63,7 @@ def _missing_chunks(group: TokenGroup) -> list[CorruptChunk]:
                 bad.append(c)
     return bad
 
-def mark_failed(group: TokenGroup, corrupt: Sequence[CorruptChunk]) -> int:
+def mark_rows_failed(group: TokenGroup, corrupt: Sequence[CorruptChunk]) -> int:
     """Record the rows of corrupt chunks as FAILED (stage "verify"), so a rerun with --retry-failed
     (or `cache view`) rewrites them; returns how many rows. The status chunk itself is rewritten."""
     mine = [c for c in corrupt if c.group == group.name]

@@ -5,6 +5,7 @@ import json
 import logging
 
 from migfuse.data_cache.group import DamagedGroup
+from migfuse.data_cache.group_check import mark_rows_failed, verify_group
 from migfuse.data_cache.store import FORMAT_VERSION, CorruptChunk, TokenCache
 from migfuse.errors import UserError
 
@@ -94,9 +95,9 @@ def verify_cache(path, mark_failed: bool = False) -> str:
     rows = 0
     for name in names:
         g = cache.group(name)
-        found = g.verify()
+        found = verify_group(g)
         if found and mark_failed:
-            rows += g.mark_failed(found)
+            rows += mark_rows_failed(g, found)
         bad += found
     if not bad:
         return f"verified: every chunk of the {len(names)} groups in {cache.path} decodes"
