@@ -127,6 +127,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def folder_sha256(folder: str | Path) -> str:
+    """One sha256 for a model folder (a Hugging Face checkpoint): of the sorted lines "<name> <sha256>\\n"
+    of its *.json and *.safetensors files (config, processor config, weights), so a changed weight or
+    recipe changes it and a changed README does not."""
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors"))
+    return hashlib.sha256("".join(f"{n} {sha256_file(folder / n)}\n" for n in names).encode()).hexdigest()
+
+
 class CheckpointFile:
     """A checkpoint file that is read and hashed at most once, however many parts of a command ask.
 
@@ -134,14 +143,17 @@ class CheckpointFile:
     fine-tuned run, the layout a skeleton run was trained with, the sha256 for the cache's
     provenance), and the backbone then loads its weights: one `CheckpointFile` serves them all.
 
+    A folder is taken too (a Hugging Face model folder, which the backbones that read one open
+    themselves): its `sha256` is `folder_sha256`, and its `contents` are refused in one line.
+
     Raises (at construction):
-        UserError: the file does not exist.
+        UserError: the path does not exist.
     """
 
     def __init__(self, path: str | Path, trusted: bool = False):
         self.path = Path(path)
         self.trusted = bool(trusted)
-        if not self.path.is_file():
+        if not (self.path.is_file() or self.path.is_dir()):
             raise UserError(f"checkpoint not found: {self.path} (pass the path of a local checkpoint file)")
 
     @property
@@ -151,11 +163,18 @@ class CheckpointFile:
     @cached_property
     def contents(self) -> Any:
         """The unpickled file (`read_checkpoint`, weights-only unless `trusted`)."""
+        if self.is_folder:
+            raise UserError(f"checkpoint {self.path} is a folder: this backbone takes one checkpoint file (only the "
+                            "Hugging Face backbones, videomae and vjepa2, read a model folder); pass the file")
         return read_checkpoint(self.path, trusted=self.trusted)
+
+    @property
+    def is_folder(self) -> bool:
+        return self.path.is_dir()
 
     @cached_property
     def sha256(self) -> str:
-        return sha256_file(self.path)
+        return folder_sha256(self.path) if self.is_folder else sha256_file(self.path)
 
     def release(self) -> None:
         """Forget the unpickled contents once a model holds the weights (a SwinFace or MViTv2-S file

@@ -44,6 +44,8 @@ BACKBONES: Registry[type["Backbone"]] = Registry("backbone", modules={
     "agcn": "migfuse.backbones.agcn",
     "aagcn": "migfuse.backbones.aagcn",
     "swinface": "migfuse.backbones.swinface",
+    "videomae": "migfuse.backbones.hf_video",
+    "vjepa2": "migfuse.backbones.hf_video",
 })
 
 
@@ -84,6 +86,13 @@ class Backbone:
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run on an input in the original layout; return named float32 outputs."""
         raise NotImplementedError
+
+    @classmethod
+    def recipe(cls, checkpoint: CheckpointFile | str | Path | None) -> dict[str, Any]:
+        """video tracks: the `preprocessing` a model with this checkpoint will have, known before it is
+        built (the extractor checks the frames per window first). The recipe of most backbones is fixed;
+        one whose checkpoint carries its own (a Hugging Face folder) reads it here."""
+        return cls.preprocessing
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

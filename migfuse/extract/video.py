@@ -217,7 +217,7 @@ class VideoExtractor(TrackExtractor):
         self.decoder = decoder
         self.checkpoint = checkpoint
         self.clip_sampling, self.context_sampling = clip_sampling, context_sampling
-        need = backbone_class(backbone).preprocessing.get("clip_len")  # checked before any model is built
+        need = backbone_class(backbone).recipe(checkpoint).get("clip_len")  # checked before any model is built
         frames = (context_sampling if self.track.per_video else clip_sampling).frames
         if need and frames != need:
             raise UserError(f"{backbone} takes {need} frames per window (its checkpoint's recipe), not {frames}: "
@@ -335,7 +335,7 @@ def build_extractor(manifest: Any, track: str, *, backbone: str = "mvit_v2_s",
         decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC on the extraction's GPU; see `decode_gpu`).
     """
     if frames is None:
-        frames = int(backbone_class(backbone).preprocessing.get("clip_len", 16))
+        frames = int(backbone_class(backbone).recipe(checkpoint).get("clip_len", 16))
     return VideoExtractor(manifest, track, backbone=backbone, checkpoint=checkpoint,
                           clip_sampling=ClipSampling(frames=frames, max_windows=windows),
                           context_sampling=ContextSampling(windows=context_windows, frames=frames),
