@@ -37,8 +37,8 @@ BackboneOpt = Annotated[str, typer.Option(
                        "its recipe (frames, size, mean/std) comes with it. The group is TRACK/BACKBONE.")]
 VideoCheckpointOpt = Annotated[Optional[Path], path_option(
     "--checkpoint", help="The backbone's checkpoint (MViTv2-S: torchvision mvit_v2_s-ae3be167.pth, mmaction2, or a "
-                         "migfuse fine-tuned best.pt). Without it: seeded RANDOM weights, for testing only (warned "
-                         "and recorded).")]
+                         "migfuse fine-tuned best.pt; videomae / vjepa2: a local Hugging Face model folder). Without "
+                         "it: seeded RANDOM weights, for testing only (warned and recorded).")]
 
 
 def _extract(track: str, data: Path, cache: Path, runtime: RuntimeOptions, run: ExtractOptions,
