@@ -224,3 +224,23 @@ def test_a_folder_given_to_a_file_backbone_is_one_line(folders):
     r = invoke("backbone", "info", "mvit_v2_s", "--checkpoint", folders["videomae"])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
     assert f"checkpoint {folders['videomae']} is a folder: this backbone takes one checkpoint file" in r.stderr
+
+
+def test_extract_context_with_vjepa2_stores_one_token_grid_per_window(folders, tmp_path):
+    prepared = make_dataset(tmp_path / "data")
+    cache = tmp_path / "c.zarr"
+    r = invoke("extract", "context", "--data", prepared, "--cache", cache, "--backbone", "vjepa2", "--checkpoint",
+               folders["vjepa2"], "--workers", "0", "--context-windows", "2", "--precision", "bf16")
+    assert r.exit_code == 1 and "context/vjepa2" in r.stdout, r.output  # the corrupt and the missing video fail
+    g = TokenCache(cache).group("context/vjepa2")
+    row = g.read("0001")
+    assert row["tokens"].shape == (2, 8, 32) and row["valid"].tolist() == [True, True]
+    assert np.isfinite(row["tokens"].astype(np.float32)).all() and np.abs(row["tokens"]).max() > 0
+    assert g.provenance["licence"] == "mit" and g.provenance["preprocessing"]["resize_short_side"] == 36
+
+
+def test_without_transformers_the_backbone_says_which_extra_to_install(folders, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what a missing package looks like to an import
+    r = invoke("backbone", "info", "videomae", "--checkpoint", folders["videomae"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert "transformers is not installed: the VideoMAE / V-JEPA 2 backbones need the vit extra" in r.stderr
