@@ -244,3 +244,18 @@ def test_without_transformers_the_backbone_says_which_extra_to_install(folders, 
     r = invoke("backbone", "info", "videomae", "--checkpoint", folders["videomae"])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
     assert "transformers is not installed: the VideoMAE / V-JEPA 2 backbones need the vit extra" in r.stderr
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"crop_size": {"height": 32, "width": 48}}, "crop_size {'height': 32, 'width': 48} is not a square size"),
+    ({"crop_size": 48, "size": {"shortest_edge": 48}}, "crop 48 does not fit the model's image_size 32 in config.json"),
+    ({"rescale_factor": 1.0}, "rescale_factor 1.0 (do_rescale True) is not 1/255"),
+])
+def test_a_processor_config_migfuse_cannot_follow_is_one_line(folders, tmp_path, change, message):
+    import shutil
+
+    folder = Path(shutil.copytree(folders["videomae"], tmp_path / "videomae"))
+    (folder / "preprocessor_config.json").write_text(json.dumps({**VIDEOMAE_PROCESSOR, **change}))
+    r = invoke("backbone", "info", "videomae", "--checkpoint", folder)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert f"{folder}/preprocessor_config.json: {message}" in r.stderr
