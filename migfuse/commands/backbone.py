@@ -20,10 +20,11 @@ train_app = group("Fine-tune a backbone on a prepared dataset (the skeleton trac
                   "fits iMiGUE's OpenPose skeleton).")
 app.add_typer(train_app, name="train")
 
-NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A registered backbone: mvit_v2_s, agcn, aagcn, swinface "
-                                        "(and any a plug-in registers).")]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A registered backbone: mvit_v2_s, videomae, vjepa2, agcn,"
+                                        " aagcn, swinface (and any a plug-in registers).")]
 CheckpointOpt = Annotated[Optional[Path], path_option(
-    "--checkpoint", help="Local checkpoint file in the backbone's official format (omit for random weights).")]
+    "--checkpoint", help="Local checkpoint file in the backbone's official format; videomae / vjepa2: a local Hugging "
+                         "Face model folder (omit for random weights).")]
 LayoutOpt = Annotated[Optional[str], typer.Option(
     "--layout", parser=parse_word, metavar="<layout>",
     help="Passed to the backbone: for agcn/aagcn the skeleton graph, one of "
