@@ -152,8 +152,10 @@ def test_licence_is_read_from_config_json_or_the_model_card(tmp_path):
                                            "licence_source": "README.md model card"}
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "videomae", "license": "apache-2.0"}))
     assert hf_folder.licence(tmp_path) == {"licence": "apache-2.0", "licence_source": "config.json"}
-    (tmp_path / "README.md").write_text("# no front matter\nlicense: mit\n")
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "README.md").write_text("---\nlicense:\n- cc-by-nc-4.0\npipeline_tag: video-classification\n---\n")
+    assert hf_folder.licence(tmp_path)["licence"] == "cc-by-nc-4.0"
+    (tmp_path / "README.md").write_text("# no front matter\nlicense: mit\n")
     assert hf_folder.licence(tmp_path)["licence"] == "unknown"
 
 

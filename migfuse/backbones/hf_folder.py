@@ -114,8 +114,10 @@ def licence(folder: Path | None) -> dict[str, str]:
     card = folder / "README.md"
     if card.is_file():
         match = _FRONT_MATTER.match(card.read_text(encoding="utf-8", errors="replace"))
-        fields = dict(re.findall(r"^(license(?:_name|_link)?):\s*(.+?)\s*$", match.group(1), re.M)) if match else {}
-        name = fields.get("license", "").strip("'\"")
+        front = match.group(1) if match else ""
+        fields = dict(re.findall(r"^(license(?:_name|_link)?):[ \t]*(.*?)[ \t]*$", front, re.M))
+        listed = re.search(r"^license:[ \t]*\n[ \t]*-[ \t]*(.+?)[ \t]*$", front, re.M)  # a YAML list: the first
+        name = (fields.get("license") or (listed.group(1) if listed else "")).strip("'\"")
         if name:
             if name == "other" and fields.get("license_name"):
                 name = f"other: {fields['license_name'].strip(chr(39) + chr(34))}"
