@@ -261,3 +261,23 @@ def test_a_processor_config_migfuse_cannot_follow_is_one_line(folders, tmp_path,
     r = invoke("backbone", "info", "videomae", "--checkpoint", folder)
     assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
     assert f"{folder}/preprocessor_config.json: {message}" in r.stderr
+
+
+@pytest.mark.parametrize("name,processor_class", [("videomae", "VideoMAEVideoProcessor"),
+                                                  ("vjepa2", "VJEPA2VideoProcessor")])
+def test_the_loaders_input_is_transformers_processors_output(folders, name, processor_class):
+    """Same sizes, crop box and normalisation as transformers' own processor read from the folder, on frames
+    whose short side is already the resize target and whose crop margin is even: the two known differences
+    (antialiasing; the crop offset of an odd margin, floor vs rounding) are recorded in the recipe."""
+    from migfuse.backbones.video_input import normalise_clips
+    from migfuse.extract.video import resize_crop
+
+    pre = create_backbone(name, folders[name]).preprocessing
+    processor = getattr(import_transformers(), processor_class).from_pretrained(folders[name], local_files_only=True)
+    short, crop = pre["resize_short_side"], pre["crop_size"][0]
+    frames = np.random.default_rng(2).integers(0, 256, (4, short, short + 12, 3), dtype=np.uint8)
+    ours = normalise_clips(torch.from_numpy(np.stack([resize_crop(f, short, crop) for f in frames]))[None],
+                           pre["mean"], pre["std"])  # (1, 3, T, S, S)
+    out = processor(list(frames), return_tensors="pt")
+    theirs = out["pixel_values"] if "pixel_values" in out else out["pixel_values_videos"]  # (1, T, 3, S, S)
+    np.testing.assert_allclose(ours.permute(0, 2, 1, 3, 4).numpy(), theirs.numpy(), rtol=0, atol=1e-6)

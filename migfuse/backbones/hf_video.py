@@ -157,9 +157,10 @@ class HFVideoBackbone(Backbone):
             "channels": "RGB",
             "layout": f"(N, 3, {clip_len}, {crop}, {crop}) float32 (clip_tokens; `backbone run` takes "
                       f"(N, {clip_len}, 3, {crop}, {crop}))",
-            "differs_from_transformers": "transformers' processors resize with antialiasing; migfuse's loaders "
-                                         "resize bilinear without it (as for MViTv2-S), a small difference on "
-                                         "downscaled frames",
+            "differs_from_transformers": "transformers' processors resize with antialiasing, migfuse's loaders "
+                                         "bilinear without it (as for MViTv2-S): a small difference on downscaled "
+                                         "frames; where the margin around the centre crop is odd, transformers' "
+                                         "crop starts one pixel earlier (floor, not torchvision's rounding)",
         }
 
     @classmethod
