@@ -281,3 +281,19 @@ def test_the_loaders_input_is_transformers_processors_output(folders, name, proc
     out = processor(list(frames), return_tensors="pt")
     theirs = out["pixel_values"] if "pixel_values" in out else out["pixel_values_videos"]  # (1, T, 3, S, S)
     np.testing.assert_allclose(ours.permute(0, 2, 1, 3, 4).numpy(), theirs.numpy(), rtol=0, atol=1e-6)
+
+
+def test_a_folder_missing_encoder_weights_is_one_line_naming_them(folders, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(shutil.copytree(folders["videomae"], tmp_path / "videomae"))
+    state = load_file(folder / "model.safetensors")
+    dropped = next(k for k in state if k.endswith("query.weight"))  # videomae.encoder.layer.0.[...]query.weight
+    del state[dropped]
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    r = invoke("backbone", "info", "videomae", "--checkpoint", folder)
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.output
+    assert f"{folder} is not a videomae checkpoint: 16 keys matched; 1 missing: " \
+           f"{dropped.removeprefix('videomae.')}\n" in r.stderr

@@ -193,7 +193,7 @@ class HFVideoBackbone(Backbone):
         needed = [k for k in missing if not k.startswith(self.unused_prefixes)]
         report = KeyReport(matched=sorted(set(model.state_dict()) - set(missing)), missing=needed,
                            mismatched=sorted(str(k) for k in info.get("mismatched_keys", ())))
-        report.raise_if_bad(folder, f"{self.model_type} model folder ({self.example})")
+        report.raise_if_bad(folder, self.model_type)
         ignored = sorted(info.get("unexpected_keys", ()))
         if ignored:
             report.notes.append(f"ignored {len(ignored)} keys the encoder does not use (heads, decoder): "
