@@ -20,7 +20,8 @@ from migfuse.atomic_write import write_error, write_text
 from migfuse.datasets import classes
 from migfuse.datasets.layouts import LayoutScan, read_layout
 from migfuse.datasets.layouts.base import SkeletonSource
-from migfuse.datasets.manifest import REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, write_skeleton
+from migfuse.datasets.manifest import (REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, open_skeleton,
+                                       write_skeleton)
 from migfuse.datasets.openpose import UnsupportedBodyModel
 from migfuse.datasets.video_measure import measure_videos
 from migfuse.errors import UserError
@@ -139,18 +140,24 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
     previous = _previous_skeletons(out) if reuse else {}
     skeleton_info: dict[str, dict] = {}
     jobs: list[tuple[str, SkeletonSource]] = []
+    damaged: list[str] = []
     for vid in sorted(scan.videos):
         source = scan.videos[vid].skeleton
         if source is None:
             continue
         old = previous.get(vid)
-        if old is not None and (old.get("source"), old.get("kind"), old.get("signature")) == (
-                str(source.path), source.kind, _signature(source)):
-            skeleton_info[vid] = old  # unchanged source, array already written by an earlier run
-        else:
-            jobs.append((vid, source))
+        if old is not None and _same_source(old, source):
+            why = _damaged_array(out, old)
+            if why is None:
+                skeleton_info[vid] = old  # unchanged source, array already written by an earlier run
+                continue
+            damaged.append(why)
+        jobs.append((vid, source))
     if skeleton_info:
         log.info("reusing %d skeleton arrays of an earlier run (unchanged sources)", len(skeleton_info))
+    if damaged:
+        log.warning("%d skeleton arrays of an earlier run are damaged and are converted again (first: %s)",
+                    len(damaged), damaged[0])
     for vid, outcome in _convert_all(jobs, out, workers=workers, progress=progress):
         if "problem" in outcome:
             problems.append(outcome["problem"])
@@ -219,6 +226,29 @@ def _signature(source: SkeletonSource) -> list:
     return [READER_VERSION, count, digest.hexdigest()]
 
 
+def _same_source(record: dict, source: SkeletonSource) -> bool:
+    """Whether an earlier run's record describes this source unchanged. Paths are compared resolved,
+    so ``--root real`` and ``--root /abs/real`` (or ``./real``) reuse each other's arrays."""
+    try:
+        same_path = Path(record.get("source", "")).resolve() == source.path.resolve()
+    except (OSError, RuntimeError, TypeError):
+        return False
+    return same_path and (record.get("kind"), record.get("signature")) == (source.kind, _signature(source))
+
+
+def _damaged_array(out: Path, record: dict) -> str | None:
+    """Why an earlier run's skeleton arrays cannot be reused (wrong dtype or shape, cut short, Python
+    objects, another frame count than recorded), or None when they are sound. Reads only the headers."""
+    path = out / record["array"]
+    try:
+        array, _ = open_skeleton(path)
+    except UserError as e:
+        return str(e).split("; re-run", 1)[0]
+    if array.shape[0] != record.get("frames"):
+        return f"skeleton {path} has {array.shape[0]} frames, its record says {record.get('frames')}"
+    return None
+
+
 def _frame_problems(vid: str, info: dict) -> list[dict]:
     """Per-frame problems of one converted skeleton (unreadable files, non-finite values)."""
     problems = []
@@ -270,8 +300,8 @@ def _convert(vid: str, source: SkeletonSource, out: Path, progress: bool) -> dic
                             "detail": f"{source.path}: {len(read.points)} frames, {why}",
                             "n_unreadable_files": int(read.info.get("n_unreadable_files", 0))}}
     array = write_skeleton(out, vid, read.points, read.mask)
-    record = {"source": str(source.path), "kind": source.kind, "signature": _signature(source), "array": array,
-              "frames": int(len(read.points)), "frames_with_person": int(read.mask.sum()), **read.info}
+    record = {"source": str(source.path.resolve()), "kind": source.kind, "signature": _signature(source),
+              "array": array, "frames": int(len(read.points)), "frames_with_person": int(read.mask.sum()), **read.info}
     # written after the arrays, so a record always describes complete arrays (resume after a crash)
     write_text(out / SKELETON_DIR / f"{vid}.json", json.dumps(record))
     return record
