@@ -89,12 +89,26 @@ def measure_files(manifest: Manifest, progress: bool) -> dict:
     except ImportError:
         log.info("PyAV is not installed: video files are not measured (install the extract extra)")
         return _NOT_MEASURED
-    past = [c.clip_id for c in manifest.clips if (facts := manifest.videos[c.video_id].measured) is not None
-            and c.end_frame >= facts.frames]
+    past, cut_short = [], []
+    for c in manifest.clips:
+        facts = manifest.videos[c.video_id].measured
+        if facts is not None and c.end_frame >= facts.frames:
+            first_missing = max(c.start_frame, facts.frames)
+            (cut_short if facts.cut_short_before(first_missing) else past).append(c)
     problems = list(measured.problems)
+    if cut_short:
+        videos = sorted({c.video_id for c in cut_short})
+        first = manifest.videos[videos[0]]
+        problems.append({"kind": "clip_in_cut_short_video",
+                         "detail": f"clips ending after the last frame their video decodes, within the length its "
+                                   f"header claims: {len(cut_short)}, in videos {', '.join(videos[:5])}"
+                                   f"{' ...' if len(videos) > 5 else ''} (first: {first.video_path.name} decodes "
+                                   f"{first.measured.frames} frames at 25 fps, its header claims "
+                                   f"{first.measured.header_frames}): the file is cut short or damaged; re-download "
+                                   "or re-encode it", "clip_ids": [c.clip_id for c in cut_short], "video_ids": videos})
     if past:
         problems.append({"kind": "clip_past_video_end", "detail": f"{len(past)} clips end after the last frame "
-                         "their video decodes (at 25 fps); check the labels", "clip_ids": past})
+                         "their video decodes (at 25 fps); check the labels", "clip_ids": [c.clip_id for c in past]})
     return {"video_files": measured.per_video, "totals": measured.totals(), "problems": problems,
             "rotated": measured.rotated}
 
