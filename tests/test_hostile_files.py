@@ -250,3 +250,29 @@ def test_a_settings_file_nested_too_deep_is_one_line(tmp_path, suffix):
     assert str(e.value) == f"config file {path} is nested too deeply to be a settings file; fix it"
     deep = "[" * 5000 + "]" * 5000
     assert parse_value(deep) == deep  # a --set value that is not a setting stays text (refused by its check)
+
+
+@pytest.mark.parametrize("rows, why", [
+    ("", "it has a header but no label rows"),
+    ("26,0,0.0,0,0.08,2,5,3,F,X,Win\n", "every row has a label_id below 1 (label_id is 1-based)"),
+])
+def test_a_label_csv_without_clips_is_one_line(tmp_path, rows, why):
+    root = tmp_path / "ds"
+    (root / "Label").mkdir(parents=True)
+    labels = root / "Label" / "labels_20200831.csv"
+    labels.write_text("video_id,label_id,start_time,start_frame,end_time,end_frame,class,subject_id,"
+                      "subject_gender,subject_nationality,win_or_lose\n" + rows)
+    one_line(invoke("data", "prepare", "--root", root, "--out", tmp_path / "prep"),
+             f"error: {labels} holds no clips: {why}; pass the official Label/labels_20200831.csv (18,498 rows) "
+             f"or fix the file")
+    assert not (tmp_path / "prep" / "manifest.csv").exists()
+
+
+def test_miga_label_files_without_clips_are_one_line(tmp_path):
+    label = tmp_path / "ds" / "train" / "0026" / "0026_label.csv"
+    label.parent.mkdir(parents=True)
+    label.write_text("")
+    one_line(invoke("data", "prepare", "--root", tmp_path / "ds", "--out", tmp_path / "prep"),
+             f"error: the label files under {tmp_path / 'ds'} ({label}) hold no clips; fix them or pass the "
+             f"folder of the full download")
+    assert not (tmp_path / "prep" / "manifest.csv").exists()

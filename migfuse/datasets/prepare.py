@@ -139,6 +139,11 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
         manifest = build_manifest(scan)
     except ValueError as e:  # duplicate clip ids, unknown raw class
         raise UserError(f"labels under {scan.root} are inconsistent ({e}); fix the label file") from None
+    if not manifest.clips:  # an empty manifest and exit 0 would look like success
+        files = sorted({str(v.label_file) for v in scan.videos.values() if v.label_file})
+        shown = f" ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''})" if files else ""
+        raise UserError(f"the label files under {scan.root}{shown} hold no clips; fix them or pass the folder of "
+                        f"the full download")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -118,6 +118,11 @@ def read_oulu(tree: DatasetTree) -> LayoutScan:
         raise UserError(f"no labels_*.csv under {tree.root}; the Oulu layout needs Label/labels_20200831.csv")
     problems: list[dict] = []
     scan = LayoutScan("oulu", tree.root, read_labels_csv(csv_path, problems), problems=problems)
+    if not scan.videos:  # else prepare writes an empty manifest and exits 0
+        why = ("every row has a label_id below 1 (label_id is 1-based)" if any(p["kind"] == "bad_label_id"
+               for p in problems) else "it has a header but no label rows")
+        raise UserError(f"{csv_path} holds no clips: {why}; pass the official Label/labels_20200831.csv "
+                        f"(18,498 rows) or fix the file")
     log.info("oulu layout: %s, %d videos", csv_path, len(scan.videos))
     if len(tree.oulu_labels) > 1:
         scan.problem("duplicate_file", f"several label CSVs; used {csv_path}",
