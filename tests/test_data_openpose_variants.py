@@ -243,3 +243,23 @@ def test_reuse_does_not_depend_on_how_the_root_is_spelled(tmp_path, monkeypatch,
     result = prepare(spelled[second], tmp_path / "out", layout="oulu", progress=False)
     assert "reusing 1 skeleton arrays of an earlier run (unchanged sources)" in [r.getMessage() for r in caplog.records]
     assert result.report["skeletons"]["0042"]["source"] == str(tmp_path / "real" / "pose" / "0042")
+
+
+def test_a_video_whose_rows_disagree_on_win_or_lose_gets_no_emotion_label_as_the_report_says(tmp_path):
+    rows = ("298,1,0.0,0,0.08,2,5,22,F,X,Win\n298,2,0.0,0,0.08,2,5,22,F,X,Maybe\n"
+            "299,1,0.0,0,0.08,2,5,23,F,X,Win\n299,2,0.0,0,0.08,2,5,23,F,X,lose\n"
+            "300,1,0.0,0,0.08,2,5,22,F,X,Win\n300,2,0.0,0,0.08,2,5,22,F,X,\n"
+            "301,1,0.0,0,0.08,2,5,23,F,X,\n")
+    root = _oulu_root(tmp_path / "root", [[{"pose_keypoints_2d": _body(25, 0)}]], vid=298, rows=rows)
+    result = prepare(root, tmp_path / "out", layout="oulu", progress=False)
+    videos = Manifest.load(tmp_path / "out").videos
+    assert {v: videos[v].win_lose for v in ("0298", "0299", "0300", "0301")} == {
+        "0298": "", "0299": "", "0300": "Win", "0301": ""}
+    kinds = {p["kind"]: p for p in result.report["problems"]}
+    assert kinds["unknown_win_lose"]["detail"] == ("1 videos in labels_20200831.csv have a win_or_lose value that is "
+                                                   "not Win or Lose ('Maybe'); their emotion label is left empty")
+    assert kinds["unknown_win_lose"]["video_ids"] == ["0298"]
+    assert kinds["conflicting_win_lose"]["detail"] == (
+        "1 videos in labels_20200831.csv have rows saying Win and rows saying Lose (0299); their emotion label is "
+        "left empty")
+    assert kinds["conflicting_win_lose"]["video_ids"] == ["0299"]
