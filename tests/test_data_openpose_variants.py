@@ -3,6 +3,7 @@ and label-CSV values that must be reported (issue #11 §4)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -200,3 +201,65 @@ def test_shared_case_openpose_old_keys(tmp_path):
     points, mask = Manifest.load(tmp_path / "prepared").skeleton(42)
     assert mask.tolist() == [True, True, True]
     assert float(abs(points[:, :25]).max()) == 342.0  # x of joint 24 in frame 2: 100 + 240 + 2
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda p: np.save(p, np.array([{"x": 1}] * 3, dtype=object), allow_pickle=True),
+     "Array can't be memory-mapped: Python objects in dtype."),
+    (lambda p: np.save(p, np.zeros((3, 137, 3), np.float64)), "holds float64 / mask bool, not float32 / bool"),
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), "mmap length is greater than file size"),
+    (lambda p: np.save(p, np.zeros((2, 137, 3), np.float32)), "shape (2, 137, 3) / mask (3,), expected"),
+])
+def test_rerun_converts_a_damaged_skeleton_array_again(tmp_path, caplog, damage, why):
+    root = _oulu_root(tmp_path / "root", [[{"pose_keypoints_2d": _body(25, t)}] for t in range(3)])
+    prepare(root, tmp_path / "out", layout="oulu", progress=False)
+    array = tmp_path / "out" / "skeletons" / "0042.npy"
+    good = np.load(array)
+    damage(array)
+    caplog.clear()
+    result = prepare(root, tmp_path / "out", layout="oulu", progress=False)
+    lines = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "1 skeleton arrays of an earlier run are damaged and are converted again (first: ")
+    assert why in lines[0] and str(array) in lines[0] and "\n" not in lines[0]
+    assert not any("reusing" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(Manifest.load(tmp_path / "out").skeleton(42)[0], good)
+    assert result.report["skeletons"]["0042"]["frames"] == 3
+
+
+@pytest.mark.parametrize("first, second", [("rel", "abs"), ("abs", "rel"), ("dot", "abs")])
+def test_reuse_does_not_depend_on_how_the_root_is_spelled(tmp_path, monkeypatch, caplog, first, second):
+    _oulu_root(tmp_path / "real", [[{"pose_keypoints_2d": _body(25, t)}] for t in range(3)])
+    monkeypatch.chdir(tmp_path)
+    spelled = {"rel": "real", "abs": str(tmp_path / "real"), "dot": "./real"}
+    prepare(spelled[first], tmp_path / "out", layout="oulu", progress=False)
+    from migfuse.datasets.layouts.skeletons import OpenPoseFolder
+
+    def must_not_read(self, progress=True):
+        raise AssertionError("unchanged skeleton read again")
+
+    monkeypatch.setattr(OpenPoseFolder, "read", must_not_read)
+    caplog.set_level(logging.INFO)
+    result = prepare(spelled[second], tmp_path / "out", layout="oulu", progress=False)
+    assert "reusing 1 skeleton arrays of an earlier run (unchanged sources)" in [r.getMessage() for r in caplog.records]
+    assert result.report["skeletons"]["0042"]["source"] == str(tmp_path / "real" / "pose" / "0042")
+
+
+def test_a_video_whose_rows_disagree_on_win_or_lose_gets_no_emotion_label_as_the_report_says(tmp_path):
+    rows = ("298,1,0.0,0,0.08,2,5,22,F,X,Win\n298,2,0.0,0,0.08,2,5,22,F,X,Maybe\n"
+            "299,1,0.0,0,0.08,2,5,23,F,X,Win\n299,2,0.0,0,0.08,2,5,23,F,X,lose\n"
+            "300,1,0.0,0,0.08,2,5,22,F,X,Win\n300,2,0.0,0,0.08,2,5,22,F,X,\n"
+            "301,1,0.0,0,0.08,2,5,23,F,X,\n")
+    root = _oulu_root(tmp_path / "root", [[{"pose_keypoints_2d": _body(25, 0)}]], vid=298, rows=rows)
+    result = prepare(root, tmp_path / "out", layout="oulu", progress=False)
+    videos = Manifest.load(tmp_path / "out").videos
+    assert {v: videos[v].win_lose for v in ("0298", "0299", "0300", "0301")} == {
+        "0298": "", "0299": "", "0300": "Win", "0301": ""}
+    kinds = {p["kind"]: p for p in result.report["problems"]}
+    assert kinds["unknown_win_lose"]["detail"] == ("1 videos in labels_20200831.csv have a win_or_lose value that is "
+                                                   "not Win or Lose ('Maybe'); their emotion label is left empty")
+    assert kinds["unknown_win_lose"]["video_ids"] == ["0298"]
+    assert kinds["conflicting_win_lose"]["detail"] == (
+        "1 videos in labels_20200831.csv have rows saying Win and rows saying Lose (0299); their emotion label is "
+        "left empty")
+    assert kinds["conflicting_win_lose"]["video_ids"] == ["0299"]

@@ -5,6 +5,7 @@ inputs are built here, small."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -250,3 +251,57 @@ def test_a_settings_file_nested_too_deep_is_one_line(tmp_path, suffix):
     assert str(e.value) == f"config file {path} is nested too deeply to be a settings file; fix it"
     deep = "[" * 5000 + "]" * 5000
     assert parse_value(deep) == deep  # a --set value that is not a setting stays text (refused by its check)
+
+
+@pytest.mark.parametrize("rows, why", [
+    ("", "it has a header but no label rows"),
+    ("26,0,0.0,0,0.08,2,5,3,F,X,Win\n", "every row has a label_id below 1 (label_id is 1-based)"),
+])
+def test_a_label_csv_without_clips_is_one_line(tmp_path, rows, why):
+    root = tmp_path / "ds"
+    (root / "Label").mkdir(parents=True)
+    labels = root / "Label" / "labels_20200831.csv"
+    labels.write_text("video_id,label_id,start_time,start_frame,end_time,end_frame,class,subject_id,"
+                      "subject_gender,subject_nationality,win_or_lose\n" + rows)
+    one_line(invoke("data", "prepare", "--root", root, "--out", tmp_path / "prep"),
+             f"error: {labels} holds no clips: {why}; pass the official Label/labels_20200831.csv (18,498 rows) "
+             f"or fix the file")
+    assert not (tmp_path / "prep" / "manifest.csv").exists()
+
+
+def test_miga_label_files_without_clips_are_one_line(tmp_path):
+    label = tmp_path / "ds" / "train" / "0026" / "0026_label.csv"
+    label.parent.mkdir(parents=True)
+    label.write_text("")
+    one_line(invoke("data", "prepare", "--root", tmp_path / "ds", "--out", tmp_path / "prep"),
+             f"error: the label files under {tmp_path / 'ds'} ({label}) hold no clips; fix them or pass the "
+             f"folder of the full download")
+    assert not (tmp_path / "prep" / "manifest.csv").exists()
+
+
+_READ_UNDER_4_GB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+from migfuse.datasets.xlsx import read_xlsx
+print(read_xlsx(sys.argv[1]).shape)
+"""
+
+
+def test_a_sheet_whose_declared_size_alone_is_absurd_reads_normally_within_4_gb(tmp_path):
+    import subprocess
+    import sys
+
+    from migfuse.datasets.xlsx import write_xlsx
+
+    array = np.arange(2 * 411, dtype=np.float32).reshape(2, 411)
+    path = _declaring(write_xlsx(tmp_path / "a.xlsx", array), tmp_path / "0001_openpose.xlsx", b"A1:XFD1048576")
+    assert b'<dimension ref="A1:XFD1048576"' in zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml")
+    assert sheet_extent(path) == (2, 411)  # the cells are counted, the declaration is not believed
+    np.testing.assert_array_equal(read_xlsx(path), array)
+    # calamine sizes its grid from the cells, not the declaration: 17 billion cells would need 512 GB
+    import migfuse
+
+    env = {**os.environ, "PYTHONPATH": str(Path(migfuse.__file__).parents[1])}  # this checkout's migfuse
+    run = subprocess.run([sys.executable, "-c", _READ_UNDER_4_GB, str(path)], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert (run.returncode, run.stdout) == (0, "(2, 411)\n"), run.stderr

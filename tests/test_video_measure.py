@@ -366,3 +366,36 @@ def test_a_picture_size_change_fails_only_the_requests_that_span_it(tmp_path):
     assert got["before"].shape == (2, 48, 64, 3) and got["after"].shape == (2, 32, 32, 3)
     assert str(got["across"]) == "joined.ts: the picture size changes within the video (64x48 -> 32x32 pixels); " \
                                  "re-encode it"
+
+
+def test_prepare_blames_a_cut_short_file_not_the_labels_as_extraction_does(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+    from migfuse.datasets.prepare import prepare
+
+    cut = _cut_short(tmp_path)
+    n = measure_video(cut).frames
+    root = tmp_path / "root"
+    (root / "Label").mkdir(parents=True)
+    (root / "Video").mkdir()
+    cut.rename(root / "Video" / "0004.mkv")
+    rows = ["video_id,label_id,start_time,start_frame,end_time,end_frame,class,subject_id,subject_gender,"
+            "subject_nationality,win_or_lose"]
+    rows += [f"4,{k},0.0,{start},1.0,{end},5,3,F,X,Win" for k, (start, end) in
+             enumerate([(0, 10), (n - 1, n + 5), (n + 10, 99), (150, 160)], start=1)]
+    (root / "Label" / "labels_20200831.csv").write_text("\n".join(rows) + "\n")
+    report = prepare(root, tmp_path / "out", layout="oulu", progress=False).report
+    problems = {p["kind"]: p for p in report["problems"]}
+    assert problems["clip_in_cut_short_video"]["clip_ids"] == ["0004_1", "0004_2"]
+    assert problems["clip_in_cut_short_video"]["detail"] == (
+        "clips ending after the last frame their video decodes, within the length its header claims: 2, in videos "
+        f"0004 (first: 0004.mkv decodes {n} frames at 25 fps, its header claims 100): the file is cut short or "
+        "damaged; re-download or re-encode it")
+    assert problems["clip_past_video_end"]["clip_ids"] == ["0004_3"]  # starts past the header's 100 frames too
+    cli = CliRunner().invoke(app, ["data", "prepare", "--root", str(root), "--out", str(tmp_path / "o2"),
+                                   "--dataset-layout", "oulu"])
+    assert cli.exit_code == 0, cli.output
+    line = next(x for x in cli.output.splitlines() if "clip_in_cut_short_video" in x)
+    assert line.endswith("the file is cut short or damaged; re-download or re-encode it")
+    assert "Traceback" not in cli.output

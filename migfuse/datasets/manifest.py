@@ -234,19 +234,7 @@ class Manifest:
                             f"see prepare_report.json for why")
         if self.root is None:
             raise UserError(f"manifest is not saved, so skeleton of {vid} cannot be read; call save() first")
-        path = self.root / info.skeleton
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-            mask = np.load(_mask_path(path), mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:  # a .npy of Python objects: "Array can't be memory-mapped"
-            raise UserError(f"cannot read skeleton {path} ({e}); re-run `migfuse data prepare`") from None
-        if array.dtype != np.float32 or mask.dtype != bool:
-            raise UserError(f"skeleton {path} holds {array.dtype} / mask {mask.dtype}, not float32 / bool; re-run "
-                            f"`migfuse data prepare`")
-        if array.ndim != 3 or array.shape[1:] != (NUM_KEYPOINTS, 3) or mask.shape != array.shape[:1]:
-            raise UserError(f"skeleton {path} has shape {array.shape} / mask {mask.shape}, expected "
-                            f"(T, 137, 3) / (T,); re-run `migfuse data prepare`")
-        return array, mask
+        return open_skeleton(self.root / info.skeleton)
 
     def video_path(self, video_id: str | int, video_root: str | Path | None = None) -> Path | None:
         """The video file of a video, resolved on this machine; None when `prepare` found none.
@@ -425,6 +413,25 @@ def _given_roots(video_root: str | Path | None) -> list[Path]:
 
 def _mask_path(npy: Path) -> Path:
     return npy.with_name(npy.name[: -len(".npy")] + ".mask.npy")
+
+
+def open_skeleton(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-map a skeleton ``.npy`` and its ``.mask.npy``: (T, 137, 3) float32 and (T,) bool.
+
+    Reads only the headers (cheap). UserError naming the file when either is missing, cut short,
+    not memory-mappable (Python objects) or of another dtype or shape."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        mask = np.load(_mask_path(path), mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:  # a .npy of Python objects: "Array can't be memory-mapped"
+        raise UserError(f"cannot read skeleton {path} ({e}); re-run `migfuse data prepare`") from None
+    if array.dtype != np.float32 or mask.dtype != bool:
+        raise UserError(f"skeleton {path} holds {array.dtype} / mask {mask.dtype}, not float32 / bool; re-run "
+                        f"`migfuse data prepare`")
+    if array.ndim != 3 or array.shape[1:] != (NUM_KEYPOINTS, 3) or mask.shape != array.shape[:1]:
+        raise UserError(f"skeleton {path} has shape {array.shape} / mask {mask.shape}, expected "
+                        f"(T, 137, 3) / (T,); re-run `migfuse data prepare`")
+    return array, mask
 
 
 def write_skeleton(prepared_dir: str | Path, video_id: str | int, array: np.ndarray,

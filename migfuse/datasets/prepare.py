@@ -20,7 +20,8 @@ from migfuse.atomic_write import write_error, write_text
 from migfuse.datasets import classes
 from migfuse.datasets.layouts import LayoutScan, read_layout
 from migfuse.datasets.layouts.base import SkeletonSource
-from migfuse.datasets.manifest import REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, write_skeleton
+from migfuse.datasets.manifest import (REPORT_FILE, SKELETON_DIR, Clip, Manifest, VideoInfo, clip_id_of, open_skeleton,
+                                       write_skeleton)
 from migfuse.datasets.openpose import UnsupportedBodyModel
 from migfuse.datasets.video_measure import measure_videos
 from migfuse.errors import UserError
@@ -88,12 +89,26 @@ def measure_files(manifest: Manifest, progress: bool) -> dict:
     except ImportError:
         log.info("PyAV is not installed: video files are not measured (install the extract extra)")
         return _NOT_MEASURED
-    past = [c.clip_id for c in manifest.clips if (facts := manifest.videos[c.video_id].measured) is not None
-            and c.end_frame >= facts.frames]
+    past, cut_short = [], []
+    for c in manifest.clips:
+        facts = manifest.videos[c.video_id].measured
+        if facts is not None and c.end_frame >= facts.frames:
+            first_missing = max(c.start_frame, facts.frames)
+            (cut_short if facts.cut_short_before(first_missing) else past).append(c)
     problems = list(measured.problems)
+    if cut_short:
+        videos = sorted({c.video_id for c in cut_short})
+        first = manifest.videos[videos[0]]
+        problems.append({"kind": "clip_in_cut_short_video",
+                         "detail": f"clips ending after the last frame their video decodes, within the length its "
+                                   f"header claims: {len(cut_short)}, in videos {', '.join(videos[:5])}"
+                                   f"{' ...' if len(videos) > 5 else ''} (first: {first.video_path.name} decodes "
+                                   f"{first.measured.frames} frames at 25 fps, its header claims "
+                                   f"{first.measured.header_frames}): the file is cut short or damaged; re-download "
+                                   "or re-encode it", "clip_ids": [c.clip_id for c in cut_short], "video_ids": videos})
     if past:
         problems.append({"kind": "clip_past_video_end", "detail": f"{len(past)} clips end after the last frame "
-                         "their video decodes (at 25 fps); check the labels", "clip_ids": past})
+                         "their video decodes (at 25 fps); check the labels", "clip_ids": [c.clip_id for c in past]})
     return {"video_files": measured.per_video, "totals": measured.totals(), "problems": problems,
             "rotated": measured.rotated}
 
@@ -124,6 +139,11 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
         manifest = build_manifest(scan)
     except ValueError as e:  # duplicate clip ids, unknown raw class
         raise UserError(f"labels under {scan.root} are inconsistent ({e}); fix the label file") from None
+    if not manifest.clips:  # an empty manifest and exit 0 would look like success
+        files = sorted({str(v.label_file) for v in scan.videos.values() if v.label_file})
+        shown = f" ({', '.join(files[:3])}{' ...' if len(files) > 3 else ''})" if files else ""
+        raise UserError(f"the label files under {scan.root}{shown} hold no clips; fix them or pass the folder of "
+                        f"the full download")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -139,18 +159,24 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
     previous = _previous_skeletons(out) if reuse else {}
     skeleton_info: dict[str, dict] = {}
     jobs: list[tuple[str, SkeletonSource]] = []
+    damaged: list[str] = []
     for vid in sorted(scan.videos):
         source = scan.videos[vid].skeleton
         if source is None:
             continue
         old = previous.get(vid)
-        if old is not None and (old.get("source"), old.get("kind"), old.get("signature")) == (
-                str(source.path), source.kind, _signature(source)):
-            skeleton_info[vid] = old  # unchanged source, array already written by an earlier run
-        else:
-            jobs.append((vid, source))
+        if old is not None and _same_source(old, source):
+            why = _damaged_array(out, old)
+            if why is None:
+                skeleton_info[vid] = old  # unchanged source, array already written by an earlier run
+                continue
+            damaged.append(why)
+        jobs.append((vid, source))
     if skeleton_info:
         log.info("reusing %d skeleton arrays of an earlier run (unchanged sources)", len(skeleton_info))
+    if damaged:
+        log.warning("%d skeleton arrays of an earlier run are damaged and are converted again (first: %s)",
+                    len(damaged), damaged[0])
     for vid, outcome in _convert_all(jobs, out, workers=workers, progress=progress):
         if "problem" in outcome:
             problems.append(outcome["problem"])
@@ -219,6 +245,29 @@ def _signature(source: SkeletonSource) -> list:
     return [READER_VERSION, count, digest.hexdigest()]
 
 
+def _same_source(record: dict, source: SkeletonSource) -> bool:
+    """Whether an earlier run's record describes this source unchanged. Paths are compared resolved,
+    so ``--root real`` and ``--root /abs/real`` (or ``./real``) reuse each other's arrays."""
+    try:
+        same_path = Path(record.get("source", "")).resolve() == source.path.resolve()
+    except (OSError, RuntimeError, TypeError):
+        return False
+    return same_path and (record.get("kind"), record.get("signature")) == (source.kind, _signature(source))
+
+
+def _damaged_array(out: Path, record: dict) -> str | None:
+    """Why an earlier run's skeleton arrays cannot be reused (wrong dtype or shape, cut short, Python
+    objects, another frame count than recorded), or None when they are sound. Reads only the headers."""
+    path = out / record["array"]
+    try:
+        array, _ = open_skeleton(path)
+    except UserError as e:
+        return str(e).split("; re-run", 1)[0]
+    if array.shape[0] != record.get("frames"):
+        return f"skeleton {path} has {array.shape[0]} frames, its record says {record.get('frames')}"
+    return None
+
+
 def _frame_problems(vid: str, info: dict) -> list[dict]:
     """Per-frame problems of one converted skeleton (unreadable files, non-finite values)."""
     problems = []
@@ -270,8 +319,8 @@ def _convert(vid: str, source: SkeletonSource, out: Path, progress: bool) -> dic
                             "detail": f"{source.path}: {len(read.points)} frames, {why}",
                             "n_unreadable_files": int(read.info.get("n_unreadable_files", 0))}}
     array = write_skeleton(out, vid, read.points, read.mask)
-    record = {"source": str(source.path), "kind": source.kind, "signature": _signature(source), "array": array,
-              "frames": int(len(read.points)), "frames_with_person": int(read.mask.sum()), **read.info}
+    record = {"source": str(source.path.resolve()), "kind": source.kind, "signature": _signature(source),
+              "array": array, "frames": int(len(read.points)), "frames_with_person": int(read.mask.sum()), **read.info}
     # written after the arrays, so a record always describes complete arrays (resume after a crash)
     write_text(out / SKELETON_DIR / f"{vid}.json", json.dumps(record))
     return record

@@ -81,6 +81,13 @@ class VideoMeasure:
         """Does the header claim a length more than one frame off what decodes?"""
         return self.header_frames is not None and abs(self.header_frames - self.frames) > 1
 
+    def cut_short_before(self, frame: int) -> bool:
+        """Is annotation frame ``frame`` missing because the file is cut short or damaged (its header
+        claims more frames than decode, and ``frame`` is within the claim), not because labels point
+        past the end? The one rule `data prepare` and extraction use to name the cause."""
+        return (self.header_frames is not None and self.header_frames > self.frames + 1
+                and self.frames <= frame < self.header_frames)
+
     @property
     def not_25_fps(self) -> bool:
         return abs(self.fps - ANNOTATION_FPS) > 0.01

@@ -118,8 +118,9 @@ def _first_sheet(zf: zipfile.ZipFile) -> str | None:
 
 def sheet_extent(path: Path) -> tuple[int, int] | None:
     """(rows, columns) from A1 that the first sheet spans, read without loading it: its declared
-    ``<dimension ref="A1:OU3000"/>`` when no cell lies past it, else the largest row and cell
-    references found streaming the sheet XML. None when the file is not a zip of a sheet (calamine
+    ``<dimension ref="A1:OU3000"/>`` when that is within `MAX_CELLS` and no cell lies past it, else
+    the largest row and cell references found streaming the sheet XML (a wrong declaration alone
+    does not refuse a sheet). None when the file is not a zip of a sheet (calamine
     then says why)."""
     try:
         with zipfile.ZipFile(path) as zf:
@@ -132,11 +133,13 @@ def sheet_extent(path: Path) -> tuple[int, int] | None:
             if declared:
                 letters, digits = declared.groups()
                 # calamine sizes its grid from the cells, not from this declaration: a file may declare
-                # a small sheet and hold a far cell. A reference with more letters or digits than the
-                # declared corner lies past it (one regex search per block, no per-cell work); within
-                # the same lengths the grid stays near the declared one (ZZ x 99,999 for OU30000).
+                # a small sheet and hold a far cell, or declare A1:XFD1048576 over a small one (then the
+                # cells are counted below). A reference with more letters or digits than the declared
+                # corner lies past it (one regex search per block, no per-cell work); within the same
+                # lengths the grid stays near the declared one (ZZ x 99,999 for OU30000).
+                size = int(digits) * _column_number(letters)
                 past = re.compile(rb'\br="(?:[A-Z]{%d,}|[A-Z]*\d{%d,})"' % (len(letters) + 1, len(digits) + 1))
-                if not any(past.search(block) for block in _blocks(zf, member)):
+                if size <= MAX_CELLS and not any(past.search(block) for block in _blocks(zf, member)):
                     return int(digits), _column_number(letters)
             rows = columns = 0
             for block in _blocks(zf, member):

@@ -152,7 +152,7 @@ def past_end_message(name: str, missing: list[int], facts: VideoMeasure) -> str:
         return (f"{name} stops decoding before frame {missing[0]} although it was measured to reach frame "
                 f"{facts.frames - 1}: the file is damaged or was changed since `data prepare`; re-download or "
                 "re-encode it and run `migfuse data prepare` again")
-    if facts.header_frames is not None and facts.header_frames > facts.frames + 1 and missing[0] < facts.header_frames:
+    if facts.cut_short_before(missing[0]):
         return (f"{name} decodes {facts.frames} frames at 25 fps, its header claims {facts.header_frames}: "
                 f"the file is cut short or damaged; re-download or re-encode it")
     return f"{shown} are past the end of {name} (it decodes {facts.frames} frames at 25 fps); check the labels"

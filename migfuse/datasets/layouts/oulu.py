@@ -41,13 +41,15 @@ def read_labels_csv(path: Path, problems: list[dict] | None = None) -> dict[str,
     """Videos with their clips, subject and win/lose from the official label CSV.
 
     Rows whose ``label_id`` is below 1 (the id is 1-based; 0 would make a clip id ``<vid4>_-1``)
-    are skipped, and a ``win_or_lose`` other than the known spellings
-    (`classes.WIN_LOSE_SPELLINGS`) is stored empty; both are appended to ``problems`` when given.
+    are skipped. A video's ``win_lose`` is set only where its rows agree on Win or Lose: a value other
+    than the known spellings (`classes.WIN_LOSE_SPELLINGS`) in any row, or rows saying both, leave it
+    empty (empty cells are ignored). Each of these is appended to ``problems`` when given.
     UserError for a row that is not numbers where numbers belong, or missing columns.
     """
     videos: dict[str, SourceVideo] = {}
     bad_ids: list[str] = []
     bad_win_lose: dict[str, str] = {}
+    win_lose_values: dict[str, set[str]] = {}
     with reading_csv(path, "fix or re-download it"), open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
@@ -66,13 +68,17 @@ def read_labels_csv(path: Path, problems: list[dict] | None = None) -> dict[str,
             if label_id < 1:
                 bad_ids.append(f"line {line} (video {vid}, label_id {label_id})")
                 continue
-            raw_win_lose = row["win_or_lose"] or ""
-            win_lose = classes.normalise_win_lose(raw_win_lose)
-            if win_lose is None:
-                bad_win_lose.setdefault(vid, raw_win_lose.strip())
-                win_lose = ""
-            video = videos.setdefault(vid, SourceVideo(vid, subject=subject, win_lose=win_lose, label_file=path))
+            raw_win_lose = (row["win_or_lose"] or "").strip()
+            if classes.normalise_win_lose(raw_win_lose) is None:
+                bad_win_lose.setdefault(vid, raw_win_lose)
+            win_lose_values.setdefault(vid, set()).add(classes.normalise_win_lose(raw_win_lose) or "")
+            video = videos.setdefault(vid, SourceVideo(vid, subject=subject, label_file=path))
             video.clips.append(clip)
+    # a video's emotion label is set only where its rows agree on Win or Lose (empty cells say nothing)
+    conflicting = sorted(v for v, values in win_lose_values.items() if len(values - {""}) > 1)
+    for vid, values in win_lose_values.items():
+        if vid not in bad_win_lose and vid not in conflicting:
+            videos[vid].win_lose = max(values)  # the one known value, or "" when every cell is empty
     if problems is not None and bad_ids:
         problems.append({"kind": "bad_label_id", "detail": f"{len(bad_ids)} rows of {path.name} have a label_id "
                          f"below 1 (label_id is 1-based); rows skipped: {', '.join(bad_ids[:5])}",
@@ -82,6 +88,11 @@ def read_labels_csv(path: Path, problems: list[dict] | None = None) -> dict[str,
         problems.append({"kind": "unknown_win_lose", "detail": f"{len(bad_win_lose)} videos in {path.name} have a "
                          f"win_or_lose value that is not Win or Lose ({', '.join(map(repr, values[:5]))}); their "
                          f"emotion label is left empty", "video_ids": sorted(bad_win_lose)})
+    if problems is not None and conflicting:
+        problems.append({"kind": "conflicting_win_lose", "detail": f"{len(conflicting)} videos in {path.name} have "
+                         f"rows saying Win and rows saying Lose ({', '.join(conflicting[:5])}"
+                         f"{' ...' if len(conflicting) > 5 else ''}); their emotion label is left empty",
+                         "video_ids": conflicting})
     return videos
 
 
@@ -118,6 +129,11 @@ def read_oulu(tree: DatasetTree) -> LayoutScan:
         raise UserError(f"no labels_*.csv under {tree.root}; the Oulu layout needs Label/labels_20200831.csv")
     problems: list[dict] = []
     scan = LayoutScan("oulu", tree.root, read_labels_csv(csv_path, problems), problems=problems)
+    if not scan.videos:  # else prepare writes an empty manifest and exits 0
+        why = ("every row has a label_id below 1 (label_id is 1-based)" if any(p["kind"] == "bad_label_id"
+               for p in problems) else "it has a header but no label rows")
+        raise UserError(f"{csv_path} holds no clips: {why}; pass the official Label/labels_20200831.csv "
+                        f"(18,498 rows) or fix the file")
     log.info("oulu layout: %s, %d videos", csv_path, len(scan.videos))
     if len(tree.oulu_labels) > 1:
         scan.problem("duplicate_file", f"several label CSVs; used {csv_path}",
