@@ -116,6 +116,8 @@ def numeric(value: Any, path: Path, key: str) -> np.ndarray:
     for an object, string, bool or compound array (or anything that is no array)."""
     if type(value).__module__.startswith("torch") and hasattr(value, "numpy"):  # a tensor in a pickle
         value = value.detach().cpu().numpy()
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        value = np.asarray(value)  # an HDF5 string dataset that is not the id array
     if not isinstance(value, np.ndarray):
         raise UserError(f"{path}: entry {key!r} is a {type(value).__name__}, not an array of features; "
                         f"store one numeric array per id")
