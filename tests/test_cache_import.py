@@ -154,6 +154,9 @@ def test_every_format_reads_the_same_rows_and_imports_them_exactly(world, tmp_pa
         assert len(source.sha256) == 64, kind
     folder = read_feature_file(tmp_path / "vf")
     assert folder.feature_type == "rgb" and folder.fps == 25.0 and folder.files == 48
+    per_clip = plan_import(folder, manifest, "video", "vf")  # the stated rate only matters for cutting
+    assert per_clip.spec.provenance["cut"] is None and per_clip.spec.provenance["rows"] == "per clip"
+    assert per_clip.spec.provenance["source"]["feature_type"] == "rgb"
     cache = TokenCache(tmp_path / "c.zarr")
     plan = plan_import(read_feature_file(tmp_path / "list.pkl", ids=list(feats)), manifest, "video", "pkl")
     group = write_import(cache, plan)
@@ -192,6 +195,20 @@ def test_rows_of_different_lengths_are_averaged_to_time_steps(world, tmp_path):
     assert plan.shape == (2, D) and plan.spec.provenance["time_steps"] == 2
     assert np.array_equal(plan.rows["0001_2"]["tokens"][:, 0], [0.5, 2.5])  # 4 steps 0..3 -> means of halves
     assert plan_import(read_feature_file(tmp_path / "f.npz"), manifest, "video", "v").shape == (8, D)
+
+
+def test_default_views_keep_the_extracted_group_and_the_import_gets_its_own_view(tmp_path):
+    prepared, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("video",))
+    manifest = Manifest.load(prepared)
+    feats = {c.clip_id: np.full((3, D), k, np.float32) for k, c in enumerate(manifest.clips)}
+    np.savez(tmp_path / "f.npz", **feats)
+    write_import(cache, plan_import(read_feature_file(tmp_path / "f.npz"), manifest, "video", "aaa"))
+    assert default_views(cache) == {"video": "views/video"}
+    tc = TokenCache(cache)
+    assert tc.group("views/video").provenance["source"] == "video/mvit_v2_s"  # not video/aaa, sorted first
+    r = CliRunner().invoke(app, ["cache", "view", str(cache), "--name", "aaa", "--group", "video/aaa"])
+    assert r.exit_code == 0 and "views/aaa: 4/4 rows, tokens (3, 32)" in r.output, r.output
+    assert np.array_equal(tc.group("views/aaa").read("0002_1")["tokens"], feats["0002_1"])
 
 
 # ----- per-video features cut into clips -------------------------------------------------------------

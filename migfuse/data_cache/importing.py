@@ -115,11 +115,12 @@ def plan_import(source: FeatureFile, manifest: Any, track: str, name: str, descr
     if t.per_video and not per_video:
         raise UserError(f"{path} holds one row per clip, but track {track} has one row per video; import per-clip "
                         f"features --as video (or joint / bone)")
-    if rate is not None and (t.per_video or not per_video):
+    cutting = per_video and not t.per_video
+    if (stride is not None or fps is not None) and not cutting:
         raise UserError(f"--stride / --fps cut per-video features into clips; {path} holds per-"
                         f"{'clip' if not per_video else 'video'} features for track {track}: drop them")
     features = dict(source.rows)
-    if per_video and not t.per_video:
+    if cutting:
         if rate is None:
             raise UserError(f"{path} holds one row per video (e.g. {ids[0]}) but track {track} has one per clip, "
                             f"and the file does not say how its time axis maps to frames: give --stride FRAMES "
@@ -144,8 +145,8 @@ def plan_import(source: FeatureFile, manifest: Any, track: str, name: str, descr
         "kind": "imported", "track": track, "name": name, "description": description,
         "source": {"file": path.name, "format": source.format, "sha256": source.sha256, "files": source.files,
                    **({"feature_type": source.feature_type} if source.feature_type else {})},
-        "rows": "per video, cut into clips" if per_video and not t.per_video else f"per {t.unit}",
-        "cut": rate, "time_steps": time_steps, "tokens": steps,
+        "rows": "per video, cut into clips" if cutting else f"per {t.unit}",
+        "cut": rate if cutting else None, "time_steps": time_steps, "tokens": steps,
         "default_pooling": "raw",
     }
     spec = GroupSpec(name=t.group(name), ids=want, arrays=arrays, provenance=provenance,

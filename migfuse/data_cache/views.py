@@ -332,13 +332,15 @@ def default_views(cache: TokenCache | str, overwrite: bool = False) -> dict[str,
 
     One view per track, named ``views/<track>`` (e.g. views/video with `video_time` pooling). When a
     track has several backbones (joint/agcn and joint/aagcn) the first in sorted order is used and
-    the choice is logged; call `make_view` for the others. Returns {} for a cache without track
-    groups (e.g. a views-only copy made by `export_views`).
+    the choice is logged, an extracted group before an imported one (`cache import`), so importing
+    features never changes an existing default view; call `make_view` for the others. Returns {}
+    for a cache without track groups (e.g. a views-only copy made by `export_views`).
     """
     cache = TokenCache(cache) if not isinstance(cache, TokenCache) else cache
     out: dict[str, str] = {}
     for track, groups in track_groups(cache).items():
         if len(groups) > 1:
+            groups = sorted(groups, key=lambda g: cache.group(g).provenance.get("kind") == "imported")
             log.info("track %s has groups %s; the default view uses %s", track, groups, groups[0])
         source = groups[0]
         if not cache.group(source).done_ids():
