@@ -136,7 +136,15 @@ def _write_every_format(tmp_path, feats: dict[str, np.ndarray]) -> dict[str, tup
         pickle.dump(feats, f)
     with open(tmp_path / "list.pkl", "wb") as f:
         pickle.dump(list(feats.values()), f)
-    return {"npy folder typed": (folder, None), "npy folder": (plain, None),
+    with open(tmp_path / "dicts.pkl", "wb") as f:  # rows as dicts, like a dump of per-sample results
+        pickle.dump([{"pred_score": x, "gt_label": 0} for x in feats.values()], f)
+    per_file = tmp_path / "pkls"
+    per_file.mkdir()
+    for i, x in feats.items():
+        with open(per_file / f"{i}.pkl", "wb") as f:
+            pickle.dump(x, f)
+    return {"pkl list of dicts": (tmp_path / "dicts.pkl", ids), "pkl folder": (per_file, None),
+            "npy folder typed": (folder, None), "npy folder": (plain, None),
             "npz per id": (tmp_path / "per_id.npz", None),
             "npz stacked": (tmp_path / "stacked.npz", None), "h5 stacked": (tmp_path / "stacked.h5", None),
             "h5 per id": (tmp_path / "per_id.hdf5", None), "h5 groups": (tmp_path / "groups.h5", None),

@@ -11,8 +11,10 @@ Formats (chosen by the path):
   .h5 / .hdf5     the same two layouts as datasets (at the root or in its one group), or one group
                   per id holding one dataset; root attributes `fps` / `stride` state the time axis
   .pkl / .pickle  mmaction2's feature extraction output: a list of arrays (one per sample of the
-                  annotation file it ran on: `ids` must be given) or a dict id -> array; read with the
-                  restricted unpickler (migfuse/safe_pickle.py): a pickle that names code is refused
+                  annotation file it ran on: `ids` must be given) or a dict id -> array; a row may be a
+                  dict holding its features (`feature`, `pred_score`, ...); a folder of `<id>.pkl`
+                  files (one per video) too. Read with the restricted unpickler
+                  (migfuse/safe_pickle.py): a pickle that names code is refused
 
 A stacked array without ids takes `ids` (the annotation order) too. Arrays must be numeric: object,
 string and compound arrays are refused in one line naming the file. No torch, no Zarr; h5py is
@@ -35,6 +37,8 @@ from migfuse.progress_bar import progress_bar
 ID_KEYS = ("ids", "id", "names", "keys", "video_ids", "clip_ids", "video_id", "clip_id", "video_names")
 #: Scalars that state the time axis of per-video features instead of being features.
 TIME_KEYS = ("fps", "stride")
+#: Where a pickled dict keeps its features (mmaction2 feature extraction; 1.0 rc: pred_scores.item).
+FEATURE_KEYS = ("feature", "features", "feat", "pred_score", "pred_scores")
 #: video_features' sidecar files beside each video's features.
 SIDECARS = ("fps", "timestamps_ms")
 SUFFIXES = {".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".pkl": "pickle", ".pickle": "pickle"}
@@ -72,6 +76,8 @@ def read_feature_file(path: str | Path, ids: Sequence[str] | None = None,
     """
     path = Path(path)
     if path.is_dir():
+        if not any(path.glob("*.npy")) and any(path.glob("*.pkl")):
+            return _read_pkl_folder(path, ids)
         return _read_npy_folder(path, ids, feature_type)
     if not path.is_file():
         raise UserError(f"feature file not found: {path}")
@@ -285,7 +291,7 @@ def _read_pickle(path: Path, ids: Sequence[str] | None) -> dict[str, Any] | list
     data = load_pickle_safely(path, "feature pickle", fix="save the features as a list or dict of numpy arrays, "
                                                           "an .npz or an .h5 file")
     if isinstance(data, dict):
-        return {str(k): v for k, v in data.items()}
+        return {str(k): _pickled_row(v, path, str(k)) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
         if ids is None:
             raise UserError(f"{path} holds a list of {len(data)} feature arrays without ids: give the annotation "
@@ -293,5 +299,32 @@ def _read_pickle(path: Path, ids: Sequence[str] | None) -> dict[str, Any] | list
         if len(ids) != len(data):
             raise UserError(f"{path} holds {len(data)} feature arrays but --ids names {len(ids)} samples; give the "
                             f"annotation file (and --ann-split) the extraction ran on")
-        return list(zip(ids, data))
+        return [(i, _pickled_row(v, path, i)) for i, v in zip(ids, data)]
     raise UserError(f"{path} holds a {type(data).__name__}; a feature pickle holds a list or dict of arrays")
+
+
+def _pickled_row(value: Any, path: Path, row: str) -> Any:
+    """A pickled row's features: the value itself, or the features entry of a dict (`FEATURE_KEYS`)."""
+    if not isinstance(value, dict):
+        return value
+    key = next((k for k in FEATURE_KEYS if k in value), None)
+    if key is None:
+        raise UserError(f"{path}: row {row} is a dict without features (keys {', '.join(map(str, value))[:120]}); "
+                        f"expected one of {', '.join(FEATURE_KEYS)}")
+    found = value[key]
+    return found.get("item") if isinstance(found, dict) else found
+
+
+def _read_pkl_folder(folder: Path, ids: Sequence[str] | None) -> FeatureFile:
+    """One pickle per id (`<id>.pkl`, e.g. mmaction2's long-video mode): an array, or a dict of features."""
+    from migfuse.safe_pickle import load_pickle_safely
+
+    if ids is not None:
+        raise UserError(f"--ids is for pickles and stacked arrays; the files of {folder} are named by id")
+    rows, listing = [], []
+    for p in progress_bar(sorted(folder.glob("*.pkl")), desc=f"read {folder.name}", unit="file"):
+        data = load_pickle_safely(p, "feature pickle", fix="save the features as numpy arrays")
+        rows.append((p.stem, numeric(_pickled_row(data, p, p.stem), p, p.stem)))
+        listing.append(f"{p.name} {sha256_of(p)}")
+    return FeatureFile(folder, "pkl folder", rows, hashlib.sha256("\n".join(listing).encode()).hexdigest(),
+                       files=len(rows))
