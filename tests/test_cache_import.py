@@ -212,6 +212,8 @@ def test_default_views_keep_the_extracted_group_and_the_import_gets_its_own_view
     np.savez(tmp_path / "f.npz", **feats)
     write_import(cache, plan_import(read_feature_file(tmp_path / "f.npz"), manifest, "video", "aaa"))
     assert default_views(cache) == {"video": "views/video"}
+    over = import_args(cache, tmp_path / "f.npz", prepared, "--as", "video", "--name", "mvit_v2_s", "--overwrite")
+    one_line_error(CliRunner().invoke(app, over), "holds 'video/mvit_v2_s' extracted by migfuse, not imported")
     tc = TokenCache(cache)
     assert tc.group("views/video").provenance["source"] == "video/mvit_v2_s"  # not video/aaa, sorted first
     r = CliRunner().invoke(app, ["cache", "view", str(cache), "--name", "aaa", "--group", "video/aaa"])

@@ -159,14 +159,19 @@ def write_import(cache: TokenCache | str, plan: ImportPlan, overwrite: bool = Fa
                  ) -> TokenGroup:
     """Create (or reopen: same provenance) the planned group and write its rows; returns the group.
 
-    Raises UserError when the group exists with another provenance (another file or settings) and
-    not `overwrite`, or on a full disk / read-only cache."""
+    Raises UserError when the group holds extracted tokens (never replaced), exists from another
+    import (another file or settings) and not `overwrite`, or on a full disk / read-only cache."""
     cache = TokenCache(cache) if not isinstance(cache, TokenCache) else cache
+    name = plan.spec.name
+    held = cache.group(name).provenance if cache.has_group(name) else None
+    if held is not None and held.get("kind") != "imported":  # never replace extracted tokens by an import
+        raise UserError(f"cache {cache.path} holds '{name}' extracted by migfuse, not imported; give the import "
+                        f"another --name (or remove that group first: `migfuse cache drop {cache.path} {name}`)")
     if overwrite:
-        cache.delete_group(plan.spec.name)
-    elif cache.has_group(plan.spec.name) and cache.group(plan.spec.name).provenance != plan.spec.provenance:
-        raise UserError(f"cache {cache.path} holds '{plan.spec.name}' from another import (or extraction); "
-                        f"give another --name, or --overwrite to replace it")
+        cache.delete_group(name)
+    elif held is not None and held != plan.spec.provenance:
+        raise UserError(f"cache {cache.path} holds '{name}' from another import; give another --name, or "
+                        f"--overwrite to replace it")
     group = cache.require_group(plan.spec)
     ids = [i for i in plan.spec.ids if i in plan.rows]
     for start in progress_bar(range(0, len(ids), batch_rows), desc=f"import {plan.spec.name}", unit="batch"):
