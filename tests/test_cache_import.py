@@ -316,6 +316,10 @@ def test_every_bad_input_is_one_line_and_writes_nothing(world, tmp_path):
         one_line_error(r, *parts)
         assert not cache.exists() or TokenCache(cache).group_names() == [], args
     assert not (tmp_path / "ran").exists()  # the pickle's code never ran
+    _, base_cache, _ = world
+    r = runner.invoke(app, import_args(tmp_path / "ok.npz", base_cache, prepared, "--as", "video", "--name", "x"))
+    one_line_error(r, f"{base_cache} is a token cache, not a feature file: did you swap CACHE and SOURCE?")
+    assert TokenCache(base_cache).group_names() == ["joint/agcn"]
 
 
 def test_allow_missing_leaves_rows_unwritten_and_a_rerun_keeps_or_replaces_the_group(world, tmp_path):

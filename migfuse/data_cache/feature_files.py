@@ -75,6 +75,8 @@ def read_feature_file(path: str | Path, ids: Sequence[str] | None = None,
             string / compound array, ids given to a file that has its own, or rows without ids.
     """
     path = Path(path)
+    if (path / "zarr.json").is_file():
+        raise UserError(f"{path} is a token cache, not a feature file: did you swap CACHE and SOURCE?")
     if path.is_dir():
         if not any(path.glob("*.npy")) and any(path.glob("*.pkl")):
             return _read_pkl_folder(path, ids)
