@@ -26,6 +26,7 @@ holds the source's sha256, the format, the user's description and how rows were 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -95,22 +96,7 @@ def plan_import(source: FeatureFile, manifest: Any, track: str, name: str, descr
                         f"with expression logits); import the features --as {' / --as '.join(IMPORT_TRACKS)}")
     path = source.path
     ids = [i for i, _ in source.rows]
-    if not ids:
-        raise UserError(f"{path} holds no features")
-    seen: set[str] = set()
-    dups = sorted({i for i in ids if i in seen or seen.add(i)})
-    if dups:
-        raise UserError(f"{path} holds {len(dups)} ids more than once ({shortlist(dups)}); keep one row per id")
-    clips = {c.clip_id for c in manifest.clips}
-    videos = set(manifest.videos)
-    extra = [i for i in ids if i not in clips and i not in videos]
-    if extra:
-        raise UserError(f"{path} holds {len(extra)} ids that {_where(manifest)} does not have ({shortlist(extra)}); "
-                        f"import features of this prepared dataset (ids are clip ids like "
-                        f"{manifest.clips[0].clip_id if manifest.clips else '-'} or video ids), or fix --data")
-    per_video = all(i in videos for i in ids)
-    if not per_video and any(i in videos for i in ids):
-        raise UserError(f"{path} mixes video ids and clip ids; give one row per clip or one per video")
+    per_video = _rows_are_videos(source, ids, manifest)
     rate = _time_axis(source, stride, fps)
     if t.per_video and not per_video:
         raise UserError(f"{path} holds one row per clip, but track {track} has one row per video; import per-clip "
@@ -130,8 +116,7 @@ def plan_import(source: FeatureFile, manifest: Any, track: str, name: str, descr
     want = row_ids(t, manifest)
     missing = [i for i in want if i not in features]
     if missing and not allow_missing:
-        unit = "video" if t.per_video else "clip"
-        raise UserError(f"{path} lacks {len(missing)} of the {len(want)} {unit} ids of {_where(manifest)} "
+        raise UserError(f"{path} lacks {len(missing)} of the {len(want)} {t.unit} ids of {_where(manifest)} "
                         f"({shortlist(missing)}); import a complete set, or pass --allow-missing to leave them "
                         f"unwritten (training then needs --allow-missing too)")
     tokens = {i: _as_tokens(x, i, t, path) for i, x in features.items()}
@@ -182,6 +167,29 @@ def write_import(cache: TokenCache | str, plan: ImportPlan, overwrite: bool = Fa
 
 
 # ----- rows ------------------------------------------------------------------------------------------
+def _rows_are_videos(source: FeatureFile, ids: list[str], manifest: Any) -> bool:
+    """True when the file's ids are video ids, False when clip ids; UserError on none, duplicated
+    ids, ids the manifest lacks, or a mix of both."""
+    path = source.path
+    if not ids:
+        raise UserError(f"{path} holds no features")
+    dups = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dups:
+        raise UserError(f"{path} holds {len(dups)} ids more than once ({shortlist(dups)}); keep one row per id")
+    clips = {c.clip_id for c in manifest.clips}
+    videos = set(manifest.videos)
+    extra = [i for i in ids if i not in clips and i not in videos]
+    if extra:
+        stacked = " (one stacked array without ids? give them with --ids)" if len(ids) == 1 else ""
+        raise UserError(f"{path} holds {len(extra)} ids that {_where(manifest)} does not have ({shortlist(extra)})"
+                        f"{stacked}; import features of this prepared dataset (ids are clip ids like "
+                        f"{manifest.clips[0].clip_id if manifest.clips else '-'} or video ids), or fix --data")
+    per_video = all(i in videos for i in ids)
+    if not per_video and any(i in videos for i in ids):
+        raise UserError(f"{path} mixes video ids and clip ids; give one row per clip or one per video")
+    return per_video
+
+
 def _where(manifest: Any) -> str:
     return str(manifest.root) if getattr(manifest, "root", None) else "the prepared data"
 
