@@ -61,7 +61,10 @@ def _allowed(module: str, name: str) -> Any:
         cls = getattr(getattr(np, "dtypes", None), name, None)
         return cls if isinstance(cls, type) and issubclass(cls, np.dtype) else None
     if module.startswith("torch"):
-        import torch
+        try:
+            import torch
+        except ImportError:  # e.g. a laptop install reading a pickle of tensors
+            raise _NeedsTorch(f"{module}.{name}") from None
 
         table = {("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
                  ("torch", "Size"): torch.Size,
@@ -74,6 +77,10 @@ def _allowed(module: str, name: str) -> Any:
 
 class _Refused(pickle.UnpicklingError):
     """A pickle named a global outside the allow-list (the message is its dotted name)."""
+
+
+class _NeedsTorch(Exception):
+    """A pickle holds torch tensors and torch is not installed (the message is the global's name)."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -100,6 +107,9 @@ def load_pickle_safely(path: str | Path, what: str = "pickle",
     except _Refused as e:
         raise UserError(f"{path} holds {e}, which is not plain data: unpickling it would run code from the "
                         f"file, so it was not read; {fix}") from None
+    except _NeedsTorch as e:
+        raise UserError(f"{path} holds torch tensors ({e}); reading them needs torch: install it (pip install torch), "
+                        f"or save the arrays with numpy") from None
     except pickle.UnpicklingError as e:
         raise UserError(f"cannot read {what} {path} ({e}); is the file complete?") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError, MemoryError) as e:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import pickle
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -347,3 +348,17 @@ def test_a_list_pickle_needs_the_annotation_ids(world, tmp_path):
     r = CliRunner().invoke(app, import_args(tmp_path / "c.zarr", tmp_path / "list.pkl", prepared, "--as", "video",
                                             "--name", "x"))
     one_line_error(r, "list.pkl holds a list of 3 feature arrays without ids: give the annotation file")
+
+
+def test_a_pickle_of_torch_tensors_imports_and_without_torch_is_one_line(world, tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    _, _, manifest = world
+    feats = clip_features(manifest)
+    with open(tmp_path / "t.pkl", "wb") as f:
+        pickle.dump({i: torch.from_numpy(x) for i, x in feats.items()}, f)
+    got = dict(read_feature_file(tmp_path / "t.pkl").rows)
+    assert np.array_equal(got["0005_4"], feats["0005_4"])
+    monkeypatch.setitem(sys.modules, "torch", None)  # a laptop install without torch
+    with pytest.raises(UserError, match=r"t\.pkl holds torch tensors \(torch\._utils\._rebuild_tensor_v2\); reading "
+                                        r"them needs torch"):
+        read_feature_file(tmp_path / "t.pkl")

@@ -260,7 +260,7 @@ def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
             if len(members) == 1 and isinstance(members[0], h5py.Group):
                 node = members[0]  # everything under one group, e.g. /features/<id>
             arrays: dict[str, Any] = {}
-            for key, item in node.items():
+            for key, item in progress_bar(node.items(), total=len(node), desc=f"read {path.name}", unit="entry"):
                 if isinstance(item, h5py.Group):  # one group per id holding its one dataset
                     inner = [v for v in item.values() if isinstance(v, h5py.Dataset)]
                     if len(inner) != 1:
