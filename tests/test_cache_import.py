@@ -362,3 +362,12 @@ def test_a_pickle_of_torch_tensors_imports_and_without_torch_is_one_line(world, 
     with pytest.raises(UserError, match=r"t\.pkl holds torch tensors \(torch\._utils\._rebuild_tensor_v2\); reading "
                                         r"them needs torch"):
         read_feature_file(tmp_path / "t.pkl")
+
+
+def test_hdf5_without_h5py_names_the_extra(world, tmp_path, monkeypatch):
+    _, _, manifest = world
+    write_h5_stacked(tmp_path / "f.h5", clip_features(manifest))
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(UserError, match=r"f\.h5 needs h5py, which is not installed here: install the import-hdf5 "
+                                        r"extra: bash scripts/install.sh fuse,import-hdf5"):
+        read_feature_file(tmp_path / "f.h5")

@@ -250,8 +250,8 @@ def _read_hdf5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     try:
         import h5py
     except ImportError:
-        raise UserError(f"reading {path} needs h5py: pip install 'migfuse[import-hdf5]' (or pip install h5py)") \
-            from None
+        raise UserError(f"reading {path} needs h5py, which is not installed here: install the import-hdf5 extra: "
+                        f"bash scripts/install.sh fuse,import-hdf5 (or pip install 'migfuse[import-hdf5]')") from None
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: float(f.attrs[k]) for k in TIME_KEYS if k in f.attrs and np.ndim(f.attrs[k]) == 0}
