@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from migfuse.checkpoint_file import sha256_file
 from migfuse.errors import UserError
 from migfuse.progress_bar import progress_bar
 
@@ -89,7 +90,7 @@ def read_feature_file(path: str | Path, ids: Sequence[str] | None = None,
                         f"a .npz, .h5/.hdf5 or .pkl file")
     if feature_type is not None:
         raise UserError(f"--feature-type is for folders of <id>_<type>.npy files; {path} is one {fmt} file")
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if fmt == "npz":
         arrays = _read_npz(path)
         out = FeatureFile(path, fmt, [], digest)
@@ -107,15 +108,6 @@ def read_feature_file(path: str | Path, ids: Sequence[str] | None = None,
             setattr(out, key, float(arrays.pop(key)))
     out.rows = _rows(arrays, path, ids)
     return out
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----- checks ----------------------------------------------------------------------------------------
@@ -232,7 +224,7 @@ def _read_npy_folder(folder: Path, ids: Sequence[str] | None, feature_type: str 
     rows, timestamps, rates, listing = [], {}, set(), []
     for p in progress_bar(features, desc=f"read {folder.name}", unit="file"):
         rows.append((id_of[p], numeric(_read_npy(p), p, id_of[p])))
-        listing.append(f"{p.name} {sha256_of(p)}")
+        listing.append(f"{p.name} {sha256_file(p)}")
         ts, fps = folder / f"{id_of[p]}_timestamps_ms.npy", folder / f"{id_of[p]}_fps.npy"
         if ts.is_file():
             timestamps[id_of[p]] = numeric(_read_npy(ts), ts, "timestamps_ms").astype(np.float64).reshape(-1)
@@ -327,6 +319,6 @@ def _read_pkl_folder(folder: Path, ids: Sequence[str] | None) -> FeatureFile:
     for p in progress_bar(sorted(folder.glob("*.pkl")), desc=f"read {folder.name}", unit="file"):
         data = load_pickle_safely(p, "feature pickle", fix="save the features as numpy arrays")
         rows.append((p.stem, numeric(_pickled_row(data, p, p.stem), p, p.stem)))
-        listing.append(f"{p.name} {sha256_of(p)}")
+        listing.append(f"{p.name} {sha256_file(p)}")
     return FeatureFile(folder, "pkl folder", rows, hashlib.sha256("\n".join(listing).encode()).hexdigest(),
                        files=len(rows))
