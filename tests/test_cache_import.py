@@ -106,10 +106,10 @@ def test_an_imported_hdf5_set_trains_cmtf_with_a_pose_group_and_exports(world, t
     scores = tmp_path / "test.npz"
     r = runner.invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(scores)])
     assert r.exit_code == 0 and len(Scores.load(scores).ids) == 8, r.output
-    out = tmp_path / "export"
+    out = tmp_path / "submission.zip"
     r = runner.invoke(app, ["export", "miga2025", str(scores), "--data", str(prepared), "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    assert any(out.rglob("*")), r.output
+    assert r.exit_code == 0 and "8 rows of split test" in r.output, r.output
+    assert f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}  {out.name}" in r.output
 
 
 # ----- formats ---------------------------------------------------------------------------------------
