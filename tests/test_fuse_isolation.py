@@ -50,3 +50,28 @@ def test_views_need_no_torch(tmp_path):
         print("OK")
     """, tmp_path)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_cache_import_needs_no_torch(tmp_path):
+    """`cache import` (npz and a pickle here) runs where only the cache is installed."""
+    r = _run({"torch", "torchvision", "timm", "av"}, """
+        import pickle
+        import numpy as np
+        from typer.testing import CliRunner
+        from migfuse.cli import app
+        from migfuse.synth.tokens import synthetic_manifest
+
+        m = synthetic_manifest(2, 2, 2)
+        m.save("prepared")
+        feats = {c.clip_id: np.full(4, k, np.float32) for k, c in enumerate(m.clips)}
+        np.savez("f.npz", **feats)
+        with open("f.pkl", "wb") as f:
+            pickle.dump(feats, f)
+        for src, name in (("f.npz", "a"), ("f.pkl", "b")):
+            out = CliRunner().invoke(app, ["cache", "import", "c.zarr", src, "--data", "prepared", "--as", "video",
+                                           "--name", name])
+            assert out.exit_code == 0, out.output
+        assert "torch" not in sys.modules
+        print("OK")
+    """, tmp_path)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]

@@ -76,7 +76,7 @@ def test_fuse_install_keeps_a_local_label_torch_and_adds_no_extraction_packages(
                             capture_output=True, text=True, check=True).stdout
     names = {p["name"].lower() for p in json.loads(listed)}
     assert {"torch", "migfuse", "numpy", "zarr", "typer", "tqdm", "matplotlib", "filelock", "python-calamine"} <= names
-    assert not names & {"torchvision", "timm", "av", "facenet-pytorch", "pytest", "transformers"}
+    assert not names & {"torchvision", "timm", "av", "facenet-pytorch", "pytest", "transformers", "h5py"}
 
 
 def _fake_python(path: Path, version: tuple[int, int, int], executable: str) -> Path:

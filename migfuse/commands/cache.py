@@ -1,13 +1,16 @@
-"""`migfuse cache`: look at the token cache, derive pooled views, copy the views for a laptop."""
+"""`migfuse cache`: look at the token cache, derive pooled views, copy the views for a laptop, import
+features computed elsewhere."""
 from __future__ import annotations
 
 from pathlib import Path
+from enum import StrEnum
 from typing import Annotated, Optional
 
 import typer
 
 from migfuse.commands.app import group
-from migfuse.commands.options import CacheArg, parse_name, path_argument
+from migfuse.commands.options import CacheArg, DataOpt, parse_name, parse_positive, path_argument, path_option
+from migfuse.data_cache.tracks import TRACKS
 from migfuse.errors import UserError
 
 app = group("Inspect the token cache and derive small pooled views for training.")
@@ -138,3 +141,73 @@ def cache_drop_cmd(
         raise typer.Exit(1)
     tc.drop_group(group)
     typer.echo(f"dropped {group} from {cache} ({human_bytes(size)} freed)")
+
+
+#: `cache import --as`: the track an imported group acts as (face tracks are refused with the reason).
+AsTrack = StrEnum("AsTrack", {name: name for name in TRACKS})
+
+
+@app.command("import")
+def cache_import_cmd(
+    cache: CacheArg,
+    source: Annotated[Path, path_argument(metavar="SOURCE", help="The features: a folder of <id>.npy or "
+                                                                 "<id>_<type>.npy files (video_features), an .npz, "
+                                                                 "an .h5/.hdf5 or an mmaction2 feature .pkl.")],
+    data: DataOpt,
+    as_track: Annotated[AsTrack, typer.Option("--as", help="The track the features act as: video (clip rows, "
+                                                           "CMTF's video side), joint / bone (clip rows, the pose "
+                                                           "side) or context (video rows, emotion).")],
+    name: Annotated[str, typer.Option(parser=parse_name, metavar="<name>",
+                                      help="The group is TRACK/NAME, e.g. video/i3d.")],
+    description: Annotated[str, typer.Option(help="What the features are (model, weights, sampling); kept in "
+                                                  "the group's provenance.")] = "",
+    feature_type: Annotated[Optional[str], typer.Option(
+        help="For a folder holding several <id>_<type>.npy types (rgb, flow): the one to import.")] = None,
+    ids: Annotated[Optional[Path], path_option(
+        "--ids", help="For a .pkl list (or a stacked array without ids): the annotation file the extraction ran "
+                      "on, whose samples the rows follow (mmaction2 list file or skeleton .pkl).")] = None,
+    ann_split: Annotated[Optional[str], typer.Option(
+        help="With --ids of a skeleton .pkl: the split the extraction ran on.")] = None,
+    stride: Annotated[Optional[float], typer.Option(
+        parser=parse_positive, metavar="FRAMES", help="Per-video features: frames of the video between feature "
+                                                      "rows; cuts them into the manifest's clips.")] = None,
+    fps: Annotated[Optional[float], typer.Option(
+        parser=parse_positive, metavar="RATE", help="Per-video features: feature rows per second (instead of "
+                                                    "--stride).")] = None,
+    time_steps: Annotated[Optional[int], typer.Option(
+        min=1, max=1024, show_default="8 when rows differ in length, else kept",
+        help="Tokens per row: each row's time axis averaged to this many.")] = None,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Leave rows the file lacks unwritten "
+                                                                        "instead of refusing.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a group of this name made from other "
+                                                                "features.")] = False,
+) -> None:
+    """Write features computed elsewhere into the cache as group TRACK/NAME, used by `cache view`, the
+    heads and late fusion like that track's tokens.
+
+    Ids are checked against --data (missing, extra and duplicated ids are refused with the list),
+    shapes and values too, before anything is written. Per-video features for a clip track are cut
+    into clips by the manifest's frame ranges with --stride or --fps (or the rate the file states).
+    Provenance records the file's sha256 and --description. See docs/cache.md, "Importing features".
+    """
+    from migfuse.data_cache.feature_files import read_feature_file
+    from migfuse.data_cache.importing import plan_import, write_import
+    from migfuse.datasets.manifest import Manifest
+
+    if ann_split is not None and ids is None:
+        raise UserError("--ann-split goes with --ids (the skeleton .pkl annotation the extraction ran on)")
+    row_ids = None
+    if ids is not None:
+        from migfuse.fuse.importers import read_annotation_ids
+
+        row_ids = read_annotation_ids(ids, ann_split)
+    manifest = Manifest.load(data)
+    features = read_feature_file(source, ids=row_ids, feature_type=feature_type)
+    plan = plan_import(features, manifest, as_track.value, name, description=description, stride=stride, fps=fps,
+                       time_steps=time_steps, allow_missing=allow_missing)
+    group = write_import(cache, plan, overwrite=overwrite)
+    missing = f", {len(plan.missing)} missing" if plan.missing else ""
+    typer.echo(f"{group.name}: {len(group.done_ids())}/{len(group.ids)} rows{missing}, "
+               f"{next(iter(plan.spec.arrays))} {plan.shape} per row, from "
+               f"{source} ({features.format}); next: `migfuse cache view {cache} --defaults` "
+               f"(or --name NAME --group {group.name})")

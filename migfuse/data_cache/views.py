@@ -23,7 +23,8 @@ Poolings (name: source arrays -> tokens per clip):
   face_keep    face features (K, 512) ++ logits (K, 7), mask (K,) -> (K, 519) (nothing pooled: K is small)
   context_cls_mean  context tokens (K, 393, 768), valid (K,) -> (K, 2, 768): class token + mean of
                the spatio-temporal tokens per window
-  raw          no pooling: the layout conversion used when training reads a raw group
+  raw          no pooling: the layout conversion used when training reads a raw group (the
+               default of groups written by `cache import`, which name it in their provenance)
 
 This module must not import torch (the laptop derives views with numpy + zarr only).
 """
@@ -129,7 +130,7 @@ def video_cls(a: Mapping[str, np.ndarray]) -> Pooled:
     return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
 
 
-def _adaptive_mean(x: np.ndarray, steps: int, axis: int) -> np.ndarray:
+def adaptive_mean(x: np.ndarray, steps: int, axis: int) -> np.ndarray:
     """Average `x` along `axis` into `steps` near-equal bins (like adaptive_avg_pool1d)."""
     n = x.shape[axis]
     edges = [(math.floor(i * n / steps), math.ceil((i + 1) * n / steps)) for i in range(steps)]
@@ -156,7 +157,7 @@ def part_groups(n_joints: int, parts: int | Sequence[Sequence[int]]) -> list[lis
 def _pose_time(feats: np.ndarray, time_steps: int) -> np.ndarray:
     """(B, C, T', V) -> (B, time_steps, C): mean over joints, then adaptive mean over time."""
     per_step = feats.mean(-1)  # (B, C, T')
-    return _adaptive_mean(per_step, min(time_steps, per_step.shape[-1]), axis=-1).transpose(0, 2, 1)
+    return adaptive_mean(per_step, min(time_steps, per_step.shape[-1]), axis=-1).transpose(0, 2, 1)
 
 
 @register_pooling("pose_time", tracks_with_layout("pose_features"))
@@ -254,7 +255,8 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
     if is_view(src):
         raise UserError(f"'{source}' is already a view; derive views from a track group (see `migfuse cache info`)")
     track = track_of(src)
-    pooling = pooling or DEFAULT_POOLING.get(track)
+    # an imported group names its own default (its tokens are not the track's backbone's layout)
+    pooling = pooling or src.provenance.get("default_pooling") or DEFAULT_POOLING.get(track)
     chosen = POOLINGS.get(pooling)  # UserError naming the known poolings
     fn = chosen.fn
     if track not in chosen.tracks:
@@ -330,13 +332,15 @@ def default_views(cache: TokenCache | str, overwrite: bool = False) -> dict[str,
 
     One view per track, named ``views/<track>`` (e.g. views/video with `video_time` pooling). When a
     track has several backbones (joint/agcn and joint/aagcn) the first in sorted order is used and
-    the choice is logged; call `make_view` for the others. Returns {} for a cache without track
-    groups (e.g. a views-only copy made by `export_views`).
+    the choice is logged, an extracted group before an imported one (`cache import`), so importing
+    features never changes an existing default view; call `make_view` for the others. Returns {}
+    for a cache without track groups (e.g. a views-only copy made by `export_views`).
     """
     cache = TokenCache(cache) if not isinstance(cache, TokenCache) else cache
     out: dict[str, str] = {}
     for track, groups in track_groups(cache).items():
         if len(groups) > 1:
+            groups = sorted(groups, key=lambda g: cache.group(g).provenance.get("kind") == "imported")
             log.info("track %s has groups %s; the default view uses %s", track, groups, groups[0])
         source = groups[0]
         if not cache.group(source).done_ids():
