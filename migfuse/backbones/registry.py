@@ -44,6 +44,7 @@ BACKBONES: Registry[type["Backbone"]] = Registry("backbone", modules={
     "agcn": "migfuse.backbones.agcn",
     "aagcn": "migfuse.backbones.aagcn",
     "swinface": "migfuse.backbones.swinface",
+    "posec3d": "migfuse.backbones.posec3d",
 })
 
 
@@ -66,6 +67,8 @@ class Backbone:
     preprocessing: ClassVar[dict[str, Any]] = {}
     #: video tracks: what the tokens of `clip_tokens` are, in words (recorded in the cache provenance)
     tokens_doc: ClassVar[str] = ""
+    #: input files `backbone run --input` takes besides one .npy array (read by `run_file`), e.g. (".npz",)
+    input_suffixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any):
         self.options = options
@@ -84,6 +87,11 @@ class Backbone:
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run on an input in the original layout; return named float32 outputs."""
         raise NotImplementedError
+
+    def run_file(self, path: Path) -> dict[str, np.ndarray]:
+        """Run on an input file of one of `input_suffixes` (e.g. keypoints the backbone turns into its input);
+        the outputs may include the input it built."""
+        raise NotImplementedError(f"backbone {self.name} takes only .npy arrays")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
