@@ -67,6 +67,18 @@ class SlowOnlyArch:
         return [[((3, 1, 1) if self.inflate[i] else (1, 1, 1), (1, 3, 3)) for _ in range(n)]
                 for i, n in enumerate(self.stage_blocks)]
 
+    def feature_shape(self, t: int, h: int, w: int) -> tuple[int, int, int, int]:
+        """(C, T', H', W') of the last stage for a (T, H, W) input: every strided conv / pool rounds up."""
+        def down(n: int, s: int) -> int:
+            return -(-n // s)
+        h, w = (down(down(n, self.conv1_stride_s), self.pool1_stride_s if self.with_pool1 else 1) for n in (h, w))
+        t = down(down(t, self.conv1_stride_t), self.pool1_stride_t if self.with_pool1 else 1)
+        for i in range(len(self.stage_blocks)):
+            h, w, t = down(h, self.spatial_strides[i]), down(w, self.spatial_strides[i]), down(t, self.temporal_strides[i])
+            if i == 0 and self.with_pool2:
+                t = t // 2
+        return self.out_channels, t, h, w
+
     @property
     def out_channels(self) -> int:
         return self.base_channels * 2 ** (len(self.stage_blocks) - 1) * Bottleneck3d.expansion
@@ -260,6 +272,7 @@ class PoseC3DBackbone(Backbone):
     checkpoint_doc = ("an mmaction2 / pyskl PoseC3D file (e.g. slowonly_r50_8xb16-u48-240e_ntu60-xsub-keypoint"
                       "_20220815-38db104b.pth): joint stream = keypoint model, bone stream = limb model")
     input_suffixes = (".npz",)
+    run_flags = ("limb",)
 
     def __init__(self, num_class: int = 60, base_channels: int = 32, stage_blocks: tuple[int, ...] = (4, 6, 3),
                  in_channels: int = 17, spatial_strides: tuple[int, ...] | None = None,
@@ -281,6 +294,7 @@ class PoseC3DBackbone(Backbone):
         self.model = Recognizer3D(arch).to(device).eval()
         self.heatmap = HeatmapConfig(limb=bool(limb))
         self.meta: dict = {}
+        self.file_settings: dict[str, Any] = {}  # what the checkpoint's config text said
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -317,7 +331,7 @@ class PoseC3DBackbone(Backbone):
                             "the closest layout is mmaction2's Recognizer3D (backbone.layerN.B.convK.conv/bn, "
                             "cls_head.fc_cls)")
         model.load_state_dict(sd, strict=True)
-        self.model, self.meta = model.to(self.device).eval(), meta
+        self.model, self.meta, self.file_settings = model.to(self.device).eval(), meta, cfg
         self.heatmap = HeatmapConfig(clip_len=int(cfg.get("clip_len", 48)), sigma=float(cfg.get("sigma", 0.6)),
                                      use_score=bool(cfg.get("use_score", True)),
                                      limb=bool(self.options.get("limb") or cfg.get("with_limb", False)))

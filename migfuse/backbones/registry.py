@@ -69,6 +69,8 @@ class Backbone:
     tokens_doc: ClassVar[str] = ""
     #: input files `backbone run --input` takes besides one .npy array (read by `run_file`), e.g. (".npz",)
     input_suffixes: ClassVar[tuple[str, ...]] = ()
+    #: the `backbone run` flags it takes beyond the common ones (e.g. ("limb",)), passed as options
+    run_flags: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any):
         self.options = options
