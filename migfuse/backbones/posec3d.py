@@ -74,7 +74,8 @@ class SlowOnlyArch:
         h, w = (down(down(n, self.conv1_stride_s), self.pool1_stride_s if self.with_pool1 else 1) for n in (h, w))
         t = down(down(t, self.conv1_stride_t), self.pool1_stride_t if self.with_pool1 else 1)
         for i in range(len(self.stage_blocks)):
-            h, w, t = down(h, self.spatial_strides[i]), down(w, self.spatial_strides[i]), down(t, self.temporal_strides[i])
+            s = self.spatial_strides[i]
+            h, w, t = down(h, s), down(w, s), down(t, self.temporal_strides[i])
             if i == 0 and self.with_pool2:
                 t = t // 2
         return self.out_channels, t, h, w
@@ -240,9 +241,12 @@ def arch_from_state_dict(sd: Mapping[str, Any], path: str | Path) -> SlowOnlyArc
 
 
 def settings_from_cfg(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor and heatmap values written in a checkpoint's `meta['cfg']` (mmengine/mmcv save the
-    config's text there): `name=value` or `'name': value` literals, parsed, never executed."""
-    text = meta.get("cfg") if isinstance(meta, Mapping) else None
+    """Constructor and heatmap values written in a checkpoint's config text (mmengine, mmaction2 1.x:
+    `meta['cfg']`; mmcv 1.x runners, mmaction2 0.x and pyskl: `meta['config']`): `name=value` or
+    `'name': value` literals, parsed, never executed. The first occurrence counts."""
+    text = None
+    if isinstance(meta, Mapping):
+        text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else meta.get("config")
     if not isinstance(text, str):
         return {}
     found: dict[str, Any] = {}

@@ -123,10 +123,11 @@ class HeatmapExtractor(SkeletonExtractor):
 
     def provenance(self) -> dict[str, Any]:
         ckpt = self.backbone.checkpoint
-        return {"backbone": self.arch, "stream": self.stream, "checkpoint": Path(str(ckpt)).name if ckpt else None,
+        return {**self.backbone.provenance(), "backbone": self.arch, "stream": self.stream,
+                "checkpoint": Path(str(ckpt)).name if ckpt else None,
                 "checkpoint_sha256": self.backbone.checkpoint_sha256,
                 "weights": "RANDOM (seeded): no --checkpoint given" if self.random_weights else "checkpoint",
-                "layout": "coco-17", "heatmaps": self.heatmap.to_dict(), **self.backbone.provenance(),
+                "layout": "coco-17", "heatmaps": self.heatmap.to_dict(),
                 "output": "last stage feature map (C, T', H'*W'), the person channels drawn together"}
 
     def loader(self) -> HeatmapLoader:
