@@ -305,3 +305,13 @@ def test_extract_skeleton_posec3d_refuses_agcn_options_in_one_line(toy, tmp_path
                "--checkpoint", toy / "tiny.pth", "--length", "32")
     assert res.exit_code == 2 and "--layout and --length are for agcn/aagcn" in res.output
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_extract_refuses_a_limb_model_on_the_joint_stream(toy, tmp_path):
+    sd = torch.load(toy / "tiny.pth", weights_only=True)["state_dict"]
+    torch.save({"meta": {"cfg": "dict(type='GeneratePoseTarget', with_kp=False, with_limb=True)"}, "state_dict": sd},
+               tmp_path / "limb.pth")
+    res = _run("extract", "skeleton", "--data", toy / "prep", "--cache", tmp_path / "c.zarr", "--backbone", "posec3d",
+               "--checkpoint", tmp_path / "limb.pth", "--stream", "joint")
+    assert res.exit_code == 2 and "limb.pth is a limb model: pass --stream bone" in res.output
+    assert not (tmp_path / "c.zarr").exists()
