@@ -240,7 +240,10 @@ def test_backbone_run_refuses_bad_keypoint_files_in_one_line(tmp_path):
     ann = _annotation()
     np.savez(tmp_path / "no_shape.npz", keypoint=ann["keypoint"], keypoint_score=ann["keypoint_score"])
     np.savez(tmp_path / "short.npz", **{**ann, "keypoint_score": ann["keypoint_score"][:, :10]})
+    np.savez(tmp_path / "v18.npz", **{**ann, "keypoint": np.zeros((1, 100, 18, 2), np.float32),
+                                      "keypoint_score": np.ones((1, 100, 18), np.float32)})
     for bad, text in (("no_shape.npz", "no_shape.npz lacks img_shape: give mmaction2's annotation fields"),
+                      ("v18.npz", "v18.npz: keypoint has 18 joints; this posec3d model draws 17 keypoint channels"),
                       ("short.npz", "short.npz: keypoint_score must be (M, T, V) = (1, 100, 17), got (1, 10, 17)")):
         res = _run("backbone", "run", "posec3d", "--input", tmp_path / bad, "--out", tmp_path / "y.npz")
         assert res.exit_code == 2 and text in res.output and "Traceback" not in res.output

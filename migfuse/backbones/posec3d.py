@@ -368,7 +368,12 @@ class PoseC3DBackbone(Backbone):
         except (ValueError, OSError, EOFError) as e:
             raise UserError(f"cannot read {path} as an .npz of arrays ({e}); save it with np.savez (no objects)") \
                 from None
-        check_annotation(annotation, str(path))
+        kp = check_annotation(annotation, str(path))[0]
+        need = len(self.heatmap.skeletons) if self.heatmap.limb else self.model.arch.in_channels
+        if (self.heatmap.limb and kp.shape[2] != 17) or (not self.heatmap.limb and kp.shape[2] != need):
+            raise UserError(f"{path}: keypoint has {kp.shape[2]} joints; this posec3d model draws "
+                            f"{'COCO-17 limbs' if self.heatmap.limb else f'{need} keypoint channels'} (map the "
+                            "joints to COCO-17 first, e.g. `migfuse data export-pyskl --layout coco-17`)")
         volume = build_volume(annotation, self.heatmap, device=self.device)
         return {**self.run(volume), "heatmaps": volume}
 
