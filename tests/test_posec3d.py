@@ -139,10 +139,15 @@ def test_pyskl_and_plain_name_files_give_the_same_outputs(golden_runs, tmp_path)
     out, arrays, _ = golden_runs["mmaction_posec3d_r50_fanin"]
     sd = golden_state_dict("mmaction_posec3d_r50_fanin")
     pyskl = _pyskl_file(tmp_path / "pyskl.pth", {"module." + k: v for k, v in sd.items()},
-                        "model = dict(backbone=dict(type='ResNet3dSlowOnly', spatial_strides=(2, 2, 2), "
-                        "temporal_strides=(1, 1, 2)))")
+                        "model = dict(type='Recognizer3D', backbone=dict(type='ResNet3dSlowOnly', in_channels=17, "
+                        "base_channels=32, num_stages=3, out_indices=(2, ), stage_blocks=(4, 6, 3), "
+                        "conv1_stride=(1, 1), pool1_stride=(1, 1), inflate=(0, 1, 1), spatial_strides=(2, 2, 2), "
+                        "temporal_strides=(1, 1, 2)), cls_head=dict(type='I3DHead', in_channels=512, num_classes=60))")
     assert np.array_equal(create_backbone("posec3d", pyskl).run(arrays["input"])["backbone_features"],
                           out["backbone_features"])
+    # pyskl writes the stem strides as (temporal, spatial) pairs
+    assert settings_from_cfg({"config": "backbone=dict(conv1_stride=(1, 1), pool1_stride=(1, 2))"}) == {
+        "conv1_stride_t": 1, "conv1_stride_s": 1, "pool1_stride_t": 1, "pool1_stride_s": 2}
 
     def plain(key: str) -> str:  # mmaction2's names -> names without mmcv's ConvModule
         for new, old in (("backbone.conv1.conv.weight", "backbone.conv1.weight"),

@@ -88,6 +88,8 @@ class SlowOnlyArch:
 #: ResNet3dSlowOnly's own defaults (the RGB SlowOnly configs), for 4-stage files without a config
 RGB_SLOWONLY = dict(conv1_stride_s=2, pool1_stride_s=2, spatial_strides=(1, 2, 2, 2), temporal_strides=(1, 1, 1, 1),
                     dilations=(1, 1, 1, 1))
+#: pyskl's stem strides, (temporal, spatial) pairs (mmaction2 names them conv1_stride_t / _s, ...)
+PYSKL_STRIDES = ("conv1_stride", "pool1_stride")
 #: constructor values a checkpoint's `meta.cfg` text may set (read as literals)
 CFG_KEYS = ("spatial_strides", "temporal_strides", "dilations", "conv1_stride_s", "conv1_stride_t", "pool1_stride_s",
             "pool1_stride_t", "with_pool1", "with_pool2")
@@ -250,7 +252,7 @@ def settings_from_cfg(meta: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(text, str):
         return {}
     found: dict[str, Any] = {}
-    for key in CFG_KEYS + ("sigma", "with_limb", "use_score", "clip_len"):
+    for key in CFG_KEYS + PYSKL_STRIDES + ("sigma", "with_limb", "use_score", "clip_len"):
         m = re.search(rf"['\"]?\b{key}['\"]?\s*[=:]\s*(\([^()]*\)|\[[^\[\]]*\]|[\w.+-]+)", text)
         if not m:
             continue
@@ -259,6 +261,11 @@ def settings_from_cfg(meta: Mapping[str, Any]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             continue
         found[key] = tuple(value) if isinstance(value, list) else value
+    for key in PYSKL_STRIDES:  # pyskl's (temporal, spatial) pairs -> mmaction2's names
+        pair = found.pop(key, None)
+        if isinstance(pair, tuple) and len(pair) == 2:
+            found.setdefault(f"{key}_t", pair[0])
+            found.setdefault(f"{key}_s", pair[1])
     return found
 
 
