@@ -323,3 +323,17 @@ def test_extract_refuses_a_limb_model_on_the_joint_stream(toy, tmp_path):
                "--checkpoint", tmp_path / "limb.pth", "--stream", "joint")
     assert res.exit_code == 2 and "limb.pth is a limb model: pass --stream bone" in res.output
     assert not (tmp_path / "c.zarr").exists()
+
+
+def test_posec3d_joint_and_bone_groups_feed_the_pose_head(toy, tmp_path):
+    cache = tmp_path / "c.zarr"
+    for stream in ("joint", "bone"):
+        res = _run("extract", "skeleton", "--data", toy / "prep", "--cache", cache, "--backbone", "posec3d",
+                   "--checkpoint", toy / "tiny.pth", "--stream", stream, "--precision", "fp32")
+        assert res.exit_code == 0, res.output
+    res = _run("cache", "view", cache, "--defaults")
+    assert res.exit_code == 0 and "joint          -> views/joint" in res.output and "views/bone" in res.output
+    res = _run("fuse", "train", "--cache", cache, "--data", toy / "prep", "--task", "mg", "--out", tmp_path / "run",
+               "--head", "pose", "--epochs", "1", "--precision", "fp32")
+    assert res.exit_code == 0, res.output
+    assert "best epoch 1" in res.output and (tmp_path / "run" / "best.pt").is_file()

@@ -171,9 +171,12 @@ def check_annotation(annotation: Mapping[str, Any], where: str = "the annotation
     else:
         score = np.ones(kp.shape[:3], dtype=np.float32)
     shape = np.asarray(annotation["img_shape"]).reshape(-1)
-    if shape.size != 2 or np.any(shape < 1):
+    if shape.size != 2 or not np.issubdtype(shape.dtype, np.number) or np.any(shape < 1):
         raise UserError(f"{where}: img_shape must be (height, width) in pixels, got {shape.tolist()}")
-    total = int(np.asarray(annotation.get("total_frames", kp.shape[1])))
+    total = np.asarray(annotation.get("total_frames", kp.shape[1]))
+    if total.size != 1 or not np.issubdtype(total.dtype, np.integer):
+        raise UserError(f"{where}: total_frames must be one integer, got {total.tolist()}")
+    total = int(total)
     if total != kp.shape[1] or total < 1:
         raise UserError(f"{where}: total_frames is {total} but keypoint holds {kp.shape[1]} frames")
     return kp, score, (int(shape[0]), int(shape[1])), total
