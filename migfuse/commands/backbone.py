@@ -123,8 +123,14 @@ def backbone_run(
         rt = runtime.resolve()
         bb, _ = _open_backbone(name, checkpoint, layout, rt.trust_checkpoint, device=rt.device,
                                **({"limb": True} if limb else {}))
-        with rt.cpu_threads(), rt.autocast():
-            _write_outputs(out, bb.run_file(input_path))
+        try:
+            with rt.cpu_threads(), rt.autocast():
+                outputs = bb.run_file(input_path)
+        except RuntimeError as e:  # e.g. a volume the model's strides cannot take
+            logging.getLogger(__name__).debug("backbone run failed", exc_info=True)
+            raise UserError(f"{name} cannot run on {input_path} ({(str(e).splitlines() or [''])[0][:200]}); it "
+                            f"expects {bb.input_doc} (run with -v for the traceback)") from None
+        _write_outputs(out, outputs)
         return
     try:
         x = np.load(input_path, allow_pickle=False)
