@@ -228,7 +228,9 @@ def arch_from_state_dict(sd: Mapping[str, Any], path: str | Path) -> SlowOnlyArc
     if not stages or stages != list(range(1, len(stages) + 1)):
         raise UserError(f"{path} is not a PoseC3D checkpoint: its backbone has no layer1..layerN of Bottleneck3d "
                         "blocks (conv1/conv2/conv3 ConvModules)")
-    kernels = [[tuple(blocks[s][b]) for b in sorted(blocks[s])] for s in stages]
+    # a conv missing from the file gets the plain kernel; the key comparison then names it as missing
+    kernels = [[(blocks[s][b][0] or (1, 1, 1), blocks[s][b][1] or (1, 3, 3)) for b in sorted(blocks[s])]
+               for s in stages]
     n = len(stages)
     base = {k: v[:n] if isinstance(v, tuple) else v for k, v in asdict(SlowOnlyArch()).items()}
     if n != 3:
