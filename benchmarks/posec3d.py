@@ -5,7 +5,8 @@ cost beside MViTv2-S, measured in the same run.
 
 Heatmaps: `--clips` clips of one person, 48 frames, 17 COCO keypoints at random positions on the 64x64
 crop with random scores (the val_pipeline's volume), keypoint and limb channels. Baseline: the numpy
-path (`draw_heatmaps`); rows give clips/s and the ratio to it. Network: PoseC3D SlowOnly-R50 at its
+path (`draw_heatmaps`); rows give clips/s, the ratio to it and the largest difference to its volumes (the
+torch paths must stay under 1e-5: the device check of `draw_heatmaps_torch`). Network: PoseC3D SlowOnly-R50 at its
 published input (1, 17, 48, 56, 56) (the NTU60 config's 56x56 crop) and (1, 17, 48, 64, 64) (migfuse's
 extraction crop), MViTv2-S at (1, 3, 16, 224, 224); random weights, fp32, eval; clips/s (best of
 `--repeats`), GFLOPs by torch.utils.flop_counter, parameters. Prints Markdown tables for RESULTS.md.
@@ -34,7 +35,7 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def heatmap_rows(clips: int, repeats: int) -> list[tuple[str, str, float]]:
+def heatmap_rows(clips: int, repeats: int) -> list[tuple[str, str, float, float]]:
     from migfuse.backbones.pose_heatmaps import draw_heatmaps, draw_heatmaps_torch
 
     rng = np.random.default_rng(0)
@@ -44,12 +45,14 @@ def heatmap_rows(clips: int, repeats: int) -> list[tuple[str, str, float]]:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for limb in (False, True):
         what = "limbs" if limb else "keypoints"
-        rows.append((what, "numpy (baseline)", clips / best_time(lambda: draw_heatmaps(kp, score, (64, 64), limb=limb),
-                                                                  repeats)))
+        reference = draw_heatmaps(kp, score, (64, 64), limb=limb)
+        rate = clips / best_time(lambda: draw_heatmaps(kp, score, (64, 64), limb=limb), repeats)
+        rows.append((what, "numpy (baseline)", rate, 0.0))
         for dev in devices:
             tk, ts = torch.from_numpy(kp).to(dev), torch.from_numpy(score).to(dev)
             rate = clips / best_time(lambda: draw_heatmaps_torch(tk, ts, (64, 64), limb=limb), repeats)
-            rows.append((what, f"torch {dev}", rate))
+            diff = float(np.abs(draw_heatmaps_torch(tk, ts, (64, 64), limb=limb).cpu().numpy() - reference).max())
+            rows.append((what, f"torch {dev}", rate, diff))
     return rows
 
 
@@ -84,11 +87,11 @@ def main() -> None:
     print(f"# PoseC3D ({platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
           f"{', CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''})\n")
     rows = heatmap_rows(args.clips, args.repeats)
-    print("| channels | path | clips/s (48x17x64x64) | vs numpy |\n|---|---|---|---|")
+    print("| channels | path | clips/s (48x17x64x64) | vs numpy | max abs diff to numpy |\n|---|---|---|---|---|")
     base = {}
-    for what, path, rate in rows:
+    for what, path, rate, diff in rows:
         base.setdefault(what, rate)
-        print(f"| {what} | {path} | {rate:.2f} | {rate / base[what]:.2f}x |")
+        print(f"| {what} | {path} | {rate:.2f} | {rate / base[what]:.2f}x | {diff:.1e} |")
     print("\n| backbone | input | clips/s | GFLOPs | parameters | clips/s vs mvit_v2_s |\n|---|---|---|---|---|---|")
     models = model_rows(args.repeats)
     for name, shape, rate, gflops, params in models:
