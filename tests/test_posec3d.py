@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from golden import golden_state_dict, load_golden
 from migfuse.backbones.pose_heatmaps import (HeatmapConfig, build_volume, clip_keypoints, draw_heatmaps,
-                                             draw_heatmaps_torch, flip_heatmaps, sample_frames, with_options)
+                                             draw_heatmaps_torch, flip_heatmaps, sample_frames)
 from migfuse.backbones.posec3d import RENAMES, settings_from_cfg
 from migfuse.backbones.registry import create_backbone
 from migfuse.cli import app
@@ -300,7 +300,7 @@ def test_extract_skeleton_with_posec3d_writes_the_backbone_features(toy, tmp_pat
     ann = {"keypoint": points[None, ..., :2], "keypoint_score": points[None, ..., 2],
            "img_shape": (facts.height, facts.width) if facts else (720, 1280), "total_frames": len(points)}
     bb = create_backbone("posec3d", toy / "tiny.pth")
-    volume = build_volume(ann, with_options(HeatmapConfig(clip_len=16), limb=stream == "bone"))
+    volume = build_volume(ann, HeatmapConfig(clip_len=16, limb=stream == "bone"))
     expected = bb.run(volume)["backbone_features"][0]
     row = group.read(clip.clip_id)["features"]
     assert row.shape == (64, 8, 64) and row.dtype == np.float16
@@ -337,3 +337,14 @@ def test_posec3d_joint_and_bone_groups_feed_the_pose_head(toy, tmp_path):
                "--head", "pose", "--epochs", "1", "--precision", "fp32")
     assert res.exit_code == 0, res.output
     assert "best epoch 1" in res.output and (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_the_extraction_loader_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import migfuse.extract.skeleton.heatmap_extractor, migfuse.backbones.pose_heatmaps; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"

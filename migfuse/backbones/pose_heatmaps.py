@@ -15,7 +15,7 @@ Where the original mixes float32 and float64 (NumPy 1.x scalar rules), the numpy
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -342,8 +342,3 @@ def build_volume(annotation: Mapping[str, Any], cfg: HeatmapConfig = HeatmapConf
     if cfg.double:
         maps = np.concatenate([maps, flip_heatmaps(maps, cfg.limb)])
     return format_volume(maps, cfg)
-
-
-def with_options(cfg: HeatmapConfig, **changes: Any) -> HeatmapConfig:
-    """A copy of `cfg` with the given settings changed (None values keep the old one)."""
-    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})
