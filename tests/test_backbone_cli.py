@@ -93,7 +93,7 @@ def test_run_with_a_missing_or_misshaped_input_names_the_layout(tmp_path):
 def test_unknown_backbone_lists_the_registered_ones(tmp_path):
     res = invoke("backbone", "info", "resnet")
     assert res.exit_code == 2
-    assert "unknown backbone 'resnet': choose one of aagcn, agcn, mvit_v2_s, swinface" in res.stderr
+    assert "unknown backbone 'resnet': choose one of aagcn, agcn, mvit_v2_s, posec3d, swinface" in res.stderr
 
 
 class _Doubler(registry.Backbone):

@@ -46,6 +46,7 @@ BACKBONES: Registry[type["Backbone"]] = Registry("backbone", modules={
     "swinface": "migfuse.backbones.swinface",
     "videomae": "migfuse.backbones.hf_video",
     "vjepa2": "migfuse.backbones.hf_video",
+    "posec3d": "migfuse.backbones.posec3d",
 })
 
 
@@ -68,6 +69,10 @@ class Backbone:
     preprocessing: ClassVar[dict[str, Any]] = {}
     #: video tracks: what the tokens of `clip_tokens` are, in words (recorded in the cache provenance)
     tokens_doc: ClassVar[str] = ""
+    #: input files `backbone run --input` takes besides one .npy array (read by `run_file`), e.g. (".npz",)
+    input_suffixes: ClassVar[tuple[str, ...]] = ()
+    #: the `backbone run` flags it takes beyond the common ones (e.g. ("limb",)), passed as options
+    run_flags: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any):
         self.options = options
@@ -93,6 +98,11 @@ class Backbone:
         built (the extractor checks the frames per window first). The recipe of most backbones is fixed;
         one whose checkpoint carries its own (a Hugging Face folder) reads it here."""
         return cls.preprocessing
+
+    def run_file(self, path: Path) -> dict[str, np.ndarray]:
+        """Run on an input file of one of `input_suffixes` (e.g. keypoints the backbone turns into its input);
+        the outputs may include the input it built."""
+        raise NotImplementedError(f"backbone {self.name} takes only .npy arrays")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

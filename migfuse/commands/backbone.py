@@ -21,7 +21,7 @@ train_app = group("Fine-tune a backbone on a prepared dataset (the skeleton trac
 app.add_typer(train_app, name="train")
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A registered backbone: mvit_v2_s, videomae, vjepa2, agcn,"
-                                        " aagcn, swinface (and any a plug-in registers).")]
+                                        " aagcn, posec3d, swinface (and any a plug-in registers).")]
 CheckpointOpt = Annotated[Optional[Path], path_option(
     "--checkpoint", help="Local checkpoint file in the backbone's official format; videomae / vjepa2: a local Hugging "
                          "Face model folder (omit for random weights).")]
@@ -90,8 +90,14 @@ def backbone_run(
     layout: LayoutOpt = None,
     output: Annotated[Optional[Path], path_option("--output", use="file", hidden=True,
                                                   help="Old name of --out.")] = None,
+    limb: Annotated[bool, typer.Option("--limb", help="posec3d with keypoints (.npz): draw limb heatmaps, not "
+                                                      "joint heatmaps (for a limb checkpoint).")] = False,
 ) -> None:
     """Run a backbone on one .npy array in the original model's input layout and save its outputs as .npz.
+
+    posec3d also takes keypoints: an .npz with mmaction2's annotation fields (keypoint (M, T, 17, 2),
+    keypoint_score, img_shape, total_frames); it builds the heatmap volume as mmaction2's test pipeline
+    does and writes it among the outputs (`heatmaps`).
 
     Use it to compare migfuse with the original code on the same input, before extracting a dataset;
     pass --precision fp32 to compare with an fp32 original (auto is bf16 on hardware that has it).
@@ -107,9 +113,25 @@ def backbone_run(
         raise UserError("give --out FILE.npz: where to write the outputs")
     from migfuse.backbones.registry import backbone_class
 
-    input_doc = backbone_class(name).input_doc  # the input is checked before any model is built
+    cls = backbone_class(name)
+    input_doc = cls.input_doc  # the input is checked before any model is built
     if not input_path.is_file():
         raise UserError(f"input not found: {input_path} (pass a .npy array shaped {input_doc})")
+    if limb and "limb" not in cls.run_flags:
+        raise UserError(f"--limb is for backbones that draw heatmaps (posec3d), not {name}")
+    if input_path.suffix.lower() in cls.input_suffixes:  # a file the backbone turns into its input itself
+        rt = runtime.resolve()
+        bb, _ = _open_backbone(name, checkpoint, layout, rt.trust_checkpoint, device=rt.device,
+                               **({"limb": True} if limb else {}))
+        try:
+            with rt.cpu_threads(), rt.autocast():
+                outputs = bb.run_file(input_path)
+        except RuntimeError as e:  # e.g. a volume the model's strides cannot take
+            logging.getLogger(__name__).debug("backbone run failed", exc_info=True)
+            raise UserError(f"{name} cannot run on {input_path} ({(str(e).splitlines() or [''])[0][:200]}); it "
+                            f"expects {bb.input_doc} (run with -v for the traceback)") from None
+        _write_outputs(out, outputs)
+        return
     try:
         x = np.load(input_path, allow_pickle=False)
     except (ValueError, EOFError) as e:
@@ -134,6 +156,13 @@ def backbone_run(
         first = (str(e).splitlines() or [""])[0][:200]
         raise UserError(f"{name} cannot run on {input_path} of shape {x.shape} ({type(e).__name__}: {first}); "
                         f"it expects {bb.input_doc} (run with -v for the traceback)") from None
+    _write_outputs(out, outputs)
+
+
+def _write_outputs(out: Path, outputs: dict) -> None:
+    """Save the named outputs as one .npz (atomically) and say what was written."""
+    import numpy as np
+
     with open_atomic(out, "wb") as f:
         np.savez(f, **outputs)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())

@@ -115,17 +115,25 @@ def extract_context(
 def extract_skeleton(
     data: DataOpt,
     cache: CacheOpt,
-    checkpoint: Annotated[Path, path_option("--checkpoint", help="best.pt of `migfuse backbone train skeleton` "
-                                                                  "(or a published 2s-AGCN / mmaction2 file).")],
     runtime: RuntimeOptions,
     run: ExtractOptions,
+    checkpoint: Annotated[Optional[Path], path_option(
+        "--checkpoint", help="best.pt of `migfuse backbone train skeleton` (or a published 2s-AGCN / mmaction2 "
+                             "file); for posec3d an mmaction2 / pyskl PoseC3D file (without it: RANDOM weights, "
+                             "for testing only).")] = None,
+    backbone: Annotated[Optional[str], typer.Option(
+        "--backbone", show_default="from the checkpoint: agcn or aagcn",
+        help="agcn, aagcn, or posec3d (heatmap volumes: keypoints for --stream joint, limbs for bone).")] = None,
     stream: Annotated[Stream, typer.Option("--stream", help="Must match the checkpoint.")] = Stream.joint,
     layout: Annotated[Optional[SkeletonLayout], typer.Option(
         "--layout", help="Only for checkpoints without migfuse provenance: their graph layout.")] = None,
     length: Annotated[Optional[int], typer.Option("--length", min=4, max=1024, show_default="64", help="Only for "
                                                   "checkpoints without migfuse provenance: frames per clip.")] = None,
 ) -> None:
-    """2s-AGCN feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
+    """2s-AGCN or PoseC3D feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
+
+    posec3d: heatmap volumes built as mmaction2's test pipeline builds them (COCO-17, 48 frames, 64x64),
+    drawn on the extraction device; (512, 24, 64) fp16 per clip (channels, time, 8x8 positions).
 
     T' = ceil(length / 4). Layout, clip length and preprocessing come from the checkpoint. Resumable
     (rerun the same command), shardable, and clips that cannot be extracted (video without skeleton,
@@ -134,7 +142,7 @@ def extract_skeleton(
     forward) is the default.
     """
     _extract(stream.value, data, cache, runtime, run, checkpoint=checkpoint,
-             layout=layout.value if layout else None, length=length)
+             layout=layout.value if layout else None, length=length, backbone=backbone)
 
 
 @app.command("face")

@@ -178,8 +178,12 @@ class SkeletonExtractor(TrackExtractor):
 
 @register_track(*tracks_with_layout("pose_features"))
 def build_extractor(manifest: Any, track: str, *, checkpoint: CheckpointFile | None = None,
-                    layout: str | None = None, length: int | None = None) -> SkeletonExtractor:
+                    layout: str | None = None, length: int | None = None,
+                    backbone: str | None = None) -> SkeletonExtractor:
     """The `joint` or `bone` extractor of a manifest (the track is the stream).
+
+    `backbone`: None, agcn or aagcn: the 2s-AGCN family on joint coordinates (the arch from the
+    checkpoint); a heatmap backbone (posec3d): `HeatmapExtractor`, random weights allowed (warned).
 
     Loading a clip is cheap (memory-mapped skeletons), so on a CPU `workers=0` (load in the main
     process) is the default, 64 clips per forward; 256 and a worker per core on a GPU.
@@ -187,7 +191,14 @@ def build_extractor(manifest: Any, track: str, *, checkpoint: CheckpointFile | N
     Raises:
         UserError: no checkpoint (a skeleton backbone has no meaningful random weights).
     """
+    if backbone not in (None, "agcn", "aagcn"):
+        from migfuse.extract.skeleton.heatmap_extractor import HeatmapExtractor
+
+        if layout or length:
+            raise UserError(f"--layout and --length are for agcn/aagcn; {backbone} reads COCO-17 keypoints and takes "
+                            "its clip length from the checkpoint (drop them)")
+        return HeatmapExtractor(manifest, checkpoint, track, backbone)
     if checkpoint is None:
         raise UserError(f"extract skeleton needs --checkpoint: a {track}-stream best.pt of `migfuse backbone train "
                         "skeleton` (or a published 2s-AGCN / mmaction2 file)")
-    return SkeletonExtractor(manifest, checkpoint, track, layout=layout, length=length)
+    return SkeletonExtractor(manifest, checkpoint, track, layout=layout, length=length, arch=backbone)
