@@ -16,6 +16,7 @@ from migfuse.data_cache.tracks import TRACKS, row_definition
 from migfuse.data_cache.views import default_views
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
+from migfuse.fuse.scores import Scores
 from migfuse.synth.tokens import write_synthetic
 
 torch = pytest.importorskip("torch")
@@ -313,3 +314,15 @@ def test_eval_with_labels_added_to_a_split_that_had_none_passes(tmp_path):
             c.label = None
     train(cache, unlabelled.save(tmp_path / "nolabels"), "mg", tmp_path / "run", config=FAST)
     assert evaluate(tmp_path / "run", "test", data=copy)["n"] == 4
+
+
+def test_predict_out_without_npz_says_the_file_written_and_score_reads_it_by_the_same_name(data, tmp_path):
+    prepared, _, _, _, _, run = data
+    out = tmp_path / "val.txt"
+    r = CliRunner().invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().splitlines()[-1] == f"wrote 4 mg scores (test) to {out}.npz"
+    assert not out.exists() and (tmp_path / "val.txt.npz").is_file()
+    r = CliRunner().invoke(app, ["score", str(out), "--data", str(prepared), "--split", "test"])
+    assert r.exit_code == 0, r.output
+    assert Scores.load(out).ids == Scores.load(tmp_path / "val.txt.npz").ids

@@ -102,7 +102,8 @@ def fuse_eval_cmd(
 def fuse_predict_cmd(
     run: RunArg,
     split: Annotated[Split, typer.Option(help="The split to predict.")],
-    out: Annotated[Path, path_option(use="file", help="Scores file to write (.npz), read by `migfuse export`.")],
+    out: Annotated[Path, path_option(use="file", help="Scores file to write, read by `migfuse export`; "
+                                                     "\".npz\" is appended unless the name ends so.")],
     runtime: RuntimeOptions,
     cache: RunCacheOpt = None,
     data: RunDataOpt = None,
@@ -111,10 +112,11 @@ def fuse_predict_cmd(
     """Write class probabilities of every clip (mg) or video (emotion) of a split, keyed by id
     (migfuse.fuse.scores.Scores .npz), for `migfuse export` and late fusion."""
     from migfuse.fuse.predict import predict
+    from migfuse.fuse.scores import scores_file
 
     scores = predict(run, split.value, out, cache=cache, data=data, allow_missing=allow_missing,
                      runtime=runtime.resolve())
-    typer.echo(f"wrote {len(scores)} {scores.task} scores ({split}) to {out}")
+    typer.echo(f"wrote {len(scores)} {scores.task} scores ({split}) to {scores_file(out)}")
 
 
 @app.command("heads")
