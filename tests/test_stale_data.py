@@ -326,3 +326,48 @@ def test_predict_out_without_npz_says_the_file_written_and_score_reads_it_by_the
     r = CliRunner().invoke(app, ["score", str(out), "--data", str(prepared), "--split", "test"])
     assert r.exit_code == 0, r.output
     assert Scores.load(out).ids == Scores.load(tmp_path / "val.txt.npz").ids
+
+
+def _copy_run(run, to, **splits):
+    import shutil
+
+    shutil.copytree(run, to)
+    doc = json.loads((to / "splits.json").read_text())
+    (to / "splits.json").write_text(json.dumps({**doc, **{k: doc[k][:n] for k, n in splits.items()}}))
+    return to
+
+
+def test_a_run_trained_without_validation_clips_says_the_cache_held_none_not_the_labels(data, tmp_path):
+    prepared, *_, run = data
+    bare = _copy_run(run, tmp_path / "bare", validation=0)
+    with pytest.raises(UserError) as e:
+        evaluate(bare, "validation")
+    assert str(e.value) == (f"run {bare} was trained with no validation clips: its cache held none of the 4 "
+                            f"validation clips of {prepared} (see {bare / 'splits.json'}); extract them into the "
+                            f"cache and train again")
+
+
+def test_predict_on_part_of_a_trained_split_says_how_many_and_why(data, tmp_path, caplog):
+    prepared, *_, run = data
+    part = _copy_run(run, tmp_path / "part", train=2)
+    assert len(predict(part, "train")) == 2
+    assert (f"scoring 2 of the 8 train clips of {prepared}: the run was trained on those its cache held "
+            f"({part / 'splits.json'})") in caplog.messages
+
+
+def test_val_fraction_0_holds_out_no_video_and_says_so(data, tmp_path):
+    prepared, cache, *_ = data
+    s = train(cache, prepared, "mg", tmp_path / "r", config={**FAST, "val_fraction": 0, "split_scheme": "split_cs"})
+    assert (s["n_train"], s["n_validation"]) == (12, 0)
+    assert s["validation_source"] == ("0% of split_cs train videos held out (seed 0); split_cs of the manifest "
+                                      "has no validation clips")
+
+
+def test_eval_on_a_backbone_training_run_names_the_trainer_not_a_damaged_config(tmp_path):
+    run = tmp_path / "joint"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"epochs": 2, "run": {"trainer": "skeleton", "provenance": {}}}))
+    (run / "best.pt").write_bytes(b"")
+    out = _one_line_error(["fuse", "eval", str(run), "--split", "validation"])
+    assert out.strip() == (f"error: {run} holds a 'skeleton' training run, not a fusion head; pass a run folder "
+                           f"of `migfuse fuse train`")

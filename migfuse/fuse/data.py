@@ -179,7 +179,8 @@ def _hold_out(ids_by_group: dict[str, list[str]], fraction: float, seed: int,
     for g in groups:
         by_stratum.setdefault(strata.get(g, 0) if strata else 0, []).append(g)
     for members in by_stratum.values():
-        n = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        # at least one video once any is asked for; none when fraction is 0 (no validation set)
+        n = max(1, round(fraction * len(members))) if len(members) > 1 and fraction > 0 else 0
         held.update(rng.choice(members, size=n, replace=False).tolist())
     train = [i for g in groups if g not in held for i in ids_by_group[g]]
     val = [i for g in groups if g in held for i in ids_by_group[g]]
@@ -220,7 +221,7 @@ def task_splits(manifest: Manifest, task: str, val_fraction: float, seed: int, s
         by_video.setdefault(manifest.clip(cid).video_id, []).append(cid)
     train, val = _hold_out(by_video, val_fraction, seed)
     return SplitPlan(train, val, test, f"{val_fraction:.0%} of {scheme} train videos held out (seed {seed}); "
-                                       f"the manifest has no validation split")
+                                       f"{scheme} of the manifest has no validation clips")
 
 
 def labels_of(manifest: Manifest, task: str, ids: list[str]) -> list[int]:
