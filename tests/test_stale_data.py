@@ -65,7 +65,8 @@ def test_train_with_data_of_other_frame_ranges_is_refused_before_the_run_folder_
     out = " ".join(out.split())
     assert (f"cache group 'views/joint' in {cache} holds 8 of the 8 train rows as other data than {b} defines "
             f"(e.g. 0001_0: cached 'video=0001 frames=0-39', {b} has 'video=0001 frames=5-44')") in out
-    assert f"`migfuse extract skeleton --stream joint --data {b} --cache {cache}`" in out
+    assert (f"`migfuse extract skeleton --stream joint --data {b} --cache {cache} --checkpoint CHECKPOINT` with the "
+            f"checkpoint it was extracted with, then `migfuse cache view {cache} --defaults`") in out
     assert not (tmp_path / "rb").exists()
 
 
@@ -129,7 +130,8 @@ def test_a_deleted_array_metadata_file_names_the_group_and_the_fix_everywhere(tm
     (cache / "joint" / "agcn" / "features" / "zarr.json").unlink()
     want = (f"cache group 'joint/agcn' in {cache} is damaged (array 'features' has no usable metadata: "
             f"{cache}/joint/agcn/features/zarr.json is missing); rebuild it: `migfuse cache drop {cache} joint/agcn`, "
-            f"then `migfuse extract skeleton --stream joint --data PREPARED --cache {cache}`")
+            f"then `migfuse extract skeleton --stream joint --data PREPARED --cache {cache} --checkpoint CHECKPOINT` "
+            f"with the checkpoint it was extracted with")
     with pytest.raises(DamagedGroup) as e:
         TokenCache(cache).group("joint/agcn")
     assert str(e.value) == want
@@ -371,3 +373,16 @@ def test_eval_on_a_backbone_training_run_names_the_trainer_not_a_damaged_config(
     out = _one_line_error(["fuse", "eval", str(run), "--split", "validation"])
     assert out.strip() == (f"error: {run} holds a 'skeleton' training run, not a fusion head; pass a run folder "
                            f"of `migfuse fuse train`")
+
+
+def test_the_extract_command_of_a_fix_names_the_recorded_checkpoint_and_is_bare_for_random_weights():
+    from migfuse.data_cache.tracks import extract_command
+
+    prov = {"checkpoint": "best.pt", "checkpoint_sha256": "4a6454b24ca3575033f679b6"}
+    assert extract_command(TRACKS["bone"], "p1", "c0.zarr", prov) == (
+        "`migfuse extract skeleton --stream bone --data p1 --cache c0.zarr --checkpoint CHECKPOINT` with the "
+        "checkpoint it was extracted with (best.pt, checkpoint_sha256 4a6454b24ca3)")
+    assert extract_command(TRACKS["video"], "p1", "c0.zarr", {"checkpoint_sha256": "ab" * 32}).endswith(
+        "--checkpoint CHECKPOINT` with the checkpoint it was extracted with (checkpoint_sha256 abababababab)")
+    assert extract_command(TRACKS["video"], "p1", "c0.zarr", {"weights": "RANDOM"}) == (
+        "`migfuse extract video --data p1 --cache c0.zarr`")

@@ -24,7 +24,7 @@ import numpy as np
 from migfuse.data_cache.chunks import CorruptChunk, writing
 from migfuse.data_cache.spec import (DONE, FAILED, MISSING, ArraySpec, GroupSpec, default_row_dim, first_difference,
                                      format_arrays, name_dims, value_at)
-from migfuse.data_cache.tracks import VIEW_PREFIX, track_of_group
+from migfuse.data_cache.tracks import VIEW_PREFIX, extract_command, track_of_group
 from migfuse.errors import UserError
 
 
@@ -39,8 +39,9 @@ def rebuild_command(group: "TokenGroup") -> str:
         return (f"`migfuse cache view {group.cache.path} --defaults` "
                 f"(or the `cache view` command that made {group.name})")
     track = track_of_group(group.name)
-    command = track.command if track is not None else "extract ..."
-    return f"`migfuse {command} --data PREPARED --cache {group.cache.path}`"
+    if track is None:
+        return f"`migfuse extract ... --data PREPARED --cache {group.cache.path}`"
+    return extract_command(track, "PREPARED", group.cache.path, group.provenance)
 
 
 class DamagedGroup(UserError):

@@ -25,7 +25,7 @@ import torch
 from migfuse.datasets import classes
 from migfuse.datasets.manifest import Manifest
 from migfuse.data_cache.store import DONE, TokenCache, TokenGroup
-from migfuse.data_cache.tracks import TRACKS, row_definition, same_row, track_of_group
+from migfuse.data_cache.tracks import TRACKS, extract_command, row_definition, same_row, track_of_group
 from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, is_view, source_arrays, track_of
 from migfuse.errors import UserError
 
@@ -320,11 +320,12 @@ def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[s
         differ = [k for k in differ if stored[k]]
         if differ:
             k = differ[0]
+            made_by = g.provenance.get("source_provenance", g.provenance)  # a view's: its source group's
             raise UserError(
                 f"cache group '{g.name}' in {cache} holds {len(differ)} of the {len(ids)} {what} rows as other data "
                 f"than {data} defines (e.g. {ids[k]}: cached '{stored[k]}', {data} has '{want[k]}'): it was "
                 f"extracted from another prepared dataset; point --data at that one, or extract again for this "
-                f"one: `migfuse {track.command} --data {data} --cache {'FULL_CACHE' if copy else cache}`, "
+                f"one: {extract_command(track, data, 'FULL_CACHE' if copy else cache, made_by)}, "
                 f"then `migfuse cache view {'FULL_CACHE' if copy else cache} --defaults`"
                 + (f" and `migfuse cache export-views FULL_CACHE {cache}`" if copy else ""))
 
