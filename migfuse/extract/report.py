@@ -34,6 +34,9 @@ class RunSummary:
     settings: dict[str, Any] = field(default_factory=dict)
     #: rows left out by --only-available (their input file is missing: not extracted, not failed)
     unavailable: int = 0
+    #: of those, rows failed or done by an earlier run (they keep that status)
+    unavailable_failed: int = 0
+    unavailable_done: int = 0
     #: rows outside --split (not extracted by this run)
     outside_split: int = 0
     #: what a row is ("clip", "video") and the cache written, for the report
@@ -80,10 +83,10 @@ def format_summary(summary: RunSummary, max_rows: int = TABLE_ROWS) -> str:
     if summary.timings:
         lines.append(format_timings(summary))
     if summary.outside_split:
-        lines.append(f"{summary.outside_split} {summary.unit}s outside --split were left alone")
+        lines.append(f"{summary.outside_split:,} {summary.unit}s outside --split were left alone")
     if summary.unavailable:
-        lines.append(f"{summary.unavailable} {summary.unit}s have no input file and were left out (--only-available): "
-                     "they stay missing in the cache, not failed")
+        lines.append(f"{summary.unavailable:,} {summary.unit}s have no input file and were left out (--only-available): "
+                     + _left_out_status(summary))
     if summary.redone:
         lines.append(f"{summary.redone} rows were extracted again: "
                      "their clip changed (frame range) since they were written")
@@ -95,6 +98,16 @@ def format_summary(summary: RunSummary, max_rows: int = TABLE_ROWS) -> str:
         lines += _failure_table(summary.failed) if len(summary.failed) <= max_rows else _failure_causes(summary)
         lines.append("rerun with --retry-failed after fixing the inputs to redo failed rows")
     return "\n".join(lines)
+
+
+def _left_out_status(summary: RunSummary) -> str:
+    """What the rows left out by --only-available hold in the cache: their status of earlier runs."""
+    earlier = [f"{n:,} of them {'are' if n != 1 else 'is'} recorded as {what} by an earlier run"
+               for n, what in ((summary.unavailable_failed, "failed"), (summary.unavailable_done, "done")) if n]
+    if not earlier:
+        return "they stay missing in the cache, not failed"
+    rest = summary.unavailable - summary.unavailable_failed - summary.unavailable_done
+    return "not extracted now; " + ", ".join(earlier) + (f", the other {rest:,} stay missing" if rest else "")
 
 
 def _failure_table(failed: list[tuple[str, str, str]]) -> list[str]:
