@@ -386,3 +386,19 @@ def test_the_extract_command_of_a_fix_names_the_recorded_checkpoint_and_is_bare_
         "--checkpoint CHECKPOINT` with the checkpoint it was extracted with (checkpoint_sha256 abababababab)")
     assert extract_command(TRACKS["video"], "p1", "c0.zarr", {"weights": "RANDOM"}) == (
         "`migfuse extract video --data p1 --cache c0.zarr`")
+
+
+def test_scoring_a_run_on_rows_of_other_data_gives_one_fix_that_works_not_the_other_command(data, tmp_path):
+    prepared, cache, b, _, _, run = data
+    with pytest.raises(UserError) as e:
+        predict(run, "test", data=b)
+    assert str(e.value).endswith(
+        f"it was extracted from another prepared dataset; score that one with `migfuse fuse predict {run} --data "
+        f"OTHER --split test --out SCORES.npz` and `migfuse score SCORES.npz --data OTHER --split test`, or extract "
+        f"again for this one: `migfuse extract skeleton --stream joint --data {b} --cache {cache} --checkpoint "
+        f"CHECKPOINT` with the checkpoint it was extracted with, then `migfuse cache view {cache} --defaults`")
+    out = " ".join(_one_line_error(["fuse", "eval", str(run), "--data", str(b)]).split())
+    assert "leave out --data" not in out
+    assert out.endswith(f"so its evaluation in {run}/eval_test is kept (`fuse eval` scores a run on the data it was "
+                        f"trained with): score that data with `migfuse fuse predict {run} --data {b} --split test "
+                        f"--out SCORES.npz`, then `migfuse score SCORES.npz --data {b} --split test`")

@@ -285,13 +285,15 @@ def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, 
     return [i for i in ids if i in keep]
 
 
-def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[str], what: str) -> None:
+def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[str], what: str,
+               run: Path | None = None) -> None:
     """UserError unless the rows of `ids` (done in every input: `check_coverage`) hold what `manifest`
     defines now: each row's stored definition (video and frame range, `tracks.row_definition`) must be
     the manifest's. A view row that differs while its source group holds the manifest's row was pooled
     before that row was extracted again (the fix is `cache view`, not `extract`). Rows stored without a
     definition (earlier releases) are compared only through a view's source. Labels are not part of
-    a row: tokens do not depend on them, and training takes the manifest's."""
+    a row: tokens do not depend on them, and training takes the manifest's. With `run` (scoring a
+    trained run), the fix for rows of other data is to score that data with `fuse predict` + `score`."""
     if not ids:
         return
     data = manifest.root or "the prepared data"
@@ -321,10 +323,13 @@ def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[s
         if differ:
             k = differ[0]
             made_by = g.provenance.get("source_provenance", g.provenance)  # a view's: its source group's
+            other = (f"score that one with `migfuse fuse predict {run} --data OTHER --split {what} --out SCORES.npz` "
+                     f"and `migfuse score SCORES.npz --data OTHER --split {what}`" if run is not None
+                     else "point --data at that one")
             raise UserError(
                 f"cache group '{g.name}' in {cache} holds {len(differ)} of the {len(ids)} {what} rows as other data "
                 f"than {data} defines (e.g. {ids[k]}: cached '{stored[k]}', {data} has '{want[k]}'): it was "
-                f"extracted from another prepared dataset; point --data at that one, or extract again for this "
+                f"extracted from another prepared dataset; {other}, or extract again for this "
                 f"one: {extract_command(track, data, 'FULL_CACHE' if copy else cache, made_by)}, "
                 f"then `migfuse cache view {'FULL_CACHE' if copy else cache} --defaults`"
                 + (f" and `migfuse cache export-views FULL_CACHE {cache}`" if copy else ""))

@@ -157,7 +157,7 @@ def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_on
             raise UserError(f"cache group '{group.name}' in {run.cache.path} was rebuilt with other settings than run "
                             f"{run.path} was trained on; retrain, or point --cache at the cache it was trained with")
     ids = fdata.check_coverage(run.groups, ids, split, allow_missing)
-    fdata.check_rows(run.groups, run.manifest, ids, split)
+    fdata.check_rows(run.groups, run.manifest, ids, split, run=run.path)
     tokens = fdata.load_tokens(run.groups, ids, fdata.labels_of(run.manifest, run.task, ids))
     shapes = {k: tuple(v) for k, v in run.config["shapes"].items()}
     if tokens.shapes != shapes:
