@@ -402,3 +402,18 @@ def test_scoring_a_run_on_rows_of_other_data_gives_one_fix_that_works_not_the_ot
     assert out.endswith(f"so its evaluation in {run}/eval_test is kept (`fuse eval` scores a run on the data it was "
                         f"trained with): score that data with `migfuse fuse predict {run} --data {b} --split test "
                         f"--out SCORES.npz`, then `migfuse score SCORES.npz --data {b} --split test`")
+
+
+def test_cache_view_pools_again_the_rows_of_a_lost_view_chunk(tmp_path, caplog):
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint",), joints=5)
+    default_views(cache)
+    view = TokenCache(cache).group("views/joint")
+    before = view.read_many(view.ids)["tokens"]
+    chunk = view.chunk_file("tokens", 0)
+    chunk.unlink()
+    r = CliRunner().invoke(app, ["cache", "view", str(cache), "--defaults"])
+    assert r.exit_code == 0, r.output
+    assert (f"views/joint: 4 rows sat in a damaged or missing chunk file (e.g. {chunk}); pooling them again"
+            in caplog.messages)
+    view = TokenCache(cache).group("views/joint")
+    np.testing.assert_array_equal(view.read_many(view.ids)["tokens"], before)

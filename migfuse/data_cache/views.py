@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from migfuse.data_cache.group_check import mark_rows_failed, verify_group
 from migfuse.data_cache.store import DONE, ArraySpec, GroupSpec, TokenCache, TokenGroup
 from migfuse.data_cache.tracks import TRACKS, VIEW_PREFIX, track_of_group, tracks_with_layout
 from migfuse.errors import UserError
@@ -289,6 +290,12 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
                     "by an earlier release; e.g. %s); pooling them again", spec.name, len(stale), source, stale[0])
         view.forget(stale)
         have -= set(stale)
+    damaged = verify_group(view)  # a lost or corrupt chunk file of done rows (views are small: cheap)
+    if damaged:
+        n = mark_rows_failed(view, damaged)
+        log.warning("%s: %d rows sat in a damaged or missing chunk file (e.g. %s); pooling them again",
+                    spec.name, n, damaged[0].chunk)
+        have = set(view.done_ids())
     todo = [i for i in done if i not in have]
     batch_size = batch_size or max(1, min(len(todo), (256 << 20) // max(_source_bytes(src), 1)))
     for start in progress_bar(range(0, len(todo), batch_size), desc=f"view {name}", unit="batch"):
