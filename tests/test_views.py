@@ -110,8 +110,18 @@ def test_view_of_a_re_extracted_source_is_refused(tmp_path):
     assert resolve_inputs(cache, ["joint"]) == {"joint": "views/joint"}
     cache.delete_group("joint/agcn")
     extract("v2")
-    with pytest.raises(UserError, match="derived from an earlier 'joint/agcn'"):
+    with pytest.raises(UserError) as e:
         resolve_inputs(cache, ["joint"])
+    fix = (f"pool it again: `migfuse cache view {cache.path} --defaults --overwrite` (or the `cache view` command that "
+           f"made views/joint, plus --overwrite)")
+    assert str(e.value) == (f"view 'views/joint' in {cache.path} was derived from an earlier 'joint/agcn' (its "
+                            f"provenance changed since); {fix}")
+    with pytest.raises(UserError) as e:  # cache view says the same, about its own options (it has no --cache)
+        make_view(cache, "joint", "joint/agcn")
+    assert str(e.value) == (f"view 'views/joint' in {cache.path} was written with source_provenance.checkpoint='v1' "
+                            f"but this pooling has source_provenance.checkpoint='v2'; {fix}")
+    make_view(cache, "joint", "joint/agcn", overwrite=True)
+    assert resolve_inputs(cache, ["joint"]) == {"joint": "views/joint"}
 
 
 def test_cli_view_defaults(small_cache):

@@ -24,6 +24,7 @@ import torch
 
 from migfuse.datasets import classes
 from migfuse.datasets.manifest import Manifest
+from migfuse.data_cache.group import view_command
 from migfuse.data_cache.store import DONE, TokenCache, TokenGroup
 from migfuse.data_cache.tracks import TRACKS, extract_command, row_definition, same_row, track_of_group
 from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, is_view, source_arrays, track_of
@@ -118,8 +119,8 @@ def check_view_is_current(group: TokenGroup, names: list[str], opened: dict[str,
     source_now = _open(group.cache, {} if opened is None else opened, source)
     if source_now.provenance != prov["source_provenance"]:
         raise UserError(f"view '{group.name}' in {group.cache.path} was derived from an earlier '{source}' "
-                        f"(its provenance changed since); rebuild it: the same `migfuse cache view` command "
-                        f"plus --overwrite")
+                        f"(its provenance changed since); pool it again: "
+                        f"{view_command(group.cache.path, group.name, overwrite=True)}")
 
 
 def _open_one(cache: TokenCache, modality: str, configured: dict[str, str], names: list[str],
