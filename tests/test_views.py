@@ -135,3 +135,14 @@ def test_cli_view_defaults(small_cache):
     assert "video          -> views/video" in r.output
     r = CliRunner().invoke(app, ["cache", "view", str(path), "--name", "x"])
     assert r.exit_code == 2 and "--group" in r.output
+
+
+def test_more_time_steps_than_the_source_holds_are_said_not_silently_capped(tmp_path, caplog):
+    cache = TokenCache(tmp_path / "c.zarr")
+    from migfuse.data_cache.store import ArraySpec, GroupSpec
+
+    g = cache.require_group(GroupSpec("joint/agcn", ["a", "b"], {"features": ArraySpec((8, 4, 5), "float16")}, {}))
+    g.write_many(["a", "b"], {"features": np.ones((2, 8, 4, 5), np.float16)})
+    view = make_view(cache, "j", "joint/agcn", pooling="pose_time", time_steps=1000)
+    assert view.arrays["tokens"].shape == (4, 8)
+    assert "views/j: time_steps 1000 is more than the 4 time steps of joint/agcn; the view keeps 4" in caplog.messages

@@ -268,6 +268,10 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
         raise UserError(f"cache group '{source}' in {cache.path} has no finished clips; "
                         "run its `migfuse extract` first")
     names = source_arrays(track)
+    steps = src.arrays["features"].shape[1] if "time_steps" in params and "features" in src.arrays else None
+    if steps is not None and params["time_steps"] > steps:  # the pooling keeps at most what the source has
+        log.warning("%s: time_steps %d is more than the %d time steps of %s; the view keeps %d",
+                    VIEW_PREFIX + name, params["time_steps"], steps, source, steps)
     probe = fn(src.read_many(done[:1], names), **params)
     tokens_shape, mask_shape = probe["tokens"].shape[1:], probe["mask"].shape[1:]
     bytes_per_clip = int(np.prod(tokens_shape)) * 2 + int(np.prod(mask_shape))

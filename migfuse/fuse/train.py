@@ -111,6 +111,12 @@ def resolve_config(task: str, config: Mapping[str, Any] | str | Path | None = No
     for k in ("epochs", "batch_size"):
         if cfg[k] < 1:
             raise UserError(f"{where}: {k} must be a positive integer, not {cfg[k]!r}")
+    warmup, epochs = cfg["warmup_epochs"], cfg["epochs"]
+    # a warm-up as long as the run never reaches the learning rate; a one-epoch run (quick tests) may
+    # warm up through its only epoch, as with the default of 1
+    if warmup > epochs or (warmup == epochs and epochs > 1):
+        raise UserError(f"{where}: warmup_epochs ({warmup:g}) must be less than epochs ({epochs}), or the warm-up "
+                        f"never finishes; lower warmup_epochs or raise epochs")
     cfg["head_options"] = resolve_options(cfg["head"], cfg["head_options"])
     return cfg
 
