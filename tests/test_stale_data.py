@@ -357,12 +357,20 @@ def test_predict_on_part_of_a_trained_split_says_how_many_and_why(data, tmp_path
             f"({part / 'splits.json'})") in caplog.messages
 
 
-def test_val_fraction_0_holds_out_no_video_and_says_so(data, tmp_path):
+def test_val_fraction_0_holds_out_no_video_and_says_so(data, tmp_path, caplog):
     prepared, cache, *_ = data
+    caplog.set_level("INFO")
     s = train(cache, prepared, "mg", tmp_path / "r", config={**FAST, "val_fraction": 0, "split_scheme": "split_cs"})
     assert (s["n_train"], s["n_validation"]) == (12, 0)
     assert s["validation_source"] == ("0% of split_cs train videos held out (seed 0); split_cs of the manifest "
                                       "has no validation clips")
+    assert (f"no validation set, so no best epoch: best.pt holds the last one, epoch 1; run in {tmp_path / 'r'}"
+            in caplog.messages)
+    r = CliRunner().invoke(app, ["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
+                                 "--out", str(tmp_path / "r"), "--head", "pose", "--set", "val_fraction=0", "--set",
+                                 "split_scheme=split_cs", "--set", "batch_size=16", "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "; 1 epoch now," in r.output  # resumed: epoch 1 was run before
 
 
 def test_eval_on_a_backbone_training_run_names_the_trainer_not_a_damaged_config(tmp_path):

@@ -146,3 +146,14 @@ def test_more_time_steps_than_the_source_holds_are_said_not_silently_capped(tmp_
     view = make_view(cache, "j", "joint/agcn", pooling="pose_time", time_steps=1000)
     assert view.arrays["tokens"].shape == (4, 8)
     assert "views/j: time_steps 1000 is more than the 4 time steps of joint/agcn; the view keeps 4" in caplog.messages
+
+
+def test_cli_view_of_no_cache_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    r = CliRunner().invoke(app, ["cache", "view", str(tmp_path / "nonexist.zarr"), "--defaults"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output.strip() == (f"error: no token cache at {tmp_path / 'nonexist.zarr'} (create it with `migfuse "
+                                f"extract ...`, or check the path)")

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from migfuse.wording import counted
+
 
 @dataclass
 class RunSummary:
@@ -83,9 +85,12 @@ def format_summary(summary: RunSummary, max_rows: int = TABLE_ROWS) -> str:
     if summary.timings:
         lines.append(format_timings(summary))
     if summary.outside_split:
-        lines.append(f"{summary.outside_split:,} {summary.unit}s outside --split were left alone")
+        were = "was" if summary.outside_split == 1 else "were"
+        lines.append(f"{counted(summary.outside_split, summary.unit)} outside --split {were} left alone")
     if summary.unavailable:
-        lines.append(f"{summary.unavailable:,} {summary.unit}s have no input file and were left out (--only-available): "
+        one = summary.unavailable == 1
+        lines.append(f"{counted(summary.unavailable, summary.unit)} {'has' if one else 'have'} no input file and "
+                     f"{'was' if one else 'were'} left out (--only-available): "
                      + _left_out_status(summary))
     if summary.redone:
         lines.append(f"{summary.redone} rows were extracted again: "
@@ -128,15 +133,15 @@ def _failure_causes(summary: RunSummary) -> list[str]:
         by_cause.setdefault(failure_cause(f[1], f[2]), []).append(f)
     videos = {row.split("_")[0] for row, _, _ in summary.failed}
     unit = summary.unit
-    lines = [f"{len(summary.failed):,} {unit}s of {len(videos):,} videos failed, {len(by_cause)} "
-             f"cause{'s' if len(by_cause) != 1 else ''}:"]
+    lines = [f"{counted(len(summary.failed), unit)} of {counted(len(videos), 'video')} failed, "
+             f"{counted(len(by_cause), 'cause')}:"]
     for _cause, rows in sorted(by_cause.items(), key=lambda kv: -len(kv[1]))[:CAUSES_SHOWN]:
         n_videos = len({row.split("_")[0] for row, _, _ in rows})
         row, stage, message = rows[0]
-        lines.append(f"  {len(rows):,} {unit}s ({n_videos:,} videos) at {stage}, e.g. {row}: {message}")
+        lines.append(f"  {counted(len(rows), unit)} ({counted(n_videos, 'video')}) at {stage}, e.g. {row}: {message}")
     if len(by_cause) > CAUSES_SHOWN:
         rest = sum(len(r) for r in sorted(by_cause.values(), key=len, reverse=True)[CAUSES_SHOWN:])
-        lines.append(f"  ... and {len(by_cause) - CAUSES_SHOWN} more causes ({rest:,} {unit}s)")
+        lines.append(f"  ... and {len(by_cause) - CAUSES_SHOWN} more causes ({counted(rest, unit)})")
     where = summary.cache or "CACHE"
     lines.append(f"every failure is recorded in the cache: `migfuse cache info {where} --failures "
                  f"{len(summary.failed)}` lists them")

@@ -303,5 +303,9 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
                    "validation_source": plan.source, "parameters": n_params, "epochs_run": result.epochs_run,
                    "stopped_early": result.stopped_early, "train_seconds": round(time.perf_counter() - t0, 2)}
         write_text(out / "summary.json", json.dumps(summary, indent=2))
-        log.info("best epoch %d (%s); run in %s", result.best_epoch, plan.source, out)
+        if len(sets["validation"]):
+            log.info("best epoch %d (%s); run in %s", result.best_epoch, plan.source, out)
+        else:  # the plan may name a validation split the cache held none of
+            log.info("no validation set, so no best epoch: best.pt holds the last one, epoch %d; run in %s",
+                     result.best_epoch, out)
     return summary
