@@ -295,7 +295,16 @@ def test_a_track_that_failed_entirely_points_to_cache_drop(tmp_path, caplog):
     assert CliRunner().invoke(app, ["cache", "drop", str(cache), "bone/agcn", "--yes"]).exit_code == 0
     out = _one_line_error(["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
                            "--out", str(tmp_path / "r"), "--head", "pose"])
-    assert f"cache {cache} has no 'bone' tokens (groups: joint/agcn, views/joint)" in " ".join(out.split())
+    assert " ".join(out.split()) == (
+        f"error: cache {cache} has no 'bone' tokens (groups: joint/agcn, views/joint); run `migfuse extract skeleton "
+        f"--stream bone --data PREPARED --cache {cache}` (its -h lists the rest), or choose a head that does not need "
+        f"bone")
+    from migfuse.fuse.data import open_inputs
+
+    with pytest.raises(UserError) as e:
+        open_inputs(TokenCache(cache), ["nosuch"])
+    assert str(e.value) == (f"unknown input 'nosuch': no track and no view views/nosuch in {cache}; the tracks are "
+                            f"{', '.join(TRACKS)} (views: joint)")
 
 
 def test_eval_after_the_run_s_own_data_was_prepared_again_with_other_labels_is_refused(tmp_path):

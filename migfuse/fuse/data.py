@@ -148,8 +148,13 @@ def _open_one(cache: TokenCache, modality: str, configured: dict[str, str], name
             return g
         raise UserError(f"input {modality!r}: raw group '{raw[0]}' in {cache.path} is too big to train on "
                         f"({per_row * len(g.ids) / 2**30:.1f} GB); run `migfuse cache view {cache.path} --defaults`")
+    if track is None:
+        raise UserError(f"unknown input {modality!r}: no track and no view {VIEW_PREFIX}{modality} in {cache.path}; "
+                        f"the tracks are {', '.join(TRACKS)} (views: "
+                        f"{', '.join(n[len(VIEW_PREFIX):] for n in names if n.startswith(VIEW_PREFIX)) or 'none'})")
     raise UserError(f"cache {cache.path} has no {modality!r} tokens (groups: {', '.join(names) or 'none'}); "
-                    f"run the matching `migfuse extract`, or choose a head that does not need {modality}")
+                    f"run `migfuse {track.command} --data PREPARED --cache {cache.path}` (its -h lists the rest), "
+                    f"or choose a head that does not need {modality}")
 
 
 # ----- which ids -------------------------------------------------------------------------------------
