@@ -246,7 +246,8 @@ def test_export_views_copies_row_definitions_and_replaces_rows_pooled_again(tmp_
     laptop = TokenCache(tmp_path / "laptop.zarr")
     assert laptop.group("views/joint").rowdefs(["0002_3"]) == ["video=0002 frames=150-189"]
     with pytest.raises(UserError, match=r"holds 8 of the 8 train rows as other data .* `migfuse extract skeleton "
-                                        r"--stream joint --data .* --cache FULL_CACHE`, then `migfuse cache view "
+                                        r"--stream joint --data .* --cache FULL_CACHE --checkpoint CHECKPOINT` with "
+                                        r"the checkpoint it was extracted with, then `migfuse cache view "
                                         r"FULL_CACHE --defaults` and `migfuse cache export-views FULL_CACHE "
                                         r".*laptop.zarr`"):
         train(laptop.path, b, "mg", tmp_path / "r", config=FAST)
