@@ -171,7 +171,7 @@ def test_cli_export_prints_rows_and_sha256(tmp_path):
     assert res.exit_code == 0, res.output
     assert "6 rows of split test" in res.output
     assert "dropped 1 ids the challenge does not list: 0453_32" in res.output
-    assert f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}  {out.name}" in res.output
+    assert f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}  {out}" in res.output.splitlines()
 
     res = CliRunner().invoke(app, ["export", "miga2023", str(scores), "--data", str(tmp_path / "prep"),
                                    "--split", "validation", "--out", str(out)])

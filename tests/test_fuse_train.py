@@ -321,3 +321,13 @@ def test_lr_of_the_wrong_type_names_file_key_and_type(tmp_path):
     with pytest.raises(UserError, match="--set: epochs must be an integer"):
         resolve_config("mg", sets=["epochs=many"])
     assert resolve_config("mg", {"epochs": 3}, sets=["lr=0.01"], flags={"epochs": 5})["epochs"] == 5
+
+
+def test_a_warm_up_as_long_as_the_run_is_refused_in_one_line():
+    with pytest.raises(UserError) as e:
+        resolve_config("mg", sets=["warmup_epochs=100"], flags={"epochs": 2})
+    assert str(e.value) == ("the config: warmup_epochs (100) must be less than epochs (2), or the warm-up never "
+                            "finishes; lower warmup_epochs or raise epochs")
+    with pytest.raises(UserError, match=r"warmup_epochs \(3\) must be less than epochs \(3\)"):
+        resolve_config("mg", {"warmup_epochs": 3, "epochs": 3})
+    assert resolve_config("mg", flags={"epochs": 1})["warmup_epochs"] == 1  # a one-epoch run keeps the default

@@ -256,3 +256,9 @@ def test_only_available_and_split_leave_the_other_rows_missing_not_failed(tmp_pa
     g = TokenCache(cache).group("test/array")
     assert g.status().tolist() == [DONE] * 10 + [FAILED] * 10 + [MISSING] * 10 + [FAILED] * 10
     assert "20 rows outside --split were left alone" in format_summary(s)
+
+    s = run_extraction(NoInputExtractor(4), cache, workers=0, batch_size=4, only_available=True, retry_failed=True)
+    assert (s.unavailable, s.unavailable_failed, s.unavailable_done) == (30, 20, 0)
+    assert ("30 rows have no input file and were left out (--only-available): not extracted now; 20 of them are "
+            "recorded as failed by an earlier run, the other 10 stay missing") in format_summary(s).splitlines()
+    assert TokenCache(cache).group("test/array").status().tolist() == g.status().tolist()

@@ -16,6 +16,7 @@ from migfuse.data_cache.tracks import TRACKS, row_definition
 from migfuse.data_cache.views import default_views
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
+from migfuse.fuse.scores import Scores
 from migfuse.synth.tokens import write_synthetic
 
 torch = pytest.importorskip("torch")
@@ -64,7 +65,8 @@ def test_train_with_data_of_other_frame_ranges_is_refused_before_the_run_folder_
     out = " ".join(out.split())
     assert (f"cache group 'views/joint' in {cache} holds 8 of the 8 train rows as other data than {b} defines "
             f"(e.g. 0001_0: cached 'video=0001 frames=0-39', {b} has 'video=0001 frames=5-44')") in out
-    assert f"`migfuse extract skeleton --stream joint --data {b} --cache {cache}`" in out
+    assert (f"`migfuse extract skeleton --stream joint --data {b} --cache {cache} --checkpoint CHECKPOINT` with the "
+            f"checkpoint it was extracted with, then `migfuse cache view {cache} --defaults`") in out
     assert not (tmp_path / "rb").exists()
 
 
@@ -128,7 +130,8 @@ def test_a_deleted_array_metadata_file_names_the_group_and_the_fix_everywhere(tm
     (cache / "joint" / "agcn" / "features" / "zarr.json").unlink()
     want = (f"cache group 'joint/agcn' in {cache} is damaged (array 'features' has no usable metadata: "
             f"{cache}/joint/agcn/features/zarr.json is missing); rebuild it: `migfuse cache drop {cache} joint/agcn`, "
-            f"then `migfuse extract skeleton --stream joint --data PREPARED --cache {cache}`")
+            f"then `migfuse extract skeleton --stream joint --data PREPARED --cache {cache} --checkpoint CHECKPOINT` "
+            f"with the checkpoint it was extracted with")
     with pytest.raises(DamagedGroup) as e:
         TokenCache(cache).group("joint/agcn")
     assert str(e.value) == want
@@ -243,7 +246,8 @@ def test_export_views_copies_row_definitions_and_replaces_rows_pooled_again(tmp_
     laptop = TokenCache(tmp_path / "laptop.zarr")
     assert laptop.group("views/joint").rowdefs(["0002_3"]) == ["video=0002 frames=150-189"]
     with pytest.raises(UserError, match=r"holds 8 of the 8 train rows as other data .* `migfuse extract skeleton "
-                                        r"--stream joint --data .* --cache FULL_CACHE`, then `migfuse cache view "
+                                        r"--stream joint --data .* --cache FULL_CACHE --checkpoint CHECKPOINT` with "
+                                        r"the checkpoint it was extracted with, then `migfuse cache view "
                                         r"FULL_CACHE --defaults` and `migfuse cache export-views FULL_CACHE "
                                         r".*laptop.zarr`"):
         train(laptop.path, b, "mg", tmp_path / "r", config=FAST)
@@ -292,7 +296,16 @@ def test_a_track_that_failed_entirely_points_to_cache_drop(tmp_path, caplog):
     assert CliRunner().invoke(app, ["cache", "drop", str(cache), "bone/agcn", "--yes"]).exit_code == 0
     out = _one_line_error(["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
                            "--out", str(tmp_path / "r"), "--head", "pose"])
-    assert f"cache {cache} has no 'bone' tokens (groups: joint/agcn, views/joint)" in " ".join(out.split())
+    assert " ".join(out.split()) == (
+        f"error: cache {cache} has no 'bone' tokens (groups: joint/agcn, views/joint); run `migfuse extract skeleton "
+        f"--stream bone --data PREPARED --cache {cache}` (its -h lists the rest), or choose a head that does not need "
+        f"bone")
+    from migfuse.fuse.data import open_inputs
+
+    with pytest.raises(UserError) as e:
+        open_inputs(TokenCache(cache), ["nosuch"])
+    assert str(e.value) == (f"unknown input 'nosuch': no track and no view views/nosuch in {cache}; the tracks are "
+                            f"{', '.join(TRACKS)} (views: joint)")
 
 
 def test_eval_after_the_run_s_own_data_was_prepared_again_with_other_labels_is_refused(tmp_path):
@@ -313,3 +326,112 @@ def test_eval_with_labels_added_to_a_split_that_had_none_passes(tmp_path):
             c.label = None
     train(cache, unlabelled.save(tmp_path / "nolabels"), "mg", tmp_path / "run", config=FAST)
     assert evaluate(tmp_path / "run", "test", data=copy)["n"] == 4
+
+
+def test_predict_out_without_npz_says_the_file_written_and_score_reads_it_by_the_same_name(data, tmp_path):
+    prepared, _, _, _, _, run = data
+    out = tmp_path / "val.txt"
+    r = CliRunner().invoke(app, ["fuse", "predict", str(run), "--split", "test", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().splitlines()[-1] == f"wrote 4 mg scores (test) to {out}.npz"
+    assert not out.exists() and (tmp_path / "val.txt.npz").is_file()
+    r = CliRunner().invoke(app, ["score", str(out), "--data", str(prepared), "--split", "test"])
+    assert r.exit_code == 0, r.output
+    assert Scores.load(out).ids == Scores.load(tmp_path / "val.txt.npz").ids
+
+
+def _copy_run(run, to, **splits):
+    import shutil
+
+    shutil.copytree(run, to)
+    doc = json.loads((to / "splits.json").read_text())
+    (to / "splits.json").write_text(json.dumps({**doc, **{k: doc[k][:n] for k, n in splits.items()}}))
+    return to
+
+
+def test_a_run_trained_without_validation_clips_says_the_cache_held_none_not_the_labels(data, tmp_path):
+    prepared, *_, run = data
+    bare = _copy_run(run, tmp_path / "bare", validation=0)
+    with pytest.raises(UserError) as e:
+        evaluate(bare, "validation")
+    assert str(e.value) == (f"run {bare} was trained with no validation clips: its cache held none of the 4 "
+                            f"validation clips of {prepared} (see {bare / 'splits.json'}); extract them into the "
+                            f"cache and train again")
+
+
+def test_predict_on_part_of_a_trained_split_says_how_many_and_why(data, tmp_path, caplog):
+    prepared, *_, run = data
+    part = _copy_run(run, tmp_path / "part", train=2)
+    assert len(predict(part, "train")) == 2
+    assert (f"scoring 2 of the 8 train clips of {prepared}: the run was trained on those its cache held "
+            f"({part / 'splits.json'})") in caplog.messages
+
+
+def test_val_fraction_0_holds_out_no_video_and_says_so(data, tmp_path, caplog):
+    prepared, cache, *_ = data
+    caplog.set_level("INFO")
+    s = train(cache, prepared, "mg", tmp_path / "r", config={**FAST, "val_fraction": 0, "split_scheme": "split_cs"})
+    assert (s["n_train"], s["n_validation"]) == (12, 0)
+    assert s["validation_source"] == ("0% of split_cs train videos held out (seed 0); split_cs of the manifest "
+                                      "has no validation clips")
+    assert (f"no validation set, so no best epoch: best.pt holds the last one, epoch 1; run in {tmp_path / 'r'}"
+            in caplog.messages)
+    r = CliRunner().invoke(app, ["fuse", "train", "--cache", str(cache), "--data", str(prepared), "--task", "mg",
+                                 "--out", str(tmp_path / "r"), "--head", "pose", "--set", "val_fraction=0", "--set",
+                                 "split_scheme=split_cs", "--set", "batch_size=16", "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "; 1 epoch now," in r.output  # resumed: epoch 1 was run before
+
+
+def test_eval_on_a_backbone_training_run_names_the_trainer_not_a_damaged_config(tmp_path):
+    run = tmp_path / "joint"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"epochs": 2, "run": {"trainer": "skeleton", "provenance": {}}}))
+    (run / "best.pt").write_bytes(b"")
+    out = _one_line_error(["fuse", "eval", str(run), "--split", "validation"])
+    assert out.strip() == (f"error: {run} holds a 'skeleton' training run, not a fusion head; pass a run folder "
+                           f"of `migfuse fuse train`")
+
+
+def test_the_extract_command_of_a_fix_names_the_recorded_checkpoint_and_is_bare_for_random_weights():
+    from migfuse.data_cache.tracks import extract_command
+
+    prov = {"checkpoint": "best.pt", "checkpoint_sha256": "4a6454b24ca3575033f679b6"}
+    assert extract_command(TRACKS["bone"], "p1", "c0.zarr", prov) == (
+        "`migfuse extract skeleton --stream bone --data p1 --cache c0.zarr --checkpoint CHECKPOINT` with the "
+        "checkpoint it was extracted with (best.pt, checkpoint_sha256 4a6454b24ca3)")
+    assert extract_command(TRACKS["video"], "p1", "c0.zarr", {"checkpoint_sha256": "ab" * 32}).endswith(
+        "--checkpoint CHECKPOINT` with the checkpoint it was extracted with (checkpoint_sha256 abababababab)")
+    assert extract_command(TRACKS["video"], "p1", "c0.zarr", {"weights": "RANDOM"}) == (
+        "`migfuse extract video --data p1 --cache c0.zarr`")
+
+
+def test_scoring_a_run_on_rows_of_other_data_gives_one_fix_that_works_not_the_other_command(data, tmp_path):
+    prepared, cache, b, _, _, run = data
+    with pytest.raises(UserError) as e:
+        predict(run, "test", data=b)
+    assert str(e.value).endswith(
+        f"it was extracted from another prepared dataset; score that one with `migfuse fuse predict {run} --data "
+        f"OTHER --split test --out SCORES.npz` and `migfuse score SCORES.npz --data OTHER --split test`, or extract "
+        f"again for this one: `migfuse extract skeleton --stream joint --data {b} --cache {cache} --checkpoint "
+        f"CHECKPOINT` with the checkpoint it was extracted with, then `migfuse cache view {cache} --defaults`")
+    out = " ".join(_one_line_error(["fuse", "eval", str(run), "--data", str(b)]).split())
+    assert "leave out --data" not in out
+    assert out.endswith(f"so its evaluation in {run}/eval_test is kept (`fuse eval` scores a run on the data it was "
+                        f"trained with): score that data with `migfuse fuse predict {run} --data {b} --split test "
+                        f"--out SCORES.npz`, then `migfuse score SCORES.npz --data {b} --split test`")
+
+
+def test_cache_view_pools_again_the_rows_of_a_lost_view_chunk(tmp_path, caplog):
+    _, cache = write_synthetic(tmp_path, n_videos=2, clips_per_video=2, num_classes=2, tracks=("joint",), joints=5)
+    default_views(cache)
+    view = TokenCache(cache).group("views/joint")
+    before = view.read_many(view.ids)["tokens"]
+    chunk = view.chunk_file("tokens", 0)
+    chunk.unlink()
+    r = CliRunner().invoke(app, ["cache", "view", str(cache), "--defaults"])
+    assert r.exit_code == 0, r.output
+    assert (f"views/joint: 4 rows sat in a damaged or missing chunk file (e.g. {chunk}); pooling them again"
+            in caplog.messages)
+    view = TokenCache(cache).group("views/joint")
+    np.testing.assert_array_equal(view.read_many(view.ids)["tokens"], before)

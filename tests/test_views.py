@@ -110,8 +110,18 @@ def test_view_of_a_re_extracted_source_is_refused(tmp_path):
     assert resolve_inputs(cache, ["joint"]) == {"joint": "views/joint"}
     cache.delete_group("joint/agcn")
     extract("v2")
-    with pytest.raises(UserError, match="derived from an earlier 'joint/agcn'"):
+    with pytest.raises(UserError) as e:
         resolve_inputs(cache, ["joint"])
+    fix = (f"pool it again: `migfuse cache view {cache.path} --defaults --overwrite` (or the `cache view` command that "
+           f"made views/joint, plus --overwrite)")
+    assert str(e.value) == (f"view 'views/joint' in {cache.path} was derived from an earlier 'joint/agcn' (its "
+                            f"provenance changed since); {fix}")
+    with pytest.raises(UserError) as e:  # cache view says the same, about its own options (it has no --cache)
+        make_view(cache, "joint", "joint/agcn")
+    assert str(e.value) == (f"view 'views/joint' in {cache.path} was written with source_provenance.checkpoint='v1' "
+                            f"but this pooling has source_provenance.checkpoint='v2'; {fix}")
+    make_view(cache, "joint", "joint/agcn", overwrite=True)
+    assert resolve_inputs(cache, ["joint"]) == {"joint": "views/joint"}
 
 
 def test_cli_view_defaults(small_cache):
@@ -125,3 +135,25 @@ def test_cli_view_defaults(small_cache):
     assert "video          -> views/video" in r.output
     r = CliRunner().invoke(app, ["cache", "view", str(path), "--name", "x"])
     assert r.exit_code == 2 and "--group" in r.output
+
+
+def test_more_time_steps_than_the_source_holds_are_said_not_silently_capped(tmp_path, caplog):
+    cache = TokenCache(tmp_path / "c.zarr")
+    from migfuse.data_cache.store import ArraySpec, GroupSpec
+
+    g = cache.require_group(GroupSpec("joint/agcn", ["a", "b"], {"features": ArraySpec((8, 4, 5), "float16")}, {}))
+    g.write_many(["a", "b"], {"features": np.ones((2, 8, 4, 5), np.float16)})
+    view = make_view(cache, "j", "joint/agcn", pooling="pose_time", time_steps=1000)
+    assert view.arrays["tokens"].shape == (4, 8)
+    assert "views/j: time_steps 1000 is more than the 4 time steps of joint/agcn; the view keeps 4" in caplog.messages
+
+
+def test_cli_view_of_no_cache_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    r = CliRunner().invoke(app, ["cache", "view", str(tmp_path / "nonexist.zarr"), "--defaults"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output.strip() == (f"error: no token cache at {tmp_path / 'nonexist.zarr'} (create it with `migfuse "
+                                f"extract ...`, or check the path)")

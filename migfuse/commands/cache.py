@@ -93,6 +93,8 @@ def cache_view_cmd(
     """
     from migfuse.data_cache.views import default_views, make_view
 
+    if not Path(cache).is_dir():  # a folder without root metadata is named by the cache itself (damage)
+        raise UserError(f"no token cache at {cache} (create it with `migfuse extract ...`, or check the path)")
     if defaults:
         made = default_views(cache, overwrite=overwrite)
         for modality, view in made.items():

@@ -35,7 +35,7 @@ def export_command(fmt) -> Callable[..., None]:
         typer.echo(f"wrote {r.path} ({r.csv_name} at the archive root): {r.rows} rows of split {r.split}")
         if r.csv_path is not None:
             typer.echo(f"wrote {r.csv_path} (the same rows as a bare CSV)")
-        typer.echo(f"sha256 {r.sha256}  {r.path.name}")  # the layout of sha256sum, to check an upload
+        typer.echo(f"sha256 {r.sha256}  {r.path}")  # the layout of sha256sum (-c reads it), to check an upload
 
     if fmt.task != "emotion":  # --win-label is the emotion polarity: other formats do not show it
         sig = typing.get_type_hints(command, include_extras=True)

@@ -51,6 +51,7 @@ def fuse_train_cmd(
     options; --threads defaults to 1 here (tiny heads: more threads cost more than they gain).
     Refuses a cache that lacks clips of the manifest unless --allow-missing."""
     from migfuse.fuse.train import train as train_head
+    from migfuse.wording import counted
 
     summary = train_head(cache, data, task.value, out, head=head, config=train.config, allow_missing=allow_missing,
                          sets=train.sets, flags=train.flags(), overwrite=train.overwrite, runtime=runtime.resolve())
@@ -58,8 +59,9 @@ def fuse_train_cmd(
     scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
     typer.echo(f"best epoch {best['epoch']}: {scores}" if scores else
                f"no validation set, so no best epoch: best.pt holds the last one, epoch {best['epoch']}")
-    typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation ({summary['validation_source']}); "
-               f"{summary['epochs_run']} epochs now, {summary['train_seconds']:.0f} s; run in {out}")
+    typer.echo(f"{summary['n_train']:,} train / {summary['n_validation']:,} validation "
+               f"({summary['validation_source']}); {counted(summary['epochs_run'], 'epoch')} now, "
+               f"{summary['train_seconds']:.0f} s; run in {out}")
 
 
 @app.command("eval")
@@ -102,7 +104,8 @@ def fuse_eval_cmd(
 def fuse_predict_cmd(
     run: RunArg,
     split: Annotated[Split, typer.Option(help="The split to predict.")],
-    out: Annotated[Path, path_option(use="file", help="Scores file to write (.npz), read by `migfuse export`.")],
+    out: Annotated[Path, path_option(use="file", help="Scores file to write, read by `migfuse export`; "
+                                                     "\".npz\" is appended unless the name ends so.")],
     runtime: RuntimeOptions,
     cache: RunCacheOpt = None,
     data: RunDataOpt = None,
@@ -111,10 +114,11 @@ def fuse_predict_cmd(
     """Write class probabilities of every clip (mg) or video (emotion) of a split, keyed by id
     (migfuse.fuse.scores.Scores .npz), for `migfuse export` and late fusion."""
     from migfuse.fuse.predict import predict
+    from migfuse.fuse.scores import scores_file
 
     scores = predict(run, split.value, out, cache=cache, data=data, allow_missing=allow_missing,
                      runtime=runtime.resolve())
-    typer.echo(f"wrote {len(scores)} {scores.task} scores ({split}) to {out}")
+    typer.echo(f"wrote {len(scores)} {scores.task} scores ({split}) to {scores_file(out)}")
 
 
 @app.command("heads")

@@ -24,7 +24,7 @@ import numpy as np
 from migfuse.data_cache.chunks import CorruptChunk, writing
 from migfuse.data_cache.spec import (DONE, FAILED, MISSING, ArraySpec, GroupSpec, default_row_dim, first_difference,
                                      format_arrays, name_dims, value_at)
-from migfuse.data_cache.tracks import VIEW_PREFIX, track_of_group
+from migfuse.data_cache.tracks import VIEW_PREFIX, extract_command, track_of_group
 from migfuse.errors import UserError
 
 
@@ -33,14 +33,21 @@ def drop_command(group: "TokenGroup") -> str:
     return f"`migfuse cache drop {group.cache.path} {group.name}`"
 
 
+def view_command(cache: Any, name: str, overwrite: bool = False) -> str:
+    """The command that pools view `name` again (with --overwrite: replacing one of other settings)."""
+    flag = " --overwrite" if overwrite else ""
+    also = ", plus --overwrite" if overwrite else ""
+    return f"`migfuse cache view {cache} --defaults{flag}` (or the `cache view` command that made {name}{also})"
+
+
 def rebuild_command(group: "TokenGroup") -> str:
     """The command that writes a group again: its `migfuse extract`, or `migfuse cache view` for a view."""
     if group.name.startswith(VIEW_PREFIX):
-        return (f"`migfuse cache view {group.cache.path} --defaults` "
-                f"(or the `cache view` command that made {group.name})")
+        return view_command(group.cache.path, group.name)
     track = track_of_group(group.name)
-    command = track.command if track is not None else "extract ..."
-    return f"`migfuse {command} --data PREPARED --cache {group.cache.path}`"
+    if track is None:
+        return f"`migfuse extract ... --data PREPARED --cache {group.cache.path}`"
+    return extract_command(track, "PREPARED", group.cache.path, group.provenance)
 
 
 class DamagedGroup(UserError):
@@ -134,20 +141,24 @@ class TokenGroup:
     def _check_matches(self, spec: GroupSpec) -> None:
         where = f"cache group '{self.name}' in {self.cache.path}"
         fix = f"use another --cache, or drop the group to rebuild it: {drop_command(self)}"
+        this = "this run has"
+        if self.name.startswith(VIEW_PREFIX):  # `cache view` has no --cache: it replaces the view
+            where, this = f"view '{self.name}' in {self.cache.path}", "this pooling has"
+            fix = f"pool it again: {view_command(self.cache.path, self.name, overwrite=True)}"
         diff = first_difference(self.provenance, dict(spec.provenance))
         if diff:
             raise UserError(
-                f"{where} was written with {diff}={value_at(self.provenance, diff)!r} but this run has "
+                f"{where} was written with {diff}={value_at(self.provenance, diff)!r} but {this} "
                 f"{diff}={value_at(dict(spec.provenance), diff)!r}; {fix}"
             )
         if self.arrays != dict(spec.arrays):
             raise UserError(f"{where} holds arrays {format_arrays(self.arrays)} "
-                            f"but this run writes {format_arrays(spec.arrays)}; {fix}")
+                            f"but {this.replace(' has', '')} writes {format_arrays(spec.arrays)}; {fix}")
         if self.ids != list(spec.ids):
             extra = sorted(set(spec.ids) - set(self.ids))[:3]
             gone = sorted(set(self.ids) - set(spec.ids))[:3]
             raise UserError(
-                f"{where} was created for {len(self.ids)} ids, this run has {len(spec.ids)} "
+                f"{where} was created for {len(self.ids)} ids, {this} {len(spec.ids)} "
                 f"(new: {extra or 'none'}, absent: {gone or 'none'}, or another order); {fix}"
             )
 

@@ -108,6 +108,21 @@ def get_track(name: str) -> Track:
         raise UserError(f"unknown track {name!r}; the tracks are {', '.join(TRACKS)}") from None
 
 
+def extract_command(track: Track, data: Any, cache: Any, provenance: dict[str, Any]) -> str:
+    """The runnable `migfuse extract ...` that writes `track`'s rows again into `cache` from `data`.
+
+    A group made with a checkpoint (a skeleton track always is) needs it again: `--checkpoint
+    CHECKPOINT` and the words naming the one recorded in `provenance` (file name, sha256), because
+    without it the command would fail or fall back to random weights."""
+    command = f"`migfuse {track.command} --data {data} --cache {cache}"
+    if track.decodes is not Decodes.SKELETON and "checkpoint_sha256" not in provenance:
+        return command + "`"
+    recorded = ", ".join(f"{k} {str(provenance[k])[:12]}" if k.endswith("sha256") else str(provenance[k])
+                         for k in ("checkpoint", "checkpoint_sha256") if provenance.get(k))
+    return command + " --checkpoint CHECKPOINT` with the checkpoint it was extracted with" + (
+        f" ({recorded})" if recorded else "")
+
+
 def track_of_group(group_name: str) -> Track | None:
     """The track of a raw cache group name ('joint/agcn' -> joint), None when it is no track's group."""
     return TRACKS.get(group_name.split("/")[0])

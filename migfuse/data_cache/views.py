@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from migfuse.data_cache.group_check import mark_rows_failed, verify_group
 from migfuse.data_cache.store import DONE, ArraySpec, GroupSpec, TokenCache, TokenGroup
 from migfuse.data_cache.tracks import TRACKS, VIEW_PREFIX, track_of_group, tracks_with_layout
 from migfuse.errors import UserError
@@ -269,6 +270,10 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
         raise UserError(f"cache group '{source}' in {cache.path} has no finished clips; "
                         "run its `migfuse extract` first")
     names = source_arrays(track)
+    steps = src.arrays["features"].shape[1] if "time_steps" in params and "features" in src.arrays else None
+    if steps is not None and params["time_steps"] > steps:  # the pooling keeps at most what the source has
+        log.warning("%s: time_steps %d is more than the %d time steps of %s; the view keeps %d",
+                    VIEW_PREFIX + name, params["time_steps"], steps, source, steps)
     probe = fn(src.read_many(done[:1], names), **params)
     tokens_shape, mask_shape = probe["tokens"].shape[1:], probe["mask"].shape[1:]
     bytes_per_clip = int(np.prod(tokens_shape)) * 2 + int(np.prod(mask_shape))
@@ -291,6 +296,12 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
                     "by an earlier release; e.g. %s); pooling them again", spec.name, len(stale), source, stale[0])
         view.forget(stale)
         have -= set(stale)
+    damaged = verify_group(view)  # a lost or corrupt chunk file of done rows (views are small: cheap)
+    if damaged:
+        n = mark_rows_failed(view, damaged)
+        log.warning("%s: %d rows sat in a damaged or missing chunk file (e.g. %s); pooling them again",
+                    spec.name, n, damaged[0].chunk)
+        have = set(view.done_ids())
     todo = [i for i in done if i not in have]
     batch_size = batch_size or max(1, min(len(todo), (256 << 20) // max(_source_bytes(src), 1)))
     for start in progress_bar(range(0, len(todo), batch_size), desc=f"view {name}", unit="batch"):

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from migfuse.wording import counted
+
 
 @dataclass
 class RunSummary:
@@ -34,6 +36,9 @@ class RunSummary:
     settings: dict[str, Any] = field(default_factory=dict)
     #: rows left out by --only-available (their input file is missing: not extracted, not failed)
     unavailable: int = 0
+    #: of those, rows failed or done by an earlier run (they keep that status)
+    unavailable_failed: int = 0
+    unavailable_done: int = 0
     #: rows outside --split (not extracted by this run)
     outside_split: int = 0
     #: what a row is ("clip", "video") and the cache written, for the report
@@ -80,10 +85,13 @@ def format_summary(summary: RunSummary, max_rows: int = TABLE_ROWS) -> str:
     if summary.timings:
         lines.append(format_timings(summary))
     if summary.outside_split:
-        lines.append(f"{summary.outside_split} {summary.unit}s outside --split were left alone")
+        were = "was" if summary.outside_split == 1 else "were"
+        lines.append(f"{counted(summary.outside_split, summary.unit)} outside --split {were} left alone")
     if summary.unavailable:
-        lines.append(f"{summary.unavailable} {summary.unit}s have no input file and were left out (--only-available): "
-                     "they stay missing in the cache, not failed")
+        one = summary.unavailable == 1
+        lines.append(f"{counted(summary.unavailable, summary.unit)} {'has' if one else 'have'} no input file and "
+                     f"{'was' if one else 'were'} left out (--only-available): "
+                     + _left_out_status(summary))
     if summary.redone:
         lines.append(f"{summary.redone} rows were extracted again: "
                      "their clip changed (frame range) since they were written")
@@ -95,6 +103,16 @@ def format_summary(summary: RunSummary, max_rows: int = TABLE_ROWS) -> str:
         lines += _failure_table(summary.failed) if len(summary.failed) <= max_rows else _failure_causes(summary)
         lines.append("rerun with --retry-failed after fixing the inputs to redo failed rows")
     return "\n".join(lines)
+
+
+def _left_out_status(summary: RunSummary) -> str:
+    """What the rows left out by --only-available hold in the cache: their status of earlier runs."""
+    earlier = [f"{n:,} of them {'are' if n != 1 else 'is'} recorded as {what} by an earlier run"
+               for n, what in ((summary.unavailable_failed, "failed"), (summary.unavailable_done, "done")) if n]
+    if not earlier:
+        return "they stay missing in the cache, not failed"
+    rest = summary.unavailable - summary.unavailable_failed - summary.unavailable_done
+    return "not extracted now; " + ", ".join(earlier) + (f", the other {rest:,} stay missing" if rest else "")
 
 
 def _failure_table(failed: list[tuple[str, str, str]]) -> list[str]:
@@ -115,15 +133,15 @@ def _failure_causes(summary: RunSummary) -> list[str]:
         by_cause.setdefault(failure_cause(f[1], f[2]), []).append(f)
     videos = {row.split("_")[0] for row, _, _ in summary.failed}
     unit = summary.unit
-    lines = [f"{len(summary.failed):,} {unit}s of {len(videos):,} videos failed, {len(by_cause)} "
-             f"cause{'s' if len(by_cause) != 1 else ''}:"]
+    lines = [f"{counted(len(summary.failed), unit)} of {counted(len(videos), 'video')} failed, "
+             f"{counted(len(by_cause), 'cause')}:"]
     for _cause, rows in sorted(by_cause.items(), key=lambda kv: -len(kv[1]))[:CAUSES_SHOWN]:
         n_videos = len({row.split("_")[0] for row, _, _ in rows})
         row, stage, message = rows[0]
-        lines.append(f"  {len(rows):,} {unit}s ({n_videos:,} videos) at {stage}, e.g. {row}: {message}")
+        lines.append(f"  {counted(len(rows), unit)} ({counted(n_videos, 'video')}) at {stage}, e.g. {row}: {message}")
     if len(by_cause) > CAUSES_SHOWN:
         rest = sum(len(r) for r in sorted(by_cause.values(), key=len, reverse=True)[CAUSES_SHOWN:])
-        lines.append(f"  ... and {len(by_cause) - CAUSES_SHOWN} more causes ({rest:,} {unit}s)")
+        lines.append(f"  ... and {len(by_cause) - CAUSES_SHOWN} more causes ({counted(rest, unit)})")
     where = summary.cache or "CACHE"
     lines.append(f"every failure is recorded in the cache: `migfuse cache info {where} --failures "
                  f"{len(summary.failed)}` lists them")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
@@ -156,10 +156,14 @@ def run_extraction(
     outside = unavailable = 0
     if in_split is not None:
         mine, outside = _narrow(mine, in_split)
+    wanted = [i for it in mine for i in it.ids]
     if only_available:
-        mine, unavailable = _narrow(mine, extractor.rows_with_input([i for it in mine for i in it.ids]))
+        mine, unavailable = _narrow(mine, extractor.rows_with_input(wanted))
     my_ids = [i for it in mine for i in it.ids]
     status = dict(zip(all_ids, g.status().tolist()))
+    kept = set(my_ids)
+    # what the rows left out hold from earlier runs: they keep it (a failed row stays failed)
+    left_out = Counter(status[i] for i in wanted if i not in kept) if unavailable else Counter()
     rowdefs = extractor.row_definitions(my_ids) or {}
     changed = _changed_rows(g, rowdefs, [i for i in my_ids if status[i] != MISSING])
     skip = {DONE} if retry_failed else {DONE, FAILED}
@@ -168,6 +172,7 @@ def run_extraction(
     pending = sum(len(it.ids) for it in items)
     summary = RunSummary(group=extractor.group, shard=shard, total=len(my_ids), skipped=len(my_ids) - pending,
                          redone=len(changed), unavailable=unavailable, outside_split=outside,
+                         unavailable_failed=left_out[FAILED], unavailable_done=left_out[DONE],
                          unit=str(extractor.unit), cache=str(cache.path))
     n_workers = min(workers, len(items))
     summary.settings = {"batch": int(batch_size), "workers": n_workers,

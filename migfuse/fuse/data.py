@@ -24,8 +24,9 @@ import torch
 
 from migfuse.datasets import classes
 from migfuse.datasets.manifest import Manifest
+from migfuse.data_cache.group import view_command
 from migfuse.data_cache.store import DONE, TokenCache, TokenGroup
-from migfuse.data_cache.tracks import TRACKS, row_definition, same_row, track_of_group
+from migfuse.data_cache.tracks import TRACKS, extract_command, row_definition, same_row, track_of_group
 from migfuse.data_cache.views import VIEW_PREFIX, as_tokens, is_view, source_arrays, track_of
 from migfuse.errors import UserError
 
@@ -118,8 +119,8 @@ def check_view_is_current(group: TokenGroup, names: list[str], opened: dict[str,
     source_now = _open(group.cache, {} if opened is None else opened, source)
     if source_now.provenance != prov["source_provenance"]:
         raise UserError(f"view '{group.name}' in {group.cache.path} was derived from an earlier '{source}' "
-                        f"(its provenance changed since); rebuild it: the same `migfuse cache view` command "
-                        f"plus --overwrite")
+                        f"(its provenance changed since); pool it again: "
+                        f"{view_command(group.cache.path, group.name, overwrite=True)}")
 
 
 def _open_one(cache: TokenCache, modality: str, configured: dict[str, str], names: list[str],
@@ -147,8 +148,13 @@ def _open_one(cache: TokenCache, modality: str, configured: dict[str, str], name
             return g
         raise UserError(f"input {modality!r}: raw group '{raw[0]}' in {cache.path} is too big to train on "
                         f"({per_row * len(g.ids) / 2**30:.1f} GB); run `migfuse cache view {cache.path} --defaults`")
+    if track is None:
+        raise UserError(f"unknown input {modality!r}: no track and no view {VIEW_PREFIX}{modality} in {cache.path}; "
+                        f"the tracks are {', '.join(TRACKS)} (views: "
+                        f"{', '.join(n[len(VIEW_PREFIX):] for n in names if n.startswith(VIEW_PREFIX)) or 'none'})")
     raise UserError(f"cache {cache.path} has no {modality!r} tokens (groups: {', '.join(names) or 'none'}); "
-                    f"run the matching `migfuse extract`, or choose a head that does not need {modality}")
+                    f"run `migfuse {track.command} --data PREPARED --cache {cache.path}` (its -h lists the rest), "
+                    f"or choose a head that does not need {modality}")
 
 
 # ----- which ids -------------------------------------------------------------------------------------
@@ -179,7 +185,8 @@ def _hold_out(ids_by_group: dict[str, list[str]], fraction: float, seed: int,
     for g in groups:
         by_stratum.setdefault(strata.get(g, 0) if strata else 0, []).append(g)
     for members in by_stratum.values():
-        n = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        # at least one video once any is asked for; none when fraction is 0 (no validation set)
+        n = max(1, round(fraction * len(members))) if len(members) > 1 and fraction > 0 else 0
         held.update(rng.choice(members, size=n, replace=False).tolist())
     train = [i for g in groups if g not in held for i in ids_by_group[g]]
     val = [i for g in groups if g in held for i in ids_by_group[g]]
@@ -220,7 +227,7 @@ def task_splits(manifest: Manifest, task: str, val_fraction: float, seed: int, s
         by_video.setdefault(manifest.clip(cid).video_id, []).append(cid)
     train, val = _hold_out(by_video, val_fraction, seed)
     return SplitPlan(train, val, test, f"{val_fraction:.0%} of {scheme} train videos held out (seed {seed}); "
-                                       f"the manifest has no validation split")
+                                       f"{scheme} of the manifest has no validation clips")
 
 
 def labels_of(manifest: Manifest, task: str, ids: list[str]) -> list[int]:
@@ -284,13 +291,15 @@ def check_coverage(inputs: Mapping[str, TokenGroup], ids: list[str], what: str, 
     return [i for i in ids if i in keep]
 
 
-def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[str], what: str) -> None:
+def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[str], what: str,
+               run: Path | None = None) -> None:
     """UserError unless the rows of `ids` (done in every input: `check_coverage`) hold what `manifest`
     defines now: each row's stored definition (video and frame range, `tracks.row_definition`) must be
     the manifest's. A view row that differs while its source group holds the manifest's row was pooled
     before that row was extracted again (the fix is `cache view`, not `extract`). Rows stored without a
     definition (earlier releases) are compared only through a view's source. Labels are not part of
-    a row: tokens do not depend on them, and training takes the manifest's."""
+    a row: tokens do not depend on them, and training takes the manifest's. With `run` (scoring a
+    trained run), the fix for rows of other data is to score that data with `fuse predict` + `score`."""
     if not ids:
         return
     data = manifest.root or "the prepared data"
@@ -319,11 +328,15 @@ def check_rows(inputs: Mapping[str, TokenGroup], manifest: Manifest, ids: list[s
         differ = [k for k in differ if stored[k]]
         if differ:
             k = differ[0]
+            made_by = g.provenance.get("source_provenance", g.provenance)  # a view's: its source group's
+            other = (f"score that one with `migfuse fuse predict {run} --data OTHER --split {what} --out SCORES.npz` "
+                     f"and `migfuse score SCORES.npz --data OTHER --split {what}`" if run is not None
+                     else "point --data at that one")
             raise UserError(
                 f"cache group '{g.name}' in {cache} holds {len(differ)} of the {len(ids)} {what} rows as other data "
                 f"than {data} defines (e.g. {ids[k]}: cached '{stored[k]}', {data} has '{want[k]}'): it was "
-                f"extracted from another prepared dataset; point --data at that one, or extract again for this "
-                f"one: `migfuse {track.command} --data {data} --cache {'FULL_CACHE' if copy else cache}`, "
+                f"extracted from another prepared dataset; {other}, or extract again for this "
+                f"one: {extract_command(track, data, 'FULL_CACHE' if copy else cache, made_by)}, "
                 f"then `migfuse cache view {'FULL_CACHE' if copy else cache} --defaults`"
                 + (f" and `migfuse cache export-views FULL_CACHE {cache}`" if copy else ""))
 

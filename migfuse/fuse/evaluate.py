@@ -41,9 +41,10 @@ def evaluate(run: str | Path, split: str = "test", cache: str | Path | None = No
                         f"--out {run} --overwrite`), or pass the data it was trained with as --data")
     if differs:
         raise UserError(f"--data {data} has {differs} in split {split} than {r.config['data']}, the data run {run} "
-                        f"was trained with, so its evaluation in {kept} is kept: leave out "
-                        f"--data, or score that data with `migfuse fuse predict {run} --data {data} --split {split} "
-                        f"--out SCORES.npz`, then `migfuse score SCORES.npz --data {data} --split {split}`")
+                        f"was trained with, so its evaluation in {kept} is kept (`fuse eval` scores a run on the "
+                        f"data it was trained with): score that data with `migfuse fuse predict {run} --data {data} "
+                        f"--split {split} --out SCORES.npz`, then `migfuse score SCORES.npz --data {data} "
+                        f"--split {split}`")
     tokens, probs = predict_split(r, split, allow_missing, labelled_only=True, runtime=runtime)
     names = r.config["classes"]
     m = task_metrics(r.task, probs.numpy(), tokens.labels.numpy(), names)

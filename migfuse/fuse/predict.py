@@ -92,15 +92,21 @@ def load_run(run: str | Path, cache: str | Path | None = None, data: str | Path 
                         f"run `migfuse fuse train ... --out {run}` first")
     try:
         doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+        trainer = doc["run"].get("trainer") if isinstance(doc, dict) and isinstance(doc.get("run"), dict) else None
+    except (ValueError, UnicodeDecodeError):
+        trainer = None
+    # another trainer's run (e.g. `backbone train`) is valid on its own: say so before reading fuse keys
+    if trainer not in (None, "fuse"):
+        raise UserError(f"{run} holds a {trainer!r} training run, not a fusion head; pass a run "
+                        f"folder of `migfuse fuse train`")
+    try:
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
         cfg = {**{k: v for k, v in doc.items() if k != "run"}, **doc["run"]["provenance"]}
         shapes = {k: tuple(v) for k, v in cfg["shapes"].items()}
         head, classes = cfg["head"], cfg["classes"]
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         raise UserError(f"{cfg_path} is damaged or not the config.json of a `migfuse fuse train` run; "
                         f"train the run again (`migfuse fuse train ... --out {run} --overwrite`)") from None
-    if doc["run"].get("trainer") != "fuse":
-        raise UserError(f"{run} holds a {doc['run'].get('trainer')!r} training run, not a fusion head; pass a run "
-                        f"folder of `migfuse fuse train`")
     state = load_checkpoint(ckpt)
     model = make_head(head, shapes, len(classes), **cfg["head_options"])
     try:
@@ -112,6 +118,27 @@ def load_run(run: str | Path, cache: str | Path | None = None, data: str | Path 
     return Run(run, cfg, model, TokenCache(cache or cfg["cache"]), Manifest.load(data or cfg["data"]))
 
 
+def _samples(run: Run) -> str:
+    return "clips" if run.task == "mg" else "videos"
+
+
+def _check_trained_split(run: Run, split: str, ids: list[str], labelled_only: bool) -> None:
+    """Train/validation are the ids the run was trained with (splits.json), which are those the cache
+    held: an empty one is the cache's doing, not the labels'; a smaller one is said (warning)."""
+    planned = run.plan().ids(split)
+    if labelled_only:
+        planned = [i for i, y in zip(planned, fdata.labels_of(run.manifest, run.task, planned)) if y >= 0]
+    if not planned or len(ids) >= len(planned):
+        return
+    what = _samples(run)
+    if not ids:
+        raise UserError(f"run {run.path} was trained with no {split} {what}: its cache held none of the "
+                        f"{len(planned):,} {split} {what} of {run.manifest.root} (see {run.path / 'splits.json'}); "
+                        f"extract them into the cache and train again")
+    log.warning("scoring %s of the %s %s %s of %s: the run was trained on those its cache held (%s)",
+                f"{len(ids):,}", f"{len(planned):,}", split, what, run.manifest.root, run.path / "splits.json")
+
+
 def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_only: bool = False,
                   runtime: Runtime | None = None) -> tuple[fdata.TokenSet, torch.Tensor]:
     """Token set of `split` and its (S, C) probabilities, the head run on `runtime` (None: the CPU
@@ -119,6 +146,8 @@ def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_on
     ids = run.split_ids(split)
     if labelled_only:
         ids = [i for i, y in zip(ids, fdata.labels_of(run.manifest, run.task, ids)) if y >= 0]
+    if split in ("train", "validation"):
+        _check_trained_split(run, split, ids, labelled_only)
     if not ids:
         raise UserError(f"split {split!r} of {run.manifest.root} has no {'labelled ' if labelled_only else ''}"
                         f"{'clips' if run.task == 'mg' else 'videos'} for task {run.task}; choose another --split")
@@ -128,7 +157,7 @@ def predict_split(run: Run, split: str, allow_missing: bool = False, labelled_on
             raise UserError(f"cache group '{group.name}' in {run.cache.path} was rebuilt with other settings than run "
                             f"{run.path} was trained on; retrain, or point --cache at the cache it was trained with")
     ids = fdata.check_coverage(run.groups, ids, split, allow_missing)
-    fdata.check_rows(run.groups, run.manifest, ids, split)
+    fdata.check_rows(run.groups, run.manifest, ids, split, run=run.path)
     tokens = fdata.load_tokens(run.groups, ids, fdata.labels_of(run.manifest, run.task, ids))
     shapes = {k: tuple(v) for k, v in run.config["shapes"].items()}
     if tokens.shapes != shapes:

@@ -23,7 +23,7 @@ from migfuse.datasets.manifest import SCHEMES, Manifest
 from migfuse.errors import UserError
 from migfuse.fuse import metrics
 from migfuse.fuse.export import align_ids
-from migfuse.fuse.scores import Scores, duplicates
+from migfuse.fuse.scores import Scores, duplicates, existing_scores_file
 
 _ID = re.compile(r"^\d+(_\d+)?$")  # video id 0054 or clip id 0054_0
 
@@ -107,7 +107,7 @@ def read_predictions(path: str | Path, task: str | None = None, win_label: int =
     "emotion" for video ids (`0054`) and "mg" for clip ids (`0054_0`) unless given. Emotion
     targets are mapped to 1 = Win using `win_label` (the polarity the file was written with).
     """
-    path = Path(path)
+    path = existing_scores_file(path)
     if not path.is_file():
         raise UserError(f"prediction file not found: {path}")
     if path.suffix.lower() == ".npz":

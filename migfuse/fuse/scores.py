@@ -111,9 +111,7 @@ class Scores:
 
     def save(self, path: str | Path) -> Path:
         """Write a pickle-free `.npz`; returns the path written (".npz" appended if missing)."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
+        path = scores_file(path)
         # np.str_ arrays of a fixed width: loadable with allow_pickle=False. Whole or not at all: a full
         # disk is one line naming the file, and an earlier file at `path` stays readable.
         with open_atomic(path, "wb") as f:
@@ -131,7 +129,7 @@ class Scores:
     @classmethod
     def load(cls, path: str | Path) -> "Scores":
         """Read a file written by `save`; one-line UserError if it is missing or not a scores file."""
-        path = Path(path)
+        path = existing_scores_file(path)
         if not path.is_file():
             raise UserError(f"scores file not found: {path} (write it with `migfuse fuse predict ... --out {path}`)")
         if not zipfile.is_zipfile(path):
@@ -160,6 +158,21 @@ class Scores:
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UserError(f"cannot read scores file {path} ({msg}); rewrite it with `migfuse fuse predict`") from None
+
+
+def scores_file(path: str | Path) -> Path:
+    """The file a scores writer writes for `--out path`: the name given, ".npz" appended unless it ends so.
+
+    One rule for `fuse predict`, `fuse late` and `fuse import`; they print the name written."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def existing_scores_file(path: str | Path) -> Path:
+    """The scores file a reader opens for `path`: `path` itself, or `path`.npz when only that exists
+    (what a writer wrote for `--out path`), so the name given to `fuse predict --out` reads back."""
+    path = Path(path)
+    return scores_file(path) if not path.exists() and scores_file(path).is_file() else path
 
 
 def duplicates(ids: list[str]) -> list[str]:

@@ -111,6 +111,12 @@ def resolve_config(task: str, config: Mapping[str, Any] | str | Path | None = No
     for k in ("epochs", "batch_size"):
         if cfg[k] < 1:
             raise UserError(f"{where}: {k} must be a positive integer, not {cfg[k]!r}")
+    warmup, epochs = cfg["warmup_epochs"], cfg["epochs"]
+    # a warm-up as long as the run never reaches the learning rate; a one-epoch run (quick tests) may
+    # warm up through its only epoch, as with the default of 1
+    if warmup > epochs or (warmup == epochs and epochs > 1):
+        raise UserError(f"{where}: warmup_epochs ({warmup:g}) must be less than epochs ({epochs}), or the warm-up "
+                        f"never finishes; lower warmup_epochs or raise epochs")
     cfg["head_options"] = resolve_options(cfg["head"], cfg["head_options"])
     return cfg
 
@@ -297,5 +303,9 @@ def _train(cfg: dict, cache: TokenCache, prepared: Path, out: Path, allow_missin
                    "validation_source": plan.source, "parameters": n_params, "epochs_run": result.epochs_run,
                    "stopped_early": result.stopped_early, "train_seconds": round(time.perf_counter() - t0, 2)}
         write_text(out / "summary.json", json.dumps(summary, indent=2))
-        log.info("best epoch %d (%s); run in %s", result.best_epoch, plan.source, out)
+        if len(sets["validation"]):
+            log.info("best epoch %d (%s); run in %s", result.best_epoch, plan.source, out)
+        else:  # the plan may name a validation split the cache held none of
+            log.info("no validation set, so no best epoch: best.pt holds the last one, epoch %d; run in %s",
+                     result.best_epoch, out)
     return summary
