@@ -109,7 +109,7 @@ def test_an_imported_hdf5_set_trains_cmtf_with_a_pose_group_and_exports(world, t
     out = tmp_path / "submission.zip"
     r = runner.invoke(app, ["export", "miga2025", str(scores), "--data", str(prepared), "--out", str(out)])
     assert r.exit_code == 0 and "8 rows of split test" in r.output, r.output
-    assert f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}  {out.name}" in r.output
+    assert f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()}  {out}" in r.output
 
 
 # ----- formats ---------------------------------------------------------------------------------------
