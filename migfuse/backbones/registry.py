@@ -44,6 +44,7 @@ BACKBONES: Registry[type["Backbone"]] = Registry("backbone", modules={
     "agcn": "migfuse.backbones.agcn",
     "aagcn": "migfuse.backbones.aagcn",
     "swinface": "migfuse.backbones.swinface",
+    **{f"{family}_{size}": "migfuse.backbones.swin3d" for family in ("swin3d", "mmaction_swin3d") for size in "tsb"},
 })
 
 
