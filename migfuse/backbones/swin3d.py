@@ -195,7 +195,7 @@ class _Swin3DBackbone(Backbone):
         else:
             what = "torchvision Video Swin"
         try:
-            arch = keys.read_arch(sd, WINDOW_SIZE, str(path))
+            arch = keys.read_arch(sd, WINDOW_SIZE, str(path), _config_text(ckpt.contents))
         except UserError as e:
             raise self._not_a_swin(path, file_keys, str(e).removeprefix(f"{path}: ")) from None
         size = size_of(arch)
@@ -263,6 +263,13 @@ def _fill_position_index(model_sd: dict[str, torch.Tensor], file_sd: "OrderedDic
             file_sd[key] = value.clone()
             filled += 1
     return filled
+
+
+def _config_text(obj: Any) -> str | None:
+    """The config text an mmengine checkpoint carries in `meta["cfg"]`, else None."""
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    cfg = meta.get("cfg") if isinstance(meta, dict) else None
+    return cfg if isinstance(cfg, str) else None
 
 
 def _ceil(a: int, b: int) -> int:

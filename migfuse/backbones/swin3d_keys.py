@@ -140,17 +140,27 @@ def window_from_index(index: Any) -> tuple[int, int, int]:
     return (n // (h * w), h, w)
 
 
-def window_from_table(rows: int, default: tuple[int, int, int]) -> tuple[int, int, int] | None:
-    """The window a bias table of `rows` = (2d-1)(2h-1)(2w-1) rows fits: `default` if it does, else the one
-    square (h = w) window that does; None when none or several do."""
-    if (2 * default[0] - 1) * (2 * default[1] - 1) * (2 * default[2] - 1) == rows:
+def window_from_config(rows: int, default: tuple[int, int, int],
+                       config_text: str | None) -> tuple[int, int, int] | None:
+    """The window of a file without `relative_position_index`: `default` when its bias table of `rows` =
+    (2d-1)(2h-1)(2w-1) rows fits, else the `window_size=(d, h, w)` of the mmengine config text the file
+    carries (`meta["cfg"]`) when that fits; None otherwise (the table size alone is ambiguous)."""
+    def fits(w: tuple[int, int, int]) -> bool:
+        return (2 * w[0] - 1) * (2 * w[1] - 1) * (2 * w[2] - 1) == rows
+
+    if fits(default):
         return default
-    fits = [(d, s, s) for s in range(1, 64) for d in range(1, 64) if (2 * d - 1) * (2 * s - 1) ** 2 == rows]
-    return fits[0] if len(fits) == 1 else None
+    m = re.search(r"window_size\s*=\s*[\(\[]\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*[\)\]]", config_text or "")
+    found = (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+    return found if found and fits(found) else None
 
 
-def read_arch(sd: Mapping[str, Any], default_window: tuple[int, int, int], where: str) -> SwinArch:
+def read_arch(sd: Mapping[str, Any], default_window: tuple[int, int, int], where: str,
+              config_text: str | None = None) -> SwinArch:
     """The architecture of a Video Swin state dict in torchvision naming (after `mmaction_to_torchvision`).
+
+    The window comes from the `relative_position_index` buffers (published files have them), else
+    from `window_from_config` (`config_text`: the mmengine config the file carries).
 
     Raises:
         UserError: the file lacks the keys that define the architecture (not a Video Swin).
@@ -174,10 +184,10 @@ def read_arch(sd: Mapping[str, Any], default_window: tuple[int, int, int], where
     index = sd.get("features.0.0.attn.relative_position_index")
     rows = int(sd["features.0.0.attn.relative_position_bias_table"].shape[0])
     window = (window_from_index(index) if getattr(index, "ndim", 0) == 2
-              else window_from_table(rows, default_window))
+              else window_from_config(rows, default_window, config_text))
     if window is None:
         raise UserError(f"{where}: the window size cannot be told from a {rows}-row position bias table "
-                        "without relative_position_index")
+                        "without relative_position_index or a config (meta['cfg']) that says window_size")
     fc1 = sd.get("features.0.0.mlp.0.weight")
     embed = int(proj.shape[0])
     head = sd.get("head.weight")

@@ -1,0 +1,221 @@
+"""Video Swin (swin3d_*, mmaction_swin3d_*): mmaction2's golden outputs, torchvision's own forward, the
+architecture read from the file, and one-line errors for files that do not fit.
+
+The golden forward (16x224x224 Swin-T) takes ~2 s on one CPU thread; every other model here is small.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from golden import golden_state_dict, load_golden
+from migfuse.backbones._torchvision import import_torchvision
+from migfuse.backbones.registry import create_backbone, list_backbones
+from migfuse.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+# mmaction2 1.x SwinTransformer3D + I3DHead names -> torchvision SwinTransformer3d names, written from
+# mmaction/models/backbones/swin.py and torchvision/models/video/swin_transformer.py independently of the
+# loader's rules: stage i is features.2i, its PatchMerging features.2i+1; Mlp fc1/fc2 are MLP's 0 and 3.
+_TO_TORCHVISION = [
+    (r"^backbone\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", lambda m: f"features.{2 * int(m[1])}.{m[2]}.mlp.0."),
+    (r"^backbone\.layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", lambda m: f"features.{2 * int(m[1])}.{m[2]}.mlp.3."),
+    (r"^backbone\.layers\.(\d+)\.blocks\.(\d+)\.", lambda m: f"features.{2 * int(m[1])}.{m[2]}."),
+    (r"^backbone\.layers\.(\d+)\.downsample\.", lambda m: f"features.{2 * int(m[1]) + 1}."),
+    (r"^backbone\.patch_embed\.", lambda m: "patch_embed."),
+    (r"^backbone\.norm3\.", lambda m: "norm."),
+    (r"^cls_head\.fc_cls\.", lambda m: "head."),
+]
+
+
+def to_torchvision(sd):
+    out = OrderedDict()
+    for key, value in sd.items():
+        for pattern, target in _TO_TORCHVISION:
+            if re.match(pattern, key):
+                key = re.sub(pattern, target, key, count=1)
+                break
+        out[key] = value
+    return out
+
+
+def _mm_keys(tv_sd) -> list[str]:
+    """mmaction2 names of a torchvision state dict, by the rules above read backwards (for small models)."""
+    out = []
+    for key in tv_sd:
+        m = re.match(r"^features\.(\d+)\.(.*)$", key)
+        if m and int(m[1]) % 2 == 0:
+            block, rest = m[2].split(".", 1)
+            rest = rest.replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+            out.append(f"backbone.layers.{int(m[1]) // 2}.blocks.{block}.{rest}")
+        elif m:
+            out.append(f"backbone.layers.{int(m[1]) // 2}.downsample.{m[2]}")
+        elif key.startswith("head."):
+            out.append("cls_head.fc_cls." + key[len("head."):])
+        else:  # patch_embed.*, and the final norm as the 0.x release names it (1.x: norm3)
+            out.append("backbone." + key)
+    return out
+
+
+@pytest.fixture(scope="module")
+def golden():
+    _, arrays = load_golden("mmaction_swin3d_t")
+    return golden_state_dict("mmaction_swin3d_t"), arrays
+
+
+def assert_matches_golden(out, arrays):
+    features = out["tokens"].transpose(0, 4, 1, 2, 3)  # (N, T', H', W', C) -> mmaction's (N, C, T', H', W')
+    np.testing.assert_allclose(features, arrays["backbone_features"], **TOL)
+    np.testing.assert_allclose(out["pooled"], arrays["pooled"], **TOL)
+    np.testing.assert_allclose(out["logits"], arrays["cls_scores"], **TOL)
+
+
+def test_the_six_names_are_registered_video_and_context_backbones():
+    for name in ("swin3d_t", "swin3d_s", "swin3d_b", "mmaction_swin3d_t", "mmaction_swin3d_s", "mmaction_swin3d_b"):
+        assert name in list_backbones("video") and name in list_backbones("context")
+
+
+def test_mmaction_recognizer_checkpoint_reproduces_mmaction2_golden(golden, tmp_path):
+    sd, arrays = golden
+    path = tmp_path / "swin_tiny_mm.pth"
+    torch.save({"meta": {"epoch": 30, "mmengine_version": "0.10.7"}, "state_dict": sd}, path)
+    bb = create_backbone("mmaction_swin3d_t", path)
+    assert bb.key_report.ok and len(bb.key_report.matched) == len(sd)
+    assert bb.token_shape == (16 * 7 * 7, 768)  # the recipe's 32 frames
+    assert_matches_golden(bb.run(arrays["input"]), arrays)
+    # the same weights in torchvision's layout, under the torchvision name, give the same outputs
+    tv_path = tmp_path / "swin3d_t.pth"
+    torch.save(to_torchvision(sd), tv_path)
+    tv = create_backbone("swin3d_t", tv_path)
+    for name, value in bb.model.state_dict().items():
+        assert torch.equal(value, tv.model.state_dict()[name]), name
+    # the extraction hook is the same tokens, flattened in (t, h, w) order
+    x = torch.from_numpy(arrays["input"])
+    with torch.inference_mode():
+        tokens = tv.clip_tokens(x)
+    np.testing.assert_allclose(tokens.reshape(1, 8, 7, 7, 768).numpy(),
+                               arrays["backbone_features"].transpose(0, 2, 3, 4, 1), **TOL)
+
+
+def test_a_torchvision_file_gives_torchvisions_own_forward(tmp_path):
+    tv = import_torchvision()
+    torch.manual_seed(5)
+    ref = tv.models.video.swin3d_t(num_classes=7).eval()
+    path = tmp_path / "swin3d_t_k7.pth"
+    torch.save(ref.state_dict(), path)
+    bb = create_backbone("swin3d_t", path)
+    assert bb.num_parameters() == sum(p.numel() for p in ref.parameters())
+    x = torch.randn(2, 3, 6, 40, 56, generator=torch.Generator().manual_seed(1))  # pads time and space
+    out = bb.run(x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(out["logits"], ref(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert out["tokens"].shape == (2, 3, 2, 2, 768) and out["logits"].shape == (2, 7)
+
+
+def small_torchvision_swin(window=(2, 4, 4), patch=(1, 2, 2)):
+    """A torchvision SwinTransformer3d of another window, patch, width and depth than any published one."""
+    SwinTransformer3d = import_torchvision().models.video.swin_transformer.SwinTransformer3d
+    torch.manual_seed(2)
+    return SwinTransformer3d(patch_size=list(patch), embed_dim=16, depths=[1, 2, 1], num_heads=[1, 2, 4],
+                             window_size=list(window), mlp_ratio=2.0, num_classes=5).eval()
+
+
+@pytest.mark.parametrize("window", [(2, 4, 4), (3, 2, 5)])
+def test_the_architecture_is_read_from_the_file_in_both_layouts(tmp_path, window):
+    ref = small_torchvision_swin(window)
+    x = torch.randn(1, 3, 8, 48, 40, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = ref(x).numpy()
+    sd = ref.state_dict()
+    torch.save(sd, tmp_path / "tv.pth")
+    # mmaction2 layout with DDP's module. prefix, without the position-index buffers (recomputed): the
+    # window then comes from the config text mmengine stores in meta["cfg"]
+    mm = OrderedDict(("module." + k, v) for k, v in zip(_mm_keys(sd), sd.values())
+                     if not k.endswith("relative_position_index"))
+    cfg = f"model = dict(backbone=dict(type='SwinTransformer3D', window_size={window}, patch_size=(1, 2, 2)))"
+    torch.save({"meta": {"cfg": cfg}, "state_dict": mm}, tmp_path / "mm.pth")
+    for name, file in [("swin3d_t", "tv.pth"), ("mmaction_swin3d_t", "mm.pth")]:
+        bb = create_backbone(name, tmp_path / file)
+        assert bb.arch.window_size == window and bb.arch.patch_size == (1, 2, 2)
+        assert bb.arch.depths == (1, 2, 1) and bb.arch.num_heads == (1, 2, 4) and bb.arch.mlp_ratio == 2.0
+        assert any("not a published Swin size" in n for n in bb.key_report.notes)
+        np.testing.assert_allclose(bb.run(x.numpy())["logits"], want, rtol=1e-5, atol=1e-5)
+    assert any("computed 4 relative_position_index" in n for n in bb.key_report.notes)
+
+
+def test_a_window_the_file_does_not_tell_is_refused(tmp_path):
+    sd = {k: v for k, v in small_torchvision_swin((3, 2, 5)).state_dict().items()
+          if not k.endswith("relative_position_index")}
+    torch.save(sd, tmp_path / "noindex.pth")  # 135 table rows: (8, 2, 2) and (3, 2, 5) both fit
+    with pytest.raises(UserError, match="the window size cannot be told from a 135-row position bias table"):
+        create_backbone("swin3d_t", tmp_path / "noindex.pth")
+
+
+def test_a_file_without_a_head_gives_tokens_and_pooled_only(tmp_path):
+    ref = small_torchvision_swin()
+    sd = {k: v for k, v in ref.state_dict().items() if not k.startswith("head.")}
+    torch.save(sd, tmp_path / "nohead.pth")
+    bb = create_backbone("swin3d_t", tmp_path / "nohead.pth")
+    out = bb.run(np.zeros((1, 3, 4, 16, 16), np.float32))
+    assert set(out) == {"tokens", "pooled"} and out["pooled"].shape == (1, 64)
+
+
+def fake_published(size_embed: int, depths, heads) -> dict:
+    """The keys that define a Video Swin's size, with tiny placeholder tensors elsewhere."""
+    sd = {"patch_embed.proj.weight": torch.zeros(size_embed, 3, 2, 4, 4)}
+    for s, (d, h) in enumerate(zip(depths, heads)):
+        for b in range(d):
+            sd[f"features.{2 * s}.{b}.attn.qkv.weight"] = torch.zeros(1)
+            sd[f"features.{2 * s}.{b}.attn.relative_position_bias_table"] = torch.zeros(15 * 13 * 13, h)
+    return sd
+
+
+def test_a_file_of_another_published_size_names_the_right_backbone(tmp_path):
+    torch.save(fake_published(128, (2, 2, 18, 2), (4, 8, 16, 32)), tmp_path / "swin3d_b.pth")
+    with pytest.raises(UserError) as e:
+        create_backbone("swin3d_t", tmp_path / "swin3d_b.pth")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{tmp_path / 'swin3d_b.pth'} is a Swin-B checkpoint")
+    assert msg.endswith("not the Swin-T of swin3d_t: use backbone swin3d_b")
+    with pytest.raises(UserError, match="use backbone mmaction_swin3d_b$"):
+        create_backbone("mmaction_swin3d_t", tmp_path / "swin3d_b.pth")
+
+
+def test_a_file_of_another_architecture_is_refused_naming_keys_and_closest_layout(tmp_path):
+    mvit_like = {"conv_proj.weight": torch.zeros(96, 3, 3, 7, 7), "pos_encoding.class_token": torch.zeros(96),
+                 "blocks.0.attn.qkv.weight": torch.zeros(288, 96), "norm.weight": torch.zeros(768)}
+    torch.save(mvit_like, tmp_path / "mvit.pth")
+    with pytest.raises(UserError) as e:
+        create_backbone("swin3d_t", tmp_path / "mvit.pth")
+    assert str(e.value) == (
+        f"{tmp_path / 'mvit.pth'} is not a Video Swin checkpoint (no 5-D patch_embed.proj.weight): first unmatched "
+        "keys conv_proj.weight, pos_encoding.class_token, blocks.0.attn.qkv.weight; closest known layout: "
+        "torchvision swin3d_t/s/b state dict (patch_embed.proj, features.N.M.attn.qkv, norm, head), 1 of its 185 "
+        "keys present")
+
+
+def test_a_broken_mmaction_file_names_the_closest_layout_mmaction(tmp_path, golden):
+    sd, _ = golden
+    broken = OrderedDict((k.replace("backbone.patch_embed.proj", "backbone.stem.conv"), v) for k, v in sd.items())
+    torch.save({"meta": {}, "state_dict": broken}, tmp_path / "renamed.pth")
+    with pytest.raises(UserError) as e:
+        create_backbone("mmaction_swin3d_t", tmp_path / "renamed.pth")
+    msg = str(e.value)
+    assert "first unmatched keys backbone.stem.conv.bias, backbone.stem.conv.weight;" in msg
+    assert "closest known layout: mmaction2 Video Swin recognizer" in msg and "183 of its 185 keys present" in msg
+
+
+def test_a_file_with_a_wrong_shape_names_the_key(tmp_path):
+    ref = small_torchvision_swin()
+    sd = ref.state_dict()
+    sd["features.2.1.mlp.0.weight"] = torch.zeros(7, 32)
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(UserError, match=r"1 wrong shape: features\.2\.1\.mlp\.0\.weight: file \(7, 32\) vs model "
+                                        r"\(64, 32\)$"):
+        create_backbone("swin3d_t", tmp_path / "bad.pth")
