@@ -219,3 +219,77 @@ def test_a_file_with_a_wrong_shape_names_the_key(tmp_path):
     with pytest.raises(UserError, match=r"1 wrong shape: features\.2\.1\.mlp\.0\.weight: file \(7, 32\) vs model "
                                         r"\(64, 32\)$"):
         create_backbone("swin3d_t", tmp_path / "bad.pth")
+
+
+# -- the commands: backbone info / run, extract video ---------------------------------------------
+def invoke(*args):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_backbone_info_shows_the_size_and_the_recipe_of_the_name():
+    r = invoke("backbone", "info", "swin3d_t")
+    assert r.exit_code == 0, r.output
+    assert "parameters:  28,158,070" in r.stdout  # torchvision's Swin3D_T_Weights num_params
+    assert "extracts:    video, context" in r.stdout and "preprocess:  clip_len = 32" in r.stdout
+    assert "preprocess:  resize_short_side = 256" in r.stdout
+    r = invoke("backbone", "info", "mmaction_swin3d_t")
+    assert "preprocess:  resize_short_side = 224" in r.stdout
+
+
+def test_backbone_info_refuses_another_architecture_in_one_line(tmp_path):
+    torch.save({"conv_proj.weight": torch.zeros(96, 3, 3, 7, 7)}, tmp_path / "mvit.pth")
+    r = invoke("backbone", "info", "swin3d_b", "--checkpoint", tmp_path / "mvit.pth")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output
+    assert "mvit.pth is not a Video Swin checkpoint" in r.stderr and "first unmatched keys conv_proj.weight" in r.stderr
+
+
+def test_backbone_run_writes_tokens_pooled_and_logits(tmp_path):
+    from migfuse.backbones.registry import create_seeded
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = invoke("backbone", "run", "mmaction_swin3d_t", "--input", tmp_path / "x.npy", "--out", tmp_path / "y.npz",
+               "--precision", "fp32", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "tokens (2, 2, 1, 1, 768), pooled (2, 768), logits (2, 400)" in r.stdout
+    want = create_seeded("mmaction_swin3d_t", warn=False).run(x)
+    with np.load(tmp_path / "y.npz") as z:
+        for name in ("tokens", "pooled", "logits"):
+            np.testing.assert_allclose(z[name], want[name], rtol=1e-5, atol=1e-5)
+    np.save(tmp_path / "gray.npy", x[:, :1])
+    r = invoke("backbone", "run", "swin3d_t", "--input", tmp_path / "gray.npy", "--out", tmp_path / "z.npz")
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "expects (N, 3, T, H, W)" in r.stderr
+    assert not (tmp_path / "z.npz").exists()
+
+
+def test_extract_video_stores_the_last_stage_tokens_of_32_frame_clips(tmp_path):
+    from test_extract_video_util import make_dataset
+
+    from migfuse.data_cache.store import TokenCache
+    from migfuse.datasets.manifest import Manifest
+    from migfuse.extract.interface import WorkItem
+    from migfuse.extract.video import build_extractor
+
+    prepared = make_dataset(tmp_path, good={"0001": (40, [(0, 30)])})
+    cache = tmp_path / "c.zarr"
+    r = invoke("extract", "video", "--data", prepared, "--cache", cache, "--backbone", "swin3d_t",
+               "--workers", "0", "--batch-size", "1", "--precision", "fp32")
+    assert r.exit_code == 1 and "1 written now" in r.stdout  # the dataset's bad clips fail
+    g = TokenCache(cache).group("video/swin3d_t")
+    tokens = g.read("0001_0")["tokens"]
+    assert tokens.shape == (16 * 7 * 7, 768) and tokens.dtype == np.float16
+    assert g.provenance["sampling"]["frames"] == 32 and g.provenance["preprocessing"]["resize_short_side"] == 256
+    assert g.provenance["weights"].startswith("RANDOM") and "(t, h, w) order" in g.provenance["tokens"]
+    # the stored tokens are the model's on the frames the loader serves, normalised with the recipe
+    ex = build_extractor(Manifest.load(prepared), "video", backbone="swin3d_t")  # the recipe's 32 frames
+    frames = next(iter(ex.loader()(WorkItem("0001", ("0001_0",))))).inputs["frames"]
+    assert frames.shape == (1, 32, 224, 224, 3)
+    x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1, 1) for v in ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]))
+    with torch.inference_mode():
+        want = ex.backbone.clip_tokens((x - mean) / std)[0].numpy()
+    np.testing.assert_allclose(tokens.astype(np.float32), want, rtol=2e-2, atol=2e-2)
