@@ -149,6 +149,20 @@ def test_the_architecture_is_read_from_the_file_in_both_layouts(tmp_path, window
     assert any("computed 4 relative_position_index" in n for n in bb.key_report.notes)
 
 
+def test_mmaction_variants_without_patch_norm_or_qkv_bias_load(tmp_path):
+    ref = small_torchvision_swin()
+    ref.patch_embed.norm = torch.nn.Identity()
+    sd = {k: v for k, v in ref.state_dict().items() if not k.endswith("attn.qkv.bias")}
+    for k in [k for k in ref.state_dict() if k.endswith("attn.qkv.bias")]:
+        ref.get_submodule(k[:-len(".bias")]).bias.data.zero_()  # no bias = a zero bias
+    torch.save({"meta": {}, "state_dict": dict(zip(_mm_keys(sd), sd.values()))}, tmp_path / "mm.pth")
+    bb = create_backbone("mmaction_swin3d_t", tmp_path / "mm.pth")
+    assert not bb.arch.patch_norm and not bb.arch.qkv_bias and "no patch norm, no qkv bias" in bb.arch.describe()
+    x = torch.randn(1, 3, 4, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        np.testing.assert_allclose(bb.run(x.numpy())["logits"], ref(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_a_window_the_file_does_not_tell_is_refused(tmp_path):
     sd = {k: v for k, v in small_torchvision_swin((3, 2, 5)).state_dict().items()
           if not k.endswith("relative_position_index")}

@@ -94,7 +94,8 @@ def size_of(arch: keys.SwinArch) -> str | None:
 
 def build_swin3d(arch: keys.SwinArch, drop_path: float = 0.0) -> torch.nn.Module:
     """torchvision's `SwinTransformer3d` of `arch` with random weights, in eval mode; without a classifier
-    head (`arch.num_classes` None) its `head` is the identity."""
+    head (`arch.num_classes` None) its `head` is the identity, without `patch_norm` its patch norm, and
+    without `qkv_bias` the qkv projections have no bias (mmaction2 builds those variants)."""
     tv = import_torchvision()
     from torchvision.models.video.swin_transformer import SwinTransformer3d
 
@@ -105,6 +106,12 @@ def build_swin3d(arch: keys.SwinArch, drop_path: float = 0.0) -> torch.nn.Module
     del tv
     if arch.num_classes is None:
         model.head = torch.nn.Identity()
+    if not arch.patch_norm:
+        model.patch_embed.norm = torch.nn.Identity()
+    if not arch.qkv_bias:
+        for module in model.modules():
+            if hasattr(module, "qkv") and isinstance(module.qkv, torch.nn.Linear):
+                module.qkv.bias = None  # F.linear without a bias, as mmaction2's Linear(bias=False)
     return model.eval()
 
 
@@ -205,7 +212,7 @@ class _Swin3DBackbone(Backbone):
                             f"Swin-{self.size.upper()} of {self.name}: use backbone {family}_{size}")
         if size is None:
             notes.append(f"not a published Swin size: built from the file ({arch.describe()})")
-        elif arch.window_size != WINDOW_SIZE or arch.patch_size != PATCH_SIZE:
+        elif arch != published_arch(size, arch.num_classes):
             notes.append(f"built from the file: {arch.describe()}")
         if arch.num_classes is None:
             notes.append("the file has no classifier head: no logits")

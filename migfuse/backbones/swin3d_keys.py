@@ -115,6 +115,8 @@ class SwinArch:
     window_size: tuple[int, int, int]
     mlp_ratio: float = 4.0
     num_classes: int | None = 400  # None: the file has no classifier head
+    patch_norm: bool = True  # LayerNorm after the patch embedding (mmaction2 `patch_norm`)
+    qkv_bias: bool = True  # bias of the attention's qkv projection (mmaction2 `qkv_bias`)
 
     @property
     def num_features(self) -> int:
@@ -122,8 +124,10 @@ class SwinArch:
         return self.embed_dim * 2 ** (len(self.depths) - 1)
 
     def describe(self) -> str:
+        extra = "".join(f", {name}" for name, off in (("no patch norm", not self.patch_norm),
+                                                      ("no qkv bias", not self.qkv_bias)) if off)
         return (f"patch {list(self.patch_size)}, {self.embed_dim} channels, depths {list(self.depths)}, heads "
-                f"{list(self.num_heads)}, window {list(self.window_size)}")
+                f"{list(self.num_heads)}, window {list(self.window_size)}{extra}")
 
 
 def window_from_index(index: Any) -> tuple[int, int, int]:
@@ -194,7 +198,8 @@ def read_arch(sd: Mapping[str, Any], default_window: tuple[int, int, int], where
     return SwinArch(patch_size=tuple(int(s) for s in proj.shape[2:]), embed_dim=embed, depths=tuple(depths),
                     num_heads=tuple(heads), window_size=window,
                     mlp_ratio=float(fc1.shape[0]) / embed if getattr(fc1, "ndim", 0) == 2 else 4.0,
-                    num_classes=int(head.shape[0]) if getattr(head, "ndim", 0) == 2 else None)
+                    num_classes=int(head.shape[0]) if getattr(head, "ndim", 0) == 2 else None,
+                    patch_norm="patch_embed.norm.weight" in sd, qkv_bias="features.0.0.attn.qkv.bias" in sd)
 
 
 def closest_layout(file_keys: list[str], layouts: Mapping[str, set[str]]) -> tuple[str, int, int]:
