@@ -307,3 +307,20 @@ def test_extract_video_stores_the_last_stage_tokens_of_32_frame_clips(tmp_path):
     with torch.inference_mode():
         want = ex.backbone.clip_tokens((x - mean) / std)[0].numpy()
     np.testing.assert_allclose(tokens.astype(np.float32), want, rtol=2e-2, atol=2e-2)
+
+
+def test_extract_context_stores_windows_of_swin_tokens(tmp_path):
+    from test_extract_video_util import make_dataset
+
+    from migfuse.data_cache.store import TokenCache
+
+    prepared = make_dataset(tmp_path, good={"0001": (40, [(0, 30)])})
+    cache = tmp_path / "c.zarr"
+    r = invoke("extract", "context", "--data", prepared, "--cache", cache, "--backbone", "mmaction_swin3d_t",
+               "--context-windows", "1", "--workers", "0", "--batch-size", "1", "--precision", "fp32")
+    assert "1 written now" in r.stdout, r.output
+    g = TokenCache(cache).group("context/mmaction_swin3d_t")
+    row = g.read("0001")
+    assert row["tokens"].shape == (1, 784, 768) and row["valid"].tolist() == [True]
+    assert np.isfinite(row["tokens"]).all() and row["tokens"].astype(np.float32).std() > 0.1
+    assert g.provenance["sampling"]["frames"] == 32 and g.provenance["preprocessing"]["resize_short_side"] == 224
