@@ -256,7 +256,7 @@ def test_backbone_info_shows_the_size_and_the_recipe_of_the_name():
 
 def test_backbone_info_refuses_another_architecture_in_one_line(tmp_path):
     torch.save({"conv_proj.weight": torch.zeros(96, 3, 3, 7, 7)}, tmp_path / "mvit.pth")
-    r = invoke("backbone", "info", "swin3d_b", "--checkpoint", tmp_path / "mvit.pth")
+    r = invoke("backbone", "info", "swin3d_t", "--checkpoint", tmp_path / "mvit.pth")
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output
     assert "mvit.pth is not a Video Swin checkpoint" in r.stderr and "first unmatched keys conv_proj.weight" in r.stderr
 
@@ -298,6 +298,7 @@ def test_extract_video_stores_the_last_stage_tokens_of_32_frame_clips(tmp_path):
     assert tokens.shape == (16 * 7 * 7, 768) and tokens.dtype == np.float16
     assert g.provenance["sampling"]["frames"] == 32 and g.provenance["preprocessing"]["resize_short_side"] == 256
     assert g.provenance["weights"].startswith("RANDOM") and "(t, h, w) order" in g.provenance["tokens"]
+    assert g.provenance["architecture"]["window_size"] == [8, 7, 7] and g.provenance["architecture"]["embed_dim"] == 96
     # the stored tokens are the model's on the frames the loader serves, normalised with the recipe
     ex = build_extractor(Manifest.load(prepared), "video", backbone="swin3d_t")  # the recipe's 32 frames
     frames = next(iter(ex.loader()(WorkItem("0001", ("0001_0",))))).inputs["frames"]

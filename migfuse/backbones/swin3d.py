@@ -183,6 +183,14 @@ class _Swin3DBackbone(Backbone):
         """(B, 3, clip_len, crop, crop) normalised clips -> (B, T'*H'*W', C) tokens in (t, h, w) order."""
         return forward_features(self.model, x)[0].flatten(1, 3)
 
+    def provenance(self) -> dict[str, Any]:
+        """The architecture the weights were built with (read from the checkpoint, or the name's size)."""
+        a = self.arch
+        return {"architecture": {"patch_size": list(a.patch_size), "embed_dim": a.embed_dim,
+                                 "depths": list(a.depths), "num_heads": list(a.num_heads),
+                                 "window_size": list(a.window_size), "mlp_ratio": a.mlp_ratio,
+                                 "patch_norm": a.patch_norm, "qkv_bias": a.qkv_bias}}
+
     # -- checkpoints ---------------------------------------------------------------------------
     def load(self, checkpoint: CheckpointFile | str | Path, trusted: bool = False) -> KeyReport:
         """Load a torchvision or mmaction2 Video Swin file; the architecture comes from the file.
