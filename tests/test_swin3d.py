@@ -322,6 +322,16 @@ def test_extract_video_stores_the_last_stage_tokens_of_32_frame_clips(tmp_path):
     assert g.provenance["sampling"]["frames"] == 32 and g.provenance["preprocessing"]["resize_short_side"] == 256
     assert g.provenance["weights"].startswith("RANDOM") and "(t, h, w) order" in g.provenance["tokens"]
     assert g.provenance["architecture"]["window_size"] == [8, 7, 7] and g.provenance["architecture"]["embed_dim"] == 96
+    assert g.provenance["token_layout"] == {"class_token": False, "grid": [16, 7, 7]}
+    # the default video view pools one token per time step (no class token to keep)
+    from migfuse.data_cache.views import make_view
+
+    view = make_view(cache, "swin_time", "video/swin3d_t", "video_time")
+    assert view.provenance["pooling"] == {"name": "video_time", "class_token": False}
+    pooled = view.read("0001_0")["tokens"].astype(np.float32)
+    per_step = tokens.astype(np.float32).reshape(16, 49, 768).mean(1)
+    assert pooled.shape == (16, 768)
+    np.testing.assert_allclose(pooled, per_step, rtol=2e-3, atol=2e-3)
     # the stored tokens are the model's on the frames the loader serves, normalised with the recipe
     ex = build_extractor(Manifest.load(prepared), "video", backbone="swin3d_t")  # the recipe's 32 frames
     frames = next(iter(ex.loader()(WorkItem("0001", ("0001_0",))))).inputs["frames"]

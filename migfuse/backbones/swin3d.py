@@ -184,9 +184,11 @@ class _Swin3DBackbone(Backbone):
         return forward_features(self.model, x)[0].flatten(1, 3)
 
     def provenance(self) -> dict[str, Any]:
-        """The architecture the weights were built with (read from the checkpoint, or the name's size)."""
+        """The architecture the weights were built with (read from the checkpoint, or the name's size), and
+        the token layout the views pool by (no class token; `data_cache.views.layout_params`)."""
         a = self.arch
-        return {"architecture": {"patch_size": list(a.patch_size), "embed_dim": a.embed_dim,
+        return {"token_layout": {"class_token": False, "grid": list(self.token_grid)},
+                "architecture": {"patch_size": list(a.patch_size), "embed_dim": a.embed_dim,
                                  "depths": list(a.depths), "num_heads": list(a.num_heads),
                                  "window_size": list(a.window_size), "mlp_ratio": a.mlp_ratio,
                                  "patch_norm": a.patch_norm, "qkv_bias": a.qkv_bias}}
