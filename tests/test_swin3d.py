@@ -248,6 +248,13 @@ def test_a_broken_mmaction_file_names_the_closest_layout_mmaction(tmp_path):
     assert "closest known layout: mmaction2 Video Swin recognizer" in msg and "183 of its 185 keys present" in msg
 
 
+def test_a_file_that_holds_no_state_dict_is_refused(tmp_path):
+    torch.save([torch.zeros(2)], tmp_path / "list.pth")
+    with pytest.raises(UserError, match=r"list\.pth is not a Video Swin checkpoint: it holds a list, not a state "
+                                        r"dict$"):
+        create_backbone("swin3d_t", tmp_path / "list.pth")
+
+
 def test_a_file_with_a_wrong_shape_names_the_key(tmp_path):
     ref = small_torchvision_swin()
     sd = ref.state_dict()

@@ -96,14 +96,13 @@ def build_swin3d(arch: keys.SwinArch, drop_path: float = 0.0) -> torch.nn.Module
     """torchvision's `SwinTransformer3d` of `arch` with random weights, in eval mode; without a classifier
     head (`arch.num_classes` None) its `head` is the identity, without `patch_norm` its patch norm, and
     without `qkv_bias` the qkv projections have no bias (mmaction2 builds those variants)."""
-    tv = import_torchvision()
+    import_torchvision()  # first: it makes torchvision importable beside a CPU torch (see _torchvision.py)
     from torchvision.models.video.swin_transformer import SwinTransformer3d
 
     model = SwinTransformer3d(patch_size=list(arch.patch_size), embed_dim=arch.embed_dim, depths=list(arch.depths),
                               num_heads=list(arch.num_heads), window_size=list(arch.window_size),
                               mlp_ratio=arch.mlp_ratio, stochastic_depth_prob=drop_path,
                               num_classes=arch.num_classes or 1)
-    del tv
     if arch.num_classes is None:
         model.head = torch.nn.Identity()
     if not arch.patch_norm:
@@ -203,7 +202,7 @@ class _Swin3DBackbone(Backbone):
         ckpt = as_checkpoint(checkpoint, trusted)
         path, sha = ckpt.path, ckpt.sha256  # hash first: a truncated download gets "download it again"
         check_hash_in_name(path, sha)
-        sd = _unwrap(ckpt.contents, path)
+        sd = _unwrap(ckpt.contents, path, "Video Swin")
         file_keys = list(sd)
         notes: list[str] = []
         if keys.is_mmaction(sd):
