@@ -157,3 +157,21 @@ def test_cli_view_of_no_cache_says_so(tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.output.strip() == (f"error: no token cache at {tmp_path / 'nonexist.zarr'} (create it with `migfuse "
                                 f"extract ...`, or check the path)")
+
+
+def test_video_tokens_without_a_class_token_pool_by_their_recorded_layout():
+    from migfuse.data_cache.views import layout_params, video_cls
+
+    x = np.random.default_rng(1).standard_normal((2, 4 * 49, 3)).astype(np.float32)  # Video Swin: 4 x 7 x 7
+    out = video_time({"tokens": x}, class_token=False)
+    assert out["tokens"].shape == (2, 4, 3)
+    np.testing.assert_allclose(out["tokens"][:, 2], x[:, 2 * 49:3 * 49].mean(1), rtol=1e-5)
+    np.testing.assert_allclose(video_cls({"tokens": x}, class_token=False)["tokens"][:, 0], x.mean(1), rtol=1e-5)
+    ctx = context_cls_mean({"tokens": x[:, None], "valid": np.array([[True], [False]])}, class_token=False)
+    assert ctx["tokens"].shape == (2, 1, 1, 3) and ctx["mask"].tolist() == [[[True]], [[False]]]
+    layout = {"token_layout": {"class_token": False, "grid": [16, 4, 4]}}
+    assert layout_params("video_time", layout) == {"class_token": False, "grid": 16}
+    assert layout_params("video_cls", layout) == {"class_token": False}
+    assert layout_params("pose_parts", layout) == {} and layout_params("video_time", {}) == {}
+    with pytest.raises(UserError, match="video tokens of 196 patches are not whole time steps of 48"):
+        video_time({"tokens": x}, grid=48, class_token=False)

@@ -256,12 +256,13 @@ def check_hash_in_name(path: Path, sha256: str) -> None:
         )
 
 
-def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
-    """The state dict inside a checkpoint object: a plain dict, or one wrapped in `state_dict`/`model`."""
+def _unwrap(obj: Any, path: Path, what: str = "MViTv2-S") -> Mapping[str, Any]:
+    """The state dict inside a checkpoint object: a plain dict, or one wrapped in `state_dict`/`model`
+    (`what`: the model the error names, e.g. "Video Swin")."""
     if isinstance(obj, torch.nn.Module):  # a whole pickled model, as `torch.save(model)` writes
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):
-        raise UserError(f"{path} is not a MViTv2-S checkpoint: it holds a {type(obj).__name__}, not a state dict")
+        raise UserError(f"{path} is not a {what} checkpoint: it holds a {type(obj).__name__}, not a state dict")
     for wrapper in ("state_dict", "model"):
         if wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]

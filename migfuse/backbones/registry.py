@@ -47,6 +47,7 @@ BACKBONES: Registry[type["Backbone"]] = Registry("backbone", modules={
     "videomae": "migfuse.backbones.hf_video",
     "vjepa2": "migfuse.backbones.hf_video",
     "posec3d": "migfuse.backbones.posec3d",
+    **{f"{family}_{size}": "migfuse.backbones.swin3d" for family in ("swin3d", "mmaction_swin3d") for size in "tsb"},
 })
 
 

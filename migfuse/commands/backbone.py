@@ -20,8 +20,9 @@ train_app = group("Fine-tune a backbone on a prepared dataset (the skeleton trac
                   "fits iMiGUE's OpenPose skeleton).")
 app.add_typer(train_app, name="train")
 
-NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A registered backbone: mvit_v2_s, videomae, vjepa2, agcn,"
-                                        " aagcn, posec3d, swinface (and any a plug-in registers).")]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help=(
+    "A registered backbone: mvit_v2_s, swin3d_t|s|b, mmaction_swin3d_t|s|b, videomae, vjepa2, agcn, aagcn, "
+    "posec3d, swinface (and any a plug-in registers)."))]
 CheckpointOpt = Annotated[Optional[Path], path_option(
     "--checkpoint", help="Local checkpoint file in the backbone's official format; videomae / vjepa2: a local Hugging "
                          "Face model folder (omit for random weights).")]

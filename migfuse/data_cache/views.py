@@ -26,6 +26,10 @@ Poolings (name: source arrays -> tokens per clip):
   raw          no pooling: the layout conversion used when training reads a raw group (the
                default of groups written by `cache import`, which name it in their provenance)
 
+Video tokens without a class token (Video Swin: (T'*7*7, C), said by the source's provenance
+`token_layout`, see `layout_params`) pool the same way with `class_token=False`: video_time gives one
+token per time step, video_cls and context_cls_mean the mean of all tokens.
+
 This module must not import torch (the laptop derives views with numpy + zarr only).
 """
 from __future__ import annotations
@@ -109,25 +113,31 @@ def _mean_windows(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return (x * w).sum(1) / np.maximum(w.sum(1), 1.0)
 
 
-def _cls_and_time(x: np.ndarray, grid: int) -> np.ndarray:
-    """(..., 1 + T*grid, D) -> (..., 1 + T, D): class token, then the mean of each time step's grid."""
-    body = x[..., 1:, :]
+def _cls_and_time(x: np.ndarray, grid: int, class_token: bool = True) -> np.ndarray:
+    """(..., 1 + T*grid, D) -> (..., 1 + T, D): class token, then the mean of each time step's grid;
+    without a class token (..., T*grid, D) -> (..., T, D)."""
+    body = x[..., 1:, :] if class_token else x
     steps = body.shape[-2] // grid
-    body = body[..., : steps * grid, :].reshape(*body.shape[:-2], steps, grid, body.shape[-1])
-    return np.concatenate([x[..., :1, :], body.mean(-2)], axis=-2)
+    if body.shape[-2] != steps * grid:
+        raise UserError(f"video tokens of {body.shape[-2]} patches are not whole time steps of {grid} (grid); "
+                        "the source's token layout does not fit this pooling: use --pooling raw")
+    body = body.reshape(*body.shape[:-2], steps, grid, body.shape[-1]).mean(-2)
+    return np.concatenate([x[..., :1, :], body], axis=-2) if class_token else body
 
 
 @register_pooling("video_time", tracks_with_layout("video_tokens"))
-def video_time(a: Mapping[str, np.ndarray], grid: int = VIDEO_GRID) -> Pooled:
+def video_time(a: Mapping[str, np.ndarray], grid: int = VIDEO_GRID, class_token: bool = True) -> Pooled:
     x, valid = _video_windows(a)
-    tokens = _mean_windows(_cls_and_time(x.astype(np.float32), grid), valid)
+    tokens = _mean_windows(_cls_and_time(x.astype(np.float32), grid, class_token), valid)
     return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
 
 
 @register_pooling("video_cls", tracks_with_layout("video_tokens"))
-def video_cls(a: Mapping[str, np.ndarray]) -> Pooled:
+def video_cls(a: Mapping[str, np.ndarray], class_token: bool = True) -> Pooled:
+    """The class token; without one, the mean of all tokens."""
     x, valid = _video_windows(a)
-    tokens = _mean_windows(x[:, :, :1].astype(np.float32), valid)
+    first = x[:, :, :1] if class_token else x.mean(2, keepdims=True, dtype=np.float32)
+    tokens = _mean_windows(first.astype(np.float32), valid)
     return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
 
 
@@ -184,11 +194,32 @@ def face_keep(a: Mapping[str, np.ndarray]) -> Pooled:
 
 
 @register_pooling("context_cls_mean", tracks_with_layout("context_tokens"))
-def context_cls_mean(a: Mapping[str, np.ndarray]) -> Pooled:
+def context_cls_mean(a: Mapping[str, np.ndarray], class_token: bool = True) -> Pooled:
+    """Per window: the class token and the mean of the others; without a class token, the mean only."""
     x = a["tokens"].astype(np.float32)  # (B, K, 393, D), K padded when ragged
     valid = _context_valid(a)
-    tokens = np.stack([x[:, :, 0], x[:, :, 1:].mean(2)], axis=2)
-    return {"tokens": tokens, "mask": np.repeat(valid[..., None], 2, axis=-1)}
+    parts = [x[:, :, 0], x[:, :, 1:].mean(2)] if class_token else [x.mean(2)]
+    return {"tokens": np.stack(parts, axis=2), "mask": np.repeat(valid[..., None], len(parts), axis=-1)}
+
+
+def layout_params(pooling: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters a video pooling needs for its source's token layout.
+
+    A backbone whose tokens are not MViTv2-S's (class token + 8 x 7 x 7) records
+    `token_layout = {"class_token": bool, "grid": [T', H', W']}` in the extraction provenance; MViTv2-S
+    caches have none and keep the defaults. Returns {} for other poolings or the default layout.
+    """
+    layout = provenance.get("token_layout")
+    if not isinstance(layout, Mapping) or pooling not in ("video_time", "video_cls", "context_cls_mean"):
+        return {}
+    params: dict[str, Any] = {}
+    if layout.get("class_token") is False:
+        params["class_token"] = False
+    grid = layout.get("grid")
+    if pooling == "video_time" and isinstance(grid, (list, tuple)) and len(grid) == 3:
+        if int(grid[1]) * int(grid[2]) != VIDEO_GRID:
+            params["grid"] = int(grid[1]) * int(grid[2])
+    return params
 
 
 def _context_valid(a: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -265,6 +296,7 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
                         f"it is for {', '.join(chosen.tracks)}")
     if pooling == "raw":
         params = {**params, "track": track}
+    params = {**layout_params(pooling, src.provenance), **params}  # the user's own parameters win
     done = src.done_ids()
     if not done:
         raise UserError(f"cache group '{source}' in {cache.path} has no finished clips; "
