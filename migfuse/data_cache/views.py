@@ -120,7 +120,7 @@ def _cls_and_time(x: np.ndarray, grid: int, class_token: bool = True) -> np.ndar
     steps = body.shape[-2] // grid
     if body.shape[-2] != steps * grid:
         raise UserError(f"video tokens of {body.shape[-2]} patches are not whole time steps of {grid} (grid); "
-                        "the source's token layout does not fit this pooling: use --pooling raw")
+                        "the source's token layout does not fit this pooling: use --pool raw")
     body = body.reshape(*body.shape[:-2], steps, grid, body.shape[-1]).mean(-2)
     return np.concatenate([x[..., :1, :], body], axis=-2) if class_token else body
 
