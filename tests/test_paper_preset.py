@@ -107,6 +107,7 @@ def test_video_preset_stores_the_class_token_of_each_clip(tmp_path, caplog):
     assert prov["preset"]["weights_as_published"] is False and prov["pooling"]["name"] == "cls"
     assert prov["sampling"]["frames"] == 16 and prov["sampling"]["max_windows"] == 1
     assert prov["default_pooling"] == "raw" and "preset" not in full.provenance
+    assert prov["tokens"].startswith("one vector per clip: the class token") and "8x7x7" in full.provenance["tokens"]
     view = make_view(store, "paper_video", "video/mvit_v2_s-paper")  # the views keep the one vector
     assert view.read("0001_0")["tokens"].shape == (1, vector.shape[-1])
 

@@ -269,7 +269,8 @@ class VideoExtractor(TrackExtractor):
             return {}
         from migfuse.extract.presets import POOLINGS
 
-        return {"pooling": {"name": self.pool, "doc": POOLINGS[self.pool]}, "default_pooling": "raw",
+        return {"tokens": "one vector per clip: " + POOLINGS[self.pool],
+                "pooling": {"name": self.pool, "doc": POOLINGS[self.pool]}, "default_pooling": "raw",
                 **({"preset": self.preset} if self.preset else {})}
 
     def preprocessing(self) -> dict[str, Any]:
