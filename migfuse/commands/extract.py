@@ -14,7 +14,8 @@ import typer
 
 from migfuse.commands.app import group
 from migfuse.commands.options import (CacheOpt, DataOpt, Decoder, ExtractOptions, FaceScope, RuntimeOptions,
-                                      SkeletonLayout, Stream, path_option, with_options)
+                                      SkeletonLayout, Stream, choice, path_option, with_options)
+from migfuse.extract.presets import PRESETS
 
 app = group("Turn clips into token tensors in the Zarr cache (resumable, sharded, failures recorded).")
 
@@ -39,6 +40,12 @@ VideoCheckpointOpt = Annotated[Optional[Path], path_option(
     "--checkpoint", help="The backbone's checkpoint (MViTv2-S: torchvision mvit_v2_s-ae3be167.pth, mmaction2, or a "
                          "migfuse fine-tuned best.pt; videomae / vjepa2: a local Hugging Face model folder). Without "
                          "it: seeded RANDOM weights, for testing only (warned and recorded).")]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    "--preset", **choice(tuple(PRESETS)),
+    help="A named recipe that pins the settings and pools each clip to one vector (group TRACK/BACKBONE-NAME). "
+         "paper: the seed paper's published extraction (MViTv2-S, 16 frames spread evenly over the clip, one "
+         "768-d vector; mmaction2 NTU60 2-D 2s-AGCN, COCO-17, 100 frames, one 256-d vector per stream). An option "
+         "it pins given with another value is refused; see docs/paper_preset.md.")]
 
 
 def _extract(track: str, data: Path, cache: Path, runtime: RuntimeOptions, run: ExtractOptions,
@@ -72,6 +79,7 @@ def extract_video(
                                          "ragged as (W, 393, 768). 1 = one window over the whole clip.")] = 1,
     video_root: VideoRootOpt = None,
     decoder: DecoderOpt = Decoder.cpu,
+    preset: PresetOpt = None,
 ) -> None:
     """Clip tokens per clip -> group video/BACKBONE, (393, 768) fp16 per clip for MViTv2-S.
 
@@ -82,7 +90,7 @@ def extract_video(
     with where the time went (waiting for loaders vs forward): see docs/extract.md, "Speed".
     """
     _extract("video", data, cache, runtime, run, checkpoint=checkpoint, backbone=backbone, frames=frames,
-             windows=windows, video_root=video_root, decoder=decoder.value)
+             windows=windows, video_root=video_root, decoder=decoder.value, preset=preset)
 
 
 @app.command("context")
@@ -129,6 +137,7 @@ def extract_skeleton(
         "--layout", help="Only for checkpoints without migfuse provenance: their graph layout.")] = None,
     length: Annotated[Optional[int], typer.Option("--length", min=4, max=1024, show_default="64", help="Only for "
                                                   "checkpoints without migfuse provenance: frames per clip.")] = None,
+    preset: PresetOpt = None,
 ) -> None:
     """2s-AGCN or PoseC3D feature maps per clip -> group joint/<arch> or bone/<arch>, (256, T', V) fp16.
 
@@ -142,7 +151,7 @@ def extract_skeleton(
     forward) is the default.
     """
     _extract(stream.value, data, cache, runtime, run, checkpoint=checkpoint,
-             layout=layout.value if layout else None, length=length, backbone=backbone)
+             layout=layout.value if layout else None, length=length, backbone=backbone, preset=preset)
 
 
 @app.command("face")

@@ -47,7 +47,7 @@ def register_track(*tracks: str) -> Callable:
 
 def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime | None" = None,
             options: RunOptions = RunOptions(), *, checkpoint: str | Path | None = None,
-            **track_options: Any) -> "RunSummary":
+            preset: str | None = None, **track_options: Any) -> "RunSummary":
     """Extract one track of a prepared dataset into the token cache; resumable, sharded, failures recorded.
 
     Args:
@@ -58,12 +58,15 @@ def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime |
             `trust_checkpoint` decides how `checkpoint` is read.
         options: batch size, loader workers, shard, retry of failed rows (`RunOptions`).
         checkpoint: the backbone's checkpoint file (None: random weights where the track allows it).
+        preset: a named recipe (`migfuse.extract.presets`, e.g. "paper"): pins track options (a given
+            option of another value is a UserError), pools each row and writes group TRACK/BACKBONE-NAME.
         track_options: the track's own options (e.g. frames, context_windows, video_root, decoder
             for the video tracks; see each track's `build_extractor`).
     Returns:
         RunSummary of this process's rows (`ok` is False when any row failed).
     Raises:
-        UserError: an unknown track, a bad prepared folder, checkpoint or option, a video track
+        UserError: an unknown track, a bad prepared folder, checkpoint, option or preset (or an
+            option that conflicts with the preset), a video track
             where not one video file is found (the extractor checks it before building its model);
             raised before the cache is touched.
         FileExistsError: `cache` is a file (one line in the CLI).
@@ -77,6 +80,10 @@ def extract(track: str, data: str | Path, cache: str | Path, runtime: "Runtime |
     runtime = runtime or Runtime()
     parse_shard(options.shard)  # a bad --shard is one line before anything is read or built
     name = get_track(track).name  # UserError naming the tracks
+    if preset is not None:  # before the manifest is read: a conflict is one line, nothing done
+        from migfuse.extract.presets import apply_preset
+
+        track_options = apply_preset(preset, name, getattr(checkpoint, "path", checkpoint), track_options)
     build = TRACK_EXTRACTORS.get(name)
     manifest = Manifest.load(data)
     if Path(cache).exists() and not Path(cache).is_dir():  # as zarr would say, but before any check of the data

@@ -28,6 +28,7 @@ from migfuse.extract.decode import DecodeError, measure
 from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.extract.entry import register_track
 from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem, videos_with_files
+from migfuse.extract.presets import preset_group
 from migfuse.extract.sampling import ClipSampling, ContextSampling
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,8 @@ class VideoExtractor(TrackExtractor):
     def __init__(self, manifest: Any, track: str = "video", *, backbone: str = "mvit_v2_s",
                  checkpoint: CheckpointFile | str | Path | None = None,
                  clip_sampling: ClipSampling = ClipSampling(), context_sampling: ContextSampling = ContextSampling(),
-                 row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu"):
+                 row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu",
+                 pool: str | None = None, preset: dict[str, Any] | None = None):
         """
         Args:
             manifest: a `Manifest` (clips, videos with their file paths).
@@ -206,6 +208,10 @@ class VideoExtractor(TrackExtractor):
             video_root: where the videos are now, if moved since `data prepare` (`Manifest.video_files`).
             decoder: "cpu" (PyAV in the loader workers) or "gpu" (torchcodec on the extraction's GPU,
                 `decode_gpu`; falls back to the CPU with one log line where it cannot run).
+            pool: None = every token; "cls" = the class token only (video track, one window), stored
+                as tokens (1, D), e.g. (1, 768) for MViTv2-S.
+            preset: the record of the preset that chose these settings (`presets.apply_preset`); the
+                group becomes TRACK/BACKBONE-PRESET and the provenance holds the record.
         Raises:
             UserError: an unknown track or backbone, a backbone that does not extract this track, a
                 checkpoint that is missing or does not fit, not one video file (`videos_with_files`).
@@ -227,7 +233,10 @@ class VideoExtractor(TrackExtractor):
         self.backbone = create_for_track(self.track.name, backbone, checkpoint)
         self.backbone_name = backbone
         self.token_shape = tuple(self.backbone.token_shape)
-        self.group = self.track.group(backbone)
+        if pool is not None and (pool != "cls" or self.track.per_video or clip_sampling.max_windows > 1):
+            raise UserError(f"pooling {pool!r} is for the video track with one window per clip (pool: cls)")
+        self.pool, self.preset = pool, preset
+        self.group = preset_group(self.track.group(backbone), preset)
         self.unit = str(self.track.unit)
         self.cpu_batch = 8 if self.track.per_video else 4  # windows / clips per CPU forward
         self._row_ids = list(row_ids) if row_ids is not None else None
@@ -243,7 +252,7 @@ class VideoExtractor(TrackExtractor):
             return {"tokens": ArraySpec((k, n, d), "float16"), "valid": ArraySpec((k,), "bool")}
         if self.clip_sampling.max_windows > 1:
             return {"tokens": ArraySpec((self.clip_sampling.max_windows, n, d), "float16", ragged=True)}
-        return {"tokens": ArraySpec((n, d), "float16")}
+        return {"tokens": ArraySpec((1 if self.pool else n, d), "float16")}
 
     def provenance(self) -> dict[str, Any]:
         sampling = self.context_sampling.record() if self.track.per_video else self.clip_sampling.record()
@@ -251,7 +260,18 @@ class VideoExtractor(TrackExtractor):
                 **weights_provenance(self.checkpoint, RANDOM_WEIGHTS_SEED), **self.backbone.provenance(),
                 "preprocessing": self.preprocessing(), "sampling": sampling,
                 "decoder": "PyAV (FFmpeg), nearest frame to index/25 s",
-                "tokens": self.backbone.tokens_doc}
+                "tokens": self.backbone.tokens_doc, **self._pooling()}
+
+    def _pooling(self) -> dict[str, Any]:
+        """Provenance of a pooled group: the pooling, the preset, and `default_pooling` raw (the views
+        keep the one vector as it is)."""
+        if not self.pool:
+            return {}
+        from migfuse.extract.presets import POOLINGS
+
+        return {"tokens": "one vector per clip: " + POOLINGS[self.pool],
+                "pooling": {"name": self.pool, "doc": POOLINGS[self.pool]}, "default_pooling": "raw",
+                **({"preset": self.preset} if self.preset else {})}
 
     def preprocessing(self) -> dict[str, Any]:
         return dict(self.backbone.preprocessing)
@@ -313,7 +333,7 @@ class VideoExtractor(TrackExtractor):
             elif self.clip_sampling.max_windows > 1:
                 out.append({"tokens": part})
             else:
-                out.append({"tokens": part[0]})
+                out.append({"tokens": part[0][:1] if self.pool == "cls" else part[0]})
         return out
 
 
@@ -321,7 +341,8 @@ class VideoExtractor(TrackExtractor):
 def build_extractor(manifest: Any, track: str, *, backbone: str = "mvit_v2_s",
                     checkpoint: CheckpointFile | None = None, frames: int | None = None, windows: int = 1,
                     context_windows: int = 8, row_ids: list[str] | None = None,
-                    video_root: str | Path | None = None, decoder: str = "cpu") -> VideoExtractor:
+                    video_root: str | Path | None = None, decoder: str = "cpu", pool: str | None = None,
+                    preset: dict[str, Any] | None = None) -> VideoExtractor:
     """The `video` (per clip) or `context` (per video) extractor of a manifest.
 
     Args:
@@ -333,10 +354,11 @@ def build_extractor(manifest: Any, track: str, *, backbone: str = "mvit_v2_s",
         row_ids: only these clip ids (video) or video ids (context), e.g. a quick demo subset.
         video_root: the folder the videos are in now, when moved since `data prepare`.
         decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC on the extraction's GPU; see `decode_gpu`).
+        pool, preset: set by `--preset` (`migfuse.extract.presets`): one pooled vector per clip.
     """
     if frames is None:
         frames = int(backbone_class(backbone).recipe(checkpoint).get("clip_len", 16))
     return VideoExtractor(manifest, track, backbone=backbone, checkpoint=checkpoint,
                           clip_sampling=ClipSampling(frames=frames, max_windows=windows),
                           context_sampling=ContextSampling(windows=context_windows, frames=frames),
-                          row_ids=row_ids, video_root=video_root, decoder=decoder)
+                          row_ids=row_ids, video_root=video_root, decoder=decoder, pool=pool, preset=preset)

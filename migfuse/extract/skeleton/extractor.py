@@ -21,6 +21,7 @@ from migfuse.data_cache.tracks import get_track, tracks_with_layout
 from migfuse.errors import UserError
 from migfuse.extract.entry import register_track
 from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem
+from migfuse.extract.presets import preset_group
 from migfuse.extract.skeleton.preprocess import STREAMS, PreprocessConfig, clip_frames, clip_input
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,19 @@ class SkeletonExtractor(TrackExtractor):
     cpu_batch, gpu_batch, cpu_workers = 64, 256, 0  # loading a clip is a memory-mapped slice: cheap
 
     def __init__(self, manifest: Any, checkpoint: CheckpointFile | str | Path, stream: str, *,
-                 layout: str | None = None, length: int | None = None, arch: str | None = None):
+                 layout: str | None = None, length: int | None = None, arch: str | None = None,
+                 pool: str | None = None, preset: dict[str, Any] | None = None):
         """
         Args:
             manifest: a saved `Manifest`, or its PREPARED folder.
             checkpoint: the stream's checkpoint (read once, for its provenance and its weights).
             stream: joint or bone (the track written).
             layout, length, arch: only for checkpoints without migfuse provenance.
+            pool: None = the feature map (C, T', V); "mean" = mmaction2 GCNHead's pooling before its
+                fc (mean over T' and V, then over the checkpoint's persons, padded ones included as
+                FormatGCNInput pads them), stored as features (C, 1, 1).
+            preset: the record of the preset that chose these settings (`presets.apply_preset`); the
+                group becomes STREAM/ARCH-PRESET and the provenance holds the record.
         Raises:
             UserError: an unknown stream, a checkpoint of another stream, layout or length.
         """
@@ -122,13 +129,18 @@ class SkeletonExtractor(TrackExtractor):
             raise UserError(f"{checkpoint} was trained with layout {self.config.layout}, not "
                             f"{self.backbone.layout.name}; drop --layout or pass --layout {self.config.layout}")
         self.stream, self.arch, self.trained = stream, arch, trained
-        self.group = self.track.group(arch)
+        if pool not in (None, "mean"):
+            raise UserError(f"pooling {pool!r} is not one of the skeleton track's (mean)")
+        self.pool, self.preset = pool, preset
+        self.group = preset_group(self.track.group(arch), preset)
 
     def arrays(self) -> dict[str, Any]:
         from migfuse.data_cache.store import ArraySpec
 
         t = _ceil_half(_ceil_half(self.config.length))  # two stride-2 temporal convs (k 9, pad 4)
         shape = (self.backbone.model.out_channels, t, self.backbone.layout.num_node)
+        if self.pool:
+            shape = (shape[0], 1, 1)
         return {"features": ArraySpec(shape, "float16")}
 
     def provenance(self) -> dict[str, Any]:
@@ -138,7 +150,18 @@ class SkeletonExtractor(TrackExtractor):
             "checkpoint_sha256": self.backbone.checkpoint_sha256, "layout": self.config.layout,
             "preprocess": self.config.to_dict(), "output": "last unit feature map (C, T', V), person 0",
             "trained": {k: self.trained[k] for k in keep if k in self.trained},
+            **self._pooling(),
         }
+
+    def _pooling(self) -> dict[str, Any]:
+        """Provenance of a pooled group (pooling, preset; the views keep the vector: `default_pooling` raw)."""
+        if not self.pool:
+            return {}
+        from migfuse.extract.presets import POOLINGS
+
+        return {"output": "last unit feature map pooled to one vector (C, 1, 1)",
+                "pooling": {"name": self.pool, "doc": POOLINGS[self.pool]}, "default_pooling": "raw",
+                **({"preset": self.preset} if self.preset else {})}
 
     def videos_with_input(self) -> set[str]:
         """Videos whose skeleton file `data prepare` wrote is here."""
@@ -164,7 +187,7 @@ class SkeletonExtractor(TrackExtractor):
         return [{"features": f} for f in feats]
 
     def _features(self, x: np.ndarray) -> np.ndarray:
-        """(B, 3, L, V, 1) -> (B, C, T', V) float32 features of person 0."""
+        """(B, 3, L, V, 1) -> (B, C, T', V) float32 features of person 0; pooled: (B, C, 1, 1)."""
         import torch
 
         x = self.runtime.to_device(x)
@@ -172,18 +195,23 @@ class SkeletonExtractor(TrackExtractor):
         if persons > 1:  # a published multi-person checkpoint: the others are zero, as FormatGCNInput pads
             x = torch.cat([x, x.new_zeros(x.shape[:-1] + (persons - 1,))], dim=-1)
         with torch.no_grad(), self.runtime.autocast():
-            feats = self.backbone.model.features(x)[::persons]
-        return feats.float().cpu().numpy()
+            feats = self.backbone.model.features(x)
+        if self.pool == "mean":  # (B*M, C, T', V) -> (B, C): GCNHead's mean over T'V, then persons
+            pooled = feats.float().mean(dim=(2, 3)).reshape(-1, persons, feats.shape[1]).mean(1)
+            return pooled[:, :, None, None].cpu().numpy()
+        return feats[::persons].float().cpu().numpy()
 
 
 @register_track(*tracks_with_layout("pose_features"))
 def build_extractor(manifest: Any, track: str, *, checkpoint: CheckpointFile | None = None,
                     layout: str | None = None, length: int | None = None,
-                    backbone: str | None = None) -> SkeletonExtractor:
+                    backbone: str | None = None, pool: str | None = None,
+                    preset: dict[str, Any] | None = None) -> SkeletonExtractor:
     """The `joint` or `bone` extractor of a manifest (the track is the stream).
 
     `backbone`: None, agcn or aagcn: the 2s-AGCN family on joint coordinates (the arch from the
     checkpoint); a heatmap backbone (posec3d): `HeatmapExtractor`, random weights allowed (warned).
+    `pool`, `preset`: set by `--preset` (`migfuse.extract.presets`): one pooled vector per clip.
 
     Loading a clip is cheap (memory-mapped skeletons), so on a CPU `workers=0` (load in the main
     process) is the default, 64 clips per forward; 256 and a worker per core on a GPU.
@@ -194,11 +222,17 @@ def build_extractor(manifest: Any, track: str, *, checkpoint: CheckpointFile | N
     if backbone not in (None, "agcn", "aagcn"):
         from migfuse.extract.skeleton.heatmap_extractor import HeatmapExtractor
 
+        if pool or preset:
+            raise UserError(f"--preset is for the 2s-AGCN family, not {backbone}: drop --preset")
         if layout or length:
             raise UserError(f"--layout and --length are for agcn/aagcn; {backbone} reads COCO-17 keypoints and takes "
                             "its clip length from the checkpoint (drop them)")
         return HeatmapExtractor(manifest, checkpoint, track, backbone)
+    if checkpoint is None and preset:
+        raise UserError(f"--preset {preset['name']} needs --checkpoint: the {track}-stream file "
+                        f"{preset['published_weights']} ({preset['published_at']})")
     if checkpoint is None:
         raise UserError(f"extract skeleton needs --checkpoint: a {track}-stream best.pt of `migfuse backbone train "
                         "skeleton` (or a published 2s-AGCN / mmaction2 file)")
-    return SkeletonExtractor(manifest, checkpoint, track, layout=layout, length=length, arch=backbone)
+    return SkeletonExtractor(manifest, checkpoint, track, layout=layout, length=length, arch=backbone, pool=pool,
+                             preset=preset)
