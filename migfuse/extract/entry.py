@@ -30,8 +30,8 @@ TRACK_EXTRACTORS: Registry[Callable[..., "Extractor"]] = Registry("track", modul
     "context": "migfuse.extract.video",
     "face": "migfuse.extract.face.extractor",
     "face_context": "migfuse.extract.face.extractor",
-    "joint": "migfuse.extract.skeleton.extractor",
-    "bone": "migfuse.extract.skeleton.extractor",
+    "joint": "migfuse.extract.skeleton.track",
+    "bone": "migfuse.extract.skeleton.track",
 })
 
 
