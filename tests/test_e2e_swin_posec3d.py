@@ -1,0 +1,104 @@
+"""Video Swin + PoseC3D end to end on the generated demo dataset, through the CLI: `extract video
+--backbone swin3d_t`, `extract skeleton --backbone posec3d` (joint and bone), `cache view --defaults`,
+CMTF over the Swin video group and the PoseC3D pose groups, `fuse predict`, `export`; the held-out
+accuracy is printed beside chance.
+
+Both backbones are RANDOM and small (the architecture is read from the file: a 16-wide Swin with the
+published 4 stages, so its tokens keep the (16, 7, 7) grid of 32-frame clips; a 4-wide PoseC3D on
+16-frame heatmap volumes), so the test shows the pipeline, not a model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from migfuse import demo as demo_module
+from migfuse.backbones._torchvision import import_torchvision
+from migfuse.backbones.registry import create_backbone
+from migfuse.cli import app
+from migfuse.data_cache.store import TokenCache
+from migfuse.datasets.prepare import prepare
+from migfuse.fuse.scores import Scores
+from migfuse.synth import generate_dataset
+from migfuse.synth.pose import MOTIONS
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+SWIN_WIDTH = 16  # embed_dim of the tiny Swin: last-stage tokens are 8 x 16 = 128 wide
+
+
+def invoke(*args) -> object:
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The demo's dataset (5 videos x 8 clips, seed 0), prepared, and the two random checkpoints."""
+    root = tmp_path_factory.mktemp("e2e")
+    generate_dataset(root / "dataset", seed=0, clips_per_video=demo_module.DEMO["clips_per_video"],
+                     video_ids=demo_module.DEMO["video_ids"], workers=1, progress=False)
+    prepare(root / "dataset", root / "prepared")
+    SwinTransformer3d = import_torchvision().models.video.swin_transformer.SwinTransformer3d
+    torch.manual_seed(0)
+    swin = SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=SWIN_WIDTH, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                             window_size=[8, 7, 7], mlp_ratio=2.0, num_classes=5)
+    torch.save(swin.state_dict(), root / "swin_tiny.pth")  # torchvision layout, as swin3d_t reads it
+    posec3d = create_backbone("posec3d", base_channels=4, stage_blocks=(1, 1, 1), num_class=4)
+    for module in posec3d.model.modules():  # statistics that keep the features well above fp16 steps
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_var.fill_(0.1)
+    torch.save({"meta": {"cfg": "val_pipeline = [dict(type='UniformSampleFrames', clip_len=16)]"},
+                "state_dict": posec3d.model.state_dict()}, root / "posec3d_tiny.pth")
+    return root
+
+
+def test_swin_and_posec3d_extract_view_train_cmtf_predict_and_export(world, tmp_path):
+    prepared, cache = world / "prepared", tmp_path / "cache.zarr"
+    common = ("--precision", "fp32", "--device", "cpu")
+    invoke("extract", "video", "--data", prepared, "--cache", cache, "--backbone", "swin3d_t",
+           "--checkpoint", world / "swin_tiny.pth", "--workers", "0", "--batch-size", "4", *common)
+    for stream in ("joint", "bone"):
+        invoke("extract", "skeleton", "--data", prepared, "--cache", cache, "--backbone", "posec3d",
+               "--checkpoint", world / "posec3d_tiny.pth", "--stream", stream, *common)
+    store = TokenCache(cache)
+    video = store.group("video/swin3d_t")
+    assert len(video.done_ids()) == 40 and video.read("0001_0")["tokens"].shape == (16 * 7 * 7, 8 * SWIN_WIDTH)
+    assert video.provenance["token_layout"] == {"class_token": False, "grid": [16, 7, 7]}
+    for stream in ("joint", "bone"):
+        assert len(store.group(f"{stream}/posec3d").done_ids()) == 40
+
+    # the default views pick the Swin and PoseC3D groups by track: views/video, views/joint, views/bone
+    r = invoke("cache", "view", cache, "--defaults")
+    for view, group in (("video", "video/swin3d_t"), ("joint", "joint/posec3d"), ("bone", "bone/posec3d")):
+        assert TokenCache(cache).group(f"views/{view}").provenance["source"] == group, r.output
+    assert TokenCache(cache).group("views/video").arrays["tokens"].shape == (16, 8 * SWIN_WIDTH)
+
+    # CMTF with its default inputs (video + joint + bone)
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"head": "cmtf", **demo_module.DEMO["cmtf"], "threads": 1}))
+    run = tmp_path / "run"
+    invoke("fuse", "train", "--cache", cache, "--data", prepared, "--task", "mg", "--config", config,
+           "--out", run, *common)
+    inputs = json.loads((run / "config.json").read_text())["run"]["provenance"]["inputs"]
+    assert inputs == {"video": "views/video", "joint": "views/joint", "bone": "views/bone"}
+    scores = tmp_path / "test.npz"
+    invoke("fuse", "predict", run, "--split", "test", "--out", scores)
+    held_out = Scores.load(scores)
+    assert len(held_out.ids) == 16 and np.allclose(held_out.scores.sum(1), 1, atol=1e-4)
+    truth = demo_module.held_out_truth(world / "dataset")
+    correct, n = demo_module.scores_accuracy(held_out, truth, sorted(truth))
+    print("\n" + demo_module.accuracy_line("Video Swin + PoseC3D, CMTF", correct, n, 1 / len(MOTIONS), "clips"))
+    assert n == 16
+    out = tmp_path / "submission.zip"
+    r = invoke("export", "miga2025", scores, "--data", prepared, "--out", out)
+    assert "16 rows of split test" in r.output and hashlib.sha256(out.read_bytes()).hexdigest() in r.output
+    with zipfile.ZipFile(out) as z:
+        rows = z.read("prediction.csv").decode().splitlines()
+    assert rows[0] == "Id,Target" and len(rows) == 17
