@@ -102,3 +102,53 @@ def test_swin_and_posec3d_extract_view_train_cmtf_predict_and_export(world, tmp_
     with zipfile.ZipFile(out) as z:
         rows = z.read("prediction.csv").decode().splitlines()
     assert rows[0] == "Id,Target" and len(rows) == 17
+
+
+def test_vjepa2_and_2s_agcn_extract_view_train_cmtf_and_export(world, tmp_path):
+    """A transformers video ViT (V-JEPA 2, a tiny random local folder) on the video side and a random
+    2s-AGCN (a published-layout file, COCO-17) on the pose side, joint stream only."""
+    tf = pytest.importorskip("transformers")
+    from migfuse.backbones.agcn import AGCN
+    from migfuse.datasets.skeleton_layouts import get_layout
+
+    torch.manual_seed(0)
+    folder = tmp_path / "vjepa2"
+    tf.VJEPA2Model(tf.VJEPA2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, patch_size=16,
+                                   tubelet_size=2, crop_size=32, frames_per_clip=4, pred_hidden_size=16,
+                                   pred_num_hidden_layers=1, pred_num_attention_heads=2,
+                                   num_pooler_layers=1)).save_pretrained(folder)
+    (folder / "video_preprocessor_config.json").write_text(
+        json.dumps({"video_processor_type": "VJEPA2VideoProcessor", "crop_size": 32}))
+    torch.save(AGCN(get_layout("coco-17"), base_channels=64).state_dict(), tmp_path / "agcn.pt")
+    prepared, cache = world / "prepared", tmp_path / "cache.zarr"
+    common = ("--precision", "fp32", "--device", "cpu")
+    invoke("extract", "video", "--data", prepared, "--cache", cache, "--backbone", "vjepa2", "--checkpoint", folder,
+           "--workers", "0", "--batch-size", "8", *common)
+    invoke("extract", "skeleton", "--data", prepared, "--cache", cache, "--backbone", "agcn", "--checkpoint",
+           tmp_path / "agcn.pt", "--layout", "coco-17", "--length", "32", "--stream", "joint", *common)
+    r = invoke("cache", "view", cache, "--defaults")
+    for view, group in (("video", "video/vjepa2"), ("joint", "joint/agcn")):
+        assert TokenCache(cache).group(f"views/{view}").provenance["source"] == group, r.output
+    # V-JEPA 2's patch tokens (4 frames / tubelet 2, 32 / patch 16 twice: a (2, 2, 2) grid, no class
+    # token) pool to one token per time step, as the extraction's token layout says
+    assert TokenCache(cache).group("video/vjepa2").provenance["token_layout"] == {"class_token": False,
+                                                                                "grid": [2, 2, 2]}
+    view = TokenCache(cache).group("views/video")
+    assert view.provenance["pooling"] == {"name": "video_time", "class_token": False, "grid": 4}
+    assert view.arrays["tokens"].shape == (2, 32)
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"head": "cmtf", **demo_module.DEMO["cmtf"], "threads": 1,
+                                  "head_options": {"pose_inputs": ["joint"]}}))
+    run = tmp_path / "run"
+    invoke("fuse", "train", "--cache", cache, "--data", prepared, "--task", "mg", "--config", config,
+           "--out", run, *common)
+    inputs = json.loads((run / "config.json").read_text())["run"]["provenance"]["inputs"]
+    assert inputs == {"video": "views/video", "joint": "views/joint"}
+    scores = tmp_path / "test.npz"
+    invoke("fuse", "predict", run, "--split", "test", "--out", scores)
+    truth = demo_module.held_out_truth(world / "dataset")
+    correct, n = demo_module.scores_accuracy(Scores.load(scores), truth, sorted(truth))
+    print("\n" + demo_module.accuracy_line("V-JEPA 2 + 2s-AGCN joint, CMTF", correct, n, 1 / len(MOTIONS), "clips"))
+    assert n == 16
+    r = invoke("export", "miga2025", scores, "--data", prepared, "--out", tmp_path / "submission.zip")
+    assert "16 rows of split test" in r.output
