@@ -152,3 +152,20 @@ def test_vjepa2_and_2s_agcn_extract_view_train_cmtf_and_export(world, tmp_path):
     assert n == 16
     r = invoke("export", "miga2025", scores, "--data", prepared, "--out", tmp_path / "submission.zip")
     assert "16 rows of split test" in r.output
+
+
+def test_fuse_heads_lists_the_pairs_these_tests_ran_through_cmtf():
+    from pathlib import Path
+
+    from migfuse.fuse.heads.cmtf import TRIED_PAIRS
+
+    r = CliRunner().invoke(app, ["fuse", "heads", "cmtf"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["head"] == "cmtf", r.output
+    listed = [line for line in r.stderr.splitlines() if line.startswith("#   tried end to end: ")]
+    assert listed[1] == ("#   tried end to end: Video Swin (video/swin3d_t) + PoseC3D joint + bone (joint/posec3d, "
+                         "bone/posec3d)  [tests/test_e2e_swin_posec3d.py]")
+    assert len(listed) == len(TRIED_PAIRS) == 4
+    root = Path(__file__).resolve().parents[1]
+    for video, _, test in TRIED_PAIRS:  # each pair names a test that exists and runs CMTF
+        text = (root / test).read_text()
+        assert "cmtf" in text.lower() and "submission" in text, (video, test)
