@@ -5,7 +5,10 @@ accuracy is printed beside chance.
 
 Both backbones are RANDOM and small (the architecture is read from the file: a 16-wide Swin with the
 published 4 stages, so its tokens keep the (16, 7, 7) grid of 32-frame clips; a 4-wide PoseC3D on
-16-frame heatmap volumes), so the test shows the pipeline, not a model.
+16-frame heatmap volumes), so the test shows the pipeline, not a model: Swin + PoseC3D prints 3/16 (chance
+2/16; the default `pose_parts` view of random PoseC3D maps varies little from clip to clip), while a
+random 2s-AGCN already separates the generated gestures. A second test runs V-JEPA 2 (transformers) +
+2s-AGCN the same way, and a third checks that `fuse heads cmtf` lists the pairs the tests run.
 """
 from __future__ import annotations
 
