@@ -139,6 +139,11 @@ def test_vjepa2_and_2s_agcn_extract_view_train_cmtf_and_export(world, tmp_path):
     view = TokenCache(cache).group("views/video")
     assert view.provenance["pooling"] == {"name": "video_time", "class_token": False, "grid": 4}
     assert view.arrays["tokens"].shape == (2, 32)
+    from migfuse.data_cache.views import layout_params
+
+    # and its context windows pool to the mean patch, not to a first patch taken for a class token
+    assert layout_params("context_cls_mean", TokenCache(cache).group("video/vjepa2").provenance) == {
+        "class_token": False}
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"head": "cmtf", **demo_module.DEMO["cmtf"], "threads": 1,
                                   "head_options": {"pose_inputs": ["joint"]}}))
