@@ -242,9 +242,12 @@ class HFVideoBackbone(Backbone):
         return {"tokens": tokens.cpu().numpy(), "pooled": hidden.mean(1).cpu().numpy()}
 
     def provenance(self) -> dict[str, Any]:
+        """The folder, transformers' version, the licence, and the token layout the views pool by (patch
+        tokens on the (T', H', W') grid, no class token; `data_cache.views.layout_params`)."""
         from importlib.metadata import version
 
-        return {"model_folder": str(self.folder) if self.folder else None, "model_type": self.model_type,
+        return {"token_layout": {"class_token": False, "grid": list(self.grid)},
+                "model_folder": str(self.folder) if self.folder else None, "model_type": self.model_type,
                 "architectures": list(getattr(self.config, "architectures", None) or []),
                 "transformers": version("transformers"), **self.licence}
 

@@ -130,7 +130,8 @@ def fuse_heads_cmd(
     With NAME, prints that head's block alone; without, one JSON object of every head's block. A block is
     {"head": NAME, "head_options": {...}}: copy it into a config file, change an
     option, and pass the file with --config. Descriptions go to stderr, so `migfuse fuse heads cmtf >
-    my.json` writes a valid config."""
+    my.json` writes a valid config. Under a head, the input pairs the test suite ran end to end through it
+    (extraction or import -> views -> head -> predict -> export); other token groups fit, untried."""
     import json
 
     from migfuse.fuse.heads import head_class, list_heads
@@ -142,6 +143,8 @@ def fuse_heads_cmd(
     for head in [name] if name else names:
         cls = head_class(head)
         typer.echo(f"# {head}: {(cls.__doc__ or '').strip().splitlines()[0]}", err=True)
+        for video, pose, test in cls.tried_pairs:
+            typer.echo(f"#   tried end to end: {video} + {pose}  [{test}]", err=True)
         blocks[head] = {"head": head, "head_options": dict(cls.DEFAULTS)}
     # One head: its block alone (a whole config file); all: one object of blocks keyed by head.
     typer.echo(json.dumps(blocks[name] if name else blocks, indent=2))

@@ -28,6 +28,9 @@ class FusionHead(nn.Module):
 
     #: Options and their defaults; subclasses comment every key.
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: (video side, pose side, test file) of the input pairs the test suite ran end to end through
+    #: this head; `migfuse fuse heads` lists them (a fusion head says honestly which pairs were tried).
+    tried_pairs: ClassVar[tuple[tuple[str, str, str], ...]] = ()
 
     @classmethod
     def required_inputs(cls, options: Mapping[str, Any]) -> list[str]:

@@ -35,6 +35,19 @@ from migfuse.fuse.heads import FusionHead, register_head
 from migfuse.fuse.heads.blocks import Attention, FeedForward, TokenEmbed, classifier, masked_mean
 
 
+#: (video side, pose side, the test that runs the pair) for every pair run end to end by the test suite:
+#: extraction or import -> `cache view --defaults` -> CMTF -> predict -> export. Only these were tried;
+#: any per-clip video-like and pose-like groups fit (`video_inputs`, `pose_inputs`). `fuse heads` lists them.
+TRIED_PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("MViTv2-S (video/mvit_v2_s)", "2s-AGCN joint + bone (trained by the demo)", "tests/test_demo.py"),
+    ("Video Swin (video/swin3d_t)", "PoseC3D joint + bone (joint/posec3d, bone/posec3d)",
+     "tests/test_e2e_swin_posec3d.py"),
+    ("V-JEPA 2 (video/vjepa2)", "2s-AGCN joint (joint/agcn)", "tests/test_e2e_swin_posec3d.py"),
+    ("imported HDF5 features (`cache import --as video`)", "joint tokens in the 2s-AGCN layout (generated)",
+     "tests/test_cache_import.py"),
+)
+
+
 class _CrossBlock(nn.Module):
     """One bidirectional cross-attention block: (v, p) -> (v', p'), shapes unchanged."""
 
@@ -55,6 +68,7 @@ class _CrossBlock(nn.Module):
 class CMTF(FusionHead):
     """Video <-> pose bidirectional cross-attention head for micro-gesture classification."""
 
+    tried_pairs = TRIED_PAIRS
     DEFAULTS = {
         "width": 64,               # shared token width d (step time ~ tokens x d^2 x depth, module doc)
         "depth": 1,                # number of bidirectional cross-attention blocks
