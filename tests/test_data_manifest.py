@@ -56,6 +56,8 @@ def test_errors(tmp_path):
         Manifest.load(tmp_path / "c.zarr")
     with pytest.raises(UserError, match=r"no PREPARED folder at .*nothing: run `migfuse data prepare"):
         Manifest.load(tmp_path / "nothing")
+    with pytest.raises(UserError, match=r"no PREPARED folder at .*gone.zarr: run `migfuse data prepare"):
+        Manifest.load(tmp_path / "gone.zarr")  # not there: a missing path, whatever its name
     _small(tmp_path)
     m = Manifest.load(tmp_path)
     with pytest.raises(UserError, match="video 0009 has no skeleton"):

@@ -339,10 +339,10 @@ def _not_prepared(root: Path) -> str:
     """Why `root` is not a PREPARED folder, and the fix, for the mistakes people make."""
     if root.is_file():
         return f"{root} is a file, not a PREPARED folder: pass the folder `migfuse data prepare --out` wrote"
-    if (root / "zarr.json").is_file() or root.suffix == ".zarr":
-        return f"{root} is a token cache, not a PREPARED folder: did you swap --cache and --data?"
     if not root.exists():
         return f"no PREPARED folder at {root}: run `migfuse data prepare --root DATA --out {root}` (or fix the path)"
+    if (root / "zarr.json").is_file() or root.suffix == ".zarr":
+        return f"{root} is a token cache, not a PREPARED folder: did you swap --cache and --data?"
     return (f"no {MANIFEST_FILE} in {root}: it is not a PREPARED folder; "
             "run `migfuse data prepare --root DATA --out DIR`")
 

@@ -130,15 +130,23 @@ def stream_clips_gpu(
     turns = 0 if hasattr(meta, "rotation") else video_rotation(path) // 90
     half = 0.5 / fps
     n_frames = int(round((end - begin) * ANNOTATION_FPS))
+    if facts is not None:
+        # the measured facts rule, as on the PyAV path: frame 0 is the first displayed picture and the
+        # last picture covers its whole duration (a 1 fps video keeps its last second)
+        begin, n_frames = facts.origin, facts.frames
 
     def played_at(i: int) -> float:
-        # the frame played at t + half a frame is the frame nearest to t (PyAV path: `decode`)
-        return begin + i / ANNOTATION_FPS + half
+        # the frame played at t + half a frame is the frame nearest to t (PyAV path: `decode`); never
+        # past torchcodec's own end, which stops at the last picture's start plus its duration
+        return min(begin + i / ANNOTATION_FPS + half, end - 1e-6)
+
+    def is_past(i: int) -> bool:
+        return i >= n_frames if facts is not None else begin + i / ANNOTATION_FPS + half >= end
 
     order = sorted(plans, key=lambda k: int(plans[k].min()))
     servable, past = [], []
     for key in order:
-        (servable if played_at(int(plans[key].max())) < end else past).append(key)
+        (past if is_past(int(plans[key].max())) else servable).append(key)
     failed: DecodeError | None = None
     for start in range(0, len(servable), max(1, chunk)):
         keys = servable[start:start + chunk]
@@ -161,7 +169,7 @@ def stream_clips_gpu(
             rows = frames[[pos[int(i)] for i in idx.reshape(-1).tolist()]]
             yield key, rows.reshape(*idx.shape, *rows.shape[1:])
     for key in past:
-        missing = sorted(int(i) for i in np.unique(plans[key]) if played_at(int(i)) >= end)
+        missing = sorted(int(i) for i in np.unique(plans[key]) if is_past(int(i)))
         if facts is not None:
             yield key, PastEnd(past_end_message(name, missing, facts), missing, facts.frames)
             continue

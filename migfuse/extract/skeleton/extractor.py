@@ -43,26 +43,43 @@ class SkeletonLoader:
             self._manifest = Manifest.load(self.prepared)
         m = self._manifest
         config = PreprocessConfig.from_dict(self.config)
-        try:
-            skel, mask = m.skeleton(item.key)
-        except UserError as e:
-            for cid in item.ids:
-                yield Sample(cid, failure=Failure("skeleton", str(e)))
-            return
-        for cid in item.ids:
-            clip = m.clip(cid)
-            span = f"frames {clip.start_frame}-{clip.end_frame}"
-            if clip.start_frame < 0 or clip.end_frame >= skel.shape[0]:
-                yield Sample(cid, failure=Failure(
-                    "skeleton", f"clip {cid} ({span}) runs past the {skel.shape[0]} frames of video {clip.video_id}'s "
-                                "skeleton; check the labels (or the skeleton files) and re-run `migfuse data prepare`"))
+        for cid, clip, got in skeleton_clips(m, item):
+            if isinstance(got, Failure):
+                yield Sample(cid, failure=got)
                 continue
-            frames, fmask = clip_frames(skel, mask, clip.start_frame, clip.end_frame)
+            frames, fmask = got
             ci = clip_input(frames, fmask, self.stream, config)
             if ci.person_frames == 0:
-                yield Sample(cid, failure=Failure("skeleton", f"no person detected in {span} of video {clip.video_id}"))
+                yield Sample(cid, failure=no_person(clip))
                 continue
             yield Sample(cid, inputs={"x": ci.x})
+
+
+def skeleton_clips(manifest: Any, item: WorkItem) -> Iterator[tuple[str, Any, Failure | tuple[np.ndarray, np.ndarray]]]:
+    """Each clip of a video's work item with its skeleton frames: (clip id, clip, (frames, frame mask)),
+    or (clip id, clip, Failure) when the video has no skeleton or the clip runs past (or starts before)
+    the skeleton file: never clamped silently, as the video track fails a clip past its video's end.
+    Shared by the joint-coordinate and the heatmap loaders."""
+    try:
+        skel, mask = manifest.skeleton(item.key)
+    except UserError as e:
+        for cid in item.ids:
+            yield cid, manifest.clip(cid), Failure("skeleton", str(e))
+        return
+    for cid in item.ids:
+        clip = manifest.clip(cid)
+        if clip.start_frame < 0 or clip.end_frame >= skel.shape[0]:
+            yield cid, clip, Failure(
+                "skeleton", f"clip {cid} (frames {clip.start_frame}-{clip.end_frame}) runs past the {skel.shape[0]} "
+                            f"frames of video {clip.video_id}'s skeleton; check the labels (or the skeleton files) "
+                            "and re-run `migfuse data prepare`")
+            continue
+        yield cid, clip, clip_frames(skel, mask, clip.start_frame, clip.end_frame)
+
+
+def no_person(clip: Any) -> Failure:
+    return Failure("skeleton", f"no person detected in frames {clip.start_frame}-{clip.end_frame} of video "
+                               f"{clip.video_id}")
 
 
 def _ceil_half(n: int) -> int:

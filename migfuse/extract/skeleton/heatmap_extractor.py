@@ -22,8 +22,8 @@ from migfuse.checkpoint_file import CheckpointFile
 from migfuse.data_cache.tracks import get_track
 from migfuse.errors import UserError
 from migfuse.extract.interface import Failure, Sample, WorkItem
-from migfuse.extract.skeleton.extractor import SkeletonExtractor
-from migfuse.extract.skeleton.preprocess import STREAMS, clip_frames
+from migfuse.extract.skeleton.extractor import SkeletonExtractor, no_person, skeleton_clips
+from migfuse.extract.skeleton.preprocess import STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +51,16 @@ class HeatmapLoader:
             self._manifest = Manifest.load(self.prepared)
         m, cfg = self._manifest, _heatmap_config(self.config)
         source = np.asarray(get_layout("coco-17").source)
-        try:
-            skel, mask = m.skeleton(item.key)
-        except UserError as e:
-            for cid in item.ids:
-                yield Sample(cid, failure=Failure("skeleton", str(e)))
-            return
         facts = m.videos[item.key].measured if item.key in m.videos else None
         img_shape = (facts.height, facts.width) if facts is not None else DEFAULT_IMG_SHAPE
-        for cid in item.ids:
-            clip = m.clip(cid)
-            span = f"frames {clip.start_frame}-{clip.end_frame}"
-            if clip.start_frame < 0 or clip.end_frame >= skel.shape[0]:
-                yield Sample(cid, failure=Failure(
-                    "skeleton", f"clip {cid} ({span}) runs past the {skel.shape[0]} frames of video {clip.video_id}'s "
-                                "skeleton; check the labels (or the skeleton files) and re-run `migfuse data prepare`"))
+        for cid, clip, got in skeleton_clips(m, item):
+            if isinstance(got, Failure):
+                yield Sample(cid, failure=got)
                 continue
-            frames, fmask = clip_frames(skel, mask, clip.start_frame, clip.end_frame)
+            frames, fmask = got
             points = np.asarray(frames[:, source], dtype=np.float32) * fmask[:, None, None]  # (T, 17, 3)
             if not np.any(points[..., 2] >= 1e-4):
-                yield Sample(cid, failure=Failure("skeleton", f"no person detected in {span} of video {clip.video_id}"))
+                yield Sample(cid, failure=no_person(clip))
                 continue
             annotation = {"keypoint": points[None, :, :, :2], "keypoint_score": points[None, :, :, 2],
                           "img_shape": img_shape, "total_frames": len(points)}
