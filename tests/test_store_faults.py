@@ -265,3 +265,17 @@ def test_a_cache_of_format_2_is_read_and_resumed_without_a_write_lock(tmp_path):
     assert (path / "joint/agcn/features/c/1/0").is_file() and not (path / ".locks").exists()
     res = CliRunner().invoke(app, ["cache", "info", str(path)])
     assert res.exit_code == 0 and "format 2: read and resumed by migfuse, with one file per row" in res.output
+
+
+def test_a_damaged_failure_file_is_emptied_without_failing_the_rows_whose_tokens_are_sound(tmp_path):
+    path = tmp_path / "c.zarr"
+    g = _group(path, n_done=2)
+    g.write_failure(IDS[2], "decode", "bad packet")
+    failure = g.chunk_file("failure", 0)  # one file holds every row's failure text (format 3)
+    failure.write_bytes(b"garbage" * 10)
+    res = CliRunner().invoke(app, ["cache", "info", str(path), "--verify", "--mark-failed"])
+    assert res.exit_code == 2 and "marked 0 rows failed" in res.output, res.output
+    g = TokenCache(path).group("video/mvit_v2_s")
+    assert g.status().tolist() == [DONE, DONE, FAILED]  # the tokens of the done rows are kept
+    np.testing.assert_array_equal(g.read_many(IDS[:2])["tokens"][:, 0, 0], [1, 2])
+    assert g.failures() == [{"clip_id": IDS[2], "stage": "?", "message": ""}]  # its text is gone, the row stays failed

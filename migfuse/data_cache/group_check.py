@@ -63,11 +63,21 @@ def _missing_chunks(group: TokenGroup) -> list[CorruptChunk]:
                 bad.append(c)
     return bad
 
+
 def mark_rows_failed(group: TokenGroup, corrupt: Sequence[CorruptChunk]) -> int:
     """Record the rows of corrupt chunks as FAILED (stage "verify"), so a rerun with --retry-failed
-    (or `cache view`) rewrites them; returns how many rows. The status chunk itself is rewritten."""
+    (or `cache view`) rewrites them; returns how many rows. The status chunk itself is rewritten. A damaged
+    failure or rowdef file is emptied instead: no row is failed for it."""
     mine = [c for c in corrupt if c.group == group.name]
+    # The failure texts and row definitions only describe rows: a damaged file of them is emptied (its
+    # rows read "" again) and no row's tokens are thrown away for it.
+    notes = [c for c in mine if c.array in ("failure", "rowdef")]
+    mine = [c for c in mine if c not in notes]
     why = {cid: f"corrupt chunk {c.chunk}" for c in reversed(mine) for cid in c.rows if cid in group._row}
+    if notes:
+        with writing(group.cache.path), group._write_lock():
+            for c in notes:
+                c.chunk.unlink(missing_ok=True)
     if group.format >= 3:
         # A damaged shard cannot be partly rewritten: it is deleted, and every row it held is failed.
         with writing(group.cache.path), group._write_lock():
