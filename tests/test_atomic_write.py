@@ -235,6 +235,24 @@ def test_a_full_disk_at_the_second_epoch_keeps_the_first_epochs_metrics_and_the_
     assert [json.loads(row)["epoch"] for row in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_a_disk_full_for_every_file_names_the_file_that_stopped_training_not_the_curves(tokens, tmp_path,
+                                                                                        monkeypatch):
+    pytest.importorskip("matplotlib")
+    run, real, sessions = tmp_path / "run", atomic_write._raw_write, []
+
+    def write(file, data):  # metrics.jsonl fails at its third write session, curves.png always
+        name = final_name(file.name)
+        if name == "metrics.jsonl" and (not sessions or sessions[-1] is not file):
+            sessions.append(file)
+        if name == "curves.png" or (name == "metrics.jsonl" and len(sessions) >= 3):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(file, data)
+
+    monkeypatch.setattr(atomic_write, "_raw_write", write)
+    one_line_error(_train(tokens, run), str(run / "metrics.jsonl"))
+    assert "curves.png not written" in (run / "train.log").read_text()
+
+
 @pytest.mark.parametrize("name", ["metrics.json", "per_class.csv", "confusion.png", "per_class.png"])
 def test_fuse_eval_on_a_full_disk_is_one_line_and_keeps_the_earlier_evaluation(trained, disk_full, name):
     pytest.importorskip("matplotlib")

@@ -3,7 +3,6 @@ it is not installed on the CPU test machine; the plan, not the decoder, is under
 import sys
 import types
 
-import numpy as np
 import pytest
 
 from migfuse.datasets.video_measure import VideoMeasure

@@ -173,10 +173,22 @@ def fit(run: RunFolder, model: torch.nn.Module, optimizer: torch.optim.Optimizer
                 run.save_last(model, epoch, optimizer, scheduler,
                               {"best": best, "stale": stale, "stopped": stopped})
                 history.append(record)
-    finally:
+    except BaseException:
+        # the curves of the epochs that ran are still drawn, but never at the cost of the error that
+        # stopped the run (a full disk would otherwise be reported as curves.png, not as the file it hit)
         if ran:
-            plot_curves(history, run.path / "curves.png", select.metric, title=f"{run.trainer}: {run.path.name}")
+            try:
+                _plot(history, run, select)
+            except Exception as e:  # noqa: BLE001 - the first error is the one to report
+                log.warning("curves.png not written: %s", e)
+        raise
+    if ran:
+        _plot(history, run, select)
     run.finish()
     if best is None:
         raise RuntimeError("fit ran no epoch and resumed none")  # epochs >= 1 is checked by the trainers
     return FitResult(best=dict(best), history=history, epochs_run=ran, stopped_early=stopped)
+
+
+def _plot(history: list[dict], run: Any, select: Any) -> None:
+    plot_curves(history, run.path / "curves.png", select.metric, title=f"{run.trainer}: {run.path.name}")
