@@ -107,7 +107,8 @@ class _Guarded(io.RawIOBase):
         return self._file.tell()
 
     def flush(self) -> None:
-        self._file.flush()
+        if not self._file.closed:  # io calls flush once more when this object is collected
+            self._file.flush()
 
 
 def _temporary(path: Path) -> Path:
@@ -175,9 +176,11 @@ def open_atomic(path: str | Path, mode: str = "w", *, encoding: str = "utf-8", n
                 yield guarded
             else:
                 text = io.TextIOWrapper(guarded, encoding=encoding, newline=newline, write_through=True)
-                yield text
-                text.flush()
-                text.detach()
+                try:
+                    yield text
+                    text.flush()
+                finally:
+                    text.detach()  # also when the block raised: a wrapper left behind flushes a closed file later
             real.flush()
             if sync:
                 os.fsync(real.fileno())

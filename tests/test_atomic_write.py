@@ -440,3 +440,14 @@ def test_export_under_a_file_size_limit_leaves_no_zip(tokens, mg_scores, tmp_pat
     r = _limited(100, "export", "miga2025", mg_scores, "--data", tokens[0], "--out", tmp_path / "p.zip")
     _efbig_line(r, tmp_path / "p.zip")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_block_that_raises_leaves_nothing_to_flush_later(tmp_path):
+    code = ("import gc\nfrom migfuse.atomic_write import open_atomic\n"
+            f"for mode, data in (('w', 'abc'), ('wb', b'abc')):\n"
+            f"    try:\n        with open_atomic({str(tmp_path / 'f.txt')!r}, mode) as f:\n"
+            "            f.write(data)\n            raise KeyError('stop')\n    except KeyError:\n        pass\n"
+            "gc.collect()\n")
+    r = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # no "Exception ignored ... flush of closed file"
+    assert not (tmp_path / "f.txt").exists() and leftovers(tmp_path) == []
