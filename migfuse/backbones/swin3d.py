@@ -65,18 +65,10 @@ TORCHVISION_PREPROCESSING: dict[str, Any] = {
 #: SampleFrames(clip_len=32, frame_interval=2), Resize((-1, 224)), centre/three crops of 224;
 #: ActionDataPreprocessor mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375] (= ImageNet / 255).
 MMACTION_PREPROCESSING: dict[str, Any] = {
+    **TORCHVISION_PREPROCESSING,  # the same frames, crop and normalisation; another resize and sampling
     "recipe": "mmaction2 swin-*-p244-w877 Kinetics-400 config (val/test pipeline, ActionDataPreprocessor)",
-    "clip_len": 32,
     "reference_sampling": "SampleFrames(clip_len=32, frame_interval=2), test: 4 clips x ThreeCrop",
     "resize_short_side": 224,
-    "resize_interpolation": "bilinear",
-    "crop": "center",
-    "crop_size": [224, 224],
-    "scale": "uint8 / 255 -> [0, 1]",
-    "mean": _IMAGENET_MEAN,
-    "std": _IMAGENET_STD,
-    "channels": "RGB",
-    "layout": "(N, 3, 32, 224, 224) float32",
 }
 
 
