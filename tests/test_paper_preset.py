@@ -156,3 +156,25 @@ def test_skeleton_preset_stores_the_vector_gcnhead_classifies(tmp_path):
         with torch.no_grad():  # the stored vector is what mmaction2's GCNHead feeds its fc
             logits = bb.model.cls_head.fc(torch.from_numpy(vector[:, 0, 0].astype(np.float32)))
             np.testing.assert_allclose(logits.numpy(), bb.model(x)[0].numpy(), atol=2e-2, rtol=2e-2)
+
+
+def test_a_migfuse_trained_checkpoint_with_the_preset_names_the_preset_not_layout(tmp_path):
+    import torch
+
+    from migfuse.extract.entry import extract
+    from migfuse.finetune.skeleton import TrainConfig, build_model
+    from migfuse.synth.skeletons import make_toy_dataset
+
+    data = tmp_path / "prepared"
+    make_toy_dataset(data, videos=1, clips_per_video=2, val_videos=0)
+    cfg = TrainConfig(stream="joint", base_channels=4, length=16)
+    ckpt = tmp_path / "best.pt"
+    torch.save({"meta": {"migfuse": {"arch": "agcn", "stream": "joint", "layout": "imigue",
+                                     "preprocess": cfg.preprocess().to_dict()}},
+                "state_dict": build_model(cfg).state_dict()}, ckpt)
+    with pytest.raises(UserError) as e:
+        extract("joint", data, tmp_path / "c.zarr", checkpoint=ckpt, preset="paper", backbone=None, layout=None,
+                length=None)
+    assert str(e.value).startswith(f"{ckpt} was trained with layout imigue: --preset paper pins layout coco-17: "
+                                   "drop --preset (it is for the published file 2s-agcn_8xb16-joint-u100")
+    assert not (tmp_path / "c.zarr").exists()

@@ -129,15 +129,20 @@ class SkeletonExtractor(TrackExtractor):
         if trained.get("stream") and trained["stream"] != stream:
             raise UserError(f"{checkpoint} was trained on the {trained['stream']} stream; pass --stream "
                             f"{trained['stream']} or a {stream} checkpoint")
+        # a preset's pinned layout and length are not the user's options: name the preset, not them
+        pinned = (f"--preset {preset['name']} pins {{}}: drop --preset (it is for the published file "
+                  f"{preset['published_weights']}, not a migfuse-trained one)") if preset else None
         if layout and trained.get("layout") and layout != trained["layout"]:
-            raise UserError(f"{checkpoint} was trained with layout {trained['layout']}: drop --layout (it is only for "
-                            "checkpoints without migfuse provenance)")
+            raise UserError(f"{checkpoint} was trained with layout {trained['layout']}: " + (
+                pinned.format(f"layout {layout}") if pinned else
+                "drop --layout (it is only for checkpoints without migfuse provenance)"))
         arch = arch or trained.get("arch") or ("aagcn" if any(k.startswith("backbone.") for k in sd) else "agcn")
         self.backbone = create_backbone(arch, checkpoint, **({"layout": layout} if layout else {}))
         pre = dict(trained.get("preprocess") or {})
         if pre and length and length != pre.get("length"):
-            raise UserError(f"{checkpoint} was trained on {pre.get('length')}-frame clips; drop --length "
-                            f"(it is only for checkpoints without migfuse provenance)")
+            raise UserError(f"{checkpoint} was trained on {pre.get('length')}-frame clips; " + (
+                pinned.format(f"{length}-frame clips") if pinned else
+                "drop --length (it is only for checkpoints without migfuse provenance)"))
         if not pre:
             pre = {"layout": self.backbone.layout.name, "length": length or 64}
         self.config = PreprocessConfig.from_dict(pre)
