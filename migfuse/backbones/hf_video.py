@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
-from migfuse.backbones import hf_folder
+from migfuse.backbones import fine_tuned, hf_folder
 from migfuse.backbones.checkpoints import KeyReport
 from migfuse.backbones.registry import RANDOM_WEIGHTS_SEED, Backbone, register_backbone
 from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
@@ -92,6 +92,7 @@ class HFVideoBackbone(Backbone):
         self.config = self.make_config(None)
         self.preprocessing = self.recipe(None)
         self.licence = hf_folder.licence(None)
+        self.fine_tune: dict[str, Any] | None = None  # meta of a `backbone train video` best.pt, once loaded
 
     # The model is built when first used: a checkpoint folder replaces the default one in `load`, so
     # building the default (up to ViT-L) first would only cost time and memory.
@@ -126,6 +127,8 @@ class HFVideoBackbone(Backbone):
 
     @classmethod
     def recipe(cls, checkpoint: CheckpointFile | str | Path | None) -> dict[str, Any]:
+        if checkpoint is not None and as_checkpoint(checkpoint).path.is_file():  # a fine-tuned best.pt
+            return dict(cls._fine_tuned_meta(as_checkpoint(checkpoint))["preprocessing"])
         folder = None if checkpoint is None else as_checkpoint(checkpoint).path
         config = cls.make_config(folder)
         processor, source = hf_folder.processor_config(folder)
@@ -169,7 +172,8 @@ class HFVideoBackbone(Backbone):
         raise NotImplementedError
 
     def load(self, checkpoint: CheckpointFile | str | Path, trusted: bool = False) -> KeyReport:
-        """Read the model folder into transformers' model (`trusted` is not needed: safetensors only).
+        """Read the model folder into transformers' model (`trusted` is not needed: safetensors only), or the
+        best.pt of `backbone train video --backbone NAME` (`_load_fine_tuned`).
 
         Raises:
             UserError: not a model folder of this type, no safetensors weights, a file transformers
@@ -178,6 +182,8 @@ class HFVideoBackbone(Backbone):
         import torch
 
         ckpt = as_checkpoint(checkpoint, trusted)
+        if ckpt.path.is_file():
+            return self._load_fine_tuned(ckpt)
         folder = ckpt.path
         config = self.make_config(folder)
         preprocessing = self.recipe(ckpt)
@@ -205,6 +211,44 @@ class HFVideoBackbone(Backbone):
         report.notes.append(f"licence: {self.licence['licence']} ({self.licence['licence_source']})")
         self.folder, self.config, self.preprocessing = folder, config, preprocessing
         self.model = model.eval().to(self.device)
+        self._loaded(ckpt)
+        return report
+
+    @classmethod
+    def _fine_tuned_meta(cls, ckpt: CheckpointFile) -> dict[str, Any]:
+        """meta["migfuse"] of a best.pt fine-tuned as this backbone, with the config and recipe it needs."""
+        meta = fine_tuned.read_meta(ckpt.contents)
+        if meta is None or not isinstance(meta.get("hf_config"), dict) \
+                or not isinstance(meta.get("preprocessing"), dict):
+            raise UserError(f"{ckpt.path} is a file, not a Hugging Face model folder nor the best.pt of `migfuse "
+                            f"backbone train video --backbone {cls.name}`: pass {cls.checkpoint_doc}")
+        fine_tuned.check_backbone(meta, cls.name, ckpt.path)
+        return meta
+
+    def _load_fine_tuned(self, ckpt: CheckpointFile) -> KeyReport:
+        """A best.pt of `backbone train video`: the encoder is rebuilt from the base folder's config.json
+        kept in its meta (`hf_config`), its `model.*` weights loaded strictly; the 32-class head
+        (`head.*`) is not part of the tokens and is left out (noted). The recipe and the licence are the
+        base folder's, from the meta."""
+        from migfuse.backbones.checkpoints import compare_state_dict
+
+        meta = self._fine_tuned_meta(ckpt)
+        transformers = import_transformers()
+        config = getattr(transformers, self.config_class).from_dict(meta["hf_config"])
+        sd = ckpt.contents.get("state_dict") if isinstance(ckpt.contents, dict) else None
+        sd = {k[len("model."):]: v for k, v in (sd or {}).items() if k.startswith("model.")}
+        with _quiet_transformers():
+            model = getattr(transformers, self.model_class)(config)
+        report = compare_state_dict(model.state_dict(), sd)
+        report.raise_if_bad(ckpt.path, f"migfuse fine-tuned {self.name}")
+        model.load_state_dict(sd, strict=True)
+        report.notes.append("the fine-tuned 32-class head (head.*) is not used for tokens")
+        self.licence = {"licence": meta.get("licence", "unknown"),
+                        "licence_source": f"the base folder {meta.get('base_checkpoint')} "
+                                          f"({meta.get('licence_source', 'not recorded')})"}
+        report.notes.append(f"licence: {self.licence['licence']} ({self.licence['licence_source']})")
+        self.folder, self.config, self.preprocessing = ckpt.path, config, dict(meta["preprocessing"])
+        self.model, self.fine_tune = model.eval().to(self.device), meta
         self._loaded(ckpt)
         return report
 
@@ -246,7 +290,9 @@ class HFVideoBackbone(Backbone):
         tokens on the (T', H', W') grid, no class token; `data_cache.views.layout_params`)."""
         from importlib.metadata import version
 
-        return {"token_layout": {"class_token": False, "grid": list(self.grid)},
+        facts = fine_tuned.provenance(self.fine_tune)
+        return {**({"fine_tuned": facts} if facts else {}),
+                "token_layout": {"class_token": False, "grid": list(self.grid)},
                 "model_folder": str(self.folder) if self.folder else None, "model_type": self.model_type,
                 "architectures": list(getattr(self.config, "architectures", None) or []),
                 "transformers": version("transformers"), **self.licence}

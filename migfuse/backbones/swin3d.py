@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from migfuse.backbones import fine_tuned
 from migfuse.backbones import swin3d_keys as keys
 from migfuse.backbones._torchvision import import_torchvision
 from migfuse.backbones.checkpoints import KeyReport, compare_state_dict
@@ -152,6 +153,7 @@ class _Swin3DBackbone(Backbone):
         self.batch_size, self.drop_path = batch_size, drop_path
         self.arch = published_arch(self.size, num_classes)
         self.model = build_swin3d(self.arch, drop_path).to(self.device)
+        self.fine_tune: dict[str, Any] | None = None  # meta of a `backbone train video` best.pt, once loaded
 
     @property
     def embed_dim(self) -> int:
@@ -178,7 +180,9 @@ class _Swin3DBackbone(Backbone):
         """The architecture the weights were built with (read from the checkpoint, or the name's size), and
         the token layout the views pool by (no class token; `data_cache.views.layout_params`)."""
         a = self.arch
-        return {"token_layout": {"class_token": False, "grid": list(self.token_grid)},
+        facts = fine_tuned.provenance(self.fine_tune)
+        return {**({"fine_tuned": facts} if facts else {}),
+                "token_layout": {"class_token": False, "grid": list(self.token_grid)},
                 "architecture": {"patch_size": list(a.patch_size), "embed_dim": a.embed_dim,
                                  "depths": list(a.depths), "num_heads": list(a.num_heads),
                                  "window_size": list(a.window_size), "mlp_ratio": a.mlp_ratio,
@@ -186,7 +190,9 @@ class _Swin3DBackbone(Backbone):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def load(self, checkpoint: CheckpointFile | str | Path, trusted: bool = False) -> KeyReport:
-        """Load a torchvision or mmaction2 Video Swin file; the architecture comes from the file.
+        """Load a torchvision or mmaction2 Video Swin file, or the best.pt of `backbone train video --backbone
+        NAME` (torchvision names, 32 classes; refused for another NAME, whose recipe it was trained on); the
+        architecture comes from the file.
 
         Returns the KeyReport. Raises a one-line UserError for a file that is not a Video Swin (naming the
         first unmatched keys and the closest known layout) or of another published size than this backbone.
@@ -195,9 +201,14 @@ class _Swin3DBackbone(Backbone):
         path, sha = ckpt.path, ckpt.sha256  # hash first: a truncated download gets "download it again"
         check_hash_in_name(path, sha)
         sd = _unwrap(ckpt.contents, path, "Video Swin")
+        meta = fine_tuned.read_meta(ckpt.contents)
+        if meta is not None:
+            fine_tuned.check_backbone(meta, self.name, path)
         file_keys = list(sd)
         notes: list[str] = []
-        if keys.is_mmaction(sd):
+        if meta is not None:
+            what = f"migfuse fine-tuned {self.name}"
+        elif keys.is_mmaction(sd):
             sd, notes = keys.mmaction_to_torchvision(sd)
             what = "mmaction2 Video Swin"
         else:
@@ -226,7 +237,7 @@ class _Swin3DBackbone(Backbone):
         rep.notes.extend(notes)
         rep.raise_if_bad(path, what + f" ({arch.describe()})")
         model.load_state_dict(sd, strict=True)
-        self.arch, self.model = arch, model.to(self.device)
+        self.arch, self.model, self.fine_tune = arch, model.to(self.device), meta
         self._loaded(ckpt)
         log.info("loaded %s checkpoint %s (sha256 %s): %s", what, path, sha[:12], rep.summary())
         return rep

@@ -16,8 +16,8 @@ from migfuse.errors import UserError
 from migfuse.training.recipe import BALANCE, OLD_WORDS  # the balance words of every trainer (torch-free)
 
 app = group("Inspect, run and train the backbones (check a checkpoint before extracting).")
-train_app = group("Fine-tune a backbone on a prepared dataset (the skeleton track: no public 2s-AGCN checkpoint "
-                  "fits iMiGUE's OpenPose skeleton).")
+train_app = group("Fine-tune a backbone on a prepared dataset (video: MViTv2-S, Video Swin, VideoMAE, V-JEPA 2; "
+                  "skeleton: no public 2s-AGCN checkpoint fits iMiGUE's OpenPose skeleton).")
 app.add_typer(train_app, name="train")
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help=(
@@ -236,37 +236,44 @@ def backbone_train_video(
     data: DataOpt,
     runtime: RuntimeOptions,
     train: TrainOptions,
+    backbone: Annotated[str, typer.Option(
+        "--backbone", metavar="NAME", help="The video backbone to fine-tune: mvit_v2_s, swin3d_t|s|b, "
+                                           "mmaction_swin3d_t|s|b, videomae, vjepa2. Its input recipe (frames, "
+                                           "resize, crop, mean/std) is the one `extract video` uses.")] = "mvit_v2_s",
     checkpoint: Annotated[Optional[Path], path_option(
-        "--checkpoint", help="Base MViTv2-S file: torchvision mvit_v2_s-ae3be167.pth (Kinetics-400), mmaction2 "
-                             "MViTv2-S, or a migfuse best.pt. Without it: RANDOM weights (tests only, "
-                             "warned).")] = None,
-    out: Annotated[Path, path_option("--out", use="folder", help="Run folder: config.json, metrics.jsonl/.csv, "
-                                                                 "curves.png, best.pt, last.pt, train.log. Rerunning "
-                                                                 "resumes.")] = Path("runs/mvit"),
+        "--checkpoint", help="Base weights for --backbone: mvit_v2_s: torchvision mvit_v2_s-ae3be167.pth "
+                             "(Kinetics-400) or mmaction2 MViTv2-S; swin3d_*: torchvision or mmaction2 Video Swin "
+                             "files; videomae / vjepa2: a local Hugging Face model folder; or a migfuse best.pt "
+                             "of the same backbone. Without it: RANDOM weights (tests only, warned).")] = None,
+    out: Annotated[Optional[Path], path_option(
+        "--out", use="folder", show_default="runs/mvit (runs/NAME for another --backbone)",
+        help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, last.pt, train.log. Rerunning "
+             "resumes.")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved settings as JSON "
                                               "(DEFAULTS <- --config <- --set <- options) and exit.")] = False,
 ) -> None:
-    """Fine-tune MViTv2-S on the micro-gesture clips (32 classes); keep the best epoch.
+    """Fine-tune a video backbone on the micro-gesture clips (32 classes); keep the best epoch.
 
     Trains on split_miga 'train', validates on split_miga 'validation' (or held-out training videos),
-    with the frame sampling and preprocessing of `migfuse extract video` plus random resized crop and
-    colour jitter (no flip). Recipe: AdamW, layer-wise lr decay, warm-up + cosine, label smoothing,
-    class-balanced sampler, drop path, gradient clipping, bf16 where the device has it (--precision),
-    gradient accumulation to target_batch; every setting and its default is in docs/finetune.md
-    (`--show-config` prints them). Multi-GPU: `torchrun --nproc_per_node N -m migfuse backbone train
-    video ...`. Then: `migfuse extract video --checkpoint OUT/best.pt`.
+    with the frame sampling and preprocessing of `migfuse extract video --backbone NAME` plus random
+    resized crop and colour jitter (no flip). Recipe: AdamW, layer-wise lr decay, warm-up + cosine,
+    label smoothing, class-balanced sampler, drop path, gradient clipping, bf16 where the device has
+    it (--precision), gradient accumulation to target_batch; every setting and its default is in
+    docs/finetune.md (`--show-config` prints them). Multi-GPU: `torchrun --nproc_per_node N -m migfuse
+    backbone train video ...`. Then: `migfuse extract video --backbone NAME --checkpoint OUT/best.pt`.
     """
     import json
 
-    from migfuse.finetune.video import fine_tune_video, resolve
+    from migfuse.finetune.video import DEFAULT_BACKBONE, fine_tune_video, resolve
 
     flags = train.flags()
     if show_config:
-        typer.echo(json.dumps(resolve(train.config, train.sets, flags), indent=1))
+        typer.echo(json.dumps(resolve(train.config, train.sets, flags, backbone, checkpoint), indent=1))
         return
+    out = out or Path("runs") / ("mvit" if backbone == DEFAULT_BACKBONE else backbone)
     rt = runtime.resolve()
     summary = fine_tune_video(data, out, checkpoint, config=train.config, sets=train.sets, flags=flags,
-                              overwrite=train.overwrite, runtime=rt)
+                              overwrite=train.overwrite, runtime=rt, backbone=backbone)
     if rt.main:  # torchrun: print once
         best = summary["best"]
         scores = ", ".join(f"{k[4:]} {v:.4f}" for k, v in best.items() if k.startswith("val_"))

@@ -1,12 +1,14 @@
-"""Fine-tune MViTv2-S on the micro-gesture clips of a prepared iMiGUE folder (`migfuse backbone train video`).
+"""Fine-tune a video backbone on the micro-gesture clips of a prepared iMiGUE folder (`migfuse backbone train video`).
 
 Every top MiGA micro-gesture entry fine-tuned its video backbone on iMiGUE before extracting with it;
-this module goes from torchvision's Kinetics-400 file (or an mmaction2 MViTv2-S file) to a 32-class
-MViTv2-S whose `best.pt` `migfuse extract video|context --checkpoint` loads.
+this module goes from a published file (MViTv2-S by default; Video Swin, VideoMAE, V-JEPA 2 with
+`backbone=`: the per-backbone parts are `finetune.video_models`) to a 32-class model whose `best.pt`
+`migfuse extract video|context --backbone NAME --checkpoint` loads.
 
 What the model sees is what extraction feeds it: clips are decoded, sampled and resized/cropped by the
-very loader of `extract video` (`video.ClipLoader`: `sampling.ClipSampling` + `video.resize_crop`),
-then normalised with `mvit.PREPROCESSING`'s mean/std on the device (`backbones.video_input`). Training
+very loader of `extract video` (`video.ClipLoader`: `sampling.ClipSampling` + `video.resize_crop`) with
+the backbone's recipe (`Backbone.preprocessing`: frames, resize, crop), then normalised with the
+recipe's mean/std on the device (`backbones.video_input`). Training
 adds, on the device, a random resized crop (one box per clip, all frames) and colour jitter; no
 horizontal flip by default (several iMiGUE classes are left/right specific). Validation uses no
 augmentation: its input is bit-for-bit the extraction input (tested).
@@ -26,10 +28,10 @@ The data side (dataset, clip loader, collate, clip order, augmentation) is `fine
 
 Run folder (`--out`): the migfuse.training layout (config.json, metrics.jsonl/.csv, curves.png, train.log,
 best.pt, last.pt; locked; resumed or refused; atomic). best.pt is the best epoch by validation top-1, in
-the migfuse checkpoint format (weights only, torchvision MViT key names, no DDP `module.` prefix), with
-`meta["migfuse"]`: kind "mvit_v2_s fine-tuned", width, base checkpoint + sha256, run id, split,
-preprocessing, sampling, epoch and its metrics. Rerunning with the same settings resumes after the last
-finished epoch (a larger `epochs` extends it).
+the migfuse checkpoint format (weights only, the key names the backbone's loader reads, no DDP `module.`
+prefix), with `meta["migfuse"]`: kind "<backbone> fine-tuned" ("mvit_v2_s fine-tuned": + width), backbone,
+base checkpoint + sha256, run id, split, preprocessing, sampling, epoch and its metrics. Rerunning with
+the same settings resumes after the last finished epoch (a larger `epochs` extends it).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from migfuse.checkpoint_file import CheckpointFile
 from migfuse.datasets.classes import NUM_CLASSES
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
+from migfuse.finetune.video_models import VideoFamily, video_family
 from migfuse.finetune.video_data import (
     Augment,
     VideoClipDataset,
@@ -63,13 +66,16 @@ from migfuse.training.recipe import check_balance, class_weights, training_runti
 log = logging.getLogger(__name__)
 
 TRAINER = "video"
+#: `--backbone` when none is given: MViTv2-S, the paper's video backbone
+DEFAULT_BACKBONE = "mvit_v2_s"
 
 #: The recipe: every setting with its default (this dict is the documentation; docs/finetune.md copies it).
 #: Where it runs is not a setting: --device / --precision (the command's Runtime).
 #: Defaults follow the MViTv2 fine-tuning recipes (mmaction2 `mvit-small` K400 -> downstream, the SlowFast
 #: MViTv2 configs), scaled to iMiGUE's ~13k training clips.
 DEFAULTS: dict[str, Any] = {
-    "width": "full",  # full = MViTv2-S (34.5M parameters); demo = 4 narrow blocks, same token grid (tests, CPU)
+    "width": "full",  # full = MViTv2-S (34.5M parameters); demo = 4 narrow blocks, same token grid (tests, CPU);
+                      # other backbones: full only (their architecture is the base checkpoint's)
     "epochs": 20,  # epochs in all (a resumed run goes on to this)
     "batch_size": 4,  # clips per forward pass per process (what fits: see benchmarks/finetune.py's memory column)
     "target_batch": 32,  # clips per optimiser step over all processes; gradient accumulation fills it
@@ -81,15 +87,17 @@ DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.1,  # cross-entropy label smoothing
     "balance": "sampler",  # long tail (class 99 ~ a quarter of clips): sampler (class-balanced draws) | loss
                            # (inverse-sqrt-frequency loss weights) | none
-    "drop_path": 0.2,  # stochastic depth of the last block (linear in depth), as torchvision's MViTv2-S
-    "head_dropout": 0.5,  # dropout before the classifier, as torchvision's MViTv2-S
+    "drop_path": 0.2,  # stochastic depth of the last block (linear in depth), as torchvision's MViTv2-S;
+                       # Swin: torchvision's rate; V-JEPA 2: every layer's; VideoMAE has none
+    "head_dropout": 0.5,  # dropout before the classifier, as torchvision's MViTv2-S (every backbone)
     "clip_grad": 1.0,  # max global gradient norm; 0 = off
     "activation_checkpointing": False,  # recompute block activations in backward: less memory, ~30% slower
     "crop_scale": [0.4, 1.0],  # random resized crop: area fraction of the 224x224 crop (same box for all frames)
     "crop_ratio": [0.75, 1.3333],  # ... and its aspect-ratio range
     "color_jitter": 0.3,  # brightness, contrast, saturation factors drawn in [1 - x, 1 + x]; 0 = off
     "hflip": False,  # off: several iMiGUE classes are left/right specific (e.g. touching the left/right ear)
-    "frames": 16,  # frames per clip, sampled as `extract video` does (MViTv2-S is built for 16)
+    "frames": 16,  # frames per clip, sampled as `extract video` does (MViTv2-S is built for 16; other
+                   # backbones: their recipe's clip_len, the only value they take)
     "patience": 0,  # stop after this many epochs without a better val_top1; 0 = never
     "seed": 0,  # head weights, clip order, augmentation, drop path
     "workers": 2,  # DataLoader processes decoding clips (per training process)
@@ -98,14 +106,22 @@ DEFAULTS: dict[str, Any] = {
 RESUMABLE = ("epochs", "workers", "activation_checkpointing", "patience")
 
 
-def check_config(cfg: dict[str, Any]) -> None:
-    """UserError (one line) on a setting out of range."""
+def check_config(cfg: dict[str, Any], backbone: str = DEFAULT_BACKBONE,
+                 recipe: dict[str, Any] | None = None) -> None:
+    """UserError (one line) on a setting out of range, or one the backbone (with its `recipe`) cannot take."""
     from migfuse.backbones.mvit import WIDTHS
     from migfuse.training.config import check_choice, check_positive
 
     check_choice(cfg, "width", WIDTHS)
+    if backbone != DEFAULT_BACKBONE and cfg["width"] != "full":
+        raise UserError(f"the config: width is a setting of mvit_v2_s; {backbone}'s architecture comes from its "
+                        "--checkpoint (drop width)")
     check_balance(cfg["balance"])
     check_positive(cfg, ("epochs", "batch_size", "target_batch", "lr", "frames", "layer_decay"))
+    clip_len = (recipe or {}).get("clip_len")
+    if backbone != DEFAULT_BACKBONE and clip_len and cfg["frames"] != clip_len:
+        raise UserError(f"the config: {backbone} takes {clip_len} frames per clip (its checkpoint's recipe, as "
+                        f"`extract video` feeds it), not frames={cfg['frames']}: drop frames")
     if cfg["layer_decay"] > 1:
         raise UserError(f"the config: layer_decay must be in (0, 1], not {cfg['layer_decay']!r}")
     for key in ("crop_scale", "crop_ratio"):
@@ -116,91 +132,71 @@ def check_config(cfg: dict[str, Any]) -> None:
 
 
 def resolve(config: str | Path | dict | None = None, sets: Sequence[str] = (),
-            flags: dict[str, Any] | None = None) -> dict[str, Any]:
-    """DEFAULTS <- `config` (JSON/TOML file or dict) <- `sets` ("k=v") <- `flags`, checked (UserError)."""
+            flags: dict[str, Any] | None = None, backbone: str = DEFAULT_BACKBONE,
+            checkpoint: CheckpointFile | str | Path | None = None) -> dict[str, Any]:
+    """DEFAULTS (`frames` = the backbone's recipe, MViTv2-S's 16 by default) <- `config` (JSON/TOML file
+    or dict) <- `sets` ("k=v") <- `flags`, checked (UserError; also for a backbone that is not trainable)."""
     from migfuse.training.config import resolve_config
 
-    cfg = resolve_config(DEFAULTS, config=config, sets=sets, flags=flags)
-    check_config(cfg)
+    family = video_family(backbone)
+    defaults, recipe = dict(DEFAULTS), None
+    if backbone != DEFAULT_BACKBONE:
+        recipe = family.recipe(checkpoint)
+        defaults["frames"] = int(recipe["clip_len"])
+    cfg = resolve_config(defaults, config=config, sets=sets, flags=flags)
+    check_config(cfg, backbone, recipe)
     return cfg
 
 
 # ------------------------------------------------------------------------------------------------
-# the model and its optimiser
+# the model and its optimiser (the per-backbone parts are `video_models`)
 # ------------------------------------------------------------------------------------------------
-def build_model(cfg: dict[str, Any], base: CheckpointFile | str | Path | None) -> tuple[nn.Module, dict[str, Any]]:
-    """MViTv2-S (`cfg["width"]`) with the base checkpoint's weights and a fresh 32-class head.
+def build_model(cfg: dict[str, Any], base: CheckpointFile | str | Path | None,
+                family: VideoFamily | str = DEFAULT_BACKBONE) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone of `family` (an adapter or a backbone name) with the base checkpoint's weights and a
+    fresh 32-class head (`video_models`); the adapter keeps the recipe (`family.preprocessing`).
 
-    Returns (module, base provenance {"base_checkpoint", "base_checkpoint_sha256"}). Without `base`
-    the weights are random (seeded; warned): only for tests. A `base` given as a path is read
-    weights-only; pass a `CheckpointFile(path, trusted=True)` for the user's --trust-checkpoint.
+    Returns (weights module, base provenance {"base_checkpoint", "base_checkpoint_sha256", ...}).
+    Without `base` the weights are random (seeded; warned): only for tests. A `base` given as a path
+    is read weights-only; pass a `CheckpointFile(path, trusted=True)` for the user's --trust-checkpoint.
     """
-    from migfuse.backbones.mvit import MViTBackbone
+    from migfuse.checkpoint_file import as_checkpoint
 
-    torch.manual_seed(cfg["seed"])
-    bb = MViTBackbone(num_classes=400, width=cfg["width"], drop_path=cfg["drop_path"])
-    if base is not None:
-        bb.load(base)
-        if bb.width != cfg["width"]:
-            raise UserError(f"{base} is a {bb.width}-width model; train it with --set width={bb.width}")
-    else:
-        log.warning("NO BASE CHECKPOINT: fine-tuning starts from RANDOM weights; pass --checkpoint "
-                    "mvit_v2_s-ae3be167.pth (torchvision Kinetics-400) for a real run")
-    model = bb.model
-    model.head[0].p = cfg["head_dropout"]
-    head = nn.Linear(model.head[1].in_features, NUM_CLASSES)
-    nn.init.trunc_normal_(head.weight, std=0.02)  # torchvision's MViT initialisation
-    nn.init.zeros_(head.bias)
-    model.head[1] = head
-    info = {"base_checkpoint": str(base) if base is not None else None,
-            "base_checkpoint_sha256": bb.checkpoint_sha256 if base is not None else None}
-    if bb.fine_tune:  # fine-tuning a fine-tuned run again: keep the chain
-        info["base_fine_tune"] = {k: bb.fine_tune.get(k) for k in ("run_id", "base_checkpoint_sha256")}
-    return model, info
+    family = video_family(family) if isinstance(family, str) else family
+    return family.build(cfg, as_checkpoint(base) if base is not None else None)
 
 
 class FineTuneModel(nn.Module):
-    """torchvision's MViT as a classifier whose forward is `mvit.forward_tokens` (the extraction maths),
-    with optional activation checkpointing. `.mvit` holds the weights that go into best.pt."""
+    """The backbone as a classifier whose forward is the extraction maths (`family.forward`), with
+    optional activation checkpointing. `.weights` holds what goes into best.pt."""
 
-    def __init__(self, mvit: nn.Module, checkpointing: bool = False):
+    def __init__(self, weights: nn.Module, checkpointing: bool = False, family: VideoFamily | None = None,
+                 head_dropout: float = 0.0):
         super().__init__()
-        self.mvit, self.checkpointing = mvit, checkpointing
+        self.weights, self.checkpointing = weights, checkpointing
+        self.family = family or video_family(DEFAULT_BACKBONE)
+        self.dropout = nn.Dropout(head_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 16, 224, 224) normalised float -> (B, 32) logits."""
-        from migfuse.backbones.mvit import forward_tokens
-
-        return forward_tokens(self.mvit, x, self.checkpointing)[1]
+        """(B, 3, T, H, W) normalised float -> (B, 32) logits."""
+        return self.family.forward(self.weights, x, self.dropout, self.checkpointing)
 
 
-def layer_id(name: str, num_blocks: int) -> int:
-    """Depth of a parameter of torchvision's MViT for layer-wise lr decay: conv_proj and pos_encoding
-    0, blocks.i -> i + 1, the final norm and head num_blocks + 1."""
-    if name.startswith(("conv_proj.", "pos_encoding.")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_blocks + 1
+def param_groups(model: nn.Module, lr: float, layer_decay: float, weight_decay: float,
+                 family: VideoFamily | None = None) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable parameters: one per (depth, decay or not),
+    lr = lr * layer_decay ** (N + 1 - depth) (`family.layers`: MViTv2-S's by default).
 
-
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Norm weights, biases, the class token and relative position tables get no weight decay."""
-    return param.ndim <= 1 or name.startswith("pos_encoding.") or ".rel_pos_" in name
-
-
-def param_groups(model: nn.Module, lr: float, layer_decay: float, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: one per (depth, decay or not), lr = lr * layer_decay ** (N + 1 - depth).
-
-    Each group carries "lr_scale" (its share of the scheduled lr) and "layer" (for tests and logs).
+    Each group carries "lr_scale" (its share of the scheduled lr), "layer" and "names" (tests, logs).
     """
-    num_blocks = len(model.blocks)
+    family = family or video_family(DEFAULT_BACKBONE)
+    num_blocks, layer_id = family.layers(model)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        depth = layer_id(name, num_blocks)
-        decay = not no_weight_decay(name, p)
+        depth = layer_id(name)
+        decay = not family.no_weight_decay(name, p)
         key = (depth, decay)
         if key not in groups:
             scale = layer_decay ** (num_blocks + 1 - depth)
@@ -212,17 +208,9 @@ def param_groups(model: nn.Module, lr: float, layer_decay: float, weight_decay: 
     return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
 
 
-
 def _unwrapped(model: nn.Module) -> nn.Module:
-    """The torchvision MViT inside DDP and FineTuneModel."""
-    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    return model.mvit if isinstance(model, FineTuneModel) else model
-
-
-def state_dict_plain(model: nn.Module) -> dict[str, torch.Tensor]:
-    """torchvision MViT weights (no DDP `module.` prefix, no wrapper prefix), on the CPU."""
-    return {k: v.detach().cpu() for k, v in _unwrapped(model).state_dict().items()}
-
+    """The FineTuneModel inside DDP."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,65 +288,77 @@ def run_id_of(out: Path) -> str:
 def fine_tune_video(prepared: str | Path, out: str | Path, checkpoint: str | Path | None = None, *,
                     config: str | Path | dict | None = None, sets: Sequence[str] = (),
                     flags: dict[str, Any] | None = None, overwrite: bool = False,
-                    runtime: Runtime | None = None) -> dict[str, Any]:
-    """Fine-tune MViTv2-S from `checkpoint` on the training clips of `prepared`; resumable.
+                    runtime: Runtime | None = None, backbone: str = DEFAULT_BACKBONE) -> dict[str, Any]:
+    """Fine-tune the video backbone `backbone` from `checkpoint` on the training clips of `prepared`; resumable.
 
     Args:
         prepared: PREPARED folder (`migfuse data prepare`), with its video files.
         out: run folder (migfuse.training layout; an earlier run of the same settings resumes).
-        checkpoint: base MViTv2-S file (torchvision `mvit_v2_s-ae3be167.pth`, mmaction2, or a migfuse
-            fine-tuned best.pt); None = random weights, for tests only (warned).
+        checkpoint: the base weights in a format the backbone's loader reads (MViTv2-S: torchvision
+            `mvit_v2_s-ae3be167.pth`, mmaction2; Video Swin: torchvision or mmaction2 files; videomae /
+            vjepa2: a local Hugging Face folder), or a migfuse fine-tuned best.pt of the same backbone;
+            None = random weights, for tests only (warned).
         config, sets, flags: settings over DEFAULTS (file or dict, "k=v" strings, CLI options).
         overwrite: replace a run of other settings in `out`.
         runtime: where it runs: device, precision (bf16 autocast or fp32), torchrun ranks (joined here
             when the caller has not); None = `Runtime()`, the CPU in fp32.
+        backbone: a trainable video backbone (`video_models.TRAINABLE`), default mvit_v2_s.
     Returns:
         {"best": best epoch's record, "history", "epochs_run", "n_train", "n_validation",
-        "validation_source", "best_checkpoint"}; best.pt loads with `extract video --checkpoint`.
+        "validation_source", "best_checkpoint"}; best.pt loads with
+        `extract video --backbone BACKBONE --checkpoint`.
     Raises:
-        UserError: bad settings, fp16, no usable clips, a base checkpoint that does not fit, a run
-            folder of other settings or in use.
+        UserError: a backbone that is not trainable, bad settings, fp16, no usable clips, a base
+            checkpoint that does not fit, a run folder of other settings or in use.
     """
-    cfg = resolve(config, sets, flags)
+    family = video_family(backbone)
     runtime = training_runtime(runtime)
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise UserError(f"checkpoint not found: {checkpoint} (pass a local MViTv2-S file, e.g. "
-                        "mvit_v2_s-ae3be167.pth)")
+    if checkpoint is not None and not Path(checkpoint).exists():
+        from migfuse.backbones.registry import backbone_class
+
+        raise UserError(f"checkpoint not found: {checkpoint} (pass {backbone_class(backbone).checkpoint_doc})")
     # read and hashed once, trusted only on the user's --trust-checkpoint
     checkpoint = CheckpointFile(checkpoint, trusted=runtime.trust_checkpoint) if checkpoint is not None else None
+    cfg = resolve(config, sets, flags, backbone, checkpoint)
     with runtime.process_group():  # NCCL on a GPU, gloo on the CPU; a no-op without torchrun
-        return _fine_tune(Path(prepared), Path(out), checkpoint, cfg, overwrite, runtime)
+        return _fine_tune(Path(prepared), Path(out), checkpoint, cfg, overwrite, runtime, family)
 
 
 def _fine_tune(prepared: Path, out: Path, checkpoint: CheckpointFile | None, cfg: dict[str, Any], overwrite: bool,
-               runtime: Runtime) -> dict[str, Any]:
-    from migfuse.backbones.mvit import FINETUNE_KIND, PREPROCESSING
+               runtime: Runtime, family: VideoFamily) -> dict[str, Any]:
     from migfuse.extract.sampling import ClipSampling
     from migfuse.training.loop import Selection, epoch_generator, fit
 
     device, rank, world = runtime.device, runtime.rank, runtime.world
     manifest = Manifest.load(prepared)
     train_ids, val_ids, source = choose_video_split(manifest)
+    weights, base_info = build_model(cfg, checkpoint, family)
+    pre = family.preprocessing
     if runtime.main:
-        log.info("fine-tuning MViTv2-S (%s width) on %d clips, validating on %d (%s), %d process(es) on %s, %s",
-                 cfg["width"], len(train_ids), len(val_ids), source, world, device, runtime.precision)
+        log.info("fine-tuning %s%s on %d clips, validating on %d (%s), %d process(es) on %s, %s", family.backbone,
+                 f" ({cfg['width']} width)" if family.backbone == DEFAULT_BACKBONE else "", len(train_ids),
+                 len(val_ids), source, world, device, runtime.precision)
+    # MViTv2-S's keys stay as they were, so its earlier run folders resume; the others name their model
+    model_facts = ({"width": cfg["width"]} if family.backbone == DEFAULT_BACKBONE else
+                   {"backbone": family.backbone, **{k: v for k, v in base_info.items()
+                                                    if k not in ("base_checkpoint", "base_checkpoint_sha256",
+                                                                 "base_fine_tune")}})
     provenance = {
-        "kind": FINETUNE_KIND, "width": cfg["width"], "num_classes": NUM_CLASSES, "data": str(prepared.resolve()),
+        "kind": family.kind, **model_facts, "num_classes": NUM_CLASSES, "data": str(prepared.resolve()),
         "base_checkpoint": str(checkpoint) if checkpoint is not None else None,
         "base_checkpoint_sha256": checkpoint.sha256 if checkpoint is not None else None,
         "split": source, "train_clips": len(train_ids), "val_clips": len(val_ids),
-        "preprocessing": PREPROCESSING, "sampling": ClipSampling(frames=cfg["frames"]).record(),
+        "preprocessing": pre, "sampling": ClipSampling(frames=cfg["frames"]).record(),
     }
-    mvit, base_info = build_model(cfg, checkpoint)
-    mvit.to(device)
+    weights.to(device)
     if "base_fine_tune" in base_info:
         provenance["base_fine_tune"] = base_info["base_fine_tune"]
-    train_ds = VideoClipDataset(manifest, train_ids, cfg["frames"])
-    val_ds = VideoClipDataset(manifest, val_ids, cfg["frames"])
-    weights = class_weights(train_ds.labels, NUM_CLASSES, power=0.5)  # inverse square root of the frequency
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(device) if cfg["balance"] == "loss" else None,
+    train_ds = VideoClipDataset(manifest, train_ids, cfg["frames"], pre)
+    val_ds = VideoClipDataset(manifest, val_ids, cfg["frames"], pre)
+    weights_per_class = class_weights(train_ds.labels, NUM_CLASSES, power=0.5)  # inverse sqrt of the frequency
+    loss_fn = nn.CrossEntropyLoss(weight=weights_per_class.to(device) if cfg["balance"] == "loss" else None,
                                   label_smoothing=cfg["label_smoothing"])
-    groups = param_groups(mvit, cfg["lr"], cfg["layer_decay"], cfg["weight_decay"])
+    groups = param_groups(weights, cfg["lr"], cfg["layer_decay"], cfg["weight_decay"], family)
     optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups],
                                   lr=cfg["lr"], betas=(0.9, 0.999))
     accum = max(1, math.ceil(cfg["target_batch"] / (cfg["batch_size"] * world)))
@@ -369,8 +369,9 @@ def _fine_tune(prepared: Path, out: Path, checkpoint: CheckpointFile | None, cfg
     warmup = round(cfg["warmup_epochs"] * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total, warmup, cfg["min_lr_ratio"]))
-    augment = Augment(tuple(cfg["crop_scale"]), tuple(cfg["crop_ratio"]), cfg["color_jitter"], cfg["hflip"])
-    model: nn.Module = FineTuneModel(mvit, cfg["activation_checkpointing"])
+    augment = Augment(tuple(cfg["crop_scale"]), tuple(cfg["crop_ratio"]), cfg["color_jitter"], cfg["hflip"],
+                      mean=tuple(pre["mean"]), std=tuple(pre["std"]))
+    model: nn.Module = FineTuneModel(weights, cfg["activation_checkpointing"], family, cfg["head_dropout"])
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -417,8 +418,8 @@ def _fine_tune(prepared: Path, out: Path, checkpoint: CheckpointFile | None, cfg
     with _run_folder(out, cfg, provenance, overwrite, runtime) as run:
         if runtime.main:
             run.update_provenance({"run_id": run_id_of(out), "run_dir": str(out.resolve()), "world_size": world,
-                                   "compute": runtime.record()})
-        result = fit(run, mvit, optimizer, scheduler=scheduler, epochs=cfg["epochs"], train_epoch=train_epoch,
+                                   "compute": runtime.record(), "backbone": family.backbone})
+        result = fit(run, weights, optimizer, scheduler=scheduler, epochs=cfg["epochs"], train_epoch=train_epoch,
                      validate=validate if len(val_ds) else None, select=Selection("val_top1", "max", "val_loss"),
                      patience=cfg["patience"], seed=cfg["seed"], steps_per_epoch=steps_per_epoch,
                      desc=f"video fine-tuning (rank {rank})" if world > 1 else "video fine-tuning")
@@ -439,18 +440,19 @@ def _optimizer_step(model: nn.Module, optimizer, scheduler, clip_grad: float) ->
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: VideoClipDataset, runtime: Runtime, loader_args: dict) -> dict[str, float]:
     """val_loss, val_top1, val_top5 on `dataset` with no augmentation (the extraction input), over all ranks."""
-    from migfuse.backbones.mvit import PREPROCESSING, forward_tokens
     from migfuse.backbones.video_input import normalise_clips
 
-    mvit = _unwrapped(model)
-    mvit.eval()
+    classifier = _unwrapped(model)
+    classifier.eval()
+    pre = dataset.preprocessing
     order = list(range(runtime.rank, len(dataset), runtime.world))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, order), shuffle=False, **loader_args)
     n = loss_sum = top1 = top5 = 0.0
     for x, y in decoded_batches(loader):
         x, y = x.to(runtime.device), y.to(runtime.device)
         with runtime.autocast():
-            _, logits = forward_tokens(mvit, normalise_clips(x, PREPROCESSING["mean"], PREPROCESSING["std"]))
+            # the classifier itself, not DDP: ranks validate different numbers of clips
+            logits = classifier(normalise_clips(x, pre["mean"], pre["std"]))
         logits = logits.float()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         top1 += float((logits.argmax(1) == y).sum())

@@ -2,6 +2,7 @@
 order, and the training augmentation.
 
     ds = VideoClipDataset(manifest, ids, frames=16)      # ds[i] = ((16, 224, 224, 3) uint8, label) or None
+                                                         # (+ a backbone's recipe: its resize, crop, mean/std)
     loader = DataLoader(Subset(ds, epoch_order(ds.labels, "sampler", seed, epoch, rank, world)),
                         batch_size=4, collate_fn=collate)
     for x, y in decoded_batches(loader):                 # (B, 16, 224, 224, 3) uint8, (B,) int64
@@ -17,6 +18,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,32 +53,42 @@ def choose_video_split(manifest: Manifest) -> tuple[list[str], list[str], str]:
     return train, val, split.source
 
 
-def clip_loader(manifest: Manifest, frames: int = 16):
-    """The `extract video` loader (decoding, sampling, resize + centre crop) for this manifest.
+def clip_loader(manifest: Manifest, frames: int = 16, preprocessing: dict[str, Any] | None = None):
+    """The `extract video` loader (decoding, sampling, resize + centre crop) for this manifest, with the
+    resize and crop of `preprocessing` (a backbone's recipe; None = `mvit.PREPROCESSING`).
 
     The one place fine-tuning reaches the decoder: switch here if `video.ClipLoader` changes.
     """
-    from migfuse.backbones.mvit import PREPROCESSING
     from migfuse.extract.sampling import ClipSampling
     from migfuse.extract.video import ClipLoader
 
+    pre = preprocessing or _mvit_recipe()
     clips = {c.clip_id: (c.start_frame, c.end_frame) for c in manifest.clips}
-    return ClipLoader(paths=manifest.video_files(), short_side=int(PREPROCESSING["resize_short_side"]),
-                      crop=int(PREPROCESSING["crop_size"][0]), clips=clips, sampling=ClipSampling(frames=frames))
+    return ClipLoader(paths=manifest.video_files(), short_side=int(pre["resize_short_side"]),
+                      crop=int(pre["crop_size"][0]), clips=clips, sampling=ClipSampling(frames=frames))
+
+
+def _mvit_recipe() -> dict[str, Any]:
+    from migfuse.backbones.mvit import PREPROCESSING
+
+    return PREPROCESSING
 
 
 class VideoClipDataset(torch.utils.data.Dataset):
-    """(frames (F, 224, 224, 3) uint8, label) per clip, exactly as `extract video` prepares them.
+    """(frames (F, crop, crop, 3) uint8, label) per clip, exactly as `extract video` prepares them for a
+    backbone of recipe `preprocessing` (None = MViTv2-S's; kept as `.preprocessing` for the mean/std).
 
     A clip that cannot be decoded yields None (dropped by `collate`, logged once per clip), so one
     damaged video does not stop a long run.
     """
 
-    def __init__(self, manifest: Manifest, ids: Sequence[str], frames: int = 16):
+    def __init__(self, manifest: Manifest, ids: Sequence[str], frames: int = 16,
+                 preprocessing: dict[str, Any] | None = None):
         self.ids = list(ids)
         self.labels = np.array([manifest.clip(i).label for i in self.ids], dtype=np.int64)
         self.videos = [manifest.clip(i).video_id for i in self.ids]
-        self.loader = clip_loader(manifest, frames)
+        self.preprocessing = dict(preprocessing or _mvit_recipe())
+        self.loader = clip_loader(manifest, frames, self.preprocessing)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -135,14 +147,16 @@ class Augment:
 
     Per clip (the same for all its frames): a random resized crop of the 224x224 frames resized back
     to 224 (bilinear), colour jitter (brightness, contrast, saturation, random order not needed at
-    these strengths), optional horizontal flip. Parameters come from a CPU generator, so a run is
-    reproducible whatever the device.
+    these strengths), optional horizontal flip; then the backbone recipe's `mean`/`std` (None =
+    MViTv2-S's). Parameters come from a CPU generator, so a run is reproducible whatever the device.
     """
 
     crop_scale: tuple[float, float] = (0.4, 1.0)
     crop_ratio: tuple[float, float] = (0.75, 1.3333)
     color_jitter: float = 0.3
     hflip: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def crop_box(self, h: int, w: int, gen: torch.Generator) -> tuple[int, int, int, int]:
         """(top, left, height, width) as torchvision's RandomResizedCrop.get_params (10 tries, then whole)."""
@@ -180,7 +194,7 @@ class Augment:
             gray = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
             out = (out - gray) * sat + gray
             out = out.clamp_(0.0, 1.0)
-        from migfuse.backbones.mvit import PREPROCESSING
         from migfuse.backbones.video_input import standardise
 
-        return standardise(out, PREPROCESSING["mean"], PREPROCESSING["std"])
+        pre = _mvit_recipe()
+        return standardise(out, self.mean or pre["mean"], self.std or pre["std"])
