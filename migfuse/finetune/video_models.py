@@ -205,6 +205,23 @@ class HFClassifier(nn.Module):
         self.model = model
         self.hidden_state = hidden_state  # the backbone's own: (B, T, 3, H, W) -> last hidden state, on `model`
         self.head = nn.Sequential(nn.LayerNorm(hidden_size), _fresh_head(hidden_size))
+        self.checkpointing = False  # transformers' gradient checkpointing is on (`HFFamily.forward`)
+
+
+def _set_drop_path(model: nn.Module, rate: float) -> None:
+    """Stochastic depth linear in depth up to `rate` on the encoder layers of a transformers model that
+    has it (V-JEPA 2's `drop_path`, built as Identity when the folder's config says 0; VideoMAE has
+    none). The drop-path modules hold no weights, so best.pt's keys stay the folder's."""
+    import sys
+
+    modeling = sys.modules[type(model).__module__]
+    drop_path = next((getattr(modeling, n) for n in dir(modeling) if n.endswith("DropPath")), None)
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if drop_path is None or layers is None or rate <= 0:
+        return
+    for i, layer in enumerate(layers):
+        if hasattr(layer, "drop_path"):
+            layer.drop_path = drop_path(rate * i / max(1, len(layers) - 1))
 
 
 class HFFamily(VideoFamily):
@@ -220,10 +237,7 @@ class HFFamily(VideoFamily):
         else:
             _random_warning(self.backbone)
         model = bb.model.train()
-        if hasattr(model.config, "drop_path_rate"):  # V-JEPA 2's stochastic depth; VideoMAE has none
-            for module in model.modules():
-                if hasattr(module, "drop_prob"):
-                    module.drop_prob = cfg["drop_path"]
+        _set_drop_path(model, cfg["drop_path"])
         for name, p in model.named_parameters():
             if name.startswith(getattr(bb, "unused_prefixes", ())):
                 p.requires_grad_(False)  # V-JEPA 2's predictor: the tokens never pass through it
@@ -235,11 +249,12 @@ class HFFamily(VideoFamily):
 
     def forward(self, weights: nn.Module, x: torch.Tensor, dropout: nn.Module,
                 checkpointing: bool = False) -> torch.Tensor:
-        if checkpointing != getattr(weights.model, "is_gradient_checkpointing", False):
+        if checkpointing != weights.checkpointing:  # transformers' own, per encoder layer (in train mode)
             if checkpointing:
                 weights.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             else:
                 weights.model.gradient_checkpointing_disable()
+            weights.checkpointing = checkpointing
         hidden = weights.hidden_state(x.permute(0, 2, 1, 3, 4))  # transformers: frames first
         return weights.head[1](dropout(weights.head[0](hidden.mean(1))))
 
