@@ -265,3 +265,42 @@ def test_an_mmaction_layout_swin_trains_in_two_gloo_torchrun_processes(bases, pr
     meta = torch.load(out / "best.pt", weights_only=True)["meta"]["migfuse"]
     assert meta["world_size"] == 2 and meta["kind"] == "mmaction_swin3d_t fine-tuned"
     assert meta["preprocessing"]["resize_short_side"] == 224  # mmaction2's recipe, not torchvision's 256
+
+
+@pytest.mark.skipif(not _has_transformers(), reason="vit extra")
+def test_a_pt_file_that_is_no_fine_tuned_vit_is_one_line(runs, tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    for file in (tmp_path / "other.pt", runs["swin3d_t"][0] / "best.pt"):
+        r = CliRunner().invoke(app, ["backbone", "info", "videomae", "--checkpoint", str(file)])
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
+        assert (f"{file} is a file, not a Hugging Face model folder nor the best.pt of `migfuse backbone train "
+                "video --backbone videomae`") in r.stderr
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(bases, name):
+    from migfuse.finetune.video_models import video_family
+
+    family = video_family(name)
+    cfg = vt.resolve(sets=FAST, backbone=name, checkpoint=bases[name])
+    weights, _ = family.build(cfg, bases[name])
+    pre = family.preprocessing
+    x = torch.randn(1, 3, pre["clip_len"], *pre["crop_size"], generator=torch.Generator().manual_seed(0))
+    # a module inside what is checkpointed (transformers checkpoints a layer's forward, not its hooks); a
+    # pre-hook, as the recomputation may stop once it has what the backward needs
+    first_block = (weights.features[0] if name == "swin3d_t"
+                   else next(iter(weights.model.encoder.layer[0].children())))
+    calls = []
+    first_block.register_forward_pre_hook(lambda *_: calls.append(1))
+    grads, runs_of_block = [], []
+    for checkpointing in (False, True):
+        model = vt.FineTuneModel(weights, checkpointing, family).train()
+        weights.zero_grad()
+        calls.clear()
+        model(x).square().sum().backward()
+        runs_of_block.append(len(calls))
+        grads.append({n: p.grad.clone() for n, p in weights.named_parameters() if p.grad is not None})
+    assert runs_of_block == [1, 2]  # recomputed in the backward pass
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6, msg=n)

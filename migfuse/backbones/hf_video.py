@@ -50,6 +50,11 @@ def import_transformers() -> Any:
                         "(`pip install -e .[vit]`)") from None
 
 
+def _is_torch_file(path: Path) -> bool:
+    """A .pt / .pth file: what `backbone train video` writes (best.pt); anything else is read as a folder."""
+    return path.is_file() and path.suffix.lower() in (".pt", ".pth")
+
+
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """transformers' load report and progress bars off while a folder loads (migfuse reports the keys)."""
@@ -127,7 +132,7 @@ class HFVideoBackbone(Backbone):
 
     @classmethod
     def recipe(cls, checkpoint: CheckpointFile | str | Path | None) -> dict[str, Any]:
-        if checkpoint is not None and as_checkpoint(checkpoint).path.is_file():  # a fine-tuned best.pt
+        if checkpoint is not None and _is_torch_file(as_checkpoint(checkpoint).path):  # a fine-tuned best.pt
             return dict(cls._fine_tuned_meta(as_checkpoint(checkpoint))["preprocessing"])
         folder = None if checkpoint is None else as_checkpoint(checkpoint).path
         config = cls.make_config(folder)
@@ -182,7 +187,7 @@ class HFVideoBackbone(Backbone):
         import torch
 
         ckpt = as_checkpoint(checkpoint, trusted)
-        if ckpt.path.is_file():
+        if _is_torch_file(ckpt.path):
             return self._load_fine_tuned(ckpt)
         folder = ckpt.path
         config = self.make_config(folder)

@@ -208,6 +208,20 @@ class HFClassifier(nn.Module):
         self.checkpointing = False  # transformers' gradient checkpointing is on (`HFFamily.forward`)
 
 
+def _switch_checkpointing(model: nn.Module, on: bool) -> None:
+    """transformers' activation checkpointing on or off (its older name where that is all there is)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def _set_drop_path(model: nn.Module, rate: float) -> None:
     """Stochastic depth linear in depth up to `rate` on the encoder layers of a transformers model that
     has it (V-JEPA 2's `drop_path`, built as Identity when the folder's config says 0; VideoMAE has
@@ -250,10 +264,7 @@ class HFFamily(VideoFamily):
     def forward(self, weights: nn.Module, x: torch.Tensor, dropout: nn.Module,
                 checkpointing: bool = False) -> torch.Tensor:
         if checkpointing != weights.checkpointing:  # transformers' own, per encoder layer (in train mode)
-            if checkpointing:
-                weights.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                weights.model.gradient_checkpointing_disable()
+            _switch_checkpointing(weights.model, checkpointing)
             weights.checkpointing = checkpointing
         hidden = weights.hidden_state(x.permute(0, 2, 1, 3, 4))  # transformers: frames first
         return weights.head[1](dropout(weights.head[0](hidden.mean(1))))
