@@ -257,8 +257,10 @@ class HFFamily(VideoFamily):
                 p.requires_grad_(False)  # V-JEPA 2's predictor: the tokens never pass through it
         weights = HFClassifier(model, bb.hidden_state, int(bb.config.hidden_size))  # bb.model is `model`
         self.preprocessing = dict(bb.preprocessing)
-        info = {**_base_info(base, bb), "hf_config": bb.config.to_dict(), "model_type": bb.model_type,
-                **bb.licence}
+        # the config that rebuilds the model from best.pt (`hf_video`); not the transformers version that wrote
+        # it, so a run resumes after an upgrade
+        hf_config = {k: v for k, v in bb.config.to_dict().items() if k != "transformers_version"}
+        info = {**_base_info(base, bb), "hf_config": hf_config, "model_type": bb.model_type, **bb.licence}
         return weights, info
 
     def forward(self, weights: nn.Module, x: torch.Tensor, dropout: nn.Module,
