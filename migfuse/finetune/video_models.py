@@ -41,7 +41,7 @@ class VideoFamily:
     def __init__(self, backbone: str):
         self.backbone = backbone
         self.kind = f"{backbone} fine-tuned"
-        #: the input recipe (clip_len, resize_short_side, crop_size, mean, std), set by `build`/`recipe`
+        #: the input recipe (clip_len, resize_short_side, crop_size, mean, std) of the built model, set by `build`
         self.preprocessing: dict[str, Any] = {}
 
     def recipe(self, checkpoint: CheckpointFile | None) -> dict[str, Any]:
