@@ -170,6 +170,8 @@ def test_backbone_info_reads_the_fine_tuned_file_and_another_backbone_name_is_re
     r = CliRunner().invoke(app, ["backbone", "info", name, "--checkpoint", str(run / "best.pt")])
     assert r.exit_code == 0, r.output
     assert "keys:" in r.stdout and "preprocess:  clip_len" in r.stdout
+    top1 = torch.load(run / "best.pt", weights_only=True)["meta"]["migfuse"]["val_top1"]
+    assert f"fine-tuned:  run {run.resolve()}@" in r.stdout and f"epoch 1, val top-1 {top1:.4f}" in r.stdout
     other = {"swin3d_t": "mmaction_swin3d_t", "videomae": "vjepa2", "vjepa2": "videomae"}[name]
     r = CliRunner().invoke(app, ["backbone", "info", other, "--checkpoint", str(run / "best.pt")])
     assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
@@ -345,3 +347,21 @@ def test_validation_input_is_exactly_what_extract_video_feeds_the_fine_tuned_mod
     frames, label = vd.VideoClipDataset(manifest, ["0003_1"], pre["clip_len"], pre)[0]
     assert label == manifest.clip("0003_1").label
     assert torch.equal(normalise_clips(torch.from_numpy(frames)[None], pre["mean"], pre["std"]), seen[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_bf16_autocast_step_trains_every_family(bases, name):
+    """--precision bf16 (the trainer's `runtime.autocast()`) runs the adapter's forward and backward."""
+    from migfuse.runtime import Precision, Runtime
+
+    family = video_family(name)
+    weights, _ = family.build(vt.resolve(sets=FAST, backbone=name, checkpoint=bases[name]), bases[name])
+    pre = family.preprocessing
+    x = torch.randn(2, 3, pre["clip_len"], *pre["crop_size"], generator=torch.Generator().manual_seed(0))
+    model = vt.FineTuneModel(weights, False, family, 0.5).train()
+    with Runtime(device="cpu", precision=Precision.BF16).autocast():
+        logits = model(x)
+    assert logits.dtype == torch.bfloat16 and logits.shape == (2, 32)
+    torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1])).backward()
+    grads = [p.grad for p in weights.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)

@@ -69,6 +69,12 @@ def backbone_info(
         typer.echo(f"keys:        {report.summary()}")
         for note in report.notes:
             typer.echo(f"note:        {note}")
+        fine = bb.provenance().get("fine_tuned")  # a `backbone train video` best.pt: the run it came from
+        if fine:
+            top1 = fine.get("val_top1")
+            typer.echo(f"fine-tuned:  run {fine.get('run_id')}, epoch {fine.get('epoch')}"
+                       f"{f', val top-1 {top1:.4f}' if isinstance(top1, (int, float)) else ''}, base sha256 "
+                       f"{fine.get('base_checkpoint_sha256')}")
     typer.echo(f"input:       {bb.input_doc}")
     for out_name, doc in bb.outputs_doc.items():
         typer.echo(f"output:      {out_name} {doc}")
