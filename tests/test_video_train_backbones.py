@@ -272,11 +272,28 @@ def test_an_mmaction_layout_swin_trains_in_two_gloo_torchrun_processes(bases, pr
 @pytest.mark.skipif(not _has_transformers(), reason="vit extra")
 def test_a_pt_file_that_is_no_fine_tuned_vit_is_one_line(runs, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    for file in (tmp_path / "other.pt", runs["swin3d_t"][0] / "best.pt"):
-        r = CliRunner().invoke(app, ["backbone", "info", "videomae", "--checkpoint", str(file)])
+    file = tmp_path / "other.pt"
+    r = CliRunner().invoke(app, ["backbone", "info", "videomae", "--checkpoint", str(file)])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
+    assert (f"{file} is a file, not a Hugging Face model folder nor the best.pt of `migfuse backbone train "
+            "video --backbone videomae`") in r.stderr
+
+
+def test_a_run_given_to_another_backbone_is_one_line_naming_the_one_it_trained(runs, tmp_path):
+    """The likely slip: `extract video --checkpoint runs/swin3d_t/best.pt` without --backbone (mvit_v2_s)."""
+    from migfuse.backbones.mvit import FINETUNE_KIND, build_mvit
+
+    swin_run = runs["swin3d_t"][0] / "best.pt"
+    torch.save({"meta": {"migfuse": {"kind": FINETUNE_KIND, "width": "demo"}},
+                "state_dict": build_mvit("demo", 32).state_dict()}, tmp_path / "mvit_best.pt")
+    cases = [("mvit_v2_s", swin_run, "swin3d_t"), ("swin3d_t", tmp_path / "mvit_best.pt", "mvit_v2_s")]
+    if _has_transformers():
+        cases += [("videomae", swin_run, "swin3d_t"), ("swin3d_b", runs["vjepa2"][0] / "best.pt", "vjepa2")]
+    for name, file, trained in cases:
+        r = CliRunner().invoke(app, ["backbone", "info", name, "--checkpoint", str(file)])
         assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.output, r.output
-        assert (f"{file} is a file, not a Hugging Face model folder nor the best.pt of `migfuse backbone train "
-                "video --backbone videomae`") in r.stderr
+        assert f"{file} was fine-tuned as {trained} (with its input recipe), not {name}: use --backbone {trained}" \
+            in r.stderr
 
 
 @pytest.mark.parametrize("name", NAMES)

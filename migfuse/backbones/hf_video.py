@@ -223,11 +223,12 @@ class HFVideoBackbone(Backbone):
     def _fine_tuned_meta(cls, ckpt: CheckpointFile) -> dict[str, Any]:
         """meta["migfuse"] of a best.pt fine-tuned as this backbone, with the config and recipe it needs."""
         meta = fine_tuned.read_meta(ckpt.contents)
+        if meta is not None:  # another backbone's run: name it
+            fine_tuned.check_backbone(meta, cls.name, ckpt.path)
         if meta is None or not isinstance(meta.get("hf_config"), dict) \
                 or not isinstance(meta.get("preprocessing"), dict):
             raise UserError(f"{ckpt.path} is a file, not a Hugging Face model folder nor the best.pt of `migfuse "
                             f"backbone train video --backbone {cls.name}`: pass {cls.checkpoint_doc}")
-        fine_tuned.check_backbone(meta, cls.name, ckpt.path)
         return meta
 
     def _load_fine_tuned(self, ckpt: CheckpointFile) -> KeyReport:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from migfuse.errors import UserError
+from migfuse.backbones import fine_tuned
 from migfuse.backbones._torchvision import import_torchvision
 from migfuse.backbones.checkpoints import KeyReport, compare_state_dict
 from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
@@ -357,6 +358,9 @@ class MViTBackbone(Backbone):
         sha = ckpt.sha256
         check_hash_in_name(path, sha)
         obj = ckpt.contents
+        trained = fine_tuned.read_meta(obj)
+        if trained is not None:  # a run of `backbone train video --backbone OTHER`: name it
+            fine_tuned.check_backbone(trained, self.name, path)
         meta = fine_tune_meta(obj)
         sd = _unwrap(obj, path)
         notes: list[str] = []
