@@ -1,12 +1,16 @@
-"""MViTv2-S fine-tuning and forward throughput: clips/s at demo and full width, on the CPU or a GPU.
+"""MViTv2-S fine-tuning and forward throughput: clips/s at demo and full width, on the CPU or a GPU; with
+`--backbones`, the training step of the other trainable video backbones beside it (same run, same table).
 
     python benchmarks/finetune.py [--device cpu|cuda] [--widths demo,full] [--batch 2] [--steps 3]
                                   [--extract] [--decode] [--size 1280x720] [--json OUT.json] [--quick]
+                                  [--backbones swin3d_t,videomae,vjepa2]
 
 Rows (Markdown table, for benchmarks/RESULTS.md section `finetune`):
   train    one optimiser step per batch as `backbone train video` takes it: GPU-side augmentation,
            forward + backward (bf16 autocast on CUDA, fp32 on CPU), gradient clipping, AdamW with
            layer-wise lr groups, on pre-decoded uint8 clips already on the device (the model's pace);
+           `train (NAME)`: the same for backbone NAME at its published size and input recipe, random
+           weights (videomae / vjepa2: transformers' default configs, ViT-B 16 frames / ViT-L 16 frames);
   forward  `--extract`: the extraction forward (inference mode; fp32, and bf16 on CUDA) - what
            `extract video` computes per clip;
   decode   `--decode`: the training dataset (decode + sample + resize/crop, one process) on generated
@@ -47,16 +51,37 @@ def peak_flops(device: str, override_tflops: float | None) -> float | None:
     return None
 
 
-def forward_flops(width: str) -> float:
-    """FLOPs of one clip's forward pass (counted on the CPU, batch 1)."""
+def forward_flops(width: str, backbone: str = "mvit_v2_s") -> float:
+    """FLOPs of one clip's forward pass (counted on the CPU, batch 1): MViTv2-S at `width`, or `backbone`
+    at its published size and recipe input."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from migfuse.backbones.mvit import build_mvit, forward_tokens
-
-    model = build_mvit(width, 32).eval()
+    model, _, _, (_, x) = _train_model(width, backbone, "cpu", 1, False)
+    model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        forward_tokens(model, torch.zeros(1, 3, 16, 224, 224))
+        model(x)
     return float(counter.get_total_flops())
+
+
+def _train_model(width: str, backbone: str, device: str, batch: int, checkpointing: bool):
+    """(classifier as `backbone train video` builds it, its AdamW, the augmentation, (uint8 clips, normalised
+    zeros)) for MViTv2-S at `width` or another trainable `backbone`, with random weights."""
+    from migfuse.finetune import video as vt
+    from migfuse.finetune.video_data import Augment
+    from migfuse.finetune.video_models import video_family
+
+    family = video_family(backbone)
+    cfg = vt.resolve(sets=[f"width={width}"] if backbone == "mvit_v2_s" else [], backbone=backbone)
+    weights, _ = vt.build_model(cfg, None, family)
+    weights.to(device)
+    model = vt.FineTuneModel(weights, checkpointing, family, cfg["head_dropout"])
+    groups = vt.param_groups(weights, 1e-4, 0.75, 0.05, family)
+    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups])
+    pre = family.preprocessing
+    aug = Augment(mean=tuple(pre["mean"]), std=tuple(pre["std"]))
+    t, (h, w) = int(pre["clip_len"]), pre["crop_size"]
+    frames = torch.randint(0, 256, (batch, t, h, w, 3), dtype=torch.uint8, device=device)
+    return model, opt, aug, (frames, torch.zeros(1, 3, t, h, w, device=device))
 
 
 def _sync(device: str) -> None:
@@ -74,20 +99,11 @@ def _mem_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2 ** 30 if device.startswith("cuda") else None
 
 
-def bench_train(width: str, device: str, batch: int, steps: int, checkpointing: bool = False) -> dict:
+def bench_train(width: str, device: str, batch: int, steps: int, checkpointing: bool = False,
+                backbone: str = "mvit_v2_s") -> dict:
     """clips/s of full optimiser steps (augment, forward, backward, clip, AdamW) on device-resident clips."""
-    from migfuse.finetune import video as vt
-    from migfuse.finetune.video_data import Augment
-
-    cfg = vt.resolve(sets=[f"width={width}"])
-    mvit, _ = vt.build_model(cfg, None)
-    mvit.to(device)
-    model = vt.FineTuneModel(mvit, checkpointing)
-    groups = vt.param_groups(mvit, 1e-4, 0.75, 0.05)
-    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups])
-    aug = Augment()
+    model, opt, aug, (x, _) = _train_model(width, backbone, device, batch, checkpointing)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (batch, 16, 224, 224, 3), dtype=torch.uint8, device=device)
     y = torch.randint(0, 32, (batch,), device=device)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     cuda = device.startswith("cuda")
@@ -96,7 +112,7 @@ def bench_train(width: str, device: str, batch: int, steps: int, checkpointing: 
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cuda):
             logits = model(aug(x, gen))
         loss_fn(logits.float(), y).backward()
-        torch.nn.utils.clip_grad_norm_(mvit.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -164,6 +180,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--quick", action="store_true", help="1 timed step, batch 1 at full width")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--backbones", default="", help="also time the training step of these trainable video "
+                                                    "backbones (comma-separated, e.g. swin3d_t,videomae,vjepa2)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -188,6 +206,12 @@ def main() -> None:
                 r = bench_forward(width, device, batch * 4 if device.startswith("cuda") else batch, steps, bf16)
                 rows.append({"what": "forward", "width": width, "precision": "bf16" if bf16 else "fp32",
                              "batch": batch * 4 if device.startswith("cuda") else batch, **r, "flops_per_clip": flops})
+    for backbone in filter(None, args.backbones.split(",")):
+        batch = 1 if args.quick and not device.startswith("cuda") else args.batch
+        r = bench_train("full", device, batch, 1 if args.quick else args.steps, args.checkpointing, backbone)
+        rows.append({"what": f"train ({backbone})", "width": "published", "batch": batch, **r,
+                     "precision": "bf16" if device.startswith("cuda") else "fp32",
+                     "flops_per_clip": 3 * forward_flops("full", backbone)})
     if args.decode:
         rows.append({"what": "decode", "width": "-", "precision": "-", "batch": 1,
                      "rate": bench_decode(args.size, 4 if args.quick else 12), "mem_gib": None, "flops_per_clip": None})
