@@ -252,7 +252,7 @@ def backbone_train_video(
                              "files; videomae / vjepa2: a local Hugging Face model folder; or a migfuse best.pt "
                              "of the same backbone. Without it: RANDOM weights (tests only, warned).")] = None,
     out: Annotated[Optional[Path], path_option(
-        "--out", use="folder", show_default="runs/mvit (runs/NAME for another --backbone)",
+        "--out", use="folder", show_default="runs/mvit; runs/NAME for another --backbone",
         help="Run folder: config.json, metrics.jsonl/.csv, curves.png, best.pt, last.pt, train.log. Rerunning "
              "resumes.")] = None,
     show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved settings as JSON "
