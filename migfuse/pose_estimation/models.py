@@ -132,12 +132,14 @@ class TransformersPoseEstimator:
                 "detector": "model" if self.detector is not None else "none: the whole frame is the person box",
                 "person_classes": [] if self.detector is None else self.detector.person_ids,
                 "box_threshold": self.box_threshold, "max_persons": self.max_persons,
-                "input_size": {"pose": self.pose.input_size(),
+                "input_size": {"pose": list(self.pose.input_size()),
                                "detector": None if self.detector is None else self.detector.input_size()},
                 "box_padding": 1.25, "dataset_index": self.pose.dataset_index,
                 "decoding": (f"heatmap argmax + DARK (kernel {DARK_KERNEL}) + unbiased affine back to the box: "
                              "transformers VitPoseImageProcessor.post_process_pose_estimation; scores = heatmap "
                              "peak clipped to [0, 1]"),
+                "warp_and_decoding_on": "the processor's scipy / numpy code" if self.pose.reference else
+                                        "torch, batched on the device (equal to the processor's)",
                 "batch_size": self.batch_size, "device": str(self.device)}
         return self._provenance
 
