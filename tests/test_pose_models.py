@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +336,24 @@ def test_wrong_kind_and_unsupported_models(folders, tmp_path):
 ])
 def test_bad_values(folders, options, message):
     assert _error(folders["pose"], folders["detector"], **options) == message
+
+
+def test_a_missing_transformers_names_the_pose_extra(folders, monkeypatch):
+    from migfuse.pose_estimation import model_folders
+
+    real = model_folders.importlib.util.find_spec
+    monkeypatch.setattr(model_folders.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    with pytest.raises(UserError) as e:
+        model_folders.import_transformers()
+    assert str(e.value) == ("transformers is not installed: the pose models need the pose extra "
+                            "(`pip install -e .[pose]` or `bash scripts/install.sh extract,pose`)")
+
+
+def test_importing_the_models_module_loads_neither_torch_nor_transformers():
+    """Worker processes of `data pose` import the interface: it stays light (models load in load_pose_estimator)."""
+    code = ("import sys, migfuse.pose_estimation.models, migfuse.pose_estimation.tiny_models; "
+            "print(sorted(m for m in ('torch', 'transformers', 'scipy') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.stdout.strip() == "[]"
