@@ -37,6 +37,9 @@ class PersonDetector:
             self.processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
             self.model = transformers.AutoModelForObjectDetection.from_pretrained(
                 folder, local_files_only=True).to(device).eval()
+        from transformers.image_processing_backends import TorchvisionBackend
+
+        self.torchvision_processor = isinstance(self.processor, TorchvisionBackend)
         self.device = device
         self.person_ids = person_labels(config)
         self.box_threshold = float(box_threshold)
@@ -60,7 +63,9 @@ class PersonDetector:
     def _batch(self, frames: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         import torch
 
-        inputs = self.processor(images=list(frames), return_tensors="pt").to(self.device)
+        # a torchvision processor resizes on the device (a 720p frame's resize is not free on the CPU)
+        on_device = {"device": self.device} if self.torchvision_processor else {}
+        inputs = self.processor(images=list(frames), return_tensors="pt", **on_device).to(self.device)
         with torch.inference_mode():
             outputs = self.model(**inputs)
         sizes = [frame.shape[:2] for frame in frames]
