@@ -112,7 +112,8 @@ class TransformersPoseEstimator:
 
     def provenance(self) -> dict[str, Any]:
         """What made the poses: each model (role, name, path, sha256 of the folder, architecture, licence),
-        the detector threshold and person cap, input sizes, the decoding, transformers' version."""
+        the detector threshold and person cap, input sizes, the decoding, transformers' version. Not the
+        device or batch size, which do not change the poses (a resumed run may use others)."""
         if self._provenance is None:
             from migfuse.backbones import hf_folder
             from migfuse.checkpoint_file import folder_sha256
@@ -139,8 +140,7 @@ class TransformersPoseEstimator:
                              "transformers VitPoseImageProcessor.post_process_pose_estimation; scores = heatmap "
                              "peak clipped to [0, 1]"),
                 "warp_and_decoding_on": "the processor's scipy / numpy code" if self.pose.reference else
-                                        "torch, batched on the device (equal to the processor's)",
-                "batch_size": self.batch_size, "device": str(self.device)}
+                                        "torch, batched on the device (equal to the processor's)"}
         return self._provenance
 
 
