@@ -5,6 +5,7 @@
 #   bash scripts/install.sh fuse             # a laptop that only trains heads on a copied cache: torch,
 #                                            # no torchvision / timm / av
 #   bash scripts/install.sh extract,vit      # + transformers, for the VideoMAE / V-JEPA 2 backbones
+#   bash scripts/install.sh extract,pose     # + transformers, scipy: `data pose` (person detector + ViTPose)
 #   bash scripts/install.sh --cpu [EXTRAS]   # torch from the PyTorch CPU wheel index (see below)
 #   bash scripts/install.sh --cuda [EXTRAS]  # torch from the default index (on Linux: the CUDA build)
 #   MIGFUSE_VENV=/path/venv bash scripts/install.sh ...   # another venv folder
