@@ -90,8 +90,9 @@ def cache_view_cmd(
 
     A view (group views/NAME in the same cache) pools each clip's tokens into a few tokens, e.g. video
     (393, 768) -> class token + one mean token per time step (9, 768); pose (256, T', V) -> 8 time
-    tokens + 6 body-part tokens; PoseC3D maps (512, T', 8x8) -> 8 time tokens + 4x4 map cells. It stores many clips per chunk and records its source group,
-    the source's provenance and the pooling. Re-running adds clips extracted since (resumable).
+    tokens + 6 body-part tokens; PoseC3D maps (512, T', 8x8) -> 8 time tokens + 4x4 map cells. It
+    stores many clips per chunk and records its source group, the source's provenance and the pooling.
+    Re-running adds clips extracted since (resumable).
     """
     from migfuse.data_cache.views import default_views, make_view
 
