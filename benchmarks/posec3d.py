@@ -1,15 +1,13 @@
-"""PoseC3D cost: heatmap drawing rate (numpy vs torch, CPU and CUDA when present) and the network's forward
-cost beside MViTv2-S, measured in the same run.
+"""PoseC3D heatmap drawing rate: numpy vs torch, CPU and CUDA when present.
 
     .venv/bin/python benchmarks/posec3d.py [--clips 8] [--repeats 3] [--threads 2]
 
-Heatmaps: `--clips` clips of one person, 48 frames, 17 COCO keypoints at random positions on the 64x64
-crop with random scores (the val_pipeline's volume), keypoint and limb channels. Baseline: the numpy
-path (`draw_heatmaps`); rows give clips/s, the ratio to it and the largest difference to its volumes (the
-torch paths must stay under 1e-5: the device check of `draw_heatmaps_torch`). Network: PoseC3D SlowOnly-R50 at its
-published input (1, 17, 48, 56, 56) (the NTU60 config's 56x56 crop) and (1, 17, 48, 64, 64) (migfuse's
-extraction crop), MViTv2-S at (1, 3, 16, 224, 224); random weights, fp32, eval; clips/s (best of
-`--repeats`), GFLOPs by torch.utils.flop_counter, parameters. Prints Markdown tables for RESULTS.md.
+`--clips` clips of one person, 48 frames, 17 COCO keypoints at random positions on the 64x64 crop with
+random scores (the val_pipeline's volume), keypoint and limb channels. Baseline: the numpy path
+(`draw_heatmaps`); rows give clips/s, the ratio to it and the largest difference to its volumes (the
+torch paths must stay under 1e-5: the device check of `draw_heatmaps_torch`). Prints a Markdown table
+for RESULTS.md. The network's forward cost (PoseC3D SlowOnly-R50 at 17x48x56x56 and 64x64) is a row of
+the one backbone table beside MViTv2-S and the video backbones: benchmarks/video_backbones.py.
 """
 from __future__ import annotations
 
@@ -56,27 +54,6 @@ def heatmap_rows(clips: int, repeats: int) -> list[tuple[str, str, float, float]
     return rows
 
 
-def model_rows(repeats: int) -> list[tuple[str, str, float, float, int]]:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from migfuse.backbones.registry import create_backbone
-
-    rows = []
-    for name, shape in (("mvit_v2_s", (1, 3, 16, 224, 224)), ("posec3d", (1, 17, 48, 56, 56)),
-                        ("posec3d", (1, 17, 48, 64, 64))):
-        torch.manual_seed(0)
-        bb = create_backbone(name)
-        x = torch.randn(shape)
-        with torch.no_grad():
-            forward = (lambda: bb.model.backbone(x)) if name == "posec3d" else (lambda: bb.model(x))
-            counter = FlopCounterMode(display=False)
-            with counter:
-                forward()
-            seconds = best_time(forward, repeats)
-        rows.append((name, str(shape), 1 / seconds, counter.get_total_flops() / 1e9, bb.num_parameters()))
-    return rows
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=8)
@@ -92,10 +69,6 @@ def main() -> None:
     for what, path, rate, diff in rows:
         base.setdefault(what, rate)
         print(f"| {what} | {path} | {rate:.2f} | {rate / base[what]:.2f}x | {diff:.1e} |")
-    print("\n| backbone | input | clips/s | GFLOPs | parameters | clips/s vs mvit_v2_s |\n|---|---|---|---|---|---|")
-    models = model_rows(args.repeats)
-    for name, shape, rate, gflops, params in models:
-        print(f"| {name} | {shape} | {rate:.2f} | {gflops:.1f} | {params:,} | {rate / models[0][2]:.2f}x |")
 
 
 if __name__ == "__main__":

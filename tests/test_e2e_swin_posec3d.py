@@ -5,9 +5,10 @@ accuracy is printed beside chance.
 
 Both backbones are RANDOM and small (the architecture is read from the file: a 16-wide Swin with the
 published 4 stages, so its tokens keep the (16, 7, 7) grid of 32-frame clips; a 4-wide PoseC3D on
-16-frame heatmap volumes), so the test shows the pipeline, not a model: Swin + PoseC3D prints 3/16 (chance
-2/16; the default `pose_parts` view of random PoseC3D maps varies little from clip to clip), while a
-random 2s-AGCN already separates the generated gestures. A second test runs V-JEPA 2 (transformers) +
+16-frame heatmap volumes), so the test shows the pipeline, not a model: Swin + PoseC3D prints 6/16 (chance
+2/16) with PoseC3D's default `pose_grid` views, which keep where on the 8x8 map the motion is (3/16 when
+the 64 positions were averaged as if they were joints, `pose_parts`); a random 2s-AGCN already separates
+the generated gestures. A second test runs V-JEPA 2 (transformers) +
 2s-AGCN the same way, and a third checks that `fuse heads cmtf` lists the pairs the tests run.
 """
 from __future__ import annotations
@@ -75,13 +76,18 @@ def test_swin_and_posec3d_extract_view_train_cmtf_predict_and_export(world, tmp_
     assert len(video.done_ids()) == 40 and video.read("0001_0")["tokens"].shape == (16 * 7 * 7, 8 * SWIN_WIDTH)
     assert video.provenance["token_layout"] == {"class_token": False, "grid": [16, 7, 7]}
     for stream in ("joint", "bone"):
-        assert len(store.group(f"{stream}/posec3d").done_ids()) == 40
+        pose = store.group(f"{stream}/posec3d")
+        assert len(pose.done_ids()) == 40
+        assert pose.provenance["token_layout"] == {"class_token": False, "grid": [8, 8, 8], "input": "heatmap_volume"}
 
     # the default views pick the Swin and PoseC3D groups by track: views/video, views/joint, views/bone
     r = invoke("cache", "view", cache, "--defaults")
     for view, group in (("video", "video/swin3d_t"), ("joint", "joint/posec3d"), ("bone", "bone/posec3d")):
         assert TokenCache(cache).group(f"views/{view}").provenance["source"] == group, r.output
     assert TokenCache(cache).group("views/video").arrays["tokens"].shape == (16, 8 * SWIN_WIDTH)
+    joint_view = TokenCache(cache).group("views/joint")  # PoseC3D's map: 8 time tokens + 4x4 cells of the 8x8 map
+    assert joint_view.provenance["pooling"] == {"name": "pose_grid", "grid": [8, 8]}
+    assert joint_view.arrays["tokens"].shape[0] == 8 + 16
 
     # CMTF with its default inputs (video + joint + bone)
     config = tmp_path / "cfg.json"

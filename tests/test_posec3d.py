@@ -348,3 +348,25 @@ def test_the_extraction_loader_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "False"
+
+
+def test_a_config_saved_beside_a_file_without_one_gives_the_strides_read_as_text(tmp_path):
+    torch.manual_seed(0)
+    small = create_backbone("posec3d", base_channels=4, stage_blocks=(1, 1, 1), num_class=5)
+    path = tmp_path / "slowonly_r50_toy-keypoint_20220815-38db104b.pth"
+    torch.save({"meta": {}, "state_dict": small.model.state_dict()}, path)  # weights only: no config text
+    assert create_backbone("posec3d", path).model.arch.spatial_strides == (2, 2, 2)  # the PoseC3D defaults
+    beside = tmp_path / "slowonly_r50_toy-keypoint.py"  # the model zoo name without its date-hash suffix
+    beside.write_text("raise SystemExit('a config beside a checkpoint must never run')\n"
+                      "model = dict(backbone=dict(type='ResNet3dSlowOnly', spatial_strides=(1, 2, 2), "
+                      "temporal_strides=(1, 1, 1)))\nval_pipeline = [dict(type='UniformSampleFrames', clip_len=16)]\n")
+    bb = create_backbone("posec3d", path)
+    assert bb.model.arch.spatial_strides == (1, 2, 2) and bb.model.arch.temporal_strides == (1, 1, 1)
+    assert bb.heatmap.clip_len == 16 and bb.provenance()["config_beside_checkpoint"] == beside.name
+    assert bb.run(np.zeros((1, 17, 16, 64, 64), np.float32))["backbone_features"].shape == (1, 64, 16, 16, 16)
+    assert f"read from the config beside it, {beside.name}: clip_len=16, spatial_strides=(1, 2, 2), " \
+           "temporal_strides=(1, 1, 1)" in bb.key_report.notes
+    # the file's own config text wins over a config beside it
+    torch.save({"meta": {"cfg": "spatial_strides=(2, 2, 1)"}, "state_dict": small.model.state_dict()}, path)
+    own = create_backbone("posec3d", path)
+    assert own.model.arch.spatial_strides == (2, 2, 1) and "config_beside_checkpoint" not in own.provenance()

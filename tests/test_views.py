@@ -6,7 +6,7 @@ import pytest
 
 from migfuse.data_cache.store import MISSING, TokenCache
 from migfuse.data_cache.views import (context_cls_mean, default_views, list_poolings, make_view, part_groups,
-                                      pose_parts, register_pooling, video_time)
+                                      pose_grid, pose_parts, register_pooling, video_time)
 from migfuse.errors import UserError
 from migfuse.synth.tokens import write_synthetic
 
@@ -88,7 +88,7 @@ def test_a_pooling_name_is_registered_once_and_an_unknown_one_names_the_choices(
     with pytest.raises(ValueError, match="pooling 'video_time' is registered twice"):
         register_pooling("video_time", ("video",))(lambda a: a)
     with pytest.raises(UserError, match="unknown pooling 'mean': choose one of context_cls_mean, face_keep, "
-                                        "pose_parts, pose_time, raw, video_cls, video_time"):
+                                        "pose_grid, pose_parts, pose_time, raw, video_cls, video_time"):
         make_view(path, "x", "joint/agcn", pooling="mean")
     assert list_poolings()["pose_parts"] == ("joint", "bone")
 
@@ -175,3 +175,83 @@ def test_video_tokens_without_a_class_token_pool_by_their_recorded_layout():
     assert layout_params("pose_parts", layout) == {} and layout_params("video_time", {}) == {}
     with pytest.raises(UserError, match="video tokens of 196 patches are not whole time steps of 48"):
         video_time({"tokens": x}, grid=48, class_token=False)
+
+
+def test_pose_grid_keeps_the_map_layout_time_tokens_then_cells_row_major():
+    # f[0, c, t, p] = 64 c + 16 t + p on a 4x4 map (p = 4 row + col), 4 time steps
+    f = np.arange(2 * 4 * 16, dtype=np.float32).reshape(1, 2, 4, 16)
+    out = pose_grid({"features": f}, time_steps=2, cells=2, grid=[4, 4])
+    assert out["tokens"].shape == (1, 2 + 4, 2) and out["mask"].all()
+    c = np.array([0.0, 64.0])
+    # time tokens: steps {0, 1} and {2, 3}, all 16 positions (mean position 7.5)
+    np.testing.assert_array_equal(out["tokens"][0, 0], c + 16 * 0.5 + 7.5)
+    np.testing.assert_array_equal(out["tokens"][0, 1], c + 16 * 2.5 + 7.5)
+    # cells over time (mean 16 * 1.5 = 24): (0, 0) = positions 0 1 4 5, (0, 1) = 2 3 6 7,
+    # (1, 0) = 8 9 12 13, (1, 1) = 10 11 14 15
+    for token, positions in zip(range(2, 6), ([0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15])):
+        np.testing.assert_array_equal(out["tokens"][0, token], c + 24 + np.mean(positions))
+    # a 2 x 4 map into at most 4 x 4 cells keeps its 2 x 4 positions, row-major
+    wide = pose_grid({"features": f[:, :, :, :8]}, time_steps=1, cells=4, grid=[2, 4])
+    np.testing.assert_array_equal(wide["tokens"][0, 1:, 0], 24 + np.arange(8))
+    with pytest.raises(UserError, match="pose_grid: 16 map positions are not a 3x5 grid"):
+        pose_grid({"features": f}, grid=[3, 5])
+
+
+def _pose_group(cache: TokenCache, name: str, provenance: dict, positions: int = 64) -> None:
+    from migfuse.data_cache.store import ArraySpec, GroupSpec
+
+    rng = np.random.default_rng(1)
+    g = cache.require_group(GroupSpec(name, ["a", "b"], {"features": ArraySpec((8, 10, positions), "float16")},
+                                      provenance))
+    g.write_many(["a", "b"], {"features": rng.standard_normal((2, 8, 10, positions)).astype(np.float16)})
+
+
+POSEC3D_LAYOUT = {"class_token": False, "grid": [10, 8, 8], "input": "heatmap_volume"}
+
+
+def test_posec3d_groups_default_to_pose_grid_and_refuse_pose_parts(tmp_path):
+    cache = TokenCache(tmp_path / "c.zarr")
+    _pose_group(cache, "joint/posec3d", {"backbone": "posec3d", "token_layout": POSEC3D_LAYOUT})
+    _pose_group(cache, "bone/posec3d", {"backbone": "posec3d", "heatmaps": {"size": 64}})  # no layout recorded
+    made = default_views(cache)
+    assert made == {"joint": "views/joint", "bone": "views/bone"}
+    for view in ("views/joint", "views/bone"):  # the older group's 8x8 map is read from its 64 positions
+        g = cache.group(view)
+        assert g.provenance["pooling"] == {"name": "pose_grid", "grid": [8, 8]} and g.arrays["tokens"].shape == (24, 8)
+    src = cache.group("joint/posec3d").read_many(["a"])
+    np.testing.assert_allclose(cache.group("views/joint").read("a")["tokens"],
+                               pose_grid(src, grid=[8, 8])["tokens"][0], atol=2e-3)
+    _pose_group(cache, "bone/agcn", {"backbone": "agcn"}, positions=17)
+    agcn = make_view(cache, "gcn", "bone/agcn")  # joints keep their body-part view
+    assert agcn.provenance["pooling"]["name"] == "pose_parts" and agcn.arrays["tokens"].shape == (14, 8)
+    few = make_view(cache, "few", "joint/posec3d", time_steps=2, cells=2)
+    assert few.arrays["tokens"].shape == (2 + 4, 8)
+    assert make_view(cache, "t", "joint/posec3d", pooling="pose_time").arrays["tokens"].shape == (8, 8)
+    with pytest.raises(UserError) as e:
+        make_view(cache, "p", "joint/posec3d", pooling="pose_parts")
+    assert str(e.value) == ("pooling 'pose_parts' averages joints into body parts, but joint/posec3d holds a 8x8 "
+                            "heatmap feature map (PoseC3D); use --pool pose_grid (or pose_time)")
+    with pytest.raises(UserError) as e:
+        make_view(cache, "g", "bone/agcn", pooling="pose_grid")
+    assert str(e.value) == ("pooling 'pose_grid' pools a heatmap feature map, but bone/agcn holds joints; "
+                            "use --pool pose_parts (or pose_time)")
+    with pytest.raises(UserError) as e:
+        make_view(cache, "x", "joint/posec3d", parts=3)
+    assert str(e.value) == "pooling 'pose_grid' takes no --parts; drop it (its parameters: time_steps, cells, grid)"
+    assert not {"views/p", "views/g", "views/x"} & set(cache.group_names())
+
+
+def test_cli_refuses_pose_parts_for_posec3d_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    cache = TokenCache(tmp_path / "c.zarr")
+    _pose_group(cache, "joint/posec3d", {"backbone": "posec3d", "token_layout": POSEC3D_LAYOUT})
+    r = CliRunner().invoke(app, ["cache", "view", str(cache.path), "--name", "p", "--group", "joint/posec3d",
+                                 "--pool", "pose_parts"])
+    assert r.exit_code == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.output
+    assert "use --pool pose_grid (or pose_time)" in r.stderr
+    r = CliRunner().invoke(app, ["cache", "view", str(cache.path), "--name", "c", "--group", "joint/posec3d",
+                                 "--cells", "2"])
+    assert r.exit_code == 0 and "views/c: 2/2 rows, tokens (12, 8)" in r.output, r.output

@@ -8,9 +8,10 @@ loads as it is, from mmaction2 1.x, 0.x and pyskl files alike (mmengine / mmcv d
 
 The architecture is read from the checkpoint: input channels, width, blocks per stage, every conv's
 kernel (the inflation), classes. Strides are not in the weights: they come from the file's `meta.cfg`
-text when it has one (read with a literal parser, never run), else from the PoseC3D configs (3 stages:
-conv1 / pool1 stride 1, spatial strides (2, 2, 2), temporal (1, 1, 2)) or mmaction2's ResNet3dSlowOnly
-defaults (4 stages: stride-2 stem and pool, spatial (1, 2, 2, 2), temporal 1).
+text when it has one (read with a literal parser, never run), else from the mmaction2 / pyskl config
+`.py` saved beside the checkpoint (`config_beside`; read as text the same way), else from the PoseC3D
+configs (3 stages: conv1 / pool1 stride 1, spatial strides (2, 2, 2), temporal (1, 1, 2)) or mmaction2's
+ResNet3dSlowOnly defaults (4 stages: stride-2 stem and pool, spatial (1, 2, 2, 2), temporal 1).
 Each Bottleneck3d ('pytorch' style: the stride is on conv2): relu(bn(conv3(relu(bn(conv2(relu(bn(conv1
 (x))))))) + downsample(x)); the stem is conv1 -> max-pool (1, 3, 3) (with stride 1 it still filters).
 """
@@ -244,14 +245,32 @@ def arch_from_state_dict(sd: Mapping[str, Any], path: str | Path) -> SlowOnlyArc
     return SlowOnlyArch(**base)
 
 
+def _cfg_text(meta: Mapping[str, Any]) -> str | None:
+    """A checkpoint's config text (mmengine, mmaction2 1.x: `meta['cfg']`; mmcv 1.x runners, mmaction2 0.x
+    and pyskl: `meta['config']`), or None."""
+    if not isinstance(meta, Mapping):
+        return None
+    text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else meta.get("config")
+    return text if isinstance(text, str) else None
+
+
+def config_beside(checkpoint: str | Path) -> Path | None:
+    """The config `.py` saved next to a checkpoint: `<stem>.py`, or the model zoo name without its
+    `_YYYYMMDD-hash` suffix (slowonly_r50_..._keypoint_20220815-38db104b.pth -> slowonly_r50_..._keypoint.py);
+    None when there is none. Only read as text by `settings_from_cfg`, never imported or run."""
+    path = Path(checkpoint)
+    for stem in dict.fromkeys((path.stem, re.sub(r"_\d{8}-[0-9a-f]{8}$", "", path.stem))):
+        candidate = path.with_name(stem + ".py")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def settings_from_cfg(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Constructor and heatmap values written in a checkpoint's config text (mmengine, mmaction2 1.x:
-    `meta['cfg']`; mmcv 1.x runners, mmaction2 0.x and pyskl: `meta['config']`): `name=value` or
-    `'name': value` literals, parsed, never executed. The first occurrence counts."""
-    text = None
-    if isinstance(meta, Mapping):
-        text = meta.get("cfg") if isinstance(meta.get("cfg"), str) else meta.get("config")
-    if not isinstance(text, str):
+    """Constructor and heatmap values written in a checkpoint's config text (`_cfg_text`): `name=value`
+    or `'name': value` literals, parsed, never executed. The first occurrence counts."""
+    text = _cfg_text(meta)
+    if text is None:
         return {}
     found: dict[str, Any] = {}
     for key in CFG_KEYS + PYSKL_STRIDES + ("sigma", "with_limb", "use_score", "clip_len"):
@@ -308,6 +327,7 @@ class PoseC3DBackbone(Backbone):
         self.heatmap = HeatmapConfig(limb=bool(limb))
         self.meta: dict = {}
         self.file_settings: dict[str, Any] = {}  # what the checkpoint's config text said
+        self.config_file: str | None = None  # the config .py beside the checkpoint that gave them, if any
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -325,7 +345,13 @@ class PoseC3DBackbone(Backbone):
         sd, meta = unwrap_state_dict(ckpt.contents, path)
         sd, renamed = apply_renames({k: None for k in _reference_keys(sd)}, sd, RENAMES)
         arch = arch_from_state_dict(sd, path)
-        cfg = settings_from_cfg(meta)
+        # the file's own config text first (what it was trained with), else a config saved beside it
+        beside = None if _cfg_text(meta) is not None else config_beside(path)
+        try:
+            cfg = settings_from_cfg({"cfg": beside.read_text(errors="replace")} if beside else meta)
+        except OSError as e:
+            raise UserError(f"cannot read {beside}, the config beside {path} ({e.strerror}); "
+                            "fix its permissions or move it away") from None
         for key in CFG_KEYS:
             if key in cfg:
                 setattr(arch, key, cfg[key])
@@ -338,13 +364,15 @@ class PoseC3DBackbone(Backbone):
             rep.notes.append(f"renamed {len(renamed)} keys to mmaction2's ConvModule names (e.g. {renamed[0][0]} -> "
                              f"{renamed[0][1]})")
         if cfg:
-            rep.notes.append("read from the file's config: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
+            where = f"the config beside it, {beside.name}" if beside else "the file's config"
+            rep.notes.append(f"read from {where}: " + ", ".join(f"{k}={v}" for k, v in sorted(cfg.items())))
         if not rep.ok:
             raise UserError(f"{path} does not fit posec3d (mmaction2 ResNet3dSlowOnly + I3DHead): {rep.summary()}; "
                             "the closest layout is mmaction2's Recognizer3D (backbone.layerN.B.convK.conv/bn, "
                             "cls_head.fc_cls)")
         model.load_state_dict(sd, strict=True)
         self.model, self.meta, self.file_settings = model.to(self.device).eval(), meta, cfg
+        self.config_file = beside.name if beside else None
         self.heatmap = HeatmapConfig(clip_len=int(cfg.get("clip_len", 48)), sigma=float(cfg.get("sigma", 0.6)),
                                      use_score=bool(cfg.get("use_score", True)),
                                      limb=bool(self.options.get("limb") or cfg.get("with_limb", False)))
@@ -387,8 +415,9 @@ class PoseC3DBackbone(Backbone):
         return {**self.run(volume), "heatmaps": volume}
 
     def provenance(self) -> dict[str, Any]:
+        beside = {"config_beside_checkpoint": self.config_file} if self.config_file else {}
         return {"arch": {k: v for k, v in asdict(self.model.arch).items() if k != "kernels"},
-                "heatmaps": self.heatmap.to_dict()}
+                "heatmaps": self.heatmap.to_dict(), **beside}
 
 
 def _reference_keys(sd: Mapping[str, Any]) -> list[str]:

@@ -72,12 +72,14 @@ def cache_view_cmd(
     group: Annotated[Optional[str], typer.Option(help="Source group, e.g. video/mvit_v2_s "
                                                       "(see `migfuse cache info`).")] = None,
     pool: Annotated[Optional[str], typer.Option(help="Pooling: video_time, video_cls, pose_parts, pose_time, "
-                                                     "face_keep, context_cls_mean, raw.",
-                                                show_default="the track's")] = None,
-    time_steps: Annotated[Optional[int], typer.Option(min=1, max=1024, help="pose_parts/pose_time: time tokens kept "
-                                                           "(adaptive mean).")] = None,
+                                                     "pose_grid, face_keep, context_cls_mean, raw.",
+                                                show_default="the track's; pose_grid for PoseC3D")] = None,
+    time_steps: Annotated[Optional[int], typer.Option(min=1, max=1024, help="pose_parts/pose_time/pose_grid: time "
+                                                           "tokens kept (adaptive mean).")] = None,
     parts: Annotated[Optional[int], typer.Option(min=1, max=137, help="pose_parts: number of body-part groups "
                                                       "(contiguous joint runs).")] = None,
+    cells: Annotated[Optional[int], typer.Option(min=1, max=64, help="pose_grid: a PoseC3D feature map is pooled "
+                                                      "to CELLS x CELLS spatial tokens [default: 4].")] = None,
     defaults: Annotated[bool, typer.Option("--defaults", help="Make the default view of every track in the cache "
                                                               "(views/video, views/joint, ...), "
                                                               "what `fuse train` reads.")] = False,
@@ -88,8 +90,9 @@ def cache_view_cmd(
 
     A view (group views/NAME in the same cache) pools each clip's tokens into a few tokens, e.g. video
     (393, 768) -> class token + one mean token per time step (9, 768); pose (256, T', V) -> 8 time
-    tokens + 6 body-part tokens. It stores many clips per chunk and records its source group,
-    the source's provenance and the pooling. Re-running adds clips extracted since (resumable).
+    tokens + 6 body-part tokens; PoseC3D maps (512, T', 8x8) -> 8 time tokens + 4x4 map cells. It
+    stores many clips per chunk and records its source group, the source's provenance and the pooling.
+    Re-running adds clips extracted since (resumable).
     """
     from migfuse.data_cache.views import default_views, make_view
 
@@ -114,7 +117,7 @@ def cache_view_cmd(
         return
     if not name or not group:
         raise UserError("give --name NAME and --group GROUP (or --defaults); see `migfuse cache view -h`")
-    params = {k: v for k, v in {"time_steps": time_steps, "parts": parts}.items() if v is not None}
+    params = {k: v for k, v in {"time_steps": time_steps, "parts": parts, "cells": cells}.items() if v is not None}
     view = make_view(cache, name, group, pooling=pool, overwrite=overwrite, **params)
     typer.echo(f"{view.name}: {len(view.done_ids())}/{len(view.ids)} rows, tokens {view.arrays['tokens'].shape}")
 

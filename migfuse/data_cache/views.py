@@ -20,6 +20,8 @@ Poolings (name: source arrays -> tokens per clip):
   pose_parts   joint/bone features (256, T', V) -> (time_steps + parts, 256): mean over joints per
                time step (adaptively pooled to time_steps) + mean over time per body-part group
   pose_time    joint/bone features -> (time_steps, 256)
+  pose_grid    PoseC3D feature maps (512, T', H'*W') -> (time_steps + cells^2, 512): mean over the map per
+               time step + mean over time per cell of the map pooled to cells x cells (default 4 x 4)
   face_keep    face features (K, 512) ++ logits (K, 7), mask (K,) -> (K, 519) (nothing pooled: K is small)
   context_cls_mean  context tokens (K, 393, 768), valid (K,) -> (K, 2, 768): class token + mean of
                the spatio-temporal tokens per window
@@ -27,13 +29,15 @@ Poolings (name: source arrays -> tokens per clip):
                default of groups written by `cache import`, which name it in their provenance)
 
 Video tokens without a class token (Video Swin: (T'*7*7, C), said by the source's provenance
-`token_layout`, see `layout_params`) pool the same way with `class_token=False`: video_time gives one
-token per time step, video_cls and context_cls_mean the mean of all tokens.
+`token_layout`, see data_cache/token_layout.py) pool the same way with `class_token=False`: video_time
+gives one token per time step, video_cls and context_cls_mean the mean of all tokens. PoseC3D groups
+(a heatmap feature map on the pose axis) default to `pose_grid` and refuse `pose_parts`.
 
 This module must not import torch (the laptop derives views with numpy + zarr only).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ import numpy as np
 
 from migfuse.data_cache.group_check import mark_rows_failed, verify_group
 from migfuse.data_cache.store import DONE, ArraySpec, GroupSpec, TokenCache, TokenGroup
+from migfuse.data_cache.token_layout import VIDEO_GRID, check_fits, layout_params, layout_pooling, token_layout
 from migfuse.data_cache.tracks import TRACKS, VIEW_PREFIX, track_of_group, tracks_with_layout
 from migfuse.errors import UserError
 from migfuse.progress_bar import progress_bar
@@ -50,9 +55,9 @@ from migfuse.registry import Registry
 
 log = logging.getLogger(__name__)
 
-VIDEO_GRID = 49           # MViTv2-S: 1 class token + 8 time steps x 7 x 7 spatial tokens
 POSE_TIME_STEPS = 8
 POSE_PARTS = 6
+POSE_GRID_CELLS = 4       # pose_grid: a PoseC3D 8x8 map -> 4x4 = 16 spatial tokens (2x2 positions each)
 CHUNK_BYTES = 8 << 20     # ~8 MB per chunk: few files, fast sequential reads on a laptop
 
 #: Tracks whose rows are videos (not clips); from the track table (data_cache/tracks.py).
@@ -187,6 +192,37 @@ def pose_parts(a: Mapping[str, np.ndarray], time_steps: int = POSE_TIME_STEPS,
     return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
 
 
+@register_pooling("pose_grid", tracks_with_layout("pose_features"))
+def pose_grid(a: Mapping[str, np.ndarray], time_steps: int = POSE_TIME_STEPS, cells: int = POSE_GRID_CELLS,
+              grid: Sequence[int] | None = None) -> Pooled:
+    """PoseC3D feature maps (B, C, T', H'*W') -> tokens (B, time_steps + rows * cols, C), all real.
+
+    The pose axis of a PoseC3D group is not joints but the H' x W' positions (row-major) of the last
+    stage's map over the heatmap crop, so averaging runs of it as body parts (`pose_parts`) mixes
+    distant places and loses where the motion is. Here tokens 0..time_steps-1 are the mean over all
+    positions per time step, adaptively pooled over T' (as `pose_time`); the next rows * cols tokens are
+    the mean over time of the map adaptively pooled to rows x cols = min(cells, H') x min(cells, W')
+    cells, row-major: token time_steps + r * cols + c averages the map rows of bin r and columns of
+    bin c (an 8x8 map with cells=4: 2x2 positions each).
+
+    Args:
+        grid: the map's [H', W'] (from the group's `token_layout`); None: a square map.
+    Raises:
+        UserError: the position axis is not H' x W' (or not square when `grid` is None).
+    """
+    feats = a["features"].astype(np.float32)  # (B, C, T', H'*W')
+    b, c, _, positions = feats.shape
+    h, w = (int(grid[0]), int(grid[1])) if grid is not None else (math.isqrt(positions),) * 2
+    if h * w != positions:
+        raise UserError(f"pose_grid: {positions} map positions are not a {h}x{w} grid; the source's token layout "
+                        "does not fit this pooling: use --pool pose_time")
+    maps = feats.mean(2).reshape(b, c, h, w)
+    cells_map = adaptive_mean(adaptive_mean(maps, min(cells, h), axis=2), min(cells, w), axis=3)
+    spatial = cells_map.reshape(b, c, -1).transpose(0, 2, 1)  # (B, rows * cols, C), row-major
+    tokens = np.concatenate([_pose_time(feats, time_steps), spatial], axis=1)
+    return {"tokens": tokens, "mask": np.ones(tokens.shape[:-1], bool)}
+
+
 @register_pooling("face_keep", tracks_with_layout("face_frames"))
 def face_keep(a: Mapping[str, np.ndarray]) -> Pooled:
     tokens = np.concatenate([a["features"], a["logits"]], axis=-1).astype(np.float32)
@@ -200,26 +236,6 @@ def context_cls_mean(a: Mapping[str, np.ndarray], class_token: bool = True) -> P
     valid = _context_valid(a)
     parts = [x[:, :, 0], x[:, :, 1:].mean(2)] if class_token else [x.mean(2)]
     return {"tokens": np.stack(parts, axis=2), "mask": np.repeat(valid[..., None], len(parts), axis=-1)}
-
-
-def layout_params(pooling: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters a video pooling needs for its source's token layout.
-
-    A backbone whose tokens are not MViTv2-S's (class token + 8 x 7 x 7) records
-    `token_layout = {"class_token": bool, "grid": [T', H', W']}` in the extraction provenance; MViTv2-S
-    caches have none and keep the defaults. Returns {} for other poolings or the default layout.
-    """
-    layout = provenance.get("token_layout")
-    if not isinstance(layout, Mapping) or pooling not in ("video_time", "video_cls", "context_cls_mean"):
-        return {}
-    params: dict[str, Any] = {}
-    if layout.get("class_token") is False:
-        params["class_token"] = False
-    grid = layout.get("grid")
-    if pooling == "video_time" and isinstance(grid, (list, tuple)) and len(grid) == 3:
-        if int(grid[1]) * int(grid[2]) != VIDEO_GRID:
-            params["grid"] = int(grid[1]) * int(grid[2])
-    return params
 
 
 def _context_valid(a: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -287,16 +303,22 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
     if is_view(src):
         raise UserError(f"'{source}' is already a view; derive views from a track group (see `migfuse cache info`)")
     track = track_of(src)
-    # an imported group names its own default (its tokens are not the track's backbone's layout)
-    pooling = pooling or src.provenance.get("default_pooling") or DEFAULT_POOLING.get(track)
+    row_shape = src.arrays["features"].shape if "features" in src.arrays else None
+    layout = token_layout(src.provenance, row_shape)
+    # an imported group names its own default (its tokens are not the track's backbone's layout), and a
+    # layout that is not the track's (PoseC3D's feature map) picks its pooling
+    pooling = (pooling or src.provenance.get("default_pooling") or layout_pooling(layout)
+               or DEFAULT_POOLING.get(track))
     chosen = POOLINGS.get(pooling)  # UserError naming the known poolings
     fn = chosen.fn
     if track not in chosen.tracks:
         raise UserError(f"pooling {pooling!r} does not apply to track {track!r} ({source}); "
                         f"it is for {', '.join(chosen.tracks)}")
+    check_fits(pooling, layout, source)
+    _check_params(pooling, fn, params)
     if pooling == "raw":
         params = {**params, "track": track}
-    params = {**layout_params(pooling, src.provenance), **params}  # the user's own parameters win
+    params = {**layout_params(pooling, src.provenance, row_shape), **params}  # the user's own parameters win
     done = src.done_ids()
     if not done:
         raise UserError(f"cache group '{source}' in {cache.path} has no finished clips; "
@@ -344,6 +366,16 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
     log.info("view %s: %d new, %d total of %d ids, %s tokens per row", spec.name, len(todo),
              len(have) + len(todo), len(src.ids), tuple(tokens_shape))
     return view
+
+
+def _check_params(pooling: str, fn: Callable[..., Pooled], params: Mapping[str, Any]) -> None:
+    """Refuse a parameter the pooling does not take (e.g. --parts with pose_time) in one line."""
+    takes = [p for p in inspect.signature(fn).parameters if p != "a"]
+    extra = [p for p in params if p not in takes]
+    if extra:
+        options = ", ".join("--" + p.replace("_", "-") for p in extra)
+        raise UserError(f"pooling {pooling!r} takes no {options}; drop it (its parameters: "
+                        f"{', '.join(takes) or 'none'})")
 
 
 def stale_rows(view: TokenGroup, source: TokenGroup, ids: Sequence[str] | None = None) -> list[str]:

@@ -6,7 +6,8 @@ each clip as mmaction2's test pipeline treats an annotation (`pose_heatmaps`). T
 processes, numpy, no torch) samples the frames and crops the keypoints; the model's process draws the
 heatmaps on the extraction device (the GPU where there is one: drawing is the costly part) and runs the
 network. Rows: features (512, T', H'*W') fp16, i.e. channels x time x spatial position (the track's
-"joint" axis holds the 8x8 positions of a 64x64 crop, row-major), so the pose views pool them like joints.
+"joint" axis holds the 8x8 positions of a 64x64 crop, row-major); the provenance's `token_layout` says
+so, and the views pool them as a map (`pose_grid`), not as joints.
 Failures as `extract skeleton` records them: no skeleton, a clip past the skeleton file, no person seen.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from migfuse.backbones.pose_heatmaps import HeatmapConfig, clip_keypoints
 from migfuse.checkpoint_file import CheckpointFile
+from migfuse.data_cache.token_layout import HEATMAP_VOLUME
 from migfuse.data_cache.tracks import get_track
 from migfuse.errors import UserError
 from migfuse.extract.interface import Failure, Sample, WorkItem
@@ -112,8 +114,12 @@ class HeatmapExtractor(SkeletonExtractor):
         return {"features": ArraySpec((c, t, h * w), "float16")}
 
     def provenance(self) -> dict[str, Any]:
+        """The backbone's settings, the heatmap recipe, and the token layout the views pool by (the
+        pose axis is the H' x W' map: `pose_grid`, data_cache/token_layout.py)."""
         ckpt = self.backbone.checkpoint
-        return {**self.backbone.provenance(), "backbone": self.arch, "stream": self.stream,
+        _, t, h, w = self.backbone.model.arch.feature_shape(self.heatmap.clip_len, self.heatmap.size, self.heatmap.size)
+        layout = {"class_token": False, "grid": [t, h, w], "input": HEATMAP_VOLUME}
+        return {**self.backbone.provenance(), "backbone": self.arch, "stream": self.stream, "token_layout": layout,
                 "checkpoint": Path(str(ckpt)).name if ckpt else None,
                 "checkpoint_sha256": self.backbone.checkpoint_sha256,
                 "weights": "RANDOM (seeded): no --checkpoint given" if self.random_weights else "checkpoint",
