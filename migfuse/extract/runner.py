@@ -198,11 +198,11 @@ class TrackRun:
         self.batch_size = int(batch_size)
         self.claims = Claims(cache.path, extractor.group) if self.items else None
 
-    def resolve_workers(self, workers: int) -> int:
-        """The loader processes this run starts (never more than its work items), recorded with the
-        batch in the summary's settings and logged."""
+    def resolve_workers(self, workers: int, items: int | None = None) -> int:
+        """The loader processes this run starts (never more than the `items` loaded: its own work
+        items by default), recorded with the batch in the summary's settings and logged."""
         ex, s = self.extractor, self.summary
-        n_workers = min(workers, len(self.items))
+        n_workers = min(workers, len(self.items) if items is None else items)
         s.settings = {"batch": self.batch_size, "workers": n_workers,
                       "decode_threads": decode_threads(n_workers) if n_workers else 0}
         log.info("%s shard %d/%d: %d rows, %d already done or failed, %d to extract (%d work items) on %s in %s",
