@@ -12,8 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_decode_util import write_corrupt
 
@@ -197,3 +199,70 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+class _PyAVAsTorchcodec:
+    """torchcodec's `VideoDecoder` stood in by PyAV (torchcodec is not installed on the CPU test
+    machine): every frame of the small test video decoded when it is opened."""
+
+    opened: list[str] = []
+
+    def __init__(self, path, device="cpu", **kwargs):
+        import av
+        import torch
+
+        with av.open(str(path)) as c:
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        self.frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        self.metadata = types.SimpleNamespace(average_fps=25.0, begin_stream_seconds=0.0,
+                                              end_stream_seconds=len(frames) / 25, rotation=0)
+        _PyAVAsTorchcodec.opened.append(Path(path).stem)
+
+    def get_frames_played_at(self, seconds):
+        return types.SimpleNamespace(data=self.frames[[min(int(s * 25), len(self.frames) - 1) for s in seconds]])
+
+
+def test_gpu_decoding_follows_the_same_plan_one_decode_per_view(tmp_path, monkeypatch):
+    """--decoder gpu: one torchcodec decode per video for the tracks that see crops (made on the GPU,
+    as their own commands make them) and one for the face tracks' full frames; every sample equals
+    the one of the track's own loader on the GPU path."""
+    from test_extract_video_util import CORRUPT as BAD
+    from test_extract_video_util import make_dataset
+
+    from migfuse.datasets.manifest import Manifest
+    from migfuse.extract.face.extractor import FaceLoader
+    from migfuse.extract.interface import WorkItem
+    from migfuse.extract.one_pass import OnePassLoader
+    from migfuse.extract.sampling import ClipSampling, ContextSampling
+    from migfuse.extract.video import ClipLoader, ContextLoader
+
+    decoders = types.ModuleType("torchcodec.decoders")
+    decoders.VideoDecoder = _PyAVAsTorchcodec
+    monkeypatch.setitem(sys.modules, "torchcodec", types.ModuleType("torchcodec"))
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", decoders)
+    m = Manifest.load(make_dataset(tmp_path, good={"0001": (120, [(0, 15), (60, 119)])}))
+    paths, clips = m.video_files(), {c.clip_id: (c.start_frame, c.end_frame) for c in m.clips}
+    common = dict(paths=paths, short_side=40, crop=32, decoder="gpu", device="cpu")
+    ctx = ContextSampling(windows=2, frames=4)
+    loaders = {"video": ClipLoader(**common, clips=clips, sampling=ClipSampling(frames=4)),
+               "context": ContextLoader(**common, sampling=ctx),
+               "face": FaceLoader(paths=paths, scope="clip", frames=2, clips=clips, decoder="gpu"),
+               "face_context": FaceLoader(paths=paths, scope="context", frames=2, context=ctx, decoder="gpu")}
+    one = OnePassLoader(loaders, decoder="gpu")
+    for video in ("0001", BAD):
+        rows = {t: ((video,) if t.endswith("context") else tuple(c for c in clips if c.startswith(video)))
+                for t in loaders}
+        _PyAVAsTorchcodec.opened.clear()
+        separate = {(t, s.id): s for t, ldr in loaders.items() for s in ldr(WorkItem(video, rows[t]))}
+        assert len(_PyAVAsTorchcodec.opened) == (4 if video == "0001" else 0)
+        _PyAVAsTorchcodec.opened.clear()
+        together = {s.id: s for s in one(WorkItem(video, tuple((t, r) for t in loaders for r in rows[t])))}
+        assert _PyAVAsTorchcodec.opened == ([video, video] if video == "0001" else [])  # crops once, full frames once
+        assert together.keys() == separate.keys()
+        for key, s in separate.items():
+            assert together[key].failure == s.failure, key
+            if s.inputs is not None:
+                assert {k: v.tolist() for k, v in together[key].inputs.items()} == \
+                    {k: v.tolist() for k, v in s.inputs.items()}, key
+        if video == BAD:
+            assert {s.failure.stage for s in together.values()} == {"open"}
