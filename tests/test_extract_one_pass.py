@@ -267,3 +267,22 @@ def test_gpu_decoding_follows_the_same_plan_one_decode_per_view(tmp_path, monkey
                     {k: v.tolist() for k, v in s.inputs.items()}, key
         if video == BAD:
             assert {s.failure.stage for s in together.values()} == {"open"}
+
+
+def test_cli_reports_each_track_and_exits_1_when_a_row_failed(runs, tmp_path):
+    import test_extract_video_util  # noqa: F401 - registers the `tiny` backbone
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    prepared, separate, _, _, _ = runs
+    cache = tmp_path / "c.zarr"
+    r = CliRunner().invoke(app, ["extract", "all", "--data", str(prepared), "--cache", str(cache), "--tracks",
+                                 "video,context", "--backbone", "tiny", "--context-windows", "3", "--workers", "0",
+                                 "--batch-size", str(BATCH), "--device", "cpu", "--precision", "fp32"])
+    assert r.exit_code == 1, r.output  # the corrupt and the missing video
+    assert "video/tiny shard 0/1: 6 rows, 4 written now" in r.output
+    assert "context/tiny shard 0/1: 4 rows, 2 written now" in r.output
+    assert "Traceback" not in r.output
+    for t in ("video", "context"):
+        assert snapshot(cache, GROUPS[t]) == snapshot(separate, GROUPS[t])
