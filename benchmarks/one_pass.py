@@ -17,7 +17,9 @@ clips keep the proportion they have in the full video (8 windows over 20,195 fra
 MTCNN is left out of the face loaders (a stand-in that finds no face): the issue puts it where the
 forward runs, and here only the decode side is compared. Measured per run: frames decoded (PyAV)
 and CPU seconds of this process (`time.process_time`), per clip of the video track. Then the one
-pass with one decode thread at the 8-frame skipping margin against the 32-frame one, and the
+pass with 1 and 2 FFmpeg threads without skipping and at the 8- and 32-frame skipping margins
+(frames decoded, CPU, stretches decoded again because the margin was too small, and whether the
+samples equal those of no skipping), and the
 projection of the whole video-track decode (18,498 clips) on a 16-core node: 15 loader processes
 at the measured one-pass rate per core. Prints markdown; record it in benchmarks/RESULTS.md
 (section "One decode pass").
@@ -86,7 +88,7 @@ class Counted:
     def __init__(self):
         from migfuse.extract import decode
 
-        self.decode, self.real, self.frames = decode, decode.read_frames, 0
+        self.decode, self.real, self.frames, self.redone = decode, decode.read_frames, 0, 0
 
     def __enter__(self):
         def counting(path, indices, **kwargs):
@@ -96,6 +98,7 @@ class Counted:
                 yield from self.real(path, indices, stats=stats, **kwargs)
             finally:
                 self.frames += stats.get("decoded", 0)
+                self.redone += stats.get("redone", 0)
 
         self.decode.read_frames = counting
         return self
@@ -106,12 +109,38 @@ class Counted:
 
 def run_loader(loader, items) -> tuple[int, float]:
     """(frames decoded, CPU seconds) of a loader over its work items, in this process."""
+    frames, cpu, _, _ = run_loader_samples(loader, items)
+    return frames, cpu
+
+
+def run_loader_samples(loader, items) -> tuple[int, float, int, list]:
+    """`run_loader`, plus the stretches decoded again (skipping margin too small) and the samples."""
     with Counted() as counted:
         t = time.process_time()
         samples = [s for item in items for s in loader(item)]
         cpu = time.process_time() - t
     assert all(s.failure is None for s in samples), [s.failure for s in samples if s.failure]
-    return counted.frames, cpu
+    return counted.frames, cpu, counted.redone, samples
+
+
+def same_samples(a: list, b: list) -> bool:
+    return [s.id for s in a] == [s.id for s in b] and all(
+        x.inputs.keys() == y.inputs.keys() and all(np.array_equal(x.inputs[k], y.inputs[k]) for k in x.inputs)
+        for x, y in zip(a, b))
+
+
+class _no_skipping:
+    """`decode.read_frames` with skip_nonref=False for every call inside the block."""
+
+    def __init__(self, decode):
+        self.decode, self.real = decode, decode.read_frames
+
+    def __enter__(self):
+        real = self.real
+        self.decode.read_frames = lambda path, indices, **kw: real(path, indices, **{**kw, "skip_nonref": False})
+
+    def __exit__(self, *exc):
+        self.decode.read_frames = self.real
 
 
 def main() -> None:
@@ -155,11 +184,28 @@ def main() -> None:
             for track in loaders:
                 separate[track].append(run_loader(loaders[track], items[track]))
             passes.append(run_loader(one, merged))
+        # the skipping margin per decoding threading: frames decoded, CPU, stretches decoded again,
+        # and whether the samples are those of no skipping at all
+        kept_margin = decode.skip_margin_frames
         margins = {}
-        for margin in (decode.SKIP_MARGIN_ONE_THREAD, decode.SKIP_MARGIN_FRAMES):
-            kept, decode.SKIP_MARGIN_ONE_THREAD = decode.SKIP_MARGIN_ONE_THREAD, margin
-            margins[margin] = [run_loader(one, merged) for _ in range(args.rounds)]
-            decode.SKIP_MARGIN_ONE_THREAD = kept
+        reference = None
+        for threads in (1, 2):
+            decode.set_threads(threads)
+            for margin in (0, 8, 32):  # 0: no skipping (the reference)
+                decode.skip_margin_frames = lambda m=margin: m
+                runs = []
+                for _ in range(args.rounds):
+                    if margin == 0:
+                        with _no_skipping(decode):
+                            runs.append(run_loader_samples(one, merged))
+                    else:
+                        runs.append(run_loader_samples(one, merged))
+                if reference is None:
+                    reference = runs[0][3]
+                margins[threads, margin] = (runs[0][0], float(np.median([r[1] for r in runs])), runs[0][2],
+                                            same_samples(runs[0][3], reference))
+        decode.skip_margin_frames = kept_margin
+        decode.set_threads(1)
 
     def median(runs: list[tuple[int, float]]) -> tuple[int, float]:
         return runs[0][0], float(np.median([cpu for _, cpu in runs]))
@@ -183,11 +229,13 @@ def main() -> None:
     print(f"| `extract all` (one pass) | {frames:,} | {cpu:.2f} | {cpu / n_clips:.3f} | {cpu / video_cpu:.2f}x |")
     print(f"\none pass / sum of the four: {cpu / total_cpu:.2f} CPU, {frames / total_frames:.2f} frames decoded; "
           f"target one pass <= 1.3x the video track alone: {'met' if cpu <= 1.3 * video_cpu else 'NOT met'}")
-    print("\n| one pass, 1 decode thread | frames decoded | CPU s |")
-    print("|---|---|---|")
-    for margin, runs in margins.items():
-        f, c = median(runs)
-        print(f"| skipping margin {margin} frames | {f:,} | {c:.2f} |")
+    print("\n| one pass: FFmpeg threads, skipping margin | frames decoded | CPU s | stretches decoded again | "
+          "samples = no skipping |")
+    print("|---|---|---|---|---|")
+    for (threads, margin), (f, c, redone, same) in margins.items():
+        what = "no skipping" if margin == 0 else f"margin {margin} frames"
+        print(f"| {threads} thread{'s' if threads > 1 else ''}, {what} | {f:,} | {c:.2f} | {redone} | "
+              f"{'yes' if same else 'NO'} |")
     rate = n_clips / cpu
     print(f"\nprojection: {rate:.2f} clips per CPU-second in one pass x {NODE_LOADERS} loader processes = "
           f"{rate * NODE_LOADERS:.1f} clips/s; the decode of all four video tracks for iMiGUE's "

@@ -10,6 +10,9 @@ once however many tracks use it. Each track then makes its samples exactly as it
 On the CPU (PyAV) the decode keeps full frames and each track takes its own view of them
 (`FrameLoader.view`: resize + crop for the video tracks, the full frame for the face tracks).
 Tracks that share a view (video and context with one backbone) get it once per frame, as decoded.
+The cost of the mixed case is memory: a video track's request holds its frames at full size until
+its last frame is decoded (16 frames of 2.8 MB at 720p per clip; 16 x W with `--windows W`), where
+its own command holds 224x224 crops.
 With `--decoder gpu` (torchcodec) the video is decoded once per view instead: the crops are made on
 the GPU and only they come back, as with the separate commands, so the GPU's crops equal theirs.
 
