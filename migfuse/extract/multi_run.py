@@ -179,10 +179,12 @@ def extract_in_one_pass(tracks: list[str], data: str | Path, cache: str | Path, 
 
     runtime = runtime or Runtime()
     parse_shard(options.shard)
+    if not tracks:
+        raise UserError(f"--tracks names no track: choose from {','.join(ONE_PASS_TRACKS)}")
     bad = [t for t in tracks if t not in ONE_PASS_TRACKS]
-    if bad or not tracks:
-        raise UserError(f"--tracks {','.join(tracks)}: {'no track named' if not tracks else repr(bad[0]) + ' is not'} "
-                        f"a video track decoded in one pass; choose from {','.join(ONE_PASS_TRACKS)}")
+    if bad:
+        raise UserError(f"--tracks {','.join(tracks)}: {bad[0]!r} is not a video track decoded in one pass; "
+                        f"choose from {','.join(ONE_PASS_TRACKS)}")
     if len(set(tracks)) != len(tracks):
         raise UserError(f"--tracks {','.join(tracks)}: name each track once")
     manifest = Manifest.load(data)

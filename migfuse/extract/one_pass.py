@@ -43,9 +43,7 @@ class OnePassLoader:
     decoder: str = "cpu"
 
     def __call__(self, item: WorkItem) -> Iterator[Sample]:
-        wanted: dict[str, list[str]] = {}
-        for track, row in item.ids:
-            wanted.setdefault(track, []).append(row)
+        wanted = split_ids(item.ids)
         first = self.loaders[next(iter(wanted))]
         path = first.paths.get(item.key)
         if not path:
@@ -82,10 +80,7 @@ class OnePassLoader:
         views: dict[Hashable, list[str]] = {}
         for t in rows:
             views.setdefault(self.loaders[t].view_key(), []).append(t)
-        if len(views) == 1 or self.decoder != "gpu":
-            if len(views) == 1:
-                tracks = next(iter(views.values()))
-                return [(tracks, self.loaders[tracks[0]])]
+        if len(views) > 1 and self.decoder != "gpu":
             return [(list(rows), None)]
         return [(tracks, self.loaders[tracks[0]]) for tracks in views.values()]
 
