@@ -47,10 +47,10 @@ DEFAULT_SEEK_GAP = 100
 #: is more than this many native frames ahead: the pre-roll from a keyframe to a clip, and the gaps
 #: decoded through. The margin covers the decoder's reordering and frame-thread delay, so every
 #: frame near a needed one is decoded; `_decode_targets` checks that and decodes again without
-#: skipping where it was not (see `skip_nonref`). With frame threads FFmpeg holds a frame per thread
-#: before it returns one, so the margin must be wide; with one thread only the B-frame reordering
-#: remains: 8 served identical frames on a 1280x720 x264 video with 3 B-frames and decoded 1.13x
-#: faster than 32 (benchmarks/RESULTS.md, "One decode pass"). `skip_margin_frames` picks one.
+#: skipping where it was not (see `skip_nonref`). The reordering (3 B-frames) needs a few frames; each
+#: frame thread holds back one more. One thread: 8 frames served the frames of no skipping and decoded
+#: 8 % fewer than 32 on a 1280x720 x264 video with 3 B-frames, 2 threads likewise with 8
+#: (benchmarks/RESULTS.md, "One decode pass"); FFmpeg's own choice (a thread per core) keeps 32.
 SKIP_MARGIN_FRAMES = 32
 SKIP_MARGIN_ONE_THREAD = 8
 #: FFmpeg decoding threads per open video; 0 = FFmpeg's choice (one per core). The extraction
@@ -59,8 +59,11 @@ _THREADS = 0
 
 
 def skip_margin_frames() -> int:
-    """The non-reference skipping margin for this process's decoding threads (`set_threads`)."""
-    return SKIP_MARGIN_ONE_THREAD if _THREADS == 1 else SKIP_MARGIN_FRAMES
+    """The non-reference skipping margin for this process's decoding threads (`set_threads`): 8
+    frames with one thread, one more per further frame thread, 32 at most and with FFmpeg's choice."""
+    if _THREADS == 0:
+        return SKIP_MARGIN_FRAMES
+    return min(SKIP_MARGIN_FRAMES, SKIP_MARGIN_ONE_THREAD + _THREADS - 1)
 
 
 def set_threads(n: int) -> None:
