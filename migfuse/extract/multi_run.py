@@ -66,7 +66,7 @@ def run_in_one_pass(extractors: list[Extractor], cache: "TokenCache | str | Path
                               split=options.split, scheme=options.scheme)
     workers = options.workers if options.workers is not None else max(
         ex.default_workers(runtime.device) for ex in extractors)
-    items = merged_items(runs, shard)
+    items = merged_items(runs)
     for run in runs.values():
         run.resolve_workers(workers, len(items))
     if items:
@@ -102,9 +102,9 @@ def run_in_one_pass(extractors: list[Extractor], cache: "TokenCache | str | Path
     return summaries
 
 
-def merged_items(runs: Mapping[str, TrackRun], shard: tuple[int, int]) -> list[WorkItem]:
-    """One work item per video: every track's pending rows of it as (track, row), in the order of
-    `runs`. Items are in the runner's order (`shard_items`)."""
+def merged_items(runs: Mapping[str, TrackRun]) -> list[WorkItem]:
+    """One work item per video: every track's pending rows of it (each track's run already holds only
+    this process's shard) as (track, row), in the order of `runs`; items sorted by video id."""
     pairs: dict[str, list[tuple[str, str]]] = {}
     for t, run in runs.items():
         for it in run.items:
