@@ -370,6 +370,21 @@ def test_skipping_unreferenced_frames_serves_the_same_frames_and_decodes_fewer(b
         assert fast_stats["redone"] == 0
 
 
+def test_one_decode_thread_skips_with_a_narrower_margin_and_serves_the_same_frames(bframes, monkeypatch):
+    indices = [5, 300, 301, 302, 640, 700, 910]
+    plain, _ = _served(bframes, indices, skip_nonref=False)
+    wide, wide_stats = _served(bframes, indices)  # FFmpeg's threads: the wide margin
+    margins = {}
+    for threads in (0, 1, 2, 64):
+        monkeypatch.setattr(decode, "_THREADS", threads)
+        margins[threads] = decode.skip_margin_frames()
+    assert margins == {0: 32, 1: 8, 2: 9, 64: 32}  # FFmpeg's choice of threads keeps the wide margin
+    monkeypatch.setattr(decode, "_THREADS", 1)
+    narrow, narrow_stats = _served(bframes, indices)
+    assert narrow == wide == plain == [(i, i) for i in indices]
+    assert narrow_stats["decoded"] < wide_stats["decoded"] and narrow_stats["redone"] == 0
+
+
 def test_frames_skipped_too_near_a_target_are_decoded_again(bframes, monkeypatch):
     """With no margin the decoder's delay leaves frames near a target undecoded: the check sees the
     hole and decodes that stretch again without skipping, so the frames served stay right."""

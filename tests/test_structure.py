@@ -47,6 +47,7 @@ def test_one_learning_rate_schedule():
 
 RUNTIME_OPTIONS = ["--device", "--precision", "--compile", "--threads", "--trust-checkpoint"]
 MODEL_COMMANDS = [["extract", "video"], ["extract", "context"], ["extract", "skeleton"], ["extract", "face"],
+                  ["extract", "all"],
                   ["backbone", "run"], ["backbone", "train", "video"], ["backbone", "train", "skeleton"],
                   ["fuse", "train"], ["fuse", "eval"], ["fuse", "predict"], ["demo"]]
 

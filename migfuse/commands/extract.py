@@ -188,3 +188,64 @@ def extract_face(
     _extract(scope_track(scope.value).name, data, cache, runtime, run, checkpoint=checkpoint, frames=frames,
              context_windows=context_windows, global_tokens=global_tokens, video_root=video_root,
              decoder=decoder.value)
+
+
+def _track_list(value: str) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+@app.command("all")
+@with_options(ExtractOptions, "run")
+@with_options(RuntimeOptions)
+def extract_all(
+    data: DataOpt,
+    cache: CacheOpt,
+    runtime: RuntimeOptions,
+    run: ExtractOptions,
+    tracks: Annotated[str, typer.Option(
+        "--tracks", metavar="<video,context,face,face_context>",
+        help="The video tracks to write, comma-separated; each video is decoded once for all of them.")]
+        = "video,context,face,face_context",
+    checkpoint: VideoCheckpointOpt = None,
+    backbone: BackboneOpt = "mvit_v2_s",
+    frames: ClipFramesOpt = None,
+    windows: Annotated[int, typer.Option("--windows", min=1, max=64, help="As `extract video --windows`.")] = 1,
+    context_windows: ContextWindowsOpt = 8,
+    face_checkpoint: Annotated[Optional[Path], path_option(
+        "--face-checkpoint", help="SwinFace .pt for the face tracks (as `extract face --checkpoint`). Without it: "
+                                  "RANDOM weights, for testing only.")] = None,
+    face_frames: Annotated[int, typer.Option("--face-frames", min=1, max=64,
+                                             help="Face frames per clip or per window.")] = 8,
+    global_tokens: Annotated[bool, typer.Option("--global-tokens", help="As `extract face --global-tokens`.")] = False,
+    video_root: VideoRootOpt = None,
+    decoder: DecoderOpt = Decoder.cpu,
+) -> None:
+    """The video tracks in one pass: video/BACKBONE, context/BACKBONE, face/swinface, face_context/swinface.
+
+    Each video is decoded once, in order, for every track's rows of it (the frames no track needs are
+    skipped where the codec allows), instead of once per command. Every group is exactly what its
+    own command (`extract video|context|face [--scope context]`) writes with the same options: the
+    same rows, tokens, provenance, resume and failure records; a group started by one command is
+    resumed by the other. Each track runs its forward in its own batches (--batch-size, when given,
+    sets all of them). Exit code 1 when any row of any track failed; one report per track.
+    """
+    from migfuse.extract.multi_run import extract_in_one_pass
+    from migfuse.extract.report import format_summary
+
+    video = dict(backbone=backbone, frames=frames, video_root=video_root, decoder=decoder.value)
+    face = dict(frames=face_frames, context_windows=context_windows, video_root=video_root, decoder=decoder.value,
+                global_tokens=global_tokens)
+    options = {"video": {**video, "windows": windows}, "context": {**video, "context_windows": context_windows},
+               "face": face, "face_context": face}
+    names = _track_list(tracks)
+    rt = runtime.resolve()
+    with rt.process_group("gloo"):
+        summaries = extract_in_one_pass(
+            names, data, cache, rt, run.run_options(),
+            checkpoints={"video": checkpoint, "context": checkpoint, "face": face_checkpoint,
+                         "face_context": face_checkpoint},
+            track_options={t: options[t] for t in names if t in options})
+        for s in summaries:
+            typer.echo(format_summary(s))
+    if not all(s.ok for s in summaries):
+        raise typer.Exit(1)

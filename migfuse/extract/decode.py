@@ -47,11 +47,23 @@ DEFAULT_SEEK_GAP = 100
 #: is more than this many native frames ahead: the pre-roll from a keyframe to a clip, and the gaps
 #: decoded through. The margin covers the decoder's reordering and frame-thread delay, so every
 #: frame near a needed one is decoded; `_decode_targets` checks that and decodes again without
-#: skipping where it was not (see `skip_nonref`).
+#: skipping where it was not (see `skip_nonref`). The reordering (3 B-frames) needs a few frames; each
+#: frame thread holds back one more. One thread: 8 frames served the frames of no skipping and decoded
+#: 8 % fewer than 32 on a 1280x720 x264 video with 3 B-frames, 2 threads likewise with 8
+#: (benchmarks/RESULTS.md, "One decode pass"); FFmpeg's own choice (a thread per core) keeps 32.
 SKIP_MARGIN_FRAMES = 32
+SKIP_MARGIN_ONE_THREAD = 8
 #: FFmpeg decoding threads per open video; 0 = FFmpeg's choice (one per core). The extraction
 #: runner sets it in each loader worker (`runner.decode_threads`) so workers share the cores.
 _THREADS = 0
+
+
+def skip_margin_frames() -> int:
+    """The non-reference skipping margin for this process's decoding threads (`set_threads`): 8
+    frames with one thread, one more per further frame thread, 32 at most and with FFmpeg's choice."""
+    if _THREADS == 0:
+        return SKIP_MARGIN_FRAMES
+    return min(SKIP_MARGIN_FRAMES, SKIP_MARGIN_ONE_THREAD + _THREADS - 1)
 
 
 def set_threads(n: int) -> None:
@@ -183,7 +195,7 @@ def read_frames(
         stats: if given, filled with counts "decoded" (frames), "seeks" and "redone" (seeks again
             without skipping, see below) for tests and benchmarks.
         skip_nonref: leave frames no other frame refers to undecoded while the next needed frame is
-            more than `SKIP_MARGIN_FRAMES` ahead (FFmpeg's `skip_frame=NONREF`; about 40 % of the
+            more than `skip_margin_frames()` ahead (FFmpeg's `skip_frame=NONREF`; about 40 % of the
             decoding of an x264 stream with B-frames). Where a needed frame's neighbours then turn
             out not to be adjacent frames, that stretch is decoded again without skipping, so the
             frames served are the same as with False.
@@ -267,7 +279,7 @@ def _decode_targets(container, stream, targets: list[int], seek_gap: int,
     step = 1.0 / _fps(stream)  # one native frame
     half = 0.5 * step  # half a native frame: the nearest-frame boundary
     gap_s = seek_gap / ANNOTATION_FPS
-    margin_s = SKIP_MARGIN_FRAMES * step
+    margin_s = skip_margin_frames() * step
     stats.update(decoded=0, seeks=0, redone=0)
     codec = stream.codec_context
     skipping = False  # codec.skip_frame is NONREF now

@@ -35,7 +35,6 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
-import numpy as np
 
 from migfuse.errors import UserError
 from migfuse.extract.claims import Claims
@@ -43,6 +42,7 @@ from migfuse.extract.interface import (Extractor, Failure, Loader, LoaderContrac
                                        WorkItem)
 from migfuse.extract.loader_pool import POLL_S, LoaderPool, decode_threads
 from migfuse.extract.report import RunSummary, format_timings
+from migfuse.extract.row_writer import RowWriter
 from migfuse.runtime import Runtime, launch_ranks
 
 if TYPE_CHECKING:
@@ -137,114 +137,154 @@ def run_extraction(
     Returns:
         RunSummary of this process's rows (failures include those of earlier runs).
     """
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from migfuse.progress_bar import progress_bar
 
-    from migfuse.data_cache.store import DONE, FAILED, MISSING, TokenCache
-    from migfuse.data_cache.tracks import same_row
-
     t0 = time.monotonic()
-    rank, world = shard
-    extractor.runtime, extractor.batch = runtime or Runtime(), int(batch_size)
-    cache = cache if isinstance(cache, TokenCache) else TokenCache(cache)
-    extractor.check_inputs()  # no input at all: one line, before the cache is touched
-    in_split = extractor.rows_in_split(split, scheme) if split else None
-    g = _open_group(extractor, cache)
-    all_ids = list(g.ids)
-    mine = shard_items(extractor.work_items(all_ids), rank, world)
-    outside = unavailable = 0
-    if in_split is not None:
-        mine, outside = _narrow(mine, in_split)
-    wanted = [i for it in mine for i in it.ids]
-    if only_available:
-        mine, unavailable = _narrow(mine, extractor.rows_with_input(wanted))
-    my_ids = [i for it in mine for i in it.ids]
-    status = dict(zip(all_ids, g.status().tolist()))
-    kept = set(my_ids)
-    # what the rows left out hold from earlier runs: they keep it (a failed row stays failed)
-    left_out = Counter(status[i] for i in wanted if i not in kept) if unavailable else Counter()
-    rowdefs = extractor.row_definitions(my_ids) or {}
-    changed = _changed_rows(g, rowdefs, [i for i in my_ids if status[i] != MISSING])
-    skip = {DONE} if retry_failed else {DONE, FAILED}
-    items = [WorkItem(it.key, tuple(i for i in it.ids if status[i] not in skip or i in changed)) for it in mine]
-    items = [it for it in items if it.ids]
-    pending = sum(len(it.ids) for it in items)
-    summary = RunSummary(group=extractor.group, shard=shard, total=len(my_ids), skipped=len(my_ids) - pending,
-                         redone=len(changed), unavailable=unavailable, outside_split=outside,
-                         unavailable_failed=left_out[FAILED], unavailable_done=left_out[DONE],
-                         unit=str(extractor.unit), cache=str(cache.path))
-    n_workers = min(workers, len(items))
-    summary.settings = {"batch": int(batch_size), "workers": n_workers,
-                        "decode_threads": decode_threads(n_workers) if n_workers else 0}
-    log.info("%s shard %d/%d: %d rows, %d already done or failed, %d to extract (%d work items) on %s in %s",
-             extractor.group, rank, world, len(my_ids), summary.skipped, pending, len(items),
-             extractor.runtime.device, extractor.runtime.precision)
-
-    if items:
-        claims = Claims(cache.path, extractor.group)
-
-        def take(item: WorkItem) -> WorkItem | None:
-            """Claim an item, then keep only its rows nobody else has handled since the start."""
-            if not claims.take(item.key):
-                summary.busy += len(item.ids)
-                return None
-            now = dict(zip(item.ids, g.status_of(item.ids).tolist()))
-            stored = dict(zip(item.ids, g.rowdefs(item.ids))) if changed else {}
-            keep = tuple(i for i in item.ids
-                         if now[i] == status[i] and (i not in changed or not same_row(stored[i], rowdefs[i])))
-            if not keep:
-                claims.release(item.key)
-                summary.skipped += len(item.ids)
-                return None
-            summary.skipped += len(item.ids) - len(keep)
-            return WorkItem(item.key, keep)
-
-        bar = progress_bar(total=pending, desc=f"{extractor.group} [{rank}/{world}]", unit=extractor.unit,
-                           dynamic_ncols=True)
-        writer = _Writer(extractor, g, batch_size, bar, summary, rowdefs, claims)
-        pool = None
+    run = TrackRun(extractor, cache, runtime=runtime, batch_size=batch_size, shard=shard, retry_failed=retry_failed,
+                   only_available=only_available, split=split, scheme=scheme)
+    n_workers = run.resolve_workers(workers)
+    if run.items:
+        bar = progress_bar(total=run.pending, desc=f"{extractor.group} [{shard[0]}/{shard[1]}]",
+                           unit=extractor.unit, dynamic_ncols=True)
         try:
-            with logging_redirect_tqdm():
-                if n_workers > 0:
-                    # Start the loaders first: they decode while the model is being built.
-                    pool = LoaderPool(extractor.loader(), n_workers, prefetch, out_size=max(4, 2 * batch_size),
-                                 decode_threads=summary.settings["decode_threads"])
-                    extractor.setup()
-                    writer.started()
-                    _run_pool(pool, items, writer, take)
-                else:
-                    extractor.setup()
-                    writer.started()
-                    _run_inline(extractor.loader(), items, writer, take)
-                writer.flush()
-        except BaseException:  # an error or an interrupt: the loaders' unfinished items are not wanted
-            if pool is not None:
-                pool.close(abort=True)
-                pool = None
-            raise
+            load_and_write(extractor.loader(), run.items, run.writer(bar), run.take, n_workers, prefetch,
+                           out_size=max(4, 2 * batch_size), setup=extractor.setup)
         finally:
-            if pool is not None:
-                pool.close()
-            claims.close()
+            run.close()
             bar.close()
-        if summary.busy:
+    return run.finish(t0)
+
+
+class TrackRun:
+    """One track's part of a run: its group opened, this process's pending work items, resume,
+    claims, row definitions and summary. `run_extraction` runs one; `multi_run` several at once
+    over one decode per video."""
+
+    def __init__(self, extractor: Extractor, cache: "TokenCache | str | Path", *, runtime: Runtime | None,
+                 batch_size: int, shard: tuple[int, int], retry_failed: bool, only_available: bool,
+                 split: str | None, scheme: str | None):
+        from migfuse.data_cache.store import DONE, FAILED, MISSING, TokenCache
+
+        rank, world = shard
+        self.extractor = extractor
+        extractor.runtime, extractor.batch = runtime or Runtime(), int(batch_size)
+        self.cache = cache = cache if isinstance(cache, TokenCache) else TokenCache(cache)
+        extractor.check_inputs()  # no input at all: one line, before the cache is touched
+        in_split = extractor.rows_in_split(split, scheme) if split else None
+        self.g = g = _open_group(extractor, cache)
+        all_ids = list(g.ids)
+        mine = shard_items(extractor.work_items(all_ids), rank, world)
+        outside = unavailable = 0
+        if in_split is not None:
+            mine, outside = _narrow(mine, in_split)
+        wanted = [i for it in mine for i in it.ids]
+        if only_available:
+            mine, unavailable = _narrow(mine, extractor.rows_with_input(wanted))
+        self.my_ids = my_ids = [i for it in mine for i in it.ids]
+        self.status = status = dict(zip(all_ids, g.status().tolist()))
+        kept = set(my_ids)
+        # what the rows left out hold from earlier runs: they keep it (a failed row stays failed)
+        left_out = Counter(status[i] for i in wanted if i not in kept) if unavailable else Counter()
+        self.rowdefs = rowdefs = extractor.row_definitions(my_ids) or {}
+        self.changed = changed = _changed_rows(g, rowdefs, [i for i in my_ids if status[i] != MISSING])
+        skip = {DONE} if retry_failed else {DONE, FAILED}
+        items = [WorkItem(it.key, tuple(i for i in it.ids if status[i] not in skip or i in changed)) for it in mine]
+        self.items = [it for it in items if it.ids]
+        self.pending = sum(len(it.ids) for it in self.items)
+        self.summary = RunSummary(group=extractor.group, shard=shard, total=len(my_ids),
+                                  skipped=len(my_ids) - self.pending, redone=len(changed), unavailable=unavailable,
+                                  outside_split=outside, unavailable_failed=left_out[FAILED],
+                                  unavailable_done=left_out[DONE], unit=str(extractor.unit), cache=str(cache.path))
+        self.batch_size = int(batch_size)
+        self.claims = Claims(cache.path, extractor.group) if self.items else None
+
+    def resolve_workers(self, workers: int, items: int | None = None) -> int:
+        """The loader processes this run starts (never more than the `items` loaded: its own work
+        items by default), recorded with the batch in the summary's settings and logged."""
+        ex, s = self.extractor, self.summary
+        n_workers = min(workers, len(self.items) if items is None else items)
+        s.settings = {"batch": self.batch_size, "workers": n_workers,
+                      "decode_threads": decode_threads(n_workers) if n_workers else 0}
+        log.info("%s shard %d/%d: %d rows, %d already done or failed, %d to extract (%d work items) on %s in %s",
+                 ex.group, s.shard[0], s.shard[1], s.total, s.skipped, self.pending, len(self.items),
+                 ex.runtime.device, ex.runtime.precision)
+        return n_workers
+
+    def writer(self, bar: Any) -> RowWriter:
+        return RowWriter(self.extractor, self.g, self.batch_size, bar, self.summary, self.rowdefs, self.claims)
+
+    def take(self, item: WorkItem) -> WorkItem | None:
+        """Claim an item, then keep only its rows nobody else has handled since the start."""
+        from migfuse.data_cache.tracks import same_row
+
+        g, status, changed, rowdefs = self.g, self.status, self.changed, self.rowdefs
+        if not self.claims.take(item.key):
+            self.summary.busy += len(item.ids)
+            return None
+        now = dict(zip(item.ids, g.status_of(item.ids).tolist()))
+        stored = dict(zip(item.ids, g.rowdefs(item.ids))) if changed else {}
+        keep = tuple(i for i in item.ids
+                     if now[i] == status[i] and (i not in changed or not same_row(stored[i], rowdefs[i])))
+        if not keep:
+            self.claims.release(item.key)
+            self.summary.skipped += len(item.ids)
+            return None
+        self.summary.skipped += len(item.ids) - len(keep)
+        return WorkItem(item.key, keep)
+
+    def close(self) -> None:
+        """Give back every claim still held (the run ended, or stopped on an error)."""
+        if self.claims is not None:
+            self.claims.close()
+        if self.summary.busy:
             log.warning("%s: %d rows were being extracted by another process on this cache and were left to it; "
                         "rerun this command after it ends to check that the group is complete",
-                        extractor.group, summary.busy)
+                        self.extractor.group, self.summary.busy)
 
-    # Report every failure of this process's rows, including those kept from earlier runs.
-    seen = {f[0] for f in summary.failed}
-    failures = {f["clip_id"]: f for f in g.failures()}  # rows whose status is FAILED now
-    for row in my_ids:
-        if row not in seen and row in failures:
-            f = failures[row]
-            summary.failed.append((row, str(f.get("stage", "?")), str(f.get("message", "?"))))
-    summary.seconds = time.monotonic() - t0
-    log.debug("%s", format_timings(summary))  # the report (`format_summary`) prints it
-    log.debug("%s shard %d/%d: %d written, %d skipped, %d failed in %.1f s", extractor.group, rank, world,
-             summary.done, summary.skipped, len(summary.failed), summary.seconds)
-    return summary
+    def finish(self, t0: float) -> RunSummary:
+        """The summary, with every failure of this process's rows, those kept from earlier runs too."""
+        summary = self.summary
+        seen = {f[0] for f in summary.failed}
+        failures = {f["clip_id"]: f for f in self.g.failures()}  # rows whose status is FAILED now
+        for row in self.my_ids:
+            if row not in seen and row in failures:
+                f = failures[row]
+                summary.failed.append((row, str(f.get("stage", "?")), str(f.get("message", "?"))))
+        summary.seconds = time.monotonic() - t0
+        log.debug("%s", format_timings(summary))  # the report (`format_summary`) prints it
+        return summary
+
+
+def load_and_write(loader: Loader, items: list[WorkItem], writer: Any, take: Callable[[WorkItem], WorkItem | None],
+                   workers: int, prefetch: int, out_size: int, setup: Callable[[], None]) -> None:
+    """Load `items` (in `workers` spawned processes, or here when 0) while `writer` runs the forward
+    and writes; `setup` builds the model(s) once the loaders have started. On an error or an
+    interrupt the loaders are stopped at once (their unfinished items are not wanted)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    pool = None
+    try:
+        with logging_redirect_tqdm():
+            if workers > 0:
+                # Start the loaders first: they decode while the model is being built.
+                pool = LoaderPool(loader, workers, prefetch, out_size=out_size,
+                                  decode_threads=decode_threads(workers))
+                setup()
+                writer.started()
+                _run_pool(pool, items, writer, take)
+            else:
+                setup()
+                writer.started()
+                _run_inline(loader, items, writer, take)
+            writer.flush()
+    except BaseException:
+        if pool is not None:
+            pool.close(abort=True)
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def _narrow(items: list[WorkItem], keep: set[str]) -> tuple[list[WorkItem], int]:
@@ -269,7 +309,7 @@ def _changed_rows(g: "TokenGroup", rowdefs: Mapping[str, str], written: list[str
     return set(changed)
 
 
-def _deliver(item: WorkItem, samples: Iterable[Sample], writer: "_Writer", seen: set[str]) -> None:
+def _deliver(item: WorkItem, samples: Iterable[Sample], writer: "RowWriter", seen: set[str]) -> None:
     for s in samples:
         if s.id not in item.ids or s.id in seen:
             raise LoaderContractError(f"loader yielded row {s.id!r} that is not (or no longer) "
@@ -278,14 +318,14 @@ def _deliver(item: WorkItem, samples: Iterable[Sample], writer: "_Writer", seen:
         writer.add(s)
 
 
-def _fail_rest(item: WorkItem, seen: set[str], failure: Failure, writer: "_Writer") -> None:
+def _fail_rest(item: WorkItem, seen: set[str], failure: Failure, writer: "RowWriter") -> None:
     for row in item.ids:
         if row not in seen:
             seen.add(row)
             writer.fail(row, failure)
 
 
-def _timed_loading(samples: Iterator[Sample], writer: "_Writer") -> Iterator[Sample]:
+def _timed_loading(samples: Iterator[Sample], writer: "RowWriter") -> Iterator[Sample]:
     """`samples`, the time spent producing them counted as the run's "loaders" time."""
     while True:
         t = time.monotonic()
@@ -298,7 +338,7 @@ def _timed_loading(samples: Iterator[Sample], writer: "_Writer") -> Iterator[Sam
         yield sample
 
 
-def _run_inline(loader: Loader, items: list[WorkItem], writer: "_Writer",
+def _run_inline(loader: Loader, items: list[WorkItem], writer: "RowWriter",
                 take: Callable[[WorkItem], WorkItem | None] = lambda it: it) -> None:
     for item in items:
         item = take(item)
@@ -318,7 +358,7 @@ def _run_inline(loader: Loader, items: list[WorkItem], writer: "_Writer",
             writer.claims.release_when_written(item.key)
 
 
-def _run_pool(pool: LoaderPool, items: list[WorkItem], writer: "_Writer",
+def _run_pool(pool: LoaderPool, items: list[WorkItem], writer: "RowWriter",
               take: Callable[[WorkItem], WorkItem | None] = lambda it: it) -> None:
     items = list(items)
     todo = deque(range(len(items)))
@@ -363,100 +403,6 @@ def _run_pool(pool: LoaderPool, items: list[WorkItem], writer: "_Writer",
             closed(n)
             pool.finished(wid, n)
             pool.feed(todo, items, take_n)
-
-
-#: failure records held before they are written in one go (they are also written at each flush)
-_FAILURE_BATCH = 512
-
-
-class _Writer:
-    """Batches samples, runs the forward, writes rows and failures (each in batches), counts,
-    updates the bar. Rows held in memory when the process dies are simply not done: a rerun does
-    them, and claims are released only once an item's rows are written."""
-
-    def __init__(self, extractor: Extractor, group: "TokenGroup", batch_size: int, bar: Any, summary: RunSummary,
-                 rowdefs: Mapping[str, str] | None = None, claims: Claims | None = None):
-        self.ex, self.g, self.batch_size, self.bar, self.summary = extractor, group, batch_size, bar, summary
-        self.rowdefs = rowdefs or {}
-        self.claims = claims
-        self.specs = extractor.arrays()
-        self.batch: list[Sample] = []
-        self.failures: list[tuple[str, str, str, str | None]] = []
-        self.batch_units = 0
-        self.batch_since = 0.0
-        self.t0 = time.monotonic()
-        self.timings = summary.timings
-        self.timings.update(start=0.0, loaders=0.0, forward=0.0, writes=0.0)
-
-    def started(self) -> None:
-        """The model is built: what came before is the run's fixed start cost."""
-        self.timings["start"] = time.monotonic() - self.t0
-
-    def timed(self, key: str, since: float) -> None:
-        self.timings[key] += time.monotonic() - since
-
-    def add(self, sample: Sample) -> None:
-        if sample.failure is not None or sample.inputs is None:
-            self.fail(sample.id, sample.failure or Failure("load", "loader returned no inputs"))
-            return
-        if not self.batch:
-            self.batch_since = time.monotonic()
-        self.batch.append(sample)
-        self.batch_units += max(1, sample.size)
-        if self.batch_units >= self.batch_size:
-            self.flush()
-
-    def fail(self, row: str, failure: Failure) -> None:
-        # the report summarises failures by cause; one log line per row would flood the console
-        log.debug("%s %s failed at %s: %s", self.ex.group, row, failure.stage, failure.message)
-        self.failures.append((row, failure.stage, failure.message, self.rowdefs.get(row)))
-        self.summary.failed.append((row, failure.stage, failure.message))
-        self._tick()
-        if len(self.failures) >= _FAILURE_BATCH:
-            self._write_failures()
-
-    def _write_failures(self) -> None:
-        if self.failures:
-            t = time.monotonic()
-            self.g.write_failures(self.failures)
-            self.failures = []
-            self.timed("writes", t)
-
-    def flush(self) -> None:
-        """Run the forward on the held batch, write its rows and every held failure, then release
-        the claims of the items now written."""
-        if self.batch:
-            self._forward()
-        self._write_failures()
-        if self.claims is not None:
-            self.claims.flushed()
-
-    def _forward(self) -> None:
-        batch, self.batch, self.batch_units = self.batch, [], 0
-        t = time.monotonic()
-        results = self.ex.forward([s.inputs for s in batch])
-        self.timed("forward", t)
-        if len(results) != len(batch):
-            raise RuntimeError(f"{type(self.ex).__name__}.forward returned {len(results)} "
-                               f"results for {len(batch)} inputs")
-        rows = []
-        for s, res in zip(batch, results):
-            if isinstance(res, Failure):
-                self.fail(s.id, res)
-                continue
-            arrays = {name: np.asarray(res[name]).astype(spec.dtype, copy=False) for name, spec in self.specs.items()}
-            rows.append((s.id, arrays, self.rowdefs.get(s.id)))
-        t = time.monotonic()
-        self.g.write_rows(rows)
-        self.timed("writes", t)
-        for _ in rows:
-            self.summary.done += 1
-            self._tick()
-
-    def _tick(self) -> None:
-        self.bar.update(1)
-        if self.summary.failed:
-            self.bar.set_postfix_str(f"failed={len(self.summary.failed)}", refresh=False)
 
 
 def _open_group(extractor: Extractor, cache: "TokenCache | str | Path") -> "TokenGroup":

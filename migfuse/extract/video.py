@@ -30,6 +30,7 @@ from migfuse.extract.entry import register_track
 from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem, videos_with_files
 from migfuse.extract.presets import preset_group
 from migfuse.extract.sampling import ClipSampling, ContextSampling
+from migfuse.extract.video_rows import FrameLoader, VideoRows
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def resize_crop_tensor(x: Any, short_side: int = 256, crop: int = 224) -> Any:
 
 
 @dataclass
-class _VideoLoader:
+class _VideoLoader(FrameLoader):
     """Shared decode-once-per-video logic. Picklable: paths and rules only, no model."""
 
     paths: Mapping[str, str | None]  # video id -> file (None: not found by `data prepare`)
@@ -95,21 +96,24 @@ class _VideoLoader:
     decoder: str = "cpu"  # "gpu": torchcodec on `device` (`decode_gpu.choose_decoder` decided it)
     device: str = "cpu"
 
-    def _path(self, key: str) -> Path:
-        p = self.paths.get(key)
-        if not p:
-            raise DecodeError("open", f"no video file for video {key} in videos.csv (put the mp4 next to its "
-                                      "labels and re-run `migfuse data prepare`)")
-        return Path(p)
-
-    def _stream(self, path: Path, requests: Mapping[str, np.ndarray],
-                facts: VideoMeasure | None) -> Iterator[tuple[str, np.ndarray | DecodeError]]:
+    def stream(self, path: Path, requests: Mapping[Any, np.ndarray],
+               facts: VideoMeasure | None) -> Iterator[tuple[Any, np.ndarray | DecodeError]]:
         """The video decoded once for all `requests`, each frame resized + centre-cropped once, as it is
         decoded (on the GPU with --decoder gpu: only the crops come back)."""
         return stream_video(path, requests, decoder=self.decoder, device=self.device, facts=facts,
                             transform=lambda rgb: resize_crop(rgb, self.short_side, self.crop),
                             gpu_transform=lambda x: resize_crop_tensor(x, self.short_side, self.crop)
                             .permute(0, 2, 3, 1))
+
+    def view_key(self) -> tuple:
+        return ("crop", self.short_side, self.crop)
+
+    def view(self, frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Full frames -> resized + centre-cropped, each distinct frame once (as `stream` does)."""
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        unique, first, inverse = np.unique(indices.reshape(-1), return_index=True, return_inverse=True)
+        crops = np.stack([resize_crop(flat[i], self.short_side, self.crop) for i in first])
+        return crops[inverse.reshape(-1)].reshape(*indices.shape, *crops.shape[1:])
 
 
 @dataclass
@@ -119,21 +123,23 @@ class ClipLoader(_VideoLoader):
     clips: Mapping[str, tuple[int, int]] | None = None  # clip id -> (start_frame, end_frame)
     sampling: ClipSampling = ClipSampling()
 
-    def __call__(self, item: WorkItem) -> Iterator[Sample]:
-        try:
-            path = self._path(item.key)
-        except DecodeError as e:
-            yield from (Sample(row, failure=Failure(e.stage, str(e))) for row in item.ids)
-            return
-        plans = {row: self.sampling.windows(*self.clips[row]) for row in item.ids}
-        for row, frames in self._stream(path, plans, self.facts.get(item.key)):
-            if not isinstance(frames, DecodeError):
-                yield Sample(row, inputs={"frames": frames}, size=len(plans[row]))
-            elif frames.stage == "open":
-                yield Sample(row, failure=Failure("open", str(frames)))
-            else:
-                start, end = self.clips[row]
-                yield Sample(row, failure=Failure("decode", f"clip {row} (frames {start}..{end}): {frames}"))
+    def rows(self, item: WorkItem, path: Path, facts: VideoMeasure | None) -> VideoRows:
+        return _ClipRows(self, item.ids, facts)
+
+
+class _ClipRows(VideoRows):
+    def __init__(self, loader: ClipLoader, rows: tuple[str, ...], facts: VideoMeasure | None):
+        self.clips, self.facts = loader.clips, facts
+        self.requests = {row: loader.sampling.windows(*loader.clips[row]) for row in rows}
+
+    def served(self, row: str, frames: np.ndarray | DecodeError) -> Iterator[Sample]:
+        if not isinstance(frames, DecodeError):
+            yield Sample(row, inputs={"frames": frames}, size=len(self.requests[row]))
+        elif frames.stage == "open":
+            yield Sample(row, failure=Failure("open", str(frames)))
+        else:
+            start, end = self.clips[row]
+            yield Sample(row, failure=Failure("decode", f"clip {row} (frames {start}..{end}): {frames}"))
 
 
 @dataclass
@@ -147,35 +153,53 @@ class ContextLoader(_VideoLoader):
 
     sampling: ContextSampling = ContextSampling()
 
-    def __call__(self, item: WorkItem) -> Iterator[Sample]:
-        for row in item.ids:  # a context row is the video itself
-            try:
-                path = self._path(row)
-                facts = measure(path, self.facts.get(row))
-            except DecodeError as e:
-                yield Sample(row, failure=Failure(e.stage, str(e)))
-                continue
-            if facts.frames < 1:
-                yield Sample(row, failure=Failure("open", f"{path.name} decodes no picture"))
-                continue
-            plan = self.sampling.indices(facts.frames)  # (K, F)
-            valid = np.zeros(len(plan), bool)
-            kept: dict[int, np.ndarray] = {}
-            error: DecodeError | None = None
-            for j, frames in self._stream(path, {j: plan[j] for j in range(len(plan))}, facts):
-                if isinstance(frames, DecodeError):
-                    error = frames
-                else:
-                    valid[j] = True
-                    kept[j] = frames
-            if not valid.any():
-                why = str(error) if error is not None else "no window could be decoded"
-                yield Sample(row, failure=Failure("decode", f"video {row}: {why}"))
-                continue
-            if error is not None:
-                log.warning("context of video %s: %d of %d windows kept: %s", row, int(valid.sum()), len(valid), error)
-            frames = np.stack([kept[j] for j in sorted(kept)])
-            yield Sample(row, inputs={"frames": frames, "valid": valid}, size=len(kept))
+    def rows(self, item: WorkItem, path: Path, facts: VideoMeasure | None) -> VideoRows:
+        return _ContextRows(self, item.key, path, facts)
+
+
+class _ContextRows(VideoRows):
+    """The one row of a video (a context row is the video itself): K windows as K requests."""
+
+    def __init__(self, loader: ContextLoader, row: str, path: Path, facts: VideoMeasure | None):
+        self.row, self.requests, self.failure = row, {}, None
+        try:
+            self.facts = measure(path, facts)
+        except DecodeError as e:
+            self.failure = Failure(e.stage, str(e))
+            return
+        if self.facts.frames < 1:
+            self.failure = Failure("open", f"{path.name} decodes no picture")
+            return
+        plan = loader.sampling.indices(self.facts.frames)  # (K, F)
+        self.requests = {j: plan[j] for j in range(len(plan))}
+        self.kept: dict[int, np.ndarray] = {}
+        self.error: DecodeError | None = None
+
+    def early(self) -> Iterator[Sample]:
+        if self.failure is not None:
+            yield Sample(self.row, failure=self.failure)
+
+    def served(self, j: int, frames: np.ndarray | DecodeError) -> Iterator[Sample]:
+        if isinstance(frames, DecodeError):
+            self.error = frames
+        else:
+            self.kept[j] = frames
+        return iter(())
+
+    def end(self) -> Iterator[Sample]:
+        if self.failure is not None:
+            return
+        row, valid = self.row, np.zeros(len(self.requests), bool)
+        valid[sorted(self.kept)] = True
+        if not valid.any():
+            why = str(self.error) if self.error is not None else "no window could be decoded"
+            yield Sample(row, failure=Failure("decode", f"video {row}: {why}"))
+            return
+        if self.error is not None:
+            log.warning("context of video %s: %d of %d windows kept: %s", row, int(valid.sum()), len(valid),
+                        self.error)
+        frames = np.stack([self.kept[j] for j in sorted(self.kept)])
+        yield Sample(row, inputs={"frames": frames, "valid": valid}, size=len(self.kept))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from migfuse.extract.decode_gpu import choose_decoder, stream_video
 from migfuse.extract.entry import register_track
 from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem, videos_with_files
 from migfuse.extract.sampling import ContextSampling, uniform_indices
+from migfuse.extract.video_rows import FrameLoader, VideoRows
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ GPU_DETECT_FRAMES = 64
 
 
 @dataclass
-class FaceLoader:
+class FaceLoader(FrameLoader):
     """Decode + detect + align for the rows of one video. Picklable: paths and rules, no model."""
 
     paths: Mapping[str, str | None]  # video id -> mp4 (None: not found by `data prepare`)
@@ -113,85 +114,101 @@ class FaceLoader:
             out.append((crops, mask))
         return out
 
-    def _stream(self, path: str, requests: Mapping[Any, np.ndarray], facts: VideoMeasure | None):
+    def stream(self, path: Path, requests: Mapping[Any, np.ndarray], facts: VideoMeasure | None):
         return stream_video(path, requests, decoder=self.decoder, device=self.detector_device, facts=facts)
 
-    def __call__(self, item: WorkItem) -> Iterator[Sample]:
-        path = self.paths.get(item.key)
-        if not path:
-            msg = (f"no video file for video {item.key} in videos.csv "
-                   "(put the mp4 next to its labels and re-run `migfuse data prepare`)")
-            yield from (Sample(row, failure=Failure("open", msg)) for row in item.ids)
-            return
-        facts = self.facts.get(item.key)
+    def rows(self, item: WorkItem, path: Path, facts: VideoMeasure | None) -> VideoRows:
         if self.scope == "clip":
-            yield from self._clips(path, item.ids, facts)
-        else:
-            for row in item.ids:  # a context row is the video itself
-                yield self._context(path, row, facts)
+            return _FaceClipRows(self, item.ids, facts)
+        return _FaceContextRows(self, item.key, path, facts)
 
-    def _clips(self, path: str, rows: tuple[str, ...], facts: VideoMeasure | None) -> Iterator[Sample]:
-        """One sample per clip, as soon as its K frames are decoded and detected (only waiting clips'
-        frames are held; with `detect_frames` > 1, clips wait until that many frames are gathered)."""
-        plans = {row: self.plan(row, None) for row in rows}
-        gathered: list[tuple[str, np.ndarray]] = []
 
-        def detect() -> Iterator[Sample]:
-            for (row, _), (crops, mask) in zip(gathered, self._faces_of_rows([f for _, f in gathered])):
-                yield Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
-            gathered.clear()
+class _FaceClipRows(VideoRows):
+    """One sample per clip, as soon as its K frames are decoded and detected (only waiting clips'
+    frames are held; with `detect_frames` > 1, clips wait until that many frames are gathered)."""
 
-        for row, frames in self._stream(path, plans, facts):
-            if isinstance(frames, DecodeError):
-                start, end = self.clips[row]
-                yield Sample(row, failure=Failure(frames.stage, f"clip {row} (frames {start}..{end}): {frames}"))
-                continue
-            gathered.append((row, frames))
-            if sum(len(f) for _, f in gathered) >= self.detect_frames:
-                yield from detect()
-        if gathered:
-            yield from detect()
+    def __init__(self, loader: FaceLoader, rows: tuple[str, ...], facts: VideoMeasure | None):
+        self.loader, self.facts = loader, facts
+        self.requests = {row: loader.plan(row, None) for row in rows}
+        self.gathered: list[tuple[str, np.ndarray]] = []
 
-    def _context(self, path: str, row: str, facts: VideoMeasure | None) -> Sample:
-        """One video's context windows over its decoded length, each detected as soon as it is
-        decoded. Windows the decoder could not serve (damage after them) stay masked, like the
-        context track's invalid windows; the row fails only when no window could be decoded."""
+    def _detect(self) -> Iterator[Sample]:
+        gathered, self.gathered = self.gathered, []
+        for (row, _), (crops, mask) in zip(gathered, self.loader._faces_of_rows([f for _, f in gathered])):
+            yield Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
+
+    def served(self, row: str, frames: np.ndarray | DecodeError) -> Iterator[Sample]:
+        if isinstance(frames, DecodeError):
+            start, end = self.loader.clips[row]
+            yield Sample(row, failure=Failure(frames.stage, f"clip {row} (frames {start}..{end}): {frames}"))
+            return
+        self.gathered.append((row, frames))
+        if sum(len(f) for _, f in self.gathered) >= self.loader.detect_frames:
+            yield from self._detect()
+
+    def end(self) -> Iterator[Sample]:
+        if self.gathered:
+            yield from self._detect()
+
+
+class _FaceContextRows(VideoRows):
+    """One video's context windows over its decoded length, each detected as soon as it is
+    decoded. Windows the decoder could not serve (damage after them) stay masked, like the
+    context track's invalid windows; the row fails only when no window could be decoded."""
+
+    def __init__(self, loader: FaceLoader, row: str, path: Path, facts: VideoMeasure | None):
         from migfuse.extract.face.align import CROP_SIZE
 
+        self.loader, self.row, self.requests, self.failure = loader, row, {}, None
         try:
-            facts = measure(path, facts)
+            self.facts = measure(path, facts)
         except DecodeError as e:
-            return Sample(row, failure=Failure(e.stage, f"video {row}: {e}"))
-        if facts.frames < 1:
-            return Sample(row, failure=Failure("open", f"video {row}: {Path(path).name} decodes no picture"))
-        plan = self.plan(row, facts.frames)  # (Wc, K)
-        crops = np.zeros((*plan.shape, CROP_SIZE, CROP_SIZE, 3), np.uint8)
-        mask = np.zeros(plan.shape, bool)
-        served, error = 0, None
-        gathered: list[tuple[int, np.ndarray]] = []
-
-        def detect() -> None:
-            for (j, _), (window_crops, window_mask) in zip(gathered, self._faces_of_rows([f for _, f in gathered])):
-                crops[j], mask[j] = window_crops, window_mask
-            gathered.clear()
-
+            self.failure = Failure(e.stage, f"video {row}: {e}")
+            return
+        if self.facts.frames < 1:
+            self.failure = Failure("open", f"video {row}: {path.name} decodes no picture")
+            return
+        plan = loader.plan(row, self.facts.frames)  # (Wc, K)
         # the main face is chosen per window: windows lie far apart in the video
-        for j, frames in self._stream(path, {j: plan[j] for j in range(len(plan))}, facts):
-            if isinstance(frames, DecodeError):
-                error = frames
-                continue
-            gathered.append((j, frames))
-            served += 1
-            if sum(len(f) for _, f in gathered) >= self.detect_frames:
-                detect()
-        if gathered:
-            detect()
+        self.requests = {j: plan[j] for j in range(len(plan))}
+        self.crops = np.zeros((*plan.shape, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        self.mask = np.zeros(plan.shape, bool)
+        self.served_windows, self.error = 0, None
+        self.gathered: list[tuple[int, np.ndarray]] = []
+
+    def early(self) -> Iterator[Sample]:
+        if self.failure is not None:
+            yield Sample(self.row, failure=self.failure)
+
+    def _detect(self) -> None:
+        gathered, self.gathered = self.gathered, []
+        for (j, _), (crops, mask) in zip(gathered, self.loader._faces_of_rows([f for _, f in gathered])):
+            self.crops[j], self.mask[j] = crops, mask
+
+    def served(self, j: int, frames: np.ndarray | DecodeError) -> Iterator[Sample]:
+        if isinstance(frames, DecodeError):
+            self.error = frames
+            return iter(())
+        self.gathered.append((j, frames))
+        self.served_windows += 1
+        if sum(len(f) for _, f in self.gathered) >= self.loader.detect_frames:
+            self._detect()
+        return iter(())
+
+    def end(self) -> Iterator[Sample]:
+        if self.failure is not None:
+            return
+        if self.gathered:
+            self._detect()
+        row, error = self.row, self.error
         if error is not None:
-            if not served:
-                return Sample(row, failure=Failure(error.stage, f"video {row}: {error}"))
+            if not self.served_windows:
+                yield Sample(row, failure=Failure(error.stage, f"video {row}: {error}"))
+                return
             log.warning("face context of video %s: %d of %d windows decoded, the rest masked: %s",
-                        row, served, len(plan), error)
-        return Sample(row, inputs={"crops": crops[mask], "mask": mask}, size=max(1, int(mask.sum())))
+                        row, self.served_windows, len(self.requests), error)
+        yield Sample(row, inputs={"crops": self.crops[self.mask], "mask": self.mask},
+                     size=max(1, int(self.mask.sum())))
 
 
 class FaceExtractor(TrackExtractor):
