@@ -97,7 +97,7 @@ def test_the_output_folder_names_the_pose_source_per_video_and_keeps_the_clips(p
     assert [c.clip_id for c in m.clips] == [c.clip_id for c in Manifest.load(prepared).clips]
     assert {v: (i.skeleton_layout, i.pose_source) for v, i in m.videos.items()} == {
         "0001": ("coco-17", "estimated: scripted-pose + scripted-detector"),
-        "0002": ("coco-17", "estimated: scripted-pose + scripted-detector"), "0003": ("openpose-137", "")}
+        "0002": ("coco-17", "estimated: scripted-pose + scripted-detector"), "0003": ("", "")}
     report = json.loads((estimated / "prepare_report.json").read_text())
     assert report["pose_sources"] == {"0001": "estimated: scripted-pose + scripted-detector",
                                       "0002": "estimated: scripted-pose + scripted-detector"}

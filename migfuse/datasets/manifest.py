@@ -397,10 +397,16 @@ def _video_from_row(row: dict[str, str], path: Path, line: int, root: Path) -> V
                          skeleton=row["skeleton"], n_frames=_opt_int(row["n_frames"]),
                          rotation=_opt_int(row.get("rotation") or ""), dataset_root=dataset_root,
                          measured=_measured_from_row(row), unreadable=row.get("unreadable") or "",
-                         skeleton_layout=stored_layout_of(row.get("skeleton_layout") or ""),
+                         skeleton_layout=_stored_layout_cell(row.get("skeleton_layout") or ""),
                          pose_source=row.get("pose_source") or "")
     except (ValueError, TypeError, KeyError) as e:
         raise UserError(f"{path} line {line} is invalid ({e}); re-run `migfuse data prepare`") from None
+
+
+def _stored_layout_cell(text: str) -> str:
+    """The videos.csv skeleton_layout cell as written ("" stays ""), checked to name a known layout."""
+    stored_layout_of(text)
+    return text
 
 
 def _video_row(info: VideoInfo) -> list[str]:
