@@ -84,3 +84,24 @@ def expected_points(scene, t: int) -> np.ndarray | None:
     if i < 0:
         return None
     return np.concatenate([fp.keypoints[i], fp.scores[i][:, None]], -1)
+
+
+class FrameContentEstimator:
+    """Plumbing for real videos (the demo dataset): one person per frame, centred, whose 17 points move
+    with the picture (point i's x follows the mean brightness of the i-th of 17 horizontal bands)."""
+
+    layout = "coco-17"
+
+    def provenance(self) -> dict:
+        return {"models": [{"name": "frame-content", "path": "-", "sha256": "2" * 64, "architecture": "test"}]}
+
+    def __call__(self, frames) -> list[FramePoses]:
+        out = []
+        for f in frames:
+            h, w = f.shape[:2]
+            bands = np.array([b.mean() for b in np.array_split(f.astype(np.float32).mean(axis=2), K)])
+            kp = np.stack([w / 2 + (bands - bands.mean()) * w / 256, (np.arange(K) + 0.5) * h / K], -1)
+            box = np.array([[w / 4, 0, 3 * w / 4, h]], np.float32)
+            out.append(FramePoses(box, np.array([0.9], np.float32), kp[None].astype(np.float32),
+                                  np.full((1, K), 0.9, np.float32)))
+        return out
