@@ -61,7 +61,7 @@ def _estimators():
     yield pytest.param("tiny-real", id="tiny-real")
 
 
-@pytest.mark.parametrize("which", _estimators())
+@pytest.mark.parametrize("which", list(_estimators()))
 def test_data_pose_then_extract_skeleton_coco17_then_cmtf(world, tmp_path, monkeypatch, which):
     pose_args: tuple = ("--pose-model", tmp_path / "pose", "--detector", tmp_path / "detector")
     if which == "stand-in":

@@ -1,0 +1,133 @@
+"""`data pose` throughput: detector + pose model frames/s on 720p frames, and the time for all iMiGUE clips.
+
+    .venv/bin/python benchmarks/pose.py [--pose-model DIR --detector DIR] [--batch-sizes 1,4,8]
+                                        [--frames 8] [--device cpu] [--threads 2]
+
+Without model folders it writes random-weight folders of the published sizes with transformers'
+default configs (VitPoseConfig = ViTPose-B, 256x192 input; RTDetrConfig = RT-DETR R50vd, 640x640) and
+runs them through `load_pose_estimator`, as `data pose` does; with real folders (ViTPose-B / RT-DETR
+downloads) the same. A random detector finds arbitrary boxes: the table gives persons per frame, since
+the pose model runs once per person (up to --max-persons). Baseline: batch size 1, measured in the
+same run (ratio = frames/s / batch-1 frames/s). Decoding 720p is measured too (it runs in the loader
+workers, beside the models).
+
+The projection counts the frames `data pose --scope clips` estimates: the union of the clip ranges of
+the annotation (labels_20200831.csv: 18,498 clips), against 3.77 M frames in the videos (--scope
+videos). Prints a Markdown table for benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_FRAMES = 3_770_000  # frames of all iMiGUE videos (the issue's count)
+LABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "imigue" / "labels_20200831.csv"
+
+
+def clip_frames(labels: Path) -> int:
+    """Frames covered by the union of every video's clip ranges (start/end inclusive)."""
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    with open(labels, newline="") as f:
+        for row in csv.DictReader(f):
+            ranges.setdefault(row["video_id"], []).append((int(row["start_frame"]), int(row["end_frame"])))
+    total = 0
+    for spans in ranges.values():
+        covered = np.zeros(max(e for _, e in spans) + 1, bool)
+        for s, e in spans:
+            covered[max(s, 0):e + 1] = True
+        total += int(covered.sum())
+    return total
+
+
+def random_folders(root: Path) -> tuple[Path, Path]:
+    """ViTPose-B and RT-DETR R50vd folders of random weights (transformers' default configs)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    pose, detector = root / "vitpose-b-random", root / "rtdetr-r50-random"
+    tf.VitPoseForPoseEstimation(tf.VitPoseConfig()).save_pretrained(pose)
+    tf.VitPoseImageProcessor().save_pretrained(pose)
+    tf.RTDetrForObjectDetection(tf.RTDetrConfig(use_pretrained_backbone=False)).save_pretrained(detector)
+    tf.RTDetrImageProcessor().save_pretrained(detector)
+    return pose, detector
+
+
+def decode_rate(frames: int) -> float:
+    """Frames/s of decoding a generated 1280x720 h264 video in one process (what one loader worker does)."""
+    import av
+
+    from migfuse.extract.decode import read_frames
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "720p.mp4"
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+            rng = np.random.default_rng(0)
+            base = rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+            for i in range(frames):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(base, 8 * i, axis=1), format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        t0 = time.perf_counter()
+        n = sum(1 for _ in read_frames(path, range(frames)))
+        return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pose-model", type=Path)
+    ap.add_argument("--detector", type=Path)
+    ap.add_argument("--batch-sizes", default="1,4,8")
+    ap.add_argument("--frames", type=int, default=8, help="frames timed per batch size (after one warm-up call)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--max-persons", type=int, default=5)
+    ap.add_argument("--labels", type=Path, default=LABELS)
+    args = ap.parse_args()
+    import torch
+
+    from migfuse.pose_estimation.run import load_estimator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8) for _ in range(args.frames)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pose, detector = (args.pose_model, args.detector) if args.pose_model else random_folders(Path(tmp))
+        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+            est = load_estimator(pose, detector, device=args.device, max_persons=args.max_persons, batch_size=bs)
+            est(frames[:bs])  # warm-up: allocations, kernel choice
+            t0 = time.perf_counter()
+            found = est(frames)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            rows.append((bs, len(frames) / seconds, float(np.mean([len(f) for f in found]))))
+    base = rows[0][1]
+    clips = clip_frames(args.labels) if args.labels.is_file() else None
+    best = max(r[1] for r in rows)
+    print(f"\nRun {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}; models: {pose.name} + "
+          f"{detector.name if detector else '-'}; 1280x720 frames\n")
+    print("| batch size | frames/s | s/frame | persons/frame | ratio vs batch 1 |\n|---|---|---|---|---|")
+    for bs, fps, persons in rows:
+        print(f"| {bs} | {fps:.2f} | {1 / fps:.2f} | {persons:.1f} | {fps / base:.2f} |")
+    print(f"\ndecoding 720p h264 in one process: {decode_rate(50):.1f} frames/s (the loader workers' share)")
+    if clips:
+        print(f"\niMiGUE: {clips:,} clip frames (--scope clips) of {VIDEO_FRAMES:,} video frames: at {best:.2f} "
+              f"frames/s {clips / best / 3600:.1f} h (clips) and {VIDEO_FRAMES / best / 3600:.1f} h (videos)")
+
+
+if __name__ == "__main__":
+    main()
