@@ -49,6 +49,10 @@ def clip_frames(labels: Path) -> int:
 def random_folders(root: Path) -> tuple[Path, Path]:
     """ViTPose-B and RT-DETR R50vd folders of random weights (transformers' default configs)."""
     import torch
+
+    from migfuse.backbones._torchvision import import_torchvision
+
+    import_torchvision()  # transformers' image code imports torchvision (see _torchvision.py)
     import transformers as tf
 
     torch.manual_seed(0)
