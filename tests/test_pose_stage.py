@@ -48,6 +48,36 @@ def test_two_equally_likely_people_are_flagged_not_decided_silently():
     assert set(subject.person.tolist()) == {0}  # still one choice written (the first of equals), flagged
 
 
+# ----- stored layouts ------------------------------------------------------------------------------
+def test_wholebody_points_land_on_openpose_s_feet_face_and_hands_and_fit_the_imigue_layout():
+    from migfuse.datasets.pose_layouts import as_openpose137, check_readable
+    from migfuse.datasets.skeleton_layouts import get_layout
+
+    points = np.zeros((1, 133, 3), np.float32)
+    points[0, :, 0] = np.arange(133)
+    points[0, :, 2] = 0.5
+    skel = as_openpose137(points, "coco-wholebody-133")[0]
+    assert skel[[19, 24, 25, 92, 95, 115, 116, 136], 0].tolist() == [17, 22, 23, 90, 91, 111, 112, 132]
+    assert skel[[93, 94], 2].tolist() == [0, 0]  # OpenPose's pupils: not in WholeBody
+    assert skel[1, 0] == (5 + 6) / 2 and skel[8, 0] == (11 + 12) / 2  # neck, mid-hip: midpoints
+    for name in ("imigue", "openpose22", "openpose-18", "coco-17"):
+        check_readable(name, get_layout(name).source, {"coco-wholebody-133", "openpose-137"})
+    with pytest.raises(UserError, match="layout openpose22 needs points that the coco-17 skeletons do not have "
+                                        r"\(e.g. hands, face\): use --layout openpose-18 or coco-17, or estimate"):
+        check_readable("openpose22", get_layout("openpose22").source, {"coco-17", "openpose-137"})
+
+
+def test_a_derived_neck_needs_both_shoulders():
+    from migfuse.datasets.pose_layouts import as_openpose137
+
+    points = np.zeros((2, 17, 3), np.float32)
+    points[:, 5] = (10, 20, 0.9)
+    points[:, 6] = (30, 40, 0.4)
+    points[1, 6, 2] = 0  # right shoulder not found in frame 1
+    skel = as_openpose137(points, "coco-17")
+    assert skel[0, 1].tolist() == pytest.approx([20, 30, 0.4]) and skel[1, 1].tolist() == [0, 0, 0]
+
+
 # ----- the run ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:

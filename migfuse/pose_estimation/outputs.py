@@ -35,6 +35,9 @@ from migfuse.errors import UserError
 STATUS_DIR = "pose"
 RUN_FILE = "pose_run.json"
 RUN_REPORT = "pose_report.json"
+#: `data prepare` problems about the OpenPose files, left out of OUT's prepare_report.json
+_OPENPOSE_PROBLEMS = {"no_skeleton", "empty_skeleton", "unreadable_skeleton", "clip_outside_skeleton",
+                      "nonfinite_points", "unreadable_frames", "unsupported_body_model"}
 
 
 def status_path(out: Path, vid: str) -> Path:
@@ -155,7 +158,9 @@ def _write_prepare_report(manifest: Manifest, out: Path, result: Manifest, repor
             earlier = json.loads((manifest.root / REPORT_FILE).read_text())
         except ValueError:
             earlier = {}
-    earlier.pop("skeletons", None)  # the OpenPose conversion records: not the skeletons of this folder
+    # the OpenPose conversion's records and problems are not about the skeletons of this folder
+    earlier.pop("skeletons", None)
+    earlier["problems"] = [p for p in earlier.get("problems", []) if p.get("kind") not in _OPENPOSE_PROBLEMS]
     earlier.update({
         "videos_with_skeleton": sum(1 for v in result.videos.values() if v.skeleton),
         "pose_sources": {v: info.pose_source for v, info in sorted(result.videos.items()) if info.pose_source},
