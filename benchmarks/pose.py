@@ -64,6 +64,29 @@ def random_folders(root: Path) -> tuple[Path, Path]:
     return pose, detector
 
 
+def raw_rates(pose: Path, detector: Path, batch_sizes: list[int], frames: int, persons: int,
+              device: str) -> list[tuple[int, float, float]]:
+    """Model forwards alone (no resize, crop or decoding of outputs): the detector on (B, 3, 640, 640),
+    the pose model on (B x persons, 3, 256, 192). What the estimator costs at least."""
+    import torch
+    import transformers as tf
+
+    det = tf.RTDetrForObjectDetection.from_pretrained(detector).to(device).eval()
+    vit = tf.VitPoseForPoseEstimation.from_pretrained(pose).to(device).eval()
+    rows = []
+    for bs in batch_sizes:
+        x, crops = torch.randn(bs, 3, 640, 640, device=device), torch.randn(bs * persons, 3, 256, 192, device=device)
+        with torch.inference_mode():
+            det(pixel_values=x), vit(pixel_values=crops)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(max(1, frames // bs)):
+                det(pixel_values=x), vit(pixel_values=crops)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        rows.append((bs, max(1, frames // bs) * bs / (time.perf_counter() - t0), float(persons)))
+    return rows
+
+
 def decode_rate(frames: int) -> float:
     """Frames/s of decoding a generated 1280x720 h264 video in one process (what one loader worker does)."""
     import av
@@ -97,6 +120,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--max-persons", type=int, default=5)
     ap.add_argument("--labels", type=Path, default=LABELS)
+    ap.add_argument("--raw", action="store_true", help="time the model forwards alone (also used when this "
+                                                       "migfuse has no pose models module)")
+    ap.add_argument("--persons", type=int, default=1, help="--raw: people per frame given to the pose model")
     args = ap.parse_args()
     import torch
 
@@ -107,9 +133,18 @@ def main() -> None:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8) for _ in range(args.frames)]
     rows = []
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    mode = "detector + pose through load_pose_estimator"
     with tempfile.TemporaryDirectory() as tmp:
         pose, detector = (args.pose_model, args.detector) if args.pose_model else random_folders(Path(tmp))
-        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        try:
+            if args.raw:
+                raise ModuleNotFoundError("--raw")
+            import migfuse.pose_estimation.models  # noqa: F401
+        except ModuleNotFoundError:
+            mode = f"model forwards alone (RT-DETR 640x640 + ViTPose 256x192 x {args.persons} person)"
+            rows = raw_rates(pose, detector, sizes, args.frames, args.persons, args.device)
+        for bs in sizes if not rows else []:
             est = load_estimator(pose, detector, device=args.device, max_persons=args.max_persons, batch_size=bs)
             est(frames[:bs])  # warm-up: allocations, kernel choice
             t0 = time.perf_counter()
@@ -123,7 +158,7 @@ def main() -> None:
     best = max(r[1] for r in rows)
     print(f"\nRun {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}; models: {pose.name} + "
-          f"{detector.name if detector else '-'}; 1280x720 frames\n")
+          f"{detector.name if detector else '-'}; 1280x720 frames; {mode}\n")
     print("| batch size | frames/s | s/frame | persons/frame | ratio vs batch 1 |\n|---|---|---|---|---|")
     for bs, fps, persons in rows:
         print(f"| {bs} | {fps:.2f} | {1 / fps:.2f} | {persons:.1f} | {fps / base:.2f} |")

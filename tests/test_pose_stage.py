@@ -141,7 +141,11 @@ def test_the_skeleton_readers_see_the_estimated_points_at_their_openpose_places(
     m = Manifest.load(estimated)
     stored = np.load(estimated / "skeletons" / "0001.npy")
     skel, mask = m.skeleton("0001")
-    assert skel.shape == (60, 137, 3)
+    assert skel.shape == (60, 137, 3) and len(skel) == 60
+    # a view over the memory-mapped file: frames are placed when indexed, the same as the whole array
+    whole = np.asarray(skel)
+    assert isinstance(skel._points, np.memmap)
+    assert np.array_equal(skel[7], whole[7]) and np.array_equal(skel[5:9, 2:4], whole[5:9, 2:4])
     coco = list(get_layout("coco-17").source)
     assert np.array_equal(skel[:, coco], stored)  # --layout coco-17 reads exactly the stored points
     neck = (stored[:, 5, :2] + stored[:, 6, :2]) / 2  # derived: the shoulders' midpoint, the lower confidence

@@ -38,7 +38,7 @@ from migfuse.atomic_write import open_atomic
 from migfuse.datasets import classes
 from migfuse.datasets.video_measure import VideoMeasure
 from migfuse.datasets.csv_files import reading_csv
-from migfuse.datasets.pose_layouts import OPENPOSE_137, STORED_LAYOUTS, as_openpose137, stored_layout_of
+from migfuse.datasets.pose_layouts import OPENPOSE_137, STORED_LAYOUTS, OpenPoseView, stored_layout_of
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,8 @@ class Manifest:
     def skeleton(self, video_id: str | int) -> tuple[np.ndarray, np.ndarray]:
         """Skeleton of a video at iMiGUE's 137 OpenPose points: (T, 137, 3) float32 (x, y, conf in
         pixels) and (T,) bool mask (True where a person was found). An OpenPose file is memory-mapped;
-        an estimated one (COCO-17, WholeBody) is placed at its OpenPose points (`pose_layouts`). UserError
+        an estimated one (COCO-17, WholeBody) is a memory-mapped `pose_layouts.OpenPoseView` that places
+        the frames indexed at their OpenPose points (`np.asarray` gives the whole array). UserError
         when the video has none, or its files are missing, unreadable or of another dtype or shape."""
         vid = format_video_id(video_id)
         info = self.videos.get(vid)
@@ -244,7 +245,7 @@ class Manifest:
             raise UserError(f"manifest is not saved, so skeleton of {vid} cannot be read; call save() first")
         stored = stored_layout_of(info.skeleton_layout)
         array, mask = open_skeleton(self.root / info.skeleton, stored)
-        return as_openpose137(array, stored), mask
+        return (array if stored == OPENPOSE_137 else OpenPoseView(array, stored)), mask  # type: ignore[return-value]
 
     def skeleton_layouts(self) -> set[str]:
         """The stored layouts of the videos that have a skeleton (e.g. {"openpose-137"})."""

@@ -81,6 +81,34 @@ def as_openpose137(points: np.ndarray, stored: str) -> np.ndarray:
     return out
 
 
+class OpenPoseView:
+    """A (T, 137, 3) float32 view of a stored (T, K, 3) skeleton that expands only the frames indexed
+    (`as_openpose137` per access), so a memory-mapped file of a long video stays on disk until a clip
+    of it is read. Supports `shape`, `len`, indexing (frames first) and `np.asarray`."""
+
+    ndim, dtype = 3, np.dtype(np.float32)
+
+    def __init__(self, points: np.ndarray, stored: str):
+        self._points, self._stored = points, stored_layout_of(stored)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (int(self._points.shape[0]), 137, 3)
+
+    def __len__(self) -> int:
+        return int(self._points.shape[0])
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        frames, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(frames, (int, np.integer)):
+            return as_openpose137(np.asarray(self._points[frames])[None], self._stored)[0][rest]
+        return as_openpose137(np.asarray(self._points[frames]), self._stored)[(slice(None), *rest)]
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        full = as_openpose137(np.asarray(self._points), self._stored)
+        return full if dtype is None else full.astype(dtype)
+
+
 def check_readable(graph_layout: str, source: tuple[int, ...] | None, stored: set[str] | frozenset[str],
                    where: str = "") -> None:
     """UserError when a graph layout needs points that some stored layout lacks; the message names the
