@@ -290,3 +290,23 @@ def test_the_command_runs_the_estimator_it_loads_and_prints_the_report(prepared,
     assert f"{out}: 2 of 3 videos done (coco-17, estimated: scripted-pose + scripted-detector), 1 failed, 0 not yet; " \
            "6 of 80 frames without a person; mean confidence 0.870" in r.output
     assert "  video 0003 failed: " in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "{tmp}/nowhere"], "no PREPARED folder at {tmp}/nowhere: run `migfuse data prepare"),
+    (["--data", "{prepared}", "--out", "{prepared}"], "--out {prepared} is the input PREPARED folder"),
+    (["--shard", "2/2"], "Invalid value for '--shard': '2/2' is not I/N"),
+    (["--scope", "frames"], "Invalid value for '--scope'"),
+])
+def test_bad_command_lines_end_in_one_line_before_any_model_loads(prepared, tmp_path, monkeypatch, args, message):
+    monkeypatch.setattr(run_module, "load_estimator", lambda *a, **k: pytest.fail("models loaded"))
+    base = {"--data": str(prepared), "--out": str(tmp_path / "out"), "--pose-model": str(tmp_path / "pose")}
+    fill = {"tmp": tmp_path, "prepared": prepared}
+    given = [a.format(**fill) for a in args]
+    for option, value in base.items():
+        if option not in given:
+            given += [option, value]
+    r = CliRunner().invoke(app, ["data", "pose", *given])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    lines = [line for line in r.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message.format(**fill) in lines[0], r.output

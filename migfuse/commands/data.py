@@ -186,14 +186,17 @@ def data_pose(
     video's pose source. Resumable after a kill (per-video status under pose/), sharded (--shard);
     undecodable videos are recorded with the reason and the others go on. Run report: pose_report.json.
     """
-    from migfuse.pose_estimation.run import load_estimator, run_pose
+    from migfuse.datasets.manifest import Manifest
+    from migfuse.pose_estimation.run import check_out, load_estimator, run_pose
     from migfuse.pose_estimation.tracking import TrackerSettings
     from migfuse.runtime import Runtime
 
+    manifest = Manifest.load(data)  # a wrong --data or --out is said before the models load
+    check_out(manifest, out)
     runtime = Runtime.resolve(device=device, precision="fp32", threads=threads)
     estimator = load_estimator(pose_model, detector, device=str(runtime.device), box_threshold=box_threshold,
                                max_persons=max_persons, batch_size=batch_size)
-    result = run_pose(data, out, estimator, scope=scope.value, workers=workers, batch_size=batch_size, shard=shard,
+    result = run_pose(manifest, out, estimator, scope=scope.value, workers=workers, batch_size=batch_size, shard=shard,
                       retry_failed=retry_failed, video_root=video_root, tracker=TrackerSettings(ambiguity=ambiguity))
     r = result.report
     rate = result.frames / result.seconds if result.seconds > 0 else 0.0

@@ -131,6 +131,13 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     return int(i), int(n)
 
 
+def check_out(manifest: Manifest, out: Path) -> None:
+    """UserError when `out` is the input PREPARED folder (checked before the models load)."""
+    if manifest.root is not None and out.resolve() == Path(manifest.root).resolve():
+        raise UserError(f"--out {out} is the input PREPARED folder: its OpenPose skeletons would be replaced; "
+                        "pass a new folder (the input stays as it is)")
+
+
 def run_pose(prepared: str | Path | Manifest, out: str | Path, estimator: PoseEstimator, *, scope: str = "clips",
              workers: int = 0, batch_size: int = 16, shard: str | None = None, retry_failed: bool = False,
              video_root: str | Path | None = None, tracker: TrackerSettings = TrackerSettings(),
@@ -149,9 +156,7 @@ def run_pose(prepared: str | Path | Manifest, out: str | Path, estimator: PoseEs
         raise UserError(f"unknown --scope {scope!r}: choose clips or videos")
     manifest = prepared if isinstance(prepared, Manifest) else Manifest.load(prepared)
     out = Path(out)
-    if manifest.root is not None and out.resolve() == Path(manifest.root).resolve():
-        raise UserError(f"--out {out} is the input PREPARED folder: its OpenPose skeletons would be replaced; "
-                        "pass a new folder (the input stays as it is)")
+    check_out(manifest, out)
     layout = estimator.layout
     if layout not in ESTIMATED_LAYOUTS:
         raise UserError(f"the pose model gives layout {layout!r}; data pose writes {', '.join(ESTIMATED_LAYOUTS)}")
@@ -188,6 +193,8 @@ def run_pose(prepared: str | Path | Manifest, out: str | Path, estimator: PoseEs
             points, found, counts = _main_subject(manifest, vid, video, scope, tracker, ESTIMATED_LAYOUTS[layout])
             outputs.write_done(out, vid, points, found, layout, counts)
             done.append(vid)
+            log.info("video %s: %d frames estimated, %d without a person, %d ambiguous", vid, counts["estimated"],
+                     counts["without_person"], counts["ambiguous_frames"])
     report = outputs.write_outputs(manifest, out, identity, layout)
     return PoseRun(report, done, failed, skipped, frames, time.monotonic() - started)
 
