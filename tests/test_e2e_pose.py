@@ -24,8 +24,8 @@ from migfuse.pose_estimation import run as run_module
 from migfuse.synth import generate_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
-#: the helper that writes tiny random detector + pose model folders: "module:function(folder) -> (pose, detector)"
-TINY_MODELS = "pose_tiny_models:write_tiny_models"
+#: the helper that writes tiny random detector + pose model folders: "module:function(folder) -> (detector, pose)"
+TINY_MODELS = "migfuse.pose_estimation.tiny_models:write_tiny_models"
 
 
 def invoke(*args) -> object:
@@ -73,7 +73,7 @@ def test_data_pose_then_extract_skeleton_coco17_then_cmtf(world, tmp_path, monke
             write_tiny_models = getattr(importlib.import_module(module), function)
         except ImportError:
             pytest.skip(f"the tiny model helper {TINY_MODELS} is not here")
-        pose, detector = write_tiny_models(tmp_path)
+        detector, pose = write_tiny_models(tmp_path)
         pose_args = ("--pose-model", pose, "--detector", detector)
     poses, cache = tmp_path / "poses", tmp_path / "cache.zarr"
     common = ("--precision", "fp32", "--device", "cpu")

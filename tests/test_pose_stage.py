@@ -263,6 +263,16 @@ def test_refusals_come_before_any_work(prepared, estimated, tmp_path):
     with pytest.raises(UserError, match=r"holds poses of another run \(scope differs"):
         run_pose(prepared, estimated, ScriptedEstimator(seated), scope="videos", progress=False)
 
+    class Moved(ScriptedEstimator):  # the same models in another folder: the run resumes
+        def provenance(self) -> dict:
+            p = super().provenance()
+            return {**p, "models": [{**m, "path": "/elsewhere"} for m in p["models"]]}
+
+    kept = run_pose(prepared, estimated, Moved(seated), progress=False)
+    assert (kept.done, kept.skipped) == ([], 3)
+    assert json.loads((estimated / "pose_report.json").read_text())["estimator_provenance"]["models"][0]["path"] \
+        == "/elsewhere"
+
     class Wrong(ScriptedEstimator):
         layout = "openpose-137"
 

@@ -10,7 +10,8 @@ OUT/ (a PREPARED folder every skeleton reader takes, beside the input one, which
   written last, after the arrays (each written atomically): a video is done only when its status says
   so and the arrays are there, so a run killed at any point resumes without taking a half video as done.
 - ``pose_run.json`` the run's identity: the estimator's provenance (models, sha256, thresholds, input
-  size, decoding), the scope and the tracker settings. A later run into OUT must have the same.
+  size, decoding; not the models' paths, so moved folders resume), the scope and the tracker
+  settings. A later run into OUT must have the same. pose_report.json keeps the full provenance.
 - ``manifest.csv``, ``videos.csv`` (skeleton, skeleton_layout and pose_source per video),
   ``prepare_report.json`` (the input's report with ``pose_sources`` per video and a ``pose`` summary)
   and ``pose_report.json`` (the run report: videos done / failed with reasons / not yet done, frames
@@ -109,9 +110,11 @@ def pose_source(identity: dict[str, Any]) -> str:
     return "estimated: " + (" + ".join(names) if names else "pose model")
 
 
-def write_outputs(manifest: Manifest, out: Path, identity: dict[str, Any], layout: str) -> dict[str, Any]:
+def write_outputs(manifest: Manifest, out: Path, identity: dict[str, Any], layout: str,
+                  provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rewrite manifest.csv, videos.csv, prepare_report.json and pose_report.json of OUT from the
-    statuses of every video. Returns the run report."""
+    statuses of every video; `provenance`: the estimator's own (model paths included) of this run.
+    Returns the run report."""
     source = pose_source(identity)
     videos: dict[str, Any] = {"done": {}, "failed": {}, "not_done": []}
     rows = {}
@@ -143,7 +146,7 @@ def write_outputs(manifest: Manifest, out: Path, identity: dict[str, Any], layou
                             / max(1, sum(v["estimated"] - v["without_person"] for v in done))),
         "ambiguous_clips": {vid: v["ambiguous_clips"] for vid, v in videos["done"].items() if v["ambiguous_clips"]},
         "failed": videos["failed"], "not_done": videos["not_done"], "per_video": videos["done"],
-        "run": identity,
+        "run": identity, "estimator_provenance": provenance if provenance is not None else identity["estimator"],
     }
     write_text(out / RUN_REPORT, json.dumps(report, indent=1))
     _write_prepare_report(manifest, out, result, report)

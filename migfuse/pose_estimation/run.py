@@ -160,7 +160,8 @@ def run_pose(prepared: str | Path | Manifest, out: str | Path, estimator: PoseEs
     layout = estimator.layout
     if layout not in ESTIMATED_LAYOUTS:
         raise UserError(f"the pose model gives layout {layout!r}; data pose writes {', '.join(ESTIMATED_LAYOUTS)}")
-    identity = {"format": FORMAT, "estimator": estimator.provenance(), "layout": layout, "scope": scope,
+    provenance = estimator.provenance()
+    identity = {"format": FORMAT, "estimator": _without_paths(provenance), "layout": layout, "scope": scope,
                 "tracker": tracker.to_dict()}
     out.mkdir(parents=True, exist_ok=True)
     outputs.check_run(out, identity)
@@ -195,8 +196,17 @@ def run_pose(prepared: str | Path | Manifest, out: str | Path, estimator: PoseEs
             done.append(vid)
             log.info("video %s: %d frames estimated, %d without a person, %d ambiguous", vid, counts["estimated"],
                      counts["without_person"], counts["ambiguous_frames"])
-    report = outputs.write_outputs(manifest, out, identity, layout)
+    report = outputs.write_outputs(manifest, out, identity, layout, provenance)
     return PoseRun(report, done, failed, skipped, frames, time.monotonic() - started)
+
+
+def _without_paths(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The provenance without the models' paths: moved model folders (same sha256) resume a run."""
+    models = provenance.get("models")
+    if not isinstance(models, list):
+        return provenance
+    return {**provenance, "models": [{k: v for k, v in m.items() if k != "path"} if isinstance(m, dict) else m
+                                     for m in models]}
 
 
 def _planned_frames(todo: list[str], facts: dict[str, VideoMeasure | None],
