@@ -24,9 +24,14 @@ def person(cx: float, cy: float, w: float, h: float, score: float) -> tuple[np.n
     return box, kp, np.full(K, score, np.float32) - i.astype(np.float32) * 0.01
 
 
+def nobody() -> FramePoses:
+    return FramePoses(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, K, 2), np.float32),
+                      np.zeros((0, K), np.float32))
+
+
 def frame_of(people: list[tuple[np.ndarray, np.ndarray, np.ndarray]], box_scores: list[float]) -> FramePoses:
     if not people:
-        return FramePoses.empty(K)
+        return nobody()
     return FramePoses(np.stack([p[0] for p in people]), np.asarray(box_scores, np.float32),
                       np.stack([p[1] for p in people]), np.stack([p[2] for p in people]))
 
@@ -47,11 +52,11 @@ def twins(t: int) -> tuple[FramePoses, int]:
     return frame_of([person(44, 48, 30, 50, 0.9), person(84, 48, 30, 50, 0.9)], [0.9, 0.9]), 0
 
 
-def seated(t: int, nobody: tuple[int, ...] = (10, 11, 12)) -> tuple[FramePoses, int]:
+def seated(t: int, empty: tuple[int, ...] = (10, 11, 12)) -> tuple[FramePoses, int]:
     """The iMiGUE case: one seated subject swaying a little, a small passer-by at the edge; nobody in the
-    frames `nobody`."""
-    if t in nobody:
-        return FramePoses.empty(K), -1
+    frames `empty`."""
+    if t in empty:
+        return nobody(), -1
     return frame_of([person(8 + t % 5, 20, 12, 18, 0.6), person(64 + np.sin(t / 5) * 3, 50, 44, 70, 0.95)],
                     [0.6, 0.95]), 1
 

@@ -51,6 +51,11 @@ class Subject:
     tracks: int
 
 
+def persons(frame: FramePoses) -> int:
+    """How many people a frame's poses hold."""
+    return int(frame.boxes.shape[0])
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of boxes a (N, 4) and b (M, 4), x1 y1 x2 y2 -> (N, M)."""
     lo = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -74,7 +79,7 @@ def person_weight(boxes: np.ndarray, box_scores: np.ndarray, frame_size: tuple[i
 
 def _tracks(frames: Sequence[FramePoses], settings: TrackerSettings) -> np.ndarray:
     """(T, P_max) track id of each person of each frame (-1: no person there)."""
-    width = max((len(f) for f in frames), default=0)
+    width = max((persons(f) for f in frames), default=0)
     ids = np.full((len(frames), width), -1, dtype=np.int64)
     live: dict[int, dict] = {}  # track id -> last box, velocity of its centre, last frame
     next_id = 0
@@ -82,7 +87,7 @@ def _tracks(frames: Sequence[FramePoses], settings: TrackerSettings) -> np.ndarr
         live = {k: v for k, v in live.items() if t - v["t"] <= settings.max_gap + 1}
         keys = list(live)
         taken: set[int] = set()
-        if keys and len(fp):
+        if keys and persons(fp):
             predicted = np.stack([live[k]["box"] + np.tile(live[k]["v"] * (t - live[k]["t"]), 2) for k in keys])
             overlap = iou(predicted, fp.boxes.astype(np.float64))
             for flat in np.argsort(-overlap, axis=None, kind="stable"):
@@ -93,7 +98,7 @@ def _tracks(frames: Sequence[FramePoses], settings: TrackerSettings) -> np.ndarr
                     continue
                 ids[t, j] = keys[i]
                 taken.add(keys[i])
-        for j in range(len(fp)):
+        for j in range(persons(fp)):
             box = fp.boxes[j].astype(np.float64)
             k = int(ids[t, j])
             if k < 0:
@@ -120,9 +125,9 @@ def follow_main_subject(frames: Sequence[FramePoses], frame_size: tuple[int, int
     weight = np.zeros((n, n_tracks))  # per frame, per track
     where = np.full((n, n_tracks), -1, dtype=np.int64)  # person index of the track in the frame
     for t, fp in enumerate(frames):
-        if len(fp):
+        if persons(fp):
             w = person_weight(fp.boxes.astype(np.float64), fp.box_scores.astype(np.float64), frame_size)
-            for j, k in enumerate(ids[t, :len(fp)]):
+            for j, k in enumerate(ids[t, :persons(fp)]):
                 weight[t, k], where[t, k] = w[j], j
     present = where >= 0
     order = np.argsort(-weight.sum(0), kind="stable")

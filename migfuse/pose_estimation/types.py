@@ -1,6 +1,8 @@
-"""What a pose estimator gives per frame, and the protocol every estimator follows.
+"""What a pose estimator gives per frame, and the protocol every estimator follows (exactly the
+agreed interface of `models`, which may import them from here).
 
-numpy only: the tracker, the run and the tests use these without torch or a model library.
+numpy only: the tracker, the run and the tests use these without torch or a model library. The run
+reads only these attributes, so any object that has them (e.g. another module's FramePoses) works.
 """
 from __future__ import annotations
 
@@ -21,15 +23,6 @@ class FramePoses:
     box_scores: np.ndarray  # (P,) float32, detector confidence
     keypoints: np.ndarray   # (P, K, 2) float32, x, y in frame pixels
     scores: np.ndarray      # (P, K) float32, per-point confidence in [0, 1] as the model gives it
-
-    @classmethod
-    def empty(cls, num_keypoints: int) -> "FramePoses":
-        """A frame with nobody in it."""
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
-                   np.zeros((0, num_keypoints, 2), np.float32), np.zeros((0, num_keypoints), np.float32))
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
 
 
 class PoseEstimator(Protocol):
