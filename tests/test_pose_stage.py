@@ -320,3 +320,11 @@ def test_bad_command_lines_end_in_one_line_before_any_model_loads(prepared, tmp_
     assert r.exit_code != 0 and "Traceback" not in r.output
     lines = [line for line in r.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message.format(**fill) in lines[0], r.output
+
+
+def test_scope_videos_estimates_every_frame(prepared, tmp_path):
+    out = tmp_path / "videos"
+    result = run_pose(prepared, out, ScriptedEstimator(seated), scope="videos", batch_size=16, progress=False)
+    assert result.report["frames_estimated"] == 110 and result.report["frames_without_person"] == 6
+    points, mask = np.load(out / "skeletons" / "0002.npy"), np.load(out / "skeletons" / "0002.mask.npy")
+    assert mask.sum() == 47 and np.array_equal(points[45], expected_points(seated, 45))  # past the clip's end
