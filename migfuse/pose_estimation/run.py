@@ -294,10 +294,9 @@ def _main_subject(manifest: Manifest, vid: str, video: _Video, scope: str, track
         subject = follow_main_subject(frames, video.size, tracker)
         tracks = max(tracks, subject.tracks)
         for t, (i, p) in enumerate(zip(run.tolist(), subject.person.tolist())):
-            if p >= 0:
-                fp = frames[t]
-                points[i, :, :2], points[i, :, 2] = fp.keypoints[p], fp.scores[p]
-                found[i] = bool((fp.scores[p] > 0).any())
+            if p >= 0 and (frames[t].scores[p] > 0).any():  # a person with no point found counts as nobody
+                points[i, :, :2], points[i, :, 2] = frames[t].keypoints[p], frames[t].scores[p]
+                found[i] = True
         ambiguous[run] = subject.ambiguous
     clips = manifest.clips_of_video(vid)
     where = {c.clip_id: np.flatnonzero(ambiguous[max(c.start_frame, 0):c.end_frame + 1]) + max(c.start_frame, 0)
