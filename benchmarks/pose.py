@@ -57,9 +57,11 @@ def random_folders(root: Path) -> tuple[Path, Path]:
 
     torch.manual_seed(0)
     pose, detector = root / "vitpose-b-random", root / "rtdetr-r50-random"
-    tf.VitPoseForPoseEstimation(tf.VitPoseConfig()).save_pretrained(pose)
+    tf.VitPoseForPoseEstimation(tf.VitPoseConfig(num_labels=17)).save_pretrained(pose)  # the 17 COCO points
     tf.VitPoseImageProcessor().save_pretrained(pose)
-    tf.RTDetrForObjectDetection(tf.RTDetrConfig(use_pretrained_backbone=False)).save_pretrained(detector)
+    coco = {i: "person" if i == 0 else f"class_{i}" for i in range(80)}  # the detector must name a person class
+    tf.RTDetrForObjectDetection(tf.RTDetrConfig(use_pretrained_backbone=False, id2label=coco,
+                                                label2id={v: k for k, v in coco.items()})).save_pretrained(detector)
     tf.RTDetrImageProcessor().save_pretrained(detector)
     return pose, detector
 
