@@ -154,7 +154,7 @@ def main() -> None:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
-            rows.append((bs, len(frames) / seconds, float(np.mean([len(f) for f in found]))))
+            rows.append((bs, len(frames) / seconds, float(np.mean([f.boxes.shape[0] for f in found]))))
     base = rows[0][1]
     clips = clip_frames(args.labels) if args.labels.is_file() else None
     best = max(r[1] for r in rows)
