@@ -6,8 +6,9 @@
 Without model folders it writes random-weight folders of the published sizes with transformers'
 default configs (VitPoseConfig = ViTPose-B, 256x192 input; RTDetrConfig = RT-DETR R50vd, 640x640) and
 runs them through `load_pose_estimator`, as `data pose` does; with real folders (ViTPose-B / RT-DETR
-downloads) the same. A random detector finds arbitrary boxes: the table gives persons per frame, since
-the pose model runs once per person (up to --max-persons). Baseline: batch size 1, measured in the
+downloads) the same. A random detector finds arbitrary boxes, so its threshold is 0 there and --max-persons (1, the
+interviewee) boxes reach the pose model: the table gives persons per frame, since the pose model runs
+once per person. Baseline: batch size 1, measured in the
 same run (ratio = frames/s / batch-1 frames/s). Decoding 720p is measured too (it runs in the loader
 workers, beside the models).
 
@@ -120,7 +121,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=8, help="frames timed per batch size (after one warm-up call)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--max-persons", type=int, default=5)
+    ap.add_argument("--max-persons", type=int, default=1, help="people per frame (iMiGUE: the one interviewee)")
+    ap.add_argument("--box-threshold", type=float, default=None,
+                    help="default 0 for the random detector (so that --max-persons boxes reach the pose model), "
+                         "0.3 for real folders")
     ap.add_argument("--labels", type=Path, default=LABELS)
     ap.add_argument("--raw", action="store_true", help="time the model forwards alone (also used when this "
                                                        "migfuse has no pose models module)")
@@ -147,7 +151,9 @@ def main() -> None:
             mode = f"model forwards alone (RT-DETR 640x640 + ViTPose 256x192 x {args.persons} person)"
             rows = raw_rates(pose, detector, sizes, args.frames, args.persons, args.device)
         for bs in sizes if not rows else []:
-            est = load_estimator(pose, detector, device=args.device, max_persons=args.max_persons, batch_size=bs)
+            threshold = args.box_threshold if args.box_threshold is not None else (0.3 if args.pose_model else 0.0)
+            est = load_estimator(pose, detector, device=args.device, max_persons=args.max_persons, batch_size=bs,
+                                 box_threshold=threshold)
             est(frames[:bs])  # warm-up: allocations, kernel choice
             t0 = time.perf_counter()
             found = est(frames)
