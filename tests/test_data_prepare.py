@@ -86,6 +86,9 @@ def test_video_298_clips_and_skeleton_equal_the_json(prepared, oulu_root, imigue
         np.testing.assert_array_equal(points[frame], _json_frame(oulu_root, frame)[0])
     assert points[0, 0].tolist() == pytest.approx([263.054, 272.756, 0.813957])
     info = report["skeletons"]["0298"]
+    # the pose source, per video, in videos.csv and the report: OpenPose here, `data pose` writes "estimated: ..."
+    assert m.videos["0298"].pose_source == "openpose" and report["pose_sources"]["0298"] == "openpose"
+    assert m.videos["0298"].skeleton_layout == ""  # "" = openpose-137, as folders written before the column
     assert (info["empty_frames"], info["multi_person_frames"], info["frames_with_person"]) == (175, 10, 20893)
     assert not mask[20893:].any() and not points[20893:].any()  # the last 175 frames have nobody
     for frame in (15093, 18503, 19415):  # two people: the one nearest the previous pick is kept

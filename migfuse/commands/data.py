@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import (SEED_MAX, WORKERS_MAX, DatasetLayout, PysklLayout, Scheme, SynthLayout,
-                                      path_argument, path_option)
+from migfuse.commands.options import (SEED_MAX, WORKERS_MAX, DataOpt, DatasetLayout, DeviceOpt, PoseScope, PysklLayout,
+                                      Scheme, SynthLayout, ThreadsOpt, VideoRootOpt, parse_shard, path_argument,
+                                      path_option)
 from migfuse.errors import UserError
 
 app = group("Read an iMiGUE download into one clip manifest and fast skeleton arrays; generate demo data.")
@@ -137,3 +138,94 @@ def data_export_pyskl(
     if r.skipped:
         typer.echo(f"left out {len(r.skipped)} clips without skeleton frames, e.g. "
                    f"{next(iter(r.skipped))}: {next(iter(r.skipped.values()))}")
+
+
+@app.command("pose")
+def data_pose(
+    data: DataOpt,
+    out: Annotated[Path, path_option("--out", use="folder", help="New PREPARED folder to write the estimated "
+                                     "skeletons into (the --data folder is never changed). Run again to resume.")],
+    pose_model: Annotated[Path, path_option("--pose-model", help="Local folder (or file) of the top-down pose "
+                                            "model; nothing is downloaded. See docs/pose.md for the models.")],
+    detector: Annotated[Optional[Path], path_option("--detector", help="Local folder (or file) of the person "
+                                                    "detector.")] = None,
+    scope: Annotated[PoseScope, typer.Option(
+        "--scope", case_sensitive=False,
+        help="clips: the frames of every clip (what the skeleton tracks read); videos: every frame of each video.")
+    ] = PoseScope.clips,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
+                                            help="Frames per estimator call (the models batch inside).")] = 16,
+    workers: Annotated[int, typer.Option("--workers", min=0, max=WORKERS_MAX,
+                                         help="Loader processes decoding videos while the models run; 0 = decode "
+                                              "in the main process.")] = 1,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", parser=parse_shard, metavar="<I/N>",
+        help="I/N: process the I-th of N parts (whole videos), e.g. $SLURM_ARRAY_TASK_ID/N.")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also redo videos that failed in an "
+                                               "earlier run.")] = False,
+    box_threshold: Annotated[float, typer.Option("--box-threshold", min=0.0, max=1.0,
+                                                 help="Least detector score of a person.")] = 0.3,
+    max_persons: Annotated[int, typer.Option("--max-persons", min=1, max=100,
+                                             help="Most people per frame given to the pose model.")] = 5,
+    ambiguity: Annotated[float, typer.Option(
+        "--ambiguity", min=0.0, max=1.0,
+        help="A second person whose weight (box area x centrality x score) reaches this share of the subject's "
+             "over the frames they share makes those frames ambiguous: recorded per clip in pose_report.json.")
+    ] = 0.8,
+    video_root: VideoRootOpt = None,
+) -> None:
+    """Estimate 2-D skeletons from the videos: a person detector and a top-down pose model over the frames
+    of every clip (or whole video); the main subject (the largest, most central, most persistent person) is
+    tracked across frames, and where two people are about equally likely the clip is recorded as ambiguous.
+
+    Writes a new PREPARED folder (--out) whose skeletons/ hold the subject's points in the model's layout
+    (coco-17, or coco-wholebody-133) with per-point confidence, read by `extract skeleton` (e.g. --layout
+    coco-17) and the exporters as OpenPose skeletons are; videos.csv and prepare_report.json name each
+    video's pose source. Resumable after a kill (per-video status under pose/), sharded (--shard);
+    undecodable videos are recorded with the reason and the others go on. Run report: pose_report.json.
+    """
+    from migfuse.datasets.manifest import Manifest
+    from migfuse.pose_estimation.run import check_out, load_estimator, run_pose
+    from migfuse.pose_estimation.tracking import TrackerSettings
+    from migfuse.runtime import Runtime
+
+    manifest = Manifest.load(data)  # a wrong --data or --out is said before the models load
+    check_out(manifest, out)
+    runtime = Runtime.resolve(device=device, precision="fp32", threads=threads)
+    estimator = load_estimator(pose_model, detector, device=str(runtime.device), box_threshold=box_threshold,
+                               max_persons=max_persons, batch_size=batch_size)
+    result = run_pose(manifest, out, estimator, scope=scope.value, workers=workers, batch_size=batch_size, shard=shard,
+                      retry_failed=retry_failed, video_root=video_root, tracker=TrackerSettings(ambiguity=ambiguity))
+    r = result.report
+    rate = result.frames / result.seconds if result.seconds > 0 else 0.0
+    typer.echo(f"this run: {len(result.done)} videos done, {len(result.failed)} failed, {result.skipped} kept from "
+               f"an earlier run; {result.frames} frames in {result.seconds:.0f} s ({rate:.1f} frames/s)")
+    typer.echo(f"{out}: {r['videos_done']} of {r['videos']} videos done ({r['layout']}, {r['pose_source']}), "
+               f"{r['videos_failed']} failed, {r['videos_not_done']} not yet; {r['frames_without_person']} of "
+               f"{r['frames_estimated']} frames without a person; mean confidence {r['mean_confidence']:.3f}")
+    for vid, why in r["failed"].items():
+        typer.echo(f"  video {vid} failed: {why}")
+    for vid, clips in r["ambiguous_clips"].items():
+        typer.echo(f"  video {vid}: two people about equally likely in clips {', '.join(clips)} (frames in "
+                   "pose_report.json)")
+    typer.echo(f"wrote {out} (details in {out / 'pose_report.json'})")
+
+
+@app.command("export-openpose")
+def data_export_openpose(
+    prepared: Annotated[Path, path_argument(metavar="PREPARED", help="PREPARED folder (of `data prepare` or "
+                                             "`data pose`).")],
+    out: Annotated[Path, path_argument(use="folder", metavar="OUT", help="Folder to write <vid4>/ folders of "
+                                       "frame files into.")],
+) -> None:
+    """Write the prepared skeletons as OpenPose JSON, one <vid4>_<frame>_keypoints.json per frame
+    (pose_keypoints_2d = BODY_25, flat [x, y, c] x 25, plus face and hands), as OpenPose writes them, so
+    other toolkits (and `migfuse data prepare`) read them. Estimated COCO points sit at their BODY_25 places;
+    the neck and mid-hip are the shoulders' and hips' midpoints; points the model lacks are 0, 0, 0."""
+    from migfuse.datasets.openpose_export import export_openpose
+
+    r = export_openpose(prepared, out)
+    typer.echo(f"wrote {sum(r.videos.values())} frame files of {len(r.videos)} videos to {r.out}"
+               + (f"; left out {len(r.skipped)} videos without a skeleton" if r.skipped else ""))

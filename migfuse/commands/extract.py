@@ -14,7 +14,7 @@ import typer
 
 from migfuse.commands.app import group
 from migfuse.commands.options import (CacheOpt, DataOpt, Decoder, ExtractOptions, FaceScope, RuntimeOptions,
-                                      SkeletonLayout, Stream, choice, path_option, with_options)
+                                      SkeletonLayout, Stream, VideoRootOpt, choice, path_option, with_options)
 from migfuse.extract.presets import PRESETS
 
 app = group("Turn clips into token tensors in the Zarr cache (resumable, sharded, failures recorded).")
@@ -23,9 +23,6 @@ ClipFramesOpt = Annotated[Optional[int], typer.Option(
     "--frames", min=1, max=64, show_default="the backbone's recipe: 16 for MViTv2-S",
     help="Frames per window. A backbone with a recipe takes only its own count.")]
 FaceFramesOpt = Annotated[int, typer.Option("--frames", min=1, max=64, help="Face frames per clip or per window.")]
-VideoRootOpt = Annotated[Optional[Path], path_option(
-    "--video-root", use="dir", envvar="MIGFUSE_VIDEO_ROOT",
-    help="Folder the videos are in now, if moved since `data prepare` (env MIGFUSE_VIDEO_ROOT).")]
 ContextWindowsOpt = Annotated[int, typer.Option(
     "--context-windows", min=1, max=256, help="K windows (16 frames, every 4th) spread over each video; the face "
                                               "track's --scope context must use the context track's value.")]

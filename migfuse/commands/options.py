@@ -172,6 +172,13 @@ class PysklLayout(StrEnum):
     imigue = "imigue"
 
 
+class PoseScope(StrEnum):
+    """Which frames `data pose` estimates: those of the clips, or every frame of each video."""
+
+    clips = "clips"
+    videos = "videos"
+
+
 class Stream(StrEnum):
     joint = "joint"
     bone = "bone"
@@ -350,6 +357,9 @@ class ExtractOptions:
 DataOpt = Annotated[Path, path_option("--data", help="PREPARED folder written by `migfuse data prepare`.")]
 CacheOpt = Annotated[Path, path_option("--cache", use="folder", help="Token cache CACHE.zarr (created if absent, "
                                                                      "resumed if present).")]
+VideoRootOpt = Annotated[Optional[Path], path_option(
+    "--video-root", use="dir", envvar="MIGFUSE_VIDEO_ROOT",
+    help="Folder the videos are in now, if moved since `data prepare` (env MIGFUSE_VIDEO_ROOT).")]
 CacheArg = Annotated[Path, path_argument(metavar="CACHE", help="The token cache folder (CACHE.zarr).")]
 RunArg = Annotated[Path, path_argument(metavar="RUN", help="Run folder written by `migfuse fuse train`.")]
 

@@ -38,6 +38,7 @@ from migfuse.atomic_write import open_atomic
 from migfuse.datasets import classes
 from migfuse.datasets.video_measure import VideoMeasure
 from migfuse.datasets.csv_files import reading_csv
+from migfuse.datasets.pose_layouts import OPENPOSE_137, STORED_LAYOUTS, OpenPoseView, stored_layout_of
 from migfuse.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,9 @@ class VideoInfo:
     (0, 90, 180, 270) the video's track asks for at display and that decoding applies (None when
     not probed). ``measured`` is what decodes from the file (`VideoMeasure`, None when not
     measured); ``unreadable`` is why the file is not a decodable video ("" when it is or unknown).
+    ``skeleton_layout`` is the point layout of the skeleton file (`pose_layouts`: "" = openpose-137);
+    ``pose_source`` says where the points come from ("openpose", or "estimated: <models>" written by
+    `migfuse data pose`; "" = openpose in folders written before the column existed).
     """
 
     video_id: str
@@ -129,6 +133,8 @@ class VideoInfo:
     dataset_root: Path | None = None
     measured: VideoMeasure | None = None
     unreadable: str = ""
+    skeleton_layout: str = ""
+    pose_source: str = ""
 
     def __post_init__(self) -> None:
         self.video_id = format_video_id(self.video_id)
@@ -146,7 +152,8 @@ MEASURE_COLUMNS = {"decoded_frames": "frames", "origin_s": "origin", "fps": "fps
                    "height": "height", "header_frames": "header_frames", "reorder": "reorder"}
 VIDEO_COLUMNS = [f.name for f in fields(VideoInfo) if f.name != "measured"] + list(MEASURE_COLUMNS)
 #: videos.csv columns added later: files without them still load
-OPTIONAL_VIDEO_COLUMNS = ("rotation", "dataset_root", "unreadable", *MEASURE_COLUMNS)
+OPTIONAL_VIDEO_COLUMNS = ("rotation", "dataset_root", "unreadable", "skeleton_layout", "pose_source",
+                          *MEASURE_COLUMNS)
 #: environment variable naming the folder that holds the videos (as ``--video-root``)
 VIDEO_ROOT_ENV = "MIGFUSE_VIDEO_ROOT"
 
@@ -222,9 +229,11 @@ class Manifest:
                 for v, cs in by_video.items()}
 
     def skeleton(self, video_id: str | int) -> tuple[np.ndarray, np.ndarray]:
-        """Memory-mapped skeleton of a video: (T, 137, 3) float32 (x, y, conf in pixels) and (T,) bool
-        mask (True where a person was found). UserError when the video has none, or its files are
-        missing, unreadable or of another dtype or shape."""
+        """Skeleton of a video at iMiGUE's 137 OpenPose points: (T, 137, 3) float32 (x, y, conf in
+        pixels) and (T,) bool mask (True where a person was found). An OpenPose file is memory-mapped;
+        an estimated one (COCO-17, WholeBody) is a memory-mapped `pose_layouts.OpenPoseView` that places
+        the frames indexed at their OpenPose points (`np.asarray` gives the whole array). UserError
+        when the video has none, or its files are missing, unreadable or of another dtype or shape."""
         vid = format_video_id(video_id)
         info = self.videos.get(vid)
         if info is None:
@@ -234,7 +243,13 @@ class Manifest:
                             f"see prepare_report.json for why")
         if self.root is None:
             raise UserError(f"manifest is not saved, so skeleton of {vid} cannot be read; call save() first")
-        return open_skeleton(self.root / info.skeleton)
+        stored = stored_layout_of(info.skeleton_layout)
+        array, mask = open_skeleton(self.root / info.skeleton, stored)
+        return (array if stored == OPENPOSE_137 else OpenPoseView(array, stored)), mask  # type: ignore[return-value]
+
+    def skeleton_layouts(self) -> set[str]:
+        """The stored layouts of the videos that have a skeleton (e.g. {"openpose-137"})."""
+        return {stored_layout_of(v.skeleton_layout) for v in self.videos.values() if v.skeleton}
 
     def video_path(self, video_id: str | int, video_root: str | Path | None = None) -> Path | None:
         """The video file of a video, resolved on this machine; None when `prepare` found none.
@@ -382,9 +397,17 @@ def _video_from_row(row: dict[str, str], path: Path, line: int, root: Path) -> V
                          split_emotion=row["split_emotion"], video_path=video_path,
                          skeleton=row["skeleton"], n_frames=_opt_int(row["n_frames"]),
                          rotation=_opt_int(row.get("rotation") or ""), dataset_root=dataset_root,
-                         measured=_measured_from_row(row), unreadable=row.get("unreadable") or "")
+                         measured=_measured_from_row(row), unreadable=row.get("unreadable") or "",
+                         skeleton_layout=_stored_layout_cell(row.get("skeleton_layout") or ""),
+                         pose_source=row.get("pose_source") or "")
     except (ValueError, TypeError, KeyError) as e:
         raise UserError(f"{path} line {line} is invalid ({e}); re-run `migfuse data prepare`") from None
+
+
+def _stored_layout_cell(text: str) -> str:
+    """The videos.csv skeleton_layout cell as written ("" stays ""), checked to name a known layout."""
+    stored_layout_of(text)
+    return text
 
 
 def _video_row(info: VideoInfo) -> list[str]:
@@ -415,8 +438,9 @@ def _mask_path(npy: Path) -> Path:
     return npy.with_name(npy.name[: -len(".npy")] + ".mask.npy")
 
 
-def open_skeleton(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Memory-map a skeleton ``.npy`` and its ``.mask.npy``: (T, 137, 3) float32 and (T,) bool.
+def open_skeleton(path: Path, layout: str = OPENPOSE_137) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-map a skeleton ``.npy`` and its ``.mask.npy``: (T, K, 3) float32 and (T,) bool, K the
+    points of the stored `layout` (137 for OpenPose).
 
     Reads only the headers (cheap). UserError naming the file when either is missing, cut short,
     not memory-mappable (Python objects) or of another dtype or shape."""
@@ -428,22 +452,25 @@ def open_skeleton(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if array.dtype != np.float32 or mask.dtype != bool:
         raise UserError(f"skeleton {path} holds {array.dtype} / mask {mask.dtype}, not float32 / bool; re-run "
                         f"`migfuse data prepare`")
-    if array.ndim != 3 or array.shape[1:] != (NUM_KEYPOINTS, 3) or mask.shape != array.shape[:1]:
+    points = STORED_LAYOUTS[layout]
+    if array.ndim != 3 or array.shape[1:] != (points, 3) or mask.shape != array.shape[:1]:
         raise UserError(f"skeleton {path} has shape {array.shape} / mask {mask.shape}, expected "
-                        f"(T, 137, 3) / (T,); re-run `migfuse data prepare`")
+                        f"(T, {points}, 3) / (T,) for layout {layout}; re-run `migfuse data prepare`")
     return array, mask
 
 
 def write_skeleton(prepared_dir: str | Path, video_id: str | int, array: np.ndarray,
-                   mask: np.ndarray | None = None) -> str:
-    """Write a video's skeleton (T, 137, 3) float32 and mask (T,) bool under PREPARED/skeletons/.
+                   mask: np.ndarray | None = None, layout: str = OPENPOSE_137) -> str:
+    """Write a video's skeleton (T, K, 3) float32 and mask (T,) bool under PREPARED/skeletons/, K the
+    points of the stored `layout` (137 for OpenPose; record the layout in ``VideoInfo.skeleton_layout``).
 
     ``mask`` defaults to "any keypoint has confidence > 0". Returns the path relative to
     ``prepared_dir`` to store in ``VideoInfo.skeleton``.
     """
     array = np.asarray(array, dtype=np.float32)
-    if array.ndim != 3 or array.shape[1:] != (NUM_KEYPOINTS, 3):
-        raise ValueError(f"skeleton array must be (T, 137, 3), got {array.shape}")
+    points = STORED_LAYOUTS[layout]
+    if array.ndim != 3 or array.shape[1:] != (points, 3):
+        raise ValueError(f"skeleton array must be (T, {points}, 3) for layout {layout}, got {array.shape}")
     if mask is None:
         mask = (array[:, :, 2] > 0).any(axis=1)
     mask = np.asarray(mask, dtype=bool)

@@ -188,6 +188,7 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
     for vid, info in skeleton_info.items():
         manifest.videos[vid].skeleton = info["array"]
         manifest.videos[vid].n_frames = info["frames"]
+        manifest.videos[vid].pose_source = "openpose"
     no_skeleton = [v for v in sorted(scan.videos) if scan.videos[v].skeleton is None]
     if no_skeleton:
         problems.append({"kind": "no_skeleton", "detail": f"{len(no_skeleton)} videos have no skeleton file",
@@ -215,6 +216,7 @@ def prepare(root: str | Path, out: str | Path, *, layout: str = "auto", frame_ba
         + sum(p.get("n_unreadable_files", 0) for p in problems if p["kind"] == "empty_skeleton"),
         "splits": {scheme: _counts(manifest, scheme) for scheme in ("split_cs", "split_miga", "split_emotion")},
         "problems": problems, "skeletons": dict(sorted(skeleton_info.items())),
+        "pose_sources": {v: info.pose_source for v, info in sorted(manifest.videos.items()) if info.pose_source},
     }
     write_text(out / REPORT_FILE, json.dumps(report, indent=1))
     log.info("prepared %d clips of %d videos (%d skeletons, %d problems) in %s", len(manifest.clips),

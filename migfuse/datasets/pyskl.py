@@ -29,6 +29,7 @@ import numpy as np
 
 from migfuse.atomic_write import open_atomic
 from migfuse.datasets.manifest import SCHEMES, Manifest
+from migfuse.datasets.pose_layouts import check_readable
 from migfuse.datasets.skeleton_layouts import get_layout, list_layouts
 from migfuse.errors import UserError
 
@@ -84,6 +85,7 @@ def export_pyskl(
     if lay.source is None:
         raise UserError(f"layout {lay.name} is not read from OpenPose points; use one of "
                         f"{', '.join(layouts_for_export())}")
+    check_readable(lay.name, lay.source, manifest.skeleton_layouts(), str(manifest.root or "the manifest"))
     source = np.asarray(lay.source)
 
     def shape_of(video_id: str) -> tuple[int, int]:

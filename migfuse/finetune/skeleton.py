@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from migfuse.backbones.graphs import get_layout
+from migfuse.datasets.pose_layouts import check_readable
 from migfuse.datasets.classes import NUM_CLASSES
 from migfuse.datasets.manifest import Manifest
 from migfuse.errors import UserError
@@ -213,6 +214,7 @@ def train_skeleton(prepared: str | Path, out: str | Path,
         raise UserError(f"no training clip of {prepared} has a skeleton; check prepare_report.json")
 
     pre = config.preprocess()
+    check_readable(pre.layout, get_layout(pre.layout).source, manifest.skeleton_layouts(), str(prepared))
     provenance = {
         "data": str(Path(prepared).resolve()), "arch": config.arch, "stream": config.stream, "layout": pre.layout,
         "preprocess": pre.to_dict(), "split": split.source, "train_clips": len(train_ids), "val_clips": len(val_ids),

@@ -12,33 +12,15 @@ docs/pose.md says which published folders to get and why this backend.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from migfuse.errors import UserError
 from migfuse.pose_estimation import model_folders
+from migfuse.pose_estimation.types import FramePoses, PoseEstimator  # noqa: F401 - the interface, re-exported
 from migfuse.pose_estimation.top_down import DARK_KERNEL
-
-
-@dataclass(frozen=True)
-class FramePoses:
-    """Every person found in one frame. P persons, K keypoints of the estimator's `layout`."""
-    boxes: np.ndarray       # (P, 4) float32, x1, y1, x2, y2 in frame pixels (of the frame as given)
-    box_scores: np.ndarray  # (P,) float32, detector confidence
-    keypoints: np.ndarray   # (P, K, 2) float32, x, y in frame pixels
-    scores: np.ndarray      # (P, K) float32, per-point confidence in [0, 1] as the model gives it
-
-
-class PoseEstimator(Protocol):
-    """What `data pose` runs: frames in, every person's box and keypoints out."""
-    layout: str             # "coco-17" or "coco-wholebody-133"
-
-    def provenance(self) -> dict: ...  # models (name, path, sha256, architecture), thresholds, input size, decoding
-
-    def __call__(self, frames: Sequence[np.ndarray]) -> list[FramePoses]: ...  # RGB uint8 (H, W, 3); batched inside
 
 
 def load_pose_estimator(pose_model: str | Path, detector: str | Path | None, *, device: str = "cpu",

@@ -18,6 +18,7 @@ import numpy as np
 
 from migfuse.checkpoint_file import CheckpointFile, as_checkpoint
 from migfuse.data_cache.tracks import get_track, tracks_with_layout
+from migfuse.datasets.pose_layouts import check_readable
 from migfuse.errors import UserError
 from migfuse.extract.interface import Failure, Sample, TrackExtractor, WorkItem
 from migfuse.extract.presets import preset_group
@@ -149,6 +150,8 @@ class SkeletonExtractor(TrackExtractor):
         if self.config.layout != self.backbone.layout.name:
             raise UserError(f"{checkpoint} was trained with layout {self.config.layout}, not "
                             f"{self.backbone.layout.name}; drop --layout or pass --layout {self.config.layout}")
+        check_readable(self.config.layout, self.backbone.layout.source, self.manifest.skeleton_layouts(),
+                       self.prepared)
         self.stream, self.arch, self.trained = stream, arch, trained
         if pool not in (None, "mean"):
             raise UserError(f"pooling {pool!r} is not one of the skeleton track's (mean)")
