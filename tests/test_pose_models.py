@@ -240,10 +240,28 @@ def test_provenance_names_the_models_their_sha256_and_the_thresholds(folders):
         ("detector", "rt_detr", "RTDetrForObjectDetection", folder_sha256(folders["detector"]), "apache-2.0"),
         ("pose", "vitpose", "VitPoseForPoseEstimation", folder_sha256(folders["pose"]), "apache-2.0")]
     assert (prov["layout"], prov["keypoints"], prov["box_threshold"], prov["max_persons"]) == ("coco-17", 17, 0.4, 2)
+    assert prov["precision"] == "fp32"
     assert "batch_size" not in prov and "device" not in prov  # they do not change the poses
     assert prov["input_size"] == {"pose": [128, 96], "detector": {"height": 64, "width": 64}}
     assert prov["person_classes"] == [DETECTOR_LABELS.index("person")]
     assert estimator.layout == "coco-17"
+
+
+def test_bf16_runs_the_forwards_under_autocast_and_decodes_in_float32(folders):
+    """--precision bf16: the models' forwards run under autocast (heatmaps come out bf16), the decoding stays
+    float32; the poses stay near fp32's and the provenance says bf16 (a resumed run cannot mix them)."""
+    import torch
+
+    frames = _frames((120, 160))
+    fp32 = load_pose_estimator(folders["pose"], folders["detector"])(frames)[0]
+    bf16 = load_pose_estimator(folders["pose"], folders["detector"], precision="bf16")
+    seen = []
+    bf16.pose.model.register_forward_hook(lambda module, args, out: seen.append(out.heatmaps.dtype))
+    got = bf16(frames)[0]
+    assert seen == [torch.bfloat16]
+    assert got.keypoints.dtype == np.float32 and got.scores.dtype == np.float32
+    assert len(got.boxes) == len(fp32.boxes) and np.abs(got.boxes - fp32.boxes).max() < 2.0
+    assert bf16.provenance()["precision"] == "bf16"
 
 
 def test_the_tiny_models_find_one_person_a_frame(tmp_path):
@@ -333,6 +351,7 @@ def test_wrong_kind_and_unsupported_models(folders, tmp_path):
                              "boxes transformers' ViTPose example keeps)"),
     ({"max_persons": 0}, "max persons 0 is not a count: give a whole number of at least 1"),
     ({"batch_size": 2.5}, "batch size 2.5 is not a count: give a whole number of at least 1"),
+    ({"precision": "fp64"}, "precision 'fp64' is not one of fp32, bf16, fp16"),
 ])
 def test_bad_values(folders, options, message):
     assert _error(folders["pose"], folders["detector"], **options) == message

@@ -293,10 +293,10 @@ def test_the_command_runs_the_estimator_it_loads_and_prints_the_report(prepared,
     out = tmp_path / "cli"
     r = CliRunner().invoke(app, ["data", "pose", "--data", str(prepared), "--out", str(out), "--pose-model",
                                  str(tmp_path / "pose"), "--detector", str(tmp_path / "det"), "--device", "cpu",
-                                 "--workers", "0", "--batch-size", "8", "--max-persons", "3"])
+                                 "--workers", "0", "--batch-size", "8", "--max-persons", "3", "--precision", "bf16"])
     assert r.exit_code == 0, r.output
     assert seen == {"pose_model": tmp_path / "pose", "detector": tmp_path / "det", "device": "cpu",
-                    "box_threshold": 0.3, "max_persons": 3, "batch_size": 8}
+                    "box_threshold": 0.3, "max_persons": 3, "batch_size": 8, "precision": "bf16"}
     assert f"{out}: 2 of 3 videos done (coco-17, estimated: scripted-pose + scripted-detector), 1 failed, 0 not yet; " \
            "6 of 80 frames without a person; mean confidence 0.870" in r.output
     assert "  video 0003 failed: " in r.output

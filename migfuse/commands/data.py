@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from migfuse.commands.app import deprecated, group
-from migfuse.commands.options import (SEED_MAX, WORKERS_MAX, DataOpt, DatasetLayout, DeviceOpt, PoseScope, PysklLayout,
-                                      Scheme, SynthLayout, ThreadsOpt, VideoRootOpt, parse_shard, path_argument,
-                                      path_option)
+from migfuse.commands.options import (SEED_MAX, WORKERS_MAX, DataOpt, DatasetLayout, DeviceOpt, PoseScope, PrecisionOpt,
+                                      PysklLayout, Scheme, SynthLayout, ThreadsOpt, VideoRootOpt, parse_shard,
+                                      path_argument, path_option)
 from migfuse.errors import UserError
+from migfuse.runtime import Precision
 
 app = group("Read an iMiGUE download into one clip manifest and fast skeleton arrays; generate demo data.")
 
@@ -154,6 +155,7 @@ def data_pose(
         help="clips: the frames of every clip (what the skeleton tracks read); videos: every frame of each video.")
     ] = PoseScope.clips,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = Precision.AUTO,
     threads: ThreadsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
                                             help="Frames per estimator call (the models batch inside).")] = 16,
@@ -193,9 +195,9 @@ def data_pose(
 
     manifest = Manifest.load(data)  # a wrong --data or --out is said before the models load
     check_out(manifest, out)
-    runtime = Runtime.resolve(device=device, precision="fp32", threads=threads)
+    runtime = Runtime.resolve(device=device, precision=precision, threads=threads)
     estimator = load_estimator(pose_model, detector, device=str(runtime.device), box_threshold=box_threshold,
-                               max_persons=max_persons, batch_size=batch_size)
+                               max_persons=max_persons, batch_size=batch_size, precision=str(runtime.precision))
     result = run_pose(manifest, out, estimator, scope=scope.value, workers=workers, batch_size=batch_size, shard=shard,
                       retry_failed=retry_failed, video_root=video_root, tracker=TrackerSettings(ambiguity=ambiguity))
     r = result.report

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -30,7 +31,8 @@ class PersonDetector:
     """
 
     def __init__(self, folder: Path, config: dict[str, Any], transformers: Any, *, device: str,
-                 box_threshold: float, max_persons: int, batch_size: int):
+                 box_threshold: float, max_persons: int, batch_size: int,
+                 autocast: Callable[[], AbstractContextManager] = nullcontext):
         from migfuse.backbones.hf_video import _quiet_transformers
 
         with _quiet_transformers():
@@ -41,6 +43,7 @@ class PersonDetector:
 
         self.torchvision_processor = isinstance(self.processor, TorchvisionBackend)
         self.device = device
+        self.autocast = autocast
         self.person_ids = person_labels(config)
         self.box_threshold = float(box_threshold)
         self.max_persons = int(max_persons)
@@ -67,7 +70,11 @@ class PersonDetector:
         on_device = {"device": self.device} if self.torchvision_processor else {}
         inputs = self.processor(images=list(frames), return_tensors="pt", **on_device).to(self.device)
         with torch.inference_mode():
-            outputs = self.model(**inputs)
+            with self.autocast():
+                outputs = self.model(**inputs)
+            for key, value in outputs.items():  # boxes and scores are post-processed in float32
+                if torch.is_tensor(value) and value.is_floating_point():
+                    outputs[key] = value.float()
         sizes = [frame.shape[:2] for frame in frames]
         results = self.processor.post_process_object_detection(outputs, threshold=self.box_threshold,
                                                                target_sizes=sizes)

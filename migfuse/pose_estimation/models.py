@@ -13,7 +13,8 @@ docs/pose.md says which published folders to get and why this backend.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,8 +24,13 @@ from migfuse.pose_estimation.types import FramePoses, PoseEstimator  # noqa: F40
 from migfuse.pose_estimation.top_down import DARK_KERNEL
 
 
+#: --precision of `data pose`: the models' forwards in float32 or under autocast to bf16 / fp16
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 def load_pose_estimator(pose_model: str | Path, detector: str | Path | None, *, device: str = "cpu",
-                        box_threshold: float = 0.3, max_persons: int = 5, batch_size: int = 16) -> PoseEstimator:
+                        box_threshold: float = 0.3, max_persons: int = 5, batch_size: int = 16,
+                        precision: str = "fp32") -> PoseEstimator:
     """A detector + ViTPose estimator from two local Hugging Face folders.
 
     Args:
@@ -35,6 +41,8 @@ def load_pose_estimator(pose_model: str | Path, detector: str | Path | None, *, 
         box_threshold: the lowest detector score kept, in [0, 1].
         max_persons: most persons kept per frame (highest detector scores first), >= 1.
         batch_size: frames per detector pass and person crops per pose pass, >= 1.
+        precision: "fp32", or "bf16" / "fp16": the two models' forwards under torch.autocast (the
+            decoding stays float32); part of the provenance (poses differ slightly).
     Raises:
         UserError: one line naming the path and the fix, for a missing folder/file, a folder without
             weights, a model of the wrong kind (detector given as pose model and vice versa), an
@@ -46,6 +54,8 @@ def load_pose_estimator(pose_model: str | Path, detector: str | Path | None, *, 
     for name, value in (("max persons", max_persons), ("batch size", batch_size)):
         if int(value) != value or value < 1:
             raise UserError(f"{name} {value} is not a count: give a whole number of at least 1")
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     pose_folder = Path(pose_model)
     _, layout = model_folders.check_pose_folder(pose_folder)
     detector_folder = None if detector is None else Path(detector)
@@ -53,7 +63,7 @@ def load_pose_estimator(pose_model: str | Path, detector: str | Path | None, *, 
     transformers = model_folders.import_transformers()
     return TransformersPoseEstimator(pose_folder, layout, detector_folder, detector_config, transformers,
                                      device=device, box_threshold=box_threshold, max_persons=int(max_persons),
-                                     batch_size=int(batch_size))
+                                     batch_size=int(batch_size), precision=precision)
 
 
 class TransformersPoseEstimator:
@@ -61,7 +71,7 @@ class TransformersPoseEstimator:
 
     def __init__(self, pose_folder: Path, layout: str, detector_folder: Path | None,
                  detector_config: dict[str, Any] | None, transformers: Any, *, device: str, box_threshold: float,
-                 max_persons: int, batch_size: int):
+                 max_persons: int, batch_size: int, precision: str = "fp32"):
         from migfuse.pose_estimation.detector import PersonDetector
         from migfuse.pose_estimation.top_down import TopDownPose
 
@@ -70,10 +80,13 @@ class TransformersPoseEstimator:
         self.device, self.batch_size = device, batch_size
         self.box_threshold, self.max_persons = float(box_threshold), max_persons
         self.transformers_version = str(transformers.__version__)
-        self.pose = TopDownPose(pose_folder, layout, transformers, device=device, batch_size=batch_size)
+        self.precision = precision
+        autocast = _autocast(device, precision)
+        self.pose = TopDownPose(pose_folder, layout, transformers, device=device, batch_size=batch_size,
+                                autocast=autocast)
         self.detector = None if detector_folder is None else PersonDetector(
             detector_folder, detector_config or {}, transformers, device=device, box_threshold=box_threshold,
-            max_persons=max_persons, batch_size=batch_size)
+            max_persons=max_persons, batch_size=batch_size, autocast=autocast)
         self._provenance: dict[str, Any] | None = None
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[FramePoses]:
@@ -114,7 +127,7 @@ class TransformersPoseEstimator:
                 "layout": self.layout, "keypoints": self.pose.num_keypoints,
                 "detector": "model" if self.detector is not None else "none: the whole frame is the person box",
                 "person_classes": [] if self.detector is None else self.detector.person_ids,
-                "box_threshold": self.box_threshold, "max_persons": self.max_persons,
+                "box_threshold": self.box_threshold, "max_persons": self.max_persons, "precision": self.precision,
                 "input_size": {"pose": list(self.pose.input_size()),
                                "detector": None if self.detector is None else self.detector.input_size()},
                 "box_padding": 1.25, "dataset_index": self.pose.dataset_index,
@@ -124,6 +137,16 @@ class TransformersPoseEstimator:
                 "warp_and_decoding_on": "the processor's scipy / numpy code" if self.pose.reference else
                                         "torch, batched on the device (equal to the processor's)"}
         return self._provenance
+
+
+def _autocast(device: str, precision: str) -> Callable[[], AbstractContextManager]:
+    """The context the models' forwards run in: none for fp32, else torch.autocast to bf16 / fp16."""
+    if precision == "fp32":
+        return nullcontext
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def _check_frame(frame: Any, index: int) -> np.ndarray:

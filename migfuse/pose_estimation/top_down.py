@@ -19,7 +19,8 @@ experts in the backbone) are run with the expert of the head's keypoint set (COC
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -46,10 +47,11 @@ class TopDownPose:
         device: a torch device name.
         batch_size: person crops per forward pass.
         reference: warp and decode with the processor's own scipy / numpy code instead of `on_device`.
+        autocast: the context of the forward (`models._autocast`); heatmaps are decoded in float32.
     """
 
     def __init__(self, folder: Path, layout: str, transformers: Any, *, device: str, batch_size: int,
-                 reference: bool = False):
+                 reference: bool = False, autocast: Callable[[], AbstractContextManager] = nullcontext):
         from migfuse.backbones.hf_video import _quiet_transformers
 
         with _quiet_transformers():
@@ -58,6 +60,7 @@ class TopDownPose:
                 folder, local_files_only=True).to(device).eval()
         self.output_class = transformers.models.vitpose.modeling_vitpose.VitPoseEstimatorOutput
         self.device = device
+        self.autocast = autocast
         self.layout = layout
         self.batch_size = int(batch_size)
         self.num_keypoints = int(self.model.config.num_labels)
@@ -104,7 +107,9 @@ class TopDownPose:
                 if self.dataset_index is not None:
                     extra["dataset_index"] = torch.full((len(chunk),), self.dataset_index, dtype=torch.long,
                                                         device=self.device)
-                maps.append(self.model(pixel_values=chunk, **extra).heatmaps.float())
+                with self.autocast():
+                    heatmaps = self.model(pixel_values=chunk, **extra).heatmaps
+                maps.append(heatmaps.float())
         maps = torch.cat(maps)
         return maps.cpu() if self.reference else maps
 
