@@ -320,6 +320,27 @@ def test_missing_and_incomplete_folders(folders, tmp_path):
         "is incomplete; run `huggingface-cli download PekingU/rtdetr_r50vd_coco_o365 --local-dir DIR` again")
 
 
+def test_a_damaged_weights_or_processor_file_of_either_model_is_one_line(folders, tmp_path):
+    """An interrupted download leaves a truncated model.safetensors (or processor config): one line naming
+    the file and saying to download the folder again, not transformers' traceback."""
+    det, pose = folders["detector"], folders["pose"]
+    cut = _copy(pose, tmp_path / "cut")
+    (cut / "model.safetensors").write_bytes((pose / "model.safetensors").read_bytes()[:1000])
+    assert _error(cut, det) == (
+        f"cannot read {cut / 'model.safetensors'} (SafetensorError: Error while deserializing header: invalid header "
+        f"length): download the model folder {cut} again")
+    short = _copy(det, tmp_path / "short")
+    (short / "model.safetensors").write_bytes((det / "model.safetensors").read_bytes()[:-10])
+    assert _error(pose, short) == (
+        f"cannot read {short / 'model.safetensors'} (SafetensorError: Error while deserializing header: incomplete "
+        f"metadata, file not fully covered): download the model folder {short} again")
+    processor = _copy(det, tmp_path / "processor")
+    (processor / "preprocessor_config.json").write_text("{")
+    assert _error(pose, processor).startswith(
+        f"cannot read {processor / 'preprocessor_config.json'} (JSONDecodeError: ")
+    assert _error(pose, processor).endswith(f"): download the model folder {processor} again")
+
+
 def test_wrong_kind_and_unsupported_models(folders, tmp_path):
     det, pose = folders["detector"], folders["pose"]
     assert _error(det, det) == (

@@ -133,10 +133,36 @@ def check_detector_folder(folder: str | Path) -> dict[str, Any]:
 
 def _check_processor(folder: Path, example: str) -> None:
     """The folder must have its processor config: the model's input size, box padding and normalisation
-    come from it (transformers' defaults may not be what the weights were trained with)."""
+    come from it (transformers' defaults may not be what the weights were trained with). Its weights and
+    processor config must also be readable (`_check_readable`)."""
     if not (folder / PROCESSOR_FILE).is_file():
         raise UserError(f"{folder} has no {PROCESSOR_FILE} (the model's input size and normalisation): the "
                         f"download is incomplete; run `huggingface-cli download {example} --local-dir DIR` again")
+    _check_readable(folder)
+
+
+def _check_readable(folder: Path) -> None:
+    """The processor config is a JSON object and every safetensors file's header reads and covers the
+    file: an interrupted download (a truncated file) is one line here, not transformers' traceback.
+
+    Raises:
+        UserError: naming the damaged file and saying to download the folder again.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    hf_folder.read_json(folder / PROCESSOR_FILE, folder)
+    weights = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else []
+    index = folder / "model.safetensors.index.json"
+    if not weights and index.is_file():
+        shards = hf_folder.read_json(index, folder).get("weight_map") or {}
+        weights = [folder / name for name in sorted(set(shards.values()) if isinstance(shards, dict) else ())]
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="numpy"):  # reads the header and checks the file's size
+                pass
+        except (OSError, SafetensorError) as e:
+            raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]}): download "
+                            f"the model folder {folder} again") from None
 
 
 def person_labels(config: dict[str, Any]) -> list[int]:
