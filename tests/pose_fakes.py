@@ -70,8 +70,11 @@ class ScriptedEstimator:
         self.scene, self.delay, self.calls = scene, delay, 0
 
     def provenance(self) -> dict:
-        return {"models": [{"name": "scripted-pose", "path": "-", "sha256": "0" * 64, "architecture": "test"},
-                           {"name": "scripted-detector", "path": "-", "sha256": "1" * 64, "architecture": "test"}],
+        # the detector first, as `TransformersPoseEstimator.provenance` lists them; pose_source names the pose model first
+        return {"models": [{"role": "detector", "name": "scripted-detector", "path": "-", "sha256": "1" * 64,
+                            "architecture": "test"},
+                           {"role": "pose", "name": "scripted-pose", "path": "-", "sha256": "0" * 64,
+                            "architecture": "test"}],
                 "thresholds": {"box": 0.3}, "scene": self.scene.__name__}
 
     def __call__(self, frames) -> list[FramePoses]:

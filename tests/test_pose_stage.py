@@ -63,7 +63,8 @@ def test_wholebody_points_land_on_openpose_s_feet_face_and_hands_and_fit_the_imi
     for name in ("imigue", "openpose22", "openpose-18", "coco-17"):
         check_readable(name, get_layout(name).source, {"coco-wholebody-133", "openpose-137"})
     with pytest.raises(UserError, match="layout openpose22 needs points that the coco-17 skeletons do not have "
-                                        r"\(e.g. hands, face\): use --layout openpose-18 or coco-17, or estimate"):
+                                        r"\(e.g. hands, face\): use --layout openpose-18 or coco-17; hands and face need the OpenPose "
+                                        "skeletons of `migfuse data prepare`"):
         check_readable("openpose22", get_layout("openpose22").source, {"coco-17", "openpose-137"})
 
 
@@ -174,7 +175,8 @@ def test_a_graph_layout_needing_points_the_estimates_lack_is_refused_in_one_line
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert r.output.strip().splitlines()[-1].endswith(
         f"layout imigue needs points that the coco-17 skeletons of {estimated} do not have (e.g. hands, face): use "
-        "--layout openpose-18 or coco-17, or estimate with a coco-wholebody-133 pose model")
+        "--layout openpose-18 or coco-17; hands and face need the OpenPose skeletons of `migfuse data prepare` (the "
+        "pose models of `data pose` give coco-17 only)")
     with pytest.raises(UserError, match="layout openpose22 needs points that the coco-17 skeletons"):
         export_pyskl(estimated, tmp_path / "x.pkl", layout="openpose22")
     assert not (tmp_path / "x.pkl").exists()
@@ -202,6 +204,7 @@ def test_export_openpose_json_reads_back_through_data_prepare_s_reader(estimated
     assert "wrote 110 frame files of 2 videos" in r.output and "left out 1 videos" in r.output
     doc = json.loads((tmp_path / "json" / "0001" / "0001_000000000007_keypoints.json").read_text())
     assert len(doc["people"]) == 1 and len(doc["people"][0]["pose_keypoints_2d"]) == 75
+    assert doc["people"][0]["person_id"] == [-1]  # as OpenPose 1.7 writes it: no tracking id
     assert json.loads((tmp_path / "json" / "0001" / "0001_000000000011_keypoints.json").read_text())["people"] == []
     points, mask, _ = read_openpose_folder(tmp_path / "json" / "0001", progress=False)
     skel, want_mask = Manifest.load(estimated).skeleton("0001")
@@ -257,11 +260,20 @@ def test_an_ambiguous_clip_is_recorded_in_the_report(prepared, tmp_path):
 def test_refusals_come_before_any_work(prepared, estimated, tmp_path):
     with pytest.raises(UserError, match="is the input PREPARED folder: its OpenPose skeletons would be replaced"):
         run_pose(prepared, prepared, ScriptedEstimator(), progress=False)
-    with pytest.raises(UserError, match=r"holds poses of another run \(estimator differs, see .*pose_run.json\): "
-                                        "pass a new --out"):
+    with pytest.raises(UserError) as e:
         run_pose(prepared, estimated, ScriptedEstimator(twins), progress=False)
-    with pytest.raises(UserError, match=r"holds poses of another run \(scope differs"):
+    assert str(e.value) == (f'{estimated} holds poses of another run (estimator.scene "seated" there, "twins" now; '
+                            f"see {estimated / 'pose_run.json'}): pass a new --out, or the same models and settings "
+                            "to resume it")
+    with pytest.raises(UserError, match=r'holds poses of another run \(scope "clips" there, "videos" now; see '):
         run_pose(prepared, estimated, ScriptedEstimator(seated), scope="videos", progress=False)
+
+    class Stricter(ScriptedEstimator):
+        def provenance(self) -> dict:
+            return {**super().provenance(), "thresholds": {"box": 0.5}}
+
+    with pytest.raises(UserError, match=r"\(estimator.thresholds.box 0.3 there, 0.5 now; see "):
+        run_pose(prepared, estimated, Stricter(seated), progress=False)
 
     class Moved(ScriptedEstimator):  # the same models in another folder, a newer transformers: the run resumes
         def provenance(self) -> dict:
@@ -294,7 +306,7 @@ def test_the_command_runs_the_estimator_it_loads_and_prints_the_report(prepared,
     r = CliRunner().invoke(app, ["data", "pose", "--data", str(prepared), "--out", str(out), "--pose-model",
                                  str(tmp_path / "pose"), "--detector", str(tmp_path / "det"), "--device", "cpu",
                                  "--workers", "0", "--batch-size", "8", "--max-persons", "3", "--precision", "bf16"])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # video 0003 failed: as `extract`, after the report
     assert seen == {"pose_model": tmp_path / "pose", "detector": tmp_path / "det", "device": "cpu",
                     "box_threshold": 0.3, "max_persons": 3, "batch_size": 8, "precision": "bf16"}
     assert f"{out}: 2 of 3 videos done (coco-17, estimated: scripted-pose + scripted-detector), 1 failed, 0 not yet; " \
@@ -307,11 +319,14 @@ def test_the_command_runs_the_estimator_it_loads_and_prints_the_report(prepared,
     (["--data", "{prepared}", "--out", "{prepared}"], "--out {prepared} is the input PREPARED folder"),
     (["--shard", "2/2"], "Invalid value for '--shard': '2/2' is not I/N"),
     (["--scope", "frames"], "Invalid value for '--scope'"),
+    (["--out", "{root}"], "--out {root} is not empty and holds no earlier `data pose` run (pose_run.json): pass a new "
+                          "or empty folder (data pose writes a whole PREPARED folder into it)"),
+    (["--out", "{root}/0001.mp4"], "Invalid value for '--out': cannot use {root}/0001.mp4: a file is in the way"),
 ])
 def test_bad_command_lines_end_in_one_line_before_any_model_loads(prepared, tmp_path, monkeypatch, args, message):
     monkeypatch.setattr(run_module, "load_estimator", lambda *a, **k: pytest.fail("models loaded"))
     base = {"--data": str(prepared), "--out": str(tmp_path / "out"), "--pose-model": str(tmp_path / "pose")}
-    fill = {"tmp": tmp_path, "prepared": prepared}
+    fill = {"tmp": tmp_path, "prepared": prepared, "root": prepared.parent}
     given = [a.format(**fill) for a in args]
     for option, value in base.items():
         if option not in given:
@@ -328,3 +343,69 @@ def test_scope_videos_estimates_every_frame(prepared, tmp_path):
     assert result.report["frames_estimated"] == 110 and result.report["frames_without_person"] == 6
     points, mask = np.load(out / "skeletons" / "0002.npy"), np.load(out / "skeletons" / "0002.mask.npy")
     assert mask.sum() == 47 and np.array_equal(points[45], expected_points(seated, 45))  # past the clip's end
+
+
+def test_an_unfinished_output_is_named_as_such_not_as_a_missing_or_failed_one(prepared, estimated, tmp_path):
+    """Killed before its first video ended, OUT has no manifest.csv yet; after one shard of two, the other
+    shard's videos are "not estimated yet": readers say so and `extract skeleton` refuses, instead of
+    recording failures the user would have to --retry-failed."""
+    from migfuse.backbones.agcn import AGCN
+    from migfuse.datasets.skeleton_layouts import get_layout
+    from migfuse.pose_estimation.outputs import check_run
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    check_run(killed, {"format": 1})  # what a run has written when it is killed in its first video
+    with pytest.raises(UserError) as e:
+        Manifest.load(killed)
+    assert str(e.value) == (f"{killed} is an unfinished `migfuse data pose` output (no manifest.csv yet): run the "
+                            f"same `migfuse data pose --out {killed}` command again to finish it")
+
+    out = tmp_path / "half"
+    run_pose(prepared, out, ScriptedEstimator(seated), batch_size=8, shard="0/2", progress=False)
+    m = Manifest.load(out)
+    assert m.pending_poses() == ["0002"] and m.videos["0002"].pose_source == "not estimated yet"
+    with pytest.raises(UserError) as e:
+        m.skeleton("0002")
+    assert str(e.value) == (f"video 0002 is not estimated yet in {out}: run `migfuse data pose` for the other "
+                            "shards (or run it again to finish), then read it")
+    torch = pytest.importorskip("torch")
+    torch.save(AGCN(get_layout("coco-17"), base_channels=8).state_dict(), tmp_path / "agcn.pt")
+    r = CliRunner().invoke(app, ["extract", "skeleton", "--data", str(out), "--cache", str(tmp_path / "c.zarr"),
+                                 "--checkpoint", str(tmp_path / "agcn.pt"), "--layout", "coco-17", "--stream", "joint",
+                                 "--device", "cpu"])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1].endswith(
+        f"{out} is an unfinished `migfuse data pose` output: 1 videos (e.g. 0002) are not estimated yet; run "
+        "`migfuse data pose` for the other shards (or run it again to finish) before extracting")
+    assert Manifest.load(estimated).pending_poses() == []
+
+
+def test_export_openpose_refuses_a_folder_that_is_not_empty_and_not_an_earlier_export(prepared, estimated, tmp_path):
+    def export(out: Path):
+        return CliRunner().invoke(app, ["data", "export-openpose", str(estimated), str(out)])
+
+    for out, holds in ((estimated, "manifest.csv"), (prepared.parent, "0001.mp4")):
+        before = sorted(p.name for p in out.iterdir())
+        r = export(out)
+        assert r.exit_code != 0 and "Traceback" not in r.output
+        assert r.output.strip().splitlines() == [
+            f"error: OUT {out} is not empty and is not an earlier OpenPose export of these videos (it holds "
+            f"{holds}): pass a new or empty folder"]
+        assert sorted(p.name for p in out.iterdir()) == before
+    again = tmp_path / "json"
+    assert export(again).exit_code == 0 and export(again).exit_code == 0  # an earlier export is written again
+    assert sorted(p.name for p in again.iterdir()) == ["0001", "0002"]
+
+
+def test_pose_help_says_folders_and_what_leaving_out_the_detector_does():
+    import typer.main
+
+    command = typer.main.get_command(app).commands["data"].commands["pose"]
+    helps = {p.name: p.help for p in command.params}
+    assert helps["pose_model"].startswith("Local Hugging Face folder of the top-down pose model")
+    assert helps["detector"] == ("Local Hugging Face folder of the person detector (e.g. RT-DETR). Left out: the "
+                                 "whole frame is the one person box (for videos cropped to their subject); "
+                                 "--box-threshold and --max-persons are then unused.")
+    assert not any("or file" in (h or "") or "wholebody" in (h or "") for h in helps.values())
+    assert "coco-wholebody-133" not in (command.help or "") and "exit code 1 when any video failed" in command.help

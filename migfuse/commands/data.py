@@ -146,10 +146,12 @@ def data_pose(
     data: DataOpt,
     out: Annotated[Path, path_option("--out", use="folder", help="New PREPARED folder to write the estimated "
                                      "skeletons into (the --data folder is never changed). Run again to resume.")],
-    pose_model: Annotated[Path, path_option("--pose-model", help="Local folder (or file) of the top-down pose "
-                                            "model; nothing is downloaded. See docs/pose.md for the models.")],
-    detector: Annotated[Optional[Path], path_option("--detector", help="Local folder (or file) of the person "
-                                                    "detector.")] = None,
+    pose_model: Annotated[Path, path_option("--pose-model", help="Local Hugging Face folder of the top-down "
+                                            "pose model (ViTPose); nothing is downloaded. See docs/pose.md.")],
+    detector: Annotated[Optional[Path], path_option("--detector", help="Local Hugging Face folder of the person "
+                                                    "detector (e.g. RT-DETR). Left out: the whole frame is the "
+                                                    "one person box (for videos cropped to their subject); "
+                                                    "--box-threshold and --max-persons are then unused.")] = None,
     scope: Annotated[PoseScope, typer.Option(
         "--scope", case_sensitive=False,
         help="clips: the frames of every clip (what the skeleton tracks read); videos: every frame of each video.")
@@ -168,9 +170,11 @@ def data_pose(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Also redo videos that failed in an "
                                                "earlier run.")] = False,
     box_threshold: Annotated[float, typer.Option("--box-threshold", min=0.0, max=1.0,
-                                                 help="Least detector score of a person.")] = 0.3,
+                                                 help="Least detector score of a person (unused without "
+                                                      "--detector).")] = 0.3,
     max_persons: Annotated[int, typer.Option("--max-persons", min=1, max=100,
-                                             help="Most people per frame given to the pose model.")] = 5,
+                                             help="Most people per frame given to the pose model (unused "
+                                                  "without --detector).")] = 5,
     ambiguity: Annotated[float, typer.Option(
         "--ambiguity", min=0.0, max=1.0,
         help="A second person whose weight (box area x centrality x score) reaches this share of the subject's "
@@ -183,10 +187,11 @@ def data_pose(
     tracked across frames, and where two people are about equally likely the clip is recorded as ambiguous.
 
     Writes a new PREPARED folder (--out) whose skeletons/ hold the subject's points in the model's layout
-    (coco-17, or coco-wholebody-133) with per-point confidence, read by `extract skeleton` (e.g. --layout
+    (coco-17: the only layout the supported pose models give) with per-point confidence, read by `extract skeleton` (e.g. --layout
     coco-17) and the exporters as OpenPose skeletons are; videos.csv and prepare_report.json name each
     video's pose source. Resumable after a kill (per-video status under pose/), sharded (--shard);
-    undecodable videos are recorded with the reason and the others go on. Run report: pose_report.json.
+    undecodable videos are recorded with the reason and the others go on. Run report: pose_report.json;
+    exit code 1 when any video failed (after the report).
     """
     from migfuse.datasets.manifest import Manifest
     from migfuse.pose_estimation.run import check_out, load_estimator, run_pose
@@ -213,6 +218,8 @@ def data_pose(
         typer.echo(f"  video {vid}: two people about equally likely in clips {', '.join(clips)} (frames in "
                    "pose_report.json)")
     typer.echo(f"wrote {out} (details in {out / 'pose_report.json'})")
+    if r["videos_failed"]:  # as `extract`: a script or job array sees that videos failed
+        raise typer.Exit(1)
 
 
 @app.command("export-openpose")

@@ -47,6 +47,10 @@ MANIFEST_FILE = "manifest.csv"
 VIDEOS_FILE = "videos.csv"
 REPORT_FILE = "prepare_report.json"
 SKELETON_DIR = "skeletons"
+#: `pose_source` of a video an unfinished `migfuse data pose` run (another shard, or killed) has not done yet
+POSE_PENDING = "not estimated yet"
+#: the run identity `migfuse data pose` writes first into its output folder
+POSE_RUN_FILE = "pose_run.json"
 NUM_KEYPOINTS = 137  # BODY_25 0-24, face 25-94, left hand 95-115, right hand 116-136
 
 SCHEMES = ("split_cs", "split_miga", "split_emotion")
@@ -119,7 +123,8 @@ class VideoInfo:
     measured); ``unreadable`` is why the file is not a decodable video ("" when it is or unknown).
     ``skeleton_layout`` is the point layout of the skeleton file (`pose_layouts`: "" = openpose-137);
     ``pose_source`` says where the points come from ("openpose", or "estimated: <models>" written by
-    `migfuse data pose`; "" = openpose in folders written before the column existed).
+    `migfuse data pose`, or POSE_PENDING for a video its unfinished run has not estimated yet; "" =
+    openpose in folders written before the column existed).
     """
 
     video_id: str
@@ -238,6 +243,9 @@ class Manifest:
         info = self.videos.get(vid)
         if info is None:
             raise UserError(f"video {vid} is not in the manifest{self._where()}; check the video id")
+        if not info.skeleton and info.pose_source == POSE_PENDING:
+            raise UserError(f"video {vid} is {POSE_PENDING} in {self._where().strip() or 'the manifest'}: run "
+                            "`migfuse data pose` for the other shards (or run it again to finish), then read it")
         if not info.skeleton:
             raise UserError(f"video {vid} has no skeleton in {self._where().strip() or 'the manifest'}; "
                             f"see prepare_report.json for why")
@@ -246,6 +254,10 @@ class Manifest:
         stored = stored_layout_of(info.skeleton_layout)
         array, mask = open_skeleton(self.root / info.skeleton, stored)
         return (array if stored == OPENPOSE_137 else OpenPoseView(array, stored)), mask  # type: ignore[return-value]
+
+    def pending_poses(self) -> list[str]:
+        """Videos an unfinished `migfuse data pose` run has not estimated yet (sorted ids; [] when none)."""
+        return sorted(v for v, info in self.videos.items() if info.pose_source == POSE_PENDING and not info.skeleton)
 
     def skeleton_layouts(self) -> set[str]:
         """The stored layouts of the videos that have a skeleton (e.g. {"openpose-137"})."""
@@ -356,6 +368,9 @@ def _not_prepared(root: Path) -> str:
         return f"{root} is a file, not a PREPARED folder: pass the folder `migfuse data prepare --out` wrote"
     if not root.exists():
         return f"no PREPARED folder at {root}: run `migfuse data prepare --root DATA --out {root}` (or fix the path)"
+    if (root / POSE_RUN_FILE).is_file():
+        return (f"{root} is an unfinished `migfuse data pose` output (no {MANIFEST_FILE} yet): run the same "
+                f"`migfuse data pose --out {root}` command again to finish it")
     if (root / "zarr.json").is_file() or root.suffix == ".zarr":
         return f"{root} is a token cache, not a PREPARED folder: did you swap --cache and --data?"
     return (f"no {MANIFEST_FILE} in {root}: it is not a PREPARED folder; "

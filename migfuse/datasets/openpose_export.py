@@ -52,10 +52,12 @@ def export_openpose(prepared: str | Path | Manifest, out: str | Path, *, progres
     """Write every video's skeleton of `prepared` as OpenPose JSON frame files under `out` (see above).
 
     Raises:
-        UserError: no video of `prepared` has a skeleton, or a skeleton file is unreadable.
+        UserError: no video of `prepared` has a skeleton, a skeleton file is unreadable, or `out` is a
+            folder that is not empty and not an earlier export (e.g. the PREPARED folder itself).
     """
     manifest = prepared if isinstance(prepared, Manifest) else Manifest.load(prepared)
     result = OpenPoseExport(Path(out))
+    _check_out(result.out, manifest)
     with_skeleton = [v for v, info in sorted(manifest.videos.items()) if info.skeleton]
     for vid, info in sorted(manifest.videos.items()):
         if not info.skeleton:
@@ -71,3 +73,16 @@ def export_openpose(prepared: str | Path | Manifest, out: str | Path, *, progres
             write_text(folder / f"{vid}_{t:012d}_keypoints.json", text, sync=False)
         result.videos[vid] = int(points.shape[0])
     return result
+
+
+def _check_out(out: Path, manifest: Manifest) -> None:
+    """UserError unless `out` is new, empty, or an earlier export of these videos (only <vid4>/ folders of
+    the manifest's videos): a PREPARED folder, a dataset root or any other folder is never written into."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"OUT {out} is a file: pass a new folder for the OpenPose JSON files")
+    if not out.is_dir():
+        return
+    strangers = [p.name for p in sorted(out.iterdir()) if not (p.is_dir() and p.name in manifest.videos)]
+    if strangers:
+        raise UserError(f"OUT {out} is not empty and is not an earlier OpenPose export of these videos (it holds "
+                        f"{strangers[0]}): pass a new or empty folder")

@@ -129,4 +129,5 @@ def check_readable(graph_layout: str, source: tuple[int, ...] | None, stored: se
         of = f" of {where}" if where else ""
         raise UserError(f"layout {graph_layout} needs points that the {name} skeletons{of} "
                         f"do not have (e.g. hands, face): use --layout {' or '.join(fits) or 'coco-17'}"
-                        + (", or estimate with a coco-wholebody-133 pose model" if name == COCO_17 else ""))
+                        + ("; hands and face need the OpenPose skeletons of `migfuse data prepare` (the pose "
+                           "models of `data pose` give coco-17 only)" if name == COCO_17 else ""))

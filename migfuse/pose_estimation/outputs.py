@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from migfuse.atomic_write import write_text
-from migfuse.datasets.manifest import REPORT_FILE, Manifest, format_video_id, write_skeleton
+from migfuse.datasets.manifest import POSE_PENDING, POSE_RUN_FILE, REPORT_FILE, Manifest, format_video_id, write_skeleton
 from migfuse.errors import UserError
 
 STATUS_DIR = "pose"
-RUN_FILE = "pose_run.json"
+RUN_FILE = POSE_RUN_FILE
 RUN_REPORT = "pose_report.json"
 #: `data prepare` problems about the OpenPose files, left out of OUT's prepare_report.json
 _OPENPOSE_PROBLEMS = {"no_skeleton", "empty_skeleton", "unreadable_skeleton", "clip_outside_skeleton",
@@ -89,11 +89,12 @@ def check_run(out: Path, identity: dict[str, Any]) -> None:
             earlier = json.loads(path.read_text())
         except ValueError:
             earlier = None
-        if earlier != json.loads(json.dumps(identity)):
-            key = next((k for k in sorted(set(identity) | set(earlier or {}))
-                        if not isinstance(earlier, dict) or earlier.get(k) != identity.get(k)), "?")
-            raise UserError(f"{out} holds poses of another run ({key} differs, see {path}): pass a new --out, or "
-                            "the same models and settings to resume it")
+        now = json.loads(json.dumps(identity))
+        if earlier != now:
+            key, there, here = _first_difference(earlier, now)
+            raise UserError(f"{out} holds poses of another run ({key or 'the run'} {_short(there)} there, "
+                            f"{_short(here)} now; see {path}): pass a new --out, or the same models and settings "
+                            "to resume it")
         return
     if (out / "manifest.csv").is_file() or (out / STATUS_DIR).is_dir():
         raise UserError(f"{out} is a PREPARED folder of `migfuse data prepare` (or another run): its skeletons "
@@ -101,12 +102,34 @@ def check_run(out: Path, identity: dict[str, Any]) -> None:
     write_text(path, json.dumps(identity, indent=1))
 
 
+def _first_difference(there: Any, here: Any, key: str = "") -> tuple[str, Any, Any]:
+    """The first (sorted) key path where two run identities differ, e.g. ("estimator.box_threshold", 0.3,
+    0.5); a key missing on one side is None there."""
+    if isinstance(there, dict) and isinstance(here, dict):
+        for k in sorted(set(there) | set(here)):
+            if there.get(k) != here.get(k):
+                return _first_difference(there.get(k), here.get(k), f"{key}.{k}" if key else str(k))
+    if isinstance(there, list) and isinstance(here, list) and len(there) == len(here):
+        for i, (a, b) in enumerate(zip(there, here)):
+            if a != b:
+                return _first_difference(a, b, f"{key}[{i}]")
+    return key, there, here
+
+
+def _short(value: Any) -> str:
+    """A value of the run identity as JSON, cut to 60 characters (a model's whole record is long)."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def pose_source(identity: dict[str, Any]) -> str:
-    """The videos.csv `pose_source` of estimated poses: "estimated: <model> + <detector>"."""
+    """The videos.csv `pose_source` of estimated poses: "estimated: <pose model> + <detector>"."""
     models = identity.get("estimator", {}).get("models", [])
     if isinstance(models, dict):
         models = [dict(v, role=k) if isinstance(v, dict) else {"name": str(v)} for k, v in models.items()]
-    names = [str(m.get("name") or m.get("architecture") or "?") for m in models if isinstance(m, dict)]
+    # the pose model first, then the detector, as docs/pose_stage.md writes it
+    models = sorted((m for m in models if isinstance(m, dict)), key=lambda m: m.get("role") == "detector")
+    names = [str(m.get("name") or m.get("architecture") or "?") for m in models]
     return "estimated: " + (" + ".join(names) if names else "pose model")
 
 
@@ -125,6 +148,7 @@ def write_outputs(manifest: Manifest, out: Path, identity: dict[str, Any], layou
             row.video_path = row.video_path.resolve()  # relative to the input folder: keep it findable
         if status is None:
             videos["not_done"].append(vid)
+            row.pose_source = POSE_PENDING  # another shard's, or a killed run's: readers say so, not "failed"
         elif status["status"] == "failed":
             videos["failed"][vid] = f"{status['stage']}: {status['reason']}"
         else:

@@ -132,10 +132,17 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
 
 
 def check_out(manifest: Manifest, out: Path) -> None:
-    """UserError when `out` is the input PREPARED folder (checked before the models load)."""
+    """UserError when `out` is the input PREPARED folder, a file, or a folder that is not empty and holds
+    no earlier `data pose` run (its pose_run.json): a dataset root or a training run's folder would get a
+    PREPARED folder written into it. Checked before the models load."""
     if manifest.root is not None and out.resolve() == Path(manifest.root).resolve():
         raise UserError(f"--out {out} is the input PREPARED folder: its OpenPose skeletons would be replaced; "
                         "pass a new folder (the input stays as it is)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a new folder for the estimated PREPARED folder")
+    if out.is_dir() and not (out / outputs.RUN_FILE).is_file() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty and holds no earlier `data pose` run ({outputs.RUN_FILE}): pass "
+                        "a new or empty folder (data pose writes a whole PREPARED folder into it)")
 
 
 def run_pose(prepared: str | Path | Manifest, out: str | Path, estimator: PoseEstimator, *, scope: str = "clips",

@@ -152,6 +152,10 @@ class SkeletonExtractor(TrackExtractor):
                             f"{self.backbone.layout.name}; drop --layout or pass --layout {self.config.layout}")
         check_readable(self.config.layout, self.backbone.layout.source, self.manifest.skeleton_layouts(),
                        self.prepared)
+        if pending := self.manifest.pending_poses():
+            raise UserError(f"{self.prepared} is an unfinished `migfuse data pose` output: {len(pending)} videos "
+                            f"(e.g. {pending[0]}) are not estimated yet; run `migfuse data pose` for the other "
+                            "shards (or run it again to finish) before extracting")
         self.stream, self.arch, self.trained = stream, arch, trained
         if pool not in (None, "mean"):
             raise UserError(f"pooling {pool!r} is not one of the skeleton track's (mean)")
