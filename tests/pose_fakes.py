@@ -70,7 +70,7 @@ class ScriptedEstimator:
         self.scene, self.delay, self.calls = scene, delay, 0
 
     def provenance(self) -> dict:
-        # the detector first, as `TransformersPoseEstimator.provenance` lists them; pose_source names the pose model first
+        # the detector first, as `TransformersPoseEstimator.provenance` lists them (pose_source: pose model first)
         return {"models": [{"role": "detector", "name": "scripted-detector", "path": "-", "sha256": "1" * 64,
                             "architecture": "test"},
                            {"role": "pose", "name": "scripted-pose", "path": "-", "sha256": "0" * 64,

@@ -63,8 +63,8 @@ def test_wholebody_points_land_on_openpose_s_feet_face_and_hands_and_fit_the_imi
     for name in ("imigue", "openpose22", "openpose-18", "coco-17"):
         check_readable(name, get_layout(name).source, {"coco-wholebody-133", "openpose-137"})
     with pytest.raises(UserError, match="layout openpose22 needs points that the coco-17 skeletons do not have "
-                                        r"\(e.g. hands, face\): use --layout openpose-18 or coco-17; hands and face need the OpenPose "
-                                        "skeletons of `migfuse data prepare`"):
+                                        r"\(e.g. hands, face\): use --layout openpose-18 or coco-17; hands and face "
+                                        "need the OpenPose skeletons of `migfuse data prepare`"):
         check_readable("openpose22", get_layout("openpose22").source, {"coco-17", "openpose-137"})
 
 

@@ -187,11 +187,11 @@ def data_pose(
     tracked across frames, and where two people are about equally likely the clip is recorded as ambiguous.
 
     Writes a new PREPARED folder (--out) whose skeletons/ hold the subject's points in the model's layout
-    (coco-17: the only layout the supported pose models give) with per-point confidence, read by `extract skeleton` (e.g. --layout
-    coco-17) and the exporters as OpenPose skeletons are; videos.csv and prepare_report.json name each
-    video's pose source. Resumable after a kill (per-video status under pose/), sharded (--shard);
-    undecodable videos are recorded with the reason and the others go on. Run report: pose_report.json;
-    exit code 1 when any video failed (after the report).
+    (coco-17: the only layout the supported pose models give) with per-point confidence, read by
+    `extract skeleton` (e.g. --layout coco-17) and the exporters as OpenPose skeletons are; videos.csv and
+    prepare_report.json name each video's pose source. Resumable after a kill (per-video status under
+    pose/), sharded (--shard); undecodable videos are recorded with the reason and the others go on.
+    Run report: pose_report.json; exit code 1 when any video failed (after the report).
     """
     from migfuse.datasets.manifest import Manifest
     from migfuse.pose_estimation.run import check_out, load_estimator, run_pose

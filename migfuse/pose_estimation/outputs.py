@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from migfuse.atomic_write import write_text
-from migfuse.datasets.manifest import POSE_PENDING, POSE_RUN_FILE, REPORT_FILE, Manifest, format_video_id, write_skeleton
+from migfuse.datasets.manifest import (POSE_PENDING, POSE_RUN_FILE, REPORT_FILE, Manifest, format_video_id,
+                                       write_skeleton)
 from migfuse.errors import UserError
 
 STATUS_DIR = "pose"
