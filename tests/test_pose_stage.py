@@ -379,6 +379,11 @@ def test_an_unfinished_output_is_named_as_such_not_as_a_missing_or_failed_one(pr
         f"{out} is an unfinished `migfuse data pose` output: 1 videos (e.g. 0002) are not estimated yet; run "
         "`migfuse data pose` for the other shards (or run it again to finish) before extracting")
     assert Manifest.load(estimated).pending_poses() == []
+    from migfuse.datasets.openpose_export import export_openpose
+
+    assert export_openpose(m, tmp_path / "json", progress=False).skipped == {
+        "0002": "not estimated yet: run `migfuse data pose` for the other shards",
+        "0003": "no skeleton (see prepare_report.json)"}
 
 
 def test_export_openpose_refuses_a_folder_that_is_not_empty_and_not_an_earlier_export(prepared, estimated, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from migfuse.atomic_write import write_text
-from migfuse.datasets.manifest import Manifest
+from migfuse.datasets.manifest import POSE_PENDING, Manifest
 from migfuse.datasets.openpose import PARTS
 from migfuse.errors import UserError
 from migfuse.progress_bar import progress_bar
@@ -61,7 +61,8 @@ def export_openpose(prepared: str | Path | Manifest, out: str | Path, *, progres
     with_skeleton = [v for v, info in sorted(manifest.videos.items()) if info.skeleton]
     for vid, info in sorted(manifest.videos.items()):
         if not info.skeleton:
-            result.skipped[vid] = "no skeleton (see prepare_report.json)"
+            result.skipped[vid] = (f"{POSE_PENDING}: run `migfuse data pose` for the other shards" if
+                                   info.pose_source == POSE_PENDING else "no skeleton (see prepare_report.json)")
     if not with_skeleton:
         raise UserError(f"no video of {manifest.root or 'the manifest'} has a skeleton: run `migfuse data pose` or "
                         "`migfuse data prepare` with the skeleton files first")
