@@ -414,3 +414,14 @@ def test_pose_help_says_folders_and_what_leaving_out_the_detector_does():
                                  "--box-threshold and --max-persons are then unused.")
     assert not any("or file" in (h or "") or "wholebody" in (h or "") for h in helps.values())
     assert "coco-wholebody-133" not in (command.help or "") and "exit code 1 when any video failed" in command.help
+
+
+def test_a_damaged_run_identity_is_refused_in_one_line(prepared, tmp_path):
+    out = tmp_path / "damaged"
+    out.mkdir()
+    (out / "pose_run.json").write_text("{")
+    with pytest.raises(UserError) as e:
+        run_pose(prepared, out, ScriptedEstimator(seated), progress=False)
+    assert str(e.value) == (f"{out / 'pose_run.json'} is damaged (not a JSON object): this run's settings are "
+                            "unknown; pass a new --out")
+    assert sorted(p.name for p in out.iterdir()) == ["pose_run.json"]

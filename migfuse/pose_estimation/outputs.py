@@ -90,6 +90,8 @@ def check_run(out: Path, identity: dict[str, Any]) -> None:
             earlier = json.loads(path.read_text())
         except ValueError:
             earlier = None
+        if not isinstance(earlier, dict):
+            raise UserError(f"{path} is damaged (not a JSON object): this run's settings are unknown; pass a new --out")
         now = json.loads(json.dumps(identity))
         if earlier != now:
             key, there, here = _first_difference(earlier, now)
