@@ -207,6 +207,8 @@ class _PyAVAsTorchcodec:
     machine): every frame of the small test video decoded when it is opened."""
 
     opened: list[str] = []
+    #: the frame indices of every `get_frames_played_at` call
+    calls: list[list[int]] = []
 
     def __init__(self, path, device="cpu", **kwargs):
         import av
@@ -220,13 +222,15 @@ class _PyAVAsTorchcodec:
         _PyAVAsTorchcodec.opened.append(Path(path).stem)
 
     def get_frames_played_at(self, seconds):
-        return types.SimpleNamespace(data=self.frames[[min(int(s * 25), len(self.frames) - 1) for s in seconds]])
+        index = [min(int(s * 25), len(self.frames) - 1) for s in seconds]
+        _PyAVAsTorchcodec.calls.append(index)
+        return types.SimpleNamespace(data=self.frames[index])
 
 
-def test_gpu_decoding_follows_the_same_plan_one_decode_per_view(tmp_path, monkeypatch):
-    """--decoder gpu: one torchcodec decode per video for the tracks that see crops (made on the GPU,
-    as their own commands make them) and one for the face tracks' full frames; every sample equals
-    the one of the track's own loader on the GPU path."""
+def test_gpu_decoding_follows_the_same_plan_one_decode_per_video(tmp_path, monkeypatch):
+    """--decoder gpu: one torchcodec decode per video for every track, each frame decoded once (the
+    crops made on the GPU from it, the face tracks' full frames); every sample equals the one of the
+    track's own loader on the GPU path."""
     from test_extract_video_util import CORRUPT as BAD
     from test_extract_video_util import make_dataset
 
@@ -257,8 +261,16 @@ def test_gpu_decoding_follows_the_same_plan_one_decode_per_view(tmp_path, monkey
         separate = {(t, s.id): s for t, ldr in loaders.items() for s in ldr(WorkItem(video, rows[t]))}
         assert len(_PyAVAsTorchcodec.opened) == (4 if video == "0001" else 0)
         _PyAVAsTorchcodec.opened.clear()
+        _PyAVAsTorchcodec.calls.clear()
         together = {s.id: s for s in one(WorkItem(video, tuple((t, r) for t in loaders for r in rows[t])))}
-        assert _PyAVAsTorchcodec.opened == ([video, video] if video == "0001" else [])  # crops once, full frames once
+        assert _PyAVAsTorchcodec.opened == ([video] if video == "0001" else [])
+        played = [i for call in _PyAVAsTorchcodec.calls for i in call]
+        assert len(played) == len(set(played))  # no frame decoded twice
+        if video == "0001":  # ... and every frame some track needs decoded
+            needed = {int(i) for t, ldr in loaders.items()
+                      for idx in ldr.rows(WorkItem(video, rows[t]), Path(paths[video]), None).requests.values()
+                      for i in np.ravel(idx)}
+            assert set(played) == needed
         assert together.keys() == separate.keys()
         for key, s in separate.items():
             assert together[key].failure == s.failure, key

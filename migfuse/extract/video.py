@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -100,13 +100,18 @@ class _VideoLoader(FrameLoader):
                facts: VideoMeasure | None) -> Iterator[tuple[Any, np.ndarray | DecodeError]]:
         """The video decoded once for all `requests`, each frame resized + centre-cropped once, as it is
         decoded (on the GPU with --decoder gpu: only the crops come back)."""
-        return stream_video(path, requests, decoder=self.decoder, device=self.device, facts=facts,
+        return stream_video(path, requests, decoder=self.decoder, device=self.decode_device(), facts=facts,
                             transform=lambda rgb: resize_crop(rgb, self.short_side, self.crop),
-                            gpu_transform=lambda x: resize_crop_tensor(x, self.short_side, self.crop)
-                            .permute(0, 2, 3, 1))
+                            gpu_transform=self.gpu_view())
 
     def view_key(self) -> tuple:
         return ("crop", self.short_side, self.crop)
+
+    def gpu_view(self) -> Callable[[Any], Any]:
+        return lambda x: resize_crop_tensor(x, self.short_side, self.crop).permute(0, 2, 3, 1)
+
+    def decode_device(self) -> str:
+        return self.device
 
     def view(self, frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Full frames -> resized + centre-cropped, each distinct frame once (as `stream` does)."""

@@ -115,7 +115,10 @@ class FaceLoader(FrameLoader):
         return out
 
     def stream(self, path: Path, requests: Mapping[Any, np.ndarray], facts: VideoMeasure | None):
-        return stream_video(path, requests, decoder=self.decoder, device=self.detector_device, facts=facts)
+        return stream_video(path, requests, decoder=self.decoder, device=self.decode_device(), facts=facts)
+
+    def decode_device(self) -> str:
+        return self.detector_device
 
     def rows(self, item: WorkItem, path: Path, facts: VideoMeasure | None) -> VideoRows:
         if self.scope == "clip":
