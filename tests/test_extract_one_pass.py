@@ -227,22 +227,29 @@ class _PyAVAsTorchcodec:
         return types.SimpleNamespace(data=self.frames[index])
 
 
-def test_gpu_decoding_follows_the_same_plan_one_decode_per_video(tmp_path, monkeypatch):
-    """--decoder gpu: one torchcodec decode per video for every track, each frame decoded once (the
-    crops made on the GPU from it, the face tracks' full frames); every sample equals the one of the
-    track's own loader on the GPU path."""
+class _NoNvdec:
+    """torchcodec's `VideoDecoder` for a codec NVDEC lacks: every open fails."""
+
+    tried: list[str] = []
+
+    def __init__(self, path, **kwargs):
+        _NoNvdec.tried.append(Path(path).stem)
+        raise RuntimeError("unsupported codec")
+
+
+def _gpu_tracks(tmp_path: Path, monkeypatch, decoder: type) -> tuple[dict, dict, dict]:
+    """The four tracks' loaders with `--decoder gpu`, torchcodec's decoder stood in by `decoder`, over one
+    120-frame video (0001, two clips) and a corrupt one; -> (loaders, video files, video -> track -> rows)."""
     from test_extract_video_util import CORRUPT as BAD
     from test_extract_video_util import make_dataset
 
     from migfuse.datasets.manifest import Manifest
     from migfuse.extract.face.extractor import FaceLoader
-    from migfuse.extract.interface import WorkItem
-    from migfuse.extract.one_pass import OnePassLoader
     from migfuse.extract.sampling import ClipSampling, ContextSampling
     from migfuse.extract.video import ClipLoader, ContextLoader
 
     decoders = types.ModuleType("torchcodec.decoders")
-    decoders.VideoDecoder = _PyAVAsTorchcodec
+    decoders.VideoDecoder = decoder
     monkeypatch.setitem(sys.modules, "torchcodec", types.ModuleType("torchcodec"))
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", decoders)
     m = Manifest.load(make_dataset(tmp_path, good={"0001": (120, [(0, 15), (60, 119)])}))
@@ -253,32 +260,74 @@ def test_gpu_decoding_follows_the_same_plan_one_decode_per_video(tmp_path, monke
                "context": ContextLoader(**common, sampling=ctx),
                "face": FaceLoader(paths=paths, scope="clip", frames=2, clips=clips, decoder="gpu"),
                "face_context": FaceLoader(paths=paths, scope="context", frames=2, context=ctx, decoder="gpu")}
+    rows = {video: {t: ((video,) if t.endswith("context") else tuple(c for c in clips if c.startswith(video)))
+                    for t in loaders} for video in ("0001", BAD)}
+    return loaders, paths, rows
+
+
+def _assert_same_samples(together: dict, separate: dict) -> None:
+    assert together.keys() == separate.keys()
+    for key, s in separate.items():
+        assert together[key].failure == s.failure, key
+        if s.inputs is not None:
+            assert {k: v.tolist() for k, v in together[key].inputs.items()} == \
+                {k: v.tolist() for k, v in s.inputs.items()}, key
+
+
+def test_gpu_decoding_follows_the_same_plan_one_decode_per_video(tmp_path, monkeypatch):
+    """--decoder gpu: one torchcodec decode per video for every track, each frame decoded once (the
+    crops made on the GPU from it, the face tracks' full frames); every sample equals the one of the
+    track's own loader on the GPU path."""
+    from migfuse.extract.interface import WorkItem
+    from migfuse.extract.one_pass import OnePassLoader
+
+    loaders, paths, rows = _gpu_tracks(tmp_path, monkeypatch, _PyAVAsTorchcodec)
     one = OnePassLoader(loaders, decoder="gpu")
-    for video in ("0001", BAD):
-        rows = {t: ((video,) if t.endswith("context") else tuple(c for c in clips if c.startswith(video)))
-                for t in loaders}
+    for video, mine in rows.items():
         _PyAVAsTorchcodec.opened.clear()
-        separate = {(t, s.id): s for t, ldr in loaders.items() for s in ldr(WorkItem(video, rows[t]))}
+        separate = {(t, s.id): s for t, ldr in loaders.items() for s in ldr(WorkItem(video, mine[t]))}
         assert len(_PyAVAsTorchcodec.opened) == (4 if video == "0001" else 0)
         _PyAVAsTorchcodec.opened.clear()
         _PyAVAsTorchcodec.calls.clear()
-        together = {s.id: s for s in one(WorkItem(video, tuple((t, r) for t in loaders for r in rows[t])))}
+        together = {s.id: s for s in one(WorkItem(video, tuple((t, r) for t in loaders for r in mine[t])))}
         assert _PyAVAsTorchcodec.opened == ([video] if video == "0001" else [])
         played = [i for call in _PyAVAsTorchcodec.calls for i in call]
         assert len(played) == len(set(played))  # no frame decoded twice
         if video == "0001":  # ... and every frame some track needs decoded
             needed = {int(i) for t, ldr in loaders.items()
-                      for idx in ldr.rows(WorkItem(video, rows[t]), Path(paths[video]), None).requests.values()
+                      for idx in ldr.rows(WorkItem(video, mine[t]), Path(paths[video]), None).requests.values()
                       for i in np.ravel(idx)}
             assert set(played) == needed
-        assert together.keys() == separate.keys()
-        for key, s in separate.items():
-            assert together[key].failure == s.failure, key
-            if s.inputs is not None:
-                assert {k: v.tolist() for k, v in together[key].inputs.items()} == \
-                    {k: v.tolist() for k, v in s.inputs.items()}, key
-        if video == BAD:
+        _assert_same_samples(together, separate)
+        if video != "0001":
             assert {s.failure.stage for s in together.values()} == {"open"}
+
+
+def test_gpu_decoding_of_a_video_torchcodec_cannot_open_falls_back_to_one_pyav_pass(tmp_path, monkeypatch):
+    """A video NVDEC cannot open is decoded once with PyAV for every track (tried once on the GPU), and
+    every sample equals the track's own loader's, which falls back to PyAV alike."""
+    import migfuse.extract.decode as decode
+    from migfuse.extract.interface import WorkItem
+    from migfuse.extract.one_pass import OnePassLoader
+
+    loaders, _, rows = _gpu_tracks(tmp_path, monkeypatch, _NoNvdec)
+    pyav_passes = []
+    stream_clips = decode.stream_clips
+
+    def counted(path, requests, **kwargs):
+        pyav_passes.append(Path(path).stem)
+        return stream_clips(path, requests, **kwargs)
+
+    monkeypatch.setattr(decode, "stream_clips", counted)
+    mine = rows["0001"]
+    separate = {(t, s.id): s for t, ldr in loaders.items() for s in ldr(WorkItem("0001", mine[t]))}
+    assert len(pyav_passes) == 4 and all(s.failure is None for s in separate.values())
+    _NoNvdec.tried.clear()
+    pyav_passes.clear()
+    together = {s.id: s for s in OnePassLoader(loaders, decoder="gpu")(
+        WorkItem("0001", tuple((t, r) for t in loaders for r in mine[t])))}
+    assert _NoNvdec.tried == ["0001"] and pyav_passes == ["0001"]
+    _assert_same_samples(together, separate)
 
 
 def test_cli_reports_each_track_and_exits_1_when_a_row_failed(runs, tmp_path):
