@@ -347,3 +347,56 @@ def test_cli_reports_each_track_and_exits_1_when_a_row_failed(runs, tmp_path):
     assert "Traceback" not in r.output
     for t in ("video", "context"):
         assert snapshot(cache, GROUPS[t]) == snapshot(separate, GROUPS[t])
+
+
+@pytest.mark.parametrize("command", [["all"], ["video"], ["context"]])
+@pytest.mark.parametrize("backbone", ["agcn", "posec3d"])
+def test_a_skeleton_backbone_for_a_video_track_is_refused_in_one_line(runs, tmp_path, command, backbone):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    r = CliRunner().invoke(app, ["extract", *command, "--data", str(runs[0]), "--cache", str(tmp_path / "c.zarr"),
+                                 "--backbone", backbone, "--device", "cpu"])
+    track = "context" if command == ["context"] else "video"
+    assert r.exit_code == 2, r.output
+    assert f"error: backbone {backbone} does not extract the {track} track; choose one of " in r.output
+    assert "mvit_v2_s" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("tracks, given, option, users", [
+    ("face", ["--checkpoint", "x.pt"], "--checkpoint", "video / context tracks"),
+    ("face,face_context", ["--backbone", "tiny"], "--backbone", "video / context tracks"),
+    ("face", ["--frames", "16"], "--frames", "video / context tracks"),
+    ("context", ["--windows", "2"], "--windows", "video track"),
+    ("video,face", ["--context-windows", "3"], "--context-windows", "context / face_context tracks"),
+    ("video,context", ["--face-checkpoint", "f.pt"], "--face-checkpoint", "face / face_context tracks"),
+    ("video", ["--face-frames", "4"], "--face-frames", "face / face_context tracks"),
+])
+def test_extract_all_refuses_an_option_no_chosen_track_uses(runs, tmp_path, tracks, given, option, users):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    r = CliRunner().invoke(app, ["extract", "all", "--data", str(runs[0]), "--cache", str(tmp_path / "c.zarr"),
+                                 "--tracks", tracks, *given, "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == (f"error: {option} is not used by --tracks {tracks}: it is for the {users}; "
+                                "drop it or add such a track")
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_extract_all_warns_once_about_random_face_weights_naming_face_checkpoint(runs, tmp_path, monkeypatch,
+                                                                                 caplog):
+    import logging
+
+    from migfuse.extract import multi_run
+
+    monkeypatch.setattr(multi_run, "run_in_one_pass", lambda extractors, *a, **k: [])  # the models are enough
+    with caplog.at_level(logging.WARNING):
+        multi_run.extract_in_one_pass(["face", "face_context"], runs[0], tmp_path / "c.zarr",
+                                      checkpoint_options={"face": "--face-checkpoint",
+                                                          "face_context": "--face-checkpoint"})
+    said = [r.getMessage() for r in caplog.records if "NO CHECKPOINT" in r.getMessage()]
+    assert len(said) == 1 and "Pass --face-checkpoint:" in said[0], said
