@@ -400,3 +400,29 @@ def test_extract_all_warns_once_about_random_face_weights_naming_face_checkpoint
                                                           "face_context": "--face-checkpoint"})
     said = [r.getMessage() for r in caplog.records if "NO CHECKPOINT" in r.getMessage()]
     assert len(said) == 1 and "Pass --face-checkpoint:" in said[0], said
+
+
+def test_extract_all_errors_name_the_option_to_change(runs, tmp_path):
+    import shutil
+
+    import test_extract_video_util  # noqa: F401 - registers the `tiny` backbone
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    prepared, separate = runs[0], runs[1]
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(separate, cache)  # context/tiny was written with 3 context windows
+    common = ["extract", "all", "--data", str(prepared), "--cache", str(cache), "--workers", "0", "--batch-size",
+              str(BATCH), "--device", "cpu", "--precision", "fp32"]
+    r = CliRunner().invoke(app, [*common, "--tracks", "context", "--backbone", "tiny", "--context-windows", "2"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert (f"error: cache group 'context/tiny' in {cache} was written with sampling.windows=3 but this run has "
+            "sampling.windows=2; rerun with --context-windows 3 to resume it, or use another --cache") in r.stderr
+    r = CliRunner().invoke(app, [*common, "--tracks", "face", "--face-frames", "4"])
+    assert ("was written with sampling.frames=3 but this run has sampling.frames=4; rerun with --frames 3 "
+            "(`extract all`: --face-frames 3) to resume it") in r.stderr, r.output
+    r = CliRunner().invoke(app, [*common, "--tracks", "face", "--face-checkpoint", str(tmp_path / "nothere.pt")])
+    assert r.exit_code == 2 and r.stderr.strip() == (f"error: checkpoint not found: --face-checkpoint "
+                                                     f"{tmp_path / 'nothere.pt'} (pass the path of a local "
+                                                     "checkpoint file)"), r.output

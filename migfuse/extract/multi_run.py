@@ -196,8 +196,10 @@ def extract_in_one_pass(tracks: list[str], data: str | Path, cache: str | Path, 
     extractors, warned = [], set()
     for t in tracks:
         ckpt = (checkpoints or {}).get(t)
-        file = CheckpointFile(ckpt, trusted=runtime.trust_checkpoint) if ckpt is not None else None
         option = (checkpoint_options or {}).get(t, "--checkpoint")
+        if ckpt is not None and not Path(ckpt).exists():  # several options give checkpoints here: name it
+            raise UserError(f"checkpoint not found: {option} {ckpt} (pass the path of a local checkpoint file)")
+        file = CheckpointFile(ckpt, trusted=runtime.trust_checkpoint) if ckpt is not None else None
         extractors.append(TRACK_EXTRACTORS.get(t)(manifest, t, checkpoint=file,
                                                   checkpoint_option=None if option in warned else option,
                                                   **(track_options or {}).get(t, {})))
