@@ -40,3 +40,39 @@ def test_the_last_picture_covers_its_second_and_past_the_measured_end_names_the_
     out = dict(stream_clips_gpu(video, {"a": [0, 60, 124], "b": [120, 125]}, device="cpu", facts=facts))
     assert out["a"][:, 0, 0, 0].tolist() == [0, 2, 4]  # frame 124 (4.96 s) is the last picture's, not past
     assert isinstance(out["b"], PastEnd) and out["b"].missing == [125]
+
+
+class _CountingDecoder(_OneFpsDecoder):
+    """`_OneFpsDecoder` that records each call's pictures and fails on pictures from 3 on (damage)."""
+
+    calls: list[list[int]] = []
+
+    def get_frames_played_at(self, seconds):
+        _CountingDecoder.calls.append([int(s) for s in seconds])
+        if any(s >= 3 for s in seconds):
+            raise RuntimeError("corrupt data at 3 s")
+        return super().get_frames_played_at(seconds)
+
+
+def test_one_decode_serves_every_view_and_a_decode_failure_fails_every_view_of_its_chunk(
+        tmp_path, fake_torchcodec, monkeypatch):
+    monkeypatch.setattr(sys.modules["torchcodec.decoders"], "VideoDecoder", _CountingDecoder)
+    _CountingDecoder.calls.clear()
+    video = tmp_path / "0001.mp4"
+    video.write_bytes(b"x")
+    facts = VideoMeasure(frames=125, origin=0.0, fps=1.0, width=2, height=2, header_frames=125)
+    seen = []
+
+    def plus_100(x):  # a view: records the pictures it was given, returns (N, h, w, 3)
+        seen.append(x[:, 0, 0, 0].tolist())
+        return (x + 100).permute(0, 2, 3, 1)
+
+    requests = {"a": [0, 25], "b": [50], "c": [75], "d": [75, 100]}
+    transforms = {"a": plus_100, "b": None, "c": plus_100, "d": None}
+    out = dict(stream_clips_gpu(video, requests, device="cpu", facts=facts, chunk=2, transforms=transforms))
+    assert _CountingDecoder.calls == [[0, 1, 2], [3, 4]]  # each chunk's pictures decoded once for both views
+    assert seen == [[0, 1]]  # the view made of its own requests' pictures only
+    assert out["a"][:, 0, 0, 0].tolist() == [100, 101] and out["a"].shape == (2, 2, 2, 3)
+    assert out["b"][:, 0, 0, 0].tolist() == [2] and out["b"].shape == (1, 2, 2, 3)  # full frame, as decoded
+    assert out["c"] is out["d"]  # one failure for every view of the damaged chunk
+    assert (out["c"].stage, str(out["c"])) == ("decode", "0001.mp4: RuntimeError: corrupt data at 3 s")

@@ -86,7 +86,7 @@ def test_swin_and_posec3d_extract_view_train_cmtf_predict_and_export(world, tmp_
         assert TokenCache(cache).group(f"views/{view}").provenance["source"] == group, r.output
     assert TokenCache(cache).group("views/video").arrays["tokens"].shape == (16, 8 * SWIN_WIDTH)
     joint_view = TokenCache(cache).group("views/joint")  # PoseC3D's map: 8 time tokens + 4x4 cells of the 8x8 map
-    assert joint_view.provenance["pooling"] == {"name": "pose_grid", "grid": [8, 8]}
+    assert joint_view.provenance["pooling"] == {"name": "pose_grid", "grid": [8, 8], "time_steps": 8, "cells": 4}
     assert joint_view.arrays["tokens"].shape[0] == 8 + 16
 
     # CMTF with its default inputs (video + joint + bone)

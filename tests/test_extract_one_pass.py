@@ -207,6 +207,8 @@ class _PyAVAsTorchcodec:
     machine): every frame of the small test video decoded when it is opened."""
 
     opened: list[str] = []
+    #: the frame indices of every `get_frames_played_at` call
+    calls: list[list[int]] = []
 
     def __init__(self, path, device="cpu", **kwargs):
         import av
@@ -220,25 +222,34 @@ class _PyAVAsTorchcodec:
         _PyAVAsTorchcodec.opened.append(Path(path).stem)
 
     def get_frames_played_at(self, seconds):
-        return types.SimpleNamespace(data=self.frames[[min(int(s * 25), len(self.frames) - 1) for s in seconds]])
+        index = [min(int(s * 25), len(self.frames) - 1) for s in seconds]
+        _PyAVAsTorchcodec.calls.append(index)
+        return types.SimpleNamespace(data=self.frames[index])
 
 
-def test_gpu_decoding_follows_the_same_plan_one_decode_per_view(tmp_path, monkeypatch):
-    """--decoder gpu: one torchcodec decode per video for the tracks that see crops (made on the GPU,
-    as their own commands make them) and one for the face tracks' full frames; every sample equals
-    the one of the track's own loader on the GPU path."""
+class _NoNvdec:
+    """torchcodec's `VideoDecoder` for a codec NVDEC lacks: every open fails."""
+
+    tried: list[str] = []
+
+    def __init__(self, path, **kwargs):
+        _NoNvdec.tried.append(Path(path).stem)
+        raise RuntimeError("unsupported codec")
+
+
+def _gpu_tracks(tmp_path: Path, monkeypatch, decoder: type) -> tuple[dict, dict, dict]:
+    """The four tracks' loaders with `--decoder gpu`, torchcodec's decoder stood in by `decoder`, over one
+    120-frame video (0001, two clips) and a corrupt one; -> (loaders, video files, video -> track -> rows)."""
     from test_extract_video_util import CORRUPT as BAD
     from test_extract_video_util import make_dataset
 
     from migfuse.datasets.manifest import Manifest
     from migfuse.extract.face.extractor import FaceLoader
-    from migfuse.extract.interface import WorkItem
-    from migfuse.extract.one_pass import OnePassLoader
     from migfuse.extract.sampling import ClipSampling, ContextSampling
     from migfuse.extract.video import ClipLoader, ContextLoader
 
     decoders = types.ModuleType("torchcodec.decoders")
-    decoders.VideoDecoder = _PyAVAsTorchcodec
+    decoders.VideoDecoder = decoder
     monkeypatch.setitem(sys.modules, "torchcodec", types.ModuleType("torchcodec"))
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", decoders)
     m = Manifest.load(make_dataset(tmp_path, good={"0001": (120, [(0, 15), (60, 119)])}))
@@ -249,24 +260,74 @@ def test_gpu_decoding_follows_the_same_plan_one_decode_per_view(tmp_path, monkey
                "context": ContextLoader(**common, sampling=ctx),
                "face": FaceLoader(paths=paths, scope="clip", frames=2, clips=clips, decoder="gpu"),
                "face_context": FaceLoader(paths=paths, scope="context", frames=2, context=ctx, decoder="gpu")}
+    rows = {video: {t: ((video,) if t.endswith("context") else tuple(c for c in clips if c.startswith(video)))
+                    for t in loaders} for video in ("0001", BAD)}
+    return loaders, paths, rows
+
+
+def _assert_same_samples(together: dict, separate: dict) -> None:
+    assert together.keys() == separate.keys()
+    for key, s in separate.items():
+        assert together[key].failure == s.failure, key
+        if s.inputs is not None:
+            assert {k: v.tolist() for k, v in together[key].inputs.items()} == \
+                {k: v.tolist() for k, v in s.inputs.items()}, key
+
+
+def test_gpu_decoding_follows_the_same_plan_one_decode_per_video(tmp_path, monkeypatch):
+    """--decoder gpu: one torchcodec decode per video for every track, each frame decoded once (the
+    crops made on the GPU from it, the face tracks' full frames); every sample equals the one of the
+    track's own loader on the GPU path."""
+    from migfuse.extract.interface import WorkItem
+    from migfuse.extract.one_pass import OnePassLoader
+
+    loaders, paths, rows = _gpu_tracks(tmp_path, monkeypatch, _PyAVAsTorchcodec)
     one = OnePassLoader(loaders, decoder="gpu")
-    for video in ("0001", BAD):
-        rows = {t: ((video,) if t.endswith("context") else tuple(c for c in clips if c.startswith(video)))
-                for t in loaders}
+    for video, mine in rows.items():
         _PyAVAsTorchcodec.opened.clear()
-        separate = {(t, s.id): s for t, ldr in loaders.items() for s in ldr(WorkItem(video, rows[t]))}
+        separate = {(t, s.id): s for t, ldr in loaders.items() for s in ldr(WorkItem(video, mine[t]))}
         assert len(_PyAVAsTorchcodec.opened) == (4 if video == "0001" else 0)
         _PyAVAsTorchcodec.opened.clear()
-        together = {s.id: s for s in one(WorkItem(video, tuple((t, r) for t in loaders for r in rows[t])))}
-        assert _PyAVAsTorchcodec.opened == ([video, video] if video == "0001" else [])  # crops once, full frames once
-        assert together.keys() == separate.keys()
-        for key, s in separate.items():
-            assert together[key].failure == s.failure, key
-            if s.inputs is not None:
-                assert {k: v.tolist() for k, v in together[key].inputs.items()} == \
-                    {k: v.tolist() for k, v in s.inputs.items()}, key
-        if video == BAD:
+        _PyAVAsTorchcodec.calls.clear()
+        together = {s.id: s for s in one(WorkItem(video, tuple((t, r) for t in loaders for r in mine[t])))}
+        assert _PyAVAsTorchcodec.opened == ([video] if video == "0001" else [])
+        played = [i for call in _PyAVAsTorchcodec.calls for i in call]
+        assert len(played) == len(set(played))  # no frame decoded twice
+        if video == "0001":  # ... and every frame some track needs decoded
+            needed = {int(i) for t, ldr in loaders.items()
+                      for idx in ldr.rows(WorkItem(video, mine[t]), Path(paths[video]), None).requests.values()
+                      for i in np.ravel(idx)}
+            assert set(played) == needed
+        _assert_same_samples(together, separate)
+        if video != "0001":
             assert {s.failure.stage for s in together.values()} == {"open"}
+
+
+def test_gpu_decoding_of_a_video_torchcodec_cannot_open_falls_back_to_one_pyav_pass(tmp_path, monkeypatch):
+    """A video NVDEC cannot open is decoded once with PyAV for every track (tried once on the GPU), and
+    every sample equals the track's own loader's, which falls back to PyAV alike."""
+    import migfuse.extract.decode as decode
+    from migfuse.extract.interface import WorkItem
+    from migfuse.extract.one_pass import OnePassLoader
+
+    loaders, _, rows = _gpu_tracks(tmp_path, monkeypatch, _NoNvdec)
+    pyav_passes = []
+    stream_clips = decode.stream_clips
+
+    def counted(path, requests, **kwargs):
+        pyav_passes.append(Path(path).stem)
+        return stream_clips(path, requests, **kwargs)
+
+    monkeypatch.setattr(decode, "stream_clips", counted)
+    mine = rows["0001"]
+    separate = {(t, s.id): s for t, ldr in loaders.items() for s in ldr(WorkItem("0001", mine[t]))}
+    assert len(pyav_passes) == 4 and all(s.failure is None for s in separate.values())
+    _NoNvdec.tried.clear()
+    pyav_passes.clear()
+    together = {s.id: s for s in OnePassLoader(loaders, decoder="gpu")(
+        WorkItem("0001", tuple((t, r) for t in loaders for r in mine[t])))}
+    assert _NoNvdec.tried == ["0001"] and pyav_passes == ["0001"]
+    _assert_same_samples(together, separate)
 
 
 def test_cli_reports_each_track_and_exits_1_when_a_row_failed(runs, tmp_path):
@@ -286,3 +347,82 @@ def test_cli_reports_each_track_and_exits_1_when_a_row_failed(runs, tmp_path):
     assert "Traceback" not in r.output
     for t in ("video", "context"):
         assert snapshot(cache, GROUPS[t]) == snapshot(separate, GROUPS[t])
+
+
+@pytest.mark.parametrize("command", [["all"], ["video"], ["context"]])
+@pytest.mark.parametrize("backbone", ["agcn", "posec3d"])
+def test_a_skeleton_backbone_for_a_video_track_is_refused_in_one_line(runs, tmp_path, command, backbone):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    r = CliRunner().invoke(app, ["extract", *command, "--data", str(runs[0]), "--cache", str(tmp_path / "c.zarr"),
+                                 "--backbone", backbone, "--device", "cpu"])
+    track = "context" if command == ["context"] else "video"
+    assert r.exit_code == 2, r.output
+    assert f"error: backbone {backbone} does not extract the {track} track; choose one of " in r.output
+    assert "mvit_v2_s" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize("tracks, given, option, users", [
+    ("face", ["--checkpoint", "x.pt"], "--checkpoint", "video / context tracks"),
+    ("face,face_context", ["--backbone", "tiny"], "--backbone", "video / context tracks"),
+    ("face", ["--frames", "16"], "--frames", "video / context tracks"),
+    ("context", ["--windows", "2"], "--windows", "video track"),
+    ("video,face", ["--context-windows", "3"], "--context-windows", "context / face_context tracks"),
+    ("video,context", ["--face-checkpoint", "f.pt"], "--face-checkpoint", "face / face_context tracks"),
+    ("video", ["--face-frames", "4"], "--face-frames", "face / face_context tracks"),
+])
+def test_extract_all_refuses_an_option_no_chosen_track_uses(runs, tmp_path, tracks, given, option, users):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    r = CliRunner().invoke(app, ["extract", "all", "--data", str(runs[0]), "--cache", str(tmp_path / "c.zarr"),
+                                 "--tracks", tracks, *given, "--device", "cpu"])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == (f"error: {option} is not used by --tracks {tracks}: it is for the {users}; "
+                                "drop it or add such a track")
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_extract_all_warns_once_about_random_face_weights_naming_face_checkpoint(runs, tmp_path, monkeypatch,
+                                                                                 caplog):
+    import logging
+
+    from migfuse.extract import multi_run
+
+    monkeypatch.setattr(multi_run, "run_in_one_pass", lambda extractors, *a, **k: [])  # the models are enough
+    with caplog.at_level(logging.WARNING):
+        multi_run.extract_in_one_pass(["face", "face_context"], runs[0], tmp_path / "c.zarr",
+                                      checkpoint_options={"face": "--face-checkpoint",
+                                                          "face_context": "--face-checkpoint"})
+    said = [r.getMessage() for r in caplog.records if "NO CHECKPOINT" in r.getMessage()]
+    assert len(said) == 1 and "Pass --face-checkpoint:" in said[0], said
+
+
+def test_extract_all_errors_name_the_option_to_change(runs, tmp_path):
+    import shutil
+
+    import test_extract_video_util  # noqa: F401 - registers the `tiny` backbone
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    prepared, separate = runs[0], runs[1]
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(separate, cache)  # context/tiny was written with 3 context windows
+    common = ["extract", "all", "--data", str(prepared), "--cache", str(cache), "--workers", "0", "--batch-size",
+              str(BATCH), "--device", "cpu", "--precision", "fp32"]
+    r = CliRunner().invoke(app, [*common, "--tracks", "context", "--backbone", "tiny", "--context-windows", "2"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert (f"error: cache group 'context/tiny' in {cache} was written with sampling.windows=3 but this run has "
+            "sampling.windows=2; rerun with --context-windows 3 to resume it, or use another --cache") in r.stderr
+    r = CliRunner().invoke(app, [*common, "--tracks", "face", "--face-frames", "4"])
+    assert ("was written with sampling.frames=3 but this run has sampling.frames=4; rerun with --frames 3 "
+            "(`extract all`: --face-frames 3) to resume it") in r.stderr, r.output
+    r = CliRunner().invoke(app, [*common, "--tracks", "face", "--face-checkpoint", str(tmp_path / "nothere.pt")])
+    assert r.exit_code == 2 and r.stderr.strip() == (f"error: checkpoint not found: --face-checkpoint "
+                                                     f"{tmp_path / 'nothere.pt'} (pass the path of a local "
+                                                     "checkpoint file)"), r.output

@@ -334,7 +334,7 @@ def test_extract_video_stores_the_last_stage_tokens_of_32_frame_clips(tmp_path):
     from migfuse.data_cache.views import make_view
 
     view = make_view(cache, "swin_time", "video/swin3d_t", "video_time")
-    assert view.provenance["pooling"] == {"name": "video_time", "class_token": False}
+    assert view.provenance["pooling"] == {"name": "video_time", "class_token": False, "grid": 49}
     pooled = view.read("0001_0")["tokens"].astype(np.float32)
     per_step = tokens.astype(np.float32).reshape(16, 49, 768).mean(1)
     assert pooled.shape == (16, 768)

@@ -382,3 +382,30 @@ def test_a_bf16_autocast_step_trains_every_family(bases, name):
     torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1])).backward()
     grads = [p.grad for p in weights.parameters() if p.requires_grad]
     assert all(g is not None and g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
+
+
+def test_the_summary_line_counts_one_epoch_in_the_singular(tmp_path, monkeypatch):
+    summary = {"best": {"epoch": 1, "val_top1": 0.5}, "best_checkpoint": str(tmp_path / "run" / "best.pt"),
+               "n_train": 3, "n_validation": 2, "validation_source": "split_miga validation", "epochs_run": 1}
+    monkeypatch.setattr(vt, "fine_tune_video", lambda *a, **k: summary)  # the line, not the training
+    r = CliRunner().invoke(app, ["backbone", "train", "video", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert f"3 train / 2 validation (split_miga validation); 1 epoch now; run in {tmp_path / 'run'}" in r.stdout
+
+
+@pytest.mark.parametrize("name", NAMES[1:])
+def test_a_fine_tuned_vit_names_its_original_folder_and_licence_once(runs, bases, name):
+    from migfuse.backbones.registry import create_backbone
+    from migfuse.checkpoint_file import CheckpointFile
+
+    run, _ = runs[name]
+    prov = create_backbone(name, run / "best.pt").provenance()
+    licence = "cc-by-nc-4.0" if name == "videomae" else "mit"
+    assert prov["model_folder"] == str(bases[name])  # the folder, not the best.pt file
+    assert (prov["licence"], prov["licence_source"]) == (licence, f"README.md model card of the base folder "
+                                                                  f"{bases[name]}")
+    # fine-tuning that best.pt again records the same plain facts, so its best.pt names the folder once too
+    _, info = video_family(name).build({"seed": 0, "drop_path": 0.0}, CheckpointFile(run / "best.pt"))
+    assert (info["model_folder"], info["licence"], info["licence_source"]) == (str(bases[name]), licence,
+                                                                               "README.md model card")

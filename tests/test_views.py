@@ -217,7 +217,8 @@ def test_posec3d_groups_default_to_pose_grid_and_refuse_pose_parts(tmp_path):
     assert made == {"joint": "views/joint", "bone": "views/bone"}
     for view in ("views/joint", "views/bone"):  # the older group's 8x8 map is read from its 64 positions
         g = cache.group(view)
-        assert g.provenance["pooling"] == {"name": "pose_grid", "grid": [8, 8]} and g.arrays["tokens"].shape == (24, 8)
+        assert g.provenance["pooling"] == {"name": "pose_grid", "grid": [8, 8], "time_steps": 8, "cells": 4}
+        assert g.arrays["tokens"].shape == (24, 8)
     src = cache.group("joint/posec3d").read_many(["a"])
     np.testing.assert_allclose(cache.group("views/joint").read("a")["tokens"],
                                pose_grid(src, grid=[8, 8])["tokens"][0], atol=2e-3)
@@ -237,7 +238,7 @@ def test_posec3d_groups_default_to_pose_grid_and_refuse_pose_parts(tmp_path):
                             "use --pool pose_parts (or pose_time)")
     with pytest.raises(UserError) as e:
         make_view(cache, "x", "joint/posec3d", parts=3)
-    assert str(e.value) == "pooling 'pose_grid' takes no --parts; drop it (its parameters: time_steps, cells, grid)"
+    assert str(e.value) == "pooling 'pose_grid' takes no --parts; drop it (its options: --time-steps, --cells)"
     assert not {"views/p", "views/g", "views/x"} & set(cache.group_names())
 
 
@@ -255,3 +256,52 @@ def test_cli_refuses_pose_parts_for_posec3d_in_one_line(tmp_path):
     r = CliRunner().invoke(app, ["cache", "view", str(cache.path), "--name", "c", "--group", "joint/posec3d",
                                  "--cells", "2"])
     assert r.exit_code == 0 and "views/c: 2/2 rows, tokens (12, 8)" in r.output, r.output
+
+
+def test_a_default_view_resumes_with_its_defaults_given_explicitly(tmp_path, monkeypatch):
+    from migfuse.data_cache import views
+
+    cache = TokenCache(tmp_path / "c.zarr")
+    _pose_group(cache, "joint/posec3d", {"backbone": "posec3d", "token_layout": POSEC3D_LAYOUT})
+    _pose_group(cache, "bone/posec3d", {"backbone": "posec3d", "token_layout": POSEC3D_LAYOUT})
+    default_views(cache)
+    with monkeypatch.context() as m:  # an earlier release recorded only the parameters it was given
+        m.setattr(views, "effective_params", lambda fn, params, row_shape=None: dict(params))
+        make_view(cache, "old", "bone/posec3d")
+    assert cache.group("views/old").provenance["pooling"] == {"name": "pose_grid", "grid": [8, 8]}
+    for view, source in (("joint", "joint/posec3d"), ("old", "bone/posec3d")):
+        for given in ({"cells": 4}, {"time_steps": 8}, {"time_steps": 8, "cells": 4}, {}):
+            assert make_view(cache, view, source, **given).done_ids() == ["a", "b"]
+    with pytest.raises(UserError, match="written with pooling.cells=4 but this pooling has pooling.cells=2"):
+        make_view(cache, "joint", "joint/posec3d", cells=2)
+
+
+def test_sizes_beyond_the_source_are_cut_warned_and_recorded_as_kept(tmp_path, caplog):
+    cache = TokenCache(tmp_path / "c.zarr")
+    _pose_group(cache, "joint/posec3d", {"backbone": "posec3d", "token_layout": POSEC3D_LAYOUT})
+    with caplog.at_level("WARNING"):
+        big = make_view(cache, "big", "joint/posec3d", cells=9, time_steps=20)
+    assert big.provenance["pooling"] == {"name": "pose_grid", "grid": [8, 8], "time_steps": 10, "cells": 8}
+    assert big.arrays["tokens"].shape == (10 + 64, 8)
+    said = [r.getMessage() for r in caplog.records]
+    assert "views/big: cells 9 is more than the 8 map rows/columns of joint/posec3d; the view keeps 8" in said
+    assert "views/big: time_steps 20 is more than the 10 time steps of joint/posec3d; the view keeps 10" in said
+    assert make_view(cache, "big", "joint/posec3d", cells=8, time_steps=10).done_ids() == ["a", "b"]
+
+
+def test_cli_refuses_pooling_options_with_defaults_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from migfuse.cli import app
+
+    cache = TokenCache(tmp_path / "c.zarr")
+    _pose_group(cache, "joint/posec3d", {"backbone": "posec3d", "token_layout": POSEC3D_LAYOUT})
+    r = CliRunner().invoke(app, ["cache", "view", str(cache.path), "--defaults", "--cells", "2"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.stderr.strip() == ("error: --defaults makes each track's default view with its default pooling, so "
+                                "--cells would be ignored: drop it, or make a view of your own with --name NAME "
+                                "--group GROUP")
+    assert not [g for g in cache.group_names() if g.startswith("views/")]
+    r = CliRunner().invoke(app, ["cache", "view", "--help"])
+    text = " ".join(r.output.split())
+    assert "spatial tokens. [default: (4); 1<=x<=64]" in text and "[default: 4]." not in text

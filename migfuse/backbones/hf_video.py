@@ -97,6 +97,10 @@ class HFVideoBackbone(Backbone):
         self.config = self.make_config(None)
         self.preprocessing = self.recipe(None)
         self.licence = hf_folder.licence(None)
+        # the Hugging Face folder the weights come from (through any fine-tuning) and the licence it states,
+        # as plain facts: a best.pt fine-tuned from a best.pt names the original folder once, not a chain
+        self.model_folder: str | None = None
+        self.folder_licence = dict(self.licence)
         self.fine_tune: dict[str, Any] | None = None  # meta of a `backbone train video` best.pt, once loaded
 
     # The model is built when first used: a checkpoint folder replaces the default one in `load`, so
@@ -213,6 +217,7 @@ class HFVideoBackbone(Backbone):
             report.notes.append(f"{len(missing)} keys not in the folder are not used for tokens (kept random): "
                                 f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
         self.licence = hf_folder.licence(folder)
+        self.model_folder, self.folder_licence = str(folder), dict(self.licence)
         report.notes.append(f"licence: {self.licence['licence']} ({self.licence['licence_source']})")
         self.folder, self.config, self.preprocessing = folder, config, preprocessing
         self.model = model.eval().to(self.device)
@@ -249,9 +254,13 @@ class HFVideoBackbone(Backbone):
         report.raise_if_bad(ckpt.path, f"migfuse fine-tuned {self.name}")
         model.load_state_dict(sd, strict=True)
         report.notes.append("the fine-tuned 32-class head (head.*) is not used for tokens")
-        self.licence = {"licence": meta.get("licence", "unknown"),
-                        "licence_source": f"the base folder {meta.get('base_checkpoint')} "
-                                          f"({meta.get('licence_source', 'not recorded')})"}
+        # runs since the folder is recorded name it; an older run's base checkpoint was that folder
+        self.model_folder = str(meta.get("model_folder") or meta.get("base_checkpoint"))
+        self.folder_licence = {"licence": meta.get("licence", "unknown"),
+                               "licence_source": meta.get("licence_source", "not recorded")}
+        self.licence = {"licence": self.folder_licence["licence"],
+                        "licence_source": f"{self.folder_licence['licence_source']} of the base folder "
+                                          f"{self.model_folder}"}
         report.notes.append(f"licence: {self.licence['licence']} ({self.licence['licence_source']})")
         self.folder, self.config, self.preprocessing = ckpt.path, config, dict(meta["preprocessing"])
         self.model, self.fine_tune = model.eval().to(self.device), meta
@@ -299,7 +308,7 @@ class HFVideoBackbone(Backbone):
         facts = fine_tuned.provenance(self.fine_tune)
         return {**({"fine_tuned": facts} if facts else {}),
                 "token_layout": {"class_token": False, "grid": list(self.grid)},
-                "model_folder": str(self.folder) if self.folder else None, "model_type": self.model_type,
+                "model_folder": self.model_folder, "model_type": self.model_type,
                 "architectures": list(getattr(self.config, "architectures", None) or []),
                 "transformers": version("transformers"), **self.licence}
 

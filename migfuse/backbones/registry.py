@@ -167,23 +167,37 @@ def create_backbone(name: str, checkpoint: CheckpointFile | str | Path | None = 
 
 
 def create_seeded(name: str, checkpoint: CheckpointFile | str | Path | None = None, trusted: bool = False,
-                  warn: bool = True, **options: Any) -> Backbone:
+                  warn: bool = True, option: str = "--checkpoint", **options: Any) -> Backbone:
     """`create_backbone`, with the random weights seeded by RANDOM_WEIGHTS_SEED when there is no
-    checkpoint, and (`warn`) a log warning that says so: such outputs are for testing only."""
+    checkpoint, and (`warn`) a log warning that says so, naming `option` as the way to give weights:
+    such outputs are for testing only."""
     if checkpoint is None:
         import torch
 
         if warn:
             log.warning("NO CHECKPOINT: %s has RANDOM weights (seed %d); its outputs are meaningless except for "
-                        "testing. Pass --checkpoint: %s.", name, RANDOM_WEIGHTS_SEED,
+                        "testing. Pass %s: %s.", name, RANDOM_WEIGHTS_SEED, option,
                         backbone_class(name).checkpoint_doc)
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
     return create_backbone(name, checkpoint, trusted, **options)
 
 
-def create_for_track(track: str, name: str, checkpoint: CheckpointFile | str | Path | None = None) -> Backbone:
+def create_for_track(track: str, name: str, checkpoint: CheckpointFile | str | Path | None = None,
+                     checkpoint_option: str | None = "--checkpoint") -> Backbone:
     """The registered backbone `name` built to extract `track` (its `extract_options`, on the CPU), with
-    `checkpoint`'s weights or seeded random ones (`create_seeded`).
+    `checkpoint`'s weights or seeded random ones (`create_seeded`), warned about naming
+    `checkpoint_option` (None: not warned, e.g. said already for another track of the same run).
+
+    Raises:
+        UserError: an unknown backbone, or one that does not extract `track` (names those that do).
+    """
+    cls = track_backbone_class(track, name)
+    return create_seeded(name, checkpoint, warn=checkpoint_option is not None,
+                         option=checkpoint_option or "--checkpoint", **cls.extract_options)
+
+
+def track_backbone_class(track: str, name: str) -> type[Backbone]:
+    """The class registered as `name`, checked to extract `track` (before its recipe is asked for).
 
     Raises:
         UserError: an unknown backbone, or one that does not extract `track` (names those that do).
@@ -192,4 +206,4 @@ def create_for_track(track: str, name: str, checkpoint: CheckpointFile | str | P
     if track not in cls.tracks:
         raise UserError(f"backbone {name} does not extract the {track} track; choose one of "
                         f"{', '.join(list_backbones(track)) or 'none'} (`migfuse backbone info NAME`)")
-    return create_seeded(name, checkpoint, **cls.extract_options)
+    return cls

@@ -14,6 +14,7 @@ from migfuse.commands.options import (WORKERS_MAX, Arch, DataOpt, RuntimeOptions
                                       with_options)
 from migfuse.errors import UserError
 from migfuse.training.recipe import BALANCE, OLD_WORDS  # the balance words of every trainer (torch-free)
+from migfuse.wording import counted
 
 app = group("Inspect, run and train the backbones (check a checkpoint before extracting).")
 train_app = group("Fine-tune a backbone on a prepared dataset (video: MViTv2-S, Video Swin, VideoMAE, V-JEPA 2; "
@@ -287,4 +288,4 @@ def backbone_train_video(
                    f"no validation set, so no best epoch: {summary['best_checkpoint']} holds the last one, "
                    f"epoch {best['epoch']}")
         typer.echo(f"{summary['n_train']} train / {summary['n_validation']} validation "
-                   f"({summary['validation_source']}); {summary['epochs_run']} epochs now; run in {out}")
+                   f"({summary['validation_source']}); {counted(summary['epochs_run'], 'epoch')} now; run in {out}")

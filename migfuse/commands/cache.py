@@ -74,12 +74,12 @@ def cache_view_cmd(
     pool: Annotated[Optional[str], typer.Option(help="Pooling: video_time, video_cls, pose_parts, pose_time, "
                                                      "pose_grid, face_keep, context_cls_mean, raw.",
                                                 show_default="the track's; pose_grid for PoseC3D")] = None,
-    time_steps: Annotated[Optional[int], typer.Option(min=1, max=1024, help="pose_parts/pose_time/pose_grid: time "
-                                                           "tokens kept (adaptive mean).")] = None,
+    time_steps: Annotated[Optional[int], typer.Option(min=1, max=1024, show_default="8", help="pose_parts/pose_time/"
+                                                      "pose_grid: time tokens kept (adaptive mean).")] = None,
     parts: Annotated[Optional[int], typer.Option(min=1, max=137, help="pose_parts: number of body-part groups "
                                                       "(contiguous joint runs).")] = None,
-    cells: Annotated[Optional[int], typer.Option(min=1, max=64, help="pose_grid: a PoseC3D feature map is pooled "
-                                                      "to CELLS x CELLS spatial tokens [default: 4].")] = None,
+    cells: Annotated[Optional[int], typer.Option(min=1, max=64, show_default="4", help="pose_grid: a PoseC3D "
+                                                 "feature map is pooled to CELLS x CELLS spatial tokens.")] = None,
     defaults: Annotated[bool, typer.Option("--defaults", help="Make the default view of every track in the cache "
                                                               "(views/video, views/joint, ...), "
                                                               "what `fuse train` reads.")] = False,
@@ -99,6 +99,13 @@ def cache_view_cmd(
     if not Path(cache).is_dir():  # a folder without root metadata is named by the cache itself (damage)
         raise UserError(f"no token cache at {cache} (create it with `migfuse extract ...`, or check the path)")
     if defaults:
+        chosen = {"--name": name, "--group": group, "--pool": pool, "--time-steps": time_steps, "--parts": parts,
+                  "--cells": cells}
+        given = [option for option, value in chosen.items() if value is not None]
+        if given:
+            raise UserError(f"--defaults makes each track's default view with its default pooling, so "
+                            f"{', '.join(given)} would be ignored: drop {'them' if len(given) > 1 else 'it'}, or "
+                            "make a view of your own with --name NAME --group GROUP")
         made = default_views(cache, overwrite=overwrite)
         for modality, view in made.items():
             typer.echo(f"{modality:14s} -> {view}")

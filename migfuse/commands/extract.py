@@ -24,8 +24,9 @@ ClipFramesOpt = Annotated[Optional[int], typer.Option(
     help="Frames per window. A backbone with a recipe takes only its own count.")]
 FaceFramesOpt = Annotated[int, typer.Option("--frames", min=1, max=64, help="Face frames per clip or per window.")]
 ContextWindowsOpt = Annotated[int, typer.Option(
-    "--context-windows", min=1, max=256, help="K windows (16 frames, every 4th) spread over each video; the face "
-                                              "track's --scope context must use the context track's value.")]
+    "--context-windows", min=1, max=256,
+    help="K windows spread over each video, each of the backbone's recipe's frame count, every 4th frame (MViTv2-S: "
+         "16 frames; Video Swin: 32); the face track's --scope context must use the context track's value.")]
 DecoderOpt = Annotated[Decoder, typer.Option(
     "--decoder", case_sensitive=False,
     help="cpu: PyAV (FFmpeg) in the loader workers. gpu: NVDEC on the extraction's GPU through torchcodec "
@@ -191,10 +192,38 @@ def _track_list(value: str) -> list[str]:
     return [t.strip() for t in value.split(",") if t.strip()]
 
 
+#: `extract all`'s options that only some tracks use: option -> (parameter, the tracks that use it)
+_TRACK_ONLY_OPTIONS = {
+    "--checkpoint": ("checkpoint", ("video", "context")), "--backbone": ("backbone", ("video", "context")),
+    "--frames": ("frames", ("video", "context")), "--windows": ("windows", ("video",)),
+    "--context-windows": ("context_windows", ("context", "face_context")),
+    "--face-checkpoint": ("face_checkpoint", ("face", "face_context")),
+    "--face-frames": ("face_frames", ("face", "face_context")),
+    "--global-tokens": ("global_tokens", ("face", "face_context")),
+}
+
+
+def _refuse_unused_options(ctx: typer.Context, names: list[str]) -> None:
+    """UserError for an option given on the command line that none of the chosen tracks uses (it would
+    be silently ignored); track names that are not one-pass tracks are left to `extract_in_one_pass`."""
+    from migfuse.errors import UserError
+    from migfuse.extract.multi_run import ONE_PASS_TRACKS
+
+    if not names or any(t not in ONE_PASS_TRACKS for t in names):
+        return
+    for option, (param, users) in _TRACK_ONLY_OPTIONS.items():
+        source = ctx.get_parameter_source(param)
+        given = source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")  # not a default
+        if given and not set(users) & set(names):
+            raise UserError(f"{option} is not used by --tracks {','.join(names)}: it is for the "
+                            f"{' / '.join(users)} track{'s' if len(users) > 1 else ''}; drop it or add such a track")
+
+
 @app.command("all")
 @with_options(ExtractOptions, "run")
 @with_options(RuntimeOptions)
 def extract_all(
+    ctx: typer.Context,
     data: DataOpt,
     cache: CacheOpt,
     runtime: RuntimeOptions,
@@ -235,13 +264,15 @@ def extract_all(
     options = {"video": {**video, "windows": windows}, "context": {**video, "context_windows": context_windows},
                "face": face, "face_context": face}
     names = _track_list(tracks)
+    _refuse_unused_options(ctx, names)
     rt = runtime.resolve()
     with rt.process_group("gloo"):
         summaries = extract_in_one_pass(
             names, data, cache, rt, run.run_options(),
             checkpoints={"video": checkpoint, "context": checkpoint, "face": face_checkpoint,
                          "face_context": face_checkpoint},
-            track_options={t: options[t] for t in names if t in options})
+            track_options={t: options[t] for t in names if t in options},
+            checkpoint_options={"face": "--face-checkpoint", "face_context": "--face-checkpoint"})
         for s in summaries:
             typer.echo(format_summary(s))
     if not all(s.ok for s in summaries):

@@ -314,8 +314,9 @@ class ExtractOptions:
     """How the rows of an extraction are scheduled (`migfuse.extract.interface.RunOptions`)."""
 
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", min=1, max=4096, show_default="the track's: its CPU value (in the description); on a GPU 32, "
-                                                      "256 for faces and skeletons",
+        "--batch-size", min=1, max=4096,
+        show_default="the track's: on a CPU 4 video clips, 8 context windows, 32 faces, 64 skeleton clips (posec3d "
+                     "4); on a GPU 32, 256 for faces and agcn/aagcn skeletons",
         help="Model inputs per forward pass (windows, clips or faces). The model always runs on exactly this many "
              "(padded), so it is recorded in the provenance: resume with the same value.")] = None
     workers: Annotated[Optional[int], typer.Option(

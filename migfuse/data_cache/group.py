@@ -24,7 +24,7 @@ import numpy as np
 from migfuse.data_cache.chunks import CorruptChunk, writing
 from migfuse.data_cache.spec import (DONE, FAILED, MISSING, ArraySpec, GroupSpec, default_row_dim, first_difference,
                                      format_arrays, name_dims, value_at)
-from migfuse.data_cache.tracks import VIEW_PREFIX, extract_command, track_of_group
+from migfuse.data_cache.tracks import VIEW_PREFIX, extract_command, resume_option, track_of_group
 from migfuse.errors import UserError
 
 
@@ -147,8 +147,12 @@ class TokenGroup:
             fix = f"pool it again: {view_command(self.cache.path, self.name, overwrite=True)}"
         diff = first_difference(self.provenance, dict(spec.provenance))
         if diff:
+            was = value_at(self.provenance, diff)
+            resume = resume_option(self.name, diff, was)
+            if resume is not None:
+                fix = f"rerun with {resume} to resume it, or {fix}"
             raise UserError(
-                f"{where} was written with {diff}={value_at(self.provenance, diff)!r} but {this} "
+                f"{where} was written with {diff}={was!r} but {this} "
                 f"{diff}={value_at(dict(spec.provenance), diff)!r}; {fix}"
             )
         if self.arrays != dict(spec.arrays):

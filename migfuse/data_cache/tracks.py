@@ -123,6 +123,20 @@ def extract_command(track: Track, data: Any, cache: Any, provenance: dict[str, A
         f" ({recorded})" if recorded else "")
 
 
+#: the `migfuse extract` options that set provenance keys, named when a group is resumed with another value
+_EXTRACT_OPTIONS = {"sampling.windows": "--context-windows", "sampling.windows.windows": "--context-windows",
+                    "sampling.max_windows": "--windows", "sampling.frames": "--frames"}
+
+
+def resume_option(group: str, key: str, value: Any) -> str | None:
+    """The extract option, with `value`, that resumes extracted `group` written with provenance
+    `key` = `value`, e.g. "--context-windows 2" (None: no single option sets it)."""
+    option = None if group.startswith(VIEW_PREFIX) else _EXTRACT_OPTIONS.get(key)
+    if option == "--frames" and group.startswith("face"):
+        return f"--frames {value} (`extract all`: --face-frames {value})"
+    return f"{option} {value}" if option else None
+
+
 def track_of_group(group_name: str) -> Track | None:
     """The track of a raw cache group name ('joint/agcn' -> joint), None when it is no track's group."""
     return TRACKS.get(group_name.split("/")[0])

@@ -38,6 +38,7 @@ This module must not import torch (the laptop derives views with numpy + zarr on
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -324,10 +325,20 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
         raise UserError(f"cache group '{source}' in {cache.path} has no finished clips; "
                         "run its `migfuse extract` first")
     names = source_arrays(track)
-    steps = src.arrays["features"].shape[1] if "time_steps" in params and "features" in src.arrays else None
-    if steps is not None and params["time_steps"] > steps:  # the pooling keeps at most what the source has
-        log.warning("%s: time_steps %d is more than the %d time steps of %s; the view keeps %d",
-                    VIEW_PREFIX + name, params["time_steps"], steps, source, steps)
+    given = params
+    params = effective_params(fn, params, row_shape)
+    for key, unit in (("time_steps", "time steps"), ("cells", "map rows/columns")):
+        if key in given and given[key] > params[key]:  # the pooling keeps at most what the source has
+            log.warning("%s: %s %d is more than the %d %s of %s; the view keeps %d", VIEW_PREFIX + name,
+                        key, given[key], params[key], unit, source, params[key])
+    record = {"name": pooling, **params}
+    if not overwrite and VIEW_PREFIX + name in cache.group_names():
+        # the same effective pooling recorded otherwise (a default left out, by an earlier release, or a
+        # size the source did not have) is the same view: keep its record so it resumes
+        was = cache.group(VIEW_PREFIX + name).provenance.get("pooling")
+        if isinstance(was, dict) and was.get("name") == pooling and effective_params(
+                fn, {k: v for k, v in was.items() if k != "name"}, row_shape) == params:
+            record = was
     probe = fn(src.read_many(done[:1], names), **params)
     tokens_shape, mask_shape = probe["tokens"].shape[1:], probe["mask"].shape[1:]
     bytes_per_clip = int(np.prod(tokens_shape)) * 2 + int(np.prod(mask_shape))
@@ -336,7 +347,7 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
         ids=src.ids,
         arrays={"tokens": ArraySpec(tokens_shape, "float16"), "mask": ArraySpec(mask_shape, "bool")},
         provenance={"kind": "view", "track": track, "source": source,
-                    "source_provenance": src.provenance, "pooling": {"name": pooling, **params}},
+                    "source_provenance": src.provenance, "pooling": record},
         clips_per_chunk=max(1, min(4096, CHUNK_BYTES // max(bytes_per_clip, 1))),
         row_dim=src.row_dim,
     )
@@ -368,14 +379,35 @@ def make_view(cache: TokenCache | str, name: str, source: str, pooling: str | No
     return view
 
 
+def effective_params(fn: Callable[..., Pooled], params: Mapping[str, Any],
+                     row_shape: Sequence[int] | None = None) -> dict[str, Any]:
+    """The parameters `fn` pools with: `params` over every default of `fn`, with time_steps and cells
+    cut to what a source row of `row_shape` ((C, T', V) features) holds; JSON values (as recorded)."""
+    out = {p.name: p.default for p in inspect.signature(fn).parameters.values()
+           if p.name != "a" and p.default is not inspect.Parameter.empty}
+    out.update(params)
+    if row_shape is not None and len(row_shape) == 3:
+        if isinstance(out.get("time_steps"), int):
+            out["time_steps"] = min(out["time_steps"], int(row_shape[1]))
+        if isinstance(out.get("cells"), int):
+            grid = out.get("grid") or (math.isqrt(int(row_shape[2])),) * 2
+            out["cells"] = min(out["cells"], max(int(g) for g in grid))
+    return json.loads(json.dumps(out))
+
+
+#: the pooling parameters a user sets (`cache view --time-steps/--parts/--cells`); the others (grid,
+#: class_token, track) follow from the source's token layout
+USER_PARAMS = ("time_steps", "parts", "cells")
+
+
 def _check_params(pooling: str, fn: Callable[..., Pooled], params: Mapping[str, Any]) -> None:
     """Refuse a parameter the pooling does not take (e.g. --parts with pose_time) in one line."""
     takes = [p for p in inspect.signature(fn).parameters if p != "a"]
     extra = [p for p in params if p not in takes]
     if extra:
         options = ", ".join("--" + p.replace("_", "-") for p in extra)
-        raise UserError(f"pooling {pooling!r} takes no {options}; drop it (its parameters: "
-                        f"{', '.join(takes) or 'none'})")
+        settable = ", ".join("--" + p.replace("_", "-") for p in takes if p in USER_PARAMS)
+        raise UserError(f"pooling {pooling!r} takes no {options}; drop it (its options: {settable or 'none'})")
 
 
 def stale_rows(view: TokenGroup, source: TokenGroup, ids: Sequence[str] | None = None) -> list[str]:

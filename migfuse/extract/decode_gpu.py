@@ -80,8 +80,12 @@ def stream_clips_gpu(
     transform: Callable[[Any], Any] | None = None,
     chunk: int = CHUNK_REQUESTS,
     facts: VideoMeasure | None = None,
+    transforms: Mapping[Hashable, Callable[[Any], Any] | None] | None = None,
 ) -> Iterator[tuple[Hashable, np.ndarray | DecodeError]]:
     """`decode.stream_clips` with torchcodec's decoder on `device`; the same requests and yields.
+
+    Each chunk's frames are decoded once, whatever views its requests want (`transforms`): every
+    view is made on the device from the decoded frames its own requests need, and only it comes back.
 
     Args:
         path: the video file.
@@ -93,6 +97,9 @@ def stream_clips_gpu(
         chunk: requests decoded per call (bounds the device memory held).
         facts: the video's measured facts (`data prepare`): past-the-end failures then name the true
             cause as `decode.past_end_message` does.
+        transforms: request id -> its view's transform (as `transform`; None: full frames), for
+            requests that want different views of one decode (`extract all`); requests whose
+            transform is the same object share its result. None: `transform` for every request.
 
     Yields:
         (request id, uint8 array shaped `indices.shape + frame.shape`) or (request id, DecodeError):
@@ -143,6 +150,9 @@ def stream_clips_gpu(
     def is_past(i: int) -> bool:
         return i >= n_frames if facts is not None else begin + i / ANNOTATION_FPS + half >= end
 
+    def view_of(key: Hashable) -> Callable[[Any], Any] | None:
+        return transforms[key] if transforms is not None else transform
+
     order = sorted(plans, key=lambda k: int(plans[k].min()))
     servable, past = [], []
     for key in order:
@@ -156,15 +166,14 @@ def stream_clips_gpu(
                 batch = decoder.get_frames_played_at(seconds=[played_at(int(i)) for i in wanted]).data
                 if turns:
                     batch = torch.rot90(batch, k=-turns, dims=(2, 3))  # clockwise, as `upright`
-                out = transform(batch) if transform is not None else batch.permute(0, 2, 3, 1)
-                frames = out.contiguous().cpu().numpy()
+                views = _views_of_chunk(batch, wanted, {k: plans[k] for k in keys}, view_of)
             except Exception as e:  # noqa: BLE001 - decoder errors on corrupt data come in many types
                 failed = DecodeError("decode", f"{name}: {type(e).__name__}: {e}")
         if failed is not None:
             yield from ((key, failed) for key in keys)
             continue
-        pos = {int(i): j for j, i in enumerate(wanted.tolist())}
         for key in keys:
+            frames, pos = views[id(view_of(key))]
             idx = plans[key]
             rows = frames[[pos[int(i)] for i in idx.reshape(-1).tolist()]]
             yield key, rows.reshape(*idx.shape, *rows.shape[1:])
@@ -175,6 +184,52 @@ def stream_clips_gpu(
             continue
         yield key, PastEnd(f"frames {missing[:3]}{'...' if len(missing) > 3 else ''} are past the end of "
                            f"{name} (it decodes {n_frames} frames at 25 fps); check the labels", missing, n_frames)
+
+
+def _views_of_chunk(batch: Any, wanted: np.ndarray, plans: Mapping[Hashable, np.ndarray],
+                    view_of: Callable[[Hashable], Callable[[Any], Any] | None]) -> dict[int, tuple[np.ndarray, dict]]:
+    """One chunk's decoded frames -> each view its requests want, made on the device and copied back.
+
+    `batch`: (N, 3, H, W) uint8 tensor of the frames `wanted` (sorted 25 fps indices). Returns
+    id(transform) -> (that view's frames (M, ...) as numpy, frame index -> row in them); each view
+    transforms only the frames its own requests need (a face track's full frames are not cropped,
+    a video track's crops do not bring full frames back).
+    """
+    needs: dict[int, list[np.ndarray]] = {}
+    transforms: dict[int, Callable[[Any], Any] | None] = {}
+    for key, idx in plans.items():
+        t = view_of(key)
+        transforms[id(t)] = t
+        needs.setdefault(id(t), []).append(idx.reshape(-1))
+    out = {}
+    for tid, parts in needs.items():
+        frames = np.unique(np.concatenate(parts))
+        if len(frames) == len(wanted):
+            chosen = batch
+        else:  # the rows of `wanted` this view needs (both sorted)
+            import torch
+
+            rows = np.searchsorted(wanted, frames)
+            chosen = batch[torch.as_tensor(rows, device=batch.device)]
+        t = transforms[tid]
+        result = t(chosen) if t is not None else chosen.permute(0, 2, 3, 1)
+        out[tid] = (result.contiguous().cpu().numpy(), {int(i): j for j, i in enumerate(frames.tolist())})
+    return out
+
+
+def gpu_or_fallback(results: Iterator[tuple[Hashable, Any]], path: str | Path,
+                    fallback: Callable[[], Iterator[tuple[Hashable, Any]]]) -> Iterator[tuple[Hashable, Any]]:
+    """`stream_clips_gpu`'s results, or `fallback()`'s (PyAV) when torchcodec cannot open a video that
+    exists (said at debug level: NVDEC lacks some codecs and profiles)."""
+    first = next(results, None)
+    if first is None:
+        return
+    if isinstance(first[1], DecodeError) and first[1].stage == "open" and Path(path).is_file():
+        log.debug("%s; decoding it with PyAV", first[1])
+        yield from fallback()
+        return
+    yield first
+    yield from results
 
 
 def stream_video(
@@ -196,13 +251,5 @@ def stream_video(
     if decoder != "gpu":
         yield from stream_clips(path, requests, transform=transform, facts=facts)
         return
-    results = stream_clips_gpu(path, requests, device=device, transform=gpu_transform, facts=facts)
-    first = next(results, None)
-    if first is None:
-        return
-    if isinstance(first[1], DecodeError) and first[1].stage == "open" and Path(path).is_file():
-        log.debug("%s; decoding it with PyAV", first[1])
-        yield from stream_clips(path, requests, transform=transform, facts=facts)
-        return
-    yield first
-    yield from results
+    yield from gpu_or_fallback(stream_clips_gpu(path, requests, device=device, transform=gpu_transform, facts=facts),
+                               path, lambda: stream_clips(path, requests, transform=transform, facts=facts))

@@ -156,7 +156,8 @@ class _Router:
 
 def extract_in_one_pass(tracks: list[str], data: str | Path, cache: str | Path, runtime: Runtime | None = None,
                         options: RunOptions = RunOptions(), *, checkpoints: Mapping[str, Any] | None = None,
-                        track_options: Mapping[str, Mapping[str, Any]] | None = None) -> list[RunSummary]:
+                        track_options: Mapping[str, Mapping[str, Any]] | None = None,
+                        checkpoint_options: Mapping[str, str] | None = None) -> list[RunSummary]:
     """`entry.extract` for several RGB tracks at once, one decode per video.
 
     Args:
@@ -164,6 +165,8 @@ def extract_in_one_pass(tracks: list[str], data: str | Path, cache: str | Path, 
         checkpoints: track -> its backbone's checkpoint file (absent: random weights, said loudly).
         track_options: track -> its own options, as `entry.extract` takes them (frames, backbone,
             context_windows, video_root, decoder, ...).
+        checkpoint_options: track -> the option that gives its checkpoint (default --checkpoint),
+            named by the random-weights warning; tracks sharing an option are warned about once.
     Returns:
         One RunSummary per track, in the order of `tracks`.
     Raises:
@@ -190,9 +193,15 @@ def extract_in_one_pass(tracks: list[str], data: str | Path, cache: str | Path, 
     manifest = Manifest.load(data)
     if Path(cache).exists() and not Path(cache).is_dir():
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(cache))
-    extractors = []
+    extractors, warned = [], set()
     for t in tracks:
         ckpt = (checkpoints or {}).get(t)
+        option = (checkpoint_options or {}).get(t, "--checkpoint")
+        if ckpt is not None and not Path(ckpt).exists():  # several options give checkpoints here: name it
+            raise UserError(f"checkpoint not found: {option} {ckpt} (pass the path of a local checkpoint file)")
         file = CheckpointFile(ckpt, trusted=runtime.trust_checkpoint) if ckpt is not None else None
-        extractors.append(TRACK_EXTRACTORS.get(t)(manifest, t, checkpoint=file, **(track_options or {}).get(t, {})))
+        extractors.append(TRACK_EXTRACTORS.get(t)(manifest, t, checkpoint=file,
+                                                  checkpoint_option=None if option in warned else option,
+                                                  **(track_options or {}).get(t, {})))
+        warned.add(option)
     return run_in_one_pass(extractors, cache, runtime, options)

@@ -13,8 +13,11 @@ Tracks that share a view (video and context with one backbone) get it once per f
 The cost of the mixed case is memory: a video track's request holds its frames at full size until
 its last frame is decoded (16 frames of 2.8 MB at 720p per clip; 16 x W with `--windows W`), where
 its own command holds 224x224 crops.
-With `--decoder gpu` (torchcodec) the video is decoded once per view instead: the crops are made on
-the GPU and only they come back, as with the separate commands, so the GPU's crops equal theirs.
+With `--decoder gpu` (torchcodec) the video is decoded once too (`decode_gpu.stream_clips_gpu` with a
+transform per request): each chunk's frames are decoded once on the GPU, each view is made there
+from them (`FrameLoader.gpu_view`: the crops, as the separate commands make them; the face tracks'
+full frames) and only the views come back. A video torchcodec cannot open is decoded by the CPU
+pass above instead.
 
 No torch here: this runs in the runner's loader worker processes.
 """
@@ -24,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Iterator, Mapping
 
+from migfuse.datasets.video_measure import VideoMeasure
 from migfuse.extract.decode import DecodeError, measure
-from migfuse.extract.decode_gpu import stream_video
+from migfuse.extract.decode_gpu import gpu_or_fallback, stream_clips_gpu, stream_video
 from migfuse.extract.interface import Failure, Sample, WorkItem
 from migfuse.extract.video_rows import FrameLoader, VideoRows, no_video_file
 
@@ -59,30 +63,42 @@ class OnePassLoader:
         rows = {t: self.loaders[t].rows(WorkItem(item.key, tuple(ids)), path, facts) for t, ids in wanted.items()}
         for t, r in rows.items():
             yield from _tagged(t, r.early())
-        for tracks, streamer in self._passes(rows):
-            union = {(t, key): idx for t in tracks for key, idx in rows[t].requests.items()}
-            if not union:
-                continue
-            if streamer is not None:  # every track here sees the frames as `streamer` makes them
-                results = streamer.stream(path, union, facts)
-            else:  # full frames; each track's view taken from them
-                results = stream_video(path, union, decoder="cpu", facts=facts)
-            for (t, key), frames in results:
-                if streamer is None and not isinstance(frames, DecodeError):
-                    frames = self.loaders[t].view(frames, rows[t].requests[key])
+        union = {(t, key): idx for t, r in rows.items() for key, idx in r.requests.items()}
+        if union:
+            for (t, key), frames in self._decode(path, union, rows, facts):
                 yield from _tagged(t, rows[t].served(key, frames))
         for t, r in rows.items():
             yield from _tagged(t, r.end())
 
-    def _passes(self, rows: Mapping[str, VideoRows]) -> list[tuple[list[str], FrameLoader | None]]:
-        """The decodes of one video: (tracks, the loader whose `stream` serves them, or None for full
-        frames). One on the CPU; on the GPU one per view, so crops are made where the frames are."""
-        views: dict[Hashable, list[str]] = {}
-        for t in rows:
-            views.setdefault(self.loaders[t].view_key(), []).append(t)
-        if len(views) > 1 and self.decoder != "gpu":
-            return [(list(rows), None)]
-        return [(tracks, self.loaders[tracks[0]]) for tracks in views.values()]
+    def _decode(self, path: Path, union: dict[tuple[str, Hashable], Any], rows: Mapping[str, VideoRows],
+                facts: VideoMeasure | None) -> Iterator[tuple[tuple[str, Hashable], Any]]:
+        """The one decode of a video: each (track, request) with its frames in the track's view, or why
+        they cannot be served."""
+        if self.decoder == "gpu":
+            views: dict[Hashable, Any] = {}  # view key -> its GPU transform, made once for its tracks
+            for t in rows:
+                views.setdefault(self.loaders[t].view_key(), self.loaders[t].gpu_view())
+            transforms = {(t, key): views[self.loaders[t].view_key()] for t, key in union}
+            device = self.loaders[next(iter(rows))].decode_device()
+            yield from gpu_or_fallback(stream_clips_gpu(path, union, device=device, transforms=transforms,
+                                                        facts=facts),
+                                       path, lambda: self._decode_cpu(path, union, rows, facts, own_stream=False))
+            return
+        yield from self._decode_cpu(path, union, rows, facts)
+
+    def _decode_cpu(self, path: Path, union: dict[tuple[str, Hashable], Any], rows: Mapping[str, VideoRows],
+                    facts: VideoMeasure | None, own_stream: bool = True) -> Iterator[tuple[tuple[str, Hashable], Any]]:
+        """The PyAV decode: one track's `stream` when every track sees the same view (its frames are
+        made as decoded) and `own_stream` (False where the tracks' loaders decode on the GPU), else full
+        frames and each track's view taken from them."""
+        views = {self.loaders[t].view_key() for t in rows}
+        if len(views) == 1 and own_stream:
+            yield from self.loaders[next(iter(rows))].stream(path, union, facts)
+            return
+        for (t, key), frames in stream_video(path, union, decoder="cpu", facts=facts):
+            if not isinstance(frames, DecodeError):
+                frames = self.loaders[t].view(frames, rows[t].requests[key])
+            yield (t, key), frames
 
 
 def _tagged(track: str, samples: Iterator[Sample]) -> Iterator[Sample]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from migfuse.backbones.checkpoints import weights_provenance
-from migfuse.backbones.registry import RANDOM_WEIGHTS_SEED, backbone_class, create_for_track
+from migfuse.backbones.registry import RANDOM_WEIGHTS_SEED, create_for_track, track_backbone_class
 from migfuse.checkpoint_file import CheckpointFile
 from migfuse.data_cache.tracks import get_track, tracks_with_layout
 from migfuse.errors import UserError
@@ -100,13 +100,18 @@ class _VideoLoader(FrameLoader):
                facts: VideoMeasure | None) -> Iterator[tuple[Any, np.ndarray | DecodeError]]:
         """The video decoded once for all `requests`, each frame resized + centre-cropped once, as it is
         decoded (on the GPU with --decoder gpu: only the crops come back)."""
-        return stream_video(path, requests, decoder=self.decoder, device=self.device, facts=facts,
+        return stream_video(path, requests, decoder=self.decoder, device=self.decode_device(), facts=facts,
                             transform=lambda rgb: resize_crop(rgb, self.short_side, self.crop),
-                            gpu_transform=lambda x: resize_crop_tensor(x, self.short_side, self.crop)
-                            .permute(0, 2, 3, 1))
+                            gpu_transform=self.gpu_view())
 
     def view_key(self) -> tuple:
         return ("crop", self.short_side, self.crop)
+
+    def gpu_view(self) -> Callable[[Any], Any]:
+        return lambda x: resize_crop_tensor(x, self.short_side, self.crop).permute(0, 2, 3, 1)
+
+    def decode_device(self) -> str:
+        return self.device
 
     def view(self, frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Full frames -> resized + centre-cropped, each distinct frame once (as `stream` does)."""
@@ -219,7 +224,8 @@ class VideoExtractor(TrackExtractor):
                  checkpoint: CheckpointFile | str | Path | None = None,
                  clip_sampling: ClipSampling = ClipSampling(), context_sampling: ContextSampling = ContextSampling(),
                  row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu",
-                 pool: str | None = None, preset: dict[str, Any] | None = None):
+                 pool: str | None = None, preset: dict[str, Any] | None = None,
+                 checkpoint_option: str | None = "--checkpoint"):
         """
         Args:
             manifest: a `Manifest` (clips, videos with their file paths).
@@ -236,6 +242,7 @@ class VideoExtractor(TrackExtractor):
                 as tokens (1, D), e.g. (1, 768) for MViTv2-S.
             preset: the record of the preset that chose these settings (`presets.apply_preset`); the
                 group becomes TRACK/BACKBONE-PRESET and the provenance holds the record.
+            checkpoint_option: the option the random-weights warning tells to pass (None: no warning).
         Raises:
             UserError: an unknown track or backbone, a backbone that does not extract this track, a
                 checkpoint that is missing or does not fit, not one video file (`videos_with_files`).
@@ -247,14 +254,15 @@ class VideoExtractor(TrackExtractor):
         self.decoder = decoder
         self.checkpoint = checkpoint
         self.clip_sampling, self.context_sampling = clip_sampling, context_sampling
-        need = backbone_class(backbone).recipe(checkpoint).get("clip_len")  # checked before any model is built
+        # the track, then the recipe's frames, are checked before any model is built
+        need = track_backbone_class(self.track.name, backbone).recipe(checkpoint).get("clip_len")
         frames = (context_sampling if self.track.per_video else clip_sampling).frames
         if need and frames != need:
             raise UserError(f"{backbone} takes {need} frames per window (its checkpoint's recipe), not {frames}: "
                             "drop --frames")
         if getattr(manifest, "clips", None):  # not one video file: one line before the model is built
             videos_with_files(manifest, video_root)
-        self.backbone = create_for_track(self.track.name, backbone, checkpoint)
+        self.backbone = create_for_track(self.track.name, backbone, checkpoint, checkpoint_option)
         self.backbone_name = backbone
         self.token_shape = tuple(self.backbone.token_shape)
         if pool is not None and (pool != "cls" or self.track.per_video or clip_sampling.max_windows > 1):
@@ -366,7 +374,8 @@ def build_extractor(manifest: Any, track: str, *, backbone: str = "mvit_v2_s",
                     checkpoint: CheckpointFile | None = None, frames: int | None = None, windows: int = 1,
                     context_windows: int = 8, row_ids: list[str] | None = None,
                     video_root: str | Path | None = None, decoder: str = "cpu", pool: str | None = None,
-                    preset: dict[str, Any] | None = None) -> VideoExtractor:
+                    preset: dict[str, Any] | None = None,
+                    checkpoint_option: str | None = "--checkpoint") -> VideoExtractor:
     """The `video` (per clip) or `context` (per video) extractor of a manifest.
 
     Args:
@@ -379,10 +388,12 @@ def build_extractor(manifest: Any, track: str, *, backbone: str = "mvit_v2_s",
         video_root: the folder the videos are in now, when moved since `data prepare`.
         decoder: "cpu" (PyAV) or "gpu" (torchcodec NVDEC on the extraction's GPU; see `decode_gpu`).
         pool, preset: set by `--preset` (`migfuse.extract.presets`): one pooled vector per clip.
+        checkpoint_option: the option the random-weights warning names (None: no warning).
     """
     if frames is None:
-        frames = int(backbone_class(backbone).recipe(checkpoint).get("clip_len", 16))
+        frames = int(track_backbone_class(track, backbone).recipe(checkpoint).get("clip_len", 16))
     return VideoExtractor(manifest, track, backbone=backbone, checkpoint=checkpoint,
                           clip_sampling=ClipSampling(frames=frames, max_windows=windows),
                           context_sampling=ContextSampling(windows=context_windows, frames=frames),
-                          row_ids=row_ids, video_root=video_root, decoder=decoder, pool=pool, preset=preset)
+                          row_ids=row_ids, video_root=video_root, decoder=decoder, pool=pool, preset=preset,
+                          checkpoint_option=checkpoint_option)

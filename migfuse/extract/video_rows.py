@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Hashable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 import numpy as np
 
@@ -58,8 +58,9 @@ class FrameLoader:
     """What an RGB track's loader provides (mixed into the picklable loader dataclasses).
 
     Subclasses set `paths` (video id -> file or None) and `facts` (video id -> measured facts), and
-    implement `rows`, `stream` (the track's own decode: PyAV or NVDEC, its own per-frame transform)
-    and, where the track's frames are not the full decoded ones, `view` / `view_key`.
+    implement `rows`, `stream` (the track's own decode: PyAV or NVDEC, its own per-frame transform),
+    `decode_device` and, where the track's frames are not the full decoded ones, `view` / `view_key` /
+    `gpu_view` (the same view made on the CPU from full frames, and on the GPU).
     """
 
     paths: Any
@@ -79,6 +80,15 @@ class FrameLoader:
         """Full decoded frames (`indices.shape + (H, W, 3)`) -> the frames this track's `stream`
         would have served for `indices` (e.g. resized and cropped). Default: unchanged."""
         return frames
+
+    def gpu_view(self) -> Callable[[Any], Any] | None:
+        """The view as `stream` makes it with `--decoder gpu`: (N, 3, H, W) uint8 tensor on the decode
+        device -> (N, h, w, 3) tensor there. None: the full frames (the default)."""
+        return None
+
+    def decode_device(self) -> str:
+        """The torch device `stream` decodes on with `--decoder gpu` ("cuda:N")."""
+        raise NotImplementedError
 
     def __call__(self, item: WorkItem) -> Iterator[Sample]:
         return load_rows(self, item)

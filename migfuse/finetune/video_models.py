@@ -260,7 +260,8 @@ class HFFamily(VideoFamily):
         # the config that rebuilds the model from best.pt (`hf_video`); not the transformers version that wrote
         # it, so a run resumes after an upgrade
         hf_config = {k: v for k, v in bb.config.to_dict().items() if k != "transformers_version"}
-        info = {**_base_info(base, bb), "hf_config": hf_config, "model_type": bb.model_type, **bb.licence}
+        info = {**_base_info(base, bb), "hf_config": hf_config, "model_type": bb.model_type,
+                "model_folder": bb.model_folder, **bb.folder_licence}
         return weights, info
 
     def forward(self, weights: nn.Module, x: torch.Tensor, dropout: nn.Module,

@@ -115,7 +115,10 @@ class FaceLoader(FrameLoader):
         return out
 
     def stream(self, path: Path, requests: Mapping[Any, np.ndarray], facts: VideoMeasure | None):
-        return stream_video(path, requests, decoder=self.decoder, device=self.detector_device, facts=facts)
+        return stream_video(path, requests, decoder=self.decoder, device=self.decode_device(), facts=facts)
+
+    def decode_device(self) -> str:
+        return self.detector_device
 
     def rows(self, item: WorkItem, path: Path, facts: VideoMeasure | None) -> VideoRows:
         if self.scope == "clip":
@@ -219,8 +222,11 @@ class FaceExtractor(TrackExtractor):
 
     def __init__(self, manifest: Any, scope: str = "clip", *, checkpoint: CheckpointFile | str | Path | None = None,
                  frames: int = 8, context: ContextSampling = ContextSampling(), global_tokens: bool = False,
-                 row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu"):
+                 row_ids: list[str] | None = None, video_root: str | Path | None = None, decoder: str = "cpu",
+                 checkpoint_option: str | None = "--checkpoint"):
         """
+        `checkpoint_option` is the option the random-weights warning names (None: no warning).
+
         Raises:
             UserError: an unknown scope, a checkpoint that is missing or does not fit, not one
                 video file (`videos_with_files`).
@@ -236,7 +242,7 @@ class FaceExtractor(TrackExtractor):
         self._row_ids = list(row_ids) if row_ids is not None else None
         if getattr(manifest, "clips", None):  # not one video file: one line before the model is built
             videos_with_files(manifest, video_root)
-        self.backbone = create_for_track(self.track.name, self.backbone_name, checkpoint)
+        self.backbone = create_for_track(self.track.name, self.backbone_name, checkpoint, checkpoint_option)
         self.model = None
 
     def _lead(self) -> tuple[int, ...]:
@@ -334,7 +340,8 @@ class FaceExtractor(TrackExtractor):
 @register_track(*tracks_with_layout("face_frames"))
 def build_extractor(manifest: Any, track: str, *, checkpoint: CheckpointFile | None = None, frames: int = 8,
                     context_windows: int = 8, global_tokens: bool = False, row_ids: list[str] | None = None,
-                    video_root: str | Path | None = None, decoder: str = "cpu") -> FaceExtractor:
+                    video_root: str | Path | None = None, decoder: str = "cpu",
+                    checkpoint_option: str | None = "--checkpoint") -> FaceExtractor:
     """The face extractor of a manifest: `face` (per clip) or `face_context` (per video, one row of K
     face frames per context window: use the context track's `context_windows` so the windows line up).
 
@@ -342,11 +349,12 @@ def build_extractor(manifest: Any, track: str, *, checkpoint: CheckpointFile | N
         checkpoint: SwinFace `.pt` (the original four-state-dict file); None = seeded random weights.
         frames: K face frames per clip / per window.
         global_tokens: also store SwinFace's 7x7x768 global tokens per face.
-        row_ids, video_root, decoder: as the video tracks' `build_extractor`.
+        row_ids, video_root, decoder, checkpoint_option: as the video tracks' `build_extractor`.
     On a GPU runtime MTCNN runs there too, in each loader worker, on `GPU_DETECT_FRAMES` frames per
     call; on a CPU it runs per row. The batch is faces per SwinFace forward (32 on a CPU, 256 on a GPU).
     """
     scope = "context" if get_track(track).per_video else "clip"
     return FaceExtractor(manifest, scope, checkpoint=checkpoint, frames=frames,
                          context=ContextSampling(windows=context_windows), global_tokens=global_tokens,
-                         row_ids=row_ids, video_root=video_root, decoder=decoder)
+                         row_ids=row_ids, video_root=video_root, decoder=decoder,
+                         checkpoint_option=checkpoint_option)
