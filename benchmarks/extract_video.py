@@ -24,8 +24,14 @@ from pathlib import Path
 import numpy as np
 
 
-def write_video(path: Path, n_frames: int, width: int, height: int, seed: int) -> None:
-    """h264 mp4, 25 fps: a smooth moving gradient plus noise (compresses like real footage, roughly)."""
+#: x264 settings of the generated videos (other benchmarks pass their own, e.g. B-frames and long GOPs)
+FAST_X264 = {"preset": "ultrafast", "crf": "23"}
+
+
+def write_video(path: Path, n_frames: int, width: int, height: int, seed: int,
+                options: dict[str, str] | None = None) -> None:
+    """h264 mp4, 25 fps: a smooth moving gradient plus noise (compresses like real footage, roughly);
+    `options`: x264's (default `FAST_X264`)."""
     import av
 
     rng = np.random.default_rng(seed)
@@ -35,7 +41,7 @@ def write_video(path: Path, n_frames: int, width: int, height: int, seed: int) -
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "23"}
+        stream.options = dict(options or FAST_X264)
         for i in range(n_frames):
             # the pattern drifts (motion for the encoder); a fresh noise row band changes every frame
             img = np.roll(pattern, (2 * i, 4 * i), axis=(0, 1))[..., None].repeat(3, axis=2)

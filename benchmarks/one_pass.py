@@ -30,38 +30,28 @@ import argparse
 import csv
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import extract_video  # noqa: E402 - the benchmarks' video writer, found by the line above
+
 LABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "imigue" / "labels_20200831.csv"
 IMIGUE_CLIPS = 18498
 NODE_LOADERS = 15  # a 16-core node: one core feeds the GPU
 
 
-def write_video(path: Path, n_frames: int, width: int = 1280, height: int = 720) -> None:
-    """x264, 25 fps, 3 B-frames, keyframe every 230 frames: a drifting pattern with a noise band."""
-    import av
+#: iMiGUE-like encoding: x264, 3 B-frames, a keyframe every 230 frames (what the issue measured)
+IMIGUE_X264 = {"preset": "veryfast", "crf": "23", "bf": "3", "g": "230", "keyint_min": "230", "sc_threshold": "0"}
 
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    pattern = np.clip(128 + 100 * np.sin(xx / 60.0) * np.cos(yy / 45.0) + rng.normal(0, 12, (height, width)), 0, 255)
-    pattern = pattern.astype(np.uint8)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23", "bf": "3", "g": "230", "keyint_min": "230",
-                          "sc_threshold": "0"}
-        for i in range(n_frames):
-            img = np.roll(pattern, (2 * i, 4 * i), axis=(0, 1))[..., None].repeat(3, axis=2)
-            band = (7 * i) % (height - 8)
-            img[band:band + 8] = rng.integers(0, 256, (8, width, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+
+def write_video(path: Path, n_frames: int, width: int = 1280, height: int = 720) -> None:
+    """x264, 25 fps, 3 B-frames, keyframe every 230 frames: `extract_video.py`'s drifting pattern."""
+    extract_video.write_video(path, n_frames, width, height, seed=0, options=IMIGUE_X264)
 
 
 def imigue_clips(video: int) -> list[tuple[int, int]]:
