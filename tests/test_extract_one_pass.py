@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from migfuse.errors import UserError
 from test_decode_util import write_corrupt
 
 from migfuse.data_cache.store import DONE, TokenCache
@@ -426,3 +428,20 @@ def test_extract_all_errors_name_the_option_to_change(runs, tmp_path):
     assert r.exit_code == 2 and r.stderr.strip() == (f"error: checkpoint not found: --face-checkpoint "
                                                      f"{tmp_path / 'nothere.pt'} (pass the path of a local "
                                                      "checkpoint file)"), r.output
+
+
+def test_a_group_that_refuses_the_run_refuses_it_before_another_track_s_group_is_created(runs, tmp_path):
+    """`extract all --tracks video,context` on a cache whose context group was made with other windows:
+    the one-line refusal comes before the video group (listed first) is created."""
+    import test_extract_video_util  # noqa: F401 - registers the `tiny` backbone
+
+    from migfuse.data_cache.store import TokenCache
+    from migfuse.extract.multi_run import extract_in_one_pass
+
+    prepared = runs[0]
+    cache = tmp_path / "c.zarr"
+    extract_in_one_pass(["context"], prepared, cache, options=RunOptions(workers=0, batch_size=BATCH),
+                        track_options={"context": {**OPTIONS["context"], "context_windows": 2}})
+    with pytest.raises(UserError, match="was written with sampling.windows=2 but this run has sampling.windows=3"):
+        one_pass(prepared, cache, workers=0, tracks=["video", "context"])
+    assert not TokenCache(cache).has_group("video/tiny")

@@ -55,15 +55,19 @@ def run_in_one_pass(extractors: list[Extractor], cache: "TokenCache | str | Path
     runtime = runtime or Runtime()
     shard = parse_shard(options.shard)
     cache = cache if isinstance(cache, TokenCache) else TokenCache(cache)
-    runs: dict[str, TrackRun] = {}
-    for ex in extractors:
-        name = ex.track.name
-        if name in runs:
-            raise UserError(f"track {name} is named twice: name each track once")
+    names = [ex.track.name for ex in extractors]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:
+        raise UserError(f"track {twice} is named twice: name each track once")
+    opened: dict[str, TrackRun] = {}
+    # groups already in the cache first: only they can refuse this run (other settings), and so
+    # they refuse it before a new group of another track is created
+    for ex in sorted(extractors, key=lambda ex: not cache.has_group(ex.group)):
         batch = options.batch_size if options.batch_size is not None else ex.default_batch(runtime.device)
-        runs[name] = TrackRun(ex, cache, runtime=runtime, batch_size=batch, shard=shard,
-                              retry_failed=options.retry_failed, only_available=options.only_available,
-                              split=options.split, scheme=options.scheme)
+        opened[ex.track.name] = TrackRun(ex, cache, runtime=runtime, batch_size=batch, shard=shard,
+                                         retry_failed=options.retry_failed, only_available=options.only_available,
+                                         split=options.split, scheme=options.scheme)
+    runs = {name: opened[name] for name in names}
     workers = options.workers if options.workers is not None else max(
         ex.default_workers(runtime.device) for ex in extractors)
     items = merged_items(runs)
