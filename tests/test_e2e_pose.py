@@ -4,7 +4,6 @@
 helper and transformers are installed, the tiny random real detector + pose model."""
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -24,8 +23,6 @@ from migfuse.pose_estimation import run as run_module
 from migfuse.synth import generate_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
-#: the helper that writes tiny random detector + pose model folders: "module:function(folder) -> (detector, pose)"
-TINY_MODELS = "migfuse.pose_estimation.tiny_models:write_tiny_models"
 
 
 def invoke(*args) -> object:
@@ -56,23 +53,15 @@ def world(tmp_path_factory):
     return root
 
 
-def _estimators():
-    yield pytest.param("stand-in", id="stand-in")
-    yield pytest.param("tiny-real", id="tiny-real")
-
-
-@pytest.mark.parametrize("which", list(_estimators()))
+@pytest.mark.parametrize("which", ["stand-in", "tiny-real"])
 def test_data_pose_then_extract_skeleton_coco17_then_cmtf(world, tmp_path, monkeypatch, which):
     pose_args: tuple = ("--pose-model", tmp_path / "pose", "--detector", tmp_path / "detector")
     if which == "stand-in":
         monkeypatch.setattr(run_module, "load_estimator", lambda *a, **k: FrameContentEstimator())
     else:
         pytest.importorskip("transformers")
-        module, _, function = TINY_MODELS.partition(":")
-        try:
-            write_tiny_models = getattr(importlib.import_module(module), function)
-        except ImportError:
-            pytest.skip(f"the tiny model helper {TINY_MODELS} is not here")
+        from migfuse.pose_estimation.tiny_models import write_tiny_models
+
         detector, pose = write_tiny_models(tmp_path)
         pose_args = ("--pose-model", pose, "--detector", detector)
     poses, cache = tmp_path / "poses", tmp_path / "cache.zarr"

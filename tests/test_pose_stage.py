@@ -425,3 +425,17 @@ def test_a_damaged_run_identity_is_refused_in_one_line(prepared, tmp_path):
     assert str(e.value) == (f"{out / 'pose_run.json'} is damaged (not a JSON object): this run's settings are "
                             "unknown; pass a new --out")
     assert sorted(p.name for p in out.iterdir()) == ["pose_run.json"]
+
+
+def test_a_damaged_estimated_skeleton_names_the_status_file_to_delete_and_data_pose(estimated, tmp_path):
+    """Re-running `data prepare` cannot mend an estimated skeleton: the fix is to redo that video in data pose."""
+    import shutil
+
+    out = tmp_path / "poses"
+    shutil.copytree(estimated, out)
+    (out / "skeletons" / "0002.npy").write_bytes(b"cut")
+    with pytest.raises(UserError) as e:
+        Manifest.load(out).skeleton("0002")
+    assert str(e.value).startswith(f"cannot read skeleton {out / 'skeletons' / '0002.npy'} (")
+    assert str(e.value).endswith(f"; delete {out / 'pose' / '0002.json'} and rerun `migfuse data pose`")
+    assert (out / "pose" / "0002.json").is_file()

@@ -255,12 +255,13 @@ class HFVideoBackbone(Backbone):
         model.load_state_dict(sd, strict=True)
         report.notes.append("the fine-tuned 32-class head (head.*) is not used for tokens")
         # runs since the folder is recorded name it; an older run's base checkpoint was that folder
-        self.model_folder = str(meta.get("model_folder") or meta.get("base_checkpoint"))
+        base = meta.get("model_folder") or meta.get("base_checkpoint")  # None: trained from random weights
+        self.model_folder = str(base) if base else None
         self.folder_licence = {"licence": meta.get("licence", "unknown"),
                                "licence_source": meta.get("licence_source", "not recorded")}
         self.licence = {"licence": self.folder_licence["licence"],
-                        "licence_source": f"{self.folder_licence['licence_source']} of the base folder "
-                                          f"{self.model_folder}"}
+                        "licence_source": self.folder_licence["licence_source"]
+                        + (f" of the base folder {self.model_folder}" if base else "")}
         report.notes.append(f"licence: {self.licence['licence']} ({self.licence['licence_source']})")
         self.folder, self.config, self.preprocessing = ckpt.path, config, dict(meta["preprocessing"])
         self.model, self.fine_tune = model.eval().to(self.device), meta

@@ -39,7 +39,7 @@ WIDTHS = ("full", "demo")
 #: How the attention product is computed (`MViTBackbone(attention=...)`); both give the same tokens.
 ATTENTIONS = ("torchvision", "sdpa")
 #: `meta["migfuse"]["kind"]` of a checkpoint written by `migfuse backbone train video`.
-FINETUNE_KIND = "mvit_v2_s fine-tuned"
+FINETUNE_KIND = fine_tuned.kind_of("mvit_v2_s")
 
 # The demo width: 4 narrow blocks and a coarser patch embedding (stride (2, 16, 16): 8x14x14 patches,
 # not 8x56x56), pooled to the same final 8x7x7 grid, so the tokens keep MViTv2-S's layout

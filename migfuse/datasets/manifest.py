@@ -459,18 +459,19 @@ def open_skeleton(path: Path, layout: str = OPENPOSE_137) -> tuple[np.ndarray, n
 
     Reads only the headers (cheap). UserError naming the file when either is missing, cut short,
     not memory-mappable (Python objects) or of another dtype or shape."""
+    fix = ("re-run `migfuse data prepare`" if layout == OPENPOSE_137 else  # an estimated one: redo that video
+           f"delete {path.parent.parent / 'pose' / (path.name[:-4] + '.json')} and rerun `migfuse data pose`")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
         mask = np.load(_mask_path(path), mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:  # a .npy of Python objects: "Array can't be memory-mapped"
-        raise UserError(f"cannot read skeleton {path} ({e}); re-run `migfuse data prepare`") from None
+        raise UserError(f"cannot read skeleton {path} ({e}); {fix}") from None
     if array.dtype != np.float32 or mask.dtype != bool:
-        raise UserError(f"skeleton {path} holds {array.dtype} / mask {mask.dtype}, not float32 / bool; re-run "
-                        f"`migfuse data prepare`")
+        raise UserError(f"skeleton {path} holds {array.dtype} / mask {mask.dtype}, not float32 / bool; {fix}")
     points = STORED_LAYOUTS[layout]
     if array.ndim != 3 or array.shape[1:] != (points, 3) or mask.shape != array.shape[:1]:
         raise UserError(f"skeleton {path} has shape {array.shape} / mask {mask.shape}, expected "
-                        f"(T, {points}, 3) / (T,) for layout {layout}; re-run `migfuse data prepare`")
+                        f"(T, {points}, 3) / (T,) for layout {layout}; {fix}")
     return array, mask
 
 

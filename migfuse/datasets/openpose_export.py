@@ -68,9 +68,10 @@ def export_openpose(prepared: str | Path | Manifest, out: str | Path, *, progres
                         "`migfuse data prepare` with the skeleton files first")
     for vid in progress_bar(with_skeleton, desc="openpose json", unit="video", disable=not progress):
         points, mask = manifest.skeleton(vid)
+        points = np.asarray(points)  # estimated points are placed at their OpenPose points once, not per frame
         folder = result.out / vid
         for t in range(points.shape[0]):
-            text = frame_json(np.asarray(points[t]) if mask[t] else None)
+            text = frame_json(points[t] if mask[t] else None)
             write_text(folder / f"{vid}_{t:012d}_keypoints.json", text, sync=False)
         result.videos[vid] = int(points.shape[0])
     return result

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from migfuse.backbones import fine_tuned
 from migfuse.checkpoint_file import CheckpointFile
 from migfuse.datasets.classes import NUM_CLASSES
 from migfuse.errors import UserError
@@ -40,7 +41,7 @@ class VideoFamily:
 
     def __init__(self, backbone: str):
         self.backbone = backbone
-        self.kind = f"{backbone} fine-tuned"
+        self.kind = fine_tuned.kind_of(backbone)
         #: the input recipe (clip_len, resize_short_side, crop_size, mean, std) of the built model, set by `build`
         self.preprocessing: dict[str, Any] = {}
 
@@ -97,9 +98,6 @@ class MViTFamily(VideoFamily):
 
     def __init__(self, backbone: str = "mvit_v2_s"):
         super().__init__(backbone)
-        from migfuse.backbones.mvit import FINETUNE_KIND
-
-        self.kind = FINETUNE_KIND
 
     def build(self, cfg: dict[str, Any], base: CheckpointFile | None) -> tuple[nn.Module, dict[str, Any]]:
         from migfuse.backbones.mvit import MViTBackbone

@@ -99,9 +99,6 @@ def check_run(out: Path, identity: dict[str, Any]) -> None:
                             f"{_short(here)} now; see {path}): pass a new --out, or the same models and settings "
                             "to resume it")
         return
-    if (out / "manifest.csv").is_file() or (out / STATUS_DIR).is_dir():
-        raise UserError(f"{out} is a PREPARED folder of `migfuse data prepare` (or another run): its skeletons "
-                        "would be replaced; pass a new --out folder")
     write_text(path, json.dumps(identity, indent=1))
 
 
@@ -128,8 +125,6 @@ def _short(value: Any) -> str:
 def pose_source(identity: dict[str, Any]) -> str:
     """The videos.csv `pose_source` of estimated poses: "estimated: <pose model> + <detector>"."""
     models = identity.get("estimator", {}).get("models", [])
-    if isinstance(models, dict):
-        models = [dict(v, role=k) if isinstance(v, dict) else {"name": str(v)} for k, v in models.items()]
     # the pose model first, then the detector, as docs/pose_stage.md writes it
     models = sorted((m for m in models if isinstance(m, dict)), key=lambda m: m.get("role") == "detector")
     names = [str(m.get("name") or m.get("architecture") or "?") for m in models]

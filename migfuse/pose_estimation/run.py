@@ -43,13 +43,7 @@ FORMAT = 1
 
 def load_estimator(pose_model: str | Path, detector: str | Path | None, **options: Any) -> PoseEstimator:
     """The estimator of two local model folders (`models.load_pose_estimator`; tests replace this)."""
-    try:
-        from migfuse.pose_estimation.models import load_pose_estimator
-    except ModuleNotFoundError as e:
-        if e.name != "migfuse.pose_estimation.models":
-            raise
-        raise UserError("this migfuse has no pose models (migfuse/pose_estimation/models.py is missing): "
-                        "reinstall migfuse with the pose extra") from None
+    from migfuse.pose_estimation.models import load_pose_estimator
 
     return load_pose_estimator(pose_model, detector, **options)
 
