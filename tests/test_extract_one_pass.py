@@ -445,3 +445,23 @@ def test_a_group_that_refuses_the_run_refuses_it_before_another_track_s_group_is
     with pytest.raises(UserError, match="was written with sampling.windows=2 but this run has sampling.windows=3"):
         one_pass(prepared, cache, workers=0, tracks=["video", "context"])
     assert not TokenCache(cache).has_group("video/tiny")
+
+
+def test_tracks_given_the_same_checkpoint_file_share_one_reader(runs, tmp_path, monkeypatch):
+    """Video and context with one --checkpoint get one CheckpointFile: the file is read and hashed once."""
+    from migfuse.extract import entry, multi_run
+
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"weights")
+    seen = {}
+
+    class Registry:
+        @staticmethod
+        def get(track):
+            return lambda manifest, t, checkpoint=None, **kw: seen.setdefault(t, checkpoint)
+
+    monkeypatch.setattr(entry, "TRACK_EXTRACTORS", Registry)
+    monkeypatch.setattr(multi_run, "run_in_one_pass", lambda extractors, *a, **k: extractors)
+    multi_run.extract_in_one_pass(["video", "context"], runs[0], tmp_path / "c.zarr",
+                                  checkpoints={"video": ckpt, "context": tmp_path / "." / "w.pt"})
+    assert seen["video"] is seen["context"] and seen["video"].path == ckpt

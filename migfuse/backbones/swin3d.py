@@ -107,17 +107,26 @@ def build_swin3d(arch: keys.SwinArch, drop_path: float = 0.0) -> torch.nn.Module
     return model.eval()
 
 
-def forward_features(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """torchvision's `SwinTransformer3d.forward`, stopping to keep what extraction needs.
+def forward_features(model: torch.nn.Module, x: torch.Tensor,
+                     checkpointing: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torchvision's `SwinTransformer3d.forward`, stopping to keep what extraction needs (and what
+    fine-tuning trains: `finetune.video_models` runs this very function).
 
     Args:
         x: (B, 3, T, H, W) normalised clips.
+        checkpointing: recompute each stage in the backward pass (activation checkpointing, training).
     Returns:
         tokens (B, T', H', W', C) after the final LayerNorm (T' = ceil(T / patch_t), H' = ceil(H / patch_h)
         halved by each PatchMerging), pooled (B, C) = their mean, logits (B, classes) = head(pooled)
         (= pooled itself for a file without a head).
     """
-    t = model.norm(model.features(model.pos_drop(model.patch_embed(x))))
+    t = model.pos_drop(model.patch_embed(x))
+    for stage in model.features:
+        if checkpointing and torch.is_grad_enabled():
+            t = torch.utils.checkpoint.checkpoint(stage, t, use_reentrant=False)
+        else:
+            t = stage(t)
+    t = model.norm(t)
     pooled = t.mean(dim=(1, 2, 3))
     return t, pooled, model.head(pooled)
 

@@ -198,12 +198,15 @@ def extract_in_one_pass(tracks: list[str], data: str | Path, cache: str | Path, 
     if Path(cache).exists() and not Path(cache).is_dir():
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(cache))
     extractors, warned = [], set()
+    files: dict[Path, CheckpointFile] = {}  # one per file: video and context (or both face tracks) share it
     for t in tracks:
         ckpt = (checkpoints or {}).get(t)
         option = (checkpoint_options or {}).get(t, "--checkpoint")
         if ckpt is not None and not Path(ckpt).exists():  # several options give checkpoints here: name it
             raise UserError(f"checkpoint not found: {option} {ckpt} (pass the path of a local checkpoint file)")
-        file = CheckpointFile(ckpt, trusted=runtime.trust_checkpoint) if ckpt is not None else None
+        file = None
+        if ckpt is not None:  # read and hashed once, however many tracks use it
+            file = files.setdefault(Path(ckpt).resolve(), CheckpointFile(ckpt, trusted=runtime.trust_checkpoint))
         extractors.append(TRACK_EXTRACTORS.get(t)(manifest, t, checkpoint=file,
                                                   checkpoint_option=None if option in warned else option,
                                                   **(track_options or {}).get(t, {})))

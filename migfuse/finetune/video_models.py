@@ -159,14 +159,10 @@ class SwinFamily(VideoFamily):
 
     def forward(self, weights: nn.Module, x: torch.Tensor, dropout: nn.Module,
                 checkpointing: bool = False) -> torch.Tensor:
-        """`swin3d.forward_features`'s maths (tokens, mean pool), then dropout and the head."""
-        h = weights.pos_drop(weights.patch_embed(x))
-        for stage in weights.features:
-            if checkpointing and torch.is_grad_enabled():
-                h = torch.utils.checkpoint.checkpoint(stage, h, use_reentrant=False)
-            else:
-                h = stage(h)
-        pooled = weights.norm(h).mean(dim=(1, 2, 3))
+        """`swin3d.forward_features` (tokens, mean pool: extraction's own function), then dropout and the head."""
+        from migfuse.backbones.swin3d import forward_features
+
+        _, pooled, _ = forward_features(weights, x, checkpointing)
         return weights.head(dropout(pooled))
 
     def layers(self, weights: nn.Module) -> tuple[int, Callable[[str], int]]:
